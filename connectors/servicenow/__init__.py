@@ -1,0 +1,25 @@
+"""Hand a Rasa conversation to a human agent in ServiceNow, and take it back.
+
+Load the channel from ``credentials.yml``::
+
+    connectors.servicenow.ServiceNowInput:
+      instance_url: https://example.service-now.com
+      api: connect
+      username: ${SERVICENOW_USERNAME}
+      password: ${SERVICENOW_PASSWORD}
+      queue_id: ${SERVICENOW_QUEUE_ID}
+
+Where things live:
+
+``channel``     the Rasa input/output channel (webhook, stream, output channels)
+``handoff``     starting, forwarding and ending a handoff
+``state``       the handoff slots and their transitions
+``relay``       carrying agent messages to the user (polling, ordering, dedupe)
+``delivery``    out-of-band delivery: callback URL and Server-Sent Events
+``backends``    the ServiceNow API clients, one module per API
+``emulator``    a local ServiceNow for the demo and the tests
+"""
+
+from connectors.servicenow.channel import ServiceNowInput
+
+__all__ = ["ServiceNowInput"]

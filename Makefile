@@ -1,0 +1,40 @@
+# Two commands: `make run` (the demo bot against the local ServiceNow
+# emulator, or a real instance) and `make test`. Both set up .venv first.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+MODEL  := models/demo.tar.gz
+STAMP  := $(VENV)/.installed
+
+# Rasa phones home unless told not to; CI has no internet.
+export RASA_TELEMETRY_ENABLED := false
+export SQLALCHEMY_SILENCE_UBER_WARNING := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: run test install model clean
+
+run: $(STAMP) $(MODEL)
+	scripts/run.sh
+
+test: $(STAMP) $(MODEL)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+model: $(MODEL)
+
+$(STAMP): pyproject.toml constraints.txt
+	@python=$$(scripts/find-python.sh) || exit 1; \
+	if [ ! -x $(PY) ] || ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then \
+		echo "Creating $(VENV) with $$python"; rm -rf $(VENV); "$$python" -m venv $(VENV) || exit 1; \
+	fi
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+# Rasa keeps the old file when nothing changed, hence the touch.
+$(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
+	$(VENV)/bin/rasa train --fixed-model-name demo --out models --skip-validation
+	@touch $@
+
+clean:
+	rm -rf $(VENV) models .rasa .pytest_cache *.egg-info

@@ -1,0 +1,127 @@
+"""The interface every ServiceNow backend implements, and the events they
+produce for the relay.
+
+A backend speaks one ServiceNow API. It opens a chat for a handoff request,
+sends the user's messages, leaves the chat, and turns what ServiceNow says
+into ``AgentEvent`` values. How those events arrive differs: a pull backend
+(Connect Support) is polled by the relay, a push backend (Virtual Agent) is
+fed by ServiceNow's callbacks. Everything after that, delivery to the user,
+deduplication and ending the handoff, is the same for both.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from connectors.servicenow.state import LiveChat
+
+
+@dataclass(frozen=True)
+class HandoffRequest:
+    """What the bot asked for when it handed the conversation over."""
+
+    sender_id: str
+    #: The user's request; the agent sees it as the first message of the chat.
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: Routes the chat to another queue than the configured one.
+    queue_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class OpenedChat:
+    chat_id: str
+    #: The ServiceNow account the chat runs as; its own messages are never shown back.
+    user: Optional[str]
+    #: ServiceNow's time of the opening message (epoch ms), when it says.
+    opened_at: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class AgentMessage:
+    message_id: str
+    text: str
+    agent_name: Optional[str]
+    timestamp: float
+    #: Rich content mapped to Rasa message fields (``image``, ``buttons``, ``attachment``, ``custom``).
+    rich: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SystemNotice:
+    """A ServiceNow system message worth showing, e.g. an agent joining."""
+
+    message_id: str
+    text: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class AgentTyping:
+    typing: bool
+
+
+class CloseReason(str, Enum):
+    AGENT_CLOSED = "agent_closed"
+    ESCALATED = "escalated"
+    ABANDONED = "abandoned"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class ChatClosed:
+    reason: CloseReason
+    #: ServiceNow's own wording, e.g. "Beth Anglin has left the support session".
+    text: Optional[str] = None
+    message_id: Optional[str] = None
+    timestamp: Optional[float] = None
+
+
+AgentEvent = Union[AgentMessage, SystemNotice, AgentTyping, ChatClosed]
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """New events since the chat's cursor, and where the cursor moves."""
+
+    events: Sequence[AgentEvent]
+    last_updated: Optional[float]
+    seen_ids: Sequence[str]
+    requests: int = 1
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    message_id: Optional[str]
+    timestamp: Optional[float]
+
+
+class Backend(ABC):
+    #: The ``api`` option value this backend serves.
+    api: str
+    #: True when the relay must poll ``poll()``; False when ServiceNow pushes.
+    pulls: bool
+
+    @abstractmethod
+    async def open_chat(self, request: HandoffRequest) -> OpenedChat:
+        """Create the chat in ServiceNow with the user's request as first message."""
+
+    @abstractmethod
+    async def send(self, chat: LiveChat, text: str) -> SentMessage:
+        """Post one user message into the chat."""
+
+    @abstractmethod
+    async def leave(self, chat: LiveChat) -> None:
+        """End the chat on ServiceNow's side. Leaving a closed chat is not an error."""
+
+    async def poll(self, chat: LiveChat) -> PollResult:
+        """Fetch what is new since the chat's cursor (pull backends only)."""
+        raise NotImplementedError(f"the {self.api} backend does not poll")
+
+    async def check_closed(self, chat: LiveChat) -> Optional[ChatClosed]:
+        """Ask ServiceNow whether the chat has ended (pull backends only)."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release connections."""

@@ -1,0 +1,250 @@
+"""Connect Support, the legacy live-chat API that older instances run.
+
+Endpoints (reconstructed from ServiceNow's own Connect UI; see the README):
+
+* ``POST /api/now/connect/support/queues/{queue}/sessions {"message"}`` opens a
+  chat; ``result.group`` is the conversation id (``live_chat_id``).
+* ``POST /api/now/connect/conversations/{group}/messages {"message"}`` sends.
+* ``GET  /api/now/connect/conversations/{group}/messages[?before=ms]`` reads,
+  newest first, one page at a time.
+* ``POST /api/now/connect/support/sessions/{group}/leave`` ends the chat.
+* ``GET  /api/now/connect/support/sessions?group_id=`` gives the session state.
+
+Agent replies are only visible by polling. New messages are told apart by
+``sys_id``, not by time: several can share a timestamp, and one can be
+committed after a newer one was already read.
+"""
+
+import logging
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+from connectors.servicenow.backends.base import (
+    AgentEvent,
+    AgentMessage,
+    Backend,
+    ChatClosed,
+    CloseReason,
+    HandoffRequest,
+    OpenedChat,
+    PollResult,
+    SentMessage,
+    SystemNotice,
+)
+from connectors.servicenow.backends.http import ServiceNowHTTP, as_dict, result_of
+from connectors.servicenow.config import CONNECT_API, ServiceNowSettings
+from connectors.servicenow.errors import ServiceNowRejected
+from connectors.servicenow.state import LiveChat
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_AUTHOR = "system"
+# KB0598883: "has left" when the agent closes first, "has closed" when the
+# agent closes after the requester left.
+END_OF_CHAT_TEXT = re.compile(r"has (left|closed) the support session", re.IGNORECASE)
+CLOSED_STATES = {
+    3: CloseReason.AGENT_CLOSED,
+    4: CloseReason.ESCALATED,
+    7: CloseReason.AGENT_CLOSED,
+    8: CloseReason.ABANDONED,
+}
+# A message committed this long after a newer one was read still counts as new.
+LATE_COMMIT_WINDOW_MS = 60_000.0
+# How many recent message ids a chat keeps to recognise what it has handled.
+SEEN_IDS_KEPT = 100
+_MENTION = re.compile(r"@M\[[^|\]]*\|([^\]]*)\]")
+_LINK = re.compile(r"@L\[([^|\]]*)\|([^\]]*)\]")
+
+
+class ConnectBackend(Backend):
+    api = CONNECT_API
+    pulls = True
+
+    def __init__(self, settings: ServiceNowSettings, http: ServiceNowHTTP) -> None:
+        self._settings = settings
+        self._http = http
+        # With Basic auth or the password grant we know who we are; with the
+        # client-credentials grant the instance tells us on the first chat.
+        self._user: Optional[str] = settings.username
+
+    async def open_chat(self, request: HandoffRequest) -> OpenedChat:
+        queue = request.queue_id or self._settings.queue_id
+        entry = as_dict(
+            result_of(
+                await self._http.request(
+                    "POST",
+                    f"/api/now/connect/support/queues/{queue}/sessions",
+                    json_body={"message": request.text},
+                )
+            )
+        )
+        group = entry.get("group")
+        if not group:
+            raise ServiceNowRejected("Connect opened a session without a conversation 'group'", status=200)
+        if self._user is None:
+            self._user = await self._requester_of(str(group))
+        return OpenedChat(chat_id=str(group), user=self._user)
+
+    async def send(self, chat: LiveChat, text: str) -> SentMessage:
+        message = as_dict(
+            result_of(
+                await self._http.request(
+                    "POST", f"/api/now/connect/conversations/{chat.chat_id}/messages", json_body={"message": text}
+                )
+            )
+        )
+        return SentMessage(message_id=_str_or_none(message.get("sys_id")), timestamp=_timestamp(message))
+
+    async def leave(self, chat: LiveChat) -> None:
+        await self._http.request("POST", f"/api/now/connect/support/sessions/{chat.chat_id}/leave", json_body={})
+
+    async def check_closed(self, chat: LiveChat) -> Optional[ChatClosed]:
+        entries = result_of(
+            await self._http.request("GET", "/api/now/connect/support/sessions", params={"group_id": chat.chat_id})
+        )
+        entries = [entry for entry in entries or [] if isinstance(entry, dict)]
+        entry = next((entry for entry in entries if entry.get("group") == chat.chat_id), None)
+        if entry is None:
+            return ChatClosed(CloseReason.NOT_FOUND)
+        reason = CLOSED_STATES.get(_int_or_none(entry.get("state")))
+        return ChatClosed(reason) if reason else None
+
+    async def poll(self, chat: LiveChat) -> PollResult:
+        try:
+            fetched, requests = await self._fetch_since_cursor(chat)
+        except ServiceNowRejected as error:
+            # The thread of a closed or vanished session can become unreadable;
+            # that is an end of chat, not a fault, if the session says so.
+            if error.status not in (403, 404):
+                raise
+            closed = await self.check_closed(chat)
+            if closed is None:
+                raise
+            return PollResult([closed], chat.last_updated, chat.seen_ids, requests=2)
+        new = [message for message in fetched if _is_new(message, chat)]
+        newest = max((_timestamp(message) or 0.0 for message in fetched), default=None)
+        last_updated = max(filter(None, (chat.last_updated, newest)), default=None)
+        return PollResult(
+            events=self._events(chat, new),
+            last_updated=last_updated,
+            seen_ids=_seen_ids(fetched, chat.seen_ids, last_updated),
+            requests=requests,
+        )
+
+    async def _fetch_since_cursor(self, chat: LiveChat) -> "tuple[List[Dict[str, Any]], int]":
+        """Newest page first; older pages only while a whole page is newer than the cursor.
+
+        ``before`` is exclusive, so the next page asks for one millisecond more
+        and drops the repeats: a page boundary inside a group of messages that
+        share a timestamp would otherwise skip some of them.
+        """
+        fetched: List[Dict[str, Any]] = []
+        fetched_ids = set()
+        before: Optional[float] = None
+        requests = 0
+        while True:
+            page = await self._messages(chat.chat_id, before)
+            requests += 1
+            fresh = [message for message in page if _message_id(message) not in fetched_ids]
+            if not fresh:
+                break
+            fetched.extend(fresh)
+            fetched_ids.update(_message_id(message) for message in fresh)
+            timestamps = [_timestamp(message) or 0.0 for message in fresh]
+            if chat.last_updated is not None and min(timestamps) <= chat.last_updated:
+                break
+            before = min(timestamps) + 1
+        return fetched, requests
+
+    async def _messages(self, group: str, before: Optional[float]) -> List[Dict[str, Any]]:
+        params = {"before": str(int(before))} if before is not None else None
+        result = result_of(
+            await self._http.request("GET", f"/api/now/connect/conversations/{group}/messages", params=params)
+        )
+        return [message for message in result or [] if isinstance(message, dict) and _message_id(message)]
+
+    async def _requester_of(self, group: str) -> Optional[str]:
+        thread = await self._messages(group, None)
+        oldest = min(thread, key=lambda message: _timestamp(message) or 0.0, default=None)
+        return _str_or_none(oldest.get("created_by")) if oldest else None
+
+    def _events(self, chat: LiveChat, messages: Sequence[Dict[str, Any]]) -> List[AgentEvent]:
+        # Pages come newest first; reversing keeps the order ServiceNow stored
+        # messages that share a timestamp, and the stable sort does the rest.
+        ordered = sorted(reversed(messages), key=lambda message: _timestamp(message) or 0.0)
+        own = {name for name in (chat.user, self._user) if name}
+        events: List[AgentEvent] = []
+        for message in ordered:
+            author = message.get("created_by")
+            if author in own or message.get("reflected_field") == "work_notes":
+                continue
+            message_id = _message_id(message)
+            timestamp = _timestamp(message) or 0.0
+            text = _plain_text(message)
+            if author == SYSTEM_AUTHOR:
+                if END_OF_CHAT_TEXT.search(text):
+                    events.append(ChatClosed(CloseReason.AGENT_CLOSED, text, message_id, timestamp))
+                    break
+                events.append(SystemNotice(message_id, text, timestamp))
+            elif text:
+                events.append(
+                    AgentMessage(message_id, text, _str_or_none(message.get("sender_name")) or author, timestamp)
+                )
+        return events
+
+
+def _is_new(message: Dict[str, Any], chat: LiveChat) -> bool:
+    if _message_id(message) in chat.seen_ids:
+        return False
+    if chat.last_updated is None:
+        return True
+    return (_timestamp(message) or 0.0) >= chat.last_updated - LATE_COMMIT_WINDOW_MS
+
+
+def _seen_ids(
+    fetched: Sequence[Dict[str, Any]], previous: Sequence[str], last_updated: Optional[float]
+) -> tuple:
+    """Ids inside the late-commit window, newest first, then older ones still remembered."""
+    floor = (last_updated or 0.0) - LATE_COMMIT_WINDOW_MS
+    recent = [
+        _message_id(message)
+        for message in sorted(fetched, key=lambda message: _timestamp(message) or 0.0, reverse=True)
+        if (_timestamp(message) or 0.0) >= floor
+    ]
+    kept = list(dict.fromkeys(recent + list(previous)))
+    return tuple(kept[:SEEN_IDS_KEPT])
+
+
+def _message_id(message: Dict[str, Any]) -> str:
+    return str(message.get("sys_id") or message.get("id") or "")
+
+
+def _timestamp(message: Dict[str, Any]) -> Optional[float]:
+    value = message.get("timestamp")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain_text(message: Dict[str, Any]) -> str:
+    text = message.get("message")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    formatted = message.get("formatted_message")
+    if not isinstance(formatted, str):
+        return ""
+    formatted = _MENTION.sub(r"\1", formatted)
+    formatted = _LINK.sub(lambda match: f"{match.group(2)} ({match.group(1)})", formatted)
+    return formatted.strip()
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    return str(value) if value not in (None, "") else None
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

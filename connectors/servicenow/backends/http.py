@@ -1,0 +1,201 @@
+"""One pooled HTTP client per instance, shared by every chat, that adds
+credentials and retries what is worth retrying.
+
+Retried, with exponential backoff and jitter: 5xx, 429 (honouring
+``Retry-After``), timeouts, refused and dropped connections, and answers that
+are not JSON (a hibernating developer instance serves an HTML page with 200).
+A 401 gets one fresh OAuth token. Any other 4xx is final and raised at once
+as ``ServiceNowRejected``.
+"""
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Tuple
+
+import aiohttp
+
+from connectors.servicenow.backends.auth import Auth, TransientAuthError, auth_from_settings
+from connectors.servicenow.config import RetryPolicy, ServiceNowSettings
+from connectors.servicenow.errors import (
+    AuthenticationFailed,
+    ServiceNowRejected,
+    ServiceNowUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ServiceNowHTTP:
+    def __init__(
+        self,
+        settings: ServiceNowSettings,
+        *,
+        auth: Optional[Auth] = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.base_url = settings.instance_url
+        self._auth = auth or auth_from_settings(settings)
+        self._retry = settings.retry
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+        self._max_connections = settings.max_connections
+        self._verify_tls = settings.verify_tls
+        self._sleep = sleep
+        self._session: Optional[aiohttp.ClientSession] = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use so it belongs to the loop that serves requests.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, ssl=None if self._verify_tls else False
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers={"User-Agent": "rasa-servicenow-handoff"}
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Optional[Mapping[str, Any]] = None,
+        params: Optional[Mapping[str, str]] = None,
+    ) -> Any:
+        """Send one API call and return its decoded JSON body."""
+        session = self._client()
+        url = self.base_url + path
+        renewed_credentials = False
+        last_problem = "no attempt made"
+        last_status: Optional[int] = None
+        attempt = 0
+        while attempt < self._retry.attempts:
+            attempt += 1
+            delay: Optional[float] = None
+            try:
+                headers = {**JSON_HEADERS, "Authorization": await self._auth.header(session, self.base_url)}
+                started = time.monotonic()
+                async with session.request(
+                    method, url, json=json_body, params=params, headers=headers
+                ) as response:
+                    status = response.status
+                    raw = await response.read()
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                logger.debug(
+                    "ServiceNow %s %s -> %s in %.1f ms", method, path, status, (time.monotonic() - started) * 1000
+                )
+            except (aiohttp.ClientError, asyncio.TimeoutError, TransientAuthError) as error:
+                last_problem, last_status = _describe(error), None
+            else:
+                last_status = status
+                if status == 401 and self._auth.renewable and not renewed_credentials:
+                    # A revoked or expired token: one fresh token, no backoff.
+                    renewed_credentials = True
+                    self._auth.invalidate()
+                    attempt -= 1
+                    continue
+                if status == 401:
+                    raise AuthenticationFailed(
+                        f"ServiceNow refused the credentials for {method} {path}", status=401, detail=_detail(raw)
+                    )
+                if status in RETRYABLE_STATUSES:
+                    last_problem = f"HTTP {status}"
+                    if status == 429 and retry_after is not None:
+                        delay = min(retry_after, self._retry.max_retry_after)
+                elif status >= 400:
+                    raise ServiceNowRejected(
+                        f"ServiceNow answered {status} to {method} {path}", status=status, detail=_detail(raw)
+                    )
+                else:
+                    decoded, problem = _decode(raw)
+                    if problem is None:
+                        return decoded
+                    last_problem = problem
+            if attempt < self._retry.attempts:
+                wait = delay if delay is not None else backoff_delay(self._retry, attempt)
+                logger.warning(
+                    "ServiceNow %s %s failed (%s); retry %d of %d in %.2fs.",
+                    method, path, last_problem, attempt, self._retry.attempts - 1, wait,
+                )
+                await self._sleep(wait)
+        raise ServiceNowUnavailable(
+            f"ServiceNow {method} {path} failed {attempt} times, last with {last_problem}",
+            attempts=attempt,
+            status=last_status,
+        )
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int) -> float:
+    """Exponential backoff with "equal jitter": never less than half the step,
+    so retries from many chats spread out without collapsing to zero."""
+    step = min(policy.max_backoff, policy.backoff * (2 ** (attempt - 1)))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _decode(raw: bytes) -> Tuple[Any, Optional[str]]:
+    if not raw:
+        return None, None
+    try:
+        return json.loads(raw), None
+    except ValueError:
+        return None, "an answer that is not JSON"
+
+
+def _detail(raw: bytes) -> str:
+    """The human-readable reason from a ServiceNow error body, if any."""
+    decoded, _ = _decode(raw)
+    if isinstance(decoded, dict):
+        error = decoded.get("error")
+        if isinstance(error, dict):
+            return str(error.get("detail") or error.get("message") or "")
+        if isinstance(decoded.get("result"), str):
+            return decoded["result"]
+    return ""
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, asyncio.TimeoutError):
+        return "a timeout"
+    if isinstance(error, TransientAuthError):
+        return str(error)
+    return type(error).__name__
+
+
+def result_of(body: Any) -> Any:
+    """Unwrap ServiceNow's ``{"result": ...}`` envelope."""
+    if isinstance(body, dict) and "result" in body:
+        return body["result"]
+    raise ServiceNowRejected("ServiceNow answered without a 'result'", status=200)
+
+
+def as_dict(value: Any) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ServiceNowRejected("ServiceNow answered with an unexpected shape", status=200)
+    return value

@@ -1,0 +1,219 @@
+"""The channel's options, read from its section of ``credentials.yml``.
+
+Every option name here is public interface and documented in the README.
+Values may arrive as strings because the shipped ``credentials.yml`` fills
+them from environment variables (``${VAR}``); an empty string counts as
+"not set", so one file serves the emulator, Basic auth and OAuth alike.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlparse
+
+from connectors.servicenow.errors import ConfigurationError
+from connectors.servicenow.texts import UserTexts
+
+CONNECT_API = "connect"
+VIRTUAL_AGENT_API = "virtual_agent"
+SUPPORTED_APIS = (CONNECT_API,)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a ServiceNow call is retried before the failure counts."""
+
+    attempts: int = 4
+    #: First delay; it doubles per attempt (with jitter) up to ``max_backoff``.
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    #: A ``Retry-After`` longer than this is cut short, so a misconfigured
+    #: rate limit cannot park a chat for an hour.
+    max_retry_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceNowSettings:
+    instance_url: str
+    api: str = CONNECT_API
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    client_id: Optional[str] = None
+    client_secret: Optional[str] = field(default=None, repr=False)
+    queue_id: Optional[str] = None
+    callback_url: Optional[str] = None
+    #: Seconds between polls of an active Connect chat.
+    poll_interval: float = 1.0
+    #: Seconds between polls once a chat has been quiet for ``idle_after``.
+    idle_poll_interval: float = 10.0
+    idle_after: float = 60.0
+    #: Seconds between checks of the Connect session's state, the fallback
+    #: end-of-chat signal when no "has left/closed" system message arrives.
+    session_check_interval: float = 30.0
+    request_timeout: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_connections: int = 100
+    verify_tls: bool = True
+    end_chat_commands: Tuple[str, ...] = ("/end_chat",)
+    max_message_length: int = 4000
+    texts: UserTexts = field(default_factory=UserTexts)
+
+    @property
+    def uses_oauth(self) -> bool:
+        return bool(self.client_id)
+
+    @classmethod
+    def from_credentials(cls, credentials: Mapping[str, Any]) -> "ServiceNowSettings":
+        options = {key: value for key, value in credentials.items() if not _is_unset(value)}
+        unknown = sorted(set(options) - set(_PARSERS))
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown option(s) for the ServiceNow channel: {', '.join(unknown)}. "
+                f"Known options: {', '.join(sorted(_PARSERS))}."
+            )
+        values: Dict[str, Any] = {}
+        retry: Dict[str, Any] = {}
+        for name, raw in options.items():
+            try:
+                value = _PARSERS[name](raw)
+            except (TypeError, ValueError) as error:
+                raise ConfigurationError(f"Invalid value for '{name}': {error}") from None
+            if name.startswith("retry_"):
+                retry[_RETRY_FIELDS[name]] = value
+            elif name == "messages":
+                values["texts"] = value
+            else:
+                values[name] = value
+        if retry:
+            values["retry"] = RetryPolicy(**retry)
+        if "instance_url" not in values:
+            raise ConfigurationError(
+                "The ServiceNow channel needs 'instance_url' (e.g. https://example.service-now.com)."
+            )
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        if self.api not in SUPPORTED_APIS:
+            raise ConfigurationError(
+                f"'api: {self.api}' is not supported; use one of: {', '.join(SUPPORTED_APIS)}."
+            )
+        if self.api == CONNECT_API and not self.queue_id:
+            raise ConfigurationError("'api: connect' needs 'queue_id' (the Connect support queue sys_id).")
+        if self.client_id or self.client_secret:
+            if not (self.client_id and self.client_secret):
+                raise ConfigurationError("OAuth needs both 'client_id' and 'client_secret'.")
+            if bool(self.username) != bool(self.password):
+                raise ConfigurationError(
+                    "With OAuth, give both 'username' and 'password' (password grant) or neither "
+                    "(client credentials grant)."
+                )
+        elif not (self.username and self.password):
+            raise ConfigurationError(
+                "Give 'username' and 'password' (Basic auth) or 'client_id' and 'client_secret' (OAuth 2.0)."
+            )
+        if self.idle_poll_interval < self.poll_interval:
+            raise ConfigurationError("'idle_poll_interval' must not be shorter than 'poll_interval'.")
+
+
+def _is_unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, int)):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return str(value).strip()
+
+
+def _url(value: Any) -> str:
+    url = _text(value).rstrip("/")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"'{url}' is not an http(s) URL")
+    return url
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)):
+        raise ValueError("expected a whole number")
+    number = int(float(value))
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"expected true or false, got '{value}'")
+
+
+def _api(value: Any) -> str:
+    return _text(value).lower()
+
+
+def _commands(value: Any) -> Tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError("expected a list of commands")
+    commands = tuple(_text(item).lower() for item in items if _text(item))
+    if not commands:
+        raise ValueError("needs at least one command")
+    return commands
+
+
+_PARSERS: Dict[str, Callable[[Any], Any]] = {
+    "instance_url": _url,
+    "api": _api,
+    "username": _text,
+    "password": _text,
+    "client_id": _text,
+    "client_secret": _text,
+    "queue_id": _text,
+    "callback_url": _url,
+    "poll_interval": _positive_number,
+    "idle_poll_interval": _positive_number,
+    "idle_after": _non_negative_number,
+    "session_check_interval": _positive_number,
+    "request_timeout": _positive_number,
+    "retry_attempts": _positive_int,
+    "retry_backoff": _non_negative_number,
+    "retry_max_backoff": _non_negative_number,
+    "retry_after_limit": _non_negative_number,
+    "max_connections": _positive_int,
+    "verify_tls": _boolean,
+    "end_chat_commands": _commands,
+    "max_message_length": _positive_int,
+    "messages": UserTexts.from_options,
+}
+
+_RETRY_FIELDS = {
+    "retry_attempts": "attempts",
+    "retry_backoff": "backoff",
+    "retry_max_backoff": "max_backoff",
+    "retry_after_limit": "max_retry_after",
+}

@@ -1,0 +1,215 @@
+"""Delivery to the user of everything that happens outside a webhook request:
+agent replies, typing, end-of-chat notices, failure summaries.
+
+Two ways out, both in order and each item once:
+
+* **Callback**: every item is POSTed as JSON to ``callback_url``, one at a
+  time per user, the same shape as Rasa's callback channel
+  (``{"recipient_id", "text", ...}``). Failed posts are retried with backoff.
+* **Stream**: ``GET /webhooks/servicenow/stream?sender=<id>`` is a
+  Server-Sent Events stream. Items wait in a bounded per-user buffer until a
+  stream picks them up, and a reconnecting browser that sends
+  ``Last-Event-ID`` gets what it missed.
+
+Event ids are ``<boot>-<n>``: ``<boot>`` changes with every process start, so
+an id from before a restart is recognised as stale instead of hiding new items.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, Mapping, Optional, Set
+
+import aiohttp
+
+from connectors.servicenow.backends.http import backoff_delay
+from connectors.servicenow.config import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_EVENT = "message"
+TYPING_EVENT = "typing"
+HANDOFF_EVENT = "handoff"
+# Items kept per user for streams that have not connected or reconnect.
+RETAINED_PER_USER = 200
+# A mailbox with nothing pending, nobody listening and no news for this long is dropped.
+MAILBOX_IDLE_TTL_S = 3600.0
+CALLBACK_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=4.0)
+
+
+@dataclass(frozen=True)
+class OutboundItem:
+    event_id: str
+    #: SSE event name: ``message``, ``typing`` or ``handoff``.
+    kind: str
+    payload: Mapping[str, Any]
+    #: Whether the callback receives it as well as the stream.
+    to_callback: bool = True
+
+    def sse(self) -> str:
+        return f"id: {self.event_id}\nevent: {self.kind}\ndata: {json.dumps(self.payload)}\n\n"
+
+
+@dataclass
+class _Mailbox:
+    next_number: int = 1
+    retained: Deque[OutboundItem] = field(default_factory=lambda: deque(maxlen=RETAINED_PER_USER))
+    #: Highest item number some stream has taken; later ones still wait for a stream.
+    streamed_upto: int = 0
+    listeners: Set["asyncio.Queue[OutboundItem]"] = field(default_factory=set)
+    callback_queue: Deque[OutboundItem] = field(default_factory=deque)
+    callback_worker: Optional["asyncio.Task[None]"] = None
+    touched: float = field(default_factory=time.monotonic)
+
+
+class Outbox:
+    def __init__(self, callback_url: Optional[str], *, request_timeout: float = 10.0) -> None:
+        self.callback_url = callback_url
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._boot = uuid.uuid4().hex[:8]
+        self._mailboxes: Dict[str, _Mailbox] = {}
+        self._session: Optional[aiohttp.ClientSession] = None
+
+    # -- publishing --------------------------------------------------------
+
+    def publish(
+        self, recipient_id: str, payload: Mapping[str, Any], kind: str = MESSAGE_EVENT, *, to_callback: bool = True
+    ) -> OutboundItem:
+        """Queue one item for the user. Never blocks: the send happens in the background."""
+        mailbox = self._mailboxes.setdefault(recipient_id, _Mailbox())
+        number = mailbox.next_number
+        mailbox.next_number += 1
+        mailbox.touched = time.monotonic()
+        item = OutboundItem(f"{self._boot}-{number}", kind, dict(payload), to_callback)
+        if len(mailbox.retained) == mailbox.retained.maxlen:
+            oldest = mailbox.retained[0]
+            if _number(oldest) > mailbox.streamed_upto and not (self.callback_url and oldest.to_callback):
+                logger.warning("Dropping an undelivered item for %s: nobody is streaming its messages.", recipient_id)
+        mailbox.retained.append(item)
+        if mailbox.listeners:
+            mailbox.streamed_upto = number
+            for listener in mailbox.listeners:
+                listener.put_nowait(item)
+        if self.callback_url and to_callback:
+            mailbox.callback_queue.append(item)
+            if mailbox.callback_worker is None or mailbox.callback_worker.done():
+                mailbox.callback_worker = asyncio.create_task(self._post_callbacks(recipient_id, mailbox))
+        return item
+
+    # -- streaming ---------------------------------------------------------
+
+    def subscribe(self, recipient_id: str, last_event_id: Optional[str] = None) -> "Subscription":
+        """Start a stream for the user; close the subscription when the stream ends."""
+        mailbox = self._mailboxes.setdefault(recipient_id, _Mailbox())
+        subscription = Subscription(mailbox)
+        resume_after = self._resume_point(mailbox, last_event_id)
+        for item in mailbox.retained:
+            if _number(item) > resume_after:
+                subscription.queue.put_nowait(item)
+        mailbox.streamed_upto = max(mailbox.streamed_upto, mailbox.next_number - 1)
+        mailbox.listeners.add(subscription.queue)
+        return subscription
+
+    def _resume_point(self, mailbox: _Mailbox, last_event_id: Optional[str]) -> int:
+        """The item number after which a new stream starts."""
+        if last_event_id:
+            boot, _, number = last_event_id.partition("-")
+            if boot == self._boot and number.isdigit():
+                return int(number)
+        # A fresh stream, or one that saw a previous process: send only what
+        # no stream has taken yet, so nothing is shown twice.
+        return mailbox.streamed_upto
+
+    # -- callback ----------------------------------------------------------
+
+    async def _post_callbacks(self, recipient_id: str, mailbox: _Mailbox) -> None:
+        while mailbox.callback_queue:
+            item = mailbox.callback_queue[0]
+            await self._post_one(recipient_id, item)
+            mailbox.callback_queue.popleft()
+
+    async def _post_one(self, recipient_id: str, item: OutboundItem) -> None:
+        assert self.callback_url is not None
+        for attempt in range(1, CALLBACK_RETRY.attempts + 1):
+            try:
+                async with self._client().post(self.callback_url, json=item.payload) as response:
+                    if response.status < 400:
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                problem = type(error).__name__
+            if attempt < CALLBACK_RETRY.attempts:
+                await asyncio.sleep(backoff_delay(CALLBACK_RETRY, attempt))
+        logger.error(
+            "Giving up delivering a %s item to the callback for %s after %d attempts (%s).",
+            item.kind, recipient_id, CALLBACK_RETRY.attempts, problem,
+        )
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    # -- housekeeping ------------------------------------------------------
+
+    def prune(self, now: Optional[float] = None) -> int:
+        """Forget idle mailboxes; returns how many were dropped."""
+        now = time.monotonic() if now is None else now
+        idle = [
+            recipient
+            for recipient, mailbox in self._mailboxes.items()
+            if not mailbox.listeners
+            and not mailbox.callback_queue
+            and now - mailbox.touched > MAILBOX_IDLE_TTL_S
+        ]
+        for recipient in idle:
+            del self._mailboxes[recipient]
+        return len(idle)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for pending callback posts, e.g. at shutdown."""
+        workers = [
+            mailbox.callback_worker
+            for mailbox in self._mailboxes.values()
+            if mailbox.callback_worker is not None and not mailbox.callback_worker.done()
+        ]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=timeout)
+            for worker in pending:
+                worker.cancel()
+            if pending:
+                logger.warning("%d user(s) still had callback items when the channel stopped.", len(pending))
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+class Subscription:
+    """One open stream. Not an async generator on purpose: a dropped
+    connection cancels the handler, and ``close()`` in its ``finally`` must
+    unregister at once rather than whenever the generator is collected."""
+
+    def __init__(self, mailbox: _Mailbox) -> None:
+        self._mailbox = mailbox
+        self.queue: "asyncio.Queue[OutboundItem]" = asyncio.Queue()
+
+    async def next(self, heartbeat: float) -> Optional[OutboundItem]:
+        """The next item, or ``None`` when ``heartbeat`` seconds pass without one."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout=heartbeat)
+        except asyncio.TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._mailbox.listeners.discard(self.queue)
+        self._mailbox.touched = time.monotonic()
+
+
+def _number(item: OutboundItem) -> int:
+    return int(item.event_id.rpartition("-")[2])

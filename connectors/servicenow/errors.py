@@ -1,0 +1,45 @@
+"""The exceptions the connector raises, as a small hierarchy.
+
+Callers decide what a failure means for the user by its class: a
+``ServiceNowUnavailable`` (retries exhausted) or a ``ServiceNowRejected`` (a
+definite "no" from the instance) ends the handoff with a summary, whereas a
+``ConfigurationError`` stops ``rasa run`` before it serves anything.
+"""
+
+from typing import Optional
+
+from rasa.shared.exceptions import RasaException
+
+
+class ConfigurationError(RasaException):
+    """The channel's section of ``credentials.yml`` is invalid.
+
+    A ``RasaException`` so that ``rasa run`` prints the message and exits
+    instead of dumping a stack trace.
+    """
+
+
+class ServiceNowError(Exception):
+    """Talking to ServiceNow failed."""
+
+
+class ServiceNowUnavailable(ServiceNowError):
+    """ServiceNow kept failing (5xx, 429, timeouts, dropped connections) after bounded retries."""
+
+    def __init__(self, message: str, *, attempts: int, status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status
+
+
+class ServiceNowRejected(ServiceNowError):
+    """ServiceNow answered with a 4xx that retrying cannot fix (403, 404, 400, ...)."""
+
+    def __init__(self, message: str, *, status: int, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class AuthenticationFailed(ServiceNowRejected):
+    """The instance refused the configured credentials, also after getting a fresh token."""

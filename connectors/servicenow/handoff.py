@@ -1,0 +1,253 @@
+"""The handoff itself: opening a chat, forwarding the user's messages, and
+every way a chat ends, each leaving the slots and the user in a known state.
+
+Ways a handoff ends, and what the user hears:
+
+* the user types an end command: the chat is left, ``user_ended``;
+* the agent (or ServiceNow) closes it: ``agent_closed``;
+* ServiceNow keeps failing: the chat is left and the user gets
+  ``connection_lost`` with the chat id and the time of the last message,
+  or ``session_lost`` when leaving fails too.
+
+Messages produced while answering a webhook request are returned to the
+caller for the HTTP response; everything else goes out through the outbox.
+"""
+
+import datetime
+import logging
+from enum import Enum
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from rasa.core.agent import Agent
+
+from connectors.servicenow.backends.base import Backend, ChatClosed, CloseReason, HandoffRequest
+from connectors.servicenow.config import ServiceNowSettings
+from connectors.servicenow.delivery import HANDOFF_EVENT, Outbox
+from connectors.servicenow.errors import ServiceNowError
+from connectors.servicenow.relay import Relay
+from connectors.servicenow.state import (
+    HandoffRegistry,
+    LiveChat,
+    TrackerSlots,
+    bot_uttered,
+    cleared_slot_events,
+)
+
+logger = logging.getLogger(__name__)
+
+Messages = List[Dict[str, Any]]
+
+
+class EndReason(str, Enum):
+    USER_ENDED = "user_ended"
+    AGENT_CLOSED = "agent_closed"
+    FAILED = "failed"
+
+
+class HandoffManager:
+    def __init__(
+        self,
+        settings: ServiceNowSettings,
+        backend: Backend,
+        outbox: Outbox,
+        agent: Callable[[], Optional[Agent]],
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.outbox = outbox
+        self.texts = settings.texts
+        self.registry = HandoffRegistry()
+        self.slots = TrackerSlots(agent)
+        self.relay = Relay(
+            settings, backend, outbox, self.slots, on_closed=self._closed_by_servicenow, on_failed=self._failed_in_background
+        )
+        self._starting: Set[str] = set()
+
+    # -- the flag ----------------------------------------------------------
+
+    async def active_chat(self, sender_id: str) -> Optional[LiveChat]:
+        """The user's live chat, or None when messages should go to the bot."""
+        chat = self.registry.get(sender_id)
+        if chat is not None:
+            return chat
+        if self.registry.known_inactive(sender_id):
+            return None
+        loaded = await self.slots.load(sender_id)
+        if loaded is None:
+            self.registry.mark_inactive(sender_id)
+            return None
+        # Active in the tracker but unknown here: a chat from before a restart
+        # that the resume scan has not reached yet.
+        chat = self.registry.activate(loaded)
+        self.relay.watch(chat)
+        return chat
+
+    # -- start -------------------------------------------------------------
+
+    async def start(self, request: HandoffRequest, *, in_request: bool) -> Messages:
+        sender = request.sender_id
+        if sender in self._starting or self.registry.get(sender) is not None:
+            logger.info("Conversation %s asked for a live agent again while already connected.", sender)
+            return []
+        self._starting.add(sender)
+        try:
+            return await self._start(request, in_request)
+        finally:
+            self._starting.discard(sender)
+
+    async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
+        sender = request.sender_id
+        try:
+            opened = await self.backend.open_chat(request)
+        except ServiceNowError as error:
+            logger.warning("Could not open a ServiceNow chat for conversation %s: %s", sender, error)
+            return await self._tell(sender, [self.texts.start_failed], in_request=in_request)
+        chat = LiveChat(sender_id=sender, chat_id=opened.chat_id, user=opened.user, last_updated=opened.opened_at)
+        messages = self._bot_messages(sender, [self.texts.connecting])
+        try:
+            await self.slots.write(sender, chat.slot_events() + [bot_uttered(m) for m in messages])
+        except Exception:
+            logger.exception("Could not save the handoff of conversation %s; leaving the new chat.", sender)
+            await self._leave_quietly(chat)
+            return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
+        chat = self.registry.activate(chat)
+        self.relay.watch(chat)
+        self._publish_status(chat, active=True)
+        logger.info("Handoff started: conversation %s is in ServiceNow chat %s.", sender, chat.chat_id)
+        return self._deliver(sender, messages, in_request=in_request)
+
+    # -- while connected ---------------------------------------------------
+
+    async def forward(self, chat: LiveChat, text: str) -> Messages:
+        """Send one user message to the agent. Returns what to answer the request with."""
+        async with chat.send_lock:
+            if chat.ended:
+                # The chat ended while this message waited its turn.
+                return self._bot_messages(chat.sender_id, [self.texts.message_not_delivered])
+            try:
+                await self.backend.send(chat, text)
+            except ServiceNowError as error:
+                logger.warning("Could not deliver a message to ServiceNow chat %s: %s", chat.chat_id, error)
+                return await self._end(chat, EndReason.FAILED, in_request=True, undelivered=True)
+        self.relay.note_activity(chat)
+        return []
+
+    async def end_by_user(self, chat: LiveChat) -> Messages:
+        return await self._end(chat, EndReason.USER_ENDED, in_request=True)
+
+    # -- ends that come from ServiceNow's side -----------------------------
+
+    async def _closed_by_servicenow(self, chat: LiveChat, closed: ChatClosed) -> None:
+        logger.info("ServiceNow chat %s ended (%s).", chat.chat_id, closed.reason.value)
+        if closed.reason is CloseReason.NOT_FOUND:
+            await self._end(chat, EndReason.FAILED, in_request=False, leave=False)
+        else:
+            await self._end(chat, EndReason.AGENT_CLOSED, in_request=False)
+
+    async def _failed_in_background(self, chat: LiveChat, error: ServiceNowError) -> None:
+        await self._end(chat, EndReason.FAILED, in_request=False)
+
+    # -- ending ------------------------------------------------------------
+
+    async def _end(
+        self,
+        chat: LiveChat,
+        reason: EndReason,
+        *,
+        in_request: bool,
+        undelivered: bool = False,
+        leave: bool = True,
+    ) -> Messages:
+        if not self.registry.deactivate(chat):
+            return []
+        self.relay.unwatch(chat)
+        left = await self._leave_quietly(chat) if leave else False
+        texts = self._farewell(chat, reason, left)
+        if undelivered:
+            texts.append(self.texts.message_not_delivered)
+        messages = self._bot_messages(chat.sender_id, texts)
+        try:
+            await self.slots.write(chat.sender_id, cleared_slot_events() + [bot_uttered(m) for m in messages])
+        except Exception:
+            logger.exception("Could not clear the handoff slots of conversation %s.", chat.sender_id)
+        self._publish_status(chat, active=False)
+        logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", reason.value, chat.sender_id, chat.chat_id)
+        return self._deliver(chat.sender_id, messages, in_request=in_request)
+
+    def _farewell(self, chat: LiveChat, reason: EndReason, left: bool) -> List[str]:
+        if reason is EndReason.USER_ENDED:
+            return [self.texts.user_ended]
+        if reason is EndReason.AGENT_CLOSED:
+            return [self.texts.agent_closed]
+        if not left:
+            return [self.texts.session_lost]
+        return [
+            self.texts.connection_lost.format(
+                chat_id=chat.chat_id, last_message_at=format_time(chat.last_updated)
+            )
+        ]
+
+    async def _leave_quietly(self, chat: LiveChat) -> bool:
+        try:
+            await self.backend.leave(chat)
+            return True
+        except ServiceNowError as error:
+            logger.warning("Leaving ServiceNow chat %s failed: %s", chat.chat_id, error)
+            return False
+
+    # -- after a restart, and at shutdown ----------------------------------
+
+    async def resume(self) -> int:
+        """Pick up the chats that were live when the process last stopped."""
+        resumed = 0
+        async for loaded in self.slots.active_chats():
+            chat = self.registry.activate(loaded)
+            self.relay.watch(chat)
+            resumed += 1
+        if resumed:
+            logger.info("Resumed %d live chat(s) from the tracker store.", resumed)
+        return resumed
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        await self.relay.stop(timeout)
+        await self.outbox.drain(timeout)
+
+    # -- helpers -----------------------------------------------------------
+
+    async def _tell(self, sender_id: str, texts: List[str], *, in_request: bool, record: bool = True) -> Messages:
+        messages = self._bot_messages(sender_id, texts)
+        if record:
+            try:
+                await self.slots.write(sender_id, [bot_uttered(message) for message in messages])
+            except Exception:
+                logger.exception("Could not record a handoff notice for conversation %s.", sender_id)
+        return self._deliver(sender_id, messages, in_request=in_request)
+
+    def _deliver(self, sender_id: str, messages: Messages, *, in_request: bool) -> Messages:
+        """Hand messages back for the HTTP response, or send them out of band."""
+        if in_request:
+            return messages
+        for message in messages:
+            self.outbox.publish(sender_id, message)
+        return []
+
+    @staticmethod
+    def _bot_messages(sender_id: str, texts: List[str]) -> Messages:
+        return [{"recipient_id": sender_id, "text": text, "metadata": {"source": "bot"}} for text in texts]
+
+    def _publish_status(self, chat: LiveChat, *, active: bool) -> None:
+        # Stream only: a callback consumer that expects Rasa's message shape
+        # should not receive status objects without text.
+        self.outbox.publish(
+            chat.sender_id,
+            {"recipient_id": chat.sender_id, "handoff": {"active": active, "chat_id": chat.chat_id, "api": self.backend.api}},
+            HANDOFF_EVENT,
+            to_callback=False,
+        )
+
+
+def format_time(epoch_ms: Optional[float]) -> str:
+    if epoch_ms is None:
+        return "unknown time"
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,227 @@
+"""The relay carries what the agent side says to the user.
+
+For a pull backend (Connect) it runs one polling loop per live chat: fast
+while the chat is active, slower once it has been quiet for a while, with a
+periodic check of the session state in place of a poll. Push backends hand
+their events to ``dispatch`` directly.
+
+``dispatch`` is where both meet: per chat and in order, it drops what was
+already handled, queues messages and typing for delivery, moves the chat's
+cursor in the tracker (together with a record of the delivered messages),
+and reports the end of the chat. Delivery is queued before the cursor is
+saved; a shutdown waits for both, so a restart neither loses nor repeats.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, Dict, Optional, Sequence, Set
+
+from connectors.servicenow.backends.base import (
+    AgentEvent,
+    AgentMessage,
+    AgentTyping,
+    Backend,
+    ChatClosed,
+    PollResult,
+    SystemNotice,
+)
+from connectors.servicenow.config import ServiceNowSettings
+from connectors.servicenow.delivery import TYPING_EVENT, Outbox
+from connectors.servicenow.errors import ServiceNowError
+from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
+
+logger = logging.getLogger(__name__)
+
+OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
+OnFailed = Callable[[LiveChat, ServiceNowError], Awaitable[Any]]
+
+
+class PollSchedule:
+    """When a chat is polled next, and whether that tick checks the session
+    state instead. One ServiceNow request per tick keeps the request rate at
+    ``1 / poll_interval`` for an active chat and ``1 / idle_poll_interval``
+    for a quiet one."""
+
+    def __init__(self, settings: ServiceNowSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._last_activity = clock()
+        self._next_state_check = self._last_activity + settings.session_check_interval
+
+    def note_activity(self) -> None:
+        self._last_activity = self._clock()
+
+    def is_active(self) -> bool:
+        return self._clock() - self._last_activity < self._settings.idle_after
+
+    def delay(self) -> float:
+        return self._settings.poll_interval if self.is_active() else self._settings.idle_poll_interval
+
+    def state_check_due(self) -> bool:
+        now = self._clock()
+        if now < self._next_state_check:
+            return False
+        self._next_state_check = now + self._settings.session_check_interval
+        return True
+
+
+class _Poller:
+    def __init__(self, schedule: PollSchedule) -> None:
+        self.schedule = schedule
+        self.wake = asyncio.Event()
+        self.task: Optional["asyncio.Task[None]"] = None
+
+    async def sleep(self) -> None:
+        """Wait for the next tick; activity cuts a long idle wait short."""
+        while True:
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self.schedule.delay())
+            except asyncio.TimeoutError:
+                return
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: ServiceNowSettings,
+        backend: Backend,
+        outbox: Outbox,
+        slots: TrackerSlots,
+        *,
+        on_closed: OnClosed,
+        on_failed: OnFailed,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._outbox = outbox
+        self._slots = slots
+        self._on_closed = on_closed
+        self._on_failed = on_failed
+        self._pollers: Dict[str, _Poller] = {}
+        self._dispatches: Set["asyncio.Task[None]"] = set()
+
+    # -- lifecycle of one chat ---------------------------------------------
+
+    def watch(self, chat: LiveChat) -> None:
+        """Start relaying the chat's agent side. Idempotent."""
+        if not self._backend.pulls or chat.sender_id in self._pollers or chat.ended:
+            return
+        poller = _Poller(PollSchedule(self._settings))
+        poller.task = asyncio.create_task(self._poll_loop(chat, poller), name=f"servicenow-poll-{chat.sender_id}")
+        self._pollers[chat.sender_id] = poller
+
+    def unwatch(self, chat: LiveChat) -> None:
+        poller = self._pollers.pop(chat.sender_id, None)
+        if poller and poller.task and poller.task is not asyncio.current_task():
+            poller.task.cancel()
+
+    def note_activity(self, chat: LiveChat) -> None:
+        """The user wrote: an answer is likely soon, so poll at the fast rate."""
+        poller = self._pollers.get(chat.sender_id)
+        if poller:
+            was_idle = not poller.schedule.is_active()
+            poller.schedule.note_activity()
+            if was_idle:
+                poller.wake.set()
+
+    @property
+    def watched(self) -> int:
+        return len(self._pollers)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling and let deliveries under way finish."""
+        pollers = list(self._pollers.values())
+        self._pollers.clear()
+        for poller in pollers:
+            if poller.task:
+                poller.task.cancel()
+        tasks = [poller.task for poller in pollers if poller.task] + list(self._dispatches)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # -- polling -----------------------------------------------------------
+
+    async def _poll_loop(self, chat: LiveChat, poller: _Poller) -> None:
+        while not chat.ended:
+            await poller.sleep()
+            if chat.ended:
+                return
+            try:
+                if poller.schedule.state_check_due():
+                    closed = await self._backend.check_closed(chat)
+                    result = PollResult([closed], chat.last_updated, chat.seen_ids) if closed else None
+                else:
+                    result = await self._backend.poll(chat)
+            except ServiceNowError as error:
+                if not chat.ended:
+                    logger.warning("Polling ServiceNow chat %s keeps failing: %s", chat.chat_id, error)
+                    await self._on_failed(chat, error)
+                return
+            except Exception:
+                logger.exception("Unexpected error while polling ServiceNow chat %s; retrying.", chat.chat_id)
+                continue
+            if result is None or chat.ended:
+                continue
+            if result.events:
+                poller.schedule.note_activity()
+            # Shielded: a shutdown that cancels the loop must not cut a
+            # delivery off between queueing messages and saving the cursor.
+            dispatch = asyncio.ensure_future(self.dispatch(chat, result.events, result))
+            self._dispatches.add(dispatch)
+            dispatch.add_done_callback(self._dispatches.discard)
+            await asyncio.shield(dispatch)
+
+    # -- delivery ----------------------------------------------------------
+
+    async def dispatch(
+        self, chat: LiveChat, events: Sequence[AgentEvent], cursor: Optional[PollResult] = None
+    ) -> None:
+        """Deliver events in order, at most once each, then save the cursor."""
+        closed: Optional[ChatClosed] = None
+        async with chat.dispatch_lock:
+            if chat.ended:
+                return
+            records = []
+            before = (chat.last_updated, chat.seen_ids)
+            for event in events:
+                if isinstance(event, ChatClosed):
+                    closed = event
+                    break
+                if isinstance(event, AgentTyping):
+                    self._outbox.publish(
+                        chat.sender_id, {"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT
+                    )
+                    continue
+                if event.message_id in chat.seen_ids and cursor is None:
+                    continue
+                message = _user_message(chat.sender_id, event)
+                self._outbox.publish(chat.sender_id, message)
+                records.append(bot_uttered(message))
+                if cursor is None:
+                    chat.note_message(event.message_id, event.timestamp)
+            if cursor is not None:
+                chat.last_updated, chat.seen_ids = cursor.last_updated, tuple(cursor.seen_ids)
+            if records or (chat.last_updated, chat.seen_ids) != before:
+                try:
+                    await self._slots.write(chat.sender_id, records + chat.cursor_events())
+                except Exception:
+                    logger.exception("Could not save the handoff cursor of conversation %s.", chat.sender_id)
+            if records:
+                logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
+        if closed is not None:
+            await self._on_closed(chat, closed)
+
+
+def _user_message(recipient_id: str, event: Any) -> Dict[str, Any]:
+    if isinstance(event, AgentMessage):
+        metadata: Dict[str, Any] = {"source": "agent", "agent_name": event.agent_name, "message_id": event.message_id}
+        return {"recipient_id": recipient_id, "text": event.text, **event.rich, "metadata": metadata}
+    assert isinstance(event, SystemNotice)
+    return {
+        "recipient_id": recipient_id,
+        "text": event.text,
+        "metadata": {"source": "system", "message_id": event.message_id},
+    }
+

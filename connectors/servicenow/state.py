@@ -1,0 +1,232 @@
+"""The handoff state of a conversation: tracker slots as the durable truth,
+and an in-process registry so the per-message flag check costs no tracker load.
+
+Slots (declared in ``domain.yml``):
+
+``handoff_active``
+    True while the user talks to a human agent.
+``live_chat_id``
+    The ServiceNow chat: the Connect conversation ``group``.
+``live_chat_user``
+    The ServiceNow account the chat runs as, whose own messages are filtered out.
+``live_chat_last_updated``
+    ServiceNow's time (epoch ms) of the newest message seen in the chat.
+``live_chat_seen_ids``
+    Ids of the newest messages already handled, so a message that shares a
+    timestamp with others, or that ServiceNow commits late, is delivered once.
+
+Transitions, each written under Rasa's lock for the conversation and saved to
+the tracker store: *inactive -> active* when a chat opens, *active -> active*
+when agent messages move the cursor, *active -> inactive* when the handoff
+ends. Only this channel writes these slots; the registry relies on that.
+"""
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from rasa.core.agent import Agent
+from rasa.shared.core.events import BotUttered, Event, SlotSet
+from rasa.shared.core.trackers import DialogueStateTracker
+
+logger = logging.getLogger(__name__)
+
+SLOT_ACTIVE = "handoff_active"
+SLOT_CHAT_ID = "live_chat_id"
+SLOT_USER = "live_chat_user"
+SLOT_LAST_UPDATED = "live_chat_last_updated"
+SLOT_SEEN_IDS = "live_chat_seen_ids"
+HANDOFF_SLOTS = (SLOT_ACTIVE, SLOT_CHAT_ID, SLOT_USER, SLOT_LAST_UPDATED, SLOT_SEEN_IDS)
+
+# Waiting on Rasa's ticket lock polls at this interval (Rasa's default is 1 s,
+# which would put up to a second on every agent message that races a write).
+LOCK_POLL_S = 0.02
+
+
+@dataclass(eq=False)
+class LiveChat:
+    """One conversation in handoff. The first five fields mirror the slots;
+    the rest lives only in this process."""
+
+    sender_id: str
+    chat_id: str
+    user: Optional[str] = None
+    last_updated: Optional[float] = None
+    seen_ids: Tuple[str, ...] = ()
+    #: Set once the handoff has ended, so late pollers and callbacks stand down.
+    ended: bool = False
+    #: Keeps the user's messages in order on their way to ServiceNow.
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: Keeps agent events in order on their way to the user.
+    dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    def slot_events(self) -> List[Event]:
+        return [
+            SlotSet(SLOT_ACTIVE, True),
+            SlotSet(SLOT_CHAT_ID, self.chat_id),
+            SlotSet(SLOT_USER, self.user),
+            SlotSet(SLOT_LAST_UPDATED, self.last_updated),
+            SlotSet(SLOT_SEEN_IDS, list(self.seen_ids)),
+        ]
+
+    def cursor_events(self) -> List[Event]:
+        return [SlotSet(SLOT_LAST_UPDATED, self.last_updated), SlotSet(SLOT_SEEN_IDS, list(self.seen_ids))]
+
+    def note_message(self, message_id: Optional[str], timestamp: Optional[float]) -> None:
+        """Move the cursor past a message this side has seen (or written)."""
+        if timestamp is not None and (self.last_updated is None or timestamp > self.last_updated):
+            self.last_updated = timestamp
+        if message_id and message_id not in self.seen_ids:
+            self.seen_ids = self.seen_ids + (message_id,)
+
+    @classmethod
+    def from_tracker(cls, tracker: DialogueStateTracker) -> Optional["LiveChat"]:
+        if tracker.get_slot(SLOT_ACTIVE) is not True:
+            return None
+        chat_id = tracker.get_slot(SLOT_CHAT_ID)
+        if not chat_id:
+            logger.warning(
+                "Conversation %s has '%s' set without '%s'; ignoring it.", tracker.sender_id, SLOT_ACTIVE, SLOT_CHAT_ID
+            )
+            return None
+        last_updated = tracker.get_slot(SLOT_LAST_UPDATED)
+        seen = tracker.get_slot(SLOT_SEEN_IDS) or ()
+        return cls(
+            sender_id=tracker.sender_id,
+            chat_id=str(chat_id),
+            user=tracker.get_slot(SLOT_USER),
+            last_updated=float(last_updated) if isinstance(last_updated, (int, float)) else None,
+            seen_ids=tuple(str(item) for item in seen),
+        )
+
+
+def cleared_slot_events() -> List[Event]:
+    return [
+        SlotSet(SLOT_ACTIVE, False),
+        SlotSet(SLOT_CHAT_ID, None),
+        SlotSet(SLOT_USER, None),
+        SlotSet(SLOT_LAST_UPDATED, None),
+        SlotSet(SLOT_SEEN_IDS, None),
+    ]
+
+
+def bot_uttered(message: Dict[str, Any]) -> BotUttered:
+    """Record a message the channel delivered itself, so the tracker keeps
+    the whole conversation, agent part included."""
+    data = {key: value for key, value in message.items() if key not in ("recipient_id", "text", "metadata")}
+    return BotUttered(text=message.get("text"), data=data, metadata=message.get("metadata") or {})
+
+
+class TrackerSlots:
+    """Reads and writes the handoff slots through the running agent."""
+
+    def __init__(self, agent: Callable[[], Optional[Agent]]) -> None:
+        self._agent = agent
+
+    def _ready_agent(self) -> Agent:
+        agent = self._agent()
+        if agent is None or agent.tracker_store is None or agent.lock_store is None:
+            raise RuntimeError("the Rasa agent is not loaded yet")
+        return agent
+
+    def missing_slots(self) -> List[str]:
+        agent = self._agent()
+        if agent is None or agent.domain is None:
+            return []
+        declared = {slot.name for slot in agent.domain.slots}
+        return [name for name in HANDOFF_SLOTS if name not in declared]
+
+    async def load(self, sender_id: str) -> Optional[LiveChat]:
+        """The conversation's handoff, if active. Reads without side effects."""
+        tracker = await self._ready_agent().tracker_store.retrieve(sender_id)
+        return LiveChat.from_tracker(tracker) if tracker is not None else None
+
+    async def write(self, sender_id: str, events: Sequence[Event]) -> None:
+        agent = self._ready_agent()
+        async with agent.lock_store.lock(sender_id, wait_time_in_seconds=LOCK_POLL_S):
+            if agent.processor is not None:
+                tracker = await agent.processor.get_tracker(sender_id)
+            else:
+                tracker = await agent.tracker_store.get_or_create_tracker(sender_id, append_action_listen=False)
+            for event in events:
+                tracker.update(event, agent.domain)
+            await agent.tracker_store.save(tracker)
+
+    async def active_chats(self, concurrency: int = 8) -> AsyncIterator[LiveChat]:
+        """Every conversation whose tracker says it is in handoff (used after a restart)."""
+        store = self._ready_agent().tracker_store
+        keys = list(await store.keys())
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def load(key: str) -> Optional[LiveChat]:
+            async with semaphore:
+                try:
+                    return await self.load(key)
+                except Exception:  # one broken tracker must not stop the others resuming
+                    logger.exception("Could not read the tracker of conversation %s.", key)
+                    return None
+
+        for chunk_start in range(0, len(keys), 256):
+            chunk = keys[chunk_start : chunk_start + 256]
+            for chat in await asyncio.gather(*(load(key) for key in chunk)):
+                if chat is not None:
+                    yield chat
+
+
+class HandoffRegistry:
+    """Which conversations are in handoff, as far as this process knows.
+
+    Active chats are held in full. Conversations known to be *not* in handoff
+    are remembered in a bounded LRU, so a busy bot does not reload trackers
+    to answer the same question twice, and memory stays flat.
+    """
+
+    def __init__(self, inactive_capacity: int = 100_000) -> None:
+        self._active: Dict[str, LiveChat] = {}
+        self._inactive: "OrderedDict[str, None]" = OrderedDict()
+        self._inactive_capacity = inactive_capacity
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def __iter__(self) -> Iterable[LiveChat]:
+        return iter(list(self._active.values()))
+
+    def get(self, sender_id: str) -> Optional[LiveChat]:
+        return self._active.get(sender_id)
+
+    def known_inactive(self, sender_id: str) -> bool:
+        if sender_id in self._inactive:
+            self._inactive.move_to_end(sender_id)
+            return True
+        return False
+
+    def activate(self, chat: LiveChat) -> LiveChat:
+        """Register a chat; if one is already registered for the sender, keep that one."""
+        self._inactive.pop(chat.sender_id, None)
+        return self._active.setdefault(chat.sender_id, chat)
+
+    def deactivate(self, chat: LiveChat) -> bool:
+        """Unregister; False when the chat had already ended (so ending runs once)."""
+        if chat.ended:
+            return False
+        chat.ended = True
+        if self._active.get(chat.sender_id) is chat:
+            del self._active[chat.sender_id]
+        self.mark_inactive(chat.sender_id)
+        return True
+
+    def mark_inactive(self, sender_id: str) -> None:
+        if sender_id in self._active:
+            return
+        self._inactive[sender_id] = None
+        self._inactive.move_to_end(sender_id)
+        while len(self._inactive) > self._inactive_capacity:
+            self._inactive.popitem(last=False)
+
+
+def now_ms() -> float:
+    return time.time() * 1000

@@ -1,0 +1,59 @@
+"""What the connector itself says to the user, with defaults that the
+``messages`` option of ``credentials.yml`` can override one by one.
+
+Placeholders use ``str.format`` names: ``{chat_id}`` and ``{last_message_at}``
+in ``connection_lost``.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from connectors.servicenow.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class UserTexts:
+    #: The chat is open in ServiceNow and waits for an agent.
+    connecting: str = "I'm connecting you to a live agent. Please wait here; they will answer in this chat."
+    #: ServiceNow could not open a chat; the user stays with the bot.
+    start_failed: str = (
+        "Sorry, I couldn't reach a live agent right now. Please try again in a few minutes."
+    )
+    #: The user typed an end command such as ``/end_chat``.
+    user_ended: str = "You have left the chat with the agent. You're back with the virtual assistant."
+    #: The agent closed the chat, or ServiceNow closed it (timeout, escalation).
+    agent_closed: str = "The agent has closed the chat. You're back with the virtual assistant."
+    #: ServiceNow kept failing; the chat was left cleanly.
+    connection_lost: str = (
+        "Sorry, we lost the connection to the live agent. Chat {chat_id}, last message at "
+        "{last_message_at}. You're back with the virtual assistant; if you still need help, "
+        "ask for a live agent again."
+    )
+    #: Appended to ``connection_lost`` when the user's own message did not get through.
+    message_not_delivered: str = "Your last message could not be delivered to the agent."
+    #: ServiceNow kept failing and leaving the chat failed as well (wording required by the product).
+    session_lost: str = (
+        "The chat session is closed/could not be located. Please try reconnecting to live agent "
+        "if you still need help!"
+    )
+
+    @classmethod
+    def from_options(cls, options: Optional[Mapping[str, Any]]) -> "UserTexts":
+        if not options:
+            return cls()
+        if not isinstance(options, Mapping):
+            raise ConfigurationError("'messages' must be a mapping of message name to text.")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown entries under 'messages': {', '.join(unknown)}. "
+                f"Known entries: {', '.join(sorted(known))}."
+            )
+        overrides: Dict[str, str] = {}
+        for name, text in options.items():
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigurationError(f"'messages.{name}' must be a non-empty string.")
+            overrides[name] = text
+        return cls(**overrides)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The main job: Rasa with the ServiceNow channel, against the bundled
+# emulator unless SERVICENOW_INSTANCE_URL points at a real instance.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+RASA_HOST=${RASA_HOST:-127.0.0.1}
+RASA_PORT=${RASA_PORT:-5005}
+EMULATOR_HOST=${EMULATOR_HOST:-127.0.0.1}
+EMULATOR_PORT=${EMULATOR_PORT:-8181}
+MODEL=${MODEL:-models/demo.tar.gz}
+
+emulator_pid=""
+cleanup() {
+  if [ -n "$emulator_pid" ]; then kill "$emulator_pid" 2>/dev/null || true; wait "$emulator_pid" 2>/dev/null || true; fi
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
+  log=$(mktemp)
+  "$VENV/bin/python" -m connectors.servicenow.emulator --host "$EMULATOR_HOST" --port "$EMULATOR_PORT" >"$log" 2>&1 &
+  emulator_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q "listening on" "$log" && break
+    kill -0 "$emulator_pid" 2>/dev/null || { cat "$log"; echo "error: the ServiceNow emulator did not start" >&2; exit 1; }
+    sleep 0.1
+  done
+  grep -q "listening on" "$log" || { cat "$log"; echo "error: the ServiceNow emulator did not start in 10 s" >&2; exit 1; }
+  # Follow the emulator's log in this terminal too.
+  tail -n +1 -f "$log" --pid "$emulator_pid" | sed -u 's/^/[emulator] /' &
+  export SERVICENOW_INSTANCE_URL="http://$EMULATOR_HOST:$EMULATOR_PORT"
+  export SERVICENOW_USERNAME=${SERVICENOW_USERNAME:-rasa.integration}
+  export SERVICENOW_PASSWORD=${SERVICENOW_PASSWORD:-secret}
+  export SERVICENOW_QUEUE_ID=${SERVICENOW_QUEUE_ID:-$("$VENV/bin/python" -c 'from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID; print(DEFAULT_QUEUE_SYS_ID)')}
+  target="the bundled ServiceNow emulator at $SERVICENOW_INSTANCE_URL (agent controls: $SERVICENOW_INSTANCE_URL/__emu/...)"
+else
+  target="ServiceNow at $SERVICENOW_INSTANCE_URL"
+fi
+
+# Every variable credentials.yml names must exist; empty means "not set".
+for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL POLL_INTERVAL; do
+  export "SERVICENOW_$name=$(printenv "SERVICENOW_$name" || true)"
+done
+
+cat <<MSG
+
+  Rasa with the ServiceNow handoff channel, talking to $target.
+  Talk to the bot:   curl -s localhost:$RASA_PORT/webhooks/servicenow/webhook -d '{"sender": "me", "message": "hi"}'
+  Agent replies:     curl -N localhost:$RASA_PORT/webhooks/servicenow/stream?sender=me
+  Walk-through:      README.md, "Try it"
+
+MSG
+
+"$VENV/bin/rasa" run --model "$MODEL" --enable-api --credentials credentials.yml \
+  --interface "$RASA_HOST" --port "$RASA_PORT" --cors "*" ${RASA_ARGS:-} &
+rasa_pid=$!
+trap 'kill -TERM $rasa_pid 2>/dev/null; wait $rasa_pid 2>/dev/null; cleanup' EXIT INT TERM
+wait "$rasa_pid"
