@@ -20,6 +20,16 @@ Where things live:
 ``emulator``    a local ServiceNow for the demo and the tests
 """
 
-from connectors.servicenow.channel import ServiceNowInput
+from typing import Any
 
 __all__ = ["ServiceNowInput"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so ``python -m connectors.servicenow.emulator``
+    # starts without loading Rasa (and TensorFlow with it).
+    if name == "ServiceNowInput":
+        from connectors.servicenow.channel import ServiceNowInput
+
+        return ServiceNowInput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ SUPPORTED_APIS = (CONNECT_API,)
 class RetryPolicy:
     """How a ServiceNow call is retried before the failure counts."""
 
-    attempts: int = 4
+    attempts: int = 5
     #: First delay; it doubles per attempt (with jitter) up to ``max_backoff``.
     backoff: float = 0.5
     max_backoff: float = 8.0

@@ -90,8 +90,8 @@ async def test_retries_are_bounded(client, sleep):
         mock.get(URL, status=503, repeat=True)
         with pytest.raises(ServiceNowUnavailable) as caught:
             await client.request("GET", "/api/now/thing")
-    assert caught.value.attempts == 4 and caught.value.status == 503
-    assert len(sleep.delays) == 3
+    assert caught.value.attempts == 5 and caught.value.status == 503
+    assert len(sleep.delays) == 4
 
 
 async def test_a_definite_no_is_not_retried(client, sleep):

@@ -1,0 +1,229 @@
+"""Real processes on loopback for the end-to-end tests: the ServiceNow
+emulator, ``rasa run`` with the channel, and a callback receiver standing in
+for the user's frontend. Waiting is always on a condition with a deadline."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+RASA = str(Path(PYTHON).with_name("rasa"))
+QUIET_ENV = {
+    "RASA_TELEMETRY_ENABLED": "false",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
+}
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)  # wait-ok: polling interval of a condition with a deadline
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Emulator:
+    """The bundled ServiceNow emulator as its own process, driven over HTTP."""
+
+    def __init__(self, log_path: Path) -> None:
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "connectors.servicenow.emulator", "--port", "0", "--quiet"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        )
+        line = self.process.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"the emulator did not start: {line!r} (see {log_path})")
+        self.url = line.strip().rsplit(" ", 1)[-1]
+        from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID
+
+        self.queue_id = DEFAULT_QUEUE_SYS_ID
+
+    def control(self, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+        response = requests.post(f"{self.url}/__emu/{path}", json=body or {}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def get(self, path: str) -> Any:
+        response = requests.get(f"{self.url}/__emu/{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def accept(self, group: str) -> Any:
+        return self.control("agent/accept", {"session": group})
+
+    def say(self, group: str, text: str, **options: Any) -> Any:
+        return self.control("agent/message", {"session": group, "text": text, **options})
+
+    def close(self, group: str, **options: Any) -> Any:
+        return self.control("agent/close", {"session": group, **options})
+
+    def fault(self, **rule: Any) -> None:
+        self.control("faults", rule)
+
+    def transcript(self, group: str) -> List[Dict[str, Any]]:
+        return self.get(f"transcript/{group}")["messages"]
+
+    def session(self, group: str) -> Dict[str, Any]:
+        return self.get(f"transcript/{group}")["session"]
+
+    def requests_for(self, group: str, method: str, suffix: str) -> List[Dict[str, Any]]:
+        return [
+            entry for entry in self.get("requests")["requests"]
+            if entry["method"] == method and group in entry["path"] and entry["path"].endswith(suffix)
+        ]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self._log.close()
+
+
+class CallbackReceiver:
+    """Stands in for a frontend's callback URL and records every POST."""
+
+    def __init__(self) -> None:
+        self.received: List[Dict[str, Any]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                with receiver._lock:
+                    receiver.received.append(body)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/callback"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def for_user(self, sender: str) -> List[Dict[str, Any]]:
+        with self._lock:
+            return [item for item in self.received if item.get("recipient_id") == sender]
+
+    def texts(self, sender: str) -> List[str]:
+        return [item["text"] for item in self.for_user(sender) if "text" in item]
+
+    def wait_for_text(self, sender: str, predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
+        def found() -> Optional[str]:
+            return next((text for text in self.texts(sender) if predicate(text)), None)
+
+        return wait_for(found, timeout, what=f"a callback message for {sender}")
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+class RasaServer:
+    """``rasa run --enable-api`` with the channel, as a user would start it."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        model: Path,
+        channel_options: Dict[str, Any],
+        endpoints: Optional[Dict[str, Any]] = None,
+        name: str = "rasa",
+    ) -> None:
+        self.workdir = workdir
+        self.model = model
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.credentials = workdir / f"{name}-credentials.yml"
+        self.credentials.write_text(yaml.safe_dump({"connectors.servicenow.ServiceNowInput": channel_options}))
+        self.endpoints: Optional[Path] = None
+        if endpoints:
+            self.endpoints = workdir / f"{name}-endpoints.yml"
+            self.endpoints.write_text(yaml.safe_dump(endpoints))
+        self.log_path = workdir / f"{name}.log"
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 120.0) -> "RasaServer":
+        command = [
+            RASA, "run", "--model", str(self.model), "--enable-api", "--credentials", str(self.credentials),
+            "--interface", "127.0.0.1", "--port", str(self.port),
+        ]
+        if self.endpoints:
+            command += ["--endpoints", str(self.endpoints)]
+        log = open(self.log_path, "a")
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV})
+        log.close()
+
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rasa run exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                return requests.get(f"{self.url}/status", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(ready, timeout, interval=0.2, what="rasa run to serve")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- talking to it -----------------------------------------------------
+
+    def say(self, sender: str, message: str) -> List[Dict[str, Any]]:
+        response = requests.post(
+            f"{self.url}/webhooks/servicenow/webhook", json={"sender": sender, "message": message}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post_raw(self, data: bytes, content_type: str = "application/json") -> requests.Response:
+        return requests.post(
+            f"{self.url}/webhooks/servicenow/webhook", data=data, headers={"Content-Type": content_type}, timeout=30
+        )
+
+    def tracker(self, sender: str) -> Dict[str, Any]:
+        response = requests.get(f"{self.url}/conversations/{sender}/tracker", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def slots(self, sender: str) -> Dict[str, Any]:
+        return self.tracker(sender)["slots"]
+
+
+def new_sender() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"
