@@ -71,6 +71,10 @@ class ServiceNowInput(InputChannel):
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
 
+    def bind(self, app: Sanic) -> None:
+        """Remember the app whose ``ctx.agent`` serves this channel."""
+        self._app = app
+
     def _agent(self) -> Optional[Agent]:
         return getattr(self._app.ctx, "agent", None) if self._app is not None else None
 
@@ -90,7 +94,7 @@ class ServiceNowInput(InputChannel):
 
         @blueprint.listener("after_server_start")
         async def start_background_work(app: Sanic, _loop: Any) -> None:
-            self._app = app
+            self.bind(app)
             missing = self.handoffs.slots.missing_slots()
             if missing:
                 logger.error(
@@ -114,7 +118,7 @@ class ServiceNowInput(InputChannel):
 
         @blueprint.route("/webhook", methods=["POST"])
         async def receive(request: Request) -> HTTPResponse:
-            self._app = request.app
+            self.bind(request.app)
             try:
                 payload = parse_user_payload(request.body, max_message_length=self.settings.max_message_length)
             except PayloadError as error:
@@ -123,7 +127,7 @@ class ServiceNowInput(InputChannel):
             if agent is None or not agent.is_ready():
                 error = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
                 return response.json(error.body(), status=503)
-            return response.json(await self._handle(payload, on_new_message))
+            return response.json(await self.handle(payload, on_new_message))
 
         @blueprint.route("/stream", methods=["GET"])
         async def stream(request: Request) -> Optional[HTTPResponse]:
@@ -149,7 +153,8 @@ class ServiceNowInput(InputChannel):
 
         return blueprint
 
-    async def _handle(self, payload: UserPayload, on_new_message: OnNewMessage) -> list:
+    async def handle(self, payload: UserPayload, on_new_message: OnNewMessage) -> list:
+        """What the webhook does with a valid message; returns this turn's replies."""
         chat = await self.handoffs.active_chat(payload.sender)
         if chat is not None:
             command = payload.message.lower()

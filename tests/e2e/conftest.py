@@ -12,7 +12,8 @@ FAST_CHANNEL = {
     "username": "rasa.integration",
     "password": "secret",
     "poll_interval": 0.2,
-    "idle_poll_interval": 1.0,
+    # Far from poll_interval, so a chat wrongly treated as idle shows up as slow delivery.
+    "idle_poll_interval": 5.0,
     "session_check_interval": 1.0,
     "request_timeout": 2,
     "retry_attempts": 3,

@@ -3,6 +3,7 @@ channel, the emulator as ServiceNow, a callback receiver as the frontend."""
 
 import json
 import threading
+import time
 from typing import List
 
 import pytest
@@ -81,9 +82,13 @@ def test_agent_replies_reach_the_user_without_the_user_writing(rasa, emulator, c
     sender = new_sender()
     group = start_handoff(rasa, sender)
     emulator.accept(group)
+    said_at = time.monotonic()
     emulator.say(group, "Hi, I'm Beth. How can I help?")
 
     callback.wait_for_text(sender, lambda text: text == "Hi, I'm Beth. How can I help?")
+    # About one poll interval (0.2 s here); the bound is loose for slow CI
+    # machines but well below the 5 s idle interval.
+    assert time.monotonic() - said_at < 2.0
     agent_item = next(i for i in callback.for_user(sender) if i.get("text") == "Hi, I'm Beth. How can I help?")
     assert agent_item["metadata"]["source"] == "agent"
     assert agent_item["metadata"]["agent_name"] == "Beth Anglin"

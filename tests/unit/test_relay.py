@@ -1,0 +1,137 @@
+"""The relay's schedule and its dispatch of agent events."""
+
+from typing import List
+
+from connectors.servicenow.backends.base import (
+    AgentMessage,
+    AgentTyping,
+    ChatClosed,
+    CloseReason,
+    PollResult,
+    SystemNotice,
+)
+from connectors.servicenow.config import ServiceNowSettings
+from connectors.servicenow.delivery import Outbox
+from connectors.servicenow.relay import PollSchedule, Relay
+from connectors.servicenow.state import SLOT_LAST_UPDATED, SLOT_SEEN_IDS, LiveChat
+
+SETTINGS = ServiceNowSettings.from_credentials(
+    {
+        "instance_url": "https://acme.service-now.com", "username": "u", "password": "p", "queue_id": "q",
+        "poll_interval": 1, "idle_poll_interval": 10, "idle_after": 60, "session_check_interval": 30,
+    }
+)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_schedule_polls_fast_while_active_and_slow_once_quiet():
+    clock = Clock()
+    schedule = PollSchedule(SETTINGS, clock)
+    assert schedule.delay() == 1
+    clock.now += 61
+    assert schedule.delay() == 10
+    schedule.note_activity()
+    assert schedule.delay() == 1
+
+
+def test_schedule_checks_the_session_state_once_per_interval():
+    clock = Clock()
+    schedule = PollSchedule(SETTINGS, clock)
+    checks = []
+    for _ in range(90):  # 90 one-second ticks
+        clock.now += 1
+        checks.append(schedule.state_check_due())
+    assert checks.count(True) == 3
+
+
+class RecordingSlots:
+    def __init__(self):
+        self.writes: List[list] = []
+
+    async def write(self, sender_id, events):
+        self.writes.append(list(events))
+
+
+class Recorder:
+    def __init__(self):
+        self.closed = []
+        self.failed = []
+
+    async def on_closed(self, chat, event):
+        self.closed.append(event)
+
+    async def on_failed(self, chat, error):
+        self.failed.append(error)
+
+
+def make_relay():
+    outbox, slots, recorder = Outbox(callback_url=None), RecordingSlots(), Recorder()
+    relay = Relay(SETTINGS, backend=None, outbox=outbox, slots=slots, on_closed=recorder.on_closed, on_failed=recorder.on_failed)
+    return relay, outbox, slots, recorder
+
+
+async def streamed(outbox, count):
+    subscription = outbox.subscribe("u1")
+    items = [await subscription.next(heartbeat=1) for _ in range(count)]
+    subscription.close()
+    return items
+
+
+async def test_pushed_events_are_delivered_in_order_and_repeats_dropped():
+    relay, outbox, slots, _ = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    hello = AgentMessage("m1", "hello", "Beth", 1000)
+    await relay.dispatch(chat, [SystemNotice("s1", "Beth has entered the chat.", 900), AgentTyping(True), hello])
+    await relay.dispatch(chat, [hello])  # ServiceNow repeated the callback
+
+    items = await streamed(outbox, 3)
+    assert [item.kind for item in items] == ["message", "typing", "message"]
+    assert items[2].payload == {
+        "recipient_id": "u1", "text": "hello",
+        "metadata": {"source": "agent", "agent_name": "Beth", "message_id": "m1"},
+    }
+    assert chat.seen_ids == ("s1", "m1") and chat.last_updated == 1000
+    bot_texts = [event.text for write in slots.writes for event in write if event.type_name == "bot"]
+    assert bot_texts == ["Beth has entered the chat.", "hello"]
+
+
+async def test_a_poll_result_moves_the_cursor_and_saves_it_with_the_transcript():
+    relay, outbox, slots, _ = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
+    result = PollResult([AgentMessage("b", "hi", "Beth", 20)], last_updated=20, seen_ids=("b", "a"))
+    await relay.dispatch(chat, result.events, result)
+    assert (chat.last_updated, chat.seen_ids) == (20, ("b", "a"))
+    saved = {event.key: event.value for event in slots.writes[-1] if event.type_name == "slot"}
+    assert saved == {SLOT_LAST_UPDATED: 20, SLOT_SEEN_IDS: ["b", "a"]}
+
+
+async def test_an_unchanged_poll_writes_nothing():
+    relay, _, slots, _ = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
+    await relay.dispatch(chat, [], PollResult([], last_updated=10, seen_ids=("a",)))
+    assert slots.writes == []
+
+
+async def test_the_end_of_the_chat_is_reported_after_what_came_before_it():
+    relay, outbox, _, recorder = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    closed = ChatClosed(CloseReason.AGENT_CLOSED, "Beth has left the support session")
+    await relay.dispatch(chat, [AgentMessage("m1", "bye", "Beth", 1), closed, AgentMessage("m2", "ghost", "Beth", 2)])
+    assert [item.payload["text"] for item in await streamed(outbox, 1)] == ["bye"]
+    assert recorder.closed == [closed]
+
+
+async def test_nothing_is_delivered_for_a_chat_that_already_ended():
+    relay, outbox, slots, _ = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1", ended=True)
+    await relay.dispatch(chat, [AgentMessage("m1", "late", "Beth", 1)])
+    subscription = outbox.subscribe("u1")
+    assert await subscription.next(heartbeat=0.01) is None
+    assert slots.writes == []
