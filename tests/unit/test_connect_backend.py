@@ -129,6 +129,9 @@ async def test_a_quiet_chat_costs_one_request_per_poll(backend):
     assert result.events == [] and result.requests == 1
 
 
+SESSIONS_QUERY = re.compile(rf"^{BASE}/api/now/connect/support/sessions\?group_id={GROUP}$")
+
+
 @pytest.mark.parametrize(
     "text",
     ["Beth Anglin has left the support session", "Beth Anglin has closed the support session"],
@@ -143,11 +146,39 @@ async def test_system_end_messages_close_the_chat_and_nothing_after_them_is_deli
     ]
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
+        mock.get(SESSIONS_QUERY, payload={"result": [{"group": GROUP, "state": 3, "transfer_state": ""}]})
         result = await backend.poll(state)
     assert result.events == [
         AgentMessage("bye", "Bye!", "Beth Anglin", 1500),
         ChatClosed(CloseReason.AGENT_CLOSED, text, "end", 2000),
     ]
+
+
+async def test_a_transfer_announced_in_one_batch_is_not_an_end(backend):
+    state = chat(last_updated=1000, seen_ids=("start",))
+    page = [
+        message("hi", 2200, "Hi, Fred here", author="fred.luddy", name="Fred Luddy"),
+        message("joined", 2100, "Fred Luddy has joined the support session", author="system", name="system"),
+        message("left", 2000, "Beth Anglin has left the support session", author="system", name="system"),
+        message("start", 1000, "help", author="rasa.integration"),
+    ]
+    with aioresponses() as mock:
+        mock.get(MESSAGES, payload={"result": page})
+        result = await backend.poll(state)
+    assert [type(event).__name__ for event in result.events] == ["SystemNotice", "SystemNotice", "AgentMessage"]
+
+
+async def test_a_lone_left_text_during_a_transfer_is_confirmed_with_the_session_state(backend):
+    state = chat(last_updated=1000, seen_ids=("start",))
+    page = [
+        message("left", 2000, "Beth Anglin has left the support session", author="system", name="system"),
+        message("start", 1000, "help", author="rasa.integration"),
+    ]
+    with aioresponses() as mock:
+        mock.get(MESSAGES, payload={"result": page})
+        mock.get(SESSIONS_QUERY, payload={"result": [{"group": GROUP, "state": 2, "transfer_state": "pending"}]})
+        result = await backend.poll(state)
+    assert result.events == [SystemNotice("left", "Beth Anglin has left the support session", 2000)]
 
 
 @pytest.mark.parametrize("state, reason", [(3, CloseReason.AGENT_CLOSED), ("4", CloseReason.ESCALATED), (8, CloseReason.ABANDONED)])

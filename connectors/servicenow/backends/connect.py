@@ -40,8 +40,13 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_AUTHOR = "system"
 # KB0598883: "has left" when the agent closes first, "has closed" when the
-# agent closes after the requester left.
+# agent closes after the requester left. An agent-to-agent transfer is
+# announced with "has left" too, followed by "<B> has joined" and with the
+# session still open, which is how the two are told apart.
 END_OF_CHAT_TEXT = re.compile(r"has (left|closed) the support session", re.IGNORECASE)
+LEFT_TEXT = re.compile(r"has left the support session", re.IGNORECASE)
+JOINED_TEXT = re.compile(r"has joined the support session", re.IGNORECASE)
+OPEN_TRANSFER_STATES = ("pending", "accepted")
 CLOSED_STATES = {
     3: CloseReason.AGENT_CLOSED,
     4: CloseReason.ESCALATED,
@@ -99,15 +104,29 @@ class ConnectBackend(Backend):
         await self._http.request("POST", f"/api/now/connect/support/sessions/{chat.chat_id}/leave", json_body={})
 
     async def check_closed(self, chat: LiveChat) -> Optional[ChatClosed]:
-        entries = result_of(
-            await self._http.request("GET", "/api/now/connect/support/sessions", params={"group_id": chat.chat_id})
-        )
-        entries = [entry for entry in entries or [] if isinstance(entry, dict)]
-        entry = next((entry for entry in entries if entry.get("group") == chat.chat_id), None)
+        entry = await self._session_entry(chat)
         if entry is None:
             return ChatClosed(CloseReason.NOT_FOUND)
         reason = CLOSED_STATES.get(_int_or_none(entry.get("state")))
         return ChatClosed(reason) if reason else None
+
+    async def _session_entry(self, chat: LiveChat) -> Optional[Dict[str, Any]]:
+        entries = result_of(
+            await self._http.request("GET", "/api/now/connect/support/sessions", params={"group_id": chat.chat_id})
+        )
+        return next(
+            (entry for entry in entries or [] if isinstance(entry, dict) and entry.get("group") == chat.chat_id),
+            None,
+        )
+
+    async def _transfer_in_progress(self, chat: LiveChat) -> bool:
+        """A lone "has left" is a close unless the session is still open and being transferred."""
+        entry = await self._session_entry(chat)
+        return (
+            entry is not None
+            and _int_or_none(entry.get("state")) not in CLOSED_STATES
+            and str(entry.get("transfer_state") or "") in OPEN_TRANSFER_STATES
+        )
 
     async def poll(self, chat: LiveChat) -> PollResult:
         try:
@@ -122,10 +141,14 @@ class ConnectBackend(Backend):
                 raise
             return PollResult([closed], chat.last_updated, chat.seen_ids, requests=2)
         new = [message for message in fetched if _is_new(message, chat)]
+        events = self._events(chat, new)
+        if _ends_with_left(events) and await self._transfer_in_progress(chat):
+            events = self._events(chat, new, transfer=True)
+            requests += 1
         newest = max((_timestamp(message) or 0.0 for message in fetched), default=None)
         last_updated = max(filter(None, (chat.last_updated, newest)), default=None)
         return PollResult(
-            events=self._events(chat, new),
+            events=events,
             last_updated=last_updated,
             seen_ids=_seen_ids(fetched, chat.seen_ids, last_updated),
             requests=requests,
@@ -168,13 +191,15 @@ class ConnectBackend(Backend):
         oldest = min(thread, key=lambda message: _timestamp(message) or 0.0, default=None)
         return _str_or_none(oldest.get("created_by")) if oldest else None
 
-    def _events(self, chat: LiveChat, messages: Sequence[Dict[str, Any]]) -> List[AgentEvent]:
+    def _events(
+        self, chat: LiveChat, messages: Sequence[Dict[str, Any]], *, transfer: bool = False
+    ) -> List[AgentEvent]:
         # Pages come newest first; reversing keeps the order ServiceNow stored
         # messages that share a timestamp, and the stable sort does the rest.
         ordered = sorted(reversed(messages), key=lambda message: _timestamp(message) or 0.0)
         own = {name for name in (chat.user, self._user) if name}
         events: List[AgentEvent] = []
-        for message in ordered:
+        for index, message in enumerate(ordered):
             author = message.get("created_by")
             if author in own or message.get("reflected_field") == "work_notes":
                 continue
@@ -182,7 +207,8 @@ class ConnectBackend(Backend):
             timestamp = _timestamp(message) or 0.0
             text = _plain_text(message)
             if author == SYSTEM_AUTHOR:
-                if END_OF_CHAT_TEXT.search(text):
+                handed_over = LEFT_TEXT.search(text) and (transfer or _someone_joins(ordered[index + 1 :]))
+                if END_OF_CHAT_TEXT.search(text) and not handed_over:
                     events.append(ChatClosed(CloseReason.AGENT_CLOSED, text, message_id, timestamp))
                     break
                 events.append(SystemNotice(message_id, text, timestamp))
@@ -191,6 +217,16 @@ class ConnectBackend(Backend):
                     AgentMessage(message_id, text, _str_or_none(message.get("sender_name")) or author, timestamp)
                 )
         return events
+
+
+def _someone_joins(messages: Sequence[Dict[str, Any]]) -> bool:
+    return any(
+        message.get("created_by") == SYSTEM_AUTHOR and JOINED_TEXT.search(_plain_text(message)) for message in messages
+    )
+
+
+def _ends_with_left(events: Sequence[AgentEvent]) -> bool:
+    return bool(events) and isinstance(events[-1], ChatClosed) and bool(LEFT_TEXT.search(events[-1].text or ""))
 
 
 def _is_new(message: Dict[str, Any], chat: LiveChat) -> bool:

@@ -1,0 +1,183 @@
+"""Emulator configuration (reference section 5.1, the keys that apply to Connect Support and OAuth).
+
+A config is a plain dataclass. It can be built in code, loaded from a JSON file, overridden with ``key=value`` pairs
+(values are JSON) and patched at runtime through ``POST /__emu/config``. Unknown keys and wrongly typed values are
+rejected, so a typo in a test's config fails loudly instead of silently running with the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+#: sys_id of the default Connect Support queue "IT Support". Fixed so that a connector's config can name it.
+DEFAULT_QUEUE_SYS_ID = "3f5a6a4c9b1e4d2f8c7e6b5a4d3c2b1a"
+#: The integration account a connector authenticates as; it is the Connect requester of every chat [I 1.1].
+DEFAULT_USER = "rasa.integration"
+DEFAULT_PASSWORD = "secret"
+DEFAULT_CLIENT_ID = "rasa-connector"
+DEFAULT_CLIENT_SECRET = "rasa-connector-secret"
+#: The agent who accepts chats when a test does not name one (the ServiceNow demo-data agent).
+DEFAULT_AGENT = "beth.anglin"
+#: Queue greeting posted by the agent on accept. The text is ServiceNow's Agent Chat default [V async-chat.md, with
+#: "now" as in Kore's Connect variant]; real instances configure it per queue, so connectors must not rely on it.
+DEFAULT_GREETING = (
+    "Thank you for contacting support. I am looking into your question now and will be with you shortly."
+)
+
+OAUTH_GRANTS = ("password", "client_credentials", "refresh_token")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _default_basic_users() -> Dict[str, str]:
+    return {DEFAULT_USER: DEFAULT_PASSWORD}
+
+
+def _default_oauth_clients() -> Dict[str, Dict[str, Any]]:
+    # "user" is the OAuth Application User the client_credentials grant acts as [V client-credentials.md].
+    return {
+        DEFAULT_CLIENT_ID: {
+            "secret": DEFAULT_CLIENT_SECRET,
+            "grants": list(OAUTH_GRANTS),
+            "user": DEFAULT_USER,
+        }
+    }
+
+
+def _default_queues() -> Dict[str, Dict[str, Any]]:
+    return {DEFAULT_QUEUE_SYS_ID: {"name": "IT Support", "agents": [DEFAULT_AGENT]}}
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything that shapes the emulator's behaviour. See the package docstring for a table of the keys."""
+
+    #: Basic-auth accounts (user name to password); also the accounts the OAuth password grant accepts.
+    basic_users: Dict[str, str] = field(default_factory=_default_basic_users)
+    #: client_id to ``{"secret": str, "grants": [..], "user": str}``; ``user`` is needed for client_credentials.
+    oauth_clients: Dict[str, Dict[str, Any]] = field(default_factory=_default_oauth_clients)
+    #: Access-token lifetime in seconds [V oauth-example.md: 1799].
+    token_ttl_s: int = 1799
+    #: queue sys_id to ``{"name": str, "agents": [user_name], "question"?: str, "not_available"?: bool | reason}``.
+    connect_queues: Dict[str, Dict[str, Any]] = field(default_factory=_default_queues)
+    #: Messages per ``GET .../messages`` page; the real value is unknown [I 1.5].
+    connect_page_size: int = 25
+    #: Posted by the agent when a chat is accepted; ``None`` disables it.
+    greeting_text: Optional[str] = DEFAULT_GREETING
+    #: Post the system message "<Agent> has joined the support session" on accept (no source gives this text [I]).
+    join_message: bool = False
+    #: Waiting or live sessions without activity for this long are abandoned (state 8) [V 3600 s B2B default].
+    idle_timeout_s: float = 3600
+    #: Require ``Accept: application/json`` and, on POST/PUT, ``Content-Type: application/json`` on /api [V c_RESTAPI].
+    strict_headers: bool = True
+    #: Keep a log of inbound /api and OAuth requests for ``GET /__emu/requests``.
+    log_requests: bool = True
+    #: Oldest entries of the request log are dropped beyond this many.
+    request_log_limit: int = 1000
+    #: Seed for fault-rule ``probability`` draws; ``None`` seeds from the OS.
+    random_seed: Optional[int] = None
+    #: Refuse control-plane calls that do not come from a loopback address (spec 5.5: "loopback only").
+    control_plane_loopback_only: bool = True
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EmulatorConfig":
+        return cls().patched(data)
+
+    @classmethod
+    def from_json_file(cls, path: Union[str, Path]) -> "EmulatorConfig":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config file must hold a JSON object")
+        return cls.from_dict(data)
+
+    def patched(self, changes: Mapping[str, Any]) -> "EmulatorConfig":
+        """A copy with ``changes`` applied (whole values replaced, not merged); raises ``ValueError`` on bad input."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **dict(changes))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_overrides(pairs: Iterable[str]) -> Dict[str, Any]:
+    """Turn ``["key=value", ...]`` into a dict. Values are JSON; a value that is not valid JSON is taken as a string,
+    so ``greeting_text=Hello`` works without shell-quoting the quotes."""
+    result: Dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, got {pair!r}")
+        try:
+            result[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            result[key.strip()] = raw
+    return result
+
+
+def _validate(config: EmulatorConfig) -> None:
+    def number(name: str, minimum: float) -> None:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
+
+    def flag(name: str) -> None:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be true or false")
+
+    number("token_ttl_s", 1)
+    number("connect_page_size", 1)
+    number("idle_timeout_s", 0)
+    number("request_log_limit", 0)
+    for name in ("join_message", "strict_headers", "log_requests", "control_plane_loopback_only"):
+        flag(name)
+    if config.greeting_text is not None and not isinstance(config.greeting_text, str):
+        raise ValueError("greeting_text must be a string or null")
+    if config.random_seed is not None and (
+        isinstance(config.random_seed, bool) or not isinstance(config.random_seed, int)
+    ):
+        raise ValueError("random_seed must be an integer or null")
+    if not _is_str_map(config.basic_users) or not all(isinstance(p, str) for p in config.basic_users.values()):
+        raise ValueError("basic_users must map user names to passwords")
+    _validate_clients(config.oauth_clients)
+    _validate_queues(config.connect_queues)
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _validate_clients(clients: Any) -> None:
+    if not _is_str_map(clients):
+        raise ValueError("oauth_clients must map client ids to client objects")
+    for client_id, client in clients.items():
+        if not isinstance(client, dict) or not isinstance(client.get("secret"), str):
+            raise ValueError(f"oauth client {client_id!r} needs a string 'secret'")
+        grants: List[Any] = client.get("grants", [])
+        if not isinstance(grants, list) or not set(grants) <= set(OAUTH_GRANTS):
+            raise ValueError(f"oauth client {client_id!r}: 'grants' must be a list drawn from {OAUTH_GRANTS}")
+        if "user" in client and not isinstance(client["user"], str):
+            raise ValueError(f"oauth client {client_id!r}: 'user' must be a user name")
+
+
+def _validate_queues(queues: Any) -> None:
+    if not _is_str_map(queues):
+        raise ValueError("connect_queues must map queue sys_ids to queue objects")
+    for sys_id, queue in queues.items():
+        if not _HEX32.match(sys_id):
+            raise ValueError(f"queue id {sys_id!r} is not a 32-character lowercase hex sys_id")
+        if not isinstance(queue, dict) or not isinstance(queue.get("name"), str):
+            raise ValueError(f"queue {sys_id}: needs a string 'name'")
+        agents = queue.get("agents", [])
+        if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
+            raise ValueError(f"queue {sys_id}: 'agents' must be a list of user names")
+        if not isinstance(queue.get("not_available", False), (bool, str)):
+            raise ValueError(f"queue {sys_id}: 'not_available' must be false, true or a reason text")

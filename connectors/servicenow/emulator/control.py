@@ -1,0 +1,351 @@
+"""The control plane under ``/__emu/`` (reference 5.5): how a test, or a person with curl, plays the human agent,
+moves the clock, injects faults and inspects what the connector sent. The package docstring lists every route.
+
+Unauthenticated and, unless ``control_plane_loopback_only`` is off, loopback only. Bodies are JSON objects (an empty
+body counts as ``{}``); errors are ``{"error": "<text>"}`` with 400 (bad input), 404 (no such session) or 409 (the
+session is not in a state that allows the operation). Agent operations answer
+``{"session": <session summary>, "messages": [<messages this call posted>]}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, Dict, List, Optional
+
+from aiohttp import web
+
+from . import connect
+from .config import DEFAULT_AGENT
+from .faults import FaultRule, parse_rules
+from .oauth import expire_tokens
+from .responses import ApiError, control_error
+from .state import STATE_KEY, ConnectSession, EmulatorState, Message, QueueEntryState, UserRecord
+
+PREFIX = "/__emu"
+CLOSE_ORDERS = ("agent_first", "after_requester_left")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post(f"{PREFIX}/reset", reset)
+    r.add_get(f"{PREFIX}/config", get_config)
+    r.add_post(f"{PREFIX}/config", patch_config)
+    r.add_get(f"{PREFIX}/sessions", list_sessions)
+    r.add_post(f"{PREFIX}/agent/accept", agent_accept)
+    r.add_post(f"{PREFIX}/agent/message", agent_message)
+    r.add_post(f"{PREFIX}/agent/typing", agent_typing)
+    r.add_post(f"{PREFIX}/agent/transfer", agent_transfer)
+    r.add_post(f"{PREFIX}/agent/close", agent_close)
+    r.add_post(f"{PREFIX}/timeout", timeout)
+    r.add_get(f"{PREFIX}/transcript/{{session}}", transcript)
+    r.add_get(f"{PREFIX}/requests", list_requests)
+    r.add_post(f"{PREFIX}/oauth/expire", oauth_expire)
+    r.add_get(f"{PREFIX}/clock", get_clock)
+    r.add_post(f"{PREFIX}/clock", set_clock)
+    r.add_get(f"{PREFIX}/faults", list_faults)
+    r.add_post(f"{PREFIX}/faults", add_faults)
+    r.add_delete(f"{PREFIX}/faults", clear_faults)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# State, config, inspection
+
+
+async def reset(request: web.Request) -> web.Response:
+    """Forget sessions, tokens, faults, the request log and clock changes; restore the config the app started with."""
+    request.app[STATE_KEY].reset()
+    return web.json_response({"reset": True})
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].config.to_dict())
+
+
+async def patch_config(request: web.Request) -> web.Response:
+    """Replace the given top-level keys, e.g. ``{"connect_page_size": 2, "greeting_text": null}``."""
+    state = request.app[STATE_KEY]
+    try:
+        state.apply_config(state.config.patched(await _body(request)))
+    except ValueError as exc:
+        raise control_error(400, str(exc)) from None
+    return web.json_response(state.config.to_dict())
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    return web.json_response({"sessions": [session_summary(state, s) for s in state.sessions.values()]})
+
+
+async def transcript(request: web.Request) -> web.Response:
+    """Everything in the conversation, oldest first, work notes and system messages included."""
+    state = request.app[STATE_KEY]
+    session = _find(state, request.match_info["session"])
+    ordered = sorted(session.messages, key=lambda m: (m.timestamp, m.seq))
+    return web.json_response(
+        {"session": session_summary(state, session), "messages": [connect.message_wire(m) for m in ordered]}
+    )
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    return web.json_response({"requests": [dataclasses.asdict(r) for r in state.requests]})
+
+
+def session_summary(state: EmulatorState, session: ConnectSession) -> Dict[str, Any]:
+    queue = state.config.connect_queues.get(session.queue_id, {})
+    return {
+        "api": "connect",
+        "session": session.group,
+        "group": session.group,
+        "sys_id": session.sys_id,
+        "number": session.number,
+        "state": int(session.state),
+        "state_name": session.state.name,
+        "queue": session.queue_id,
+        "queue_name": queue.get("name"),
+        "requester": session.requester.user_name,
+        "requester_left": session.requester_left,
+        "agent": _agent_summary(session.agent),
+        "transfer_state": session.transfer_state,
+        "message_count": len(session.messages),
+    }
+
+
+def _agent_summary(agent: Optional[UserRecord]) -> Optional[Dict[str, str]]:
+    if agent is None:
+        return None
+    return {"name": agent.name, "user_name": agent.user_name, "id": agent.sys_id}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The human agent
+
+
+async def agent_accept(request: web.Request) -> web.Response:
+    """``{"session"?, "agent"?: {"name", "user_name", "id"}}``: state 2, ``assigned_to``, join text, greeting."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    session = _target(state, body, lambda: connect.oldest_waiting(state), "no session is waiting")
+    if session.state is not QueueEntryState.WAITING:
+        raise _conflict(session, "is not waiting")
+    posted = connect.accept(state, session, _agent(state, body.get("agent"), session))
+    return _agent_result(state, session, posted)
+
+
+async def agent_message(request: web.Request) -> web.Response:
+    """``{"session"?, "text", "work_note"?: false, "system"?: false}``. A work note has ``reflected_field``
+    ``work_notes``; a system message has ``created_by`` ``system`` and may be posted in any state."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    text = body.get("text")
+    if not isinstance(text, str) or not text:
+        raise control_error(400, "'text' must be a non-empty string")
+    work_note, system = _flag(body, "work_note", False), _flag(body, "system", False)
+    session = _target(state, body, lambda: connect.latest_accepted(state), "no session is live")
+    if not system and session.state is not QueueEntryState.WORK_IN_PROGRESS:
+        raise _conflict(session, "is not live (accept it first)")
+    reflected_field = "work_notes" if work_note else "comments"
+    message = connect.add_message(state, session, text, None if system else session.agent, reflected_field)
+    return _agent_result(state, session, [message])
+
+
+async def agent_typing(request: web.Request) -> web.Response:
+    """Connect Support shows typing only over AMB, never over REST [V/I 1.2], so this changes nothing."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    if body.get("session") is not None:
+        _find(state, str(body["session"]))
+    return web.json_response({"supported": False})
+
+
+async def agent_transfer(request: web.Request) -> web.Response:
+    """``{"session"?, "to": {"user_name", "name"?, "id"?}, "message"?: true}``."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    to = body.get("to")
+    if not isinstance(to, dict) or not to.get("user_name"):
+        raise control_error(400, "'to' must be an object with at least 'user_name'")
+    session = _target(state, body, lambda: connect.latest_accepted(state), "no session is live")
+    if session.state is not QueueEntryState.WORK_IN_PROGRESS:
+        raise _conflict(session, "is not live")
+    posted = connect.transfer(state, session, _agent(state, to, session), _flag(body, "message", True))
+    return _agent_result(state, session, posted)
+
+
+async def agent_close(request: web.Request) -> web.Response:
+    """``{"session"?, "who"?: "agent"|"requester", "order"?: "agent_first"|"after_requester_left", "message"?: true}``.
+
+    ``who="agent"`` (default): state 3 and the KB0598883 text ("has left" when the agent closes first, "has closed"
+    after the requester left; without ``order`` the variant follows whether the requester already left).
+    ``"message": false`` closes silently. ``who="requester"``: the requester leaves, as ``POST .../leave`` does.
+    """
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    who = body.get("who", "agent")
+    order = body.get("order")
+    if who not in ("agent", "requester"):
+        raise control_error(400, "'who' must be 'agent' or 'requester'")
+    if order is not None and order not in CLOSE_ORDERS:
+        raise control_error(400, f"'order' must be one of {CLOSE_ORDERS}")
+    closable = (QueueEntryState.WORK_IN_PROGRESS, QueueEntryState.CLOSED_BY_CLIENT)
+    session = _target(state, body, lambda: connect.latest_accepted(state, closable), "no session to close")
+    if who == "requester":
+        connect.requester_leave(state, session)
+        return _agent_result(state, session, [])
+    if session.agent is None or session.state not in closable:
+        raise _conflict(session, "has no agent to close it")
+    posted = connect.agent_close(state, session, order, announce=_flag(body, "message", True))
+    return _agent_result(state, session, posted)
+
+
+async def timeout(request: web.Request) -> web.Response:
+    """``{"session"?}``: the idle-timeout path now; Connect: state 8 (CLOSED_ABANDONED)."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    session = _target(state, body, lambda: connect.latest_accepted(state), "no session is live")
+    if not session.state.is_open:
+        raise _conflict(session, "is already closed")
+    connect.abandon(state, session)
+    return _agent_result(state, session, [])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Credentials, clock, faults
+
+
+async def oauth_expire(request: web.Request) -> web.Response:
+    """``{"token"?: "*"|<token>, "refresh_tokens"?: false}``: the next call with an expired token gets 401."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    which = body.get("token", "*")
+    if not isinstance(which, str):
+        raise control_error(400, "'token' must be '*' or a token")
+    return web.json_response({"expired": expire_tokens(state, which, _flag(body, "refresh_tokens", False))})
+
+
+async def get_clock(request: web.Request) -> web.Response:
+    return _clock_result(request.app[STATE_KEY])
+
+
+async def set_clock(request: web.Request) -> web.Response:
+    """``{"now_ms": N}`` freezes the clock at N, ``{"now_ms": null}`` returns to real time, ``{"advance_ms": N}``
+    moves it forward (frozen or not)."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    if "now_ms" not in body and "advance_ms" not in body:
+        raise control_error(400, "give 'now_ms' (a number or null) and/or 'advance_ms'")
+    if "now_ms" in body:
+        state.clock.freeze(_int_or_none(body["now_ms"], "now_ms"))
+    if "advance_ms" in body:
+        delta = _int_or_none(body["advance_ms"], "advance_ms")
+        if delta is None:
+            raise control_error(400, "'advance_ms' must be a number")
+        state.clock.advance(delta)
+    return _clock_result(state)
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    return _faults_result(request.app[STATE_KEY])
+
+
+async def add_faults(request: web.Request) -> web.Response:
+    """One rule or a list of rules, appended (see faults.py); a ``per_user_per_hour`` rule sets the rate limit."""
+    state = request.app[STATE_KEY]
+    try:
+        rules = parse_rules(json.loads(await request.read() or b"null"))
+    except (ValueError, TypeError) as exc:
+        raise control_error(400, f"bad fault rule: {exc}") from None
+    for rule in rules:
+        if isinstance(rule, FaultRule):
+            state.faults.append(rule)
+        else:
+            state.rate_limit = rule
+    return _faults_result(state)
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    state.faults.clear()
+    state.rate_limit = None
+    return _faults_result(state)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+async def _body(request: web.Request) -> Dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise control_error(400, "the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise control_error(400, "the body must be a JSON object")
+    return body
+
+
+def _find(state: EmulatorState, session_id: str) -> ConnectSession:
+    session = state.find_session(session_id)
+    if session is None:
+        raise control_error(404, f"no session {session_id!r}")
+    return session
+
+
+def _target(
+    state: EmulatorState, body: Dict[str, Any], default: Callable[[], Optional[ConnectSession]], none_text: str
+) -> ConnectSession:
+    """The session named by ``body["session"]``, or the default pick when it is omitted."""
+    if body.get("session") is not None:
+        return _find(state, str(body["session"]))
+    session = default()
+    if session is None:
+        raise control_error(404, none_text)
+    return session
+
+
+def _agent(state: EmulatorState, spec: Any, session: ConnectSession) -> UserRecord:
+    """The agent described by ``{"name", "user_name", "id"}`` (all optional); by default the queue's first agent."""
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k, ""), str) for k in ("name", "user_name", "id")):
+        raise control_error(400, "an agent is an object with string 'name', 'user_name' and 'id'")
+    agents = state.config.connect_queues.get(session.queue_id, {}).get("agents") or [DEFAULT_AGENT]
+    return state.user(spec.get("user_name") or agents[0], name=spec.get("name"), sys_id=spec.get("id"))
+
+
+def _agent_result(state: EmulatorState, session: ConnectSession, posted: List[Message]) -> web.Response:
+    return web.json_response(
+        {"session": session_summary(state, session), "messages": [connect.message_wire(m) for m in posted]}
+    )
+
+
+def _conflict(session: ConnectSession, what: str) -> ApiError:
+    return control_error(409, f"session {session.group} {what} (state {int(session.state)} {session.state.name})")
+
+
+def _flag(body: Dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise control_error(400, f"'{key}' must be true or false")
+    return value
+
+
+def _int_or_none(value: Any, key: str) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise control_error(400, f"'{key}' must be a number")
+    return int(value)
+
+
+def _clock_result(state: EmulatorState) -> web.Response:
+    return web.json_response({"now_ms": state.clock.now_ms(), "frozen": state.clock.frozen})
+
+
+def _faults_result(state: EmulatorState) -> web.Response:
+    rate_limit = state.rate_limit.to_dict() if state.rate_limit else None
+    return web.json_response({"faults": [r.to_dict() for r in state.faults], "rate_limit": rate_limit})

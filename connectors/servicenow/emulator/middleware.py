@@ -1,0 +1,231 @@
+"""The request pipeline every call goes through, outermost first:
+
+1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted);
+2. ``housekeeping``: lets idle sessions time out on the emulator clock;
+3. ``faults``: applies injected fault rules (before anything else can have a side effect);
+4. ``errors``: turns :class:`ApiError` and router misses into ServiceNow-shaped responses;
+5. ``control_guard``: keeps the unauthenticated control plane on loopback;
+6. ``auth``: Basic or Bearer on ``/api/**``;
+7. ``rate_limit``: the optional per-user-per-hour rule;
+8. ``strict_headers``: ``Accept``/``Content-Type`` checks on ``/api/**``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from . import connect
+from .faults import RequestFacts, api_of, fault_response, pick_fault, rate_limit_body
+from .oauth import authenticated_user
+from .responses import NOT_AUTHENTICATED, ApiError, control_error, sn_error
+from .state import STATE_KEY, RequestRecord
+
+log = logging.getLogger("connectors.servicenow.emulator")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Finds the session a request of one API is about, from the request and its raw body.
+SessionExtractor = Callable[[web.Request, bytes], Optional[str]]
+
+CONTROL_PREFIX = "/__emu/"
+API_PREFIX = "/api/"
+_SECRET_FORM_FIELDS = {"password", "client_secret", "refresh_token"}
+#: A status that is never sent: a dropped request's response is discarded with its closed connection.
+_DROPPED_STATUS = 499
+
+
+@web.middleware
+async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    started = time.perf_counter()
+    raw = await request.read() if request.can_read_body else b""
+    status: Optional[int] = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except Exception:
+        status = 500
+        raise
+    finally:
+        dropped = bool(request.get("dropped"))
+        user = request.get("user")
+        log.info(
+            "%s %s -> %s%s%s",
+            request.method,
+            request.path_qs,
+            "dropped" if dropped else status,
+            f" user={user}" if user else "",
+            " (fault)" if request.get("fault") else "",
+        )
+        if state.config.log_requests and not request.path.startswith(CONTROL_PREFIX):
+            state.requests.append(
+                RequestRecord(
+                    at_ms=state.clock.now_ms(),
+                    method=request.method,
+                    path=request.path,
+                    query=dict(request.query),
+                    headers=_redacted_headers(request),
+                    body=_decoded_body(request, raw),
+                    user=user,
+                    status=None if dropped else status,
+                    fault=request.get("fault"),
+                    dropped=dropped,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            )
+
+
+@web.middleware
+async def housekeeping(request: web.Request, handler: Handler) -> web.StreamResponse:
+    connect.sweep_idle(request.app[STATE_KEY])
+    return await handler(request)
+
+
+def faults(session_extractors: Mapping[str, SessionExtractor]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The fault middleware; ``session_extractors`` maps an API name to how its requests name a session."""
+
+    @web.middleware
+    async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        state = request.app[STATE_KEY]
+        api = api_of(request.path)
+        if api is None or not state.faults:
+            return await handler(request)
+        extractor = session_extractors.get(api)
+        session = extractor(request, await request.read()) if extractor else None
+        facts = RequestFacts(api, request.method, request.path, session)
+        rule = pick_fault(state.faults, facts, state.rng)
+        if rule is None:
+            return await handler(request)
+        request["fault"] = rule.id
+        if rule.respond.delay_ms:
+            await asyncio.sleep(rule.respond.delay_ms / 1000)
+        if rule.respond.drop_connection:
+            # Close the socket before any byte of a response is written: the client sees a disconnect. aiohttp then
+            # fails to write the placeholder below to the closed transport and discards it quietly.
+            request["dropped"] = True
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=_DROPPED_STATUS)
+        if rule.respond.status is None:
+            return await handler(request)
+        return fault_response(rule, facts, state.clock.now_ms())
+
+    return fault_middleware
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response
+    except web.HTTPNotFound:
+        # A miss of the router (handlers raise ApiError): ServiceNow answers 400 for a URI no API serves [V 4.1].
+        if request.path.startswith(CONTROL_PREFIX):
+            return control_error(404, f"no control-plane route {request.path}").response
+        return sn_error(400, "Requested URI does not represent any resource", None).response
+    except web.HTTPMethodNotAllowed as exc:
+        if request.path.startswith(CONTROL_PREFIX):
+            return control_error(405, f"{request.method} is not allowed on {request.path}").response
+        return sn_error(405, "Method not Supported", f"Allowed: {', '.join(sorted(exc.allowed_methods))}").response
+
+
+@web.middleware
+async def control_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    if (
+        request.path.startswith(CONTROL_PREFIX)
+        and state.config.control_plane_loopback_only
+        and not _is_loopback(request.remote)
+    ):
+        raise control_error(403, "the control plane only answers loopback clients (control_plane_loopback_only)")
+    return await handler(request)
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(API_PREFIX):
+        user = authenticated_user(request.app[STATE_KEY], request.headers.get("Authorization"))
+        if user is None:
+            raise sn_error(401, *NOT_AUTHENTICATED)
+        request["user"] = user
+    return await handler(request)
+
+
+@web.middleware
+async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count authenticated requests against the rate-limit rule; its headers go on every counted response [V 4.2]."""
+    state = request.app[STATE_KEY]
+    rule = state.rate_limit
+    api = api_of(request.path)
+    if rule is None or api is None or "user" not in request or not rule.applies_to(api):
+        return await handler(request)
+    now_ms = state.clock.now_ms()
+    count = rule.count(request["user"], now_ms)
+    headers = rule.headers()
+    if count > rule.per_user_per_hour:
+        headers["Retry-After"] = str(max(1, int(headers["X-RateLimit-Reset"]) - now_ms // 1000))
+        return web.json_response(rate_limit_body(rule.per_user_per_hour, api), status=429, headers=headers)
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = exc.response
+    response.headers.update(headers)
+    return response
+
+
+@web.middleware
+async def strict_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``Accept: application/json`` on every /api call, ``Content-Type: application/json`` on POST/PUT; otherwise
+    400 [V c_RESTAPI.md]."""
+    if request.path.startswith(API_PREFIX) and request.app[STATE_KEY].config.strict_headers:
+        accepted = [part.split(";")[0].strip().lower() for part in request.headers.get("Accept", "").split(",")]
+        if "application/json" not in accepted:
+            raise sn_error(400, "Invalid Accept header", "Send 'Accept: application/json'")
+        if request.method in ("POST", "PUT") and request.content_type != "application/json":
+            raise sn_error(400, "Invalid Content-Type header", "Send 'Content-Type: application/json'")
+    return await handler(request)
+
+
+def _is_loopback(remote: Optional[str]) -> bool:
+    if remote is None:  # a Unix socket
+        return True
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _redacted_headers(request: web.Request) -> Dict[str, str]:
+    headers = dict(request.headers)
+    for name in list(headers):
+        if name.lower() == "authorization":
+            scheme = headers[name].partition(" ")[0]
+            headers[name] = f"{scheme} [redacted]"
+    return headers
+
+
+def _decoded_body(request: web.Request, raw: bytes) -> Any:
+    """The body as JSON when it parses, as a dict for forms (secrets redacted), else as text; ``None`` when empty."""
+    if not raw:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    if request.content_type == "application/x-www-form-urlencoded":
+        return {k: "[redacted]" if k in _SECRET_FORM_FIELDS else v for k, v in parse_qsl(text)}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

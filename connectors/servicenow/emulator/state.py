@@ -1,0 +1,204 @@
+"""In-memory state of one emulator instance.
+
+All state hangs off one :class:`EmulatorState` stored on the aiohttp app (``app[STATE_KEY]``); there are no
+module-level globals, so several emulators can run in one process. The dataclasses here are records; how they look on
+the wire is decided by the API modules (``connect.py`` for Connect Support).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional
+
+from aiohttp import web
+
+from .clock import Clock
+from .config import EmulatorConfig
+from .faults import FaultRule, RateLimitRule
+
+
+def new_sys_id() -> str:
+    """A ServiceNow-style sys_id: 32 lowercase hex characters."""
+    return uuid.uuid4().hex
+
+
+def display_name(user_name: str) -> str:
+    """``beth.anglin`` becomes ``Beth Anglin``: a stand-in for the sys_user name when a test gives none."""
+    return " ".join(part.capitalize() for part in user_name.replace("_", ".").split(".") if part)
+
+
+class QueueEntryState(enum.IntEnum):
+    """``chat_queue_entry.state`` codes as the Connect UI compares them (numbers, not strings) [V 1.3]."""
+
+    WAITING = 1
+    WORK_IN_PROGRESS = 2
+    CLOSED_COMPLETE = 3
+    CLOSED_ESCALATED = 4
+    CLOSED_BY_CLIENT = 7
+    CLOSED_ABANDONED = 8
+
+    @property
+    def is_open(self) -> bool:
+        return self in (QueueEntryState.WAITING, QueueEntryState.WORK_IN_PROGRESS)
+
+
+@dataclass
+class UserRecord:
+    """A ServiceNow user as far as chat is concerned: ``sys_user`` id and its ``live_profile`` id."""
+
+    user_name: str
+    name: str
+    sys_id: str = field(default_factory=new_sys_id)
+    profile: str = field(default_factory=new_sys_id)
+
+
+@dataclass
+class Message:
+    """A ``live_message`` row. ``author`` is ``None`` for system messages."""
+
+    sys_id: str
+    group: str
+    text: str
+    author: Optional[UserRecord]
+    timestamp: int
+    #: Insertion order; breaks ties between messages that share a millisecond.
+    seq: int
+    reflected_field: str = "comments"
+    attachments: List[Any] = field(default_factory=list)
+
+    @property
+    def is_work_note(self) -> bool:
+        return self.reflected_field == "work_notes"
+
+
+@dataclass
+class ConnectSession:
+    """A Connect Support chat: the ``chat_queue_entry`` plus its conversation (``group``) and messages."""
+
+    sys_id: str
+    number: str
+    queue_id: str
+    group: str
+    requester: UserRecord
+    short_description: str
+    created_ms: int
+    #: Insertion order among sessions, for "oldest waiting".
+    seq: int
+    state: QueueEntryState = QueueEntryState.WAITING
+    agent: Optional[UserRecord] = None
+    #: Order of acceptance, for "the most recently accepted live session".
+    accept_seq: int = -1
+    work_start_ms: Optional[int] = None
+    work_end_ms: Optional[int] = None
+    updated_ms: int = 0
+    last_activity_ms: int = 0
+    requester_left: bool = False
+    transfer_state: str = ""
+    transfer_from: str = ""
+    transfer_to: str = ""
+    transfer_updated_ms: Optional[int] = None
+    messages: List[Message] = field(default_factory=list)
+
+
+@dataclass
+class Token:
+    """An issued OAuth access token."""
+
+    access_token: str
+    user: str
+    client_id: str
+    scope: str
+    expires_ms: int
+    revoked: bool = False
+
+
+@dataclass
+class RefreshGrant:
+    """What a refresh token can be exchanged for."""
+
+    refresh_token: str
+    user: str
+    client_id: str
+    scope: str
+    revoked: bool = False
+
+
+@dataclass
+class RequestRecord:
+    """One inbound request as ``GET /__emu/requests`` shows it (credentials redacted)."""
+
+    at_ms: int
+    method: str
+    path: str
+    query: Dict[str, str]
+    headers: Dict[str, str]
+    body: Any
+    user: Optional[str]
+    status: Optional[int]
+    #: The fault rule that answered or delayed the request, if any.
+    fault: Optional[str]
+    #: True when a fault rule closed the connection without a response.
+    dropped: bool
+    duration_ms: float
+
+
+class EmulatorState:
+    """Everything one emulator instance knows. ``reset()`` returns it to a fresh start with the initial config."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.initial_config = config
+        self.clock = Clock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.config: EmulatorConfig = self.initial_config
+        self.clock.freeze(None)
+        self.users: Dict[str, UserRecord] = {}
+        #: Connect sessions by conversation id (``group``).
+        self.sessions: Dict[str, ConnectSession] = {}
+        self.access_tokens: Dict[str, Token] = {}
+        self.refresh_grants: Dict[str, RefreshGrant] = {}
+        self.faults: List[FaultRule] = []
+        self.rate_limit: Optional[RateLimitRule] = None
+        self.requests: Deque[RequestRecord] = deque(maxlen=self.config.request_log_limit)
+        self.rng = random.Random(self.config.random_seed)
+        self._seq = itertools.count()
+        self._chat_numbers = itertools.count(10001)
+
+    def apply_config(self, config: EmulatorConfig) -> None:
+        """Switch to ``config`` at runtime, keeping sessions, tokens and faults."""
+        if config.request_log_limit != self.config.request_log_limit:
+            self.requests = deque(self.requests, maxlen=config.request_log_limit)
+        if config.random_seed != self.config.random_seed:
+            self.rng = random.Random(config.random_seed)
+        self.config = config
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def next_chat_number(self) -> str:
+        return f"CHAT{next(self._chat_numbers):07d}"
+
+    def user(self, user_name: str, name: Optional[str] = None, sys_id: Optional[str] = None) -> UserRecord:
+        """The record for ``user_name``, created on first use; ``name``/``sys_id`` update it when given."""
+        record = self.users.get(user_name)
+        if record is None:
+            record = self.users[user_name] = UserRecord(user_name, name or display_name(user_name))
+        if name:
+            record.name = name
+        if sys_id:
+            record.sys_id = sys_id
+        return record
+
+    def find_session(self, session_id: str) -> Optional[ConnectSession]:
+        """Look a session up by the id a control-plane caller names: the Connect ``group``.
+        (Virtual Agent sessions will be found here too, by ``clientSessionId``.)"""
+        return self.sessions.get(session_id)
+
+
+STATE_KEY = web.AppKey("servicenow_emulator_state", EmulatorState)
