@@ -10,6 +10,8 @@ RASA_PORT=${RASA_PORT:-5005}
 EMULATOR_HOST=${EMULATOR_HOST:-127.0.0.1}
 EMULATOR_PORT=${EMULATOR_PORT:-8181}
 MODEL=${MODEL:-models/demo.tar.gz}
+# Third-party deprecation notices (TensorFlow, pkg_resources) drown the useful log lines.
+export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning}
 
 emulator_pid=""
 cleanup() {
