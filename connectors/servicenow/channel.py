@@ -8,7 +8,10 @@ Routes, under ``/webhooks/servicenow/``:
                    answer is the list of messages for this turn, as Rasa's REST
                    channel answers.
 ``GET  /stream``   ``?sender=<id>``: Server-Sent Events with everything said to
-                   the user outside a request (agent replies, notices).
+                   the user outside a request (agent replies, notices, typing).
+``POST /typing``   ``{"sender", "typing": true|false}``: the user's typing
+                   state, shown to the agent where the API can.
+``POST /callback`` ServiceNow's Virtual Agent pushes (authenticated).
 
 While a conversation is in handoff its messages never reach Rasa: the channel
 posts them to ServiceNow and answers with an empty list. A bot response with
@@ -17,6 +20,8 @@ or policy is involved.
 """
 
 import asyncio
+import base64
+import hmac
 import logging
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set
 
@@ -29,17 +34,25 @@ from sanic.response import HTTPResponse
 from connectors.servicenow.backends.base import Backend, HandoffRequest
 from connectors.servicenow.backends.connect import ConnectBackend
 from connectors.servicenow.backends.http import ServiceNowHTTP
-from connectors.servicenow.config import CONNECT_API, ServiceNowSettings
+from connectors.servicenow.backends.virtual_agent import CallbackError, VirtualAgentBackend
+from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, ServiceNowSettings
 from connectors.servicenow.delivery import Outbox
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.handoff import HandoffManager
-from connectors.servicenow.payloads import PayloadError, UserPayload, parse_user_payload
+from connectors.servicenow.payloads import (
+    PayloadError,
+    UserPayload,
+    parse_json_object,
+    parse_typing_payload,
+    parse_user_payload,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Key of the custom payload that starts a handoff, e.g. in ``domain.yml``:
 #: ``custom: {handoff: {}}``. Optional entries: ``message`` (what the agent
-#: sees first; defaults to the user's last message) and ``queue_id``.
+#: sees first; defaults to the user's last message), ``queue_id`` (Connect)
+#: and ``context_variables`` (Virtual Agent routing).
 HANDOFF_PAYLOAD_KEY = "handoff"
 RESTART_COMMAND = "/restart"
 #: What the agent reads first when a handoff starts outside a webhook request
@@ -128,6 +141,35 @@ class ServiceNowInput(InputChannel):
                 error = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
                 return response.json(error.body(), status=503)
             return response.json(await self.handle(payload, on_new_message))
+
+        @blueprint.route("/typing", methods=["POST"])
+        async def typing(request: Request) -> HTTPResponse:
+            try:
+                payload = parse_typing_payload(request.body)
+            except PayloadError as error:
+                return response.json(error.body(), status=error.status)
+            self.bind(request.app)
+            self.spawn(self.handoffs.user_typing(payload.sender, payload.typing))
+            return response.json({"status": "accepted"}, status=202)
+
+        @blueprint.route("/callback", methods=["POST"])
+        async def servicenow_callback(request: Request) -> HTTPResponse:
+            if self.backend.pulls:
+                error = PayloadError(404, "NotEnabled", "Callbacks are used with 'api: virtual_agent' only.")
+                return response.json(error.body(), status=404)
+            if not callback_authorized(self.settings, request.headers):
+                error = PayloadError(401, "Unauthorized", "Missing or wrong callback credentials.")
+                return response.json(error.body(), status=401)
+            try:
+                callback = self.backend.parse_callback(parse_json_object(request.body, '{"clientSessionId": "...", "body": []}'))
+            except PayloadError as error:
+                return response.json(error.body(), status=error.status)
+            except CallbackError as error:
+                return response.json(PayloadError(400, "InvalidCallback", str(error)).body(), status=400)
+            self.bind(request.app)
+            # Answer at once (ServiceNow waits 5 s at most); deliver afterwards.
+            self.spawn(self.handoffs.receive_callback(callback))
+            return response.json({"status": "success"})
 
         @blueprint.route("/stream", methods=["GET"])
         async def stream(request: Request) -> Optional[HTTPResponse]:
@@ -257,15 +299,38 @@ def handoff_request(
 ) -> HandoffRequest:
     message = options.get("message")
     queue_id = options.get("queue_id")
+    context_variables = options.get("context_variables")
     return HandoffRequest(
         sender_id=sender_id,
         text=message if isinstance(message, str) and message.strip() else user_text,
         metadata=metadata,
         queue_id=queue_id if isinstance(queue_id, str) and queue_id else None,
+        context_variables=context_variables if isinstance(context_variables, dict) else {},
     )
+
+
+def callback_authorized(settings: ServiceNowSettings, headers: Mapping[str, str]) -> bool:
+    """Shared secret in a header, or Basic credentials; compared in constant time."""
+    if settings.webhook_secret:
+        provided = headers.get(settings.webhook_secret_header, "")
+        if hmac.compare_digest(provided.encode(), settings.webhook_secret.encode()):
+            return True
+    if settings.webhook_username and settings.webhook_password:
+        scheme, _, encoded = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                username, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            user_ok = hmac.compare_digest(username.encode(), settings.webhook_username.encode())
+            password_ok = hmac.compare_digest(password.encode(), settings.webhook_password.encode())
+            return user_ok and password_ok
+    return False
 
 
 def build_backend(settings: ServiceNowSettings, http: ServiceNowHTTP) -> Backend:
     if settings.api == CONNECT_API:
         return ConnectBackend(settings, http)
+    if settings.api == VIRTUAL_AGENT_API:
+        return VirtualAgentBackend(settings, http)
     raise ConfigurationError(f"No backend for 'api: {settings.api}'.")

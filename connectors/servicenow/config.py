@@ -15,7 +15,8 @@ from connectors.servicenow.texts import UserTexts
 
 CONNECT_API = "connect"
 VIRTUAL_AGENT_API = "virtual_agent"
-SUPPORTED_APIS = (CONNECT_API,)
+SUPPORTED_APIS = (CONNECT_API, VIRTUAL_AGENT_API)
+DEFAULT_WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,27 @@ class ServiceNowSettings:
     end_chat_commands: Tuple[str, ...] = ("/end_chat",)
     max_message_length: int = 4000
     texts: UserTexts = field(default_factory=UserTexts)
+    # -- Virtual Agent API -------------------------------------------------
+    #: Shared secret ServiceNow sends in ``webhook_secret_header`` on every callback.
+    webhook_secret: Optional[str] = field(default=None, repr=False)
+    webhook_secret_header: str = DEFAULT_WEBHOOK_SECRET_HEADER
+    #: Basic credentials ServiceNow's outbound REST message uses on callbacks.
+    webhook_username: Optional[str] = None
+    webhook_password: Optional[str] = field(default=None, repr=False)
+    #: "Message Auth" on inbound calls: a static token (``token`` header) and/or
+    #: the secret of the ``x-b2b-signature`` HMAC.
+    message_token: Optional[str] = field(default=None, repr=False)
+    message_hash_secret: Optional[str] = field(default=None, repr=False)
+    #: Sent as ``contextVariables`` with the handoff, e.g. AWA queue routing.
+    context_variables: Mapping[str, Any] = field(default_factory=dict)
+    #: Language of the chat when the user's metadata does not say.
+    language: Optional[str] = None
+    #: ``appInboundId`` of a non-default provider application.
+    app_inbound_id: Optional[str] = None
+    #: Earlier turns sent as ``history`` with the handoff (0 sends none).
+    history_turns: int = 20
+    #: Report each agent message back with ``UPDATE_MESSAGES``.
+    report_delivery: bool = False
 
     @property
     def uses_oauth(self) -> bool:
@@ -112,6 +134,14 @@ class ServiceNowSettings:
             raise ConfigurationError(
                 "Give 'username' and 'password' (Basic auth) or 'client_id' and 'client_secret' (OAuth 2.0)."
             )
+        if self.api == VIRTUAL_AGENT_API:
+            if not (self.webhook_secret or (self.webhook_username and self.webhook_password)):
+                raise ConfigurationError(
+                    "'api: virtual_agent' needs the callback secured: set 'webhook_secret' (sent by ServiceNow "
+                    "in a header) or 'webhook_username' and 'webhook_password' (Basic)."
+                )
+            if bool(self.webhook_username) != bool(self.webhook_password):
+                raise ConfigurationError("Give both 'webhook_username' and 'webhook_password', or neither.")
         if self.idle_poll_interval < self.poll_interval:
             raise ConfigurationError("'idle_poll_interval' must not be shorter than 'poll_interval'.")
 
@@ -172,6 +202,25 @@ def _boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got '{value}'")
 
 
+def _header_name(value: Any) -> str:
+    name = _text(value)
+    if not name or any(char in name for char in " :\r\n"):
+        raise ValueError(f"'{name}' is not an HTTP header name")
+    return name
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping")
+    return dict(value)
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return int(float(value))
+
+
 def _api(value: Any) -> str:
     return _text(value).lower()
 
@@ -209,6 +258,17 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "end_chat_commands": _commands,
     "max_message_length": _positive_int,
     "messages": UserTexts.from_options,
+    "webhook_secret": _text,
+    "webhook_secret_header": _header_name,
+    "webhook_username": _text,
+    "webhook_password": _text,
+    "message_token": _text,
+    "message_hash_secret": _text,
+    "context_variables": _mapping,
+    "language": _text,
+    "app_inbound_id": _text,
+    "history_turns": _non_negative_int,
+    "report_delivery": _boolean,
 }
 
 _RETRY_FIELDS = {

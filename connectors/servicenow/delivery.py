@@ -49,6 +49,14 @@ class OutboundItem:
     payload: Mapping[str, Any]
     #: Whether the callback receives it as well as the stream.
     to_callback: bool = True
+    #: Resolves to True once the item reached the user (the callback answered
+    #: 2xx or, without a callback, a stream took it), False when the callback
+    #: gave up. Only for items published with ``track=True``.
+    outcome: "Optional[asyncio.Future[bool]]" = field(default=None, compare=False, repr=False)
+
+    def settle(self, delivered: bool) -> None:
+        if self.outcome is not None and not self.outcome.done():
+            self.outcome.set_result(delivered)
 
     def sse(self) -> str:
         return f"id: {self.event_id}\nevent: {self.kind}\ndata: {json.dumps(self.payload)}\n\n"
@@ -77,24 +85,34 @@ class Outbox:
     # -- publishing --------------------------------------------------------
 
     def publish(
-        self, recipient_id: str, payload: Mapping[str, Any], kind: str = MESSAGE_EVENT, *, to_callback: bool = True
+        self,
+        recipient_id: str,
+        payload: Mapping[str, Any],
+        kind: str = MESSAGE_EVENT,
+        *,
+        to_callback: bool = True,
+        track: bool = False,
     ) -> OutboundItem:
         """Queue one item for the user. Never blocks: the send happens in the background."""
         mailbox = self._mailboxes.setdefault(recipient_id, _Mailbox())
         number = mailbox.next_number
         mailbox.next_number += 1
         mailbox.touched = time.monotonic()
-        item = OutboundItem(f"{self._boot}-{number}", kind, dict(payload), to_callback)
+        outcome = asyncio.get_running_loop().create_future() if track else None
+        item = OutboundItem(f"{self._boot}-{number}", kind, dict(payload), to_callback, outcome)
         if len(mailbox.retained) == mailbox.retained.maxlen:
             oldest = mailbox.retained[0]
             if _number(oldest) > mailbox.streamed_upto and not (self.callback_url and oldest.to_callback):
                 logger.warning("Dropping an undelivered item for %s: nobody is streaming its messages.", recipient_id)
         mailbox.retained.append(item)
+        by_callback = bool(self.callback_url and to_callback)
         if mailbox.listeners:
             mailbox.streamed_upto = number
             for listener in mailbox.listeners:
                 listener.put_nowait(item)
-        if self.callback_url and to_callback:
+            if not by_callback:
+                item.settle(True)
+        if by_callback:
             mailbox.callback_queue.append(item)
             if mailbox.callback_worker is None or mailbox.callback_worker.done():
                 mailbox.callback_worker = asyncio.create_task(self._post_callbacks(recipient_id, mailbox))
@@ -110,6 +128,8 @@ class Outbox:
         for item in mailbox.retained:
             if _number(item) > resume_after:
                 subscription.queue.put_nowait(item)
+                if not (self.callback_url and item.to_callback):
+                    item.settle(True)
         mailbox.streamed_upto = max(mailbox.streamed_upto, mailbox.next_number - 1)
         mailbox.listeners.add(subscription.queue)
         return subscription
@@ -129,16 +149,16 @@ class Outbox:
     async def _post_callbacks(self, recipient_id: str, mailbox: _Mailbox) -> None:
         while mailbox.callback_queue:
             item = mailbox.callback_queue[0]
-            await self._post_one(recipient_id, item)
+            item.settle(await self._post_one(recipient_id, item))
             mailbox.callback_queue.popleft()
 
-    async def _post_one(self, recipient_id: str, item: OutboundItem) -> None:
+    async def _post_one(self, recipient_id: str, item: OutboundItem) -> bool:
         assert self.callback_url is not None
         for attempt in range(1, CALLBACK_RETRY.attempts + 1):
             try:
                 async with self._client().post(self.callback_url, json=item.payload) as response:
                     if response.status < 400:
-                        return
+                        return True
                     problem = f"HTTP {response.status}"
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 problem = type(error).__name__
@@ -148,6 +168,17 @@ class Outbox:
             "Giving up delivering a %s item to the callback for %s after %d attempts (%s).",
             item.kind, recipient_id, CALLBACK_RETRY.attempts, problem,
         )
+        return False
+
+    def publish_status(
+        self, recipient_id: str, *, active: bool, chat_id: str, api: str, agent_name: Optional[str] = None
+    ) -> None:
+        """Tell streams whether a live agent is connected. Stream only: a
+        callback consumer expecting Rasa's message shape gets no status objects."""
+        status: Dict[str, Any] = {"active": active, "chat_id": chat_id, "api": api}
+        if agent_name:
+            status["agent_name"] = agent_name
+        self.publish(recipient_id, {"recipient_id": recipient_id, "handoff": status}, HANDOFF_EVENT, to_callback=False)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -4,15 +4,19 @@ every way a chat ends, each leaving the slots and the user in a known state.
 Ways a handoff ends, and what the user hears:
 
 * the user types an end command: the chat is left, ``user_ended``;
-* the agent (or ServiceNow) closes it: ``agent_closed``;
-* ServiceNow keeps failing: the chat is left and the user gets
-  ``connection_lost`` with the chat id and the time of the last message,
-  or ``session_lost`` when leaving fails too.
+* the agent closes it: ``agent_closed``;
+* ServiceNow hands control back (no agent available, time-out): ``chat_ended``,
+  after ServiceNow's own explanation;
+* ServiceNow keeps failing: the chat is left (Virtual Agent: faulted) and the
+  user gets ``connection_lost`` with the chat id and the time of the last
+  message, or ``session_lost`` when that fails too.
 
 Messages produced while answering a webhook request are returned to the
 caller for the HTTP response; everything else goes out through the outbox.
 """
 
+import asyncio
+import dataclasses
 import datetime
 import logging
 from enum import Enum
@@ -20,9 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 from rasa.core.agent import Agent
 
-from connectors.servicenow.backends.base import Backend, ChatClosed, CloseReason, HandoffRequest
+from connectors.servicenow.backends.base import Backend, Callback, ChatClosed, CloseReason, HandoffRequest, Turn
 from connectors.servicenow.config import ServiceNowSettings
-from connectors.servicenow.delivery import HANDOFF_EVENT, Outbox
+from connectors.servicenow.delivery import Outbox
 from connectors.servicenow.errors import ServiceNowError
 from connectors.servicenow.relay import Relay
 from connectors.servicenow.state import (
@@ -41,7 +45,13 @@ Messages = List[Dict[str, Any]]
 class EndReason(str, Enum):
     USER_ENDED = "user_ended"
     AGENT_CLOSED = "agent_closed"
+    #: ServiceNow handed control back (no agent available, time-out).
+    RETURNED = "returned"
     FAILED = "failed"
+
+
+#: The ``cause`` sent with ``FAULT_CONVERSATION`` when this side gives up.
+FAULT_CAUSE = "EXTERNAL_FAILURE"
 
 
 class HandoffManager:
@@ -62,6 +72,9 @@ class HandoffManager:
             settings, backend, outbox, self.slots, on_closed=self._closed_by_servicenow, on_failed=self._failed_in_background
         )
         self._starting: Set[str] = set()
+        # Chats whose id was chosen before ServiceNow confirmed them: pushes
+        # that arrive that early wait here for the chat (or None if it failed).
+        self._opening: Dict[str, "asyncio.Future[Optional[LiveChat]]"] = {}
 
     # -- the flag ----------------------------------------------------------
 
@@ -97,24 +110,46 @@ class HandoffManager:
 
     async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
         sender = request.sender_id
+        if self.backend.wants_history:
+            request = dataclasses.replace(request, history=await self._history(request))
+        reserved = self.backend.reserve_chat_id()
+        if reserved:
+            self._opening[reserved] = asyncio.get_running_loop().create_future()
+        chat: Optional[LiveChat] = None
         try:
-            opened = await self.backend.open_chat(request)
-        except ServiceNowError as error:
-            logger.warning("Could not open a ServiceNow chat for conversation %s: %s", sender, error)
-            return await self._tell(sender, [self.texts.start_failed], in_request=in_request)
-        chat = LiveChat(sender_id=sender, chat_id=opened.chat_id, user=opened.user, last_updated=opened.opened_at)
-        messages = self._bot_messages(sender, [self.texts.connecting])
+            try:
+                opened = await self.backend.open_chat(request, reserved)
+            except ServiceNowError as error:
+                logger.warning("Could not open a ServiceNow chat for conversation %s: %s", sender, error)
+                return await self._tell(sender, [self.texts.start_failed], in_request=in_request)
+            opened_chat = LiveChat(sender_id=sender, chat_id=opened.chat_id, user=opened.user, last_updated=opened.opened_at)
+            messages = self._bot_messages(sender, [self.texts.connecting])
+            try:
+                await self.slots.write(sender, opened_chat.slot_events() + [bot_uttered(m) for m in messages])
+            except Exception:
+                logger.exception("Could not save the handoff of conversation %s; leaving the new chat.", sender)
+                await self._leave_quietly(opened_chat)
+                return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
+            chat = self.registry.activate(opened_chat)
+            self.relay.watch(chat)
+            self.outbox.publish_status(sender, active=True, chat_id=chat.chat_id, api=self.backend.api)
+            logger.info("Handoff started: conversation %s is in ServiceNow chat %s.", sender, chat.chat_id)
+            return self._deliver(sender, messages, in_request=in_request)
+        finally:
+            if reserved:
+                self._opening.pop(reserved).set_result(chat)
+
+    async def _history(self, request: HandoffRequest) -> List[Turn]:
+        limit = self.settings.history_turns
         try:
-            await self.slots.write(sender, chat.slot_events() + [bot_uttered(m) for m in messages])
+            turns = await self.slots.history(request.sender_id, limit + 1)
         except Exception:
-            logger.exception("Could not save the handoff of conversation %s; leaving the new chat.", sender)
-            await self._leave_quietly(chat)
-            return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
-        chat = self.registry.activate(chat)
-        self.relay.watch(chat)
-        self._publish_status(chat, active=True)
-        logger.info("Handoff started: conversation %s is in ServiceNow chat %s.", sender, chat.chat_id)
-        return self._deliver(sender, messages, in_request=in_request)
+            logger.exception("Could not read the conversation history of %s.", request.sender_id)
+            return []
+        # The request itself is the chat's first message; it need not repeat in the history.
+        if turns and not turns[-1][1] and turns[-1][0] == request.text:
+            turns = turns[:-1]
+        return [Turn(text, from_bot, timestamp) for text, from_bot, timestamp in turns[-limit:]]
 
     # -- while connected ---------------------------------------------------
 
@@ -135,12 +170,53 @@ class HandoffManager:
     async def end_by_user(self, chat: LiveChat) -> Messages:
         return await self._end(chat, EndReason.USER_ENDED, in_request=True)
 
+    async def user_typing(self, sender_id: str, typing: bool) -> bool:
+        """Pass the user's typing state to the agent; False when there is no
+        live chat or the API cannot show it. Never ends the chat."""
+        chat = await self.active_chat(sender_id)
+        if chat is None:
+            return False
+        try:
+            return await self.backend.send_typing(chat, typing)
+        except ServiceNowError as error:
+            logger.info("Could not forward typing to ServiceNow chat %s: %s", chat.chat_id, error)
+            return False
+
+    # -- pushes from ServiceNow ----------------------------------------------
+
+    async def receive_callback(self, callback: Callback) -> None:
+        """Deliver what a ServiceNow callback says, once, in arrival order."""
+        chat = await self._chat_for(callback)
+        if chat is None:
+            logger.info("Ignoring a ServiceNow callback for chat %s, which is not live here.", callback.chat_id)
+            return
+        if chat.is_repeat(callback.fingerprint):
+            logger.info("Ignoring a repeated ServiceNow callback for chat %s.", callback.chat_id)
+            return
+        await self.relay.dispatch(chat, callback.events)
+
+    async def _chat_for(self, callback: Callback) -> Optional[LiveChat]:
+        chat = self.registry.by_chat_id(callback.chat_id)
+        if chat is not None:
+            return chat
+        opening = self._opening.get(callback.chat_id)
+        if opening is not None:
+            return await asyncio.shield(opening)
+        if callback.sender_id:
+            # After a restart, before the resume scan reached this conversation.
+            chat = await self.active_chat(callback.sender_id)
+            if chat is not None and chat.chat_id == callback.chat_id:
+                return chat
+        return None
+
     # -- ends that come from ServiceNow's side -----------------------------
 
     async def _closed_by_servicenow(self, chat: LiveChat, closed: ChatClosed) -> None:
         logger.info("ServiceNow chat %s ended (%s).", chat.chat_id, closed.reason.value)
         if closed.reason is CloseReason.NOT_FOUND:
             await self._end(chat, EndReason.FAILED, in_request=False, leave=False)
+        elif closed.reason is CloseReason.RETURNED:
+            await self._end(chat, EndReason.RETURNED, in_request=False)
         else:
             await self._end(chat, EndReason.AGENT_CLOSED, in_request=False)
 
@@ -161,7 +237,8 @@ class HandoffManager:
         if not self.registry.deactivate(chat):
             return []
         self.relay.unwatch(chat)
-        left = await self._leave_quietly(chat) if leave else False
+        cause = FAULT_CAUSE if reason is EndReason.FAILED else None
+        left = await self._leave_quietly(chat, cause) if leave else False
         texts = self._farewell(chat, reason, left)
         if undelivered:
             texts.append(self.texts.message_not_delivered)
@@ -170,7 +247,7 @@ class HandoffManager:
             await self.slots.write(chat.sender_id, cleared_slot_events() + [bot_uttered(m) for m in messages])
         except Exception:
             logger.exception("Could not clear the handoff slots of conversation %s.", chat.sender_id)
-        self._publish_status(chat, active=False)
+        self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
         logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", reason.value, chat.sender_id, chat.chat_id)
         return self._deliver(chat.sender_id, messages, in_request=in_request)
 
@@ -179,6 +256,8 @@ class HandoffManager:
             return [self.texts.user_ended]
         if reason is EndReason.AGENT_CLOSED:
             return [self.texts.agent_closed]
+        if reason is EndReason.RETURNED:
+            return [self.texts.chat_ended]
         if not left:
             return [self.texts.session_lost]
         return [
@@ -187,9 +266,12 @@ class HandoffManager:
             )
         ]
 
-    async def _leave_quietly(self, chat: LiveChat) -> bool:
+    async def _leave_quietly(self, chat: LiveChat, cause: Optional[str] = None) -> bool:
         try:
-            await self.backend.leave(chat)
+            if cause:
+                await self.backend.abort(chat, cause)
+            else:
+                await self.backend.leave(chat)
             return True
         except ServiceNowError as error:
             logger.warning("Leaving ServiceNow chat %s failed: %s", chat.chat_id, error)
@@ -234,16 +316,6 @@ class HandoffManager:
     @staticmethod
     def _bot_messages(sender_id: str, texts: List[str]) -> Messages:
         return [{"recipient_id": sender_id, "text": text, "metadata": {"source": "bot"}} for text in texts]
-
-    def _publish_status(self, chat: LiveChat, *, active: bool) -> None:
-        # Stream only: a callback consumer that expects Rasa's message shape
-        # should not receive status objects without text.
-        self.outbox.publish(
-            chat.sender_id,
-            {"recipient_id": chat.sender_id, "handoff": {"active": active, "chat_id": chat.chat_id, "api": self.backend.api}},
-            HANDOFF_EVENT,
-            to_callback=False,
-        )
 
 
 def format_time(epoch_ms: Optional[float]) -> str:

@@ -33,7 +33,13 @@ class UserPayload:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
+@dataclass(frozen=True)
+class TypingPayload:
+    sender: str
+    typing: bool
+
+
+def parse_json_object(body: bytes, example: str) -> Dict[str, Any]:
     if len(body) > MAX_BODY_BYTES:
         raise PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
     try:
@@ -41,13 +47,13 @@ def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
     except (ValueError, UnicodeDecodeError):
         raise PayloadError(400, "InvalidJSON", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
-        raise PayloadError(400, "InvalidPayload", 'Expected a JSON object like {"sender": "...", "message": "..."}.')
+        raise PayloadError(400, "InvalidPayload", f"Expected a JSON object like {example}.")
+    return data
 
-    sender = data.get("sender")
-    if not isinstance(sender, str) or not sender.strip():
-        raise PayloadError(400, "InvalidSender", "'sender' must be a non-empty string.")
-    if len(sender) > MAX_SENDER_LENGTH:
-        raise PayloadError(400, "InvalidSender", f"'sender' must be at most {MAX_SENDER_LENGTH} characters.")
+
+def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
+    data = parse_json_object(body, '{"sender": "...", "message": "..."}')
+    sender = _sender(data)
 
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
@@ -64,3 +70,22 @@ def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
         raise PayloadError(400, "InvalidMetadata", "'metadata' must be a JSON object when given.")
 
     return UserPayload(sender=sender, message=message.strip(), metadata=metadata)
+
+
+def parse_typing_payload(body: bytes) -> TypingPayload:
+    """``{"sender", "typing": true|false}``: the user started or stopped typing."""
+    data = parse_json_object(body, '{"sender": "...", "typing": true}')
+    sender = _sender(data)
+    typing = data.get("typing")
+    if not isinstance(typing, bool):
+        raise PayloadError(400, "InvalidTyping", "'typing' must be true or false.")
+    return TypingPayload(sender=sender, typing=typing)
+
+
+def _sender(data: Mapping[str, Any]) -> str:
+    sender = data.get("sender")
+    if not isinstance(sender, str) or not sender.strip():
+        raise PayloadError(400, "InvalidSender", "'sender' must be a non-empty string.")
+    if len(sender) > MAX_SENDER_LENGTH:
+        raise PayloadError(400, "InvalidSender", f"'sender' must be at most {MAX_SENDER_LENGTH} characters.")
+    return sender

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, Sequence, Set
 
 from connectors.servicenow.backends.base import (
     AgentEvent,
+    AgentJoined,
     AgentMessage,
     AgentTyping,
     Backend,
@@ -35,6 +36,11 @@ logger = logging.getLogger(__name__)
 
 OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
 OnFailed = Callable[[LiveChat, ServiceNowError], Awaitable[Any]]
+
+# Pushed callbacks can overtake each other. The end of a chat waits this long
+# so that an agent's last message, pushed just before the close, still
+# reaches the user before the "chat ended" notice.
+END_GRACE_S = 0.5
 
 
 class PollSchedule:
@@ -100,7 +106,7 @@ class Relay:
         self._on_closed = on_closed
         self._on_failed = on_failed
         self._pollers: Dict[str, _Poller] = {}
-        self._dispatches: Set["asyncio.Task[None]"] = set()
+        self._dispatches: Set["asyncio.Task[Any]"] = set()
 
     # -- lifecycle of one chat ---------------------------------------------
 
@@ -168,10 +174,7 @@ class Relay:
                 poller.schedule.note_activity()
             # Shielded: a shutdown that cancels the loop must not cut a
             # delivery off between queueing messages and saving the cursor.
-            dispatch = asyncio.ensure_future(self.dispatch(chat, result.events, result))
-            self._dispatches.add(dispatch)
-            dispatch.add_done_callback(self._dispatches.discard)
-            await asyncio.shield(dispatch)
+            await asyncio.shield(self._track(self.dispatch(chat, result.events, result)))
 
     # -- delivery ----------------------------------------------------------
 
@@ -194,10 +197,25 @@ class Relay:
                         chat.sender_id, {"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT
                     )
                     continue
+                if isinstance(event, AgentJoined):
+                    chat.agent_joined = True
+                    self._outbox.publish_status(
+                        chat.sender_id, active=True, chat_id=chat.chat_id, api=self._backend.api, agent_name=event.agent_name
+                    )
+                    continue
                 if event.message_id in chat.seen_ids and cursor is None:
                     continue
+                if isinstance(event, SystemNotice) and event.kind == "wait" and chat.agent_joined:
+                    continue  # a queue notice overtaken by the agent's arrival
+                if isinstance(event, AgentMessage):
+                    chat.agent_joined = True
                 message = _user_message(chat.sender_id, event)
-                self._outbox.publish(chat.sender_id, message)
+                report = self._settings.report_delivery and isinstance(event, AgentMessage)
+                item = self._outbox.publish(chat.sender_id, message, track=report)
+                if item.outcome is not None:
+                    item.outcome.add_done_callback(
+                        lambda outcome, message_id=event.message_id: self._report(chat, message_id, outcome.result())
+                    )
                 records.append(bot_uttered(message))
                 if cursor is None:
                     chat.note_message(event.message_id, event.timestamp)
@@ -211,7 +229,25 @@ class Relay:
             if records:
                 logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
         if closed is not None:
+            if not self._backend.pulls:
+                await asyncio.sleep(END_GRACE_S)
             await self._on_closed(chat, closed)
+
+    def _report(self, chat: LiveChat, message_id: str, delivered: bool) -> None:
+        async def report() -> None:
+            try:
+                await self._backend.report_delivery(chat, message_id, delivered)
+            except ServiceNowError as error:
+                logger.warning("Could not report delivery of message %s to ServiceNow: %s", message_id, error)
+
+        self._track(report())
+
+    def _track(self, work: Awaitable[Any]) -> "asyncio.Task[Any]":
+        """Run work as a task that ``stop()`` waits for."""
+        task = asyncio.ensure_future(work)
+        self._dispatches.add(task)
+        task.add_done_callback(self._dispatches.discard)
+        return task
 
 
 def _user_message(recipient_id: str, event: Any) -> Dict[str, Any]:
@@ -219,9 +255,12 @@ def _user_message(recipient_id: str, event: Any) -> Dict[str, Any]:
         metadata: Dict[str, Any] = {"source": "agent", "agent_name": event.agent_name, "message_id": event.message_id}
         return {"recipient_id": recipient_id, "text": event.text, **event.rich, "metadata": metadata}
     assert isinstance(event, SystemNotice)
-    return {
-        "recipient_id": recipient_id,
-        "text": event.text,
-        "metadata": {"source": "system", "message_id": event.message_id},
-    }
+    metadata = {"source": "system", "kind": event.kind, "message_id": event.message_id}
+    fields = {key: value for key, value in event.details.items() if key in RASA_MESSAGE_FIELDS}
+    metadata.update({key: value for key, value in event.details.items() if key not in RASA_MESSAGE_FIELDS})
+    return {"recipient_id": recipient_id, "text": event.text, **fields, "metadata": metadata}
+
+
+# Fields of a Rasa bot message a rich ServiceNow item can map to.
+RASA_MESSAGE_FIELDS = ("image", "buttons", "attachment", "custom")
 

@@ -24,12 +24,12 @@ ends. Only this channel writes these slots; the registry relies on that.
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from rasa.core.agent import Agent
-from rasa.shared.core.events import BotUttered, Event, SlotSet
+from rasa.shared.core.events import BotUttered, Event, SlotSet, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ HANDOFF_SLOTS = (SLOT_ACTIVE, SLOT_CHAT_ID, SLOT_USER, SLOT_LAST_UPDATED, SLOT_S
 # Waiting on Rasa's ticket lock polls at this interval (Rasa's default is 1 s,
 # which would put up to a second on every agent message that races a write).
 LOCK_POLL_S = 0.02
+# How many recent message ids a chat keeps to recognise what it has handled.
+SEEN_IDS_KEPT = 100
+# How many recent pushes a chat remembers to drop repeats of a whole callback.
+RECENT_CALLBACKS_KEPT = 16
 
 
 @dataclass(eq=False)
@@ -62,6 +66,10 @@ class LiveChat:
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     #: Keeps agent events in order on their way to the user.
     dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: A live agent has accepted; queue notices that arrive later are stale.
+    agent_joined: bool = False
+    #: Fingerprints of the latest pushed callbacks, to drop repeats.
+    recent_callbacks: Deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_CALLBACKS_KEPT), repr=False)
 
     def slot_events(self) -> List[Event]:
         return [
@@ -80,7 +88,14 @@ class LiveChat:
         if timestamp is not None and (self.last_updated is None or timestamp > self.last_updated):
             self.last_updated = timestamp
         if message_id and message_id not in self.seen_ids:
-            self.seen_ids = self.seen_ids + (message_id,)
+            self.seen_ids = ((message_id,) + self.seen_ids)[:SEEN_IDS_KEPT]
+
+    def is_repeat(self, fingerprint: str) -> bool:
+        """True when this callback was seen before; remembers it otherwise."""
+        if fingerprint in self.recent_callbacks:
+            return True
+        self.recent_callbacks.append(fingerprint)
+        return False
 
     @classmethod
     def from_tracker(cls, tracker: DialogueStateTracker) -> Optional["LiveChat"]:
@@ -144,6 +159,21 @@ class TrackerSlots:
         tracker = await self._ready_agent().tracker_store.retrieve(sender_id)
         return LiveChat.from_tracker(tracker) if tracker is not None else None
 
+    async def history(self, sender_id: str, limit: int) -> List[Tuple[str, bool, float]]:
+        """The last ``limit`` user and bot texts of the current session, oldest
+        first, as ``(text, from_bot, epoch_ms)``."""
+        if limit <= 0:
+            return []
+        tracker = await self._ready_agent().tracker_store.retrieve(sender_id)
+        if tracker is None:
+            return []
+        turns = [
+            (event.text, isinstance(event, BotUttered), event.timestamp * 1000)
+            for event in tracker.events
+            if isinstance(event, (UserUttered, BotUttered)) and event.text
+        ]
+        return turns[-limit:]
+
     async def write(self, sender_id: str, events: Sequence[Event]) -> None:
         agent = self._ready_agent()
         async with agent.lock_store.lock(sender_id, wait_time_in_seconds=LOCK_POLL_S):
@@ -186,6 +216,7 @@ class HandoffRegistry:
 
     def __init__(self, inactive_capacity: int = 100_000) -> None:
         self._active: Dict[str, LiveChat] = {}
+        self._by_chat_id: Dict[str, LiveChat] = {}
         self._inactive: "OrderedDict[str, None]" = OrderedDict()
         self._inactive_capacity = inactive_capacity
 
@@ -198,6 +229,9 @@ class HandoffRegistry:
     def get(self, sender_id: str) -> Optional[LiveChat]:
         return self._active.get(sender_id)
 
+    def by_chat_id(self, chat_id: str) -> Optional[LiveChat]:
+        return self._by_chat_id.get(chat_id)
+
     def known_inactive(self, sender_id: str) -> bool:
         if sender_id in self._inactive:
             self._inactive.move_to_end(sender_id)
@@ -207,7 +241,9 @@ class HandoffRegistry:
     def activate(self, chat: LiveChat) -> LiveChat:
         """Register a chat; if one is already registered for the sender, keep that one."""
         self._inactive.pop(chat.sender_id, None)
-        return self._active.setdefault(chat.sender_id, chat)
+        registered = self._active.setdefault(chat.sender_id, chat)
+        self._by_chat_id.setdefault(registered.chat_id, registered)
+        return registered
 
     def deactivate(self, chat: LiveChat) -> bool:
         """Unregister; False when the chat had already ended (so ending runs once)."""
@@ -216,6 +252,8 @@ class HandoffRegistry:
         chat.ended = True
         if self._active.get(chat.sender_id) is chat:
             del self._active[chat.sender_id]
+        if self._by_chat_id.get(chat.chat_id) is chat:
+            del self._by_chat_id[chat.chat_id]
         self.mark_inactive(chat.sender_id)
         return True
 

@@ -24,6 +24,8 @@ class UserTexts:
     user_ended: str = "You have left the chat with the agent. You're back with the virtual assistant."
     #: The agent closed the chat, or ServiceNow closed it (timeout, escalation).
     agent_closed: str = "The agent has closed the chat. You're back with the virtual assistant."
+    #: ServiceNow handed the chat back: no agent available, the chat timed out, ...
+    chat_ended: str = "The live chat has ended. You're back with the virtual assistant."
     #: ServiceNow kept failing; the chat was left cleanly.
     connection_lost: str = (
         "Sorry, we lost the connection to the live agent. Chat {chat_id}, last message at "

@@ -2,7 +2,7 @@
 ServiceNow mocked with aioresponses."""
 
 import asyncio
-import re
+import json
 from types import SimpleNamespace
 from unittest.mock import AsyncMock
 
@@ -59,7 +59,7 @@ async def slots(agent, sender="u1"):
 
 
 def body_of(mock, method, url, index=-1):
-    return mock.requests[(method, aiohttp.client.URL(url))][index].kwargs["json"]
+    return json.loads(mock.requests[(method, aiohttp.client.URL(url))][index].kwargs["data"])
 
 
 async def start(channel, rasa_turn, mock):

@@ -74,3 +74,29 @@ def test_message_texts_can_be_overridden_one_by_one():
     settings = ServiceNowSettings.from_credentials({**BASIC, "messages": {"agent_closed": "Bye from the agent."}})
     assert settings.texts.agent_closed == "Bye from the agent."
     assert "could not be located" in settings.texts.session_lost
+
+
+VIRTUAL_AGENT = {"instance_url": "https://acme.service-now.com", "api": "virtual_agent", "username": "bot", "password": "pw"}
+
+
+def test_virtual_agent_needs_no_queue_but_a_secured_callback():
+    with pytest.raises(ConfigurationError, match="webhook_secret"):
+        ServiceNowSettings.from_credentials(VIRTUAL_AGENT)
+    settings = ServiceNowSettings.from_credentials({**VIRTUAL_AGENT, "webhook_secret": "s", "context_variables": {"a": 1}})
+    assert settings.api == "virtual_agent" and settings.queue_id is None
+    assert settings.webhook_secret_header == "X-Webhook-Secret" and dict(settings.context_variables) == {"a": 1}
+    assert "webhook_secret=" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        ({"webhook_secret": "s", "webhook_secret_header": "Bad Header"}, "webhook_secret_header"),
+        ({"webhook_username": "sn"}, "webhook_password"),
+        ({"webhook_secret": "s", "context_variables": "queue=1"}, "context_variables"),
+        ({"webhook_secret": "s", "history_turns": "-1"}, "history_turns"),
+    ],
+)
+def test_invalid_virtual_agent_options(change, complaint):
+    with pytest.raises(ConfigurationError, match=complaint):
+        ServiceNowSettings.from_credentials({**VIRTUAL_AGENT, **change})

@@ -1,5 +1,6 @@
 """The Connect Support client against a mocked instance (aioresponses)."""
 
+import json
 import re
 
 import aiohttp
@@ -48,7 +49,7 @@ async def test_open_chat_posts_the_request_to_the_queue(backend):
         url = f"{BASE}/api/now/connect/support/queues/q1/sessions"
         mock.post(url, payload={"result": {"group": GROUP, "state": 1}})
         opened = await backend.open_chat(HandoffRequest(sender_id="u1", text="my laptop is broken"))
-        body = mock.requests[("POST", aiohttp.client.URL(url))][0].kwargs["json"]
+        body = json.loads(mock.requests[("POST", aiohttp.client.URL(url))][0].kwargs["data"])
     assert body == {"message": "my laptop is broken"}
     assert opened.chat_id == GROUP and opened.user == "rasa.integration"
 
@@ -218,7 +219,7 @@ async def test_send_and_leave_use_the_conversation(backend):
         mock.post(leave_url, payload={"result": {"group": GROUP, "state": 7}})
         sent = await backend.send(chat(), "thanks")
         await backend.leave(chat())
-        assert mock.requests[("POST", aiohttp.client.URL(send_url))][0].kwargs["json"] == {"message": "thanks"}
+        assert json.loads(mock.requests[("POST", aiohttp.client.URL(send_url))][0].kwargs["data"]) == {"message": "thanks"}
         assert ("POST", aiohttp.client.URL(leave_url)) in mock.requests
     assert (sent.message_id, sent.timestamp) == ("s1", 7000)
 

@@ -1,8 +1,11 @@
 """The relay's schedule and its dispatch of agent events."""
 
+import asyncio
+import dataclasses
 from typing import List
 
 from connectors.servicenow.backends.base import (
+    AgentJoined,
     AgentMessage,
     AgentTyping,
     ChatClosed,
@@ -71,9 +74,30 @@ class Recorder:
         self.failed.append(error)
 
 
-def make_relay():
+class PushBackend:
+    api = "virtual_agent"
+    pulls = False
+
+    def __init__(self):
+        self.reports = []
+        self.reported = asyncio.Event()
+
+    async def report_delivery(self, chat, message_id, delivered):
+        self.reports.append((message_id, delivered))
+        self.reported.set()
+
+
+class PullBackend(PushBackend):
+    api = "connect"
+    pulls = True
+
+
+def make_relay(backend=None, settings=SETTINGS):
     outbox, slots, recorder = Outbox(callback_url=None), RecordingSlots(), Recorder()
-    relay = Relay(SETTINGS, backend=None, outbox=outbox, slots=slots, on_closed=recorder.on_closed, on_failed=recorder.on_failed)
+    relay = Relay(
+        settings, backend=backend or PullBackend(), outbox=outbox, slots=slots,
+        on_closed=recorder.on_closed, on_failed=recorder.on_failed,
+    )
     return relay, outbox, slots, recorder
 
 
@@ -85,7 +109,7 @@ async def streamed(outbox, count):
 
 
 async def test_pushed_events_are_delivered_in_order_and_repeats_dropped():
-    relay, outbox, slots, _ = make_relay()
+    relay, outbox, slots, _ = make_relay(PushBackend())
     chat = LiveChat(sender_id="u1", chat_id="c1")
     hello = AgentMessage("m1", "hello", "Beth", 1000)
     await relay.dispatch(chat, [SystemNotice("s1", "Beth has entered the chat.", 900), AgentTyping(True), hello])
@@ -97,7 +121,7 @@ async def test_pushed_events_are_delivered_in_order_and_repeats_dropped():
         "recipient_id": "u1", "text": "hello",
         "metadata": {"source": "agent", "agent_name": "Beth", "message_id": "m1"},
     }
-    assert chat.seen_ids == ("s1", "m1") and chat.last_updated == 1000
+    assert chat.seen_ids == ("m1", "s1") and chat.last_updated == 1000
     bot_texts = [event.text for write in slots.writes for event in write if event.type_name == "bot"]
     assert bot_texts == ["Beth has entered the chat.", "hello"]
 
@@ -135,3 +159,41 @@ async def test_nothing_is_delivered_for_a_chat_that_already_ended():
     subscription = outbox.subscribe("u1")
     assert await subscription.next(heartbeat=0.01) is None
     assert slots.writes == []
+
+
+async def test_a_queue_notice_that_arrives_after_the_agent_is_dropped():
+    relay, outbox, _, _ = make_relay(PushBackend())
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    await relay.dispatch(chat, [AgentJoined("Beth"), AgentMessage("m1", "hi", "Beth", 1)])
+    await relay.dispatch(chat, [SystemNotice("w1", "Routing you to a live agent...", 0, kind="wait")])
+    items = await streamed(outbox, 2)
+    assert [item.kind for item in items] == ["handoff", "message"]
+    assert items[0].payload["handoff"]["agent_name"] == "Beth"
+    subscription = outbox.subscribe("u1")
+    assert await subscription.next(heartbeat=0.01) is None
+    subscription.close()
+
+
+async def test_a_pushed_end_waits_for_late_messages_then_ends():
+    relay, outbox, _, recorder = make_relay(PushBackend())
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    closing = asyncio.ensure_future(relay.dispatch(chat, [ChatClosed(CloseReason.AGENT_CLOSED)]))
+    await relay.dispatch(chat, [AgentMessage("late", "one more thing", "Beth", 2)])  # overtaken by the close
+    assert not recorder.closed
+    await closing
+    assert [item.payload["text"] for item in await streamed(outbox, 1)] == ["one more thing"]
+    assert len(recorder.closed) == 1
+
+
+async def test_delivery_is_reported_back_when_enabled():
+    settings = dataclasses.replace(SETTINGS, report_delivery=True)
+    backend = PushBackend()
+    relay, outbox, _, _ = make_relay(backend, settings)
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    await relay.dispatch(chat, [AgentMessage("m1", "hi", "Beth", 1), SystemNotice("s1", "note", 1)])
+    assert backend.reports == []  # nobody has the message yet
+    subscription = outbox.subscribe("u1")  # a stream takes the waiting items: delivered
+    await asyncio.wait_for(backend.reported.wait(), timeout=5)
+    await relay.stop()
+    subscription.close()
+    assert backend.reports == [("m1", True)]

@@ -18,6 +18,15 @@ from connectors.servicenow.state import LiveChat
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One earlier turn of the conversation, for the agent's context."""
+
+    text: str
+    from_bot: bool
+    timestamp_ms: float
+
+
+@dataclass(frozen=True)
 class HandoffRequest:
     """What the bot asked for when it handed the conversation over."""
 
@@ -27,12 +36,17 @@ class HandoffRequest:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     #: Routes the chat to another queue than the configured one.
     queue_id: Optional[str] = None
+    #: Extra routing variables for this handoff (Virtual Agent ``contextVariables``).
+    context_variables: Mapping[str, Any] = field(default_factory=dict)
+    #: The conversation so far, oldest first (sent where the API has room for it).
+    history: Sequence[Turn] = ()
 
 
 @dataclass(frozen=True)
 class OpenedChat:
     chat_id: str
-    #: The ServiceNow account the chat runs as; its own messages are never shown back.
+    #: The ServiceNow identity of the chat's requester: the Connect
+    #: integration account, or the Virtual Agent ``userId``.
     user: Optional[str]
     #: ServiceNow's time of the opening message (epoch ms), when it says.
     opened_at: Optional[float] = None
@@ -50,11 +64,15 @@ class AgentMessage:
 
 @dataclass(frozen=True)
 class SystemNotice:
-    """A ServiceNow system message worth showing, e.g. an agent joining."""
+    """Something ServiceNow says to the user that no agent typed: an agent
+    joining (``kind="system"``), a queue wait estimate (``kind="wait"``),
+    or the virtual agent speaking (``kind="virtual_agent"``)."""
 
     message_id: str
     text: str
     timestamp: float
+    kind: str = "system"
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,10 +80,19 @@ class AgentTyping:
     typing: bool
 
 
+@dataclass(frozen=True)
+class AgentJoined:
+    """A live agent accepted the chat (no text of its own)."""
+
+    agent_name: Optional[str] = None
+
+
 class CloseReason(str, Enum):
     AGENT_CLOSED = "agent_closed"
     ESCALATED = "escalated"
     ABANDONED = "abandoned"
+    #: ServiceNow gave control back to the bot: no agent available, time-out, ...
+    RETURNED = "returned"
     NOT_FOUND = "not_found"
 
 
@@ -78,7 +105,7 @@ class ChatClosed:
     timestamp: Optional[float] = None
 
 
-AgentEvent = Union[AgentMessage, SystemNotice, AgentTyping, ChatClosed]
+AgentEvent = Union[AgentMessage, SystemNotice, AgentTyping, AgentJoined, ChatClosed]
 
 
 @dataclass(frozen=True)
@@ -97,14 +124,33 @@ class SentMessage:
     timestamp: Optional[float]
 
 
+@dataclass(frozen=True)
+class Callback:
+    """One push from ServiceNow, already parsed and authenticated."""
+
+    chat_id: str
+    #: The Rasa conversation, when ServiceNow echoed it back.
+    sender_id: Optional[str]
+    #: Identifies a repeat of the same callback.
+    fingerprint: str
+    events: Sequence[AgentEvent]
+
+
 class Backend(ABC):
     #: The ``api`` option value this backend serves.
     api: str
     #: True when the relay must poll ``poll()``; False when ServiceNow pushes.
     pulls: bool
+    #: True when ``open_chat`` uses ``HandoffRequest.history``.
+    wants_history: bool = False
+
+    def reserve_chat_id(self) -> Optional[str]:
+        """A chat id chosen before the chat opens, when the API lets the client
+        choose it; callbacks can then arrive before ``open_chat`` returns."""
+        return None
 
     @abstractmethod
-    async def open_chat(self, request: HandoffRequest) -> OpenedChat:
+    async def open_chat(self, request: HandoffRequest, chat_id: Optional[str] = None) -> OpenedChat:
         """Create the chat in ServiceNow with the user's request as first message."""
 
     @abstractmethod
@@ -115,6 +161,17 @@ class Backend(ABC):
     async def leave(self, chat: LiveChat) -> None:
         """End the chat on ServiceNow's side. Leaving a closed chat is not an error."""
 
+    async def abort(self, chat: LiveChat, cause: str) -> None:
+        """End the chat because this side failed; ``cause`` is for ServiceNow's records."""
+        await self.leave(chat)
+
+    async def send_typing(self, chat: LiveChat, typing: bool) -> bool:
+        """Show the agent that the user is typing; False where the API cannot."""
+        return False
+
+    async def report_delivery(self, chat: LiveChat, message_id: str, delivered: bool) -> None:
+        """Tell ServiceNow whether an agent message reached the user, where the API can."""
+
     async def poll(self, chat: LiveChat) -> PollResult:
         """Fetch what is new since the chat's cursor (pull backends only)."""
         raise NotImplementedError(f"the {self.api} backend does not poll")
@@ -122,6 +179,10 @@ class Backend(ABC):
     async def check_closed(self, chat: LiveChat) -> Optional[ChatClosed]:
         """Ask ServiceNow whether the chat has ended (pull backends only)."""
         return None
+
+    def parse_callback(self, payload: Mapping[str, Any]) -> Callback:
+        """Turn a pushed payload into events (push backends only)."""
+        raise NotImplementedError(f"the {self.api} backend receives no callbacks")
 
     async def aclose(self) -> None:
         """Release connections."""

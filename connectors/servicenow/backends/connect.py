@@ -34,7 +34,7 @@ from connectors.servicenow.backends.base import (
 from connectors.servicenow.backends.http import ServiceNowHTTP, as_dict, result_of
 from connectors.servicenow.config import CONNECT_API, ServiceNowSettings
 from connectors.servicenow.errors import ServiceNowRejected
-from connectors.servicenow.state import LiveChat
+from connectors.servicenow.state import SEEN_IDS_KEPT, LiveChat
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ CLOSED_STATES = {
 }
 # A message committed this long after a newer one was read still counts as new.
 LATE_COMMIT_WINDOW_MS = 60_000.0
-# How many recent message ids a chat keeps to recognise what it has handled.
-SEEN_IDS_KEPT = 100
 _MENTION = re.compile(r"@M\[[^|\]]*\|([^\]]*)\]")
 _LINK = re.compile(r"@L\[([^|\]]*)\|([^\]]*)\]")
 
@@ -72,7 +70,7 @@ class ConnectBackend(Backend):
         # client-credentials grant the instance tells us on the first chat.
         self._user: Optional[str] = settings.username
 
-    async def open_chat(self, request: HandoffRequest) -> OpenedChat:
+    async def open_chat(self, request: HandoffRequest, chat_id: Optional[str] = None) -> OpenedChat:
         queue = request.queue_id or self._settings.queue_id
         entry = as_dict(
             result_of(

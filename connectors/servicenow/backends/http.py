@@ -74,9 +74,15 @@ class ServiceNowHTTP:
         *,
         json_body: Optional[Mapping[str, Any]] = None,
         params: Optional[Mapping[str, str]] = None,
+        extra_headers: Optional[Mapping[str, str]] = None,
     ) -> Any:
-        """Send one API call and return its decoded JSON body."""
+        """Send one API call and return its decoded JSON body.
+
+        The body is serialised once, compactly, so a signature computed over
+        ``compact_json(json_body)`` by the caller matches the bytes sent.
+        """
         session = self._client()
+        body = compact_json(json_body) if json_body is not None else None
         url = self.base_url + path
         renewed_credentials = False
         last_problem = "no attempt made"
@@ -86,11 +92,13 @@ class ServiceNowHTTP:
             attempt += 1
             delay: Optional[float] = None
             try:
-                headers = {**JSON_HEADERS, "Authorization": await self._auth.header(session, self.base_url)}
+                headers = {
+                    **JSON_HEADERS,
+                    **(extra_headers or {}),
+                    "Authorization": await self._auth.header(session, self.base_url),
+                }
                 started = time.monotonic()
-                async with session.request(
-                    method, url, json=json_body, params=params, headers=headers
-                ) as response:
+                async with session.request(method, url, data=body, params=params, headers=headers) as response:
                     status = response.status
                     raw = await response.read()
                     retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -136,6 +144,10 @@ class ServiceNowHTTP:
             attempts=attempt,
             status=last_status,
         )
+
+
+def compact_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int) -> float:
