@@ -19,9 +19,20 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+export SERVICENOW_API=${SERVICENOW_API:-connect}
+
 if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
+  emulator_args=()
+  if [ "$SERVICENOW_API" = "virtual_agent" ]; then
+    # The emulator pushes Virtual Agent callbacks to this Rasa, with a shared secret.
+    export SERVICENOW_WEBHOOK_SECRET=${SERVICENOW_WEBHOOK_SECRET:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')}
+    emulator_args+=(--set "va_callback_url=http://$RASA_HOST:$RASA_PORT/webhooks/servicenow/callback"
+                    --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
+                    --set "va_callback_retries=3")
+  fi
   log=$(mktemp)
-  "$VENV/bin/python" -m connectors.servicenow.emulator --host "$EMULATOR_HOST" --port "$EMULATOR_PORT" >"$log" 2>&1 &
+  "$VENV/bin/python" -m connectors.servicenow.emulator --host "$EMULATOR_HOST" --port "$EMULATOR_PORT" \
+    "${emulator_args[@]+"${emulator_args[@]}"}" >"$log" 2>&1 &
   emulator_pid=$!
   for _ in $(seq 1 100); do
     grep -q "listening on" "$log" && break
@@ -34,20 +45,22 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
   export SERVICENOW_INSTANCE_URL="http://$EMULATOR_HOST:$EMULATOR_PORT"
   export SERVICENOW_USERNAME=${SERVICENOW_USERNAME:-rasa.integration}
   export SERVICENOW_PASSWORD=${SERVICENOW_PASSWORD:-secret}
-  export SERVICENOW_QUEUE_ID=${SERVICENOW_QUEUE_ID:-$("$VENV/bin/python" -c 'from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID; print(DEFAULT_QUEUE_SYS_ID)')}
+  if [ "$SERVICENOW_API" = "connect" ]; then
+    export SERVICENOW_QUEUE_ID=${SERVICENOW_QUEUE_ID:-$("$VENV/bin/python" -c 'from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID; print(DEFAULT_QUEUE_SYS_ID)')}
+  fi
   target="the bundled ServiceNow emulator at $SERVICENOW_INSTANCE_URL (agent controls: $SERVICENOW_INSTANCE_URL/__emu/...)"
 else
   target="ServiceNow at $SERVICENOW_INSTANCE_URL"
 fi
 
 # Every variable credentials.yml names must exist; empty means "not set".
-for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL POLL_INTERVAL; do
+for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL POLL_INTERVAL WEBHOOK_SECRET; do
   export "SERVICENOW_$name=$(printenv "SERVICENOW_$name" || true)"
 done
 
 cat <<MSG
 
-  Rasa with the ServiceNow handoff channel, talking to $target.
+  Rasa with the ServiceNow handoff channel ($SERVICENOW_API API), talking to $target.
   Talk to the bot:   curl -s localhost:$RASA_PORT/webhooks/servicenow/webhook -d '{"sender": "me", "message": "hi"}'
   Agent replies:     curl -N localhost:$RASA_PORT/webhooks/servicenow/stream?sender=me
   Walk-through:      README.md, "Try it"

@@ -1,14 +1,21 @@
+"""One ``rasa run`` per ServiceNow backend, one emulator, one callback
+receiver; the shared behaviour tests run once per backend."""
+
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer
+from connectors.servicenow.texts import UserTexts
+from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, wait_for
+
+BACKENDS = ("connect", "virtual_agent")
+WEBHOOK_SECRET = "e2e-callback-secret"
+TEXTS = UserTexts()
 
 # Fast enough for tests, slow enough to be realistic: polls every 0.2 s, a
 # failing call is retried twice with short backoff.
 FAST_CHANNEL = {
-    "api": "connect",
     "username": "rasa.integration",
     "password": "secret",
     "poll_interval": 0.2,
@@ -22,14 +29,80 @@ FAST_CHANNEL = {
 }
 
 
-def channel_options(emulator: Emulator, callback: CallbackReceiver, **overrides: Any) -> Dict[str, Any]:
-    return {
-        **FAST_CHANNEL,
-        "instance_url": emulator.url,
-        "queue_id": emulator.queue_id,
-        "callback_url": callback.url,
-        **overrides,
-    }
+def channel_options(emulator: Emulator, callback: CallbackReceiver, backend: str, **overrides: Any) -> Dict[str, Any]:
+    options = {**FAST_CHANNEL, "api": backend, "instance_url": emulator.url, "callback_url": callback.url}
+    if backend == "connect":
+        options["queue_id"] = emulator.queue_id
+    else:
+        options["webhook_secret"] = WEBHOOK_SECRET
+        options["report_delivery"] = True
+    options.update(overrides)
+    return options
+
+
+def point_emulator_at(emulator: Emulator, server: RasaServer, **va_options: Any) -> None:
+    """Where the emulator sends Virtual Agent callbacks, and how."""
+    options = {"va_callback_retries": 2, "va_callback_retry_delay_ms": 300, **va_options}
+    emulator.configure(
+        va_callback_url=f"{server.url}/webhooks/servicenow/callback",
+        va_callback_auth={"X-Webhook-Secret": WEBHOOK_SECRET},
+        **options,
+    )
+
+
+class Handoff:
+    """Backend-agnostic steps and checks of a handoff, for the shared tests."""
+
+    def __init__(self, backend: str, rasa: RasaServer, emulator: Emulator, callback: CallbackReceiver) -> None:
+        self.backend = backend
+        self.rasa = rasa
+        self.emulator = emulator
+        self.callback = callback
+
+    def start(self, sender: str, request: str = "talk to live agent") -> str:
+        replies = self.rasa.say(sender, request)
+        assert [reply["text"] for reply in replies] == [TEXTS.connecting]
+        slots = self.rasa.slots(sender)
+        assert slots["handoff_active"] is True
+        return slots["live_chat_id"]
+
+    def start_live(self, sender: str) -> str:
+        """Start a handoff and have the agent accept it; returns the chat id."""
+        chat = self.start(sender)
+        self.emulator.accept(chat)
+        self.callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+        return chat
+
+    def user_messages(self, sender: str, chat: str) -> List[str]:
+        """What the agent received from the user, in order."""
+        requester = self.requester(sender)
+        return [m["message"] for m in self.emulator.transcript(chat) if m["created_by"] == requester]
+
+    def requester(self, sender: str) -> str:
+        return "rasa.integration" if self.backend == "connect" else sender
+
+    def left_by_user(self, chat: str) -> bool:
+        if self.backend == "connect":
+            return bool(self.emulator.requests_for(chat, "POST", "/leave"))
+        return any(event.get("action") == "END_CONVERSATION" for event in self.emulator.get(f"transcript/{chat}")["events"])
+
+    def fail_inbound(self, chat: str, status: int = 503, times: int = 100, **match: Any) -> None:
+        """Make the connector's calls for this chat fail (Connect: ``path_regex`` picks which)."""
+        api = "connect" if self.backend == "connect" else "va"
+        rule_match = {"api": api, "session": chat, **match}
+        self.emulator.fault(match=rule_match, respond={"status": status}, times=times)
+
+    def wait_until_over(self, sender: str) -> None:
+        wait_for(lambda: self.rasa.slots(sender)["handoff_active"] is False, what="the handoff to end")
+
+    def assert_slots_cleared(self, sender: str) -> None:
+        slots = self.rasa.slots(sender)
+        assert slots["handoff_active"] is False
+        assert slots["live_chat_id"] is None
+
+    def assert_back_with_the_bot(self, sender: str) -> None:
+        replies = self.rasa.say(sender, "hi")
+        assert replies and replies[0]["text"].startswith("Hello! I'm the virtual assistant")
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +113,7 @@ def e2e_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def emulator(e2e_dir) -> Iterator[Emulator]:
     running = Emulator(e2e_dir / "emulator.log")
+    running.configure(request_log_limit=100_000)  # tests look back through the whole run
     yield running
     running.stop()
 
@@ -51,11 +125,24 @@ def callback() -> Iterator[CallbackReceiver]:
     receiver.stop()
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def rasa(e2e_dir, demo_model, emulator, callback) -> Iterator[RasaServer]:
-    server = RasaServer(e2e_dir, demo_model, channel_options(emulator, callback)).start()
+def rasa(e2e_dir, demo_model, emulator, callback, backend) -> Iterator[RasaServer]:
+    server = RasaServer(e2e_dir, demo_model, channel_options(emulator, callback, backend), name=f"rasa-{backend}")
+    server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def handoff(backend, rasa, emulator, callback) -> Handoff:
+    if backend == "virtual_agent":
+        point_emulator_at(emulator, rasa)
+    return Handoff(backend, rasa, emulator, callback)
 
 
 @pytest.fixture(autouse=True)

@@ -91,6 +91,9 @@ class Emulator:
     def session(self, group: str) -> Dict[str, Any]:
         return self.get(f"transcript/{group}")["session"]
 
+    def configure(self, **options: Any) -> Dict[str, Any]:
+        return self.control("config", options)
+
     def requests_for(self, group: str, method: str, suffix: str) -> List[Dict[str, Any]]:
         return [
             entry for entry in self.get("requests")["requests"]
@@ -108,6 +111,8 @@ class CallbackReceiver:
 
     def __init__(self) -> None:
         self.received: List[Dict[str, Any]] = []
+        #: Recipients whose items the "frontend" refuses with a 500.
+        self.refuse: set = set()
         self._lock = threading.Lock()
         receiver = self
 
@@ -115,9 +120,11 @@ class CallbackReceiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"null")
-                with receiver._lock:
-                    receiver.received.append(body)
-                self.send_response(200)
+                refused = isinstance(body, dict) and body.get("recipient_id") in receiver.refuse
+                if not refused:
+                    with receiver._lock:
+                        receiver.received.append(body)
+                self.send_response(500 if refused else 200)
                 self.end_headers()
 
             def log_message(self, *_args: Any) -> None:
@@ -133,6 +140,17 @@ class CallbackReceiver:
 
     def texts(self, sender: str) -> List[str]:
         return [item["text"] for item in self.for_user(sender) if "text" in item]
+
+    def agent_texts(self, sender: str) -> List[str]:
+        """What the agent typed, without notices from ServiceNow or the channel."""
+        return [
+            item["text"] for item in self.for_user(sender)
+            if "text" in item and (item.get("metadata") or {}).get("source") == "agent"
+        ]
+
+    def events(self, sender: str) -> List[Dict[str, Any]]:
+        """Items that are not messages, e.g. typing."""
+        return [item for item in self.for_user(sender) if "text" not in item]
 
     def wait_for_text(self, sender: str, predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
         def found() -> Optional[str]:

@@ -1,9 +1,10 @@
-"""Fixtures: an emulator on a real loopback port (port 0) and an aiohttp client that talks to it over sockets."""
+"""Fixtures: an emulator on a real loopback port (port 0) and an aiohttp client that talks to it over sockets; for the
+Virtual Agent tests also a connector webhook on its own loopback port (``receiver``) and a VA client (``va``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional
 
 import aiohttp
 import pytest
@@ -18,6 +19,9 @@ from connectors.servicenow.emulator import (
     RunningEmulator,
     start_emulator,
 )
+
+if TYPE_CHECKING:
+    from .va_support import CallbackReceiver, VaClient
 
 BASIC = aiohttp.BasicAuth(DEFAULT_USER, DEFAULT_PASSWORD)
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -135,3 +139,23 @@ async def live(client: EmulatorClient) -> Dict:
     entry = await client.create_session()
     await client.ok("POST", "agent/accept", {"session": entry["group"]})
     return entry
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator["CallbackReceiver"]:
+    """A connector webhook on a real loopback port (see va_support.py)."""
+    from .va_support import CallbackReceiver
+
+    webhook = CallbackReceiver()
+    await webhook.start()
+    yield webhook
+    await webhook.close()
+
+
+@pytest.fixture
+async def va(client: EmulatorClient, receiver: "CallbackReceiver") -> "VaClient":
+    """A VA client whose emulator delivers callbacks to ``receiver``."""
+    from .va_support import VaClient
+
+    await client.ok("POST", "config", {"va_callback_url": receiver.url})
+    return VaClient(client, receiver)

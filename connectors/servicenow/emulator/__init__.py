@@ -1,12 +1,13 @@
 """A local, in-memory ServiceNow for the demo and the tests.
 
 The emulator is a small aiohttp server that answers like a ServiceNow instance for the parts the handoff connector
-uses: the **Connect Support** REST API (``/api/now/connect/...``), the **OAuth** token endpoint
+uses: the **Connect Support** REST API (``/api/now/connect/...``, polled), the **Virtual Agent Bot Integration API**
+(``/api/sn_va_as_service/bot/integration`` in, callbacks out to the connector's webhook), the **OAuth** token endpoint
 (``/oauth_token.do``) and ServiceNow's authentication and error conventions. A **control plane** under ``/__emu/``
 lets a test, or a person with curl, play the human agent, move the clock, inject faults and see what the connector
-sent. It follows section 5 of the ServiceNow reference (``servicenow-api.md``); Connect Support is deprecated and its
-REST API undocumented, so where the reference marks a behaviour as inferred ([I]) the emulator makes that choice
-explicit in code comments and, where it matters, configurable. The Virtual Agent API is not emulated yet.
+sent and received. It follows section 5 of the ServiceNow reference (``servicenow-api.md``); where the reference marks
+a behaviour as inferred ([I]) the emulator makes that choice explicit in code comments and, where it matters,
+configurable. Of the Virtual Agent API only the asynchronous mode is emulated (no ``va_mode: sync``).
 
 Running it
 ----------
@@ -57,7 +58,29 @@ Configuration keys (:class:`EmulatorConfig`)
 ``request_log_limit``           newest entries kept in that log (1000)
 ``random_seed``                 seed for fault ``probability`` draws (null: random)
 ``control_plane_loopback_only`` refuse ``/__emu/`` calls from non-loopback addresses (true)
+``va_callback_url``             the connector's webhook for VA callbacks, may carry ``?secret=`` (null: callbacks are
+                                only logged, outcome ``not_configured``)
+``va_callback_auth``            ``"none"``, ``"basic:user:pass"``, ``"bearer:<token>"`` or ``{header: value}`` (at
+                                most 10): what every callback carries ("none")
+``va_callback_timeout_ms``      per-attempt callback timeout (5000, ServiceNow's default)
+``va_callback_retries``         extra attempts after a failed or timed-out callback, same payload (0)
+``va_callback_retry_delay_ms``  wait before each retry (1000)
+``va_static_token``             require this static token on VA calls: header ``token``, else body ``token`` (null)
+``va_hash_secret``              require ``x-b2b-signature`` = hex HMAC-SHA1 of the compact JSON body (null)
+``va_silent_token_failure``     a bad token/signature answers ``200 {"status":"success"}`` and is then ignored, as
+                                the real worker thread does, instead of 401 (false)
+``va_batching``                 ``"separate"``: one callback per body item; ``"batched"``: one per event
+``va_validation``               ``"strict"`` (reference 5.4) or ``"lenient"`` (``userId`` and ``message.text``)
+``va_escalation_texts``         user texts that escalate like ``action: "AGENT"``, case-insensitive
+                                (``["agent", "live agent", "Live Agent Support."]``)
+``va_long_action_names``        ``StartTypingIndicatorActionMsg``/``EndTypingIndicatorActionMsg`` instead of the short
+                                typing names (false)
+``close_style``                 VA agent close: ``"switch"`` (System + SwitchToVirtualAgent, back to state VA) or
+                                ``"completed"`` (the same with ``completed: true``, state CLOSED)
 ==============================  =====================================================================================
+
+``greeting_text`` and ``idle_timeout_s`` apply to VA sessions too; ``basic_users`` and ``oauth_clients`` guard the
+VA route like every ``/api`` route; the default agent of a VA chat is the first agent of the first Connect queue.
 
 Connect Support routes (all need Basic or Bearer auth, all answer ``{"result": ...}``)
 -------------------------------------------------------------------------------------
@@ -78,34 +101,121 @@ first and "<Agent> has closed the support session" when the requester had alread
 ServiceNow's ``{"error": {"message", "detail"}, "status": "failure"}``, except Connect's 403 ``{"result": "<reason>"}``
 (closed session, not a member of the conversation, queue not available).
 
-Control plane (no auth; JSON bodies; ``session`` is the Connect ``group``)
---------------------------------------------------------------------------
+Virtual Agent API (reference 5.4)
+---------------------------------
+``POST /api/sn_va_as_service/bot/integration`` needs Basic or Bearer auth and JSON ``Accept``/``Content-Type`` like
+every ``/api`` route, plus ``va_static_token``/``va_hash_secret`` when set (401
+``{"status": "failure", "error": {"message", "detail"}}``). Strict validation (400, same envelope): ``userId``
+required; ``message.typed`` required when ``message`` is present; ``message.text`` required unless there is a
+``message.attachment`` or ``action`` is one of END_CONVERSATION, TYPING, VIEWING, SEND_HISTORY, SET_USER_TIMEZONE,
+START_CONVERSATION, START_CREATED_CONVERSATION, FAULT_CONVERSATION, UPDATE_MESSAGES (whose ``message`` is
+``{id, status}`` or a list of them); END_CONVERSATION with a non-empty text and unknown actions are rejected. A valid
+call answers ``200 {"status": "success"}`` at once; its callbacks follow.
+
+A conversation is keyed by ``(appInboundId or "default", userId, clientSessionId)``. Every callback is
+``{"requestId", "clientSessionId", "nowSessionId": "", "message", "userId", "clientVariables", "interactionId",
+"body": [...], ["agentChat": true], ["completed": true], ["takeControl": true], "score": 1}``: the latest
+``requestId`` and ``clientVariables`` of the conversation, the triggering ``message`` (agent-side events: the latest
+user message), the interaction sys_id. Body items (``OutputText`` always has ``group: "DefaultText"``,
+``maskType: "NONE"`` and a fresh 32-hex ``messageId``; agent texts add ``agentInfo {sentFromAgent, agentName,
+agentAvatar, agentId}``)::
+
+    state   event                           body items, in order                                   flags
+    VA      text / START_CONVERSATION       OutputText "Hi, I'm your Virtual Agent. ..."           -
+            (none while silentMessage)
+    VA      AGENT or an escalation text     OutputText "Please stand by while I connect you to a   agentChat
+            -> QUEUED                       live agent.", ActionMsg StartSpinner {spinnerType:
+                                            "wait_time", message: "Routing you to a live agent...",
+                                            waitTime: "8 Seconds"}, ActionMsg SubscribeToSupportQueue
+    QUEUED  agent/accept -> LIVE            ActionMsg EndSpinner {spinnerType: "wait_time"},          agentChat
+                                            SubscribeToChatPresence, SwitchToLiveAgent, System
+                                            "<Agent> has entered the chat.", OutputText greeting
+                                            (greeting_text) with agentInfo
+    LIVE    agent/message                   OutputText <text> with agentInfo                       agentChat
+    LIVE    agent/typing on / off           ActionMsg StartTypingIndicator / EndTypingIndicator    agentChat
+    LIVE    agent/transfer                  System "<A> has left the chat.", System "<B> has       agentChat
+                                            entered the chat." (later texts carry B's agentInfo)
+    LIVE    agent/close -> VA               System "<Agent> has closed the support session.",      agentChat
+            (close_style completed: CLOSED) ActionMsg SwitchToVirtualAgent                         (+completed)
+    QUEUED  va/no_agents -> CLOSED          OutputText "There are no agents available to chat      takeControl
+                                            right now. Please try again later."
+    any     END_CONVERSATION -> CLOSED      OutputText "The conversation has ended. If you need    completed
+                                            help again, type hi."
+    open    timeout / idle -> CLOSED        System "The conversation with a live agent has timed   takeControl
+                                            out."                                                  (+agentChat if
+                                                                                                   queued/live)
+    any     FAULT_CONVERSATION -> CLOSED    (empty body), score 0                                  takeControl
+    QUEUED, user text, a second AGENT       none (the text goes to the transcript)
+    LIVE
+    any     TYPING, VIEWING, UPDATE_MESSAGES, none (recorded in the transcript's events)
+            SEND_HISTORY, SET_USER_TIMEZONE,
+            SWITCH
+
+With ``va_batching: "separate"`` each item is its own callback: ``agentChat`` is on all of them, ``completed`` and
+``takeControl`` only on the event's last one. A message to a CLOSED conversation starts a new one (state VA, new
+``interactionId``). Queued or live VA chats idle for ``idle_timeout_s`` time out as above, checked lazily on each
+request (conversations in state VA are not timed out by idleness).
+
+Callbacks are POSTed to ``va_callback_url`` with ``Content-Type: application/json``, ``User-Agent: ServiceNow`` and
+the ``va_callback_auth`` headers, by a background task, one at a time per conversation in creation order. A non-2xx
+answer, a timeout (``va_callback_timeout_ms``; the connector may still have got it) or a connection error is retried
+``va_callback_retries`` times after ``va_callback_retry_delay_ms`` with the same bytes, before the next callback of
+that conversation goes out.
+
+Control plane (no auth; JSON bodies; ``session`` is a Connect ``group`` or a VA ``clientSessionId``)
+-------------------------------------------------------------------------------------------------
+A VA session can also be named by its ``interactionId`` (needed when several users share a ``clientSessionId``).
+
 ``POST /__emu/reset``
-    Forget sessions, tokens, faults, the request log and clock changes; restore the config the app started with.
+    Forget sessions, tokens, faults, callbacks (queued ones are cancelled), the request and callback logs and clock
+    changes; restore the config the app started with.
 ``GET /__emu/config``, ``POST /__emu/config``
     Read the config, or patch top-level keys at runtime: ``{"connect_page_size": 2, "greeting_text": null}``.
 ``GET /__emu/sessions``
-    Every session: state, queue, requester, agent, message count.
+    Every session of both APIs, oldest first. Connect: ``api: "connect"``, numeric ``state``, queue, requester,
+    agent, message count. VA: ``api: "va"``, ``state`` ``"VA"|"QUEUED"|"LIVE"|"CLOSED"``, ``clientSessionId``,
+    ``userId``, ``appInboundId``, ``interactionId``, agent, ``requestId``, message and callback counts. Both have
+    ``"open"``: a live-agent chat is waiting or in progress (Connect state 1 or 2, VA QUEUED or LIVE).
 ``POST /__emu/agent/accept`` ``{"session"?, "agent"?: {"name", "user_name", "id"}}``
-    State 2, ``assigned_to``, optional join message, greeting. Defaults: the oldest waiting session, the queue's
-    first agent.
+    Connect: state 2, ``assigned_to``, optional join message, greeting. VA: QUEUED to LIVE. Defaults: the oldest
+    waiting session of either API, the queue's first agent.
 ``POST /__emu/agent/message`` ``{"session"?, "text", "work_note"?: false, "system"?: false}``
-    A message from the agent (``reflected_field`` ``work_notes`` for a work note), or a system message.
-``POST /__emu/agent/typing`` ``{"session"?, "on"}``
-    Connect has no typing over REST: changes nothing and answers ``{"supported": false}``.
+    A message from the agent (``reflected_field`` ``work_notes`` for a work note; VA: transcript only), or a system
+    message (VA: an ActionMsg System callback, in any state).
+``POST /__emu/agent/typing`` ``{"session"?, "on"?: true}``
+    VA: a Start/EndTypingIndicator callback, answers ``{"supported": true, ...}``. Connect has no typing over REST:
+    changes nothing and answers ``{"supported": false}``.
 ``POST /__emu/agent/transfer`` ``{"session"?, "to": {"user_name", "name"?, "id"?}, "message"?: true}``
-    New ``assigned_to``, ``transfer_state`` "accepted", "<A> has left ..." and "<B> has joined ..." messages.
+    Connect: new ``assigned_to``, ``transfer_state`` "accepted", "<A> has left ..." and "<B> has joined ..."
+    messages. VA: the two System callbacks (none with ``"message": false``), then B's ``agentInfo``.
 ``POST /__emu/agent/close`` ``{"session"?, "who"?: "agent"|"requester", "order"?, "message"?: true}``
-    ``who="agent"``: state 3 and the KB0598883 text; ``order`` is ``"agent_first"`` ("has left") or
+    Connect, ``who="agent"``: state 3 and the KB0598883 text; ``order`` is ``"agent_first"`` ("has left") or
     ``"after_requester_left"`` ("has closed"), by default whichever matches whether the requester already left.
     ``"message": false`` closes silently (state only). ``who="requester"``: the requester leaves (state 7).
+    VA, ``who="agent"``: System "... has closed the support session." and SwitchToVirtualAgent per ``close_style``
+    (``"message": false`` leaves out the System text); ``who="requester"``: as an inbound END_CONVERSATION.
 ``POST /__emu/timeout`` ``{"session"?}``
-    Abandon the session now (state 8).
+    Connect: abandon the session now (state 8). VA: the timeout callback, CLOSED.
+``POST /__emu/va/no_agents`` ``{"session"?}``
+    A queued VA chat finds no agent (default: the oldest queued one): the no-agents callback, CLOSED.
 ``GET /__emu/transcript/{session}``
-    The session summary and all its messages, oldest first, work notes included.
+    The session summary and all its messages, oldest first, work notes and system messages included. VA messages
+    have the Connect message keys (``sys_id``, ``message``, ``created_by`` = the ``userId`` / the agent's user name /
+    ``"system"``, ``sender_name``, ``timestamp``, ``reflected_field`` ...; an agent message's ``sys_id`` is its
+    callback ``messageId``) plus ``delivery_status`` (from UPDATE_MESSAGES). A VA transcript also has ``events``
+    (every inbound ``action`` with ``timestamp``, ``requestId`` and the ``state`` then; UPDATE_MESSAGES with
+    ``messages: [{id, status}]``, END/FAULT_CONVERSATION with ``cause``), ``history``, ``context_variables``,
+    ``client_variables`` and ``requests`` (the accepted inbound bodies, ``token`` redacted).
 ``GET /__emu/requests``
     The inbound /api and OAuth requests (method, path, query, headers, body, user, status, fault, dropped),
-    credentials redacted.
+    credentials (including the VA ``token``) redacted.
+``GET /__emu/callbacks[?session=<clientSessionId>]``
+    ``{"callbacks": [...], "pending": N}``: one entry per callback attempt, oldest first, with ``callback_id`` (shared
+    by the retries of one callback), ``session``, ``url``, ``headers`` sent (auth reduced to its kind:
+    ``Basic [redacted]``), ``payload``, ``attempt`` (1, 2, ...), ``duplicate``, ``outcome`` (``delivered``,
+    ``failed`` non-2xx, ``timeout``, ``error``, ``fault``, ``dropped``, ``not_configured``), ``status``,
+    ``latency_ms``, ``fault`` (rule id), ``error``, ``at_ms``. ``pending`` counts callbacks not finished yet. Capped
+    at ``request_log_limit`` entries.
 ``POST /__emu/oauth/expire`` ``{"token"?: "*"|<token>, "refresh_tokens"?: false}``
     Expire access tokens (all, or one access or refresh token) so the next call gets 401.
 ``GET /__emu/clock``, ``POST /__emu/clock`` ``{"now_ms"?: N|null, "advance_ms"?: N}``
@@ -115,33 +225,42 @@ Control plane (no auth; JSON bodies; ``session`` is the Connect ``group``)
     List, add or clear fault rules (below).
 
 Without ``session``, ``agent/message``, ``agent/typing``, ``agent/transfer`` and ``timeout`` act on the most
-recently accepted live session and ``agent/close`` on the most recently accepted one not yet closed by the agent, so
-a demo can be driven with short curl calls::
+recently accepted live session and ``agent/close`` on the most recently accepted one not yet closed by the agent (of
+either API), so a demo can be driven with short curl calls::
 
     curl -s -XPOST localhost:8181/__emu/agent/accept
     curl -s -XPOST localhost:8181/__emu/agent/message -d '{"text": "Hi, I am Beth"}'
     curl -s -XPOST localhost:8181/__emu/agent/close
 
-Agent operations answer ``{"session": <summary>, "messages": [<messages posted by this call>]}``; errors are
-``{"error": "<text>"}`` with 400, 404 (no such session) or 409 (wrong state for the operation).
+Agent operations answer ``{"session": <summary>, "messages": [<messages posted by this call>]}``, for a VA session
+plus ``"callbacks": [<payloads created>]``; errors are ``{"error": "<text>"}`` with 400, 404 (no such session) or 409
+(wrong state for the operation, or a ``clientSessionId`` several VA sessions share).
 
 Fault rules
 -----------
 ::
 
     {"match": {"api": "connect|va|oauth|callback", "method": "POST",
-               "path_regex": "/messages$", "session": "<group>|*"},
+               "path_regex": "/messages$", "session": "<group>|<clientSessionId>|*",
+               "body_regex": "..."},
      "respond": {"status": 429, "headers": {"Retry-After": "2"}, "body": null,
-                 "delay_ms": 0, "drop_connection": false},
+                 "delay_ms": 0, "drop_connection": false, "duplicate": false},
      "times": 1, "probability": 1.0}
 
-Every ``match`` field is optional. A matching rule answers before authentication and before the route runs, so the
-request has no effect on the emulator's state. ``body: null`` gives the built-in body for the status (401 the auth
-envelope, Connect 403 ``{"result"}``, 404 "No Record found", 429 the rate-limit envelope with ``Retry-After`` and
-``X-RateLimit-Limit/Reset/Rule``, others the error envelope). Without ``status`` the rule only delays the request.
+Every ``match`` field is optional; ``body_regex`` is searched in the request body (or the callback JSON). A matching
+rule answers before authentication and before the route runs, so the request has no effect on the emulator's state.
+``body: null`` gives the built-in body for the status (401 the auth envelope, Connect 403 ``{"result"}``, 404 "No
+Record found", 429 the rate-limit envelope with ``Retry-After`` and ``X-RateLimit-Limit/Reset/Rule``, others the
+error envelope). Without ``status`` the rule only delays the request.
 ``drop_connection`` closes the TCP connection without any response. ``times: null`` never runs out. A rule
 ``{"per_user_per_hour": N, "scope": "connect"|"va"|"all"}`` turns on ServiceNow-style rate limiting instead:
 ``X-RateLimit-*`` on every counted response and 429 beyond N requests per user per clock hour.
+
+``"api": "callback"`` rules act on the outbound VA callbacks instead (``session`` is the ``clientSessionId``,
+``path_regex`` applies to the webhook URL's path, ``body_regex`` to the payload JSON), on each attempt: ``status``
+fails the attempt without sending it (logged as ``fault``, retried like any failure), ``drop_connection`` loses it
+(``dropped``), ``duplicate: true`` sends it twice, and ``delay_ms`` holds it back; on a first attempt without holding
+up the conversation's later callbacks, which therefore overtake it. A rule without ``api`` never matches a callback.
 """
 
 from .app import RunningEmulator, create_app, start_emulator

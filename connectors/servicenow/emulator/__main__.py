@@ -17,7 +17,9 @@ from .config import EmulatorConfig, parse_overrides
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m connectors.servicenow.emulator",
-        description="Local fake ServiceNow (Connect Support API, OAuth, control plane under /__emu/).",
+        description=(
+            "Local fake ServiceNow (Connect Support API, Virtual Agent API, OAuth, control plane under /__emu/)."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8181, help="port to bind; 0 picks a free one (default 8181)")

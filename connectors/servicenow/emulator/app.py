@@ -7,7 +7,7 @@ from typing import Optional, Type
 
 from aiohttp import web
 
-from . import connect, control, middleware, oauth
+from . import connect, control, middleware, oauth, va
 from .config import EmulatorConfig
 from .state import STATE_KEY, EmulatorState
 
@@ -18,7 +18,7 @@ def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
         middlewares=[
             middleware.request_log,
             middleware.housekeeping,
-            middleware.faults({"connect": connect.session_of}),
+            middleware.faults({"connect": connect.session_of, "va": va.session_of}),
             middleware.errors,
             middleware.control_guard,
             middleware.auth,
@@ -26,10 +26,16 @@ def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
             middleware.strict_headers,
         ]
     )
-    app[STATE_KEY] = EmulatorState(config or EmulatorConfig())
+    state = app[STATE_KEY] = EmulatorState(config or EmulatorConfig())
     oauth.add_routes(app)
     connect.add_routes(app)
+    va.add_routes(app)
     control.add_routes(app)
+
+    async def close_callbacks(_: web.Application) -> None:
+        await state.callbacks.close()
+
+    app.on_cleanup.append(close_callbacks)
     return app
 
 

@@ -1,4 +1,4 @@
-"""Emulator configuration (reference section 5.1, the keys that apply to Connect Support and OAuth).
+"""Emulator configuration (reference section 5.1: Connect Support, OAuth and the Virtual Agent API).
 
 A config is a plain dataclass. It can be built in code, loaded from a JSON file, overridden with ``key=value`` pairs
 (values are JSON) and patched at runtime through ``POST /__emu/config``. Unknown keys and wrongly typed values are
@@ -7,6 +7,7 @@ rejected, so a typo in a test's config fails loudly instead of silently running 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -31,6 +32,15 @@ DEFAULT_GREETING = (
 
 OAUTH_GRANTS = ("password", "client_credentials", "refresh_token")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+#: Texts that escalate a Virtual Agent conversation to a live agent like ``action: "AGENT"`` does: the utterance and the
+#: Picker choice of the ``bot-api.md`` example [V], plus "live agent" [I]. Compared case-insensitively, trimmed.
+DEFAULT_ESCALATION_TEXTS = ("agent", "live agent", "Live Agent Support.")
+VA_BATCHING = ("separate", "batched")
+VA_VALIDATION = ("strict", "lenient")
+CLOSE_STYLES = ("switch", "completed")
+#: ServiceNow's outbound REST step takes at most 10 extra headers ("Attributes") [V configure-response-endpoint-auth].
+MAX_CALLBACK_HEADERS = 10
 
 
 def _default_basic_users() -> Dict[str, str]:
@@ -82,6 +92,39 @@ class EmulatorConfig:
     random_seed: Optional[int] = None
     #: Refuse control-plane calls that do not come from a loopback address (spec 5.5: "loopback only").
     control_plane_loopback_only: bool = True
+
+    # Virtual Agent Bot Integration API (reference 5.4) --------------------------------------------------------------
+    #: The connector's webhook that receives the VA callbacks (may carry ``?secret=``); ``None``: callbacks are only
+    #: logged (``GET /__emu/callbacks``), never sent.
+    va_callback_url: Optional[str] = None
+    #: ``"none"``, ``"basic:user:pass"``, ``"bearer:<token>"`` or an object of up to 10 extra static headers, as the
+    #: outbound REST step offers (Basic/OAuth profile or "Attributes") [V].
+    va_callback_auth: Union[str, Dict[str, str]] = "none"
+    #: Per-attempt timeout of a callback request; ServiceNow's "Connection timeout" default is 5000 ms [V].
+    va_callback_timeout_ms: float = 5000
+    #: Extra attempts after a failed or timed-out delivery, with the same payload. ServiceNow's policy is unknown [I].
+    va_callback_retries: int = 0
+    #: Wait before each retry.
+    va_callback_retry_delay_ms: float = 1000
+    #: If set, inbound VA calls must carry this static token (header ``token``, else body ``token``; header wins) [V].
+    va_static_token: Optional[str] = None
+    #: If set, inbound VA calls must carry ``x-b2b-signature`` = hex HMAC-SHA1 of the compact JSON body [V].
+    va_hash_secret: Optional[str] = None
+    #: A rejected static token or signature answers ``401`` (false) or, like the real instance whose worker thread
+    #: checks tokens after answering, ``200 {"status": "success"}`` and then nothing at all (true) [V bot-api.md].
+    va_silent_token_failure: bool = False
+    #: ``"separate"``: one callback per body item; ``"batched"``: one callback per event with all its items [I].
+    va_batching: str = "separate"
+    #: ``"strict"`` (reference 5.4 rules) or ``"lenient"`` (only ``userId`` and ``message.text``, va-common-errors.md).
+    va_validation: str = "strict"
+    #: User texts that escalate to a live agent in state VA, like ``action: "AGENT"``.
+    va_escalation_texts: List[str] = field(default_factory=lambda: list(DEFAULT_ESCALATION_TEXTS))
+    #: Typing items named ``StartTypingIndicatorActionMsg``/``EndTypingIndicatorActionMsg`` (the va-whats-new.md table)
+    #: instead of the short names of the wire examples and pypestream [V both].
+    va_long_action_names: bool = False
+    #: How an agent's close reaches a VA connector: ``"switch"`` (System text + ``SwitchToVirtualAgent``) or
+    #: ``"completed"`` (the same, with ``completed: true`` on the last callback) [I].
+    close_style: str = "switch"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -137,8 +180,36 @@ def _validate(config: EmulatorConfig) -> None:
     number("connect_page_size", 1)
     number("idle_timeout_s", 0)
     number("request_log_limit", 0)
-    for name in ("join_message", "strict_headers", "log_requests", "control_plane_loopback_only"):
+    number("va_callback_timeout_ms", 1)
+    number("va_callback_retry_delay_ms", 0)
+    if isinstance(config.va_callback_retries, bool) or not isinstance(config.va_callback_retries, int):
+        raise ValueError("va_callback_retries must be an integer >= 0")
+    number("va_callback_retries", 0)
+    for name in (
+        "join_message",
+        "strict_headers",
+        "log_requests",
+        "control_plane_loopback_only",
+        "va_silent_token_failure",
+        "va_long_action_names",
+    ):
         flag(name)
+    choices_by_key = {"va_batching": VA_BATCHING, "va_validation": VA_VALIDATION, "close_style": CLOSE_STYLES}
+    for name, choices in choices_by_key.items():
+        if getattr(config, name) not in choices:
+            raise ValueError(f"{name} must be one of {choices}")
+    for name in ("va_static_token", "va_hash_secret"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name} must be a non-empty string or null")
+    if config.va_callback_url is not None and (
+        not isinstance(config.va_callback_url, str) or not config.va_callback_url.startswith(("http://", "https://"))
+    ):
+        raise ValueError("va_callback_url must be an http:// or https:// URL or null")
+    texts = config.va_escalation_texts
+    if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("va_escalation_texts must be a list of non-empty strings")
+    callback_auth_headers(config.va_callback_auth)  # raises ValueError when malformed
     if config.greeting_text is not None and not isinstance(config.greeting_text, str):
         raise ValueError("greeting_text must be a string or null")
     if config.random_seed is not None and (
@@ -149,6 +220,27 @@ def _validate(config: EmulatorConfig) -> None:
         raise ValueError("basic_users must map user names to passwords")
     _validate_clients(config.oauth_clients)
     _validate_queues(config.connect_queues)
+
+
+def callback_auth_headers(auth: Any) -> Dict[str, str]:
+    """The request headers ``va_callback_auth`` stands for; raises ``ValueError`` when it is malformed."""
+    if isinstance(auth, dict):
+        if len(auth) > MAX_CALLBACK_HEADERS:
+            raise ValueError(f"va_callback_auth: at most {MAX_CALLBACK_HEADERS} extra headers")
+        if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in auth.items()):
+            raise ValueError("va_callback_auth: extra headers must map names to string values")
+        return dict(auth)
+    if not isinstance(auth, str):
+        raise ValueError('va_callback_auth must be "none", "basic:user:pass", "bearer:<token>" or a headers object')
+    kind, _, rest = auth.partition(":")
+    if auth == "none":
+        return {}
+    if kind == "basic" and ":" in rest:
+        # rest is "user:pass" already; the password may itself contain ":".
+        return {"Authorization": "Basic " + base64.b64encode(rest.encode("utf-8")).decode("ascii")}
+    if kind == "bearer" and rest:
+        return {"Authorization": f"Bearer {rest}"}
+    raise ValueError('va_callback_auth must be "none", "basic:user:pass", "bearer:<token>" or a headers object')
 
 
 def _is_str_map(value: Any) -> bool:

@@ -4,23 +4,39 @@ moves the clock, injects faults and inspects what the connector sent. The packag
 Unauthenticated and, unless ``control_plane_loopback_only`` is off, loopback only. Bodies are JSON objects (an empty
 body counts as ``{}``); errors are ``{"error": "<text>"}`` with 400 (bad input), 404 (no such session) or 409 (the
 session is not in a state that allows the operation). Agent operations answer
-``{"session": <session summary>, "messages": [<messages this call posted>]}``.
+``{"session": <session summary>, "messages": [<messages this call posted>]}``, plus ``"callbacks": [<payloads>]`` for
+a Virtual Agent session.
+
+``session`` names a Connect conversation (``group``) or a VA conversation (``clientSessionId``, or its
+``interactionId`` when several users share one ``clientSessionId``); the operations do the right thing for either.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from aiohttp import web
 
-from . import connect
+from . import connect, va
 from .config import DEFAULT_AGENT
 from .faults import FaultRule, parse_rules
 from .oauth import expire_tokens
 from .responses import ApiError, control_error
-from .state import STATE_KEY, ConnectSession, EmulatorState, Message, QueueEntryState, UserRecord
+from .state import (
+    STATE_KEY,
+    ConnectSession,
+    EmulatorState,
+    Message,
+    QueueEntryState,
+    UserRecord,
+    VaSession,
+    VaState,
+)
+
+#: A session of either API, as the control plane names them.
+AnySession = Union[ConnectSession, VaSession]
 
 PREFIX = "/__emu"
 CLOSE_ORDERS = ("agent_first", "after_requester_left")
@@ -38,8 +54,10 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/agent/transfer", agent_transfer)
     r.add_post(f"{PREFIX}/agent/close", agent_close)
     r.add_post(f"{PREFIX}/timeout", timeout)
+    r.add_post(f"{PREFIX}/va/no_agents", va_no_agents)
     r.add_get(f"{PREFIX}/transcript/{{session}}", transcript)
     r.add_get(f"{PREFIX}/requests", list_requests)
+    r.add_get(f"{PREFIX}/callbacks", list_callbacks)
     r.add_post(f"{PREFIX}/oauth/expire", oauth_expire)
     r.add_get(f"{PREFIX}/clock", get_clock)
     r.add_post(f"{PREFIX}/clock", set_clock)
@@ -73,14 +91,19 @@ async def patch_config(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
+    """Every Connect and VA session, oldest first."""
     state = request.app[STATE_KEY]
-    return web.json_response({"sessions": [session_summary(state, s) for s in state.sessions.values()]})
+    sessions: List[AnySession] = [*state.sessions.values(), *state.va_sessions.values()]
+    return web.json_response({"sessions": [summary(state, s) for s in sorted(sessions, key=lambda s: s.seq)]})
 
 
 async def transcript(request: web.Request) -> web.Response:
-    """Everything in the conversation, oldest first, work notes and system messages included."""
+    """Everything in the conversation, oldest first, work notes and system messages included; for a VA session also
+    the recorded events, history, context variables and inbound requests."""
     state = request.app[STATE_KEY]
     session = _find(state, request.match_info["session"])
+    if isinstance(session, VaSession):
+        return web.json_response(va.transcript(session))
     ordered = sorted(session.messages, key=lambda m: (m.timestamp, m.seq))
     return web.json_response(
         {"session": session_summary(state, session), "messages": [connect.message_wire(m) for m in ordered]}
@@ -90,6 +113,19 @@ async def transcript(request: web.Request) -> web.Response:
 async def list_requests(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     return web.json_response({"requests": [dataclasses.asdict(r) for r in state.requests]})
+
+
+async def list_callbacks(request: web.Request) -> web.Response:
+    """The VA callback delivery log, one entry per attempt, oldest first; ``?session=<clientSessionId>`` filters.
+    ``pending`` counts callbacks whose delivery (with retries) has not finished."""
+    state = request.app[STATE_KEY]
+    wanted = request.query.get("session")
+    records = [dataclasses.asdict(r) for r in state.callbacks.log if wanted in (None, r.session)]
+    return web.json_response({"callbacks": records, "pending": state.callbacks.pending})
+
+
+def summary(state: EmulatorState, session: AnySession) -> Dict[str, Any]:
+    return va.summary(session) if isinstance(session, VaSession) else session_summary(state, session)
 
 
 def session_summary(state: EmulatorState, session: ConnectSession) -> Dict[str, Any]:
@@ -102,6 +138,8 @@ def session_summary(state: EmulatorState, session: ConnectSession) -> Dict[str, 
         "number": session.number,
         "state": int(session.state),
         "state_name": session.state.name,
+        # Waiting or in progress; the VA summary has the same key (QUEUED or LIVE).
+        "open": session.state.is_open,
         "queue": session.queue_id,
         "queue_name": queue.get("name"),
         "requester": session.requester.user_name,
@@ -123,10 +161,15 @@ def _agent_summary(agent: Optional[UserRecord]) -> Optional[Dict[str, str]]:
 
 
 async def agent_accept(request: web.Request) -> web.Response:
-    """``{"session"?, "agent"?: {"name", "user_name", "id"}}``: state 2, ``assigned_to``, join text, greeting."""
+    """``{"session"?, "agent"?: {"name", "user_name", "id"}}``. Connect: state 2, ``assigned_to``, join text, greeting.
+    VA: QUEUED to LIVE with its callbacks. Without ``session``: the oldest waiting one of either API."""
     state = request.app[STATE_KEY]
     body = await _body(request)
-    session = _target(state, body, lambda: connect.oldest_waiting(state), "no session is waiting")
+    session = _target(state, body, lambda: _oldest_waiting(state), "no session is waiting")
+    if isinstance(session, VaSession):
+        if session.state is not VaState.QUEUED:
+            raise _conflict(session, "is not queued")
+        return _va_result(session, *va.accept(state, session, _agent(state, body.get("agent"), session)))
     if session.state is not QueueEntryState.WAITING:
         raise _conflict(session, "is not waiting")
     posted = connect.accept(state, session, _agent(state, body.get("agent"), session))
@@ -135,14 +178,19 @@ async def agent_accept(request: web.Request) -> web.Response:
 
 async def agent_message(request: web.Request) -> web.Response:
     """``{"session"?, "text", "work_note"?: false, "system"?: false}``. A work note has ``reflected_field``
-    ``work_notes``; a system message has ``created_by`` ``system`` and may be posted in any state."""
+    ``work_notes`` (VA: transcript only, no callback); a system message has ``created_by`` ``system`` (VA: an
+    ActionMsg System callback) and may be posted in any state."""
     state = request.app[STATE_KEY]
     body = await _body(request)
     text = body.get("text")
     if not isinstance(text, str) or not text:
         raise control_error(400, "'text' must be a non-empty string")
     work_note, system = _flag(body, "work_note", False), _flag(body, "system", False)
-    session = _target(state, body, lambda: connect.latest_accepted(state), "no session is live")
+    session = _target(state, body, lambda: _latest_live(state), "no session is live")
+    if isinstance(session, VaSession):
+        if not system and session.state is not VaState.LIVE:
+            raise _conflict(session, "is not live (accept it first)")
+        return _va_result(session, *va.agent_message(state, session, text, work_note, system))
     if not system and session.state is not QueueEntryState.WORK_IN_PROGRESS:
         raise _conflict(session, "is not live (accept it first)")
     reflected_field = "work_notes" if work_note else "comments"
@@ -151,12 +199,24 @@ async def agent_message(request: web.Request) -> web.Response:
 
 
 async def agent_typing(request: web.Request) -> web.Response:
-    """Connect Support shows typing only over AMB, never over REST [V/I 1.2], so this changes nothing."""
+    """``{"session"?, "on"?: true}``. VA: Start/EndTypingIndicator callback, answer ``{"supported": true, ...}``.
+    Connect Support shows typing only over AMB, never over REST [V/I 1.2], so there this changes nothing and answers
+    ``{"supported": false}``."""
     state = request.app[STATE_KEY]
     body = await _body(request)
+    on = _flag(body, "on", True)
     if body.get("session") is not None:
-        _find(state, str(body["session"]))
-    return web.json_response({"supported": False})
+        session: Optional[AnySession] = _find(state, str(body["session"]))
+    else:
+        session = _latest_live(state)
+    if not isinstance(session, VaSession):
+        return web.json_response({"supported": False})
+    if session.state is not VaState.LIVE:
+        raise _conflict(session, "is not live")
+    _, payloads = va.agent_typing(state, session, on)
+    return web.json_response(
+        {"supported": True, "session": va.summary(session), "messages": [], "callbacks": payloads}
+    )
 
 
 async def agent_transfer(request: web.Request) -> web.Response:
@@ -166,19 +226,28 @@ async def agent_transfer(request: web.Request) -> web.Response:
     to = body.get("to")
     if not isinstance(to, dict) or not to.get("user_name"):
         raise control_error(400, "'to' must be an object with at least 'user_name'")
-    session = _target(state, body, lambda: connect.latest_accepted(state), "no session is live")
+    announce = _flag(body, "message", True)
+    session = _target(state, body, lambda: _latest_live(state), "no session is live")
+    if isinstance(session, VaSession):
+        if session.state is not VaState.LIVE:
+            raise _conflict(session, "is not live")
+        return _va_result(session, *va.transfer(state, session, _agent(state, to, session), announce))
     if session.state is not QueueEntryState.WORK_IN_PROGRESS:
         raise _conflict(session, "is not live")
-    posted = connect.transfer(state, session, _agent(state, to, session), _flag(body, "message", True))
+    posted = connect.transfer(state, session, _agent(state, to, session), announce)
     return _agent_result(state, session, posted)
 
 
 async def agent_close(request: web.Request) -> web.Response:
     """``{"session"?, "who"?: "agent"|"requester", "order"?: "agent_first"|"after_requester_left", "message"?: true}``.
 
-    ``who="agent"`` (default): state 3 and the KB0598883 text ("has left" when the agent closes first, "has closed"
-    after the requester left; without ``order`` the variant follows whether the requester already left).
+    Connect, ``who="agent"`` (default): state 3 and the KB0598883 text ("has left" when the agent closes first, "has
+    closed" after the requester left; without ``order`` the variant follows whether the requester already left).
     ``"message": false`` closes silently. ``who="requester"``: the requester leaves, as ``POST .../leave`` does.
+
+    VA, ``who="agent"``: System "<Agent> has closed the support session." + SwitchToVirtualAgent (``close_style``);
+    ``order`` does not change the text (Agent Chat uses it for either side [V async-chat.md]); ``"message": false``
+    sends only SwitchToVirtualAgent. ``who="requester"``: as an inbound END_CONVERSATION.
     """
     state = request.app[STATE_KEY]
     body = await _body(request)
@@ -188,26 +257,74 @@ async def agent_close(request: web.Request) -> web.Response:
         raise control_error(400, "'who' must be 'agent' or 'requester'")
     if order is not None and order not in CLOSE_ORDERS:
         raise control_error(400, f"'order' must be one of {CLOSE_ORDERS}")
+    announce = _flag(body, "message", True)
     closable = (QueueEntryState.WORK_IN_PROGRESS, QueueEntryState.CLOSED_BY_CLIENT)
-    session = _target(state, body, lambda: connect.latest_accepted(state, closable), "no session to close")
+    session = _target(state, body, lambda: _latest_closable(state), "no session to close")
+    if isinstance(session, VaSession):
+        if who == "requester":
+            if session.state is VaState.CLOSED:
+                raise _conflict(session, "is already closed")
+            return _va_result(session, [], va.end_conversation(state, session))
+        if session.state is not VaState.LIVE:
+            raise _conflict(session, "has no agent to close it")
+        return _va_result(session, *va.agent_close(state, session, announce))
     if who == "requester":
         connect.requester_leave(state, session)
         return _agent_result(state, session, [])
     if session.agent is None or session.state not in closable:
         raise _conflict(session, "has no agent to close it")
-    posted = connect.agent_close(state, session, order, announce=_flag(body, "message", True))
+    posted = connect.agent_close(state, session, order, announce=announce)
     return _agent_result(state, session, posted)
 
 
 async def timeout(request: web.Request) -> web.Response:
-    """``{"session"?}``: the idle-timeout path now; Connect: state 8 (CLOSED_ABANDONED)."""
+    """``{"session"?}``: the idle-timeout path now. Connect: state 8 (CLOSED_ABANDONED); VA: the timeout callback with
+    ``takeControl``, CLOSED. Without ``session``: the latest accepted live session."""
     state = request.app[STATE_KEY]
     body = await _body(request)
-    session = _target(state, body, lambda: connect.latest_accepted(state), "no session is live")
+    session = _target(state, body, lambda: _latest_live(state), "no session is live")
+    if isinstance(session, VaSession):
+        if session.state is VaState.CLOSED:
+            raise _conflict(session, "is already closed")
+        return _va_result(session, *va.timeout(state, session))
     if not session.state.is_open:
         raise _conflict(session, "is already closed")
     connect.abandon(state, session)
     return _agent_result(state, session, [])
+
+
+async def va_no_agents(request: web.Request) -> web.Response:
+    """``{"session"?}``: no agent can take a queued VA chat ("There are no agents available ..." + ``takeControl``).
+    Without ``session``: the oldest queued VA session."""
+    state = request.app[STATE_KEY]
+    body = await _body(request)
+    session = _target(state, body, lambda: va.oldest_queued(state), "no VA session is queued")
+    if not isinstance(session, VaSession):
+        raise control_error(400, f"session {session.group} is a Connect session; va/no_agents is for VA sessions")
+    if session.state is not VaState.QUEUED:
+        raise _conflict(session, "is not queued")
+    return _va_result(session, *va.no_agents(state, session))
+
+
+def _oldest_waiting(state: EmulatorState) -> Optional[AnySession]:
+    connect_waiting, va_queued = connect.oldest_waiting(state), va.oldest_queued(state)
+    candidates: List[AnySession] = [s for s in (connect_waiting, va_queued) if s is not None]
+    # Both counters come from state.next_seq(): a Connect session's creation, a VA session's entry into the queue.
+    return min(candidates, key=lambda s: s.seq if isinstance(s, ConnectSession) else s.queued_seq, default=None)
+
+
+def _latest_live(state: EmulatorState) -> Optional[AnySession]:
+    return _latest_accepted([connect.latest_accepted(state), va.latest_live(state)])
+
+
+def _latest_closable(state: EmulatorState) -> Optional[AnySession]:
+    closable = (QueueEntryState.WORK_IN_PROGRESS, QueueEntryState.CLOSED_BY_CLIENT)
+    return _latest_accepted([connect.latest_accepted(state, closable), va.latest_live(state)])
+
+
+def _latest_accepted(candidates: Sequence[Optional[AnySession]]) -> Optional[AnySession]:
+    present = [s for s in candidates if s is not None]
+    return max(present, key=lambda s: s.accept_seq, default=None)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,16 +405,24 @@ async def _body(request: web.Request) -> Dict[str, Any]:
     return body
 
 
-def _find(state: EmulatorState, session_id: str) -> ConnectSession:
-    session = state.find_session(session_id)
-    if session is None:
+def _find(state: EmulatorState, session_id: str) -> AnySession:
+    """A Connect session by ``group``, else a VA session by ``clientSessionId`` or ``interactionId``."""
+    connect_session = state.find_session(session_id)
+    if connect_session is not None:
+        return connect_session
+    found = state.find_va_sessions(session_id)
+    if len(found) > 1:
+        raise control_error(
+            409, f"{len(found)} VA sessions have clientSessionId {session_id!r}; name one by its interactionId"
+        )
+    if not found:
         raise control_error(404, f"no session {session_id!r}")
-    return session
+    return found[0]
 
 
 def _target(
-    state: EmulatorState, body: Dict[str, Any], default: Callable[[], Optional[ConnectSession]], none_text: str
-) -> ConnectSession:
+    state: EmulatorState, body: Dict[str, Any], default: Callable[[], Optional[AnySession]], none_text: str
+) -> AnySession:
     """The session named by ``body["session"]``, or the default pick when it is omitted."""
     if body.get("session") is not None:
         return _find(state, str(body["session"]))
@@ -307,13 +432,19 @@ def _target(
     return session
 
 
-def _agent(state: EmulatorState, spec: Any, session: ConnectSession) -> UserRecord:
-    """The agent described by ``{"name", "user_name", "id"}`` (all optional); by default the queue's first agent."""
+def _agent(state: EmulatorState, spec: Any, session: AnySession) -> UserRecord:
+    """The agent described by ``{"name", "user_name", "id"}`` (all optional). By default the first agent of the
+    session's queue; VA chats are not routed to a Connect queue, so they default to the first queue's first agent."""
     if spec is None:
         spec = {}
     if not isinstance(spec, dict) or not all(isinstance(spec.get(k, ""), str) for k in ("name", "user_name", "id")):
         raise control_error(400, "an agent is an object with string 'name', 'user_name' and 'id'")
-    agents = state.config.connect_queues.get(session.queue_id, {}).get("agents") or [DEFAULT_AGENT]
+    queues = state.config.connect_queues
+    if isinstance(session, ConnectSession):
+        queue = queues.get(session.queue_id, {})
+    else:
+        queue = next(iter(queues.values()), {})
+    agents = queue.get("agents") or [DEFAULT_AGENT]
     return state.user(spec.get("user_name") or agents[0], name=spec.get("name"), sys_id=spec.get("id"))
 
 
@@ -323,7 +454,19 @@ def _agent_result(state: EmulatorState, session: ConnectSession, posted: List[Me
     )
 
 
-def _conflict(session: ConnectSession, what: str) -> ApiError:
+def _va_result(session: VaSession, posted: List[Message], payloads: List[Dict[str, Any]]) -> web.Response:
+    return web.json_response(
+        {
+            "session": va.summary(session),
+            "messages": [va.message_wire(session, m) for m in posted],
+            "callbacks": payloads,
+        }
+    )
+
+
+def _conflict(session: AnySession, what: str) -> ApiError:
+    if isinstance(session, VaSession):
+        return control_error(409, f"VA session {session.client_session_id} {what} (state {session.state.value})")
     return control_error(409, f"session {session.group} {what} (state {int(session.state)} {session.state.name})")
 
 

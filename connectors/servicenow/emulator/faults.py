@@ -5,6 +5,11 @@ A fault rule is checked before the request reaches authentication or a route han
 the instance would reject it: a faulted request has no side effect on the emulator's state. A rule without a
 ``status`` (and without ``drop_connection``) only delays the request and then lets it through.
 
+Rules with ``match.api: "callback"`` act on the other direction, the emulator's outbound Virtual Agent callbacks
+(applied in ``callbacks.py``): ``status`` fails the attempt without sending it, ``drop_connection`` loses it,
+``delay_ms`` holds that one callback back and ``duplicate`` sends it twice. A rule without ``api`` matches inbound
+requests of every API but never a callback, so an inbound fault cannot eat a callback by accident.
+
 This module is pure logic (parsing, matching, building responses); the middleware that applies it lives in
 ``middleware.py``.
 """
@@ -52,8 +57,10 @@ class RequestFacts:
     api: str
     method: str
     path: str
-    #: Connect ``group`` (or, later, VA ``clientSessionId``) the request is about, if any.
+    #: Connect ``group`` or VA ``clientSessionId`` the request (or callback) is about, if any.
     session: Optional[str] = None
+    #: The raw body as text (inbound) or the serialized callback JSON, for ``body_regex``.
+    body: str = ""
 
 
 @dataclass
@@ -63,13 +70,18 @@ class FaultMatch:
     path_regex: Optional[Pattern[str]] = None
     #: ``None`` (or ``"*"`` on the wire) matches any request, with or without a session.
     session: Optional[str] = None
+    #: Searched in the request body text, or in the serialized JSON of a callback.
+    body_regex: Optional[Pattern[str]] = None
 
     def matches(self, facts: RequestFacts) -> bool:
+        if facts.api == "callback" and self.api != "callback":
+            return False  # callbacks are only faulted on purpose (see the module docstring)
         return (
             (self.api is None or self.api == facts.api)
             and (self.method is None or self.method == facts.method)
             and (self.path_regex is None or self.path_regex.search(facts.path) is not None)
             and (self.session is None or self.session == facts.session)
+            and (self.body_regex is None or self.body_regex.search(facts.body) is not None)
         )
 
 
@@ -82,6 +94,8 @@ class FaultResponse:
     body: Any = None
     delay_ms: int = 0
     drop_connection: bool = False
+    #: Callbacks only: deliver the callback twice (same payload), as a retry after a lost answer would.
+    duplicate: bool = False
 
 
 @dataclass
@@ -106,6 +120,7 @@ class FaultRule:
                 "method": self.match.method,
                 "path_regex": self.match.path_regex.pattern if self.match.path_regex else None,
                 "session": self.match.session or "*",
+                "body_regex": self.match.body_regex.pattern if self.match.body_regex else None,
             },
             "respond": {
                 "status": self.respond.status,
@@ -113,6 +128,7 @@ class FaultRule:
                 "body": self.respond.body,
                 "delay_ms": self.respond.delay_ms,
                 "drop_connection": self.respond.drop_connection,
+                "duplicate": self.respond.duplicate,
             },
             "times": self.times,
             "probability": self.probability,
@@ -167,16 +183,14 @@ def parse_rule(data: Mapping[str, Any]) -> Union[FaultRule, RateLimitRule]:
     _only(data, {"match", "respond", "times", "probability"}, "rule")
     match = data.get("match") or {}
     respond = data.get("respond") or {}
-    _only(match, {"api", "method", "path_regex", "session"}, "match")
-    _only(respond, {"status", "headers", "body", "delay_ms", "drop_connection"}, "respond")
+    _only(match, {"api", "method", "path_regex", "session", "body_regex"}, "match")
+    _only(respond, {"status", "headers", "body", "delay_ms", "drop_connection", "duplicate"}, "respond")
 
     api = match.get("api")
     if api is not None and api not in APIS:
         raise ValueError(f"match.api must be one of {APIS}")
-    try:
-        path_regex = re.compile(match["path_regex"]) if match.get("path_regex") else None
-    except re.error as exc:
-        raise ValueError(f"match.path_regex: {exc}") from exc
+    path_regex = _regex(match, "path_regex")
+    body_regex = _regex(match, "body_regex")
     session = match.get("session")
 
     status = respond.get("status")
@@ -203,6 +217,7 @@ def parse_rule(data: Mapping[str, Any]) -> Union[FaultRule, RateLimitRule]:
             method=match["method"].upper() if match.get("method") else None,
             path_regex=path_regex,
             session=None if session in (None, "*") else str(session),
+            body_regex=body_regex,
         ),
         respond=FaultResponse(
             status=status,
@@ -210,6 +225,7 @@ def parse_rule(data: Mapping[str, Any]) -> Union[FaultRule, RateLimitRule]:
             body=respond.get("body"),
             delay_ms=int(delay_ms),
             drop_connection=bool(respond.get("drop_connection", False)),
+            duplicate=bool(respond.get("duplicate", False)),
         ),
         times=times,
         probability=float(probability),
@@ -225,6 +241,15 @@ def _parse_rate_limit(data: Mapping[str, Any]) -> RateLimitRule:
     if scope not in RATE_LIMIT_SCOPES:
         raise ValueError(f"scope must be one of {RATE_LIMIT_SCOPES}")
     return RateLimitRule(per_user_per_hour=limit, scope=scope)
+
+
+def _regex(match: Mapping[str, Any], key: str) -> Optional[Pattern[str]]:
+    if not match.get(key):
+        return None
+    try:
+        return re.compile(match[key])
+    except (re.error, TypeError) as exc:
+        raise ValueError(f"match.{key}: {exc}") from exc
 
 
 def _only(data: Any, allowed: set, what: str) -> None:

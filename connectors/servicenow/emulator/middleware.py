@@ -1,7 +1,7 @@
 """The request pipeline every call goes through, outermost first:
 
 1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted);
-2. ``housekeeping``: lets idle sessions time out on the emulator clock;
+2. ``housekeeping``: lets idle Connect and VA sessions time out on the emulator clock;
 3. ``faults``: applies injected fault rules (before anything else can have a side effect);
 4. ``errors``: turns :class:`ApiError` and router misses into ServiceNow-shaped responses;
 5. ``control_guard``: keeps the unauthenticated control plane on loopback;
@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from . import connect
+from . import connect, va
 from .faults import RequestFacts, api_of, fault_response, pick_fault, rate_limit_body
 from .oauth import authenticated_user
 from .responses import NOT_AUTHENTICATED, ApiError, control_error, sn_error
@@ -37,6 +37,10 @@ SessionExtractor = Callable[[web.Request, bytes], Optional[str]]
 CONTROL_PREFIX = "/__emu/"
 API_PREFIX = "/api/"
 _SECRET_FORM_FIELDS = {"password", "client_secret", "refresh_token"}
+#: Credentials in headers besides Authorization: the VA static token [V configure-send-request.md].
+_SECRET_HEADERS = {"token"}
+#: ... and in JSON bodies (the VA static token may travel in the body).
+_SECRET_JSON_FIELDS = {"token"}
 #: A status that is never sent: a dropped request's response is discarded with its closed connection.
 _DROPPED_STATUS = 499
 
@@ -88,7 +92,9 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def housekeeping(request: web.Request, handler: Handler) -> web.StreamResponse:
-    connect.sweep_idle(request.app[STATE_KEY])
+    state = request.app[STATE_KEY]
+    connect.sweep_idle(state)
+    va.sweep_idle(state)
     return await handler(request)
 
 
@@ -101,9 +107,10 @@ def faults(session_extractors: Mapping[str, SessionExtractor]) -> Callable[..., 
         api = api_of(request.path)
         if api is None or not state.faults:
             return await handler(request)
+        raw = await request.read()
         extractor = session_extractors.get(api)
-        session = extractor(request, await request.read()) if extractor else None
-        facts = RequestFacts(api, request.method, request.path, session)
+        session = extractor(request, raw) if extractor else None
+        facts = RequestFacts(api, request.method, request.path, session, raw.decode("utf-8", errors="replace"))
         rule = pick_fault(state.faults, facts, state.rng)
         if rule is None:
             return await handler(request)
@@ -215,6 +222,8 @@ def _redacted_headers(request: web.Request) -> Dict[str, str]:
         if name.lower() == "authorization":
             scheme = headers[name].partition(" ")[0]
             headers[name] = f"{scheme} [redacted]"
+        elif name.lower() in _SECRET_HEADERS:
+            headers[name] = "[redacted]"
     return headers
 
 
@@ -226,6 +235,9 @@ def _decoded_body(request: web.Request, raw: bytes) -> Any:
     if request.content_type == "application/x-www-form-urlencoded":
         return {k: "[redacted]" if k in _SECRET_FORM_FIELDS else v for k, v in parse_qsl(text)}
     try:
-        return json.loads(text)
+        body = json.loads(text)
     except ValueError:
         return text
+    if isinstance(body, dict):
+        body = {k: "[redacted]" if k in _SECRET_JSON_FIELDS else v for k, v in body.items()}
+    return body

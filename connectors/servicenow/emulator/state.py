@@ -2,7 +2,7 @@
 
 All state hangs off one :class:`EmulatorState` stored on the aiohttp app (``app[STATE_KEY]``); there are no
 module-level globals, so several emulators can run in one process. The dataclasses here are records; how they look on
-the wire is decided by the API modules (``connect.py`` for Connect Support).
+the wire is decided by the API modules (``connect.py`` for Connect Support, ``va.py`` for the Virtual Agent API).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import random
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from aiohttp import web
 
+from .callbacks import CallbackDispatcher
 from .clock import Clock
 from .config import EmulatorConfig
 from .faults import FaultRule, RateLimitRule
@@ -105,6 +106,72 @@ class ConnectSession:
     messages: List[Message] = field(default_factory=list)
 
 
+class VaState(str, enum.Enum):
+    """Where a Virtual Agent conversation is (reference 5.4 state table). ``CLOSED``: ended (END/FAULT_CONVERSATION,
+    timeout, no agents, an agent's close with ``close_style: "completed"``); the next user message starts a new
+    conversation (new ``interactionId``). An agent's close with ``close_style: "switch"`` returns to ``VA``."""
+
+    VA = "VA"
+    QUEUED = "QUEUED"
+    LIVE = "LIVE"
+    CLOSED = "CLOSED"
+
+    @property
+    def is_open(self) -> bool:
+        """A live-agent chat is waiting or in progress: the counterpart of Connect's states 1 and 2."""
+        return self in (VaState.QUEUED, VaState.LIVE)
+
+
+#: ``(appInboundId or "default", userId, clientSessionId)`` [I 5.4].
+VaKey = Tuple[str, str, str]
+
+
+@dataclass
+class VaSession:
+    """A conversation of the VA Bot Integration API, and the live-agent chat it may turn into."""
+
+    key: VaKey
+    #: The emulator's own id (orders the callback outbox; stable across a reopen).
+    uid: str
+    #: The end user as the transcript shows it (``created_by`` = ``userId``).
+    user: UserRecord
+    interaction_id: str
+    created_ms: int
+    seq: int
+    #: Base URL the connector reached the emulator at: stands in for the instance URL in ``agentAvatar``.
+    instance_url: str
+    state: VaState = VaState.VA
+    #: ``requestId`` of the latest inbound request that had one; echoed in every callback.
+    request_id: str = ""
+    #: Latest ``clientVariables`` received; echoed in every callback.
+    client_variables: Any = field(default_factory=dict)
+    #: The latest user message (``message`` object with text or attachments); echoed by agent-side callbacks.
+    last_message: Dict[str, Any] = field(default_factory=dict)
+    context_variables: Dict[str, Any] = field(default_factory=dict)
+    history: List[Any] = field(default_factory=list)
+    #: ``silentMessage`` of the latest request that set it: no Virtual Agent replies while true [V bot-api.md].
+    silent: bool = False
+    agent: Optional[UserRecord] = None
+    #: Order of entering the queue, for "the oldest waiting session" (shares the counter with Connect's ``seq``).
+    queued_seq: int = -1
+    accept_seq: int = -1
+    last_activity_ms: int = 0
+    #: Transcript: user texts, agent messages (``sys_id`` = the callback's ``messageId``), system texts.
+    messages: List[Message] = field(default_factory=list)
+    #: TYPING/VIEWING, UPDATE_MESSAGES, END/FAULT_CONVERSATION, ... with timestamps.
+    events: List[Dict[str, Any]] = field(default_factory=list)
+    #: The accepted inbound requests (``token`` redacted).
+    requests: List[Dict[str, Any]] = field(default_factory=list)
+    #: ``messageId`` to the latest UPDATE_MESSAGES status (``sent_to_user`` / ``external_error``).
+    delivery_status: Dict[str, str] = field(default_factory=dict)
+    #: Callbacks created so far.
+    callback_count: int = 0
+
+    @property
+    def client_session_id(self) -> str:
+        return self.key[2]
+
+
 @dataclass
 class Token:
     """An issued OAuth access token."""
@@ -153,6 +220,8 @@ class EmulatorState:
     def __init__(self, config: EmulatorConfig) -> None:
         self.initial_config = config
         self.clock = Clock()
+        #: Outbound VA callbacks; lives as long as the app (its HTTP client is closed on app cleanup).
+        self.callbacks = CallbackDispatcher(self, config.request_log_limit)
         self.reset()
 
     def reset(self) -> None:
@@ -161,6 +230,8 @@ class EmulatorState:
         self.users: Dict[str, UserRecord] = {}
         #: Connect sessions by conversation id (``group``).
         self.sessions: Dict[str, ConnectSession] = {}
+        #: Virtual Agent conversations by ``(appInboundId, userId, clientSessionId)``.
+        self.va_sessions: Dict[VaKey, VaSession] = {}
         self.access_tokens: Dict[str, Token] = {}
         self.refresh_grants: Dict[str, RefreshGrant] = {}
         self.faults: List[FaultRule] = []
@@ -169,11 +240,13 @@ class EmulatorState:
         self.rng = random.Random(self.config.random_seed)
         self._seq = itertools.count()
         self._chat_numbers = itertools.count(10001)
+        self.callbacks.reset(self.config.request_log_limit)
 
     def apply_config(self, config: EmulatorConfig) -> None:
         """Switch to ``config`` at runtime, keeping sessions, tokens and faults."""
         if config.request_log_limit != self.config.request_log_limit:
             self.requests = deque(self.requests, maxlen=config.request_log_limit)
+            self.callbacks.resize_log(config.request_log_limit)
         if config.random_seed != self.config.random_seed:
             self.rng = random.Random(config.random_seed)
         self.config = config
@@ -196,9 +269,14 @@ class EmulatorState:
         return record
 
     def find_session(self, session_id: str) -> Optional[ConnectSession]:
-        """Look a session up by the id a control-plane caller names: the Connect ``group``.
-        (Virtual Agent sessions will be found here too, by ``clientSessionId``.)"""
+        """The Connect session whose ``group`` is ``session_id`` (VA sessions: :meth:`find_va_sessions`)."""
         return self.sessions.get(session_id)
+
+    def find_va_sessions(self, session_id: str) -> List[VaSession]:
+        """VA sessions a control-plane caller may mean by ``session_id``: its ``clientSessionId`` or, to tell apart
+        sessions that share one, its current ``interactionId``."""
+        by_client = [s for s in self.va_sessions.values() if s.client_session_id == session_id]
+        return by_client or [s for s in self.va_sessions.values() if s.interaction_id == session_id]
 
 
 STATE_KEY = web.AppKey("servicenow_emulator_state", EmulatorState)
