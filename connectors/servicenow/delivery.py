@@ -171,11 +171,19 @@ class Outbox:
         return False
 
     def publish_status(
-        self, recipient_id: str, *, active: bool, chat_id: str, api: str, agent_name: Optional[str] = None
+        self,
+        recipient_id: str,
+        *,
+        active: bool,
+        chat_id: str,
+        api: str,
+        agent_joined: bool = False,
+        agent_name: Optional[str] = None,
     ) -> None:
-        """Tell streams whether a live agent is connected. Stream only: a
-        callback consumer expecting Rasa's message shape gets no status objects."""
-        status: Dict[str, Any] = {"active": active, "chat_id": chat_id, "api": api}
+        """Tell streams that a handoff started, that an agent joined it, or
+        that it ended. Stream only: a callback consumer expecting Rasa's
+        message shape gets no status objects."""
+        status: Dict[str, Any] = {"active": active, "chat_id": chat_id, "api": api, "agent_joined": agent_joined}
         if agent_name:
             status["agent_name"] = agent_name
         self.publish(recipient_id, {"recipient_id": recipient_id, "handoff": status}, HANDOFF_EVENT, to_callback=False)

@@ -200,7 +200,12 @@ class Relay:
                 if isinstance(event, AgentJoined):
                     chat.agent_joined = True
                     self._outbox.publish_status(
-                        chat.sender_id, active=True, chat_id=chat.chat_id, api=self._backend.api, agent_name=event.agent_name
+                        chat.sender_id,
+                        active=True,
+                        chat_id=chat.chat_id,
+                        api=self._backend.api,
+                        agent_joined=True,
+                        agent_name=event.agent_name,
                     )
                     continue
                 if event.message_id in chat.seen_ids and cursor is None:

@@ -183,6 +183,9 @@ def test_a_message_that_cannot_be_delivered_ends_the_handoff_with_a_summary(hand
     assert "UTC" in replies[0]  # the time of the last message
     assert replies[1] == TEXTS.message_not_delivered
     assert handoff.emulator.session(chat)["open"] is False  # left (Connect) or faulted (Virtual Agent)
+    if handoff.backend == "virtual_agent":
+        faults = [e for e in handoff.emulator.get(f"transcript/{chat}")["events"] if e["action"] == "FAULT_CONVERSATION"]
+        assert [fault["cause"] for fault in faults] == ["EXTERNAL_FAILURE"]
     handoff.assert_slots_cleared(sender)
     handoff.assert_back_with_the_bot(sender)
 

@@ -168,7 +168,7 @@ async def test_a_queue_notice_that_arrives_after_the_agent_is_dropped():
     await relay.dispatch(chat, [SystemNotice("w1", "Routing you to a live agent...", 0, kind="wait")])
     items = await streamed(outbox, 2)
     assert [item.kind for item in items] == ["handoff", "message"]
-    assert items[0].payload["handoff"]["agent_name"] == "Beth"
+    assert items[0].payload["handoff"]["agent_name"] == "Beth" and items[0].payload["handoff"]["agent_joined"] is True
     subscription = outbox.subscribe("u1")
     assert await subscription.next(heartbeat=0.01) is None
     subscription.close()
