@@ -14,12 +14,14 @@ MODEL=${MODEL:-models/demo.tar.gz}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning}
 
 emulator_pid=""
+console=""
 cleanup() {
   if [ -n "$emulator_pid" ]; then kill "$emulator_pid" 2>/dev/null || true; wait "$emulator_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT INT TERM
 
 export SERVICENOW_API=${SERVICENOW_API:-connect}
+export SERVICENOW_CHAT_PAGE=${SERVICENOW_CHAT_PAGE:-true}
 
 if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
   emulator_args=()
@@ -48,21 +50,24 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
   if [ "$SERVICENOW_API" = "connect" ]; then
     export SERVICENOW_QUEUE_ID=${SERVICENOW_QUEUE_ID:-$("$VENV/bin/python" -c 'from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID; print(DEFAULT_QUEUE_SYS_ID)')}
   fi
-  target="the bundled ServiceNow emulator at $SERVICENOW_INSTANCE_URL (agent controls: $SERVICENOW_INSTANCE_URL/__emu/...)"
+  target="the bundled ServiceNow emulator at $SERVICENOW_INSTANCE_URL"
+  console="  Agent console:     http://$EMULATOR_HOST:$EMULATOR_PORT/__emu/console   (play the human agent)"
 else
   target="ServiceNow at $SERVICENOW_INSTANCE_URL"
 fi
 
 # Every variable credentials.yml names must exist; empty means "not set".
-for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL POLL_INTERVAL WEBHOOK_SECRET; do
+for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL POLL_INTERVAL WEBHOOK_SECRET CHAT_PAGE; do
   export "SERVICENOW_$name=$(printenv "SERVICENOW_$name" || true)"
 done
 
 cat <<MSG
 
   Rasa with the ServiceNow handoff channel ($SERVICENOW_API API), talking to $target.
-  Talk to the bot:   curl -s localhost:$RASA_PORT/webhooks/servicenow/webhook -d '{"sender": "me", "message": "hi"}'
-  Agent replies:     curl -N localhost:$RASA_PORT/webhooks/servicenow/stream?sender=me
+  Chat page:         http://$RASA_HOST:$RASA_PORT/webhooks/servicenow/chat
+${console:-}
+  With curl:         curl -s localhost:$RASA_PORT/webhooks/servicenow/webhook -d '{"sender": "me", "message": "hi"}'
+                     curl -N localhost:$RASA_PORT/webhooks/servicenow/stream?sender=me
   Walk-through:      README.md, "Try it"
 
 MSG

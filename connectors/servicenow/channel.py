@@ -12,6 +12,7 @@ Routes, under ``/webhooks/servicenow/``:
 ``POST /typing``   ``{"sender", "typing": true|false}``: the user's typing
                    state, shown to the agent where the API can.
 ``POST /callback`` ServiceNow's Virtual Agent pushes (authenticated).
+``GET  /chat``     a reference chat page for the end user (``chat_page: true``).
 
 While a conversation is in handoff its messages never reach Rasa: the channel
 posts them to ServiceNow and answers with an empty list. A bot response with
@@ -23,6 +24,7 @@ import asyncio
 import base64
 import hmac
 import logging
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set
 
 from rasa.core.agent import Agent
@@ -59,6 +61,12 @@ RESTART_COMMAND = "/restart"
 #: (Rasa's HTTP API) and the payload gives no ``message``.
 OUT_OF_BAND_HANDOFF_TEXT = "The user asked for a live agent."
 STREAM_HEARTBEAT_S = 15.0
+CHAT_PAGE_DIR = Path(__file__).with_name("webchat")
+CHAT_PAGE_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "webchat.css": "text/css; charset=utf-8",
+    "webchat.js": "text/javascript; charset=utf-8",
+}
 HOUSEKEEPING_INTERVAL_S = 300.0
 
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
@@ -141,6 +149,16 @@ class ServiceNowInput(InputChannel):
                 error = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
                 return response.json(error.body(), status=503)
             return response.json(await self.handle(payload, on_new_message))
+
+        if self.settings.chat_page:
+
+            @blueprint.route("/chat", methods=["GET"])
+            async def chat_page(_: Request) -> HTTPResponse:
+                return await chat_asset("index.html")
+
+            @blueprint.route("/chat/<name>", methods=["GET"])
+            async def chat_page_asset(_: Request, name: str) -> HTTPResponse:
+                return await chat_asset(name)
 
         @blueprint.route("/typing", methods=["POST"])
         async def typing(request: Request) -> HTTPResponse:
@@ -241,6 +259,16 @@ class ServiceNowInput(InputChannel):
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             self.outbox.prune()
+
+
+async def chat_asset(name: str) -> HTTPResponse:
+    """A file of the reference chat page; only the known ones, never a path."""
+    content_type = CHAT_PAGE_FILES.get(name)
+    if content_type is None:
+        error = PayloadError(404, "NotFound", "No such file.")
+        return response.json(error.body(), status=404)
+    body = (CHAT_PAGE_DIR / name).read_bytes()
+    return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
 
 
 class _HandoffAwareOutput(CollectingOutputChannel):

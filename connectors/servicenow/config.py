@@ -57,6 +57,8 @@ class ServiceNowSettings:
     end_chat_commands: Tuple[str, ...] = ("/end_chat",)
     max_message_length: int = 4000
     texts: UserTexts = field(default_factory=UserTexts)
+    #: Serve the reference chat page at ``/webhooks/servicenow/chat``.
+    chat_page: bool = False
     # -- Virtual Agent API -------------------------------------------------
     #: Shared secret ServiceNow sends in ``webhook_secret_header`` on every callback.
     webhook_secret: Optional[str] = field(default=None, repr=False)
@@ -258,6 +260,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "end_chat_commands": _commands,
     "max_message_length": _positive_int,
     "messages": UserTexts.from_options,
+    "chat_page": _boolean,
     "webhook_secret": _text,
     "webhook_secret_header": _header_name,
     "webhook_username": _text,

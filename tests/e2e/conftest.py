@@ -26,6 +26,7 @@ FAST_CHANNEL = {
     "retry_attempts": 3,
     "retry_backoff": 0.05,
     "retry_max_backoff": 0.2,
+    "chat_page": True,
 }
 
 

@@ -5,9 +5,10 @@ uses: the **Connect Support** REST API (``/api/now/connect/...``, polled), the *
 (``/api/sn_va_as_service/bot/integration`` in, callbacks out to the connector's webhook), the **OAuth** token endpoint
 (``/oauth_token.do``) and ServiceNow's authentication and error conventions. A **control plane** under ``/__emu/``
 lets a test, or a person with curl, play the human agent, move the clock, inject faults and see what the connector
-sent and received. It follows section 5 of the ServiceNow reference (``servicenow-api.md``); where the reference marks
-a behaviour as inferred ([I]) the emulator makes that choice explicit in code comments and, where it matters,
-configurable. Of the Virtual Agent API only the asynchronous mode is emulated (no ``va_mode: sync``).
+sent and received; its **agent console** (``/__emu/console``) lets a person play the agent in a browser. It follows
+section 5 of the ServiceNow reference (``servicenow-api.md``); where the reference marks a behaviour as inferred
+([I]) the emulator makes that choice explicit in code comments and, where it matters, configurable. Of the Virtual
+Agent API only the asynchronous mode is emulated (no ``va_mode: sync``).
 
 Running it
 ----------
@@ -206,6 +207,8 @@ A VA session can also be named by its ``interactionId`` (needed when several use
     (every inbound ``action`` with ``timestamp``, ``requestId`` and the ``state`` then; UPDATE_MESSAGES with
     ``messages: [{id, status}]``, END/FAULT_CONVERSATION with ``cause``), ``history``, ``context_variables``,
     ``client_variables`` and ``requests`` (the accepted inbound bodies, ``token`` redacted).
+``GET /__emu/inbox``
+    The chats as the agent console lists them (read-only; see "Agent console" below).
 ``GET /__emu/requests``
     The inbound /api and OAuth requests (method, path, query, headers, body, user, status, fault, dropped),
     credentials (including the VA ``token``) redacted.
@@ -235,6 +238,37 @@ either API), so a demo can be driven with short curl calls::
 Agent operations answer ``{"session": <summary>, "messages": [<messages posted by this call>]}``, for a VA session
 plus ``"callbacks": [<payloads created>]``; errors are ``{"error": "<text>"}`` with 400, 404 (no such session) or 409
 (wrong state for the operation, or a ``clientSessionId`` several VA sessions share).
+
+Agent console
+-------------
+Open ``http://127.0.0.1:8181/__emu/console`` in a browser to play the human agent (Beth Anglin, the default agent)
+instead of using curl. The left column lists the chats, grouped Waiting, Live and (collapsed) Closed, each with the
+requester, the API (Connect or Virtual Agent), how long it has waited or since it last changed, the last message and
+a dot when the user wrote since the agent last looked. The right side shows the selected chat's transcript (user,
+agent and system messages, work notes marked internal; for a Virtual Agent chat also the history sent with the
+handoff and "User is typing..." after a TYPING), with Accept for a waiting chat, and for a live one a reply box
+(Enter sends, Shift+Enter is a new line), Send, a work-note switch (Connect) and Close chat. While the agent types in
+a Virtual Agent chat the console sends ``agent/typing`` on and, after 2 s without a key, off.
+
+The page is static HTML, CSS and JavaScript from ``console/`` (served under ``/__emu/console/...``; no build step,
+nothing loaded from outside the emulator). It polls ``GET /__emu/inbox`` and the selected chat's
+``GET /__emu/transcript/{session}`` every 700 ms and acts through ``POST /__emu/agent/accept|message|typing|close``,
+so it answers loopback clients only, like the rest of the control plane. Its polls carry ``X-Emulator-Console:
+poll`` and are logged at DEBUG, so they do not flood the request log on stderr.
+
+``GET /__emu/inbox`` answers ``{"now_ms", "agent": {"user_name", "name"}, "chats": [...]}``: each chat is the
+``/__emu/sessions`` summary plus ``id`` (stable), ``ref`` (the ``session`` to name it by in control-plane calls),
+``status`` (``waiting``, ``live`` or ``closed``), ``requester_name``, ``started_ms`` (Connect: created; VA: entered
+the queue), ``updated_ms`` (last message or state change), ``last_message`` (``{"author": "user"|"agent"|"system"|
+"note", "text", "sender_name", "timestamp"}`` or null) and ``user_messages``; in queue order. Virtual Agent
+conversations that never asked for a live agent are left out.
+
+Hooks for browser tests (stable): ``data-testid="chat-item"`` with ``data-session`` (the ``session`` of
+``/__emu/sessions``) and ``data-state`` (``waiting|live|closed``) on each chat in the list; ``accept``, ``close``,
+``reply-input``, ``send`` and ``work-note`` on the controls; ``transcript`` on the transcript and ``message`` with
+``data-author`` (``user|agent|system|note``) on each of its entries, whose text content is the message text alone;
+also ``unread``, ``typing``, ``history`` (entries ``history-message``), ``empty-list``, ``no-selection``,
+``agent-name``, ``conversation-title``, ``conversation-status``, ``error`` and ``connection``.
 
 Fault rules
 -----------

@@ -7,7 +7,7 @@ from typing import Optional, Type
 
 from aiohttp import web
 
-from . import connect, control, middleware, oauth, va
+from . import agent_console, connect, control, middleware, oauth, va
 from .config import EmulatorConfig
 from .state import STATE_KEY, EmulatorState
 
@@ -31,6 +31,7 @@ def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
     connect.add_routes(app)
     va.add_routes(app)
     control.add_routes(app)
+    agent_console.add_routes(app)
 
     async def close_callbacks(_: web.Application) -> None:
         await state.callbacks.close()

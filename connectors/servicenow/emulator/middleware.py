@@ -1,6 +1,7 @@
 """The request pipeline every call goes through, outermost first:
 
-1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted);
+1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted; the agent
+   console's polls at DEBUG);
 2. ``housekeeping``: lets idle Connect and VA sessions time out on the emulator clock;
 3. ``faults``: applies injected fault rules (before anything else can have a side effect);
 4. ``errors``: turns :class:`ApiError` and router misses into ServiceNow-shaped responses;
@@ -36,6 +37,8 @@ SessionExtractor = Callable[[web.Request, bytes], Optional[str]]
 
 CONTROL_PREFIX = "/__emu/"
 API_PREFIX = "/api/"
+#: Sent by the agent console with its polling GETs (value ``poll``); they are logged at DEBUG, not INFO.
+CONSOLE_POLL_HEADER = "X-Emulator-Console"
 _SECRET_FORM_FIELDS = {"password", "client_secret", "refresh_token"}
 #: Credentials in headers besides Authorization: the VA static token [V configure-send-request.md].
 _SECRET_HEADERS = {"token"}
@@ -64,7 +67,10 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
     finally:
         dropped = bool(request.get("dropped"))
         user = request.get("user")
-        log.info(
+        # The agent console polls twice a second and says so: those lines would drown the rest.
+        level = logging.DEBUG if request.headers.get(CONSOLE_POLL_HEADER) == "poll" else logging.INFO
+        log.log(
+            level,
             "%s %s -> %s%s%s",
             request.method,
             request.path_qs,

@@ -154,6 +154,8 @@ class VaSession:
     agent: Optional[UserRecord] = None
     #: Order of entering the queue, for "the oldest waiting session" (shares the counter with Connect's ``seq``).
     queued_seq: int = -1
+    #: When it last entered the queue (emulator clock), for the agent console's "waiting since".
+    queued_ms: Optional[int] = None
     accept_seq: int = -1
     last_activity_ms: int = 0
     #: Transcript: user texts, agent messages (``sys_id`` = the callback's ``messageId``), system texts.

@@ -256,6 +256,7 @@ def escalate(state: EmulatorState, session: VaSession, message: Optional[Mapping
     I order]."""
     session.state = VaState.QUEUED
     session.queued_seq = state.next_seq()
+    session.queued_ms = state.clock.now_ms()
     session.agent = None
     items = [
         output_text(STAND_BY),

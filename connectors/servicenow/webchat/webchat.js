@@ -1,0 +1,197 @@
+// A small reference chat client for the ServiceNow handoff channel.
+// Bot replies come back in the webhook's answer; everything said outside a
+// request (agent replies, typing, notices) arrives on the channel's
+// Server-Sent Events stream. Each browser tab gets its own conversation id,
+// so no tab can read another's messages.
+"use strict";
+
+(() => {
+  const base = new URL(".", window.location.href);  // .../webhooks/servicenow/
+  const webhookUrl = new URL("webhook", base);
+  const typingUrl = new URL("typing", base);
+
+  const senderKey = "servicenow-webchat-sender";
+  const sender = sessionStorage.getItem(senderKey) || newSenderId();
+  sessionStorage.setItem(senderKey, sender);
+
+  const ui = {
+    root: document.querySelector(".chat"),
+    messages: document.querySelector('[data-testid="messages"]'),
+    status: document.querySelector('[data-testid="status"]'),
+    avatar: document.querySelector(".chat__avatar"),
+    live: document.querySelector('[data-testid="live-marker"]'),
+    liveAgent: document.querySelector('[data-testid="live-agent"]'),
+    typing: document.querySelector('[data-testid="typing"]'),
+    form: document.querySelector('[data-testid="composer"]'),
+    input: document.querySelector('[data-testid="message-input"]'),
+    send: document.querySelector('[data-testid="send"]'),
+    end: document.querySelector('[data-testid="end-chat"]'),
+  };
+
+  const handoff = { active: false, agentName: null };
+  let userTypingTimer = null;
+  let userTyping = false;
+
+  function newSenderId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // -- rendering ------------------------------------------------------------
+
+  function render(author, message) {
+    const item = document.createElement("li");
+    item.className = `message message--${author}`;
+    item.dataset.testid = "message";
+    item.dataset.author = author;
+    if (author === "agent" && message.metadata && message.metadata.agent_name) {
+      const name = document.createElement("span");
+      name.className = "message__author";
+      name.textContent = message.metadata.agent_name;
+      item.append(name);
+    }
+    if (message.text) item.append(document.createTextNode(message.text));
+    const waitTime = message.metadata && message.metadata.wait_time;
+    if (waitTime) item.append(document.createTextNode(` (about ${waitTime})`));
+    if (message.image) {
+      const image = document.createElement("img");
+      image.src = message.image;
+      image.alt = message.text || "image";
+      item.append(image);
+    }
+    if (message.attachment) {
+      const link = document.createElement("a");
+      link.href = message.attachment;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.textContent = message.text ? " ↗" : message.attachment;
+      item.append(link);
+    }
+    if (Array.isArray(message.buttons) && message.buttons.length) {
+      const row = document.createElement("div");
+      row.className = "message__buttons";
+      for (const button of message.buttons) {
+        const chip = document.createElement("button");
+        chip.type = "button";
+        chip.className = "message__button";
+        chip.textContent = button.title;
+        chip.addEventListener("click", () => say(button.payload || button.title, button.title));
+        row.append(chip);
+      }
+      item.append(row);
+    }
+    ui.messages.append(item);
+    item.scrollIntoView({ block: "end" });
+  }
+
+  function authorOf(message) {
+    const source = message.metadata && message.metadata.source;
+    if (source === "agent") return "agent";
+    if (source === "system") return "system";
+    return "bot";
+  }
+
+  function showHandoff(active, agentName) {
+    handoff.active = active;
+    if (agentName) handoff.agentName = agentName;
+    if (!active) handoff.agentName = null;
+    const connected = active && handoff.agentName;
+    ui.root.classList.toggle("chat--live", Boolean(connected));
+    ui.live.hidden = !active;
+    ui.end.hidden = !active;
+    ui.liveAgent.textContent = connected ? `Live agent: ${handoff.agentName}` : "Connecting to an agent…";
+    ui.status.textContent = active ? "Human support" : "Virtual assistant";
+    ui.avatar.textContent = connected ? initials(handoff.agentName) : "VA";
+    if (!active) showTyping(false);
+  }
+
+  function initials(name) {
+    return name.split(/\s+/).filter(Boolean).slice(0, 2).map((part) => part[0].toUpperCase()).join("");
+  }
+
+  function showTyping(typing) {
+    ui.typing.hidden = !typing;
+    ui.typing.textContent = typing ? `${handoff.agentName || "The agent"} is typing…` : "";
+  }
+
+  // -- talking to the channel -----------------------------------------------
+
+  async function say(text, shown = text) {
+    if (!text.trim()) return;
+    render("user", { text: shown });
+    stopUserTyping();
+    ui.send.disabled = true;
+    try {
+      const response = await fetch(webhookUrl, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ sender, message: text }),
+      });
+      const replies = await response.json();
+      if (!response.ok) {
+        render("system", { text: replies.message || "The message could not be sent." });
+        return;
+      }
+      for (const reply of replies) render(authorOf(reply), reply);
+    } catch (error) {
+      render("system", { text: "The assistant cannot be reached. Please try again." });
+    } finally {
+      ui.send.disabled = false;
+      ui.input.focus();
+    }
+  }
+
+  function sendTyping(typing) {
+    if (!handoff.active || typing === userTyping) return;
+    userTyping = typing;
+    fetch(typingUrl, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sender, typing }),
+    }).catch(() => {});
+  }
+
+  function stopUserTyping() {
+    clearTimeout(userTypingTimer);
+    sendTyping(false);
+  }
+
+  function listen() {
+    const stream = new EventSource(new URL(`stream?sender=${encodeURIComponent(sender)}`, base));
+    stream.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      const author = authorOf(message);
+      if (author === "agent") {
+        showTyping(false);
+        if (handoff.active && message.metadata.agent_name) showHandoff(true, message.metadata.agent_name);
+      }
+      render(author, message);
+    });
+    stream.addEventListener("typing", (event) => showTyping(JSON.parse(event.data).typing));
+    stream.addEventListener("handoff", (event) => {
+      const status = JSON.parse(event.data).handoff;
+      showHandoff(status.active, status.agent_name);
+    });
+    // EventSource reconnects by itself and resumes with Last-Event-ID.
+  }
+
+  ui.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = ui.input.value;
+    ui.input.value = "";
+    say(text);
+  });
+
+  ui.input.addEventListener("input", () => {
+    if (!handoff.active) return;
+    sendTyping(true);
+    clearTimeout(userTypingTimer);
+    userTypingTimer = setTimeout(() => sendTyping(false), 2000);
+  });
+
+  ui.end.addEventListener("click", () => say("/end_chat", "End chat"));
+
+  listen();
+  ui.input.focus();
+})();

@@ -1,0 +1,103 @@
+"""A full handoff as people see it, in headless Chromium: the user's chat page
+(served by the channel) and the agent console (served by the emulator).
+
+Needs Debian's ``chromium``. Without it the test is skipped with a reason,
+unless ``REQUIRE_BROWSER_TEST=1`` (set by ``.ci/run``) makes that a failure.
+Screenshots of both pages go to ``test-output/browser/<backend>/``."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import TEXTS, Handoff
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# The flags the machine's Chromium needs: no sandbox as root, and no calls home
+# on a network that refuses them.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        reason = f"the browser test needs Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
+        if os.environ.get("REQUIRE_BROWSER_TEST") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_a_full_handoff_in_the_browser(handoff: Handoff, browser):
+    output = ROOT / "test-output" / "browser" / handoff.backend
+    output.mkdir(parents=True, exist_ok=True)
+    user = browser.new_context(viewport={"width": 520, "height": 760}).new_page()
+    agent = browser.new_context(viewport={"width": 1180, "height": 760}).new_page()
+    for page in (user, agent):
+        page.set_default_timeout(TIMEOUT_MS)
+
+    def user_says(text: str) -> None:
+        user.get_by_test_id("message-input").fill(text)
+        user.get_by_test_id("send").click()
+
+    def user_sees(author: str, text: str) -> None:
+        user.locator(f'[data-testid="message"][data-author="{author}"]', has_text=text).last.wait_for()
+
+    user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
+    # Another browser, open all along: it has its own conversation and must see none of this one.
+    stranger = browser.new_context().new_page()
+    stranger.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
+    user_says("hi")
+    user_sees("bot", "Hello! I'm the virtual assistant")
+
+    user_says("talk to live agent")
+    user_sees("bot", TEXTS.connecting)
+    user.get_by_test_id("live-marker").wait_for(state="visible")
+    sender = user.evaluate("sessionStorage.getItem('servicenow-webchat-sender')")
+    chat = handoff.rasa.slots(sender)["live_chat_id"]
+
+    agent.goto(f"{handoff.emulator.url}/__emu/console")
+    agent.locator(f'[data-testid="chat-item"][data-session="{chat}"]').click()
+    agent.get_by_test_id("accept").click()
+    agent.locator(f'[data-testid="chat-item"][data-session="{chat}"][data-state="live"]').wait_for()
+    agent.get_by_test_id("reply-input").fill("Hi, I'm Beth. How can I help?")
+    agent.get_by_test_id("send").click()
+
+    # The reply appears in the user's page on its own: no reload, no user message.
+    user_sees("agent", "Hi, I'm Beth. How can I help?")
+    user.get_by_test_id("live-agent").filter(has_text="Beth Anglin").wait_for()
+
+    user_says("My VPN stopped working this morning.")
+    agent.locator('[data-testid="message"][data-author="user"]', has_text="My VPN stopped working").wait_for()
+    agent.get_by_test_id("reply-input").fill("Let me reset your VPN profile, one moment.")
+    agent.get_by_test_id("send").click()
+    user_sees("agent", "Let me reset your VPN profile")
+    user.screenshot(path=str(output / "chat-page.png"))
+    agent.screenshot(path=str(output / "agent-console.png"))
+
+    agent.get_by_test_id("close").click()
+    user_sees("bot", TEXTS.agent_closed)
+    user.get_by_test_id("live-marker").wait_for(state="hidden")
+
+    user_says("hi")
+    user.locator('[data-testid="message"][data-author="bot"]', has_text="Hello! I'm the virtual assistant").nth(1).wait_for()
+    assert handoff.rasa.slots(sender)["handoff_active"] is False
+
+    assert stranger.evaluate("sessionStorage.getItem('servicenow-webchat-sender')") != sender
+    assert stranger.locator('[data-testid="message"]').count() == 0
