@@ -44,7 +44,7 @@ def browser():
         launched.close()
 
 
-def test_a_full_handoff_in_the_browser(handoff: Handoff, browser):
+def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
     output = ROOT / "test-output" / "browser" / handoff.backend
     output.mkdir(parents=True, exist_ok=True)
     user = browser.new_context(viewport={"width": 520, "height": 760}).new_page()
