@@ -29,7 +29,7 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).exists():
         reason = f"the browser test needs Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
