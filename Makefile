@@ -11,13 +11,17 @@ export RASA_TELEMETRY_ENABLED := false
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test install model clean
+.PHONY: run test bench install model clean
 
 run: $(STAMP) $(MODEL)
 	scripts/run.sh
 
 test: $(STAMP) $(MODEL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run.
+bench: $(STAMP) $(MODEL)
+	$(PY) -m bench $(BENCH_ARGS)
 
 install: $(STAMP)
 

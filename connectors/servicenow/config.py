@@ -47,8 +47,9 @@ class ServiceNowSettings:
     #: Seconds between polls once a chat has been quiet for ``idle_after``.
     idle_poll_interval: float = 10.0
     idle_after: float = 60.0
-    #: Seconds between checks of the Connect session's state, the fallback
-    #: end-of-chat signal when no "has left/closed" system message arrives.
+    #: Seconds of quiet after which (and between which) a poll checks the
+    #: Connect session's state: the end-of-chat signal when no "has left/closed"
+    #: system message arrives.
     session_check_interval: float = 30.0
     request_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)

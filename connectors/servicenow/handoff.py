@@ -237,6 +237,7 @@ class HandoffManager:
         if not self.registry.deactivate(chat):
             return []
         self.relay.unwatch(chat)
+        await self.relay.flush(chat)
         cause = FAULT_CAUSE if reason is EndReason.FAILED else None
         left = await self._leave_quietly(chat, cause) if leave else False
         texts = self._farewell(chat, reason, left)

@@ -8,14 +8,18 @@ their events to ``dispatch`` directly.
 ``dispatch`` is where both meet: per chat and in order, it drops what was
 already handled, queues messages and typing for delivery, moves the chat's
 cursor in the tracker (together with a record of the delivered messages),
-and reports the end of the chat. Delivery is queued before the cursor is
-saved; a shutdown waits for both, so a restart neither loses nor repeats.
+and reports the end of the chat. Delivery is queued first; the tracker write
+follows a quarter of a second later, coalesced with others, so it never
+delays a delivery. A graceful shutdown waits for both, so a restart neither
+loses nor repeats; a crash can repeat what arrived in its last quarter second.
 """
 
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, Optional, Sequence, Set
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set
+
+from rasa.shared.core.events import Event, SlotSet
 
 from connectors.servicenow.backends.base import (
     AgentEvent,
@@ -41,19 +45,28 @@ OnFailed = Callable[[LiveChat, ServiceNowError], Awaitable[Any]]
 # so that an agent's last message, pushed just before the close, still
 # reaches the user before the "chat ended" notice.
 END_GRACE_S = 0.5
+# Tracker writes (the cursor, the delivered messages) wait this long and go
+# out together: a tracker load and save per agent message would sit on the
+# event loop, in the way of the next delivery.
+PERSIST_DELAY_S = 0.25
 
 
 class PollSchedule:
     """When a chat is polled next, and whether that tick checks the session
     state instead. One ServiceNow request per tick keeps the request rate at
     ``1 / poll_interval`` for an active chat and ``1 / idle_poll_interval``
-    for a quiet one."""
+    for a quiet one.
+
+    The state check stands in for a poll only once the chat has been quiet
+    for ``session_check_interval``: while messages flow the system messages
+    announce the end anyway, and a skipped poll would delay the next reply
+    by a whole interval."""
 
     def __init__(self, settings: ServiceNowSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._clock = clock
         self._last_activity = clock()
-        self._next_state_check = self._last_activity + settings.session_check_interval
+        self._last_state_check = self._last_activity
 
     def note_activity(self) -> None:
         self._last_activity = self._clock()
@@ -66,9 +79,10 @@ class PollSchedule:
 
     def state_check_due(self) -> bool:
         now = self._clock()
-        if now < self._next_state_check:
+        interval = self._settings.session_check_interval
+        if now - self._last_activity < interval or now - self._last_state_check < interval:
             return False
-        self._next_state_check = now + self._settings.session_check_interval
+        self._last_state_check = now
         return True
 
 
@@ -77,15 +91,21 @@ class _Poller:
         self.schedule = schedule
         self.wake = asyncio.Event()
         self.task: Optional["asyncio.Task[None]"] = None
+        self._last_tick = time.monotonic()
 
     async def sleep(self) -> None:
-        """Wait for the next tick; activity cuts a long idle wait short."""
+        """Wait for the next tick. Ticks keep their cadence (the poll's own
+        time counts towards the interval), and activity cuts an idle wait short."""
         while True:
             self.wake.clear()
+            remaining = self.schedule.delay() - (time.monotonic() - self._last_tick)
+            if remaining <= 0:
+                break
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self.schedule.delay())
+                await asyncio.wait_for(self.wake.wait(), timeout=remaining)
             except asyncio.TimeoutError:
-                return
+                break
+        self._last_tick = time.monotonic()
 
 
 class Relay:
@@ -107,6 +127,8 @@ class Relay:
         self._on_failed = on_failed
         self._pollers: Dict[str, _Poller] = {}
         self._dispatches: Set["asyncio.Task[Any]"] = set()
+        self._unsaved: Dict[str, List[Event]] = {}
+        self._savers: Dict[str, "asyncio.Task[None]"] = {}
 
     # -- lifecycle of one chat ---------------------------------------------
 
@@ -137,7 +159,7 @@ class Relay:
         return len(self._pollers)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop polling and let deliveries under way finish."""
+        """Stop polling, let deliveries under way finish, save what is unsaved."""
         pollers = list(self._pollers.values())
         self._pollers.clear()
         for poller in pollers:
@@ -146,6 +168,36 @@ class Relay:
         tasks = [poller.task for poller in pollers if poller.task] + list(self._dispatches)
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        for sender_id in list(self._unsaved):
+            await self._save(sender_id)
+
+    # -- saving to the tracker -------------------------------------------------
+
+    def _save_soon(self, chat: LiveChat, events: List[Event]) -> None:
+        self._unsaved.setdefault(chat.sender_id, []).extend(events)
+        if chat.sender_id not in self._savers:
+            self._savers[chat.sender_id] = self._track(self._save_later(chat.sender_id))
+
+    async def _save_later(self, sender_id: str) -> None:
+        await asyncio.sleep(PERSIST_DELAY_S)
+        await self._save(sender_id)
+
+    async def flush(self, chat: LiveChat) -> None:
+        """Save the chat's pending tracker events now (before the handoff ends)."""
+        saver = self._savers.get(chat.sender_id)
+        if saver is not None and saver is not asyncio.current_task():
+            saver.cancel()
+        await self._save(chat.sender_id)
+
+    async def _save(self, sender_id: str) -> None:
+        self._savers.pop(sender_id, None)
+        events = coalesced(self._unsaved.pop(sender_id, []))
+        if not events:
+            return
+        try:
+            await self._slots.write(sender_id, events)
+        except Exception:
+            logger.exception("Could not save the handoff cursor of conversation %s.", sender_id)
 
     # -- polling -----------------------------------------------------------
 
@@ -227,10 +279,7 @@ class Relay:
             if cursor is not None:
                 chat.last_updated, chat.seen_ids = cursor.last_updated, tuple(cursor.seen_ids)
             if records or (chat.last_updated, chat.seen_ids) != before:
-                try:
-                    await self._slots.write(chat.sender_id, records + chat.cursor_events())
-                except Exception:
-                    logger.exception("Could not save the handoff cursor of conversation %s.", chat.sender_id)
+                self._save_soon(chat, records + chat.cursor_events())
             if records:
                 logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
         if closed is not None:
@@ -253,6 +302,14 @@ class Relay:
         self._dispatches.add(task)
         task.add_done_callback(self._dispatches.discard)
         return task
+
+
+def coalesced(events: List[Event]) -> List[Event]:
+    """The events in order, but only the last value of each slot."""
+    last_slot = {event.key: index for index, event in enumerate(events) if isinstance(event, SlotSet)}
+    return [
+        event for index, event in enumerate(events) if not isinstance(event, SlotSet) or last_slot[event.key] == index
+    ]
 
 
 def _user_message(recipient_id: str, event: Any) -> Dict[str, Any]:

@@ -44,14 +44,26 @@ def test_schedule_polls_fast_while_active_and_slow_once_quiet():
     assert schedule.delay() == 1
 
 
-def test_schedule_checks_the_session_state_once_per_interval():
+def test_schedule_checks_the_session_state_once_per_interval_of_quiet():
     clock = Clock()
     schedule = PollSchedule(SETTINGS, clock)
     checks = []
-    for _ in range(90):  # 90 one-second ticks
+    for _ in range(90):  # 90 one-second ticks, nothing happening
         clock.now += 1
         checks.append(schedule.state_check_due())
     assert checks.count(True) == 3
+
+
+def test_schedule_does_not_trade_polls_for_state_checks_while_messages_flow():
+    clock = Clock()
+    schedule = PollSchedule(SETTINGS, clock)
+    checks = []
+    for tick in range(90):
+        clock.now += 1
+        if tick % 10 == 0:
+            schedule.note_activity()  # a message every ten seconds
+        checks.append(schedule.state_check_due())
+    assert checks.count(True) == 0
 
 
 class RecordingSlots:
@@ -122,6 +134,9 @@ async def test_pushed_events_are_delivered_in_order_and_repeats_dropped():
         "metadata": {"source": "agent", "agent_name": "Beth", "message_id": "m1"},
     }
     assert chat.seen_ids == ("m1", "s1") and chat.last_updated == 1000
+    assert slots.writes == []  # saved a moment later, off the delivery path
+    await relay.flush(chat)
+    assert len(slots.writes) == 1  # both dispatches in one tracker write
     bot_texts = [event.text for write in slots.writes for event in write if event.type_name == "bot"]
     assert bot_texts == ["Beth has entered the chat.", "hello"]
 
@@ -132,6 +147,7 @@ async def test_a_poll_result_moves_the_cursor_and_saves_it_with_the_transcript()
     result = PollResult([AgentMessage("b", "hi", "Beth", 20)], last_updated=20, seen_ids=("b", "a"))
     await relay.dispatch(chat, result.events, result)
     assert (chat.last_updated, chat.seen_ids) == (20, ("b", "a"))
+    await relay.stop()  # saves what is pending
     saved = {event.key: event.value for event in slots.writes[-1] if event.type_name == "slot"}
     assert saved == {SLOT_LAST_UPDATED: 20, SLOT_SEEN_IDS: ["b", "a"]}
 
@@ -140,7 +156,20 @@ async def test_an_unchanged_poll_writes_nothing():
     relay, _, slots, _ = make_relay()
     chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
     await relay.dispatch(chat, [], PollResult([], last_updated=10, seen_ids=("a",)))
+    await relay.stop()
     assert slots.writes == []
+
+
+async def test_pending_writes_keep_each_slots_last_value_only():
+    relay, _, slots, _ = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
+    for step in (1, 2, 3):
+        result = PollResult([AgentMessage(f"m{step}", f"text {step}", "Beth", 10 + step)], 10 + step, (f"m{step}",))
+        await relay.dispatch(chat, result.events, result)
+    await relay.flush(chat)
+    (write,) = slots.writes
+    assert [event.text for event in write if event.type_name == "bot"] == ["text 1", "text 2", "text 3"]
+    assert [event.value for event in write if event.type_name == "slot" and event.key == SLOT_LAST_UPDATED] == [13]
 
 
 async def test_the_end_of_the_chat_is_reported_after_what_came_before_it():

@@ -1,0 +1,149 @@
+"""The processes a benchmark measures: the ServiceNow emulator and ``rasa run``
+with the channel, each started as a user would start it, optionally pinned to
+a CPU so the two cores of a CI machine are shared predictably (Rasa on one,
+the emulator and the load generator on the other)."""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+RASA = str(Path(PYTHON).with_name("rasa"))
+QUIET_ENV = {
+    "RASA_TELEMETRY_ENABLED": "false",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
+    "PYTHONWARNINGS": "ignore",
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pinned(command: List[str], cpu: Optional[int]) -> List[str]:
+    if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return command
+    return ["taskset", "-c", str(cpu), *command]
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def wait_until_up(url: str, service: "Service", timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if service.process.poll() is not None:
+                raise RuntimeError(f"{service.name} exited:\n{service.log_tail()}")
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    if response.status < 500:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{service.name} did not come up:\n{service.log_tail()}")
+            await asyncio.sleep(0.2)
+
+
+def start_emulator(workdir: Path, cpu: Optional[int], **config: Any) -> Service:
+    port = free_port()
+    config_path = workdir / "emulator.json"
+    config_path.write_text(json.dumps(config))
+    log_path = workdir / "emulator.log"
+    command = [PYTHON, "-m", "connectors.servicenow.emulator", "--port", str(port), "--quiet", "--config", str(config_path)]
+    process = subprocess.Popen(
+        pinned(command, cpu), cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True
+    )
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        raise RuntimeError(f"the emulator did not start: {line!r}")
+    return Service("emulator", line.strip().rsplit(" ", 1)[-1], process, log_path)
+
+
+@dataclass
+class RasaSetup:
+    """How ``rasa run`` is started for one measurement."""
+
+    channel: Dict[str, Any]
+    tracker_store: Optional[Dict[str, Any]] = None
+    extra_channels: Dict[str, Any] = field(default_factory=lambda: {"rest": None})
+
+
+async def start_rasa(workdir: Path, model: Path, setup: RasaSetup, cpu: Optional[int], name: str = "rasa") -> Service:
+    port = free_port()
+    credentials = workdir / f"{name}-credentials.yml"
+    credentials.write_text(
+        yaml.safe_dump({**setup.extra_channels, "connectors.servicenow.ServiceNowInput": setup.channel})
+    )
+    command = [
+        RASA, "run", "--model", str(model), "--enable-api", "--credentials", str(credentials),
+        "--interface", "127.0.0.1", "--port", str(port),
+    ]
+    if setup.tracker_store:
+        endpoints = workdir / f"{name}-endpoints.yml"
+        endpoints.write_text(yaml.safe_dump({"tracker_store": setup.tracker_store}))
+        command += ["--endpoints", str(endpoints)]
+    log_path = workdir / f"{name}.log"
+    process = subprocess.Popen(
+        pinned(command, cpu), cwd=ROOT, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+        env={**os.environ, **QUIET_ENV},
+    )
+    service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
+    await wait_until_up(f"{service.url}/status", service)
+    return service
+
+
+def demo_model() -> Path:
+    model = ROOT / "models" / "demo.tar.gz"
+    if not model.exists():
+        raise SystemExit("models/demo.tar.gz is missing: run `make model` (or `make bench`) first.")
+    return model

@@ -1,0 +1,177 @@
+"""The results as a table of targets, and as a PNG for the docs."""
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+Row = Tuple[str, str, str, Optional[bool]]
+
+POLL_INTERVAL_S = 1.0
+
+
+def targets(results: Dict[str, Any]) -> List[Row]:
+    """(measure, result, target, met) for every target the scenarios cover."""
+    scenarios = results["scenarios"]
+    rows: List[Row] = []
+    for label, data in scenarios.get("bot_turns", {}).items():
+        ratio = data["median_ratio"]
+        rest, ours = data["latency_ms"]["rest"]["median"], data["latency_ms"]["servicenow"]["median"]
+        rows.append((f"1. bot turn, {label}: median latency vs REST", f"{ours:.2f} vs {rest:.2f} ms (x{ratio:.3f})", "<= x1.05", ratio <= 1.05))
+        rows.append((
+            f"1. bot turn, {label}: throughput vs REST",
+            f"{data['throughput_per_s']['servicenow']:.0f} vs {data['throughput_per_s']['rest']:.0f}/s (x{data['throughput_ratio']:.3f})",
+            "(reported)",
+            None,
+        ))
+    for backend, data in scenarios.get("handoff_messages", {}).items():
+        forward = data["forward_ms"]
+        rows.append((f"2. forward a message, {backend}: server-side", f"median {forward['median']:.2f} ms, p99 {forward['p99']:.2f} ms", "median < 2 ms", forward["median"] < 2.0))
+        for chats, run in data["throughput"].items():
+            rate = run["messages_per_s"]
+            rows.append((f"2. forward throughput, {backend}, {chats} live chats", f"{rate:.0f}/s ({run['errors']} errors)", ">= 1000/s", rate >= 1000 and run["errors"] == 0))
+    latency = scenarios.get("agent_latency", {})
+    if "virtual_agent" in latency:
+        p99 = latency["virtual_agent"]["latency_ms"]["p99"]
+        rows.append(("3. agent to user, virtual_agent", f"p99 {p99:.1f} ms (median {latency['virtual_agent']['latency_ms']['median']:.1f})", "p99 < 10 ms", p99 < 10))
+    if "connect" in latency:
+        rows += _connect_latency("3. agent to user, connect (poll 1 s)", latency["connect"]["latency_ms"], latency["connect"]["poll_model"])
+    scale = scenarios.get("scale", {})
+    for row in scale.get("virtual_agent", {}).get("rows", []):
+        per_chat = row["bytes_per_chat"]
+        rows.append((
+            f"4. {row['chats']} live chats, virtual_agent: memory",
+            f"{per_chat / 1024:.2f} KB/chat, RSS {row['rss_mb']:.0f} MB, idle CPU {row['cpu_percent_of_a_core']:.1f}%",
+            "< 5 KB/chat" if row["chats"] >= 10000 else "(reported)",
+            per_chat < 5 * 1024 if row["chats"] >= 10000 else None,
+        ))
+    for row in scale.get("connect", {}).get("rows", []):
+        active, idle = row["active"], row["idle"]
+        rows.append((f"4. {row['chats']} live chats, connect: requests while active", f"{active['requests_per_chat_per_s']:.3f}/s per chat (max {active['busiest_chat_per_s']:.2f})", "<= 1/s per chat", active["busiest_chat_per_s"] <= 1.0 + 1e-9))
+        rows.append((f"4. {row['chats']} live chats, connect: requests when idle", f"{idle['requests_per_chat_per_s']:.3f}/s per chat (max {idle['busiest_chat_per_s']:.2f})", "<= 0.1/s per chat", idle["busiest_chat_per_s"] <= 0.1 + 1e-9))
+        rows += _connect_latency(f"4. {row['chats']} live chats, connect: agent to user", row["agent_latency_ms"], row["poll_model"])
+        rows.append((f"4. {row['chats']} live chats, connect: memory", f"{row['bytes_per_chat'] / 1024:.2f} KB/chat, CPU active {active['cpu_percent_of_a_core']:.0f}%, idle {idle['cpu_percent_of_a_core']:.0f}%", "(reported)", None))
+    for backend, data in scenarios.get("handoff_start", {}).items():
+        start = data["start_ms"]
+        rows.append((f"5. handoff start, {backend}", f"median {start['median']:.1f} ms, p95 {start['p95']:.1f} ms", "(reported)", None))
+    return rows
+
+
+def _connect_latency(measure: str, latency: Dict[str, Any], model: Dict[str, Any]) -> List[Row]:
+    """The target judged on the median the poll model implies; the observed
+    median (noisy for a uniform wait) is shown beside it."""
+    limit = POLL_INTERVAL_S * 500 + 10
+    implied = model["implied_median_ms"]
+    result = (
+        f"median {implied:.0f} ms = period {model['poll_period_ms']:.0f}/2 + processing "
+        f"{model['processing_ms']['median']:.1f} (observed {latency['median']:.0f}, n={latency['count']})"
+    )
+    return [(measure, result, f"median < {limit:.0f} ms", implied < limit)]
+
+
+def table(results: Dict[str, Any]) -> str:
+    rows = targets(results)
+    header = ("Measure", "Result", "Target", "Met")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(3)]
+    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:<{widths[2]}}  {header[3]}"]
+    lines.append("-" * (sum(widths) + 10))
+    for measure, result, target, met in rows:
+        mark = "yes" if met else ("no" if met is False else "")
+        lines.append(f"{measure:<{widths[0]}}  {result:<{widths[1]}}  {target:<{widths[2]}}  {mark}")
+    return "\n".join(lines)
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    lines = ["| Measure | Result | Target | Met |", "|---|---|---|---|"]
+    for measure, result, target, met in targets(results):
+        mark = "yes" if met else ("**no**" if met is False else "")
+        lines.append(f"| {measure} | {result} | {target} | {mark} |")
+    return "\n".join(lines)
+
+
+def plot(results: Dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = results["scenarios"]
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    _bot_turns(axes[0][0], scenarios.get("bot_turns", {}))
+    _forwarding(axes[0][1], scenarios.get("handoff_messages", {}))
+    _agent_latency(axes[1][0], scenarios.get("agent_latency", {}))
+    _scale(axes[1][1], scenarios.get("scale", {}))
+    meta = results["meta"]
+    figure.suptitle(
+        f"rasa-servicenow-handoff benchmarks ({meta['date'][:10]}, {meta['cpus']} CPUs, {meta['cpu_model']})"
+        + (" - QUICK RUN" if meta["quick"] else ""),
+        fontsize=11,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _bot_turns(axis: Any, data: Dict[str, Any]) -> None:
+    labels = list(data)
+    if not labels:
+        axis.set_visible(False)
+        return
+    positions = range(len(labels))
+    rest = [data[label]["latency_ms"]["rest"]["median"] for label in labels]
+    ours = [data[label]["latency_ms"]["servicenow"]["median"] for label in labels]
+    axis.bar([p - 0.2 for p in positions], rest, width=0.4, label="Rasa REST channel", color="#9aa5b1")
+    axis.bar([p + 0.2 for p in positions], ours, width=0.4, label="ServiceNow channel", color="#0b6bcb")
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels([label.replace(" tracker store, ", "\n") for label in labels], fontsize=8)
+    axis.set_ylabel("median latency (ms)")
+    axis.set_title("1. Bot turns outside a handoff")
+    axis.legend(fontsize=8)
+
+
+def _forwarding(axis: Any, data: Dict[str, Any]) -> None:
+    if not data:
+        axis.set_visible(False)
+        return
+    bars, values = [], []
+    for backend, result in data.items():
+        for chats, run in result["throughput"].items():
+            bars.append(f"{backend}\n{chats} chats")
+            values.append(run["messages_per_s"])
+    axis.bar(range(len(bars)), values, color="#0f7b5f")
+    axis.axhline(1000, color="#c0392b", linestyle="--", linewidth=1, label="target 1,000/s")
+    axis.set_xticks(range(len(bars)))
+    axis.set_xticklabels(bars, fontsize=8)
+    axis.set_ylabel("user messages forwarded per second")
+    medians = ", ".join(f"{b}: {r['forward_ms']['median']:.2f} ms" for b, r in data.items())
+    axis.set_title(f"2. During a handoff (server-side forward: {medians})", fontsize=9)
+    axis.legend(fontsize=8)
+
+
+def _agent_latency(axis: Any, data: Dict[str, Any]) -> None:
+    if not data:
+        axis.set_visible(False)
+        return
+    for backend, result in data.items():
+        stats = result["latency_ms"]
+        axis.bar(backend, stats["median"], color="#0b6bcb" if backend == "virtual_agent" else "#9aa5b1")
+        axis.errorbar(backend, stats["median"], yerr=[[0], [stats["p99"] - stats["median"]]], color="#1d2329", capsize=6)
+        axis.annotate(f"median {stats['median']:.1f} ms\np99 {stats['p99']:.1f} ms", (backend, stats["p99"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    axis.set_yscale("log")
+    axis.set_ylabel("agent message to user (ms, log scale)")
+    axis.set_title("3. Agent message to user (bar median, whisker p99)")
+
+
+def _scale(axis: Any, data: Dict[str, Any]) -> None:
+    rows = data.get("virtual_agent", {}).get("rows", [])
+    if not rows:
+        axis.set_visible(False)
+        return
+    labels = [f"VA {row['chats']:,}" for row in rows] + [f"Connect {row['chats']:,}" for row in data.get("connect", {}).get("rows", [])]
+    values = [row["bytes_per_chat"] / 1024 for row in rows] + [row["bytes_per_chat"] / 1024 for row in data.get("connect", {}).get("rows", [])]
+    axis.bar(range(len(labels)), values, color="#6b7580")
+    axis.axhline(5, color="#c0392b", linestyle="--", linewidth=1, label="target 5 KB (VA, 10,000 chats)")
+    axis.set_xticks(range(len(labels)))
+    axis.set_xticklabels(labels, fontsize=8)
+    axis.set_ylabel("process memory per live chat (KB)")
+    axis.set_title("4. Scale: memory per live chat")
+    axis.legend(fontsize=8)

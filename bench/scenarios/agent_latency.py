@@ -1,0 +1,102 @@
+"""3. Agent message to user: from the moment the benchmark asks the emulator
+to post an agent message (so ServiceNow's own time is included, a bias
+against us) to the moment the user's callback receives it.
+
+Messages go to the live chats in turn, a few milliseconds apart at random, so
+for Connect they land at random points of the poll cycle. A polled chat's
+latency is the wait for the next poll, uniform over one poll period, plus
+the processing after it; the observed median of that mixture is noisy
+(±1000/(2*sqrt(n)) ms), so the Connect result also splits each latency, from
+the emulator's request log, into wait and processing, and reports the median
+it implies: half the measured poll period plus the median processing."""
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from bench.fixtures import Context, chat_ids, servicenow_and_rasa, start_chats
+from bench.load import Stats, get_json, jitter, post_json
+
+LIVE_CHATS = {"virtual_agent": 20, "connect": 100}
+# Connect needs many samples: its latency is spread over a whole poll period.
+SAMPLES_FACTOR = {"virtual_agent": 1, "connect": 5}
+
+
+@dataclass
+class Delivery:
+    chat: str
+    produced: float  # when the benchmark asked for the message (s, wall clock)
+    created_ms: float  # the emulator's timestamp of the message
+    arrived: float  # when the user's callback got it (s, wall clock)
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.arrived - self.produced) * 1000
+
+
+async def run(ctx: Context) -> Dict[str, Any]:
+    results: Dict[str, Any] = {}
+    for backend in ("virtual_agent", "connect"):
+        async with servicenow_and_rasa(ctx, backend, name=f"latency-{backend}") as (servicenow, rasa):
+            senders = await start_chats(ctx, rasa.url, LIVE_CHATS[backend], f"lat-{backend}")
+            chats = list((await chat_ids(ctx, rasa.url, senders)).values())
+            for chat in chats:
+                await post_json(ctx.http, f"{servicenow.url}/__emu/agent/accept", {"session": chat})
+            deliveries = await measure(
+                ctx, servicenow.url, chats, ctx.sizes.agent_messages * SAMPLES_FACTOR[backend], f"lat-{backend}"
+            )
+            results[backend] = {"latency_ms": Stats.of([d.latency_ms for d in deliveries]).as_dict()}
+            if backend == "connect":
+                results[backend]["poll_model"] = await poll_model(ctx, servicenow.url, deliveries)
+    return results
+
+
+async def measure(
+    ctx: Context, servicenow: str, chats: List[str], count: int, label: str, spacing: Tuple[float, float] = (0.005, 0.02)
+) -> List[Delivery]:
+    """Post ``count`` agent messages round-robin over ``chats`` and wait for each at the user."""
+    pending: List[Tuple[str, str, float, float]] = []
+    for index in range(count):
+        text, chat = f"{label}-{index}", chats[index % len(chats)]
+        produced = time.time()
+        answer = await post_json(ctx.http, f"{servicenow}/__emu/agent/message", {"session": chat, "text": text})
+        created = (answer.get("messages") or [{}])[0].get("timestamp") or produced * 1000
+        pending.append((text, chat, produced, float(created)))
+        await asyncio.sleep(jitter(*spacing))
+    deliveries = []
+    for text, chat, produced, created in pending:
+        arrived = await ctx.receiver.wait_for(text, timeout=60)
+        deliveries.append(Delivery(chat, produced, created, arrived))
+    return deliveries
+
+
+async def poll_model(ctx: Context, servicenow: str, deliveries: List[Delivery]) -> Dict[str, Any]:
+    """Split Connect latencies into the wait for the poll and what follows it."""
+    log = (await get_json(ctx.http, f"{servicenow}/__emu/requests"))["requests"]
+    polls: Dict[str, List[float]] = {}
+    for entry in log:
+        if entry["method"] == "GET" and entry["path"].endswith("/messages"):
+            chat = entry["path"].split("/")[5]
+            polls.setdefault(chat, []).append(entry["at_ms"] - entry["duration_ms"])
+    periods = [b - a for starts in polls.values() for a, b in zip(sorted(starts), sorted(starts)[1:])]
+    processing: List[float] = []
+    waits: List[float] = []
+    for delivery in deliveries:
+        poll = _first_after(sorted(polls.get(delivery.chat, [])), delivery.created_ms)
+        if poll is not None:
+            waits.append(poll - delivery.produced * 1000)
+            processing.append(delivery.arrived * 1000 - poll)
+    period = statistics.median(periods) if periods else float("nan")
+    implied = period / 2 + (statistics.median(processing) if processing else float("nan"))
+    return {
+        "poll_period_ms": round(period, 1),
+        "wait_ms": Stats.of(waits).as_dict(),
+        "processing_ms": Stats.of(processing).as_dict(),
+        "implied_median_ms": round(implied, 1),
+    }
+
+
+def _first_after(starts: List[float], moment: float) -> Optional[float]:
+    return next((start for start in starts if start >= moment), None)

@@ -1,0 +1,73 @@
+"""2. User messages during a handoff, per backend.
+
+Server-side time to forward one message: the webhook's latency seen by the
+client, minus the time the emulator spent on the ServiceNow call it caused
+(from its request log). Throughput: closed loops of 64 concurrent senders
+spread over 100 and 1,000 live chats; for Connect the chats are being polled
+at the same time, as they would be."""
+
+from typing import Any, Dict, List
+
+from bench.fixtures import Context, calls_carrying, servicenow_and_rasa, start_chats
+from bench.load import Stats, closed_loop, post_json, timed_post
+
+CONCURRENCY = 64
+SEND_PATHS = {"connect": "/messages", "virtual_agent": "/bot/integration"}
+
+
+async def run(ctx: Context) -> Dict[str, Any]:
+    results: Dict[str, Any] = {}
+    for backend in ("virtual_agent", "connect"):
+        async with servicenow_and_rasa(ctx, backend, name=f"messages-{backend}") as (servicenow, rasa):
+            results[backend] = await _measure(ctx, backend, servicenow.url, rasa.url)
+    return results
+
+
+async def _measure(ctx: Context, backend: str, servicenow: str, rasa: str) -> Dict[str, Any]:
+    webhook = f"{rasa}/webhooks/servicenow/webhook"
+    senders = await start_chats(ctx, rasa, ctx.sizes.chats_small, f"msg-{backend}")
+
+    # Server-side time, one message at a time.
+    client_ms: Dict[str, float] = {}
+    for index in range(ctx.sizes.latency_requests):
+        text = f"forward-{backend}-{index}"
+        elapsed, replies = await timed_post(ctx.http, webhook, {"sender": senders[index % len(senders)], "message": text})
+        assert replies == [], replies
+        client_ms[text] = elapsed
+    calls = await calls_carrying(ctx, servicenow, SEND_PATHS[backend], set(client_ms))
+    server_side = [client_ms[text] - calls[text]["duration_ms"] for text in client_ms if text in calls]
+
+    result: Dict[str, Any] = {
+        "forward_ms": Stats.of(server_side).as_dict(),
+        "client_latency_ms": Stats.of(list(client_ms.values())).as_dict(),
+        "throughput": {},
+    }
+    # The request log costs the emulator time the throughput runs need.
+    await post_json(ctx.http, f"{servicenow}/__emu/config", {"log_requests": False})
+    for chats in (ctx.sizes.chats_small, ctx.sizes.chats_large):
+        if len(senders) < chats:
+            senders += await start_chats(ctx, rasa, chats - len(senders), f"msg-{backend}-more-{len(senders)}")
+        live = senders[:chats]
+        rates: List[float] = []
+        errors = 0
+        latencies: List[float] = []
+        for _ in range(ctx.sizes.repeats):
+            async def message(worker: int, number: int) -> bool:
+                # Each worker keeps to its own share of the chats.
+                sender = live[(worker + CONCURRENCY * number) % len(live)]
+                replies = await post_json(ctx.http, webhook, {"sender": sender, "message": f"load {number}"})
+                return replies == []
+
+            run_result = await closed_loop(message, CONCURRENCY, ctx.sizes.throughput_seconds)
+            rates.append(run_result.per_second)
+            errors += run_result.errors
+            latencies += run_result.latencies_ms
+        result["throughput"][str(chats)] = {
+            "messages_per_s": round(Stats.of(rates).median, 1),
+            "runs": [round(rate, 1) for rate in rates],
+            "errors": errors,
+            "latency_ms": Stats.of(latencies).as_dict(),
+        }
+    await post_json(ctx.http, f"{servicenow}/__emu/config", {"log_requests": True})
+    return result
+
