@@ -73,19 +73,22 @@ async def measure(
 
 
 async def poll_model(ctx: Context, servicenow: str, deliveries: List[Delivery]) -> Dict[str, Any]:
-    """Split Connect latencies into the wait for the poll and what follows it."""
+    """Split Connect latencies into the wait for the poll that found each
+    message and what followed it. The period is the gap between that poll and
+    the chat's poll before it, so an idle chat's long period shows."""
     log = (await get_json(ctx.http, f"{servicenow}/__emu/requests"))["requests"]
     polls: Dict[str, List[float]] = {}
     for entry in log:
         if entry["method"] == "GET" and entry["path"].endswith("/messages"):
-            chat = entry["path"].split("/")[5]
-            polls.setdefault(chat, []).append(entry["at_ms"] - entry["duration_ms"])
-    periods = [b - a for starts in polls.values() for a, b in zip(sorted(starts), sorted(starts)[1:])]
+            polls.setdefault(entry["path"].split("/")[5], []).append(entry["at_ms"] - entry["duration_ms"])
+    periods: List[float] = []
     processing: List[float] = []
     waits: List[float] = []
     for delivery in deliveries:
-        poll = _first_after(sorted(polls.get(delivery.chat, [])), delivery.created_ms)
-        if poll is not None:
+        found = _poll_around(sorted(polls.get(delivery.chat, [])), delivery.created_ms)
+        if found is not None:
+            previous, poll = found
+            periods.append(poll - previous)
             waits.append(poll - delivery.produced * 1000)
             processing.append(delivery.arrived * 1000 - poll)
     period = statistics.median(periods) if periods else float("nan")
@@ -98,5 +101,9 @@ async def poll_model(ctx: Context, servicenow: str, deliveries: List[Delivery]) 
     }
 
 
-def _first_after(starts: List[float], moment: float) -> Optional[float]:
-    return next((start for start in starts if start >= moment), None)
+def _poll_around(starts: List[float], moment: float) -> Optional[Tuple[float, float]]:
+    """The last poll before ``moment`` and the first one from it on."""
+    for previous, poll in zip(starts, starts[1:]):
+        if previous < moment <= poll:
+            return previous, poll
+    return None

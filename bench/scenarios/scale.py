@@ -38,18 +38,20 @@ async def _virtual_agent(ctx: Context) -> Dict[str, Any]:
         senders: List[str] = []
         for target in ctx.sizes.scale_chats:
             started, cpu_before = time.monotonic(), rasa.cpu_seconds()
-            senders += await start_chats(ctx, rasa.url, target - len(senders), f"scale-va-{len(senders)}", CREATE_CONCURRENCY)
+            opened = await start_chats(ctx, rasa.url, target - len(senders), f"scale-va-{len(senders)}", CREATE_CONCURRENCY)
+            senders += opened
             creation_s = time.monotonic() - started
             creation_cpu = rasa.cpu_seconds() - cpu_before
             row = await _footprint(ctx, rasa, baseline, target)
-            sample = random.sample(senders, min(LATENCY_SAMPLE, len(senders)))
+            # Chats still waiting for an agent, taken from this round.
+            sample = random.sample(opened, min(LATENCY_SAMPLE, len(opened)))
             chats = list((await chat_ids(ctx, rasa.url, sample)).values())
             for chat in chats:
                 await post_json(ctx.http, f"{servicenow.url}/__emu/agent/accept", {"session": chat})
             latencies = [d.latency_ms for d in await measure(ctx, servicenow.url, chats, len(chats) * 2, f"scale-va-{target}")]
             row.update(
-                handoffs_per_s=round((target - (rows[-1]["chats"] if rows else 0)) / creation_s, 1),
-                cpu_ms_per_handoff=round(creation_cpu * 1000 / (target - (rows[-1]["chats"] if rows else 0)), 2),
+                handoffs_per_s=round(len(opened) / creation_s, 1),
+                cpu_ms_per_handoff=round(creation_cpu * 1000 / len(opened), 2),
                 agent_latency_ms=Stats.of(latencies).as_dict(),
             )
             rows.append(row)
@@ -63,12 +65,15 @@ async def _connect(ctx: Context) -> Dict[str, Any]:
     async with servicenow_and_rasa(ctx, "connect", channel=polling, tracker_store=store, name="scale-connect") as (servicenow, rasa):
         baseline = await _warmed_up_rss(ctx, rasa)
         senders = await start_chats(ctx, rasa.url, chats_wanted, "scale-connect", CREATE_CONCURRENCY)
-        active = await _request_rate(ctx, servicenow, rasa, chats_wanted, window=5.0 if ctx.sizes.quick else 10.0)
+        # While every chat is active: the request rate, and agent messages to a sample.
         sample = random.sample(senders, min(LATENCY_SAMPLE, len(senders)))
         chats = list((await chat_ids(ctx, rasa.url, sample)).values())
         for chat in chats:
             await post_json(ctx.http, f"{servicenow.url}/__emu/agent/accept", {"session": chat})
-        deliveries = await measure(ctx, servicenow.url, chats, len(chats) * 4, "scale-connect")
+        active, deliveries = await asyncio.gather(
+            _request_rate(ctx, servicenow, rasa, chats_wanted, window=5.0 if ctx.sizes.quick else 10.0),
+            measure(ctx, servicenow.url, chats, len(chats) * 4, "scale-connect"),
+        )
         latencies = [d.latency_ms for d in deliveries]
         row = await _footprint(ctx, rasa, baseline, chats_wanted)
         # Quiet for idle_after: every chat drops to the idle rate.

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Mapping, Optional, Set
+from typing import Any, Deque, Dict, List, Mapping, Optional, Set
 
 import aiohttp
 
@@ -41,7 +41,7 @@ MAILBOX_IDLE_TTL_S = 3600.0
 CALLBACK_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=4.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutboundItem:
     event_id: str
     #: SSE event name: ``message``, ``typing`` or ``handoff``.
@@ -62,14 +62,18 @@ class OutboundItem:
         return f"id: {self.event_id}\nevent: {self.kind}\ndata: {json.dumps(self.payload)}\n\n"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Mailbox:
+    """One user's items. Kept small (lists, no empty deques or sets): there is
+    one per live chat, and thousands of chats are normal."""
+
     next_number: int = 1
-    retained: Deque[OutboundItem] = field(default_factory=lambda: deque(maxlen=RETAINED_PER_USER))
+    #: The latest items (at most ``RETAINED_PER_USER``), for streams to come.
+    retained: List[OutboundItem] = field(default_factory=list)
     #: Highest item number some stream has taken; later ones still wait for a stream.
     streamed_upto: int = 0
-    listeners: Set["asyncio.Queue[OutboundItem]"] = field(default_factory=set)
-    callback_queue: Deque[OutboundItem] = field(default_factory=deque)
+    listeners: Optional[Set["asyncio.Queue[OutboundItem]"]] = None
+    callback_queue: Optional[Deque[OutboundItem]] = None
     callback_worker: Optional["asyncio.Task[None]"] = None
     touched: float = field(default_factory=time.monotonic)
 
@@ -99,9 +103,10 @@ class Outbox:
         mailbox.next_number += 1
         mailbox.touched = time.monotonic()
         outcome = asyncio.get_running_loop().create_future() if track else None
-        item = OutboundItem(f"{self._boot}-{number}", kind, dict(payload), to_callback, outcome)
-        if len(mailbox.retained) == mailbox.retained.maxlen:
-            oldest = mailbox.retained[0]
+        # The payload is the caller's to give away: it is not copied.
+        item = OutboundItem(f"{self._boot}-{number}", kind, payload, to_callback, outcome)
+        if len(mailbox.retained) >= RETAINED_PER_USER:
+            oldest = mailbox.retained.pop(0)
             if _number(oldest) > mailbox.streamed_upto and not (self.callback_url and oldest.to_callback):
                 logger.warning("Dropping an undelivered item for %s: nobody is streaming its messages.", recipient_id)
         mailbox.retained.append(item)
@@ -113,8 +118,10 @@ class Outbox:
             if not by_callback:
                 item.settle(True)
         if by_callback:
+            if mailbox.callback_queue is None:
+                mailbox.callback_queue = deque()
             mailbox.callback_queue.append(item)
-            if mailbox.callback_worker is None or mailbox.callback_worker.done():
+            if mailbox.callback_worker is None:
                 mailbox.callback_worker = asyncio.create_task(self._post_callbacks(recipient_id, mailbox))
         return item
 
@@ -131,6 +138,8 @@ class Outbox:
                 if not (self.callback_url and item.to_callback):
                     item.settle(True)
         mailbox.streamed_upto = max(mailbox.streamed_upto, mailbox.next_number - 1)
+        if mailbox.listeners is None:
+            mailbox.listeners = set()
         mailbox.listeners.add(subscription.queue)
         return subscription
 
@@ -147,10 +156,17 @@ class Outbox:
     # -- callback ----------------------------------------------------------
 
     async def _post_callbacks(self, recipient_id: str, mailbox: _Mailbox) -> None:
-        while mailbox.callback_queue:
-            item = mailbox.callback_queue[0]
-            item.settle(await self._post_one(recipient_id, item))
-            mailbox.callback_queue.popleft()
+        queue = mailbox.callback_queue
+        try:
+            while queue:
+                item = queue[0]
+                item.settle(await self._post_one(recipient_id, item))
+                queue.popleft()
+        finally:
+            # Nothing per user stays behind once the queue is empty.
+            mailbox.callback_worker = None
+            if not queue:
+                mailbox.callback_queue = None
 
     async def _post_one(self, recipient_id: str, item: OutboundItem) -> bool:
         assert self.callback_url is not None
@@ -203,6 +219,7 @@ class Outbox:
             for recipient, mailbox in self._mailboxes.items()
             if not mailbox.listeners
             and not mailbox.callback_queue
+            and mailbox.callback_worker is None
             and now - mailbox.touched > MAILBOX_IDLE_TTL_S
         ]
         for recipient in idle:
@@ -211,11 +228,7 @@ class Outbox:
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for pending callback posts, e.g. at shutdown."""
-        workers = [
-            mailbox.callback_worker
-            for mailbox in self._mailboxes.values()
-            if mailbox.callback_worker is not None and not mailbox.callback_worker.done()
-        ]
+        workers = [mailbox.callback_worker for mailbox in self._mailboxes.values() if mailbox.callback_worker is not None]
         if workers:
             _, pending = await asyncio.wait(workers, timeout=timeout)
             for worker in pending:
@@ -246,7 +259,8 @@ class Subscription:
             return None
 
     def close(self) -> None:
-        self._mailbox.listeners.discard(self.queue)
+        if self._mailbox.listeners is not None:
+            self._mailbox.listeners.discard(self.queue)
         self._mailbox.touched = time.monotonic()
 
 

@@ -24,9 +24,9 @@ ends. Only this channel writes these slots; the registry relies on that.
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from rasa.core.agent import Agent
 from rasa.shared.core.events import BotUttered, Event, SlotSet, UserUttered
@@ -50,7 +50,7 @@ SEEN_IDS_KEPT = 100
 RECENT_CALLBACKS_KEPT = 16
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveChat:
     """One conversation in handoff. The first five fields mirror the slots;
     the rest lives only in this process."""
@@ -68,8 +68,9 @@ class LiveChat:
     dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     #: A live agent has accepted; queue notices that arrive later are stale.
     agent_joined: bool = False
-    #: Fingerprints of the latest pushed callbacks, to drop repeats.
-    recent_callbacks: Deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_CALLBACKS_KEPT), repr=False)
+    #: Fingerprints of the latest pushed callbacks, to drop repeats (a tuple:
+    #: one per live chat, and an empty deque alone costs 600 bytes).
+    recent_callbacks: Tuple[str, ...] = field(default=(), repr=False)
 
     def slot_events(self) -> List[Event]:
         return [
@@ -94,7 +95,7 @@ class LiveChat:
         """True when this callback was seen before; remembers it otherwise."""
         if fingerprint in self.recent_callbacks:
             return True
-        self.recent_callbacks.append(fingerprint)
+        self.recent_callbacks = (self.recent_callbacks + (fingerprint,))[-RECENT_CALLBACKS_KEPT:]
         return False
 
     @classmethod

@@ -70,8 +70,8 @@ async def test_first_poll_reads_the_whole_thread_and_filters_own_messages_and_wo
     ]
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": thread})
-        mock.get(MESSAGES, payload={"result": [thread[-1]]})  # the ?before= page only repeats the boundary
         result = await backend.poll(chat())
+    assert result.requests == 1  # a short page is the whole thread
     assert result.events == [
         SystemNotice("m2", "Beth Anglin has joined the support session", 2000),
         AgentMessage("m3", "Hi, I'm Beth", "Beth Anglin", 3000),
@@ -245,3 +245,14 @@ def test_mention_and_link_markup_become_plain_text():
 
     formatted = {"message": "", "formatted_message": "@M[abc|Beth] see @L[https://kb/1|KB1]"}
     assert _plain_text(formatted) == "Beth see KB1 (https://kb/1)"
+
+
+async def test_a_first_poll_that_finds_a_full_page_reads_older_pages(backend):
+    newest = [message(f"n{i}", 1000 + i, f"msg {i}") for i in range(40, 15, -1)]  # 25: a full page
+    older = [message(f"n{i}", 1000 + i, f"msg {i}") for i in range(16, 0, -1)]
+    with aioresponses() as mock:
+        mock.get(MESSAGES, payload={"result": newest})
+        mock.get(MESSAGES, payload={"result": older})
+        result = await backend.poll(chat())
+    assert [event.text for event in result.events] == [f"msg {i}" for i in range(1, 41)]
+    assert result.requests == 2

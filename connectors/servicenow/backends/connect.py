@@ -55,6 +55,9 @@ CLOSED_STATES = {
 }
 # A message committed this long after a newer one was read still counts as new.
 LATE_COMMIT_WINDOW_MS = 60_000.0
+# Connect's page size is not documented (the emulator's is 25). A page shorter
+# than this, or than the longest page seen, is the start of the thread.
+MIN_FULL_PAGE = 20
 _MENTION = re.compile(r"@M\[[^|\]]*\|([^\]]*)\]")
 _LINK = re.compile(r"@L\[([^|\]]*)\|([^\]]*)\]")
 
@@ -69,6 +72,7 @@ class ConnectBackend(Backend):
         # With Basic auth or the password grant we know who we are; with the
         # client-credentials grant the instance tells us on the first chat.
         self._user: Optional[str] = settings.username
+        self._full_page = MIN_FULL_PAGE
 
     async def open_chat(self, request: HandoffRequest, chat_id: Optional[str] = None) -> OpenedChat:
         queue = request.queue_id or self._settings.queue_id
@@ -153,7 +157,9 @@ class ConnectBackend(Backend):
         )
 
     async def _fetch_since_cursor(self, chat: LiveChat) -> "tuple[List[Dict[str, Any]], int]":
-        """Newest page first; older pages only while a whole page is newer than the cursor.
+        """Newest page first; older pages only while a whole page is newer than
+        the cursor, and the page was full (a short page is the whole thread, so
+        a new chat's first poll costs one request, not two).
 
         ``before`` is exclusive, so the next page asks for one millisecond more
         and drops the repeats: a page boundary inside a group of messages that
@@ -166,6 +172,7 @@ class ConnectBackend(Backend):
         while True:
             page = await self._messages(chat.chat_id, before)
             requests += 1
+            self._full_page = max(self._full_page, len(page))
             fresh = [message for message in page if _message_id(message) not in fetched_ids]
             if not fresh:
                 break
@@ -173,6 +180,8 @@ class ConnectBackend(Backend):
             fetched_ids.update(_message_id(message) for message in fresh)
             timestamps = [_timestamp(message) or 0.0 for message in fresh]
             if chat.last_updated is not None and min(timestamps) <= chat.last_updated:
+                break
+            if len(page) < self._full_page:
                 break
             before = min(timestamps) + 1
         return fetched, requests
