@@ -62,7 +62,8 @@ def _connect_latency(measure: str, latency: Dict[str, Any], model: Dict[str, Any
     implied = model["implied_median_ms"]
     result = (
         f"median {implied:.0f} ms = period {model['poll_period_ms']:.0f}/2 + processing "
-        f"{model['processing_ms']['median']:.1f} (observed {latency['median']:.0f}, n={latency['count']})"
+        f"{model['processing_ms']['median']:.1f} (of which ServiceNow {model['servicenow_ms']['median']:.1f}; "
+        f"observed {latency['median']:.0f}, n={latency['count']})"
     )
     return [(measure, result, f"median < {limit:.0f} ms", implied < limit)]
 

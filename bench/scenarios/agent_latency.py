@@ -77,33 +77,41 @@ async def poll_model(ctx: Context, servicenow: str, deliveries: List[Delivery]) 
     message and what followed it. The period is the gap between that poll and
     the chat's poll before it, so an idle chat's long period shows."""
     log = (await get_json(ctx.http, f"{servicenow}/__emu/requests"))["requests"]
-    polls: Dict[str, List[float]] = {}
+    polls: Dict[str, List[Tuple[float, float]]] = {}
     for entry in log:
         if entry["method"] == "GET" and entry["path"].endswith("/messages"):
-            polls.setdefault(entry["path"].split("/")[5], []).append(entry["at_ms"] - entry["duration_ms"])
+            start = entry["at_ms"] - entry["duration_ms"]
+            polls.setdefault(entry["path"].split("/")[5], []).append((start, entry["duration_ms"]))
     periods: List[float] = []
     processing: List[float] = []
+    servicenow_time: List[float] = []
     waits: List[float] = []
     for delivery in deliveries:
         found = _poll_around(sorted(polls.get(delivery.chat, [])), delivery.created_ms)
         if found is not None:
-            previous, poll = found
-            periods.append(poll - previous)
+            previous, (poll, duration) = found
+            periods.append(poll - previous[0])
             waits.append(poll - delivery.produced * 1000)
             processing.append(delivery.arrived * 1000 - poll)
+            servicenow_time.append(duration)
     period = statistics.median(periods) if periods else float("nan")
     implied = period / 2 + (statistics.median(processing) if processing else float("nan"))
+    connector = [total - emulator for total, emulator in zip(processing, servicenow_time)]
     return {
         "poll_period_ms": round(period, 1),
         "wait_ms": Stats.of(waits).as_dict(),
         "processing_ms": Stats.of(processing).as_dict(),
+        # The poll's own time at the emulator, part of processing; a real
+        # instance answers in tens of milliseconds, the emulator in a few.
+        "servicenow_ms": Stats.of(servicenow_time).as_dict(),
+        "connector_ms": Stats.of(connector).as_dict(),
         "implied_median_ms": round(implied, 1),
     }
 
 
-def _poll_around(starts: List[float], moment: float) -> Optional[Tuple[float, float]]:
-    """The last poll before ``moment`` and the first one from it on."""
-    for previous, poll in zip(starts, starts[1:]):
-        if previous < moment <= poll:
+def _poll_around(polls: List[Tuple[float, float]], moment: float) -> Optional[Tuple[Tuple[float, float], Tuple[float, float]]]:
+    """The last poll (start, duration) before ``moment`` and the first one from it on."""
+    for previous, poll in zip(polls, polls[1:]):
+        if previous[0] < moment <= poll[0]:
             return previous, poll
     return None
