@@ -1,14 +1,16 @@
 """1. Bot turns outside a handoff: this channel's webhook against Rasa's own
 REST channel, in the same ``rasa run``, same model, requests interleaved.
 
-Each channel gets its own senders with the same history (fresh, or 500
-events), so neither reads the other's trackers. Latency: one request at a
-time, alternating channels, after one warm-up message per sender (the
-channel reads a sender's tracker once to learn it is not in handoff; that is
-the cost the registry saves on every later message). Throughput: closed loops
-of 8 concurrent requests, the channels taking turns, repeated; with a fresh
-history each worker moves to a new conversation every 20 turns, so new users
-(and this channel's one tracker read for each) are part of the mix."""
+Each channel gets its own conversations with the same history (fresh, or
+500 events), and a conversation serves at most 20 turns before another takes
+over: Rasa's turn gets slower as a conversation grows (markedly with the
+in-memory tracker store), which would otherwise drift under the measurement.
+Latency: one request at a time, alternating channels, after one warm-up
+message per conversation (the channel reads a sender's tracker once to learn
+it is not in handoff; that is the cost the registry saves on every later
+message). Throughput: closed loops of 8 concurrent requests, the channels
+taking turns, repeated; fresh conversations are new ids, so new users (and
+this channel's one tracker read for each) are part of the mix."""
 
 from typing import Any, Dict, List
 
@@ -17,8 +19,8 @@ from bench.load import Stats, closed_loop, gather_limited, get_json, post_json, 
 
 CHANNELS = {"rest": "/webhooks/rest/webhook", "servicenow": "/webhooks/servicenow/webhook"}
 CONCURRENCY = 8
-SENDERS_PER_CHANNEL = CONCURRENCY
-TURNS_PER_FRESH_SENDER = 20
+# Turns one conversation serves in a measurement before a new one takes over.
+TURNS_PER_SENDER = 20
 
 
 def history(events: int) -> List[Dict[str, Any]]:
@@ -46,24 +48,31 @@ async def run(ctx: Context) -> Dict[str, Any]:
 
 
 async def _compare(ctx: Context, base: str, *, prefix: str, events: int) -> Dict[str, Any]:
-    senders = {channel: [f"{prefix}-{channel}-{n}" for n in range(SENDERS_PER_CHANNEL)] for channel in CHANNELS}
+    order = list(CHANNELS)
+    # Conversations stay near their starting size: a sender serves a few
+    # turns, then a new one takes over. With a history, every sender is
+    # prepared beforehand; fresh ones are simply new conversation ids.
+    latency_pool = {channel: [f"{prefix}-lat-{channel}-{n}" for n in range(_senders_for(ctx))] for channel in CHANNELS}
+    run_pool = {
+        (repeat, channel): [f"{prefix}-run{repeat}-{channel}-{worker}" for worker in range(CONCURRENCY)]
+        for repeat in range(ctx.sizes.repeats) for channel in CHANNELS
+    }
     if events:
-        loads = [
-            lambda sender=sender: post_json(ctx.http, f"{base}/conversations/{sender}/tracker/events", history(events))
-            for group in senders.values() for sender in group
-        ]
-        await gather_limited(loads, 4)
-        tracker = await get_json(ctx.http, f"{base}/conversations/{senders['servicenow'][0]}/tracker")
+        prepared = [sender for pool in (*latency_pool.values(), *run_pool.values()) for sender in pool]
+        await gather_limited(
+            [lambda sender=sender: post_json(ctx.http, f"{base}/conversations/{sender}/tracker/events", history(events)) for sender in prepared],
+            4,
+        )
+        tracker = await get_json(ctx.http, f"{base}/conversations/{prepared[0]}/tracker")
         assert len(tracker["events"]) >= events, f"history not loaded: {len(tracker['events'])} events"
-    for channel, group in senders.items():
-        for sender in group:
+    for channel, pool in latency_pool.items():
+        for sender in pool:  # the channel's one tracker read per sender happens here
             await post_json(ctx.http, base + CHANNELS[channel], {"sender": sender, "message": "hi"})
 
     latencies: Dict[str, List[float]] = {channel: [] for channel in CHANNELS}
-    order = list(CHANNELS)
     for index in range(ctx.sizes.latency_requests):
         for channel in (order if index % 2 == 0 else order[::-1]):
-            sender = senders[channel][index % SENDERS_PER_CHANNEL]
+            sender = latency_pool[channel][index // TURNS_PER_SENDER]
             elapsed, replies = await timed_post(ctx.http, base + CHANNELS[channel], {"sender": sender, "message": "hi"})
             assert replies and replies[0]["text"].startswith("Hello"), replies
             latencies[channel].append(elapsed)
@@ -71,12 +80,10 @@ async def _compare(ctx: Context, base: str, *, prefix: str, events: int) -> Dict
     rates: Dict[str, List[float]] = {channel: [] for channel in CHANNELS}
     for repeat in range(ctx.sizes.repeats):
         for channel in (order if repeat % 2 == 0 else order[::-1]):
-            async def turn(worker: int, number: int, channel: str = channel, repeat: int = repeat) -> bool:
-                sender = senders[channel][worker]
-                if not events:
-                    # A fresh history stays fresh: Rasa's turn gets slower as a
-                    # conversation grows, which would blur the comparison.
-                    sender = f"{sender}-r{repeat}-{number // TURNS_PER_FRESH_SENDER}"
+            workers = run_pool[(repeat, channel)]
+
+            async def turn(worker: int, number: int, workers: List[str] = workers, channel: str = channel) -> bool:
+                sender = workers[worker] if events else f"{workers[worker]}-{number // TURNS_PER_SENDER}"
                 replies = await post_json(ctx.http, base + CHANNELS[channel], {"sender": sender, "message": "hi"})
                 return bool(replies)
 
@@ -91,3 +98,7 @@ async def _compare(ctx: Context, base: str, *, prefix: str, events: int) -> Dict
         "throughput_ratio": round(servicenow_rate / rest_rate, 4),
         "throughput_runs": {channel: [round(rate, 1) for rate in values] for channel, values in rates.items()},
     }
+
+
+def _senders_for(ctx: Context) -> int:
+    return -(-ctx.sizes.latency_requests // TURNS_PER_SENDER)

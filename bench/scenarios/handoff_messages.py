@@ -6,8 +6,10 @@ client, minus the time the emulator spent on the ServiceNow call it caused
 spread over 100 and 1,000 live chats; for Connect the chats are being polled
 at the same time, as they would be."""
 
+import time
 from typing import Any, Dict, List
 
+from bench.cluster import Service
 from bench.fixtures import Context, calls_carrying, servicenow_and_rasa, start_chats
 from bench.load import Stats, closed_loop, post_json, timed_post
 
@@ -19,11 +21,12 @@ async def run(ctx: Context) -> Dict[str, Any]:
     results: Dict[str, Any] = {}
     for backend in ("virtual_agent", "connect"):
         async with servicenow_and_rasa(ctx, backend, name=f"messages-{backend}") as (servicenow, rasa):
-            results[backend] = await _measure(ctx, backend, servicenow.url, rasa.url)
+            results[backend] = await _measure(ctx, backend, servicenow, rasa)
     return results
 
 
-async def _measure(ctx: Context, backend: str, servicenow: str, rasa: str) -> Dict[str, Any]:
+async def _measure(ctx: Context, backend: str, servicenow_service: Service, rasa_service: Service) -> Dict[str, Any]:
+    servicenow, rasa = servicenow_service.url, rasa_service.url
     webhook = f"{rasa}/webhooks/servicenow/webhook"
     senders = await start_chats(ctx, rasa, ctx.sizes.chats_small, f"msg-{backend}")
 
@@ -51,6 +54,8 @@ async def _measure(ctx: Context, backend: str, servicenow: str, rasa: str) -> Di
         rates: List[float] = []
         errors = 0
         latencies: List[float] = []
+        # Who is busy says who limits the rate: the connector, or the rig.
+        cpu_before = (rasa_service.cpu_seconds(), servicenow_service.cpu_seconds(), time.monotonic())
         for _ in range(ctx.sizes.repeats):
             async def message(worker: int, number: int) -> bool:
                 # Each worker keeps to its own share of the chats.
@@ -62,11 +67,14 @@ async def _measure(ctx: Context, backend: str, servicenow: str, rasa: str) -> Di
             rates.append(run_result.per_second)
             errors += run_result.errors
             latencies += run_result.latencies_ms
+        elapsed = time.monotonic() - cpu_before[2]
         result["throughput"][str(chats)] = {
             "messages_per_s": round(Stats.of(rates).median, 1),
             "runs": [round(rate, 1) for rate in rates],
             "errors": errors,
             "latency_ms": Stats.of(latencies).as_dict(),
+            "rasa_cpu_percent": round((rasa_service.cpu_seconds() - cpu_before[0]) / elapsed * 100, 1),
+            "emulator_cpu_percent": round((servicenow_service.cpu_seconds() - cpu_before[1]) / elapsed * 100, 1),
         }
     await post_json(ctx.http, f"{servicenow}/__emu/config", {"log_requests": True})
     return result

@@ -127,15 +127,23 @@ async def _request_rate(ctx: Context, servicenow: Service, rasa: Service, chats:
     await asyncio.sleep(window)
     end_ms, cpu = time.time() * 1000, rasa.cpu_seconds() - cpu_before
     log = (await get_json(ctx.http, f"{servicenow.url}/__emu/requests"))["requests"]
-    in_window = [e for e in log if e["path"].startswith("/api/now/connect") and start_ms <= e["at_ms"] < end_ms]
+    # By arrival: the log stamps completion, and a slow answer would shift a request into the window.
+    in_window = [
+        e for e in log if e["path"].startswith("/api/now/connect") and start_ms <= e["at_ms"] - e["duration_ms"] < end_ms
+    ]
     per_chat: Dict[str, int] = {}
     for entry in in_window:
         chat = entry["path"].split("/")[5] if "/conversations/" in entry["path"] else entry["query"].get("group_id", "?")
         per_chat[chat] = per_chat.get(chat, 0) + 1
     rates = [count / window for count in per_chat.values()]
+    busiest = max(per_chat, key=per_chat.get, default=None)
     return {
         "window_s": window,
         "requests_per_chat_per_s": round(len(in_window) / chats / window, 3),
         "busiest_chat_per_s": round(max(rates, default=0.0), 3),
+        "busiest_chat_requests": [
+            {"arrived_ms": round(e["at_ms"] - e["duration_ms"] - start_ms), "duration_ms": e["duration_ms"], "path": e["path"], "query": e["query"]}
+            for e in in_window if busiest and busiest in (e["path"] + str(e["query"]))
+        ],
         "cpu_percent_of_a_core": round(cpu / window * 100, 1),
     }
