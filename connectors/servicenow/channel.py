@@ -68,6 +68,7 @@ CHAT_PAGE_FILES = {
     "webchat.js": "text/javascript; charset=utf-8",
 }
 HOUSEKEEPING_INTERVAL_S = 300.0
+SHUTDOWN_TIMEOUT_S = 10.0
 
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 
@@ -129,7 +130,11 @@ class ServiceNowInput(InputChannel):
         @blueprint.listener("before_server_stop")
         async def stop_background_work(app: Sanic, _loop: Any) -> None:
             await app.cancel_task("servicenow-housekeeping", raise_exception=False)
-            await self.handoffs.shutdown()
+            # Callbacks already acknowledged to ServiceNow are delivered before
+            # the relay saves its state and the outbox drains.
+            if self._background:
+                await asyncio.wait(list(self._background), timeout=SHUTDOWN_TIMEOUT_S)
+            await self.handoffs.shutdown(SHUTDOWN_TIMEOUT_S)
             await self.http.aclose()
             await self.outbox.aclose()
 
@@ -235,7 +240,7 @@ class ServiceNowInput(InputChannel):
     async def _run_turn(self, payload: UserPayload, on_new_message: OnNewMessage) -> "TurnCollector":
         collector = TurnCollector()
         message = UserMessage(
-            payload.message, collector, payload.sender, input_channel=self.name(), metadata=dict(payload.metadata)
+            payload.message, collector, payload.sender, input_channel=self.name(), metadata=dict(payload.metadata) or None
         )
         try:
             await on_new_message(message)

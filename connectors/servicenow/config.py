@@ -60,6 +60,8 @@ class ServiceNowSettings:
     texts: UserTexts = field(default_factory=UserTexts)
     #: Serve the reference chat page at ``/webhooks/servicenow/chat``.
     chat_page: bool = False
+    #: Record what the agent side said in the tracker (as ``bot`` events).
+    record_transcript: bool = True
     # -- Virtual Agent API -------------------------------------------------
     #: Shared secret ServiceNow sends in ``webhook_secret_header`` on every callback.
     webhook_secret: Optional[str] = field(default=None, repr=False)
@@ -262,6 +264,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "max_message_length": _positive_int,
     "messages": UserTexts.from_options,
     "chat_page": _boolean,
+    "record_transcript": _boolean,
     "webhook_secret": _text,
     "webhook_secret_header": _header_name,
     "webhook_username": _text,

@@ -9,9 +9,9 @@ their events to ``dispatch`` directly.
 already handled, queues messages and typing for delivery, moves the chat's
 cursor in the tracker (together with a record of the delivered messages),
 and reports the end of the chat. Delivery is queued first; the tracker write
-follows a quarter of a second later, coalesced with others, so it never
-delays a delivery. A graceful shutdown waits for both, so a restart neither
-loses nor repeats; a crash can repeat what arrived in its last quarter second.
+follows up to two seconds later, coalesced with others, so it never delays a
+delivery. A graceful shutdown waits for both, so a restart neither loses nor
+repeats; a crash can repeat what arrived in its last two seconds.
 """
 
 import asyncio
@@ -47,8 +47,11 @@ OnFailed = Callable[[LiveChat, ServiceNowError], Awaitable[Any]]
 END_GRACE_S = 0.5
 # Tracker writes (the cursor, the delivered messages) wait this long and go
 # out together: a tracker load and save per agent message would sit on the
-# event loop, in the way of the next delivery.
-PERSIST_DELAY_S = 0.25
+# event loop, in the way of the next delivery, and the tracker store (SQL in
+# production) would see one write per message instead of one per chat and
+# interval. A crash loses at most this much of the cursor: Connect then
+# shows the messages of those seconds again.
+PERSIST_DELAY_S = 2.0
 
 
 class PollSchedule:
@@ -165,6 +168,9 @@ class Relay:
         for poller in pollers:
             if poller.task:
                 poller.task.cancel()
+        # Pending saves need not wait out their delay: they happen below.
+        for saver in self._savers.values():
+            saver.cancel()
         tasks = [poller.task for poller in pollers if poller.task] + list(self._dispatches)
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
@@ -239,7 +245,6 @@ class Relay:
             if chat.ended:
                 return
             records = []
-            before = (chat.last_updated, chat.seen_ids)
             for event in events:
                 if isinstance(event, ChatClosed):
                     closed = event
@@ -278,14 +283,24 @@ class Relay:
                     chat.note_message(event.message_id, event.timestamp)
             if cursor is not None:
                 chat.last_updated, chat.seen_ids = cursor.last_updated, tuple(cursor.seen_ids)
-            if records or (chat.last_updated, chat.seen_ids) != before:
-                self._save_soon(chat, records + chat.cursor_events())
             if records:
+                self._save_soon(chat, self._to_save(records, chat))
                 logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
         if closed is not None:
             if not self._backend.pulls:
                 await asyncio.sleep(END_GRACE_S)
             await self._on_closed(chat, closed)
+
+    def _to_save(self, records: List[Event], chat: LiveChat) -> List[Event]:
+        """What a delivery leaves in the tracker. Only deliveries are saved: a
+        cursor that moved over the user's own messages needs no save, since
+        after a restart those are read again and filtered again."""
+        transcript = records if self._settings.record_transcript else []
+        # Connect reads from its cursor after a restart; a Virtual Agent chat
+        # keeps seen ids only to drop a push ServiceNow repeats across one.
+        if self._backend.pulls or transcript:
+            return transcript + chat.cursor_events()
+        return []
 
     def _report(self, chat: LiveChat, message_id: str, delivered: bool) -> None:
         async def report() -> None:

@@ -139,6 +139,7 @@ async def test_pushed_events_are_delivered_in_order_and_repeats_dropped():
     assert len(slots.writes) == 1  # both dispatches in one tracker write
     bot_texts = [event.text for write in slots.writes for event in write if event.type_name == "bot"]
     assert bot_texts == ["Beth has entered the chat.", "hello"]
+    await relay.stop()
 
 
 async def test_a_poll_result_moves_the_cursor_and_saves_it_with_the_transcript():
@@ -166,7 +167,7 @@ async def test_pending_writes_keep_each_slots_last_value_only():
     for step in (1, 2, 3):
         result = PollResult([AgentMessage(f"m{step}", f"text {step}", "Beth", 10 + step)], 10 + step, (f"m{step}",))
         await relay.dispatch(chat, result.events, result)
-    await relay.flush(chat)
+    await relay.stop()
     (write,) = slots.writes
     assert [event.text for event in write if event.type_name == "bot"] == ["text 1", "text 2", "text 3"]
     assert [event.value for event in write if event.type_name == "slot" and event.key == SLOT_LAST_UPDATED] == [13]
@@ -179,6 +180,7 @@ async def test_the_end_of_the_chat_is_reported_after_what_came_before_it():
     await relay.dispatch(chat, [AgentMessage("m1", "bye", "Beth", 1), closed, AgentMessage("m2", "ghost", "Beth", 2)])
     assert [item.payload["text"] for item in await streamed(outbox, 1)] == ["bye"]
     assert recorder.closed == [closed]
+    await relay.stop()
 
 
 async def test_nothing_is_delivered_for_a_chat_that_already_ended():
@@ -201,6 +203,7 @@ async def test_a_queue_notice_that_arrives_after_the_agent_is_dropped():
     subscription = outbox.subscribe("u1")
     assert await subscription.next(heartbeat=0.01) is None
     subscription.close()
+    await relay.stop()
 
 
 async def test_a_pushed_end_waits_for_late_messages_then_ends():
@@ -212,6 +215,7 @@ async def test_a_pushed_end_waits_for_late_messages_then_ends():
     await closing
     assert [item.payload["text"] for item in await streamed(outbox, 1)] == ["one more thing"]
     assert len(recorder.closed) == 1
+    await relay.stop()
 
 
 async def test_delivery_is_reported_back_when_enabled():
@@ -226,3 +230,26 @@ async def test_delivery_is_reported_back_when_enabled():
     await relay.stop()
     subscription.close()
     assert backend.reports == [("m1", True)]
+
+
+async def test_a_cursor_moved_only_by_the_users_own_messages_is_not_saved():
+    relay, _, slots, _ = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
+    await relay.dispatch(chat, [], PollResult([], last_updated=20, seen_ids=("own", "a")))
+    await relay.stop()
+    assert chat.last_updated == 20 and slots.writes == []
+
+
+async def test_without_a_transcript_connect_saves_only_its_cursor_and_the_virtual_agent_nothing():
+    settings = dataclasses.replace(SETTINGS, record_transcript=False)
+    relay, _, slots, _ = make_relay(PullBackend(), settings)
+    chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
+    result = PollResult([AgentMessage("b", "hi", "Beth", 20)], last_updated=20, seen_ids=("b", "a"))
+    await relay.dispatch(chat, result.events, result)
+    await relay.stop()
+    assert [event.type_name for event in slots.writes[0]] == ["slot", "slot"]
+
+    relay, _, slots, _ = make_relay(PushBackend(), settings)
+    await relay.dispatch(LiveChat(sender_id="u2", chat_id="c2"), [AgentMessage("m", "hi", "Beth", 1)])
+    await relay.stop()
+    assert slots.writes == []
