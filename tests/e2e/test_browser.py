@@ -29,7 +29,10 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open, its event loop
+# counts as running in this thread, and every async test after it would fail
+# with "Cannot run the event loop while another loop is running".
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         reason = f"the browser test needs Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
