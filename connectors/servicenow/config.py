@@ -62,6 +62,13 @@ class ServiceNowSettings:
     chat_page: bool = False
     #: Record what the agent side said in the tracker (as ``bot`` events).
     record_transcript: bool = True
+    #: Once the model is loaded, move the objects that exist at that point
+    #: out of the cyclic garbage collector's reach (``gc.freeze()``). Rasa's
+    #: heap (TensorFlow, the model) is large, and a full collection that walks
+    #: it stalls the event loop for about a quarter of a second, which polled
+    #: chats feel as late replies. Turn off when models are swapped at run
+    #: time through Rasa's API: a replaced model's cyclic garbage stays.
+    freeze_gc_at_start: bool = True
     # -- Virtual Agent API -------------------------------------------------
     #: Shared secret ServiceNow sends in ``webhook_secret_header`` on every callback.
     webhook_secret: Optional[str] = field(default=None, repr=False)
@@ -265,6 +272,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "messages": UserTexts.from_options,
     "chat_page": _boolean,
     "record_transcript": _boolean,
+    "freeze_gc_at_start": _boolean,
     "webhook_secret": _text,
     "webhook_secret_header": _header_name,
     "webhook_username": _text,

@@ -90,25 +90,42 @@ class PollSchedule:
 
 
 class _Poller:
-    def __init__(self, schedule: PollSchedule) -> None:
+    def __init__(self, schedule: PollSchedule, clock: Callable[[], float] = time.monotonic) -> None:
         self.schedule = schedule
         self.wake = asyncio.Event()
         self.task: Optional["asyncio.Task[None]"] = None
-        self._last_tick = time.monotonic()
+        self._clock = clock
+        self._last_tick = clock()
 
     async def sleep(self) -> None:
-        """Wait for the next tick. Ticks keep their cadence (the poll's own
-        time counts towards the interval), and activity cuts an idle wait short."""
+        """Wait for the next tick.
+
+        Ticks keep their cadence: the poll's own time counts towards the
+        interval, and the next tick is planned from when this one was due,
+        not from when a busy event loop got round to it, so a chat is polled
+        exactly once per interval on average instead of drifting later with
+        every late wake-up. Activity cuts an idle wait short."""
         while True:
             self.wake.clear()
-            remaining = self.schedule.delay() - (time.monotonic() - self._last_tick)
+            remaining = self.schedule.delay() - (self._clock() - self._last_tick)
             if remaining <= 0:
                 break
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=remaining)
             except asyncio.TimeoutError:
                 break
-        self._last_tick = time.monotonic()
+            if self.wake.is_set():
+                self._last_tick = self._clock()
+                return
+        self._last_tick = next_tick(self._last_tick, self.schedule.delay(), self._clock())
+
+
+def next_tick(previous: float, interval: float, now: float) -> float:
+    """When the tick that is starting now was due: one interval after the
+    previous one, or now when a stall (or a change of interval) left that
+    more than an interval behind, so missed ticks are not made up in a burst."""
+    due = previous + interval
+    return due if now - due < interval else now
 
 
 class Relay:
@@ -228,8 +245,13 @@ class Relay:
                 continue
             if result is None or chat.ended:
                 continue
-            if result.events:
-                poller.schedule.note_activity()
+            if not result.events:
+                # Nothing to deliver (the usual poll): move the cursor in
+                # place. Only this loop dispatches a polled chat, so no
+                # delivery can be under way to race with it.
+                chat.last_updated, chat.seen_ids = result.last_updated, tuple(result.seen_ids)
+                continue
+            poller.schedule.note_activity()
             # Shielded: a shutdown that cancels the loop must not cut a
             # delivery off between queueing messages and saving the cursor.
             await asyncio.shield(self._track(self.dispatch(chat, result.events, result)))

@@ -22,6 +22,7 @@ def test_values_from_environment_strings_are_parsed_and_empty_means_unset():
             "poll_interval": "0.5",
             "retry_attempts": "2",
             "verify_tls": "false",
+            "freeze_gc_at_start": "false",
             "callback_url": "",
             "client_id": "  ",
             "end_chat_commands": "/end_chat, /bye",
@@ -30,6 +31,7 @@ def test_values_from_environment_strings_are_parsed_and_empty_means_unset():
     assert settings.poll_interval == 0.5
     assert settings.retry.attempts == 2
     assert settings.verify_tls is False
+    assert settings.freeze_gc_at_start is False
     assert settings.callback_url is None
     assert settings.client_id is None
     assert settings.end_chat_commands == ("/end_chat", "/bye")

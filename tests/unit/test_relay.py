@@ -15,7 +15,7 @@ from connectors.servicenow.backends.base import (
 )
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import Outbox
-from connectors.servicenow.relay import PollSchedule, Relay
+from connectors.servicenow.relay import PollSchedule, Relay, next_tick
 from connectors.servicenow.state import SLOT_LAST_UPDATED, SLOT_SEEN_IDS, LiveChat
 
 SETTINGS = ServiceNowSettings.from_credentials(
@@ -64,6 +64,18 @@ def test_schedule_does_not_trade_polls_for_state_checks_while_messages_flow():
             schedule.note_activity()  # a message every ten seconds
         checks.append(schedule.state_check_due())
     assert checks.count(True) == 0
+
+
+def test_a_late_tick_does_not_push_the_following_ones_later():
+    # Due at 10.0, started 30 ms late: the next is still due at 11.0, so the
+    # chat is polled once per second on average, not once per 1.03 s.
+    assert next_tick(previous=9.0, interval=1.0, now=10.03) == 10.0
+    assert next_tick(previous=10.0, interval=1.0, now=11.0) == 11.0
+
+
+def test_after_a_stall_the_cadence_restarts_instead_of_catching_up():
+    # Three intervals behind: no burst of make-up polls, the next is due a whole interval from now.
+    assert next_tick(previous=5.0, interval=1.0, now=9.0) == 9.0
 
 
 class RecordingSlots:
