@@ -13,7 +13,6 @@ message latency while active."""
 
 import asyncio
 import random
-import statistics
 import time
 from typing import Any, Dict, List
 
@@ -136,11 +135,13 @@ async def _request_rate(ctx: Context, servicenow: Service, rasa: Service, chats:
     for entry in in_window:
         chat = entry["path"].split("/")[5] if "/conversations/" in entry["path"] else entry["query"].get("group_id", "?")
         arrivals.setdefault(chat, []).append(entry["at_ms"] - entry["duration_ms"])
-    # A chat's rate from its typical gap between requests: counting requests in
-    # a window would also count the emulator's own queueing at the window's edge.
-    gaps = {chat: [b - a for a, b in zip(sorted(times), sorted(times)[1:])] for chat, times in arrivals.items()}
-    rates = [1000 / statistics.median(chat_gaps) for chat_gaps in gaps.values() if chat_gaps]
-    all_gaps = sorted(gap for chat_gaps in gaps.values() for gap in chat_gaps)
+    # A chat's rate over the span of its own requests, (n - 1) / span:
+    # counting requests in a fixed window would add up to one whole request
+    # at the window's edges, and one short gap after a late poll is made up
+    # by the next, longer one.
+    ordered = {chat: sorted(times) for chat, times in arrivals.items()}
+    rates = [1000 * (len(times) - 1) / (times[-1] - times[0]) for times in ordered.values() if len(times) > 1 and times[-1] > times[0]]
+    all_gaps = sorted(b - a for times in ordered.values() for a, b in zip(times, times[1:]))
     return {
         "window_s": window,
         "requests_per_chat_per_s": round(len(in_window) / chats / window, 3),
