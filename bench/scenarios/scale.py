@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 
 from bench.cluster import Service
 from bench.fixtures import Context, chat_ids, servicenow_and_rasa, sqlite_store, start_chats
-from bench.load import Stats, get_json, post_json
+from bench.load import Stats, gather_limited, get_json, post_json
 from bench.scenarios.agent_latency import measure, poll_model
 
 CONNECT_POLLING = {"poll_interval": 1.0, "idle_poll_interval": 10.0, "idle_after": 20.0, "session_check_interval": 30.0}
@@ -71,6 +71,8 @@ async def _connect(ctx: Context) -> Dict[str, Any]:
         chats = list((await chat_ids(ctx, rasa.url, sample)).values())
         for chat in chats:
             await post_json(ctx.http, f"{servicenow.url}/__emu/agent/accept", {"session": chat})
+        # Every user writes once, so every chat is active (polled fast) for the whole window.
+        await _every_user_writes(ctx, rasa, senders)
         active, deliveries = await asyncio.gather(
             _request_rate(ctx, servicenow, rasa, chats_wanted, window=5.0 if ctx.sizes.quick else 10.0),
             measure(ctx, servicenow.url, chats, len(chats) * 4, "scale-connect"),
@@ -88,6 +90,12 @@ async def _connect(ctx: Context) -> Dict[str, Any]:
             polling=polling,
         )
     return {"rows": [row]}
+
+
+async def _every_user_writes(ctx: Context, rasa: Service, senders: List[str]) -> None:
+    webhook = f"{rasa.url}/webhooks/servicenow/webhook"
+    calls = [lambda sender=sender: post_json(ctx.http, webhook, {"sender": sender, "message": "Are you there?"}) for sender in senders]
+    await gather_limited(calls, CREATE_CONCURRENCY)
 
 
 async def _warmed_up_rss(ctx: Context, rasa: Service) -> int:
