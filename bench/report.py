@@ -170,6 +170,8 @@ def _agent_latency(axis: Any, data: Dict[str, Any]) -> None:
         axis.errorbar(backend, stats["median"], yerr=[[0], [stats["p99"] - stats["median"]]], color="#1d2329", capsize=6)
         axis.annotate(f"median {stats['median']:.1f} ms\np99 {stats['p99']:.1f} ms", (backend, stats["p99"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     axis.set_yscale("log")
+    # Head room above the tallest whisker for its label.
+    axis.set_ylim(top=max(result["latency_ms"]["p99"] for result in data.values()) * 6)
     axis.set_ylabel("agent message to user (ms, log scale)")
     axis.set_title("3. Agent message to user (bar median, whisker p99)")
 
