@@ -178,7 +178,8 @@ def test_freezing_the_startup_heap_takes_what_is_alive_now_out_of_collections():
     try:
         frozen = freeze_startup_heap()
         later = [[index] for index in range(100)]
-        assert frozen == gc.get_freeze_count() > len(startup)
+        # Objects freed since by reference counting leave the count, so no equality here.
+        assert frozen > len(startup) and gc.get_freeze_count() > len(startup)
         scanned = {id(item) for item in gc.get_objects()}
         assert id(startup) not in scanned and id(startup[0]) not in scanned
         assert id(later) in scanned and id(later[0]) in scanned
