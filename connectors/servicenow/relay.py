@@ -90,12 +90,11 @@ class PollSchedule:
 
 
 class _Poller:
-    def __init__(self, schedule: PollSchedule, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, schedule: PollSchedule) -> None:
         self.schedule = schedule
         self.wake = asyncio.Event()
         self.task: Optional["asyncio.Task[None]"] = None
-        self._clock = clock
-        self._last_tick = clock()
+        self._last_tick = time.monotonic()
 
     async def sleep(self) -> None:
         """Wait for the next tick.
@@ -107,7 +106,7 @@ class _Poller:
         every late wake-up. Activity cuts an idle wait short."""
         while True:
             self.wake.clear()
-            remaining = self.schedule.delay() - (self._clock() - self._last_tick)
+            remaining = self.schedule.delay() - (time.monotonic() - self._last_tick)
             if remaining <= 0:
                 break
             try:
@@ -115,9 +114,9 @@ class _Poller:
             except asyncio.TimeoutError:
                 break
             if self.wake.is_set():
-                self._last_tick = self._clock()
+                self._last_tick = time.monotonic()
                 return
-        self._last_tick = next_tick(self._last_tick, self.schedule.delay(), self._clock())
+        self._last_tick = next_tick(self._last_tick, self.schedule.delay(), time.monotonic())
 
 
 def next_tick(previous: float, interval: float, now: float) -> float:
