@@ -113,6 +113,9 @@ class CallbackReceiver:
         self.received: List[Dict[str, Any]] = []
         #: Recipients whose items the "frontend" refuses with a 500.
         self.refuse: set = set()
+        #: While cleared, the "frontend" keeps every request waiting before it answers (a slow frontend).
+        self.answering = threading.Event()
+        self.answering.set()
         self._lock = threading.Lock()
         receiver = self
 
@@ -120,6 +123,7 @@ class CallbackReceiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"null")
+                receiver.answering.wait(timeout=30)
                 refused = isinstance(body, dict) and body.get("recipient_id") in receiver.refuse
                 if not refused:
                     with receiver._lock:

@@ -136,7 +136,9 @@ async def test_a_timed_out_delivery_is_retried_so_the_connector_sees_it_twice(va
     assert first.raw == retry.raw
     log = (await va.settled())["callbacks"]
     assert [(r["attempt"], r["outcome"]) for r in log] == [(1, "timeout"), (2, "delivered")]
-    assert log[0]["status"] is None and log[0]["latency_ms"] >= 200
+    # The attempt gave up at the timeout, not before it. asyncio may fire a timer up to its clock resolution early and
+    # the log rounds to 0.1 ms, so "at the timeout" is judged with a little slack.
+    assert log[0]["status"] is None and log[0]["latency_ms"] >= 200 - 5
 
 
 async def test_status_fault_fails_the_attempt_without_sending(va, receiver):
