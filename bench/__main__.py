@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict
 
 from bench import report
-from bench.cluster import ROOT, demo_model
-from bench.fixtures import Context, Sizes
+from bench.cluster import ROOT, demo_model, pin_this_process
+from bench.fixtures import EMULATOR_CPU, Context, Sizes
 from bench.load import Receiver, client
 from bench.scenarios import agent_latency, bot_turns, handoff_messages, handoff_start, scale
 
@@ -38,6 +38,7 @@ async def main(arguments: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
+    pin_this_process(EMULATOR_CPU)
     workdir = Path(tempfile.mkdtemp(prefix="servicenow-bench-"))
     receiver = Receiver()
     await receiver.start()

@@ -43,6 +43,14 @@ def pinned(command: List[str], cpu: Optional[int]) -> List[str]:
     return ["taskset", "-c", str(cpu), *command]
 
 
+def pin_this_process(cpu: int) -> None:
+    """Keep the load generator off Rasa's core: unpinned, the scheduler puts it
+    there whenever its own core is busy, and Rasa's numbers then measure the
+    rig."""
+    if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
 @dataclass
 class Service:
     name: str

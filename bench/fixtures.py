@@ -18,7 +18,7 @@ import aiohttp
 from bench.cluster import RasaSetup, Service, start_emulator, start_rasa
 from bench.load import Receiver, gather_limited, get_json, post_json
 
-# Rasa gets core 0 to itself; the emulator and the load generator share core 1.
+# Rasa gets core 0 to itself; the emulator and the load generator (this process) share core 1.
 RASA_CPU = 0
 EMULATOR_CPU = 1
 WEBHOOK_SECRET = "bench-secret"

@@ -126,6 +126,20 @@ async def test_paging_with_before(client):
     assert pages == [["m6", "m5", "m4"], ["m3", "m2", "m1"], ["m0"], []]
 
 
+async def test_a_message_stamped_earlier_after_the_clock_moves_back_is_paged_by_its_timestamp(client):
+    await client.ok("POST", "clock", {"now_ms": 1_700_000_010_000})
+    entry = await client.create_session("q at 10 s")
+    await client.ok("POST", "clock", {"advance_ms": -5000})
+    await client.api("POST", f"/conversations/{entry['group']}/messages", {"message": "at 5 s"})
+    await client.ok("POST", "clock", {"advance_ms": 10_000})
+    await client.api("POST", f"/conversations/{entry['group']}/messages", {"message": "at 15 s"})
+
+    newest_first = [m["message"] for m in await client.messages(entry["group"])]
+    assert newest_first == ["at 15 s", "q at 10 s", "at 5 s"]
+    older = await client.messages(entry["group"], before=1_700_000_010_000)
+    assert [m["message"] for m in older] == ["at 5 s"]
+
+
 async def test_frozen_clock_gives_equal_timestamps_in_stable_order(client):
     await client.ok("POST", "clock", {"now_ms": 1_700_000_000_123})
     entry = await client.create_session("q")

@@ -7,6 +7,7 @@ or move it forward (tokens expire, idle sessions are abandoned) without waiting.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timezone
 from typing import Optional
@@ -44,4 +45,10 @@ class Clock:
 
 def format_glide_datetime(epoch_ms: int) -> str:
     """ServiceNow's ``YYYY-MM-DD HH:MM:SS`` in UTC, the format the Connect UI builds for ``created_on`` [V]."""
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return _format_second(epoch_ms // 1000)
+
+
+# Every message of every page is formatted on every poll; most share a few recent seconds.
+@functools.lru_cache(maxsize=4096)
+def _format_second(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

@@ -11,6 +11,7 @@ source pins down are marked [I] where they are made.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -159,9 +160,17 @@ def add_message(
         reflected_field=reflected_field,
         attachments=attachments or [],
     )
-    session.messages.append(message)
+    # The clock can be moved back (or the system clock step back), so a new message is not always the newest.
+    if session.messages and _thread_order(session.messages[-1]) > _thread_order(message):
+        bisect.insort(session.messages, message, key=_thread_order)
+    else:
+        session.messages.append(message)
     session.last_activity_ms = now
     return message
+
+
+def _thread_order(message: Message) -> Tuple[int, int]:
+    return (message.timestamp, message.seq)
 
 
 def accept(state: EmulatorState, session: ConnectSession, agent: UserRecord) -> List[Message]:
@@ -398,15 +407,15 @@ async def get_messages(request: web.Request) -> web.Response:
     session = _session(state, request)
     _require_member(session, caller)
     before_raw = request.query.get("before")
-    messages = session.messages
+    end = len(session.messages)
     if before_raw is not None:
         try:
             before = int(before_raw)
         except ValueError:
             raise sn_error(400, "Invalid request", "'before' must be a timestamp in epoch milliseconds") from None
-        messages = [m for m in messages if m.timestamp < before]
-    newest_first = sorted(messages, key=lambda m: (m.timestamp, m.seq), reverse=True)
-    return result([message_wire(m) for m in newest_first[: state.config.connect_page_size]])
+        end = bisect.bisect_left(session.messages, before, key=lambda m: m.timestamp)
+    page = session.messages[max(0, end - state.config.connect_page_size) : end]
+    return result([message_wire(m) for m in reversed(page)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -206,7 +206,9 @@ async def strict_headers(request: web.Request, handler: Handler) -> web.StreamRe
         accepted = [part.split(";")[0].strip().lower() for part in request.headers.get("Accept", "").split(",")]
         if "application/json" not in accepted:
             raise sn_error(400, "Invalid Accept header", "Send 'Accept: application/json'")
-        if request.method in ("POST", "PUT") and request.content_type != "application/json":
+        # Read from the raw header: aiohttp's request.content_type runs the email parser on every request.
+        content_type = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if request.method in ("POST", "PUT") and content_type != "application/json":
             raise sn_error(400, "Invalid Content-Type header", "Send 'Content-Type: application/json'")
     return await handler(request)
 

@@ -103,6 +103,7 @@ class ConnectSession:
     transfer_from: str = ""
     transfer_to: str = ""
     transfer_updated_ms: Optional[int] = None
+    #: Kept in ``(timestamp, seq)`` order, so a page is a slice however long the thread grows.
     messages: List[Message] = field(default_factory=list)
 
 
