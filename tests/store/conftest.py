@@ -85,6 +85,14 @@ class RedisServer:
         except OSError:
             return False
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def send(self, sig: int) -> None:
+        assert self._process is not None
+        self._process.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM shuts down cleanly (AOF flushed); SIGKILL is a crash."""
         if self._process is not None and self._process.poll() is None:
@@ -109,6 +117,8 @@ def own_redis_server(tmp_path) -> "RedisServer":
     server = RedisServer(tmp_path / "redis", appendfsync="always")
     server.start()
     yield server
+    if server.running:
+        server.send(signal.SIGCONT)  # in case the test left it stopped
     server.stop(signal.SIGKILL)
 
 
