@@ -39,12 +39,29 @@ async def test_a_handoff_is_found_by_sender_and_by_chat(make_stores):
     assert await two.handoff_by_chat("chat-2") is None
 
 
+async def test_ids_are_kept_as_given(make_stores):
+    one, two = make_stores()
+    odd = record(sender="wa:+49 170/ü*?[x]", chat="12:chat:with:colonsé", user="svc:bot", seen_ids=("a:1", "b 2"))
+    assert await one.create_handoff(odd)
+    assert await two.get_handoff(odd.sender_id) == odd
+    assert await two.handoff_by_chat(odd.chat_id) == odd
+    assert [handoff async for handoff in two.handoffs()] == [odd]
+    assert await two.end_handoff(odd.sender_id, odd.chat_id) == odd
+
+
 async def test_a_handoff_is_created_once(make_stores):
     one, two = make_stores()
     results = await race(*(store.create_handoff(record(chat=f"chat-{n}")) for n, store in enumerate([one, two] * 5)))
     assert results.count(True) == 1
     winner = results.index(True)
     assert (await one.get_handoff("user-1")).chat_id == f"chat-{winner}"
+
+
+async def test_filing_the_same_chat_again_is_no_conflict(make_stores):
+    one, two = make_stores()
+    assert await one.create_handoff(record(agent_joined=True))
+    assert await two.create_handoff(record())
+    assert await two.get_handoff("user-1") == record(agent_joined=True), "nothing changed"
 
 
 async def test_an_update_keeps_the_cursor_while_the_chat_lives(make_stores):

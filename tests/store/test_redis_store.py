@@ -148,7 +148,7 @@ async def test_the_key_layout_is_as_documented(redis_server):
         await store.schedule_timer("idle:user-1", time.time() + 60)
         keys = {key.decode(): (await raw.type(key)).decode() for key in await raw.keys("layout:*")}
         assert keys == {
-            "layout:h:user-1": "hash",
+            "layout:h:user-1": "string",
             "layout:c:chat-1": "string",
             "layout:o:user-1": "stream",
             "layout:s:user-1": "hash",
@@ -183,3 +183,57 @@ def test_rediss_urls_connect_with_tls():
     assert pool.connection_class.__name__ == "SSLConnection"
     assert pool.connection_kwargs["password"] == "secret"
     assert "secret" not in repr(store._redis)
+
+
+@pytest.fixture
+async def layout_store(redis_server):
+    store = RedisStore.from_url(redis_server.url, prefix=f"retry{time.monotonic_ns()}:")
+    yield store
+    await store.aclose()
+
+
+async def test_a_retried_claim_is_recognised_as_the_same_call(layout_store):
+    # What redis-py's one retry after a dropped connection does: the same
+    # script with the same arguments, possibly after the first one ran.
+    store = layout_store
+    key = [store._key("d:", "sn-msg-1")]
+    assert await store._claim_once(keys=key, args=["token-a", 60_000]) == 1
+    assert await store._claim_once(keys=key, args=["token-a", 60_000]) == 1
+    assert await store._claim_once(keys=key, args=["token-b", 60_000]) == 0
+
+
+async def test_a_retried_deduped_append_returns_its_own_ids_and_stores_once(layout_store):
+    store = layout_store
+    keys = [store._key("o:", "user-1"), store._key("s:", "user-1"), store._key("d:", "cb:1")]
+    args = [200, 60_000, 60_000, "token-a", "message", "1", '{"text":"x"}', "message", "1", '{"text":"y"}']
+    first = await store._append(keys=keys, args=args)
+    assert len(first) == 2
+    assert await store._append(keys=keys, args=args) == first
+    assert await store._append(keys=keys, args=args[:3] + ["token-b"] + args[4:]) is None
+    assert len(await store.read("user-1")) == 2
+
+
+async def test_a_retried_sink_advance_is_recognised_as_the_same_call(layout_store):
+    store = layout_store
+    (entry,) = await store.append("user-1", [NewEntry({"text": "x"})])
+    keys = [store._key("s:", "user-1"), store._key("o:", "user-1")]
+    assert await store._advance_sink(keys=keys, args=["callback", entry.entry_id, 60_000, "token-a"]) == 1
+    assert await store._advance_sink(keys=keys, args=["callback", entry.entry_id, 60_000, "token-a"]) == 1
+    assert await store._advance_sink(keys=keys, args=["callback", entry.entry_id, 60_000, "token-b"]) == 0
+    assert await store.sink_position("user-1", "callback") == entry.entry_id
+
+
+async def test_a_retried_handoff_creation_is_recognised_as_the_same_call(layout_store):
+    store = layout_store
+    assert await store.create_handoff(record())
+    assert await store.create_handoff(record()), "the same chat id: the first try ran"
+    assert not await store.create_handoff(record(chat="chat-2"))
+
+
+async def test_a_bounded_pool_waits_for_a_connection_instead_of_failing(redis_server):
+    store = RedisStore.from_url(redis_server.url, prefix="pool:", max_connections=2)
+    try:
+        results = await asyncio.gather(*(store.claim_once(f"pool-{n}-{time.monotonic_ns()}", 60) for n in range(50)))
+        assert all(results)
+    finally:
+        await store.aclose()

@@ -180,7 +180,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def create_handoff(self, record: HandoffRecord) -> bool:
         """File a new handoff by sender and by chat id. False (and nothing
-        changed) when the sender already has one: someone else started it."""
+        changed) when the sender already has another chat: someone else
+        started it. True again for the very same chat id (nothing changed)."""
 
     @abc.abstractmethod
     async def get_handoff(self, sender_id: str) -> Optional[HandoffRecord]:

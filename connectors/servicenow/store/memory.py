@@ -69,8 +69,9 @@ class MemoryStore(Store):
     # -- handoff records ----------------------------------------------------
 
     async def create_handoff(self, record: HandoffRecord) -> bool:
-        if record.sender_id in self._handoffs:
-            return False
+        current = self._handoffs.get(record.sender_id)
+        if current is not None:
+            return current.chat_id == record.chat_id
         self._handoffs[record.sender_id] = record
         self._by_chat[record.chat_id] = record.sender_id
         return True

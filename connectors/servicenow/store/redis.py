@@ -11,13 +11,16 @@ bots can share one Redis with different prefixes):
 =========================  ===========  ============================================  ==========================
 key                        type         holds                                         expiry
 =========================  ===========  ============================================  ==========================
-``{p}h:<sender_id>``       hash         ``chat`` (chat id), ``rec`` (record, JSON)    none: ends with the handoff
+``{p}h:<sender_id>``       string       ``<n>:<chat id><record JSON>`` (``n``: the    none: ends with the handoff
+                                        chat id's length in bytes)
 ``{p}c:<chat_id>``         string       the sender id (index by chat id)              none: ends with the handoff
 ``{p}o:<stream>``          stream       outbox entries: ``k`` kind, ``c`` to the      ``stream_ttl`` after the last
                                         callback (1/0), ``p`` payload (JSON);         append or sink move;
                                         ``MAXLEN ~ retained``                         trimmed to ~``retained``
 ``{p}s:<stream>``          hash         sink name -> id of the last entry it took     as the stream
-``{p}d:<key>``             string       a dedupe mark (``SET NX PX``)                 the caller's ``ttl``
+                                        (and the token of the call that moved it)
+``{p}d:<key>``             string       a dedupe mark: the claiming call's token      the caller's ``ttl``
+                                        (for ``append``, and the ids it appended)
 ``{p}l:<name>``            string       the lease holder (``SET PX``)                 the lease's ``ttl``
 ``{p}leases``              sorted set   registered lease names, scored by when the    none (members leave with
                                         lease expires (epoch ms; 0 = free)            ``unregister_lease``)
@@ -28,6 +31,17 @@ key                        type         holds                                   
 Time: lease expiry is Redis's own (``PX``); the ``leases`` and ``timers``
 scores use the replicas' clocks, which must agree (NTP) to within a small part
 of a poll interval.
+
+A dropped connection: redis-py resends a command once on a fresh connection
+(so the pool's stale connections after a Redis restart cost no error), and
+the first try may have run. Every script that answers "someone else got
+there first" recognises its own retry (same chat id, or a per-call token) and
+answers as the first try did: ``create_handoff``, ``claim_once``, ``append``
+with a ``dedupe_key``, ``advance_sink``, ``acquire_lease``, ``renew_lease``.
+The rest err on the safe side: an ``append`` without a dedupe key may store
+an entry twice (at least once, never lost); ``end_handoff`` may answer None
+and ``release_lease`` False for what the first try did; timers claimed by a
+lost reply come back ``hold`` seconds later.
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync everysec``
 a crash of Redis loses at most the last second; without AOF, what was written
@@ -41,6 +55,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import time
 from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, TypeVar
 
@@ -73,50 +88,81 @@ DEFAULT_PREFIX = "snow:"
 # failing to persist, no primary): unavailable, not a bug of ours.
 _UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
+# Scripts that report "someone else got there first" are idempotent for a
+# retried call (redis-py resends a command once when the connection drops, and
+# the first try may have run): the same chat id, or the call's own token,
+# counts as this call's success, never as a loss.
+# A record starts with its chat's header "<n>:<chat id>": a chat's header is
+# a prefix of the record exactly when the record is that chat's.
 _CREATE_HANDOFF = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'chat', ARGV[1], 'rec', ARGV[2])
+local record = redis.call('GET', KEYS[1])
+if record then
+  if string.sub(record, 1, #ARGV[1]) == ARGV[1] then return 1 else return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
 
 _UPDATE_HANDOFF = """
-if redis.call('HGET', KEYS[1], 'chat') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'rec', ARGV[2])
+local record = redis.call('GET', KEYS[1])
+if (not record) or string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
 _END_HANDOFF = """
-if redis.call('HGET', KEYS[1], 'chat') ~= ARGV[1] then return false end
-local record = redis.call('HGET', KEYS[1], 'rec')
+local record = redis.call('GET', KEYS[1])
+if (not record) or string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return false end
 redis.call('DEL', KEYS[1])
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 return record
 """
 
-# KEYS: stream, sinks, [dedupe]; ARGV: retained, ttl ms, dedupe ttl ms, then
-# kind, to-callback, payload per entry.
+# KEYS: dedupe; ARGV: token, ttl ms.
+_CLAIM_ONCE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then if holder == ARGV[1] then return 1 else return 0 end end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: stream, sinks, [dedupe]; ARGV: retained, ttl ms, dedupe ttl ms,
+# token, then kind, to-callback, payload per entry. The dedupe mark holds the
+# token and the ids appended, so a retried call gets its own ids back.
 _APPEND = """
-if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return false end
+if KEYS[3] then
+  local mark = redis.call('GET', KEYS[3])
+  if mark then
+    if string.sub(mark, 1, #ARGV[4] + 1) ~= ARGV[4] .. ' ' then return false end
+    local ids = {}
+    for id in string.gmatch(string.sub(mark, #ARGV[4] + 2), '%S+') do ids[#ids + 1] = id end
+    return ids
+  end
+end
 local ids = {}
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                              'k', ARGV[i], 'c', ARGV[i + 1], 'p', ARGV[i + 2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. table.concat(ids, ' '), 'PX', ARGV[3]) end
 return ids
 """
 
+# KEYS: sinks, stream; ARGV: sink, entry id, ttl ms, token. A pointer is
+# stored as "<entry id> <token of the call that moved it>".
 _ADVANCE_SINK = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current then
-  local cms, cn = string.match(current, '^(%d+)-(%d+)$')
+  if current == ARGV[2] .. ' ' .. ARGV[4] then return 1 end
+  local cms, cn = string.match(current, '^(%d+)-(%d+)')
   local nms, nn = string.match(ARGV[2], '^(%d+)-(%d+)$')
   cms, cn, nms, nn = tonumber(cms), tonumber(cn), tonumber(nms), tonumber(nn)
   if nms < cms or (nms == cms and nn <= cn) then return 0 end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
@@ -174,6 +220,7 @@ class RedisStore(Store):
         self._create_handoff = client.register_script(_CREATE_HANDOFF)
         self._update_handoff = client.register_script(_UPDATE_HANDOFF)
         self._end_handoff = client.register_script(_END_HANDOFF)
+        self._claim_once = client.register_script(_CLAIM_ONCE)
         self._append = client.register_script(_APPEND)
         self._advance_sink = client.register_script(_ADVANCE_SINK)
         self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
@@ -195,8 +242,15 @@ class RedisStore(Store):
     ) -> "RedisStore":
         """Connect (lazily) to ``redis://host:port/db`` or ``rediss://`` (TLS);
         a password in the URL (``redis://:secret@host``) is used, never logged."""
-        client = aioredis.Redis.from_url(
+        # A bounded pool waits for a free connection (up to the operation
+        # timeout) rather than failing; unbounded, each blocking reader has its own.
+        pool_class = aioredis.BlockingConnectionPool if max_connections else aioredis.ConnectionPool
+        pool_options: Dict[str, Any] = {}
+        if max_connections:
+            pool_options = {"max_connections": max_connections, "timeout": operation_timeout}
+        pool = pool_class.from_url(
             url,
+            **pool_options,
             socket_connect_timeout=connect_timeout,
             # No socket timeout: blocking reads wait longer than any single
             # command may; every call is bounded by ``operation_timeout`` instead.
@@ -208,8 +262,8 @@ class RedisStore(Store):
             # is really down still fails fast.
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
-            max_connections=max_connections,
         )
+        client = aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True)
         return cls(client, prefix=prefix, retained=retained, stream_ttl=stream_ttl, operation_timeout=operation_timeout)
 
     # -- plumbing -----------------------------------------------------------
@@ -235,14 +289,14 @@ class RedisStore(Store):
         created = await self._run(
             self._create_handoff(
                 keys=[self._key("h:", record.sender_id), self._key("c:", record.chat_id)],
-                args=[record.chat_id, record.to_json(), record.sender_id],
+                args=[_header(record.chat_id), _stored(record), record.sender_id],
             )
         )
         return bool(created)
 
     async def get_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
-        chat_id, text = await self._run(self._redis.hmget(self._key("h:", sender_id), "chat", "rec"))
-        return _record(sender_id, chat_id, text)
+        stored = await self._run(self._redis.get(self._key("h:", sender_id)))
+        return _record(sender_id, stored)
 
     async def handoff_by_chat(self, chat_id: str) -> Optional[HandoffRecord]:
         sender = await self._run(self._redis.get(self._key("c:", chat_id)))
@@ -255,15 +309,17 @@ class RedisStore(Store):
 
     async def update_handoff(self, record: HandoffRecord) -> bool:
         updated = await self._run(
-            self._update_handoff(keys=[self._key("h:", record.sender_id)], args=[record.chat_id, record.to_json()])
+            self._update_handoff(keys=[self._key("h:", record.sender_id)], args=[_header(record.chat_id), _stored(record)])
         )
         return bool(updated)
 
     async def end_handoff(self, sender_id: str, chat_id: str) -> Optional[HandoffRecord]:
-        text = await self._run(
-            self._end_handoff(keys=[self._key("h:", sender_id), self._key("c:", chat_id)], args=[chat_id, sender_id])
+        stored = await self._run(
+            self._end_handoff(
+                keys=[self._key("h:", sender_id), self._key("c:", chat_id)], args=[_header(chat_id), sender_id]
+            )
         )
-        return HandoffRecord.from_json(sender_id, chat_id, text.decode()) if text else None
+        return _record(sender_id, stored)
 
     async def handoffs(self) -> AsyncIterator[HandoffRecord]:
         pattern = _glob_escape(self._key("h:")) + "*"
@@ -272,12 +328,9 @@ class RedisStore(Store):
         while True:
             cursor, keys = await self._run(self._redis.scan(cursor, match=pattern, count=500))
             if keys:
-                pipe = self._redis.pipeline(transaction=False)
-                for key in keys:
-                    pipe.hmget(key, "chat", "rec")
-                rows = await self._run(pipe.execute())
-                for key, (chat_id, text) in zip(keys, rows):
-                    record = _record(key[start:].decode(), chat_id, text)
+                rows = await self._run(self._redis.mget(keys))
+                for key, stored in zip(keys, rows):
+                    record = _record(key[start:].decode(), stored)
                     if record is not None:
                         yield record
             if cursor == 0:
@@ -286,8 +339,8 @@ class RedisStore(Store):
     # -- exactly once -------------------------------------------------------
 
     async def claim_once(self, key: str, ttl: float) -> bool:
-        created = await self._run(self._redis.set(self._key("d:", key), b"1", nx=True, px=_ms(ttl)))
-        return bool(created)
+        claimed = await self._run(self._claim_once(keys=[self._key("d:", key)], args=[_token(), _ms(ttl)]))
+        return bool(claimed)
 
     # -- outbox streams -----------------------------------------------------
 
@@ -302,7 +355,12 @@ class RedisStore(Store):
         keys = [self._key("o:", stream), self._key("s:", stream)]
         if dedupe_key is not None:
             keys.append(self._key("d:", dedupe_key))
-        args: List[Any] = [self.retained, _ms(self.stream_ttl), _ms(dedupe_ttl) if dedupe_key is not None else 0]
+        args: List[Any] = [
+            self.retained,
+            _ms(self.stream_ttl),
+            _ms(dedupe_ttl) if dedupe_key is not None else 0,
+            _token(),
+        ]
         for entry in entries:
             args += [entry.kind, "1" if entry.to_callback else "0", dump_payload(entry.payload)]
         if not entries:
@@ -333,14 +391,14 @@ class RedisStore(Store):
 
     async def sink_position(self, stream: str, sink: str) -> Optional[str]:
         position = await self._run(self._redis.hget(self._key("s:", stream), sink))
-        return position.decode() if position is not None else None
+        return position.decode().partition(" ")[0] if position is not None else None
 
     async def advance_sink(self, stream: str, sink: str, entry_id: str) -> bool:
         if parse_entry_id(entry_id) is None:
             raise ValueError(f"not a stream entry id: {entry_id!r}")
         moved = await self._run(
             self._advance_sink(
-                keys=[self._key("s:", stream), self._key("o:", stream)], args=[sink, entry_id, _ms(self.stream_ttl)]
+                keys=[self._key("s:", stream), self._key("o:", stream)], args=[sink, entry_id, _ms(self.stream_ttl), _token()]
             )
         )
         return bool(moved)
@@ -423,13 +481,29 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _token() -> str:
+    """Marks one call, so that its retry is recognised as the same call."""
+    return secrets.token_hex(6)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _record(sender_id: str, chat_id: Optional[bytes], text: Optional[bytes]) -> Optional[HandoffRecord]:
-    if chat_id is None or text is None:
+def _header(chat_id: str) -> str:
+    return f"{len(chat_id.encode())}:{chat_id}"
+
+
+def _stored(record: HandoffRecord) -> str:
+    """A record as kept: a string is less than half the memory of a hash."""
+    return _header(record.chat_id) + record.to_json()
+
+
+def _record(sender_id: str, stored: Optional[bytes]) -> Optional[HandoffRecord]:
+    if stored is None:
         return None
+    length, _, rest = stored.partition(b":")
+    chat_id, text = rest[: int(length)], rest[int(length) :]
     return HandoffRecord.from_json(sender_id, chat_id.decode(), text.decode())
 
 
