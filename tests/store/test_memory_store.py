@@ -58,3 +58,13 @@ async def test_rescheduled_timers_do_not_pile_up():
         await store.schedule_timer("idle:user-1", 1_000_000 + n)
     assert len(store._timer_heap) < 100
     assert len(await store.claim_due_timers()) == 1
+
+
+async def test_expired_leases_are_forgotten():
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for n in range(1000):
+        assert await store.acquire_lease(f"callback:user-{n}", "a", ttl=30)
+    clock.now += max(30, SWEEP_INTERVAL_S) + 1
+    assert await store.acquire_lease("callback:late", "a", ttl=30)
+    assert list(store._leases) == ["callback:late"]

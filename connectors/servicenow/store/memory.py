@@ -5,7 +5,8 @@ store (trackers remain what a restart resumes from). It keeps the same
 semantics as ``RedisStore`` within the process, so the core cannot tell them
 apart: atomic steps (there is no ``await`` inside one), blocking reads woken by
 appends, expiry, and bounded memory (streams keep ``retained`` entries and
-expire when idle; dedupe marks expire and are capped).
+expire when idle; dedupe marks expire and are capped; expired leases are
+swept).
 """
 
 import asyncio
@@ -148,6 +149,9 @@ class MemoryStore(Store):
         for name, stream in list(self._streams.items()):
             if stream.expires_at <= now:
                 self._drop_stream(name, stream)
+        for name, (_, expires) in list(self._leases.items()):
+            if expires <= now:
+                del self._leases[name]
 
     def _new_id(self) -> str:
         ms = int(self._clock() * 1000)
@@ -250,6 +254,7 @@ class MemoryStore(Store):
             self._lease_jobs[name] = expires
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        self._sweep()
         holder = self._holder(name)
         if holder is not None and holder != owner:
             return False
