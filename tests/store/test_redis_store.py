@@ -237,3 +237,62 @@ async def test_a_bounded_pool_waits_for_a_connection_instead_of_failing(redis_se
         assert all(results)
     finally:
         await store.aclose()
+
+
+async def test_parked_readers_hold_no_connection(redis_server):
+    # Four connections for 50 parked readers, and still room for other work:
+    # the readers wait on one pub/sub connection, not in XREAD BLOCK.
+    prefix = f"share{time.monotonic_ns()}:"
+    reading = RedisStore.from_url(redis_server.url, prefix=prefix, max_connections=4)
+    writing = RedisStore.from_url(redis_server.url, prefix=prefix)
+    raw = writing._redis
+    readers = []
+    try:
+        readers = [asyncio.ensure_future(reading.read(f"user-{n}", block=20)) for n in range(50)]
+        channels = [reading._key("o:", f"user-{n}") for n in range(50)]
+
+        async def subscribers():
+            return [count for _, count in await raw.pubsub_numsub(*channels)]
+
+        await wait_until(lambda: _all(subscribers(), lambda count: count >= 1), what="every reader to listen")
+        assert not any("b" in client["flags"] for client in await raw.client_list()), "a connection is parked"
+        assert await reading.get_handoff("user-1") is None, "the store still has connections for other work"
+        for n in range(50):
+            await writing.append(f"user-{n}", [NewEntry({"n": n})])
+        woken = await asyncio.wait_for(asyncio.gather(*readers), 10)
+        assert [entries[0].payload["n"] for entries in woken] == list(range(50))
+        await wait_until(lambda: _all(subscribers(), lambda count: count == 0), what="the subscriptions to end")
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await reading.aclose()
+        await writing.aclose()
+
+
+async def _all(values, predicate) -> bool:
+    return all(predicate(value) for value in await values)
+
+
+async def test_many_readers_of_one_stream_all_wake(redis_server):
+    prefix = f"many{time.monotonic_ns()}:"
+    one = RedisStore.from_url(redis_server.url, prefix=prefix)
+    two = RedisStore.from_url(redis_server.url, prefix=prefix)
+    try:
+        (first,) = await one.append("user-1", [NewEntry({"n": 0})])
+        readers = [
+            asyncio.ensure_future(store.read("user-1", after=first.entry_id, block=20)) for store in [one, two] * 10
+        ]
+        channel = one._key("o:", "user-1")
+
+        async def listening():
+            ((_, count),) = await one._redis.pubsub_numsub(channel)
+            return count >= 2  # one subscription per store's connection
+
+        await wait_until(listening, what="both replicas to listen")
+        await one.append("user-1", [NewEntry({"n": 1})])
+        woken = await asyncio.wait_for(asyncio.gather(*readers), 10)
+        assert all([entry.payload["n"] for entry in entries] == [1] for entries in woken)
+    finally:
+        await one.aclose()
+        await two.aclose()

@@ -28,6 +28,13 @@ key                        type         holds                                   
                                                                                       finished or cancelled)
 =========================  ===========  ============================================  ==========================
 
+Blocked readers: every append also PUBLISHes the newest entry id on a channel
+named like the stream key. A replica keeps one pub/sub connection, subscribed
+to the streams its readers wait on, so a thousand open SSE streams cost one
+Redis connection, not a thousand parked ``XREAD BLOCK`` calls. A reader
+reads, subscribes, reads again (closing the gap between the two), then waits
+for a notice; the entries themselves always come from the stream.
+
 Time: lease expiry is Redis's own (``PX``); the ``leases`` and ``timers``
 scores use the replicas' clocks, which must agree (NTP) to within a small part
 of a poll interval.
@@ -52,12 +59,13 @@ the multi-key scripts do not use hash tags, so Redis Cluster is not supported.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import secrets
 import time
-from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, Set, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -147,6 +155,7 @@ for i = 5, #ARGV, 3 do
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[1], ids[#ids])
 if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. table.concat(ids, ' '), 'PX', ARGV[3]) end
 return ids
 """
@@ -227,6 +236,7 @@ class RedisStore(Store):
         self._release_lease = client.register_script(_RELEASE_LEASE)
         self._claim_timers = client.register_script(_CLAIM_TIMERS)
         self._finish_timer = client.register_script(_FINISH_TIMER)
+        self._notices = _Notices(client, operation_timeout, self._key("notices"))
 
     @classmethod
     def from_url(
@@ -381,10 +391,32 @@ class RedisStore(Store):
         if after is not None and parse_entry_id(after) is None:
             raise ValueError(f"not a stream entry id: {after!r}")
         key = self._key("o:", stream)
-        block_ms = _ms(block) if block and block > 0 else None
-        timeout = self.operation_timeout + (block or 0.0)
-        # A blocking read holds a pooled connection for its wait.
-        reply = await self._run(self._redis.xread({key: after or "0-0"}, count=limit, block=block_ms), timeout)
+        entries = await self._read_now(key, after, limit)
+        if entries or not block or block <= 0:
+            return entries
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block
+        while True:
+            async with self._notices.listen(key) as notice:
+                # Subscribed: whatever is appended from now on sends a notice,
+                # and this read sees what came before.
+                entries = await self._read_now(key, after, limit)
+                if entries:
+                    return entries
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                try:
+                    await asyncio.wait_for(notice.wait(), remaining)
+                except asyncio.TimeoutError:
+                    return []
+            # A notice (or a broken notice connection): read again.
+            entries = await self._read_now(key, after, limit)
+            if entries or loop.time() >= deadline:
+                return entries
+
+    async def _read_now(self, key: str, after: Optional[str], limit: int) -> List[OutboxEntry]:
+        reply = await self._run(self._redis.xread({key: after or "0-0"}, count=limit))
         if not reply:
             return []
         return [_entry(entry_id, fields) for entry_id, fields in reply[0][1]]
@@ -471,10 +503,160 @@ class RedisStore(Store):
         await self._run(self._redis.ping())
 
     async def aclose(self) -> None:
+        await self._notices.aclose()
         try:
             await self._redis.close(close_connection_pool=True)
         except (RedisError, OSError) as error:
             logger.debug("Closing the Redis store: %s", error)
+
+
+class _Listener:
+    """One reader waiting on one stream."""
+
+    __slots__ = ("channel", "sequence", "subscribed", "notice")
+
+    def __init__(self, channel: bytes, sequence: int) -> None:
+        self.channel = channel
+        #: Which SUBSCRIBE of the channel was this listener's: it is listening
+        #: once that many confirmations came back.
+        self.sequence = sequence
+        self.subscribed = asyncio.Event()
+        self.notice = asyncio.Event()
+
+
+class _Channel:
+    __slots__ = ("listeners", "sent", "confirmed")
+
+    def __init__(self) -> None:
+        self.listeners: Set[_Listener] = set()
+        self.sent = 0
+        self.confirmed = 0
+
+
+class _Notices:
+    """Append notices for blocked readers, over one pub/sub connection.
+
+    Each waiting reader sends its own SUBSCRIBE and counts as listening once
+    that SUBSCRIBE is confirmed (Redis answers them in order), so a reader
+    never misses a notice sent after its second read. When the connection
+    breaks, every listener is woken: its next read reports the outage."""
+
+    def __init__(self, client: "aioredis.Redis", timeout: float, idle_channel: str) -> None:
+        self._client = client
+        self._idle_channel = idle_channel
+        self._timeout = timeout
+        self._pubsub: Optional[Any] = None
+        self._reader: Optional["asyncio.Task[None]"] = None
+        self._channels: Dict[bytes, _Channel] = {}
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def listen(self, key: str) -> AsyncIterator[asyncio.Event]:
+        channel = key.encode()
+        state = self._channels.setdefault(channel, _Channel())
+        state.sent += 1
+        listener = _Listener(channel, state.sent)
+        state.listeners.add(listener)
+        try:
+            async with self._lock:
+                pubsub = await self._connected()
+                await _unavailable_on_error(pubsub.subscribe(channel), self._timeout)
+            try:
+                await asyncio.wait_for(listener.subscribed.wait(), self._timeout)
+            except asyncio.TimeoutError as error:
+                raise StoreUnavailable("Redis did not confirm a subscription in time") from error
+            yield listener.notice
+        finally:
+            state.listeners.discard(listener)
+            if not state.listeners and self._pubsub is not None:
+                try:
+                    async with self._lock:
+                        if self._pubsub is not None and not state.listeners:
+                            await asyncio.wait_for(self._pubsub.unsubscribe(channel), self._timeout)
+                except (RedisError, OSError, asyncio.TimeoutError):
+                    self._broken()
+            self._forget_if_idle(channel, state)
+
+    async def _connected(self) -> Any:
+        if self._pubsub is None:
+            self._pubsub = self._client.pubsub()
+            # The reader starts after the first SUBSCRIBE has a connection.
+            self._reader = None
+        if self._reader is None:
+            pubsub = self._pubsub
+            # Subscribed to one channel for good before the reader starts:
+            # redis-py health-checks (PING and read) a pub/sub connection
+            # that has no subscription, and that read would race the reader's.
+            await _unavailable_on_error(pubsub.subscribe(self._idle_channel), self._timeout)
+            self._reader = asyncio.ensure_future(self._read(pubsub))
+        return self._pubsub
+
+    async def _read(self, pubsub: Any) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                state = self._channels.get(message["channel"])
+                if state is None:
+                    continue
+                if message["type"] == "subscribe":
+                    state.confirmed += 1
+                    for listener in state.listeners:
+                        if listener.sequence <= state.confirmed:
+                            listener.subscribed.set()
+                    self._forget_if_idle(message["channel"], state)
+                elif message["type"] == "message":
+                    for listener in state.listeners:
+                        listener.notice.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # any failure: the listeners must hear of it
+            logger.info("The Redis notice connection broke (%s); blocked readers read again.", type(error).__name__)
+        finally:
+            if self._pubsub is pubsub:
+                self._broken()
+            await _close_quietly(pubsub)
+
+    def _broken(self) -> None:
+        """Drop the connection and wake everyone: their next read tells."""
+        self._pubsub = None
+        self._reader = None
+        for state in self._channels.values():
+            for listener in state.listeners:
+                listener.subscribed.set()
+                listener.notice.set()
+        self._channels.clear()
+
+    def _forget_if_idle(self, channel: bytes, state: _Channel) -> None:
+        # Kept until every SUBSCRIBE sent is confirmed, so a late confirmation
+        # is not taken for a newer listener's.
+        if not state.listeners and state.confirmed >= state.sent and self._channels.get(channel) is state:
+            del self._channels[channel]
+
+    async def aclose(self) -> None:
+        reader, pubsub = self._reader, self._pubsub
+        self._pubsub = None
+        self._reader = None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if pubsub is not None:
+            await _close_quietly(pubsub)
+
+
+async def _unavailable_on_error(call: Awaitable[T], timeout: float) -> T:
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, OSError) as error:
+        raise StoreUnavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from error
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.reset()
+    except (RedisError, OSError) as error:
+        logger.debug("Closing the Redis notice connection: %s", error)
 
 
 def _ms(seconds: float) -> int:
