@@ -54,8 +54,9 @@ Durability is Redis's: with ``appendonly yes`` and ``appendfsync everysec``
 a crash of Redis loses at most the last second; without AOF, what was written
 since the last RDB snapshot. See docs/deployment.md.
 
-A single Redis (or a primary with replicas and Sentinel in front) is assumed:
-the multi-key scripts do not use hash tags, so Redis Cluster is not supported.
+One Redis endpoint is assumed (a server, or a managed primary behind a stable
+address): no Sentinel discovery, and no Redis Cluster (the multi-key scripts
+use no hash tags).
 """
 
 import asyncio
@@ -548,7 +549,15 @@ class _Notices:
         self._pubsub: Optional[Any] = None
         self._reader: Optional["asyncio.Task[None]"] = None
         self._channels: Dict[bytes, _Channel] = {}
-        self._lock = asyncio.Lock()
+        # Made on first use, inside the running loop (a store may be built
+        # before Rasa's loop starts, and Python 3.8's locks bind at creation).
+        self._lock_made: Optional[asyncio.Lock] = None
+
+    @property
+    def _lock(self) -> asyncio.Lock:
+        if self._lock_made is None:
+            self._lock_made = asyncio.Lock()
+        return self._lock_made
 
     @contextlib.asynccontextmanager
     async def listen(self, key: str) -> AsyncIterator[asyncio.Event]:
