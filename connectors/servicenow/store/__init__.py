@@ -1,0 +1,54 @@
+"""Where the connector keeps shared, durable state: see ``base`` for the
+interface, ``memory`` for the embedded default, ``redis`` for ``redis_url``."""
+
+from typing import Optional
+
+from connectors.servicenow.store.base import (
+    HandoffRecord,
+    NewEntry,
+    OutboxEntry,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TimerClaim,
+    entry_id_after,
+    is_entry_id,
+    parse_entry_id,
+)
+from connectors.servicenow.store.memory import MemoryStore
+
+__all__ = [
+    "HandoffRecord",
+    "MemoryStore",
+    "NewEntry",
+    "OutboxEntry",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TimerClaim",
+    "entry_id_after",
+    "is_entry_id",
+    "open_store",
+    "parse_entry_id",
+]
+
+
+def open_store(
+    redis_url: Optional[str],
+    *,
+    prefix: str = "snow:",
+    retained: int = 200,
+    stream_ttl: float = 3600.0,
+    operation_timeout: float = 5.0,
+) -> Store:
+    """The Redis store for ``redis_url`` (``redis://`` or ``rediss://``), or
+    the in-process one when it is None. Connects lazily: call ``ping()`` to
+    find out at start-up whether Redis answers."""
+    if not redis_url:
+        return MemoryStore(retained=retained, stream_ttl=stream_ttl)
+    # Imported here so the embedded default never loads redis-py.
+    from connectors.servicenow.store.redis import RedisStore
+
+    return RedisStore.from_url(
+        redis_url, prefix=prefix, retained=retained, stream_ttl=stream_ttl, operation_timeout=operation_timeout
+    )

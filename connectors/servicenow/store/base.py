@@ -1,0 +1,325 @@
+"""The store interface: where the connector keeps what must outlive a request,
+a replica or a restart.
+
+Five kinds of state, each with the guarantee the core builds on:
+
+* **Handoff records**, by sender id and by chat id: which conversations talk
+  to a human, and the chat's cursor. Created once (a second replica starting
+  the same handoff loses), updated only while the same chat is live, ended once.
+* **Dedupe marks**: ``claim_once`` is true for exactly one caller per key and
+  time-to-live, across every replica (a ServiceNow message id, a callback).
+* **Outbox streams**, one per conversation: ordered entries whose id is the
+  sequence and the SSE event id, ``<ms>-<n>`` like a Redis stream id, so ids
+  keep growing across replicas and restarts. Readers can block until an entry
+  arrives. Each sink (the callback, SSE streams) keeps its own delivered-up-to
+  pointer, which only moves forward and reports whether this caller moved it.
+* **Leases**: one holder per name at a time, with expiry, so one replica polls
+  a chat; registered names whose lease is free can be listed, so a live
+  replica takes over the chats of a dead one.
+* **Timers**: due times kept in the store; a due timer is claimed by one
+  replica, and comes back if that replica dies before finishing it.
+
+``memory.MemoryStore`` keeps all of it in the process (the embedded default);
+``redis.RedisStore`` keeps it in Redis for a deployment of many replicas. Both
+pass the same contract tests (``tests/unit/test_store_contract.py``).
+"""
+
+import abc
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Sequence, Tuple
+
+# -- errors -----------------------------------------------------------------
+
+
+class StoreError(Exception):
+    """The store could not do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (down, restarting, loading, timed out).
+
+    Nothing was decided: the caller must not guess (a webhook answers 503,
+    never NLU) and may retry later."""
+
+
+# -- records ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandoffRecord:
+    """One conversation in handoff: the routing truth when the store is shared.
+
+    The tracker slots stay the Rasa-visible mirror of the first five fields."""
+
+    sender_id: str
+    chat_id: str
+    #: ``connect`` or ``virtual_agent``: which API the chat runs on.
+    api: str
+    #: The ServiceNow account the chat runs as.
+    user: Optional[str] = None
+    #: ServiceNow's time (epoch ms) of the newest message seen in the chat.
+    last_updated: Optional[float] = None
+    #: Ids of the newest messages already handled (Connect's cursor).
+    seen_ids: Tuple[str, ...] = ()
+    #: A live agent has accepted the chat.
+    agent_joined: bool = False
+    #: When the handoff started (epoch seconds).
+    started_at: Optional[float] = None
+
+    def to_json(self) -> str:
+        """The record without the ids it is filed under, in short keys: there
+        is one per live chat, and 100,000 live chats must fit in little memory."""
+        data: Dict[str, Any] = {"a": self.api}
+        if self.user is not None:
+            data["u"] = self.user
+        if self.last_updated is not None:
+            data["t"] = self.last_updated
+        if self.seen_ids:
+            data["s"] = list(self.seen_ids)
+        if self.agent_joined:
+            data["j"] = 1
+        if self.started_at is not None:
+            data["b"] = self.started_at
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, sender_id: str, chat_id: str, text: str) -> "HandoffRecord":
+        data = json.loads(text)
+        return cls(
+            sender_id=sender_id,
+            chat_id=chat_id,
+            api=data["a"],
+            user=data.get("u"),
+            last_updated=data.get("t"),
+            seen_ids=tuple(data.get("s", ())),
+            agent_joined=bool(data.get("j")),
+            started_at=data.get("b"),
+        )
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """What the caller hands to ``append``: the store gives it its id."""
+
+    payload: Mapping[str, Any]
+    #: SSE event name: ``message``, ``typing`` or ``handoff``.
+    kind: str = "message"
+    #: Whether the callback sink receives it as well as streams.
+    to_callback: bool = True
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One stored outbox entry. ``entry_id`` is its place in the stream and
+    its SSE event id."""
+
+    entry_id: str
+    kind: str
+    payload: Mapping[str, Any] = field(compare=False)
+    to_callback: bool = True
+
+
+@dataclass(frozen=True)
+class TimerClaim:
+    """A due timer this caller now holds. Call ``finish_timer`` once it has
+    fired; if the holder dies first, the timer is due again at ``held_until``."""
+
+    name: str
+    #: Epoch milliseconds; also the proof of holding it.
+    held_until: int
+
+
+# -- entry ids --------------------------------------------------------------
+
+_ENTRY_ID = re.compile(r"^(\d{1,19})-(\d{1,19})$")
+
+
+def parse_entry_id(entry_id: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``(ms, n)`` of a stream entry id, or None when it is not one (e.g. an
+    SSE id from the in-process outbox before the store, or garbage)."""
+    if not entry_id:
+        return None
+    match = _ENTRY_ID.match(entry_id)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def is_entry_id(entry_id: Optional[str]) -> bool:
+    return parse_entry_id(entry_id) is not None
+
+
+def entry_id_after(a: str, b: Optional[str]) -> bool:
+    """True when entry ``a`` comes after ``b`` (anything comes after None)."""
+    parsed_b = parse_entry_id(b)
+    parsed_a = parse_entry_id(a)
+    if parsed_a is None:
+        raise ValueError(f"not a stream entry id: {a!r}")
+    return parsed_b is None or parsed_a > parsed_b
+
+
+# -- the interface ----------------------------------------------------------
+
+
+class Store(abc.ABC):
+    """State and delivery shared by every part of the connector (and, for
+    ``RedisStore``, by every replica). Every method may raise
+    ``StoreUnavailable``; none returns a guess when the store is down.
+
+    Names (``sender_id``, ``stream``, lease and timer names, dedupe keys) are
+    caller-chosen strings; the store keeps namespaces apart by method.
+    """
+
+    #: Whether state outlives the process and is shared with other replicas.
+    shared: bool = False
+
+    # -- handoff records ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_handoff(self, record: HandoffRecord) -> bool:
+        """File a new handoff by sender and by chat id. False (and nothing
+        changed) when the sender already has another chat: someone else
+        started it. True again for the very same chat id (nothing changed)."""
+
+    @abc.abstractmethod
+    async def get_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
+        """The sender's live handoff, or None when messages go to the bot."""
+
+    @abc.abstractmethod
+    async def handoff_by_chat(self, chat_id: str) -> Optional[HandoffRecord]:
+        """The live handoff running in ServiceNow chat ``chat_id``."""
+
+    @abc.abstractmethod
+    async def update_handoff(self, record: HandoffRecord) -> bool:
+        """Replace the record (cursor, agent joined). False, and nothing
+        written, when the sender's live chat is no longer ``record.chat_id``
+        (it ended), so a late writer cannot bring an ended chat back."""
+
+    @abc.abstractmethod
+    async def end_handoff(self, sender_id: str, chat_id: str) -> Optional[HandoffRecord]:
+        """Remove the handoff if it is still chat ``chat_id``, and return its
+        last state. None when it had already ended: ending runs once."""
+
+    @abc.abstractmethod
+    def handoffs(self) -> AsyncIterator[HandoffRecord]:
+        """Every live handoff, in no particular order (an admin view and the
+        import from tracker slots; not for the per-message path)."""
+
+    # -- exactly once -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        """True for the first caller with ``key`` within ``ttl`` seconds,
+        False for every later one, on any replica."""
+
+    # -- outbox streams -----------------------------------------------------
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        stream: str,
+        entries: Sequence[NewEntry],
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+    ) -> Optional[List[OutboxEntry]]:
+        """Append entries in order, in one atomic step, and wake blocked
+        readers. With ``dedupe_key``, the append happens only if the key was
+        not claimed within ``dedupe_ttl`` seconds (claim and append together:
+        a callback is stored exactly once); None when it was a repeat.
+
+        The stream keeps at least its latest ``retained`` entries and expires
+        ``stream_ttl`` seconds after its last append or sink move."""
+
+    @abc.abstractmethod
+    async def read(
+        self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
+    ) -> List[OutboxEntry]:
+        """Entries after ``after`` (an entry id; None: from the oldest kept),
+        oldest first, at most ``limit``. When there are none and ``block`` is
+        given, wait up to ``block`` seconds for one; [] when none came."""
+
+    @abc.abstractmethod
+    async def sink_position(self, stream: str, sink: str) -> Optional[str]:
+        """The id of the last entry ``sink`` took, or None when it took none."""
+
+    @abc.abstractmethod
+    async def advance_sink(self, stream: str, sink: str, entry_id: str) -> bool:
+        """Move ``sink``'s pointer forward to ``entry_id``. True when this call
+        moved it; False when it already was there or past it. Two replicas
+        racing to take the same entry: exactly one gets True."""
+
+    # -- leases -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_lease(self, name: str) -> None:
+        """Make ``name`` a job that needs a holder (e.g. a Connect chat to
+        poll). It is listed by ``free_leases`` while nobody holds it."""
+
+    @abc.abstractmethod
+    async def unregister_lease(self, name: str) -> None:
+        """The job is over: forget the name and any lease on it."""
+
+    @abc.abstractmethod
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Hold ``name`` for ``ttl`` seconds. True when it was free, expired
+        or already ``owner``'s (then it is renewed); False when held by another."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s lease by ``ttl`` from now. False when ``owner``
+        no longer holds it (it expired, or another replica took it): stop."""
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, owner: str) -> bool:
+        """Give up ``owner``'s lease so another replica can take the job at
+        once (graceful shutdown). False when ``owner`` did not hold it."""
+
+    @abc.abstractmethod
+    async def lease_owner(self, name: str) -> Optional[str]:
+        """Who holds ``name`` now, if anyone."""
+
+    @abc.abstractmethod
+    async def free_leases(self, limit: int = 100) -> List[str]:
+        """Registered names that nobody holds now (never held, released or
+        expired), up to ``limit``. A hint: ``acquire_lease`` decides."""
+
+    # -- timers -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def schedule_timer(self, name: str, due_at: float) -> None:
+        """Set (or move) timer ``name`` to fire at ``due_at`` (epoch seconds)."""
+
+    @abc.abstractmethod
+    async def cancel_timer(self, name: str) -> bool:
+        """Drop the timer; False when there was none."""
+
+    @abc.abstractmethod
+    async def timer_due_at(self, name: str) -> Optional[float]:
+        """When the timer is due (epoch seconds), or None when there is none."""
+
+    @abc.abstractmethod
+    async def claim_due_timers(self, *, hold: float = 30.0, limit: int = 100) -> List[TimerClaim]:
+        """Claim timers that are due now, each for one caller across the
+        deployment; a claimed timer is hidden for ``hold`` seconds."""
+
+    @abc.abstractmethod
+    async def finish_timer(self, claim: TimerClaim) -> bool:
+        """The claimed timer fired: remove it, unless it was rescheduled
+        meanwhile (then the new due time stays). False when it was not held."""
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections. The store is not used after this."""
+
+
+def dump_payload(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))

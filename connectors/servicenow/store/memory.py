@@ -1,0 +1,331 @@
+"""The embedded store: everything in this process, nothing survives it.
+
+The default when no ``redis_url`` is set: one process, behaviour as before the
+store (trackers remain what a restart resumes from). It keeps the same
+semantics as ``RedisStore`` within the process, so the core cannot tell them
+apart: atomic steps (there is no ``await`` inside one), blocking reads woken by
+appends, expiry, and bounded memory (streams keep ``retained`` entries and
+expire when idle; dedupe marks expire and are capped; expired leases are
+swept).
+"""
+
+import asyncio
+import heapq
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from connectors.servicenow.store.base import (
+    HandoffRecord,
+    NewEntry,
+    OutboxEntry,
+    Store,
+    TimerClaim,
+    entry_id_after,
+    parse_entry_id,
+)
+
+#: How often idle streams are looked for (seconds).
+SWEEP_INTERVAL_S = 60.0
+
+
+@dataclass
+class _Stream:
+    entries: Deque[OutboxEntry]
+    expires_at: float
+    sinks: Dict[str, str] = field(default_factory=dict)
+    #: Set on the next append; created only while someone waits.
+    appended: Optional[asyncio.Event] = None
+
+
+class MemoryStore(Store):
+    shared = False
+
+    def __init__(
+        self,
+        *,
+        retained: int = 200,
+        stream_ttl: float = 3600.0,
+        max_dedupe_keys: int = 1_000_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.retained = retained
+        self.stream_ttl = stream_ttl
+        self._clock = clock
+        self._handoffs: Dict[str, HandoffRecord] = {}
+        self._by_chat: Dict[str, str] = {}
+        # Key -> expiry, oldest first; callers use a few fixed ttls, so the
+        # front is (nearly) always the next to expire.
+        self._dedupe: "OrderedDict[str, float]" = OrderedDict()
+        self._max_dedupe_keys = max_dedupe_keys
+        self._streams: Dict[str, _Stream] = {}
+        self._last_id: Tuple[int, int] = (0, 0)
+        self._next_sweep = clock() + SWEEP_INTERVAL_S
+        self._lease_jobs: Dict[str, float] = {}
+        self._leases: Dict[str, Tuple[str, float]] = {}
+        self._timers: Dict[str, int] = {}
+        self._timer_heap: List[Tuple[int, str]] = []
+
+    # -- handoff records ----------------------------------------------------
+
+    async def create_handoff(self, record: HandoffRecord) -> bool:
+        current = self._handoffs.get(record.sender_id)
+        if current is not None:
+            return current.chat_id == record.chat_id
+        self._handoffs[record.sender_id] = record
+        self._by_chat[record.chat_id] = record.sender_id
+        return True
+
+    async def get_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
+        return self._handoffs.get(sender_id)
+
+    async def handoff_by_chat(self, chat_id: str) -> Optional[HandoffRecord]:
+        sender_id = self._by_chat.get(chat_id)
+        return self._handoffs.get(sender_id) if sender_id is not None else None
+
+    async def update_handoff(self, record: HandoffRecord) -> bool:
+        current = self._handoffs.get(record.sender_id)
+        if current is None or current.chat_id != record.chat_id:
+            return False
+        self._handoffs[record.sender_id] = record
+        return True
+
+    async def end_handoff(self, sender_id: str, chat_id: str) -> Optional[HandoffRecord]:
+        current = self._handoffs.get(sender_id)
+        if current is None or current.chat_id != chat_id:
+            return None
+        del self._handoffs[sender_id]
+        if self._by_chat.get(chat_id) == sender_id:
+            del self._by_chat[chat_id]
+        return current
+
+    async def handoffs(self) -> AsyncIterator[HandoffRecord]:
+        for record in list(self._handoffs.values()):
+            yield record
+
+    # -- exactly once -------------------------------------------------------
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        return self._claim(key, ttl)
+
+    def _claim(self, key: str, ttl: float) -> bool:
+        now = self._clock()
+        expires = self._dedupe.get(key)
+        if expires is not None and expires > now:
+            return False
+        self._dedupe.pop(key, None)
+        self._dedupe[key] = now + ttl
+        while self._dedupe:
+            oldest, oldest_expiry = next(iter(self._dedupe.items()))
+            if oldest_expiry > now and len(self._dedupe) <= self._max_dedupe_keys:
+                break
+            del self._dedupe[oldest]
+        return True
+
+    # -- outbox streams -----------------------------------------------------
+
+    def _live_stream(self, name: str) -> Optional[_Stream]:
+        stream = self._streams.get(name)
+        if stream is not None and stream.expires_at <= self._clock():
+            self._drop_stream(name, stream)
+            return None
+        return stream
+
+    def _drop_stream(self, name: str, stream: _Stream) -> None:
+        # Someone waiting keeps the stream object; it stays reachable for
+        # them and the next append wakes them.
+        if stream.appended is None:
+            del self._streams[name]
+        else:
+            stream.entries.clear()
+            stream.sinks.clear()
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL_S
+        for name, stream in list(self._streams.items()):
+            if stream.expires_at <= now:
+                self._drop_stream(name, stream)
+        for name, (_, expires) in list(self._leases.items()):
+            if expires <= now:
+                del self._leases[name]
+
+    def _new_id(self) -> str:
+        ms = int(self._clock() * 1000)
+        last_ms, last_n = self._last_id
+        self._last_id = (ms, 0) if ms > last_ms else (last_ms, last_n + 1)
+        return f"{self._last_id[0]}-{self._last_id[1]}"
+
+    async def append(
+        self,
+        stream: str,
+        entries: Sequence[NewEntry],
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+    ) -> Optional[List[OutboxEntry]]:
+        self._sweep()
+        if dedupe_key is not None and not self._claim(dedupe_key, dedupe_ttl):
+            return None
+        kept = self._live_stream(stream)
+        if kept is None:
+            kept = self._streams.setdefault(stream, _Stream(deque(maxlen=self.retained), 0.0))
+        added = [OutboxEntry(self._new_id(), entry.kind, entry.payload, entry.to_callback) for entry in entries]
+        kept.entries.extend(added)
+        kept.expires_at = self._clock() + self.stream_ttl
+        if kept.appended is not None and added:
+            kept.appended.set()
+            kept.appended = None
+        return added
+
+    async def read(
+        self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
+    ) -> List[OutboxEntry]:
+        if after is not None and parse_entry_id(after) is None:
+            raise ValueError(f"not a stream entry id: {after!r}")
+        found = self._entries_after(stream, after, limit)
+        if found or not block or block <= 0:
+            return found
+        kept = self._live_stream(stream)
+        if kept is None:
+            kept = self._streams.setdefault(stream, _Stream(deque(maxlen=self.retained), self._clock() + self.stream_ttl))
+        if kept.appended is None:
+            kept.appended = asyncio.Event()
+        appended = kept.appended
+        try:
+            await asyncio.wait_for(appended.wait(), timeout=block)
+        except asyncio.TimeoutError:
+            return []
+        return self._entries_after(stream, after, limit)
+
+    def _entries_after(self, stream: str, after: Optional[str], limit: int) -> List[OutboxEntry]:
+        kept = self._live_stream(stream)
+        if kept is None:
+            return []
+        found: List[OutboxEntry] = []
+        for entry in kept.entries:
+            if entry_id_after(entry.entry_id, after):
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def sink_position(self, stream: str, sink: str) -> Optional[str]:
+        kept = self._live_stream(stream)
+        return kept.sinks.get(sink) if kept is not None else None
+
+    async def advance_sink(self, stream: str, sink: str, entry_id: str) -> bool:
+        if parse_entry_id(entry_id) is None:
+            raise ValueError(f"not a stream entry id: {entry_id!r}")
+        kept = self._live_stream(stream)
+        if kept is None:
+            kept = self._streams.setdefault(stream, _Stream(deque(maxlen=self.retained), 0.0))
+        if not entry_id_after(entry_id, kept.sinks.get(sink)):
+            return False
+        kept.sinks[sink] = entry_id
+        kept.expires_at = self._clock() + self.stream_ttl
+        return True
+
+    # -- leases -------------------------------------------------------------
+
+    def _holder(self, name: str) -> Optional[str]:
+        held = self._leases.get(name)
+        if held is None:
+            return None
+        if held[1] <= self._clock():
+            del self._leases[name]
+            return None
+        return held[0]
+
+    async def register_lease(self, name: str) -> None:
+        self._lease_jobs.setdefault(name, 0.0)
+
+    async def unregister_lease(self, name: str) -> None:
+        self._lease_jobs.pop(name, None)
+        self._leases.pop(name, None)
+
+    def _hold(self, name: str, owner: str, ttl: float) -> None:
+        expires = self._clock() + ttl
+        self._leases[name] = (owner, expires)
+        if name in self._lease_jobs:
+            self._lease_jobs[name] = expires
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        self._sweep()
+        holder = self._holder(name)
+        if holder is not None and holder != owner:
+            return False
+        self._hold(name, owner, ttl)
+        return True
+
+    async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        if self._holder(name) != owner:
+            return False
+        self._hold(name, owner, ttl)
+        return True
+
+    async def release_lease(self, name: str, owner: str) -> bool:
+        if self._holder(name) != owner:
+            return False
+        del self._leases[name]
+        if name in self._lease_jobs:
+            self._lease_jobs[name] = 0.0
+        return True
+
+    async def lease_owner(self, name: str) -> Optional[str]:
+        return self._holder(name)
+
+    async def free_leases(self, limit: int = 100) -> List[str]:
+        now = self._clock()
+        return [name for name, expires in self._lease_jobs.items() if expires <= now][:limit]
+
+    # -- timers -------------------------------------------------------------
+
+    async def schedule_timer(self, name: str, due_at: float) -> None:
+        self._set_timer(name, int(due_at * 1000))
+
+    def _set_timer(self, name: str, due_ms: int) -> None:
+        self._timers[name] = due_ms
+        heapq.heappush(self._timer_heap, (due_ms, name))
+        if len(self._timer_heap) > 2 * len(self._timers) + 64:
+            # Rescheduling leaves stale heap entries behind; rebuild now and
+            # then so memory stays bounded by the live timers.
+            self._timer_heap = [(due, timer) for timer, due in self._timers.items()]
+            heapq.heapify(self._timer_heap)
+
+    async def cancel_timer(self, name: str) -> bool:
+        return self._timers.pop(name, None) is not None
+
+    async def timer_due_at(self, name: str) -> Optional[float]:
+        due = self._timers.get(name)
+        return due / 1000 if due is not None else None
+
+    async def claim_due_timers(self, *, hold: float = 30.0, limit: int = 100) -> List[TimerClaim]:
+        now_ms = int(self._clock() * 1000)
+        held_until = now_ms + int(hold * 1000)
+        claims: List[TimerClaim] = []
+        while self._timer_heap and len(claims) < limit and self._timer_heap[0][0] <= now_ms:
+            due, name = heapq.heappop(self._timer_heap)
+            if self._timers.get(name) != due or any(claim.name == name for claim in claims):
+                continue  # stale: moved, cancelled, or pushed twice
+            claims.append(TimerClaim(name, held_until))
+        for claim in claims:
+            self._set_timer(claim.name, held_until)
+        return claims
+
+    async def finish_timer(self, claim: TimerClaim) -> bool:
+        if self._timers.get(claim.name) != claim.held_until:
+            return False
+        del self._timers[claim.name]
+        return True
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,70 @@
+"""What only the in-process store has to prove: memory stays bounded."""
+
+from connectors.servicenow.store import NewEntry
+from connectors.servicenow.store.memory import SWEEP_INTERVAL_S, MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_dedupe_marks_expire_and_are_capped():
+    clock = Clock()
+    store = MemoryStore(max_dedupe_keys=100, clock=clock)
+    for n in range(50):
+        assert await store.claim_once(f"old-{n}", ttl=10)
+    clock.now += 11
+    assert await store.claim_once("new", ttl=10)
+    assert len(store._dedupe) == 1, "expired marks are dropped"
+    for n in range(500):
+        await store.claim_once(f"many-{n}", ttl=3600)
+    assert len(store._dedupe) == 100
+    assert not await store.claim_once("many-499", ttl=3600)
+
+
+async def test_idle_streams_are_dropped():
+    clock = Clock()
+    store = MemoryStore(stream_ttl=60, clock=clock)
+    for n in range(1000):
+        await store.append(f"user-{n}", [NewEntry({"text": "x"})])
+    clock.now += max(60, SWEEP_INTERVAL_S) + 1
+    await store.append("late", [NewEntry({"text": "x"})])
+    assert list(store._streams) == ["late"]
+
+
+async def test_a_stream_keeps_exactly_its_retained_entries():
+    store = MemoryStore(retained=5)
+    for n in range(20):
+        await store.append("user-1", [NewEntry({"n": n})])
+    assert [entry.payload["n"] for entry in await store.read("user-1")] == list(range(15, 20))
+
+
+async def test_ids_keep_growing_when_the_clock_steps_back():
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    (first,) = await store.append("user-1", [NewEntry({})])
+    clock.now -= 5
+    (second,) = await store.append("user-1", [NewEntry({})])
+    assert second.entry_id == first.entry_id.split("-")[0] + "-1"
+
+
+async def test_rescheduled_timers_do_not_pile_up():
+    store = MemoryStore()
+    for n in range(10_000):
+        await store.schedule_timer("idle:user-1", 1_000_000 + n)
+    assert len(store._timer_heap) < 100
+    assert len(await store.claim_due_timers()) == 1
+
+
+async def test_expired_leases_are_forgotten():
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for n in range(1000):
+        assert await store.acquire_lease(f"callback:user-{n}", "a", ttl=30)
+    clock.now += max(30, SWEEP_INTERVAL_S) + 1
+    assert await store.acquire_lease("callback:late", "a", ttl=30)
+    assert list(store._leases) == ["callback:late"]

@@ -1,0 +1,298 @@
+"""What only the Redis store has: a server that goes away and comes back,
+durability through AOF, connection URLs, key prefixes, the key layout."""
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from connectors.servicenow.store import HandoffRecord, NewEntry, StoreUnavailable, open_store
+from connectors.servicenow.store.memory import MemoryStore
+from connectors.servicenow.store.redis import RedisStore
+from tests.store.conftest import free_port, wait_until
+
+
+def record(sender: str = "user-1", chat: str = "chat-1") -> HandoffRecord:
+    return HandoffRecord(sender_id=sender, chat_id=chat, api="virtual_agent")
+
+
+async def every_call_is_unavailable(store: RedisStore) -> None:
+    calls = [
+        store.get_handoff("user-1"),
+        store.create_handoff(record("user-2", "chat-2")),
+        store.claim_once("k", 60),
+        store.append("user-1", [NewEntry({"text": "x"})]),
+        store.read("user-1", block=0.5),
+        store.acquire_lease("poll:chat-1", "a", 30),
+        store.claim_due_timers(),
+        store.ping(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable):
+            await call
+
+
+async def answers(store: RedisStore) -> bool:
+    try:
+        await store.ping()
+        return True
+    except StoreUnavailable:
+        return False
+
+
+async def test_no_redis_is_a_clear_unavailable_not_a_hang():
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", operation_timeout=2)
+    began = time.monotonic()
+    try:
+        await every_call_is_unavailable(store)
+    finally:
+        await store.aclose()
+    assert time.monotonic() - began < 10
+
+
+async def test_a_redis_restart_is_unavailable_while_down_and_keeps_the_data(own_redis_server):
+    store = RedisStore.from_url(own_redis_server.url, operation_timeout=2)
+    try:
+        await store.create_handoff(record())
+        entries = await store.append("user-1", [NewEntry({"text": "kept"})])
+        assert await store.claim_once("sn-msg-1", 3600)
+        await store.schedule_timer("idle:user-1", time.time() + 600)
+        await store.register_lease("poll:chat-1")
+
+        own_redis_server.stop(signal.SIGTERM)
+        await every_call_is_unavailable(store)
+
+        own_redis_server.start()
+        # The same store object recovers: no reconnect by the caller.
+        assert await store.get_handoff("user-1") == record()
+        assert [entry.entry_id for entry in await store.read("user-1")] == [entries[0].entry_id]
+        assert not await store.claim_once("sn-msg-1", 3600)
+        assert await store.timer_due_at("idle:user-1") is not None
+        assert await store.free_leases() == ["poll:chat-1"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_crash_of_redis_loses_nothing_acknowledged_with_aof_always(own_redis_server):
+    store = RedisStore.from_url(own_redis_server.url, operation_timeout=2)
+    try:
+        appended = []
+        for n in range(50):
+            appended += await store.append("user-1", [NewEntry({"text": str(n)})], dedupe_key=f"cb:{n}", dedupe_ttl=3600)
+        own_redis_server.stop(signal.SIGKILL)
+        own_redis_server.start()
+        kept = await store.read("user-1", limit=1000)
+        assert [entry.entry_id for entry in kept] == [entry.entry_id for entry in appended]
+        assert await store.append("user-1", [NewEntry({"text": "again"})], dedupe_key="cb:49", dedupe_ttl=3600) is None
+    finally:
+        await store.aclose()
+
+
+async def test_a_blocked_reader_learns_that_redis_went_away(own_redis_server):
+    store = RedisStore.from_url(own_redis_server.url, operation_timeout=2)
+    try:
+        await store.ping()
+        reader = asyncio.ensure_future(store.read("user-1", block=30))
+        await asyncio.sleep(0.2)  # wait-ok: lets the blocking read reach Redis; the test passes either way
+        own_redis_server.stop(signal.SIGKILL)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(reader, 10)
+    finally:
+        await store.aclose()
+
+
+async def test_a_redis_that_hangs_is_unavailable_after_the_operation_timeout(own_redis_server):
+    store = RedisStore.from_url(own_redis_server.url, operation_timeout=0.5)
+    try:
+        await store.ping()
+        own_redis_server.send(signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.get_handoff("user-1")
+        assert time.monotonic() - began < 3
+        own_redis_server.send(signal.SIGCONT)
+        await wait_until(lambda: answers(store), what="the store to answer again")
+        assert await store.create_handoff(record())
+        assert await store.get_handoff("user-1") == record()
+    finally:
+        await store.aclose()
+
+
+async def test_stores_with_different_prefixes_do_not_meet(redis_server):
+    blue = RedisStore.from_url(redis_server.url, prefix="blue:")
+    green = RedisStore.from_url(redis_server.url, prefix="green:")
+    try:
+        await blue.create_handoff(record("prefix-user", "prefix-chat"))
+        assert await green.get_handoff("prefix-user") is None
+        assert [handoff.sender_id async for handoff in green.handoffs()] == []
+        assert await green.claim_once("prefix-key", 60)
+        assert await blue.claim_once("prefix-key", 60)
+    finally:
+        await blue.aclose()
+        await green.aclose()
+
+
+async def test_the_key_layout_is_as_documented(redis_server):
+    store = RedisStore.from_url(redis_server.url, prefix="layout:", stream_ttl=600)
+    raw = store._redis
+    try:
+        await raw.delete(*(await raw.keys("layout:*")) or ["layout:none"])
+        await store.create_handoff(record())
+        await store.append("user-1", [NewEntry({"text": "x"})])
+        entries = await store.read("user-1")
+        await store.advance_sink("user-1", "callback", entries[0].entry_id)
+        await store.claim_once("m1", 60)
+        await store.register_lease("poll:chat-1")
+        await store.acquire_lease("poll:chat-1", "a", 30)
+        await store.schedule_timer("idle:user-1", time.time() + 60)
+        keys = {key.decode(): (await raw.type(key)).decode() for key in await raw.keys("layout:*")}
+        assert keys == {
+            "layout:h:user-1": "string",
+            "layout:c:chat-1": "string",
+            "layout:o:user-1": "stream",
+            "layout:s:user-1": "hash",
+            "layout:d:m1": "string",
+            "layout:l:poll:chat-1": "string",
+            "layout:leases": "zset",
+            "layout:timers": "zset",
+        }
+        # What expires, and what lives as long as the handoff.
+        assert 0 < await raw.pttl("layout:o:user-1") <= 600_000
+        assert 0 < await raw.pttl("layout:s:user-1") <= 600_000
+        assert 0 < await raw.pttl("layout:d:m1") <= 60_000
+        assert 0 < await raw.pttl("layout:l:poll:chat-1") <= 30_000
+        assert await raw.pttl("layout:h:user-1") == -1
+        assert await raw.pttl("layout:c:chat-1") == -1
+    finally:
+        await store.aclose()
+
+
+def test_open_store_picks_the_store_by_url():
+    assert isinstance(open_store(None), MemoryStore)
+    assert isinstance(open_store(""), MemoryStore)
+    redis_store = open_store("redis://127.0.0.1:1/3", prefix="bot:")
+    assert isinstance(redis_store, RedisStore) and redis_store.prefix == "bot:"
+    pool = redis_store._redis.connection_pool
+    assert pool.connection_kwargs["db"] == 3
+
+
+def test_rediss_urls_connect_with_tls():
+    store = open_store("rediss://:secret@redis.example:6380/0")
+    pool = store._redis.connection_pool
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["password"] == "secret"
+    assert "secret" not in repr(store._redis)
+
+
+@pytest.fixture
+async def layout_store(redis_server):
+    store = RedisStore.from_url(redis_server.url, prefix=f"retry{time.monotonic_ns()}:")
+    yield store
+    await store.aclose()
+
+
+async def test_a_retried_claim_is_recognised_as_the_same_call(layout_store):
+    # What redis-py's one retry after a dropped connection does: the same
+    # script with the same arguments, possibly after the first one ran.
+    store = layout_store
+    key = [store._key("d:", "sn-msg-1")]
+    assert await store._claim_once(keys=key, args=["token-a", 60_000]) == 1
+    assert await store._claim_once(keys=key, args=["token-a", 60_000]) == 1
+    assert await store._claim_once(keys=key, args=["token-b", 60_000]) == 0
+
+
+async def test_a_retried_deduped_append_returns_its_own_ids_and_stores_once(layout_store):
+    store = layout_store
+    keys = [store._key("o:", "user-1"), store._key("s:", "user-1"), store._key("d:", "cb:1")]
+    args = [200, 60_000, 60_000, "token-a", "message", "1", '{"text":"x"}', "message", "1", '{"text":"y"}']
+    first = await store._append(keys=keys, args=args)
+    assert len(first) == 2
+    assert await store._append(keys=keys, args=args) == first
+    assert await store._append(keys=keys, args=args[:3] + ["token-b"] + args[4:]) is None
+    assert len(await store.read("user-1")) == 2
+
+
+async def test_a_retried_sink_advance_is_recognised_as_the_same_call(layout_store):
+    store = layout_store
+    (entry,) = await store.append("user-1", [NewEntry({"text": "x"})])
+    keys = [store._key("s:", "user-1"), store._key("o:", "user-1")]
+    assert await store._advance_sink(keys=keys, args=["callback", entry.entry_id, 60_000, "token-a"]) == 1
+    assert await store._advance_sink(keys=keys, args=["callback", entry.entry_id, 60_000, "token-a"]) == 1
+    assert await store._advance_sink(keys=keys, args=["callback", entry.entry_id, 60_000, "token-b"]) == 0
+    assert await store.sink_position("user-1", "callback") == entry.entry_id
+
+
+async def test_a_retried_handoff_creation_is_recognised_as_the_same_call(layout_store):
+    store = layout_store
+    assert await store.create_handoff(record())
+    assert await store.create_handoff(record()), "the same chat id: the first try ran"
+    assert not await store.create_handoff(record(chat="chat-2"))
+
+
+async def test_a_bounded_pool_waits_for_a_connection_instead_of_failing(redis_server):
+    store = RedisStore.from_url(redis_server.url, prefix="pool:", max_connections=2)
+    try:
+        results = await asyncio.gather(*(store.claim_once(f"pool-{n}-{time.monotonic_ns()}", 60) for n in range(50)))
+        assert all(results)
+    finally:
+        await store.aclose()
+
+
+async def test_parked_readers_hold_no_connection(redis_server):
+    # Four connections for 50 parked readers, and still room for other work:
+    # the readers wait on one pub/sub connection, not in XREAD BLOCK.
+    prefix = f"share{time.monotonic_ns()}:"
+    reading = RedisStore.from_url(redis_server.url, prefix=prefix, max_connections=4)
+    writing = RedisStore.from_url(redis_server.url, prefix=prefix)
+    raw = writing._redis
+    readers = []
+    try:
+        readers = [asyncio.ensure_future(reading.read(f"user-{n}", block=20)) for n in range(50)]
+        channels = [reading._key("o:", f"user-{n}") for n in range(50)]
+
+        async def subscribers():
+            return [count for _, count in await raw.pubsub_numsub(*channels)]
+
+        await wait_until(lambda: _all(subscribers(), lambda count: count >= 1), what="every reader to listen")
+        assert not any("b" in client["flags"] for client in await raw.client_list()), "a connection is parked"
+        assert await reading.get_handoff("user-1") is None, "the store still has connections for other work"
+        for n in range(50):
+            await writing.append(f"user-{n}", [NewEntry({"n": n})])
+        woken = await asyncio.wait_for(asyncio.gather(*readers), 10)
+        assert [entries[0].payload["n"] for entries in woken] == list(range(50))
+        await wait_until(lambda: _all(subscribers(), lambda count: count == 0), what="the subscriptions to end")
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await reading.aclose()
+        await writing.aclose()
+
+
+async def _all(values, predicate) -> bool:
+    return all(predicate(value) for value in await values)
+
+
+async def test_many_readers_of_one_stream_all_wake(redis_server):
+    prefix = f"many{time.monotonic_ns()}:"
+    one = RedisStore.from_url(redis_server.url, prefix=prefix)
+    two = RedisStore.from_url(redis_server.url, prefix=prefix)
+    try:
+        (first,) = await one.append("user-1", [NewEntry({"n": 0})])
+        readers = [
+            asyncio.ensure_future(store.read("user-1", after=first.entry_id, block=20)) for store in [one, two] * 10
+        ]
+        channel = one._key("o:", "user-1")
+
+        async def listening():
+            ((_, count),) = await one._redis.pubsub_numsub(channel)
+            return count >= 2  # one subscription per store's connection
+
+        await wait_until(listening, what="both replicas to listen")
+        await one.append("user-1", [NewEntry({"n": 1})])
+        woken = await asyncio.wait_for(asyncio.gather(*readers), 10)
+        assert all([entry.payload["n"] for entry in entries] == [1] for entries in woken)
+    finally:
+        await one.aclose()
+        await two.aclose()
