@@ -180,6 +180,9 @@ class Backend(ABC):
         """End the chat because this side failed; ``cause`` is for ServiceNow's records."""
         await self.leave(chat)
 
+    #: Whether ``send_typing`` shows anything to the agent.
+    shows_typing: bool = False
+
     async def send_typing(self, chat: LiveChat, typing: bool) -> bool:
         """Show the agent that the user is typing; False where the API cannot."""
         return False

@@ -59,6 +59,7 @@ class VirtualAgentBackend(Backend):
     api = VIRTUAL_AGENT_API
     pulls = False
     wants_history = True
+    shows_typing = True
 
     def __init__(self, settings: ServiceNowSettings, http: ServiceNowHTTP) -> None:
         self._settings = settings
