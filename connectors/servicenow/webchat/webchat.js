@@ -41,7 +41,8 @@
   function subjectOf(jwt) {
     try {
       const payload = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      return JSON.parse(atob(payload)).sub || null;
+      const bytes = Uint8Array.from(atob(payload), (char) => char.charCodeAt(0));
+      return JSON.parse(new TextDecoder().decode(bytes)).sub || null;
     } catch (error) {
       return null;
     }
