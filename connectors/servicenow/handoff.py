@@ -124,7 +124,8 @@ class HandoffManager:
             logger.warning("Refused a handoff for conversation %s: %d live chats is the limit (max_live_chats).", sender, limit)
             return self.texts.handoff_busy
         if not self.start_limiter.allow(sender):
-            logger.warning(
+            # INFO: one conversation's own retries must not flood the operator's warnings.
+            logger.info(
                 "Refused a handoff for conversation %s: more than %d starts in a minute (handoff_starts_per_minute).",
                 sender, self.settings.handoff_starts_per_minute,
             )
