@@ -34,14 +34,15 @@ from sanic import Blueprint, Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from connectors.servicenow.backends.base import Backend, HandoffRequest
+from connectors.servicenow.backends.base import Backend, HandoffRequest, Requester
 from connectors.servicenow.backends.connect import ConnectBackend
 from connectors.servicenow.backends.http import ServiceNowHTTP
 from connectors.servicenow.backends.virtual_agent import CallbackError, VirtualAgentBackend
 from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, ServiceNowSettings
-from connectors.servicenow.delivery import Outbox
+from connectors.servicenow.delivery import PER_SENDER, Outbox, StreamLimitReached
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.handoff import HandoffManager
+from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
 from connectors.servicenow.payloads import (
     PayloadError,
     UserPayload,
@@ -69,6 +70,8 @@ CHAT_PAGE_FILES = {
     "webchat.js": "text/javascript; charset=utf-8",
 }
 HOUSEKEEPING_INTERVAL_S = 300.0
+#: Retry-After of a stream refused by a cap: EventSource's own reconnect delay is 2 s.
+STREAM_RETRY_AFTER_S = 5
 SHUTDOWN_TIMEOUT_S = 10.0
 
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
@@ -100,7 +103,12 @@ class ServiceNowInput(InputChannel):
         self.settings = settings
         self.http = ServiceNowHTTP(settings)
         self.backend = build_backend(settings, self.http)
-        self.outbox = Outbox(settings.callback_url, request_timeout=settings.request_timeout)
+        self.outbox = Outbox(
+            settings.callback_url,
+            request_timeout=settings.request_timeout,
+            max_streams_per_sender=settings.max_streams_per_sender,
+            max_open_streams=settings.max_open_streams,
+        )
         self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent)
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
@@ -154,20 +162,31 @@ class ServiceNowInput(InputChannel):
 
         @blueprint.route("/", methods=["GET"])
         async def health(_: Request) -> HTTPResponse:
-            return response.json({"status": "ok", "api": self.settings.api, "live_chats": len(self.handoffs.registry)})
+            return response.json(
+                {
+                    "status": "ok",
+                    "api": self.settings.api,
+                    "live_chats": len(self.handoffs.registry),
+                    # Per-conversation state the channel holds: flat under anonymous traffic.
+                    "mailboxes": self.outbox.mailbox_count,
+                    "open_streams": self.outbox.open_streams,
+                }
+            )
 
         @blueprint.route("/webhook", methods=["POST"])
         async def receive(request: Request) -> HTTPResponse:
             self.bind(request.app)
             try:
+                claims = self.authenticate(request)
                 payload = parse_user_payload(request.body, max_message_length=self.settings.max_message_length)
+                self.authorize(claims, payload.sender)
             except PayloadError as error:
-                return response.json(error.body(), status=error.status)
+                return error_response(error)
             agent = self._agent()
             if agent is None or not agent.is_ready():
                 error = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
                 return response.json(error.body(), status=503)
-            return response.json(await self.handle(payload, on_new_message))
+            return response.json(await self.handle(payload, on_new_message, claims))
 
         if self.settings.chat_page:
 
@@ -182,11 +201,13 @@ class ServiceNowInput(InputChannel):
         @blueprint.route("/typing", methods=["POST"])
         async def typing(request: Request) -> HTTPResponse:
             try:
+                claims = self.authenticate(request)
                 payload = parse_typing_payload(request.body)
+                self.authorize(claims, payload.sender)
             except PayloadError as error:
-                return response.json(error.body(), status=error.status)
+                return error_response(error)
             self.bind(request.app)
-            self.spawn(self.handoffs.user_typing(payload.sender, payload.typing))
+            self.handoffs.user_typing(payload.sender, payload.typing)
             return response.json({"status": "accepted"}, status=202)
 
         @blueprint.route("/callback", methods=["POST"])
@@ -214,8 +235,15 @@ class ServiceNowInput(InputChannel):
             if not sender:
                 error = PayloadError(400, "InvalidSender", "Give the conversation as '?sender=<id>'.")
                 return response.json(error.body(), status=400)
+            try:
+                self.authorize(self.authenticate(request, query_token=request.args.get("token")), sender)
+            except PayloadError as error:
+                return error_response(error)
             last_event_id = request.headers.get("last-event-id") or request.args.get("last_event_id")
-            subscription = self.outbox.subscribe(sender, last_event_id)
+            try:
+                subscription = self.outbox.subscribe(sender, last_event_id)
+            except StreamLimitReached as limit:
+                return error_response(stream_limit_error(limit), headers={"Retry-After": str(STREAM_RETRY_AFTER_S)})
             try:
                 stream_response = await request.respond(
                     content_type="text/event-stream",
@@ -232,7 +260,25 @@ class ServiceNowInput(InputChannel):
 
         return blueprint
 
-    async def handle(self, payload: UserPayload, on_new_message: OnNewMessage) -> list:
+    def authenticate(self, request: Request, query_token: Optional[str] = None) -> Optional[Claims]:
+        """The caller's verified JWT claims; None when ``jwt_key`` is not set
+        (then a sender id is the identity, as with Rasa's REST channel)."""
+        if not self.settings.jwt_key:
+            return None
+        try:
+            return verify_token(bearer_token(request.headers, query_token), self.settings.jwt_key, self.settings.jwt_method)
+        except Unauthenticated as problem:
+            raise PayloadError(401, "Unauthorized", str(problem)) from None
+
+    @staticmethod
+    def authorize(claims: Optional[Claims], sender_id: str) -> None:
+        if claims is not None:
+            try:
+                check_subject(claims, sender_id)
+            except Unauthenticated as problem:
+                raise PayloadError(401, "Unauthorized", str(problem)) from None
+
+    async def handle(self, payload: UserPayload, on_new_message: OnNewMessage, claims: Optional[Claims] = None) -> list:
         """What the webhook does with a valid message; returns this turn's replies."""
         chat = await self.handoffs.active_chat(payload.sender)
         if chat is not None:
@@ -247,7 +293,10 @@ class ServiceNowInput(InputChannel):
         collector = await self._run_turn(payload, on_new_message)
         replies = list(collector.messages)
         if collector.handoff is not None:
-            request = handoff_request(payload.sender, collector.handoff, payload.message, payload.metadata)
+            requester = requester_of(
+                payload.sender, claims, payload.metadata, trust_metadata=self.settings.trust_frontend_metadata
+            )
+            request = handoff_request(payload.sender, collector.handoff, payload.message, payload.metadata, requester)
             replies += await self.handoffs.start(request, in_request=True)
         return replies
 
@@ -278,6 +327,22 @@ class ServiceNowInput(InputChannel):
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             self.outbox.prune()
+            self.handoffs.typing.prune()
+
+
+def error_response(error: PayloadError, headers: Optional[Dict[str, str]] = None) -> HTTPResponse:
+    extra = dict(headers or {})
+    if error.status == 401:
+        extra.setdefault("WWW-Authenticate", "Bearer")
+    return response.json(error.body(), status=error.status, headers=extra or None)
+
+
+def stream_limit_error(limit: StreamLimitReached) -> PayloadError:
+    if limit.scope == PER_SENDER:
+        return PayloadError(
+            429, "TooManyStreams", f"This conversation has {limit.limit} open streams already; close one first."
+        )
+    return PayloadError(503, "StreamCapacityReached", "The server has no room for another stream; try again shortly.")
 
 
 async def chat_asset(name: str) -> HTTPResponse:
@@ -337,12 +402,16 @@ class OutOfBandOutput(_HandoffAwareOutput):
     def on_handoff(self, recipient_id: str, options: Dict[str, Any]) -> None:
         # Rasa holds the conversation's lock while this runs; the start waits
         # for it in its own task.
-        request = handoff_request(recipient_id, options, OUT_OF_BAND_HANDOFF_TEXT, {})
+        request = handoff_request(recipient_id, options, OUT_OF_BAND_HANDOFF_TEXT, {}, Requester(user_id=recipient_id))
         self._channel.spawn(self._channel.handoffs.start(request, in_request=False))
 
 
 def handoff_request(
-    sender_id: str, options: Mapping[str, Any], user_text: str, metadata: Mapping[str, Any]
+    sender_id: str,
+    options: Mapping[str, Any],
+    user_text: str,
+    metadata: Mapping[str, Any],
+    requester: Requester,
 ) -> HandoffRequest:
     message = options.get("message")
     queue_id = options.get("queue_id")
@@ -353,6 +422,7 @@ def handoff_request(
         metadata=metadata,
         queue_id=queue_id if isinstance(queue_id, str) and queue_id else None,
         context_variables=context_variables if isinstance(context_variables, dict) else {},
+        requester=requester,
     )
 
 

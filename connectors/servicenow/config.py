@@ -17,6 +17,9 @@ CONNECT_API = "connect"
 VIRTUAL_AGENT_API = "virtual_agent"
 SUPPORTED_APIS = (CONNECT_API, VIRTUAL_AGENT_API)
 DEFAULT_WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+DEFAULT_JWT_METHOD = "HS256"
+#: What PyJWT verifies without extra packages, "none" never.
+JWT_METHODS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,19 @@ class ServiceNowSettings:
     history_turns: int = 20
     #: Report each agent message back with ``UPDATE_MESSAGES``.
     report_delivery: bool = False
+    # -- limits and authentication of the user-facing routes (docs/security.md)
+    #: Open ``/stream`` connections per conversation (429 beyond) and in total (503 beyond).
+    max_streams_per_sender: int = 5
+    max_open_streams: int = 1000
+    #: Live chats at once in this process (0: no limit); beyond it ``messages.handoff_busy``.
+    max_live_chats: int = 0
+    #: Handoff starts per conversation per minute (0: no limit); beyond it ``messages.handoff_rate_limited``.
+    handoff_starts_per_minute: int = 3
+    #: Key that verifies the users' JWTs (HS* secret or RS*/ES* public key); unset: no authentication.
+    jwt_key: Optional[str] = field(default=None, repr=False)
+    jwt_method: str = DEFAULT_JWT_METHOD
+    #: Take ``userId``, ``emailId`` and ``userName`` from webhook metadata (only for a frontend that authenticates users itself).
+    trust_frontend_metadata: bool = False
 
     @property
     def uses_oauth(self) -> bool:
@@ -233,6 +249,13 @@ def _non_negative_int(value: Any) -> int:
     return int(float(value))
 
 
+def _jwt_method(value: Any) -> str:
+    method = _text(value)
+    if method not in JWT_METHODS:
+        raise ValueError(f"'{method}' is not one of {', '.join(JWT_METHODS)}")
+    return method
+
+
 def _api(value: Any) -> str:
     return _text(value).lower()
 
@@ -284,6 +307,13 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "app_inbound_id": _text,
     "history_turns": _non_negative_int,
     "report_delivery": _boolean,
+    "max_streams_per_sender": _positive_int,
+    "max_open_streams": _positive_int,
+    "max_live_chats": _non_negative_int,
+    "handoff_starts_per_minute": _non_negative_int,
+    "jwt_key": _text,
+    "jwt_method": _jwt_method,
+    "trust_frontend_metadata": _boolean,
 }
 
 _RETRY_FIELDS = {

@@ -11,8 +11,14 @@ Two ways out, both in order and each item once:
   stream picks them up, and a reconnecting browser that sends
   ``Last-Event-ID`` gets what it missed.
 
-Event ids are ``<boot>-<n>``: ``<boot>`` changes with every process start, so
-an id from before a restart is recognised as stale instead of hiding new items.
+Event ids are ``<boot>.<box>-<n>``: ``<boot>`` changes with every process
+start and ``<box>`` with every mailbox, so an id from before a restart, from an
+earlier mailbox of the same user or from another user's stream is recognised
+as foreign instead of hiding new items, and ``<n>`` counts within the mailbox.
+
+Streams cost nothing lasting: a mailbox exists while a stream is open or while
+it holds items, and is dropped as soon as neither is true. Open streams are
+capped per user and in total (``StreamLimitReached``).
 """
 
 import asyncio
@@ -72,19 +78,60 @@ class _Mailbox:
     retained: List[OutboundItem] = field(default_factory=list)
     #: Highest item number some stream has taken; later ones still wait for a stream.
     streamed_upto: int = 0
+    #: Random per mailbox: an event id names the mailbox it came from.
+    stamp: str = ""
     listeners: Optional[Set["asyncio.Queue[OutboundItem]"]] = None
     callback_queue: Optional[Deque[OutboundItem]] = None
     callback_worker: Optional["asyncio.Task[None]"] = None
     touched: float = field(default_factory=time.monotonic)
 
 
+class StreamLimitReached(Exception):
+    """A new stream would exceed a cap on open streams."""
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"{limit} open stream(s) {'for this conversation' if scope == PER_SENDER else 'in total'}")
+        #: ``PER_SENDER`` or ``IN_TOTAL``.
+        self.scope = scope
+        self.limit = limit
+
+
+PER_SENDER = "sender"
+IN_TOTAL = "total"
+
+
 class Outbox:
-    def __init__(self, callback_url: Optional[str], *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        callback_url: Optional[str],
+        *,
+        request_timeout: float = 10.0,
+        max_streams_per_sender: int = 5,
+        max_open_streams: int = 1000,
+    ) -> None:
         self.callback_url = callback_url
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._boot = uuid.uuid4().hex[:8]
         self._mailboxes: Dict[str, _Mailbox] = {}
         self._session: Optional[aiohttp.ClientSession] = None
+        self.max_streams_per_sender = max_streams_per_sender
+        self.max_open_streams = max_open_streams
+        self._open_streams = 0
+
+    @property
+    def mailbox_count(self) -> int:
+        """Conversations with a mailbox: an open stream or items kept for one."""
+        return len(self._mailboxes)
+
+    @property
+    def open_streams(self) -> int:
+        return self._open_streams
+
+    def _mailbox(self, recipient_id: str) -> _Mailbox:
+        mailbox = self._mailboxes.get(recipient_id)
+        if mailbox is None:
+            mailbox = self._mailboxes[recipient_id] = _Mailbox(stamp=f"{self._boot}.{uuid.uuid4().hex[:8]}")
+        return mailbox
 
     # -- publishing --------------------------------------------------------
 
@@ -98,13 +145,13 @@ class Outbox:
         track: bool = False,
     ) -> OutboundItem:
         """Queue one item for the user. Never blocks: the send happens in the background."""
-        mailbox = self._mailboxes.setdefault(recipient_id, _Mailbox())
+        mailbox = self._mailbox(recipient_id)
         number = mailbox.next_number
         mailbox.next_number += 1
         mailbox.touched = time.monotonic()
         outcome = asyncio.get_running_loop().create_future() if track else None
         # The payload is the caller's to give away: it is not copied.
-        item = OutboundItem(f"{self._boot}-{number}", kind, payload, to_callback, outcome)
+        item = OutboundItem(f"{mailbox.stamp}-{number}", kind, payload, to_callback, outcome)
         if len(mailbox.retained) >= RETAINED_PER_USER:
             oldest = mailbox.retained.pop(0)
             if _number(oldest) > mailbox.streamed_upto and not (self.callback_url and oldest.to_callback):
@@ -128,9 +175,17 @@ class Outbox:
     # -- streaming ---------------------------------------------------------
 
     def subscribe(self, recipient_id: str, last_event_id: Optional[str] = None) -> "Subscription":
-        """Start a stream for the user; close the subscription when the stream ends."""
-        mailbox = self._mailboxes.setdefault(recipient_id, _Mailbox())
-        subscription = Subscription(mailbox)
+        """Start a stream for the user; close the subscription when the stream ends.
+
+        Raises ``StreamLimitReached`` (and changes nothing) when the user, or
+        the process, already has as many open streams as allowed."""
+        existing = self._mailboxes.get(recipient_id)
+        if existing is not None and existing.listeners and len(existing.listeners) >= self.max_streams_per_sender:
+            raise StreamLimitReached(PER_SENDER, self.max_streams_per_sender)
+        if self._open_streams >= self.max_open_streams:
+            raise StreamLimitReached(IN_TOTAL, self.max_open_streams)
+        mailbox = self._mailbox(recipient_id)
+        subscription = Subscription(self, recipient_id, mailbox)
         resume_after = self._resume_point(mailbox, last_event_id)
         for item in mailbox.retained:
             if _number(item) > resume_after:
@@ -141,14 +196,39 @@ class Outbox:
         if mailbox.listeners is None:
             mailbox.listeners = set()
         mailbox.listeners.add(subscription.queue)
+        self._open_streams += 1
         return subscription
+
+    def _unsubscribe(self, recipient_id: str, mailbox: _Mailbox, queue: "asyncio.Queue[OutboundItem]") -> None:
+        if mailbox.listeners is None or queue not in mailbox.listeners:
+            return
+        mailbox.listeners.discard(queue)
+        self._open_streams -= 1
+        mailbox.touched = time.monotonic()
+        if not mailbox.listeners:
+            mailbox.listeners = None
+            self._forget_if_empty(recipient_id, mailbox)
+
+    def _forget_if_empty(self, recipient_id: str, mailbox: _Mailbox) -> None:
+        """Drop a mailbox that holds nothing and serves nobody: a stream
+        request for a quiet conversation leaves no trace."""
+        if (
+            not mailbox.retained
+            and not mailbox.listeners
+            and not mailbox.callback_queue
+            and mailbox.callback_worker is None
+            and self._mailboxes.get(recipient_id) is mailbox
+        ):
+            del self._mailboxes[recipient_id]
 
     def _resume_point(self, mailbox: _Mailbox, last_event_id: Optional[str]) -> int:
         """The item number after which a new stream starts."""
         if last_event_id:
-            boot, _, number = last_event_id.partition("-")
-            if boot == self._boot and number.isdigit():
-                return int(number)
+            stamp, _, number = last_event_id.rpartition("-")
+            # Only an id this very mailbox gave out counts: ids of another
+            # conversation, an earlier mailbox or process say nothing here.
+            if stamp == mailbox.stamp and number.isdigit():
+                return min(int(number), mailbox.next_number - 1)
         # A fresh stream, or one that saw a previous process: send only what
         # no stream has taken yet, so nothing is shown twice.
         return mailbox.streamed_upto
@@ -247,7 +327,9 @@ class Subscription:
     connection cancels the handler, and ``close()`` in its ``finally`` must
     unregister at once rather than whenever the generator is collected."""
 
-    def __init__(self, mailbox: _Mailbox) -> None:
+    def __init__(self, outbox: Outbox, recipient_id: str, mailbox: _Mailbox) -> None:
+        self._outbox = outbox
+        self._recipient_id = recipient_id
         self._mailbox = mailbox
         self.queue: "asyncio.Queue[OutboundItem]" = asyncio.Queue()
 
@@ -259,9 +341,8 @@ class Subscription:
             return None
 
     def close(self) -> None:
-        if self._mailbox.listeners is not None:
-            self._mailbox.listeners.discard(self.queue)
-        self._mailbox.touched = time.monotonic()
+        """Unregister; safe to call more than once."""
+        self._outbox._unsubscribe(self._recipient_id, self._mailbox, self.queue)
 
 
 def _number(item: OutboundItem) -> int:

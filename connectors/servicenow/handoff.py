@@ -28,6 +28,7 @@ from connectors.servicenow.backends.base import Backend, Callback, ChatClosed, C
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import Outbox
 from connectors.servicenow.errors import ServiceNowError
+from connectors.servicenow.limits import RateLimiter
 from connectors.servicenow.relay import Relay
 from connectors.servicenow.state import (
     HandoffRegistry,
@@ -36,6 +37,7 @@ from connectors.servicenow.state import (
     bot_uttered,
     cleared_slot_events,
 )
+from connectors.servicenow.user_typing import TypingForwarder
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class HandoffManager:
         # Chats whose id was chosen before ServiceNow confirmed them: pushes
         # that arrive that early wait here for the chat (or None if it failed).
         self._opening: Dict[str, "asyncio.Future[Optional[LiveChat]]"] = {}
+        self.typing = TypingForwarder(backend.send_typing)
+        self.start_limiter = RateLimiter(settings.handoff_starts_per_minute, 60.0)
 
     # -- the flag ----------------------------------------------------------
 
@@ -102,11 +106,31 @@ class HandoffManager:
         if sender in self._starting or self.registry.get(sender) is not None:
             logger.info("Conversation %s asked for a live agent again while already connected.", sender)
             return []
+        refusal = self._refusal(sender)
+        if refusal is not None:
+            return await self._tell(sender, [refusal], in_request=in_request)
         self._starting.add(sender)
         try:
             return await self._start(request, in_request)
         finally:
             self._starting.discard(sender)
+
+    def _refusal(self, sender: str) -> Optional[str]:
+        """What to tell the user when a limit says no to a new handoff; None
+        when it may start. The busy check comes first so that a refusal for
+        lack of room does not use up the conversation's own allowance."""
+        limit = self.settings.max_live_chats
+        if limit and len(self.registry) + len(self._starting) >= limit:
+            logger.warning("Refused a handoff for conversation %s: %d live chats is the limit (max_live_chats).", sender, limit)
+            return self.texts.handoff_busy
+        if not self.start_limiter.allow(sender):
+            # INFO: one conversation's own retries must not flood the operator's warnings.
+            logger.info(
+                "Refused a handoff for conversation %s: more than %d starts in a minute (handoff_starts_per_minute).",
+                sender, self.settings.handoff_starts_per_minute,
+            )
+            return self.texts.handoff_rate_limited
+        return None
 
     async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
         sender = request.sender_id
@@ -170,17 +194,16 @@ class HandoffManager:
     async def end_by_user(self, chat: LiveChat) -> Messages:
         return await self._end(chat, EndReason.USER_ENDED, in_request=True)
 
-    async def user_typing(self, sender_id: str, typing: bool) -> bool:
-        """Pass the user's typing state to the agent; False when there is no
-        live chat or the API cannot show it. Never ends the chat."""
-        chat = await self.active_chat(sender_id)
-        if chat is None:
+    def user_typing(self, sender_id: str, typing: bool) -> bool:
+        """Pass the user's typing state to the agent, debounced; False when
+        there is no live chat here or the API cannot show it. Never ends the
+        chat, and never loads a tracker: typing for a conversation that is not
+        in handoff costs a dictionary lookup and leaves nothing behind."""
+        chat = self.registry.get(sender_id)
+        if chat is None or not self.backend.shows_typing:
             return False
-        try:
-            return await self.backend.send_typing(chat, typing)
-        except ServiceNowError as error:
-            logger.info("Could not forward typing to ServiceNow chat %s: %s", chat.chat_id, error)
-            return False
+        self.typing.note(chat, typing)
+        return True
 
     # -- pushes from ServiceNow ----------------------------------------------
 
@@ -292,6 +315,7 @@ class HandoffManager:
         return resumed
 
     async def shutdown(self, timeout: float = 10.0) -> None:
+        await self.typing.aclose()
         await self.relay.stop(timeout)
         await self.outbox.drain(timeout)
 

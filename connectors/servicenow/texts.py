@@ -40,6 +40,15 @@ class UserTexts:
         "if you still need help!"
     )
 
+    #: ``max_live_chats`` live chats are open already; the user stays with the bot.
+    handoff_busy: str = (
+        "All our agents are busy right now, so I can't connect you. Please try again in a few minutes."
+    )
+    #: The conversation asked for an agent more than ``handoff_starts_per_minute`` times in a minute.
+    handoff_rate_limited: str = (
+        "You've asked for a live agent several times in a short while. Please wait a minute, then try again."
+    )
+
     @classmethod
     def from_options(cls, options: Optional[Mapping[str, Any]]) -> "UserTexts":
         if not options:

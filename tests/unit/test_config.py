@@ -102,3 +102,39 @@ def test_virtual_agent_needs_no_queue_but_a_secured_callback():
 def test_invalid_virtual_agent_options(change, complaint):
     with pytest.raises(ConfigurationError, match=complaint):
         ServiceNowSettings.from_credentials({**VIRTUAL_AGENT, **change})
+
+
+def test_limits_and_authentication_options_have_safe_defaults_and_parse_from_strings():
+    defaults = ServiceNowSettings.from_credentials(BASIC)
+    assert (defaults.max_streams_per_sender, defaults.max_open_streams) == (5, 1000)
+    assert (defaults.max_live_chats, defaults.handoff_starts_per_minute) == (0, 3)
+    assert defaults.jwt_key is None and defaults.jwt_method == "HS256"
+    assert defaults.trust_frontend_metadata is False
+    settings = ServiceNowSettings.from_credentials(
+        {
+            **BASIC, "max_streams_per_sender": "2", "max_open_streams": "50", "max_live_chats": "10",
+            "handoff_starts_per_minute": "0", "jwt_key": "k" * 32, "jwt_method": "RS256",
+            "trust_frontend_metadata": "true",
+        }
+    )
+    assert (settings.max_streams_per_sender, settings.max_open_streams, settings.max_live_chats) == (2, 50, 10)
+    assert settings.handoff_starts_per_minute == 0 and settings.jwt_method == "RS256"
+    assert settings.trust_frontend_metadata is True
+    assert "k" * 32 not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("jwt_method", "none"), ("jwt_method", "HS1"), ("max_open_streams", 0), ("max_streams_per_sender", "-1"),
+     ("max_live_chats", -1)],
+)
+def test_unsafe_or_meaningless_limit_and_jwt_values_are_refused(option, value):
+    with pytest.raises(ConfigurationError, match=option):
+        ServiceNowSettings.from_credentials({**BASIC, option: value})
+
+
+def test_the_new_user_texts_can_be_overridden():
+    settings = ServiceNowSettings.from_credentials(
+        {**BASIC, "messages": {"handoff_busy": "Busy.", "handoff_rate_limited": "Wait."}}
+    )
+    assert (settings.texts.handoff_busy, settings.texts.handoff_rate_limited) == ("Busy.", "Wait.")

@@ -16,6 +16,7 @@ from connectors.servicenow.backends.base import (
     ChatClosed,
     CloseReason,
     HandoffRequest,
+    Requester,
     SystemNotice,
     Turn,
 )
@@ -66,9 +67,11 @@ async def test_the_handoff_is_an_agent_action_with_routing_identity_and_history(
     request = HandoffRequest(
         sender_id="rasa-user",
         text="my laptop is broken",
-        metadata={"userId": "abel.tuter", "emailId": "abel@example.com", "language": "de", "timezone": "Europe/Berlin"},
+        # The backend sends the identity the channel settled, never the metadata's own claims.
+        metadata={"userId": "mallory", "emailId": "mallory@example.com", "language": "de", "timezone": "Europe/Berlin"},
         context_variables={"priority": "high"},
         history=[Turn("hi", False, 1000.0), Turn("Hello! How can I help?", True, 2000.0)],
+        requester=Requester(user_id="abel.tuter", email="abel@example.com", name="Abel Tuter"),
     )
     with aioresponses() as mock:
         mock.post(URL, payload={"status": "success"})
@@ -82,7 +85,7 @@ async def test_the_handoff_is_an_agent_action_with_routing_identity_and_history(
     assert body["contextVariables"] == {"requester_session_language": "de", "b2b_category": "it", "priority": "high"}
     assert body["clientVariables"] == {SENDER_VARIABLE: "rasa-user"}
     assert body["history"] == [
-        {"displayName": "User", "isBotMessage": False, "timestamp": "1000", "type": "text", "value": "hi"},
+        {"displayName": "Abel Tuter", "isBotMessage": False, "timestamp": "1000", "type": "text", "value": "hi"},
         {"displayName": "Virtual Agent", "isBotMessage": True, "timestamp": "2000", "type": "text", "value": "Hello! How can I help?"},
     ]
     assert len(body["requestId"]) == 32

@@ -27,6 +27,20 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class Requester:
+    """Who the user is, as far as ServiceNow is told. The channel fills it
+    from a verified token or a trusted frontend only (see docs/security.md);
+    a backend sends what it finds here and nothing from the request metadata."""
+
+    #: Virtual Agent ``userId``; the sender id when not set.
+    user_id: Optional[str] = None
+    #: Virtual Agent ``emailId``.
+    email: Optional[str] = None
+    #: The user's display name (Virtual Agent history entries).
+    name: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class HandoffRequest:
     """What the bot asked for when it handed the conversation over."""
 
@@ -40,6 +54,7 @@ class HandoffRequest:
     context_variables: Mapping[str, Any] = field(default_factory=dict)
     #: The conversation so far, oldest first (sent where the API has room for it).
     history: Sequence[Turn] = ()
+    requester: Requester = field(default_factory=Requester)
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,9 @@ class Backend(ABC):
     async def abort(self, chat: LiveChat, cause: str) -> None:
         """End the chat because this side failed; ``cause`` is for ServiceNow's records."""
         await self.leave(chat)
+
+    #: Whether ``send_typing`` shows anything to the agent.
+    shows_typing: bool = False
 
     async def send_typing(self, chat: LiveChat, typing: bool) -> bool:
         """Show the agent that the user is typing; False where the API cannot."""

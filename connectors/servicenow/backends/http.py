@@ -75,8 +75,12 @@ class ServiceNowHTTP:
         json_body: Optional[Mapping[str, Any]] = None,
         params: Optional[Mapping[str, str]] = None,
         extra_headers: Optional[Mapping[str, str]] = None,
+        attempts: Optional[int] = None,
     ) -> Any:
         """Send one API call and return its decoded JSON body.
+
+        ``attempts`` overrides the retry policy's count for calls not worth
+        repeating (1: a single try, e.g. a typing indicator).
 
         The body is serialised once, compactly, so a signature computed over
         ``compact_json(json_body)`` by the caller matches the bytes sent.
@@ -88,7 +92,8 @@ class ServiceNowHTTP:
         last_problem = "no attempt made"
         last_status: Optional[int] = None
         attempt = 0
-        while attempt < self._retry.attempts:
+        max_attempts = attempts or self._retry.attempts
+        while attempt < max_attempts:
             attempt += 1
             delay: Optional[float] = None
             try:
@@ -132,11 +137,11 @@ class ServiceNowHTTP:
                     if problem is None:
                         return decoded
                     last_problem = problem
-            if attempt < self._retry.attempts:
+            if attempt < max_attempts:
                 wait = delay if delay is not None else backoff_delay(self._retry, attempt)
                 logger.warning(
                     "ServiceNow %s %s failed (%s); retry %d of %d in %.2fs.",
-                    method, path, last_problem, attempt, self._retry.attempts - 1, wait,
+                    method, path, last_problem, attempt, max_attempts - 1, wait,
                 )
                 await self._sleep(wait)
         raise ServiceNowUnavailable(

@@ -59,6 +59,7 @@ class VirtualAgentBackend(Backend):
     api = VIRTUAL_AGENT_API
     pulls = False
     wants_history = True
+    shows_typing = True
 
     def __init__(self, settings: ServiceNowSettings, http: ServiceNowHTTP) -> None:
         self._settings = settings
@@ -72,21 +73,22 @@ class VirtualAgentBackend(Backend):
     async def open_chat(self, request: HandoffRequest, chat_id: Optional[str] = None) -> OpenedChat:
         chat_id = chat_id or uuid.uuid4().hex
         metadata = request.metadata
-        user_id = _first_text(metadata, "userId", "user_id") or request.sender_id
+        # Who the user is was settled by the channel (verified token, trusted
+        # frontend, or the sender id); the metadata is never asked again here.
+        user_id = request.requester.user_id or request.sender_id
         body = self._envelope(chat_id, user_id, request.sender_id)
         body.update(
             action="AGENT",
             message=_message(request.text),
             contextVariables=self._context_variables(request),
         )
-        email = _first_text(metadata, "emailId", "email")
-        if email:
-            body["emailId"] = email
+        if request.requester.email:
+            body["emailId"] = request.requester.email
         timezone = _first_text(metadata, "timezone")
         if timezone:
             body["timezone"] = timezone
         if request.history:
-            body["history"] = [_history_entry(turn, metadata) for turn in request.history]
+            body["history"] = [_history_entry(turn, request.requester.name) for turn in request.history]
         await self._post(body)
         return OpenedChat(chat_id=chat_id, user=user_id, opened_at=now_ms())
 
@@ -105,17 +107,18 @@ class VirtualAgentBackend(Backend):
 
     async def send_typing(self, chat: LiveChat, typing: bool) -> bool:
         # ServiceNow's order: TYPING while the user types, VIEWING once they stop.
-        await self._action(chat, "TYPING" if typing else "VIEWING")
+        # One try: a typing indicator is stale by the time a retry could land.
+        await self._action(chat, "TYPING" if typing else "VIEWING", attempts=1)
         return True
 
     async def report_delivery(self, chat: LiveChat, message_id: str, delivered: bool) -> None:
         status = "sent_to_user" if delivered else "external_error"
         await self._action(chat, "UPDATE_MESSAGES", message={"id": message_id, "status": status, "typed": True})
 
-    async def _action(self, chat: LiveChat, action: str, **fields: Any) -> None:
+    async def _action(self, chat: LiveChat, action: str, *, attempts: Optional[int] = None, **fields: Any) -> None:
         body = self._envelope(chat.chat_id, chat.user or chat.sender_id, chat.sender_id)
         body.update(action=action, **fields)
-        await self._post(body)
+        await self._post(body, attempts=attempts)
 
     def _envelope(self, chat_id: str, user_id: str, sender_id: str) -> Dict[str, Any]:
         body: Dict[str, Any] = {
@@ -141,14 +144,16 @@ class VirtualAgentBackend(Backend):
             variables.setdefault("queue", request.queue_id)
         return variables
 
-    async def _post(self, body: Mapping[str, Any]) -> None:
+    async def _post(self, body: Mapping[str, Any], *, attempts: Optional[int] = None) -> None:
         headers: Dict[str, str] = {}
         if self._settings.message_token:
             headers["token"] = self._settings.message_token
         if self._settings.message_hash_secret:
             digest = hmac.new(self._settings.message_hash_secret.encode(), compact_json(body), hashlib.sha1)
             headers["x-b2b-signature"] = digest.hexdigest()
-        answer = await self._http.request("POST", INTEGRATION_PATH, json_body=body, extra_headers=headers)
+        answer = await self._http.request(
+            "POST", INTEGRATION_PATH, json_body=body, extra_headers=headers, attempts=attempts
+        )
         if not isinstance(answer, dict) or answer.get("status") != "success":
             error = answer.get("error") if isinstance(answer, dict) else None
             detail = str(error.get("message") or "") if isinstance(error, dict) else ""
@@ -266,8 +271,8 @@ def _content(item: Mapping[str, Any]) -> "tuple[str, Dict[str, Any]]":
     return label, ({"custom": {"servicenow": dict(item)}} if not label else {})
 
 
-def _history_entry(turn: Turn, metadata: Mapping[str, Any]) -> Dict[str, Any]:
-    name = "Virtual Agent" if turn.from_bot else (_first_text(metadata, "userName", "name") or "User")
+def _history_entry(turn: Turn, user_name: Optional[str]) -> Dict[str, Any]:
+    name = "Virtual Agent" if turn.from_bot else (user_name or "User")
     return {
         "displayName": name,
         "isBotMessage": turn.from_bot,

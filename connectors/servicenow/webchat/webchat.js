@@ -10,8 +10,14 @@
   const webhookUrl = new URL("webhook", base);
   const typingUrl = new URL("typing", base);
 
+  // With `jwt_key` set on the channel, the page needs a token whose subject
+  // is the conversation: `window.SERVICENOW_CHAT_TOKEN`, set by the embedding
+  // page, or `#token=<jwt>` in the URL (a fragment never reaches a server log).
+  const token = window.SERVICENOW_CHAT_TOKEN || new URLSearchParams(window.location.hash.slice(1)).get("token");
+  const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
+
   const senderKey = "servicenow-webchat-sender";
-  const sender = sessionStorage.getItem(senderKey) || newSenderId();
+  const sender = (token && subjectOf(token)) || sessionStorage.getItem(senderKey) || newSenderId();
   sessionStorage.setItem(senderKey, sender);
 
   const ui = {
@@ -31,6 +37,16 @@
   const handoff = { active: false, agentName: null };
   let userTypingTimer = null;
   let userTyping = false;
+
+  function subjectOf(jwt) {
+    try {
+      const payload = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const bytes = Uint8Array.from(atob(payload), (char) => char.charCodeAt(0));
+      return JSON.parse(new TextDecoder().decode(bytes)).sub || null;
+    } catch (error) {
+      return null;
+    }
+  }
 
   function newSenderId() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
@@ -125,7 +141,7 @@
     try {
       const response = await fetch(webhookUrl, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: { "Content-Type": "application/json", ...authHeaders },
         body: JSON.stringify({ sender, message: text }),
       });
       const replies = await response.json();
@@ -147,7 +163,7 @@
     userTyping = typing;
     fetch(typingUrl, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders },
       body: JSON.stringify({ sender, typing }),
     }).catch(() => {});
   }
@@ -158,7 +174,9 @@
   }
 
   function listen() {
-    const stream = new EventSource(new URL(`stream?sender=${encodeURIComponent(sender)}`, base));
+    // EventSource cannot set headers: the token goes in the query.
+    const query = `sender=${encodeURIComponent(sender)}` + (token ? `&token=${encodeURIComponent(token)}` : "");
+    const stream = new EventSource(new URL(`stream?${query}`, base));
     stream.addEventListener("message", (event) => {
       const message = JSON.parse(event.data);
       const author = authorOf(message);

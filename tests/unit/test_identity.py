@@ -1,0 +1,72 @@
+"""JWT verification as Rasa's socket.io channel does it, and where the
+identity sent to ServiceNow comes from."""
+
+import time
+
+import jwt
+import pytest
+
+from connectors.servicenow.backends.base import Requester
+from connectors.servicenow.identity import Unauthenticated, bearer_token, check_subject, requester_of, verify_token
+
+KEY = "a-test-key-of-at-least-32-bytes-length"
+
+
+def token(claims, key=KEY, algorithm="HS256"):
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def test_a_valid_token_gives_its_claims():
+    claims = verify_token(token({"sub": "u1", "email": "u1@example.com"}), KEY, "HS256")
+    assert claims["sub"] == "u1" and claims["email"] == "u1@example.com"
+
+
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        (None, "needs"),
+        ("", "needs"),
+        ("not-a-jwt", "not valid"),
+        (token({"sub": "u1"}, key="another-key-of-at-least-32-bytes-long"), "not valid"),
+        (token({"sub": "u1", "exp": int(time.time()) - 10}), "expired"),
+        (token({"email": "no-subject@example.com"}), "not valid"),
+        (token({"sub": "u1"}, algorithm="HS512"), "not valid"),  # not the configured method
+        (jwt.encode({"sub": "u1"}, None, algorithm="none"), "not valid"),
+    ],
+)
+def test_missing_forged_expired_or_subjectless_tokens_are_refused(raw, problem):
+    with pytest.raises(Unauthenticated, match=problem):
+        verify_token(raw, KEY, "HS256")
+
+
+def test_a_token_speaks_for_its_subject_only():
+    check_subject({"sub": "u1"}, "u1")
+    with pytest.raises(Unauthenticated, match="another conversation"):
+        check_subject({"sub": "u1"}, "u2")
+
+
+def test_the_token_comes_from_the_bearer_header_or_the_query():
+    assert bearer_token({"Authorization": "Bearer abc"}) == "abc"
+    assert bearer_token({"Authorization": "bearer abc"}, "q") == "abc"
+    assert bearer_token({"Authorization": "Basic abc"}, "q") == "q"
+    assert bearer_token({}, None) is None and bearer_token({}, "") is None
+
+
+METADATA = {"userId": "mallory", "emailId": "mallory@example.com", "userName": "Mallory"}
+
+
+def test_without_token_or_trust_the_sender_is_the_user_and_nothing_else_is_claimed():
+    assert requester_of("u1", None, METADATA, trust_metadata=False) == Requester(user_id="u1")
+
+
+def test_a_trusted_frontend_supplies_the_identity():
+    requester = requester_of("u1", None, METADATA, trust_metadata=True)
+    assert requester == Requester(user_id="mallory", email="mallory@example.com", name="Mallory")
+
+
+def test_claims_win_over_metadata_and_metadata_counts_only_when_trusted():
+    claims = {"sub": "u1", "email": "abel@example.com", "name": "Abel Tuter"}
+    assert requester_of("u1", claims, METADATA, trust_metadata=False) == Requester("u1", "abel@example.com", "Abel Tuter")
+    assert requester_of("u1", claims, METADATA, trust_metadata=True) == Requester("u1", "abel@example.com", "Abel Tuter")
+    assert requester_of("u1", {"sub": "u1"}, METADATA, trust_metadata=True) == Requester("u1", "mallory@example.com", "Mallory")
+    assert requester_of("u1", {"sub": "u1", "preferred_username": "abel.tuter"}, {}, trust_metadata=False).user_id == "abel.tuter"
