@@ -363,3 +363,95 @@ async def test_a_message_sent_while_the_bot_decides_on_the_handoff_goes_to_the_a
         assert await later == []
         assert body_of(mock, "POST", MESSAGES) == {"message": "it is about my VPN"}
     rasa_turn.assert_awaited_once()
+
+
+# -- agent messages that race the end of the chat -------------------------------------
+
+from connectors.servicenow.backends.base import AgentMessage, PollResult  # noqa: E402
+
+
+def agent_push(text, message_id):
+    return SimpleNamespace(
+        chat_id=GROUP, sender_id="u1", fingerprint=message_id, events=[AgentMessage(message_id, text, "Beth", 5)]
+    )
+
+
+async def delivered_texts(channel, sender="u1"):
+    subscription = channel.outbox.subscribe(sender, "")
+    texts = []
+    while True:
+        item = await subscription.next(heartbeat=0.05)
+        if item is None:
+            break
+        if "text" in item.payload:
+            texts.append(item.payload["text"])
+    subscription.close()
+    return texts
+
+
+async def transcript(agent, sender="u1"):
+    tracker = await agent.tracker_store.retrieve(sender)
+    return [event.text for event in tracker.events if event.type_name == "bot"]
+
+
+class HeldLeave:
+    def __init__(self, channel) -> None:
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+        leave = channel.backend.leave
+
+        async def held(chat):
+            self.called.set()
+            await self.release.wait()
+            return await leave(chat)
+
+        channel.backend.leave = held
+
+
+async def test_an_agent_message_pushed_while_the_user_ends_is_delivered_before_the_farewell_or_not_at_all(
+    channels, rasa_turn, agent
+):
+    channel = channels()
+    with aioresponses() as mock:
+        await start(channel, rasa_turn, mock)
+        await channel.handoffs.receive_callback(agent_push("before the end", "m1"))
+        held = HeldLeave(channel)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        ending = asyncio.ensure_future(say(channel, rasa_turn, "/end_chat"))
+        await held.called.wait()
+        await channel.handoffs.find_callback_chat(agent_push("during the end", "m2"))  # acknowledged
+        await channel.handoffs.receive_callback(agent_push("during the end", "m2"))
+        held.release.set()
+        assert [reply["text"] for reply in await ending] == [TEXTS.user_ended]
+    assert await delivered_texts(channel) == ["before the end"]
+    texts = await transcript(agent)
+    assert "during the end" not in texts
+    assert texts.index("before the end") < texts.index(TEXTS.user_ended)
+
+
+async def test_a_connect_poll_in_flight_when_the_user_ends_delivers_nothing_after_the_farewell(agent, rasa_turn, monkeypatch):
+    channel = ServiceNowInput.from_credentials({**OPTIONS, "poll_interval": 0.01})
+    channel.bind(SimpleNamespace(ctx=SimpleNamespace(agent=agent)))
+    polling, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_poll(chat):
+        polling.set()
+        await answer.wait()
+        return PollResult([AgentMessage("m9", "too late", "Beth", 9)], 9, ("m9",))
+
+    channel.backend.poll = slow_poll
+    try:
+        with aioresponses() as mock:
+            await start(channel, rasa_turn, mock)
+            await polling.wait()
+            poller = channel.handoffs.relay._pollers["u1"].task
+            mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+            assert [reply["text"] for reply in await say(channel, rasa_turn, "/end_chat")] == [TEXTS.user_ended]
+            answer.set()
+            await asyncio.wait([poller], timeout=5)
+            assert poller.cancelled()  # the poll in flight was dropped, its messages stay unread in ServiceNow
+        assert await delivered_texts(channel) == []
+        assert "too late" not in await transcript(agent)
+    finally:
+        await channel.handoffs.shutdown(timeout=1)
+        await channel.http.aclose()
