@@ -186,7 +186,7 @@ class TrackerSlots:
         try:
             return await store.retrieve(sender_id)
         except Exception as error:
-            raise StoreUnavailable(f"reading the tracker of conversation {sender_id} failed: {error!r}") from error
+            raise StoreUnavailable(f"reading the tracker of conversation {sender_id} failed: {describe(error)}") from error
 
     async def load(self, sender_id: str) -> Optional[LiveChat]:
         """The conversation's handoff, if active. Reads without side effects;
@@ -220,11 +220,11 @@ class TrackerSlots:
             except Exception as error:
                 if delay is None:
                     raise StoreUnavailable(
-                        f"saving the handoff state of conversation {sender_id} failed {attempts} times: {error!r}"
+                        f"saving the handoff state of conversation {sender_id} failed {attempts} times: {describe(error)}"
                     ) from error
                 logger.warning(
-                    "Saving the handoff state of conversation %s failed (attempt %d of %d, retrying in %.1f s): %r",
-                    sender_id, attempt, attempts, delay, error,
+                    "Saving the handoff state of conversation %s failed (attempt %d of %d, retrying in %.1f s): %s",
+                    sender_id, attempt, attempts, delay, describe(error),
                 )
                 await asyncio.sleep(delay)
 
@@ -254,15 +254,15 @@ class TrackerSlots:
         try:
             keys = list(await store.keys())
         except Exception as error:
-            raise StoreUnavailable(f"listing the conversations failed: {error!r}") from error
+            raise StoreUnavailable(f"listing the conversations failed: {describe(error)}") from error
         semaphore = asyncio.Semaphore(concurrency)
 
         async def load(key: str) -> Optional[LiveChat]:
             async with semaphore:
                 try:
                     return await self.load(key)
-                except StoreUnavailable:  # one broken tracker must not stop the others resuming
-                    logger.exception("Could not read the tracker of conversation %s.", key)
+                except StoreUnavailable as error:  # one broken tracker must not stop the others resuming
+                    logger.error("Not resuming conversation %s now: %s", key, error)
                     return None
 
         for chunk_start in range(0, len(keys), 256):
@@ -368,6 +368,14 @@ class ConversationLocks:
             turns.users -= 1
             if not turns.users:
                 del self._turns[sender_id]
+
+
+def describe(error: BaseException) -> str:
+    """A store error for the log, without the statement and its parameters
+    that SQLAlchemy appends (they hold the conversation's messages)."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def now_ms() -> float:
