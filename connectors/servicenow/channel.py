@@ -276,6 +276,8 @@ class ServiceNowInput(InputChannel):
             command = payload.message.lower()
             if command == RESTART_COMMAND:
                 replies = await self.handoffs.end_by_user(chat)
+                if not chat.ended:  # the end could not be saved: still with the agent
+                    return replies
                 return replies + (await self._run_turn(payload, on_new_message)).messages
             if command in self.settings.end_chat_commands:
                 return await self.handoffs.end_by_user(chat)

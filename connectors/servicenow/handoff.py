@@ -19,9 +19,13 @@ The tracker store can fail at any step, and the handoff fails closed:
 * whether a conversation is in handoff is never guessed: ``active_chat``
   raises ``StoreUnavailable`` (the webhook answers 503) and caches nothing;
 * a chat whose start cannot be saved is left again, and the user told;
-* an end whose save fails is still an end here (the chat is left, the user
-  told), and the save is retried in the background and, before anything
-  else, on the conversation's next message, which waits (503) until it lands.
+* a user's end command is saved before the chat is left: if the save fails,
+  nothing changes and the user is told (``end_failed``), so no restart can
+  bring back a chat the user has left;
+* an end from ServiceNow's side whose save fails is still an end here (the
+  chat is over there), and the save is retried in the background and, before
+  anything else, on the conversation's next message, which waits (503) until
+  it lands.
 """
 
 import asyncio
@@ -249,7 +253,31 @@ class HandoffManager:
         return []
 
     async def end_by_user(self, chat: LiveChat) -> Messages:
-        return await self._end(chat, EndReason.USER_ENDED, in_request=True)
+        """End the handoff at the user's request. Saved first, left after:
+        when the save fails the chat goes on (``chat.ended`` stays False) and
+        the answer says so."""
+        messages = self._bot_messages(chat.sender_id, [self.texts.user_ended])
+        async with chat.dispatch_lock:
+            # Holding the dispatch lock: no agent message is delivered while
+            # this saves, and none after it (the chat is ended before release).
+            if chat.ended:
+                return []
+            pending = self.relay.take_unsaved(chat)
+            try:
+                await self.slots.write(chat.sender_id, pending + cleared_slot_events() + [bot_uttered(m) for m in messages])
+            except StoreUnavailable as error:
+                self.relay.give_back_unsaved(chat, pending)
+                logger.error(
+                    "Could not save the end of the handoff of conversation %s; ServiceNow chat %s goes on: %s",
+                    chat.sender_id, chat.chat_id, error,
+                )
+                return self._bot_messages(chat.sender_id, [self.texts.end_failed])
+            self.registry.deactivate(chat)
+        self.relay.unwatch(chat)
+        await self._leave_quietly(chat)
+        self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
+        logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", EndReason.USER_ENDED.value, chat.sender_id, chat.chat_id)
+        return messages
 
     async def user_typing(self, sender_id: str, typing: bool) -> bool:
         """Pass the user's typing state to the agent; False when there is no
@@ -332,8 +360,9 @@ class HandoffManager:
         undelivered: bool = False,
         leave: bool = True,
     ) -> Messages:
-        if not self.registry.deactivate(chat):
-            return []
+        async with chat.dispatch_lock:  # waits for a user's end that is saving
+            if not self.registry.deactivate(chat):
+                return []
         self.relay.unwatch(chat)
         # The relay's unsaved cursor and transcript go into the same write as
         # the end, ahead of it, so that nothing of the chat is saved after it.

@@ -231,13 +231,22 @@ class Relay:
         except StoreUnavailable as error:
             # Kept, ahead of anything newer, for the next save; the end of the
             # handoff takes them if it comes first.
-            self._unsaved[sender_id] = events + self._unsaved.get(sender_id, [])
             logger.error(
                 "Could not save the handoff cursor of conversation %s; keeping %d event(s) for the next save: %s",
                 sender_id, len(events), error,
             )
-            if sender_id not in self._savers and not self._stopping:
-                self._savers[sender_id] = self._track(self._save_later(sender_id))
+            self._keep(sender_id, events)
+
+    def give_back_unsaved(self, chat: LiveChat, events: List[Event]) -> None:
+        """Take back what ``take_unsaved`` handed over, when that write failed."""
+        self._keep(chat.sender_id, events)
+
+    def _keep(self, sender_id: str, events: List[Event]) -> None:
+        if not events:
+            return
+        self._unsaved[sender_id] = events + self._unsaved.get(sender_id, [])
+        if sender_id not in self._savers and not self._stopping:
+            self._savers[sender_id] = self._track(self._save_later(sender_id))
 
     # -- polling -----------------------------------------------------------
 

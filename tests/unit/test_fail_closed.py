@@ -12,6 +12,7 @@ import pytest
 from aioresponses import aioresponses
 
 from connectors.servicenow import ServiceNowInput
+from connectors.servicenow.backends.base import AgentMessage, ChatClosed, CloseReason, PollResult
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.state import WRITE_RETRY_DELAYS_S, ConversationLocks
@@ -190,15 +191,40 @@ def breaking_after(handle_message, store):
     return turn
 
 
-async def test_an_end_that_cannot_be_saved_holds_the_next_message_until_it_is(channels, rasa_turn, store, agent):
+async def test_a_users_end_that_cannot_be_saved_changes_nothing_and_says_so(channels, rasa_turn, store, agent):
+    channel = channels()
+    with aioresponses() as mock:
+        await start(channel, rasa_turn, mock)
+        rasa_turn.reset_mock()
+        store.broken = True
+        for command in ("/end_chat", "/restart"):
+            assert [reply["text"] for reply in await say(channel, rasa_turn, command)] == [TEXTS.end_failed]
+        assert not requests_to(mock, "POST", LEAVE)  # the agent still has the user
+        rasa_turn.assert_not_awaited()
+        mock.post(MESSAGES, payload={"result": {"sys_id": "m1", "timestamp": 1}})
+        assert await say(channel, rasa_turn, "still there?") == []  # and the chat goes on
+
+        store.broken = False
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        assert [reply["text"] for reply in await say(channel, rasa_turn, "/end_chat")] == [TEXTS.user_ended]
+        assert len(requests_to(mock, "POST", LEAVE)) == 1
+    assert (await slots(agent))["handoff_active"] is False
+
+
+def closed_by_agent():
+    return SimpleNamespace(chat_id=GROUP, sender_id="u1", fingerprint="close", events=[ChatClosed(CloseReason.AGENT_CLOSED)])
+
+
+async def test_an_end_from_servicenow_that_cannot_be_saved_holds_the_next_message_until_it_is(
+    channels, rasa_turn, store, agent
+):
     channel = channels()
     with aioresponses() as mock:
         await start(channel, rasa_turn, mock)
         mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
         store.broken = True
-        replies = await say(channel, rasa_turn, "/end_chat")
-        assert len(requests_to(mock, "POST", LEAVE)) == 1  # the chat is left all the same
-    assert [reply["text"] for reply in replies] == [TEXTS.user_ended]
+        await channel.handoffs.receive_callback(closed_by_agent())
+    assert await delivered_texts(channel) == [TEXTS.agent_closed]  # the user is told all the same
     assert channel.handoffs.registry.get("u1") is None
 
     rasa_turn.reset_mock()
@@ -212,7 +238,7 @@ async def test_an_end_that_cannot_be_saved_holds_the_next_message_until_it_is(ch
     assert values["handoff_active"] is False and values["live_chat_id"] is None
     tracker = await agent.tracker_store.retrieve("u1")
     texts = [event.text for event in tracker.events if event.type_name in ("user", "bot")]
-    assert texts.index(TEXTS.user_ended) < texts.index("hi")  # the end is saved before the next turn
+    assert texts.index(TEXTS.agent_closed) < texts.index("hi")  # the end is saved before the next turn
 
 
 async def test_an_unsaved_end_is_saved_in_the_background_once_the_store_is_back(channels, rasa_turn, store, agent, monkeypatch):
@@ -222,11 +248,29 @@ async def test_an_unsaved_end_is_saved_in_the_background_once_the_store_is_back(
         await start(channel, rasa_turn, mock)
         mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
         store.broken = True
-        await say(channel, rasa_turn, "/end_chat")
+        await channel.handoffs.receive_callback(closed_by_agent())
     failures = store.failures
     await wait_until(lambda: store.failures > failures)  # retried while it fails
     store.broken = False
     await wait_until(lambda: not channel.handoffs._unsaved_ends)
+    assert (await slots(agent))["handoff_active"] is False
+
+
+async def test_no_new_handoff_starts_before_the_end_of_the_last_one_is_saved(channels, rasa_turn, store, agent):
+    channel = channels()
+    with aioresponses() as mock:
+        await start(channel, rasa_turn, mock)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        store.broken = True
+        await channel.handoffs.receive_callback(closed_by_agent())
+        mock.post(SESSIONS, payload={"result": {"group": "d" * 32, "state": 1}})
+        output = channel.get_output_channel()  # through Rasa's API, where no webhook turn saves it first
+        await output.send_response("u1", {"custom": {"handoff": {}}})
+        await asyncio.gather(*channel._background)
+        assert len(requests_to(mock, "POST", SESSIONS)) == 1  # only the first handoff's
+    assert await delivered_texts(channel) == [TEXTS.agent_closed, TEXTS.start_failed]
+    store.broken = False
+    assert await channel.handoffs.active_chat("u1") is None  # saves the end first
     assert (await slots(agent))["handoff_active"] is False
 
 
@@ -367,7 +411,6 @@ async def test_a_message_sent_while_the_bot_decides_on_the_handoff_goes_to_the_a
 
 # -- agent messages that race the end of the chat -------------------------------------
 
-from connectors.servicenow.backends.base import AgentMessage, PollResult  # noqa: E402
 
 
 def agent_push(text, message_id):
