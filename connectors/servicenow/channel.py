@@ -347,7 +347,7 @@ def log_unanswered_turn(turn: "asyncio.Task[Any]") -> None:
     if error is not None:
         logger.warning("A message whose client hung up was not handled: %r", error)
     else:
-        logger.info("A message was handled after its client hung up; its replies are in the tracker only.")
+        logger.info("A message was handled to the end after its client hung up; its answer was not delivered.")
 
 
 async def chat_asset(name: str) -> HTTPResponse:
