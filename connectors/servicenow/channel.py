@@ -333,7 +333,9 @@ class ServiceNowInput(InputChannel):
 def retry_later(error: Exception) -> HTTPResponse:
     """The 503 for a message or callback that was not handled, and may be sent again."""
     if isinstance(error, ConversationBusy):
-        failure = PayloadError(503, "ConversationBusy", "An earlier message of this conversation is still being handled; try again shortly.")
+        failure = PayloadError(
+            503, "ConversationBusy", "An earlier message of this conversation is still being handled; try again shortly."
+        )
     else:
         failure = PayloadError(503, "StoreUnavailable", "The conversation store is unavailable; try again shortly.")
     return response.json(failure.body(), status=503, headers={"Retry-After": str(RETRY_AFTER_S)})

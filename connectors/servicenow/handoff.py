@@ -264,7 +264,8 @@ class HandoffManager:
                 return []
             pending = self.relay.take_unsaved(chat)
             try:
-                await self.slots.write(chat.sender_id, pending + cleared_slot_events() + [bot_uttered(m) for m in messages])
+                events = pending + cleared_slot_events() + [bot_uttered(m) for m in messages]
+                await self.slots.write(chat.sender_id, events)
             except StoreUnavailable as error:
                 self.relay.give_back_unsaved(chat, pending)
                 logger.error(
@@ -276,7 +277,10 @@ class HandoffManager:
         self.relay.unwatch(chat)
         await self._leave_quietly(chat)
         self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
-        logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", EndReason.USER_ENDED.value, chat.sender_id, chat.chat_id)
+        logger.info(
+            "Handoff ended (%s): conversation %s left ServiceNow chat %s.",
+            EndReason.USER_ENDED.value, chat.sender_id, chat.chat_id,
+        )
         return messages
 
     async def user_typing(self, sender_id: str, typing: bool) -> bool:
