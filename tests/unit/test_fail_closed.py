@@ -498,3 +498,17 @@ async def test_a_connect_poll_in_flight_when_the_user_ends_delivers_nothing_afte
     finally:
         await channel.handoffs.shutdown(timeout=1)
         await channel.http.aclose()
+
+
+async def test_the_resume_after_a_restart_keeps_trying_until_the_store_is_back(channels, rasa_turn, store, monkeypatch):
+    monkeypatch.setattr("connectors.servicenow.channel.RESUME_RETRY_S", (0.01,))
+    with aioresponses() as mock:
+        await start(channels(), rasa_turn, mock)
+    restarted = channels()
+    store.broken = True
+    resuming = asyncio.ensure_future(restarted._resume())
+    await wait_until(lambda: store.failures >= 3)  # tried, and tried again
+    assert not resuming.done()
+    store.broken = False
+    await asyncio.wait_for(resuming, timeout=5)
+    assert restarted.handoffs.registry.get("u1").chat_id == GROUP
