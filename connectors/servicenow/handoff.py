@@ -45,6 +45,7 @@ from connectors.servicenow.delivery import Outbox
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
 from connectors.servicenow.relay import Relay
 from connectors.servicenow.state import (
+    ConversationLocks,
     HandoffRegistry,
     LiveChat,
     TrackerSlots,
@@ -104,7 +105,9 @@ class HandoffManager:
         # Ends whose tracker save failed: the events still to save, by sender.
         self._unsaved_ends: Dict[str, List[Event]] = {}
         self._end_savers: Dict[str, "asyncio.Task[None]"] = {}
-        self._end_save_lock = asyncio.Lock()
+        # Per conversation, so that one conversation's failing save does not
+        # hold up another's.
+        self._end_save_locks = ConversationLocks()
         # Chats whose id was chosen before ServiceNow confirmed them: pushes
         # that arrive that early wait here for the chat (or None if it failed).
         self._opening: Dict[str, "asyncio.Future[Optional[LiveChat]]"] = {}
@@ -186,7 +189,7 @@ class HandoffManager:
             # clear the slots of this one when it does.
             try:
                 await self._save_end(sender)
-            except StoreUnavailable as error:
+            except (StoreUnavailable, ConversationBusy) as error:
                 logger.error("Not opening a chat for conversation %s: %s", sender, error)
                 return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
         if self.backend.wants_history:
@@ -412,7 +415,7 @@ class HandoffManager:
 
     async def _save_end(self, sender_id: str) -> None:
         """Save an end whose save failed before; ``StoreUnavailable`` if it still fails."""
-        async with self._end_save_lock:
+        async with self._end_save_locks.hold(sender_id, OPEN_WAIT_S):
             events = self._unsaved_ends.get(sender_id)
             if events is None:
                 return
@@ -430,7 +433,7 @@ class HandoffManager:
             attempt += 1
             try:
                 await self._save_end(sender_id)
-            except StoreUnavailable as error:
+            except (StoreUnavailable, ConversationBusy) as error:
                 logger.warning("Still cannot save the end of the handoff of conversation %s: %s", sender_id, error)
         if self._end_savers.get(sender_id) is asyncio.current_task():
             del self._end_savers[sender_id]
@@ -466,9 +469,10 @@ class HandoffManager:
         for sender_id in list(self._unsaved_ends):
             try:
                 await self._save_end(sender_id)
-            except StoreUnavailable as error:
-                # After the restart the tracker still says "in handoff": the
-                # resume finds the chat closed in ServiceNow and ends it again.
+            except (StoreUnavailable, ConversationBusy) as error:
+                # After the restart the tracker still says "in handoff" (a
+                # known limit, docs/how-it-works.md): Connect finds the chat
+                # closed and ends it again; a Virtual Agent chat cannot tell.
                 logger.error("Stopping with the end of the handoff of conversation %s unsaved: %s", sender_id, error)
         await self.outbox.drain(timeout)
 
