@@ -19,9 +19,8 @@ posts them to ServiceNow and answers with an empty list. When the tracker
 store cannot say whether it is, the webhook answers 503 (``Retry-After``)
 rather than guess; a conversation's messages are handled one at a time, in
 arrival order, and a handled message runs to the end even if the client
-hangs up. A bot response with
-a custom payload ``{"handoff": {...}}`` starts the handoff; no action server
-or policy is involved.
+hangs up. A bot response with a custom payload ``{"handoff": {...}}`` starts
+the handoff; no action server or policy is involved.
 """
 
 import asyncio
