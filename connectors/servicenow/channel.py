@@ -15,9 +15,12 @@ Routes, under ``/webhooks/servicenow/``:
 ``GET  /chat``     a reference chat page for the end user (``chat_page: true``).
 
 While a conversation is in handoff its messages never reach Rasa: the channel
-posts them to ServiceNow and answers with an empty list. A bot response with
-a custom payload ``{"handoff": {...}}`` starts the handoff; no action server
-or policy is involved.
+posts them to ServiceNow and answers with an empty list. When the tracker
+store cannot say whether it is, the webhook answers 503 (``Retry-After``)
+rather than guess; a conversation's messages are handled one at a time, in
+arrival order, and a handled message runs to the end even if the client
+hangs up. A bot response with a custom payload ``{"handoff": {...}}`` starts
+the handoff; no action server or policy is involved.
 """
 
 import asyncio
@@ -40,8 +43,8 @@ from connectors.servicenow.backends.http import ServiceNowHTTP
 from connectors.servicenow.backends.virtual_agent import CallbackError, VirtualAgentBackend
 from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, ServiceNowSettings
 from connectors.servicenow.delivery import PER_SENDER, Outbox, StreamLimitReached
-from connectors.servicenow.errors import ConfigurationError
-from connectors.servicenow.handoff import HandoffManager
+from connectors.servicenow.errors import ConfigurationError, ConversationBusy, StoreUnavailable
+from connectors.servicenow.handoff import OPEN_WAIT_S, HandoffManager
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
 from connectors.servicenow.payloads import (
     PayloadError,
@@ -50,6 +53,7 @@ from connectors.servicenow.payloads import (
     parse_typing_payload,
     parse_user_payload,
 )
+from connectors.servicenow.state import ConversationLocks
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,10 @@ HOUSEKEEPING_INTERVAL_S = 300.0
 #: Retry-After of a stream refused by a cap: EventSource's own reconnect delay is 2 s.
 STREAM_RETRY_AFTER_S = 5
 SHUTDOWN_TIMEOUT_S = 10.0
+#: ``Retry-After`` (seconds) of a 503 for a failing tracker store or a busy conversation.
+RETRY_AFTER_S = 2
+#: Pauses between attempts to resume live chats while the tracker store fails at startup.
+RESUME_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 
@@ -112,6 +120,7 @@ class ServiceNowInput(InputChannel):
         self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent)
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
+        self._turns = ConversationLocks()
 
     def bind(self, app: Sanic) -> None:
         """Remember the app whose ``ctx.agent`` serves this channel."""
@@ -120,11 +129,12 @@ class ServiceNowInput(InputChannel):
     def _agent(self) -> Optional[Agent]:
         return getattr(self._app.ctx, "agent", None) if self._app is not None else None
 
-    def spawn(self, work: Awaitable[Any]) -> None:
+    def spawn(self, work: Awaitable[Any]) -> "asyncio.Task[Any]":
         """Run work in the background, holding a reference until it is done."""
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def get_output_channel(self) -> OutputChannel:
         """Where Rasa sends messages it produces outside a webhook request
@@ -186,7 +196,18 @@ class ServiceNowInput(InputChannel):
             if agent is None or not agent.is_ready():
                 error = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
                 return response.json(error.body(), status=503)
-            return response.json(await self.handle(payload, on_new_message, claims))
+            # A task of its own, so that a client hanging up (Sanic then
+            # cancels this handler) cannot cut a handoff's start or end in half.
+            turn = self.spawn(self.handle(payload, on_new_message, claims))
+            try:
+                replies = await asyncio.shield(turn)
+            except asyncio.CancelledError:
+                turn.add_done_callback(log_unanswered_turn)
+                raise
+            except (StoreUnavailable, ConversationBusy) as error:
+                logger.warning("Answering 503 to a message of conversation %s: %s", payload.sender, error)
+                return retry_later(error)
+            return response.json(replies)
 
         if self.settings.chat_page:
 
@@ -225,6 +246,12 @@ class ServiceNowInput(InputChannel):
             except CallbackError as error:
                 return response.json(PayloadError(400, "InvalidCallback", str(error)).body(), status=400)
             self.bind(request.app)
+            try:
+                await self.handoffs.find_callback_chat(callback)
+            except (StoreUnavailable, ConversationBusy) as error:
+                # Refused, not acknowledged and dropped: ServiceNow retries.
+                logger.warning("Answering 503 to a callback for chat %s: %s", callback.chat_id, error)
+                return retry_later(error)
             # Answer at once (ServiceNow waits 5 s at most); deliver afterwards.
             self.spawn(self.handoffs.receive_callback(callback))
             return response.json({"status": "success"})
@@ -279,16 +306,32 @@ class ServiceNowInput(InputChannel):
                 raise PayloadError(401, "Unauthorized", str(problem)) from None
 
     async def handle(self, payload: UserPayload, on_new_message: OnNewMessage, claims: Optional[Claims] = None) -> list:
-        """What the webhook does with a valid message; returns this turn's replies."""
+        """What the webhook does with a valid message; returns this turn's replies.
+
+        Raises ``StoreUnavailable`` when the tracker store cannot say whether
+        the conversation is in handoff, ``ConversationBusy`` when an earlier
+        message of it holds it longer than ``OPEN_WAIT_S``; nothing happened then."""
+        arrived = asyncio.get_running_loop().time()
+        async with self._turns.hold(payload.sender, OPEN_WAIT_S):
+            return await self._handle_in_turn(payload, on_new_message, arrived, claims)
+
+    async def _handle_in_turn(
+        self, payload: UserPayload, on_new_message: OnNewMessage, arrived: float, claims: Optional[Claims]
+    ) -> list:
         chat = await self.handoffs.active_chat(payload.sender)
         if chat is not None:
             command = payload.message.lower()
             if command == RESTART_COMMAND:
                 replies = await self.handoffs.end_by_user(chat)
+                if not chat.ended:  # the end could not be saved: still with the agent
+                    return replies
                 return replies + (await self._run_turn(payload, on_new_message)).messages
             if command in self.settings.end_chat_commands:
                 return await self.handoffs.end_by_user(chat)
             return await self.handoffs.forward(chat, payload.message)
+        if self.handoffs.open_failed_for(payload.sender, arrived):
+            # Sent for the agent while the chat was opening; the open failed.
+            return self.handoffs.message_not_delivered(payload.sender)
 
         collector = await self._run_turn(payload, on_new_message)
         replies = list(collector.messages)
@@ -297,7 +340,7 @@ class ServiceNowInput(InputChannel):
                 payload.sender, claims, payload.metadata, trust_metadata=self.settings.trust_frontend_metadata
             )
             request = handoff_request(payload.sender, collector.handoff, payload.message, payload.metadata, requester)
-            replies += await self.handoffs.start(request, in_request=True)
+            replies += await self.handoffs.start(request, in_request=True, requested_at=arrived)
         return replies
 
     async def _run_turn(self, payload: UserPayload, on_new_message: OnNewMessage) -> "TurnCollector":
@@ -318,10 +361,18 @@ class ServiceNowInput(InputChannel):
         if agent is None or not agent.is_ready():
             logger.warning("No model is loaded; live chats from before the restart are resumed on their next message.")
             return
-        try:
-            await self.handoffs.resume()
-        except Exception:
-            logger.exception("Could not resume live chats from the tracker store.")
+        attempt = 0
+        while True:
+            try:
+                await self.handoffs.resume()
+                return
+            except StoreUnavailable as error:
+                # Meanwhile each conversation's first message or callback
+                # reads its own tracker (503 while the store fails).
+                delay = RESUME_RETRY_S[min(attempt, len(RESUME_RETRY_S) - 1)]
+                logger.error("Could not resume live chats from the tracker store (retrying in %.0f s): %s", delay, error)
+                attempt += 1
+                await asyncio.sleep(delay)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -343,6 +394,28 @@ def stream_limit_error(limit: StreamLimitReached) -> PayloadError:
             429, "TooManyStreams", f"This conversation has {limit.limit} open streams already; close one first."
         )
     return PayloadError(503, "StreamCapacityReached", "The server has no room for another stream; try again shortly.")
+
+
+def retry_later(error: Exception) -> HTTPResponse:
+    """The 503 for a message or callback that was not handled, and may be sent again."""
+    if isinstance(error, ConversationBusy):
+        failure = PayloadError(
+            503, "ConversationBusy", "An earlier message of this conversation is still being handled; try again shortly."
+        )
+    else:
+        failure = PayloadError(503, "StoreUnavailable", "The conversation store is unavailable; try again shortly.")
+    return response.json(failure.body(), status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def log_unanswered_turn(turn: "asyncio.Task[Any]") -> None:
+    """The client hung up before its answer; say how the turn ended."""
+    if turn.cancelled():
+        return
+    error = turn.exception()
+    if error is not None:
+        logger.warning("A message whose client hung up was not handled: %r", error)
+    else:
+        logger.info("A message was handled to the end after its client hung up; its answer was not delivered.")
 
 
 async def chat_asset(name: str) -> HTTPResponse:

@@ -43,3 +43,16 @@ class ServiceNowRejected(ServiceNowError):
 
 class AuthenticationFailed(ServiceNowRejected):
     """The instance refused the configured credentials, also after getting a fresh token."""
+
+
+class StoreUnavailable(Exception):
+    """The tracker store failed (after bounded retries, for writes): whether the
+    conversation is in handoff is unknown, or its new handoff state is not saved.
+
+    Never a reason to treat a conversation as not in handoff: the webhook
+    answers 503 and the client retries."""
+
+
+class ConversationBusy(Exception):
+    """An earlier message of the same conversation is still being handled (a
+    handoff opening, typically) and did not finish within the wait allowed."""

@@ -13,24 +13,40 @@ Ways a handoff ends, and what the user hears:
 
 Messages produced while answering a webhook request are returned to the
 caller for the HTTP response; everything else goes out through the outbox.
+
+The tracker store can fail at any step, and the handoff fails closed:
+
+* whether a conversation is in handoff is never guessed: ``active_chat``
+  raises ``StoreUnavailable`` (the webhook answers 503) and caches nothing;
+* a chat whose start cannot be saved is left again, and the user told;
+* a user's end command is saved before the chat is left: if the save fails,
+  nothing changes and the user is told (``end_failed``), so no restart can
+  bring back a chat the user has left;
+* an end from ServiceNow's side whose save fails is still an end here (the
+  chat is over there), and the save is retried in the background and, before
+  anything else, on the conversation's next message, which waits (503) until
+  it lands.
 """
 
 import asyncio
 import dataclasses
 import datetime
 import logging
+from collections import OrderedDict
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rasa.core.agent import Agent
+from rasa.shared.core.events import Event
 
 from connectors.servicenow.backends.base import Backend, Callback, ChatClosed, CloseReason, HandoffRequest, Turn
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import Outbox
-from connectors.servicenow.errors import ServiceNowError
+from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
 from connectors.servicenow.limits import RateLimiter
 from connectors.servicenow.relay import Relay
 from connectors.servicenow.state import (
+    ConversationLocks,
     HandoffRegistry,
     LiveChat,
     TrackerSlots,
@@ -55,6 +71,16 @@ class EndReason(str, Enum):
 #: The ``cause`` sent with ``FAULT_CONVERSATION`` when this side gives up.
 FAULT_CAUSE = "EXTERNAL_FAILURE"
 
+#: How long a message waits for its conversation's handoff to finish opening
+#: before the webhook answers 503 (ServiceNow's own retries fit well inside).
+OPEN_WAIT_S = 30.0
+#: The save of an ended handoff that failed is retried in the background
+#: after these pauses, then every last one, until it lands.
+END_SAVE_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: Failed opens remembered so that messages sent while one was opening get
+#: a clear answer; only the newest are kept.
+FAILED_OPENS_KEPT = 1000
+
 
 class HandoffManager:
     def __init__(
@@ -73,7 +99,17 @@ class HandoffManager:
         self.relay = Relay(
             settings, backend, outbox, self.slots, on_closed=self._closed_by_servicenow, on_failed=self._failed_in_background
         )
-        self._starting: Set[str] = set()
+        # Handoffs being opened, by sender: messages that arrive meanwhile
+        # wait for the chat (None if the open failed).
+        self._starting: Dict[str, "asyncio.Future[Optional[LiveChat]]"] = {}
+        # Sender -> (when the open was asked for, when it failed), loop time.
+        self._failed_opens: "OrderedDict[str, Tuple[float, float]]" = OrderedDict()
+        # Ends whose tracker save failed: the events still to save, by sender.
+        self._unsaved_ends: Dict[str, List[Event]] = {}
+        self._end_savers: Dict[str, "asyncio.Task[None]"] = {}
+        # Per conversation, so that one conversation's failing save does not
+        # hold up another's.
+        self._end_save_locks = ConversationLocks()
         # Chats whose id was chosen before ServiceNow confirmed them: pushes
         # that arrive that early wait here for the chat (or None if it failed).
         self._opening: Dict[str, "asyncio.Future[Optional[LiveChat]]"] = {}
@@ -82,11 +118,25 @@ class HandoffManager:
 
     # -- the flag ----------------------------------------------------------
 
-    async def active_chat(self, sender_id: str) -> Optional[LiveChat]:
-        """The user's live chat, or None when messages should go to the bot."""
+    async def active_chat(self, sender_id: str, *, wait_s: float = OPEN_WAIT_S) -> Optional[LiveChat]:
+        """The user's live chat, or None when messages should go to the bot.
+
+        Waits up to ``wait_s`` for a chat that is being opened (then
+        ``ConversationBusy``). Raises ``StoreUnavailable`` when the tracker
+        store cannot tell, or when the end of an earlier handoff is not saved
+        yet: the bot must not take a turn on a tracker that says "in handoff".
+        """
+        opening = self._starting.get(sender_id)
+        if opening is not None:
+            try:
+                return await asyncio.wait_for(asyncio.shield(opening), wait_s)
+            except asyncio.TimeoutError:
+                raise ConversationBusy(f"the handoff of conversation {sender_id} is still opening") from None
         chat = self.registry.get(sender_id)
         if chat is not None:
             return chat
+        if sender_id in self._unsaved_ends:
+            await self._save_end(sender_id)
         if self.registry.known_inactive(sender_id):
             return None
         loaded = await self.slots.load(sender_id)
@@ -101,7 +151,12 @@ class HandoffManager:
 
     # -- start -------------------------------------------------------------
 
-    async def start(self, request: HandoffRequest, *, in_request: bool) -> Messages:
+    async def start(
+        self, request: HandoffRequest, *, in_request: bool, requested_at: Optional[float] = None
+    ) -> Messages:
+        """Open a chat for the request. ``requested_at`` (loop time) is when the
+        user asked; messages they sent from then until a failed open get a
+        clear answer instead of the bot (see ``open_failed_for``)."""
         sender = request.sender_id
         if sender in self._starting or self.registry.get(sender) is not None:
             logger.info("Conversation %s asked for a live agent again while already connected.", sender)
@@ -109,11 +164,30 @@ class HandoffManager:
         refusal = self._refusal(sender)
         if refusal is not None:
             return await self._tell(sender, [refusal], in_request=in_request)
-        self._starting.add(sender)
+        loop = asyncio.get_running_loop()
+        requested_at = loop.time() if requested_at is None else requested_at
+        opening: "asyncio.Future[Optional[LiveChat]]" = loop.create_future()
+        self._starting[sender] = opening
         try:
             return await self._start(request, in_request)
         finally:
-            self._starting.discard(sender)
+            del self._starting[sender]
+            chat = self.registry.get(sender)
+            if chat is None:
+                self._failed_opens[sender] = (requested_at, loop.time())
+                self._failed_opens.move_to_end(sender)
+                while len(self._failed_opens) > FAILED_OPENS_KEPT:
+                    self._failed_opens.popitem(last=False)
+            opening.set_result(chat)
+
+    def open_failed_for(self, sender_id: str, arrived_at: float) -> bool:
+        """True when a message that arrived at ``arrived_at`` (loop time) was
+        sent while a handoff of its conversation was opening and failed to."""
+        window = self._failed_opens.get(sender_id)
+        return window is not None and window[0] <= arrived_at < window[1]
+
+    def message_not_delivered(self, sender_id: str) -> Messages:
+        return self._bot_messages(sender_id, [self.texts.message_not_delivered])
 
     def _refusal(self, sender: str) -> Optional[str]:
         """What to tell the user when a limit says no to a new handoff; None
@@ -134,6 +208,14 @@ class HandoffManager:
 
     async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
         sender = request.sender_id
+        if sender in self._unsaved_ends:
+            # The end of the previous handoff must land first, or it would
+            # clear the slots of this one when it does.
+            try:
+                await self._save_end(sender)
+            except (StoreUnavailable, ConversationBusy) as error:
+                logger.error("Not opening a chat for conversation %s: %s", sender, error)
+                return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
         if self.backend.wants_history:
             request = dataclasses.replace(request, history=await self._history(request))
         reserved = self.backend.reserve_chat_id()
@@ -150,8 +232,13 @@ class HandoffManager:
             messages = self._bot_messages(sender, [self.texts.connecting])
             try:
                 await self.slots.write(sender, opened_chat.slot_events() + [bot_uttered(m) for m in messages])
-            except Exception:
-                logger.exception("Could not save the handoff of conversation %s; leaving the new chat.", sender)
+            except StoreUnavailable as error:
+                # An unsaved handoff would be forgotten by a restart with the
+                # chat still open: leave it, and the user stays with the bot.
+                logger.error(
+                    "Could not save the handoff of conversation %s to ServiceNow chat %s; leaving the chat: %s",
+                    sender, opened_chat.chat_id, error,
+                )
                 await self._leave_quietly(opened_chat)
                 return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
             chat = self.registry.activate(opened_chat)
@@ -167,8 +254,9 @@ class HandoffManager:
         limit = self.settings.history_turns
         try:
             turns = await self.slots.history(request.sender_id, limit + 1)
-        except Exception:
-            logger.exception("Could not read the conversation history of %s.", request.sender_id)
+        except StoreUnavailable as error:
+            # The history is context for the agent, not worth failing the handoff over.
+            logger.warning("Opening the chat without the conversation history of %s: %s", request.sender_id, error)
             return []
         # The request itself is the chat's first message; it need not repeat in the history.
         if turns and not turns[-1][1] and turns[-1][0] == request.text:
@@ -192,7 +280,35 @@ class HandoffManager:
         return []
 
     async def end_by_user(self, chat: LiveChat) -> Messages:
-        return await self._end(chat, EndReason.USER_ENDED, in_request=True)
+        """End the handoff at the user's request. Saved first, left after:
+        when the save fails the chat goes on (``chat.ended`` stays False) and
+        the answer says so."""
+        messages = self._bot_messages(chat.sender_id, [self.texts.user_ended])
+        async with chat.dispatch_lock:
+            # Holding the dispatch lock: no agent message is delivered while
+            # this saves, and none after it (the chat is ended before release).
+            if chat.ended:
+                return []
+            pending = self.relay.take_unsaved(chat)
+            try:
+                events = pending + cleared_slot_events() + [bot_uttered(m) for m in messages]
+                await self.slots.write(chat.sender_id, events)
+            except StoreUnavailable as error:
+                self.relay.give_back_unsaved(chat, pending)
+                logger.error(
+                    "Could not save the end of the handoff of conversation %s; ServiceNow chat %s goes on: %s",
+                    chat.sender_id, chat.chat_id, error,
+                )
+                return self._bot_messages(chat.sender_id, [self.texts.end_failed])
+            self.registry.deactivate(chat)
+        self.relay.unwatch(chat)
+        await self._leave_quietly(chat)
+        self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
+        logger.info(
+            "Handoff ended (%s): conversation %s left ServiceNow chat %s.",
+            EndReason.USER_ENDED.value, chat.sender_id, chat.chat_id,
+        )
+        return messages
 
     def user_typing(self, sender_id: str, typing: bool) -> bool:
         """Pass the user's typing state to the agent, debounced; False when
@@ -206,6 +322,15 @@ class HandoffManager:
         return True
 
     # -- pushes from ServiceNow ----------------------------------------------
+
+    async def find_callback_chat(self, callback: Callback) -> None:
+        """Make sure the chat a callback is about is known here, reading its
+        tracker if need be, so that ``receive_callback`` finds it without the
+        tracker store. Raises ``StoreUnavailable`` when the store cannot tell:
+        the callback must then be refused (ServiceNow retries), not dropped."""
+        if self.registry.by_chat_id(callback.chat_id) is None and callback.chat_id not in self._opening:
+            if callback.sender_id:
+                await self.active_chat(callback.sender_id, wait_s=0)
 
     async def receive_callback(self, callback: Callback) -> None:
         """Deliver what a ServiceNow callback says, once, in arrival order."""
@@ -227,7 +352,11 @@ class HandoffManager:
             return await asyncio.shield(opening)
         if callback.sender_id:
             # After a restart, before the resume scan reached this conversation.
-            chat = await self.active_chat(callback.sender_id)
+            try:
+                chat = await self.active_chat(callback.sender_id, wait_s=0)
+            except (StoreUnavailable, ConversationBusy) as error:
+                logger.error("Could not tell whether chat %s is live: %s", callback.chat_id, error)
+                return None
             if chat is not None and chat.chat_id == callback.chat_id:
                 return chat
         return None
@@ -257,20 +386,33 @@ class HandoffManager:
         undelivered: bool = False,
         leave: bool = True,
     ) -> Messages:
-        if not self.registry.deactivate(chat):
-            return []
+        async with chat.dispatch_lock:  # waits for a user's end that is saving
+            if not self.registry.deactivate(chat):
+                return []
         self.relay.unwatch(chat)
-        await self.relay.flush(chat)
+        # The relay's unsaved cursor and transcript go into the same write as
+        # the end, ahead of it, so that nothing of the chat is saved after it.
+        pending = self.relay.take_unsaved(chat)
         cause = FAULT_CAUSE if reason is EndReason.FAILED else None
         left = await self._leave_quietly(chat, cause) if leave else False
         texts = self._farewell(chat, reason, left)
         if undelivered:
             texts.append(self.texts.message_not_delivered)
         messages = self._bot_messages(chat.sender_id, texts)
+        events = pending + cleared_slot_events() + [bot_uttered(m) for m in messages]
         try:
-            await self.slots.write(chat.sender_id, cleared_slot_events() + [bot_uttered(m) for m in messages])
-        except Exception:
-            logger.exception("Could not clear the handoff slots of conversation %s.", chat.sender_id)
+            await self.slots.write(chat.sender_id, events)
+        except StoreUnavailable as error:
+            # The chat is over either way (left, or closed by ServiceNow), so
+            # it ends here too; the tracker catches up before the next turn.
+            logger.error(
+                "The handoff of conversation %s to ServiceNow chat %s ended, but saving that failed; "
+                "retrying, and holding the conversation's next message until it is saved: %s",
+                chat.sender_id, chat.chat_id, error,
+            )
+            self._unsaved_ends.setdefault(chat.sender_id, []).extend(events)
+            if chat.sender_id not in self._end_savers:
+                self._end_savers[chat.sender_id] = asyncio.ensure_future(self._save_end_later(chat.sender_id))
         self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
         logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", reason.value, chat.sender_id, chat.chat_id)
         return self._deliver(chat.sender_id, messages, in_request=in_request)
@@ -289,6 +431,31 @@ class HandoffManager:
                 chat_id=chat.chat_id, last_message_at=format_time(chat.last_updated)
             )
         ]
+
+    async def _save_end(self, sender_id: str) -> None:
+        """Save an end whose save failed before; ``StoreUnavailable`` if it still fails."""
+        async with self._end_save_locks.hold(sender_id, OPEN_WAIT_S):
+            events = self._unsaved_ends.get(sender_id)
+            if events is None:
+                return
+            await self.slots.write(sender_id, events)
+            del self._unsaved_ends[sender_id]
+            logger.info("Saved the end of the handoff of conversation %s after all.", sender_id)
+        saver = self._end_savers.pop(sender_id, None)
+        if saver is not None and saver is not asyncio.current_task():
+            saver.cancel()
+
+    async def _save_end_later(self, sender_id: str) -> None:
+        attempt = 0
+        while sender_id in self._unsaved_ends:
+            await asyncio.sleep(END_SAVE_RETRY_S[min(attempt, len(END_SAVE_RETRY_S) - 1)])
+            attempt += 1
+            try:
+                await self._save_end(sender_id)
+            except (StoreUnavailable, ConversationBusy) as error:
+                logger.warning("Still cannot save the end of the handoff of conversation %s: %s", sender_id, error)
+        if self._end_savers.get(sender_id) is asyncio.current_task():
+            del self._end_savers[sender_id]
 
     async def _leave_quietly(self, chat: LiveChat, cause: Optional[str] = None) -> bool:
         try:
@@ -317,6 +484,16 @@ class HandoffManager:
     async def shutdown(self, timeout: float = 10.0) -> None:
         await self.typing.aclose()
         await self.relay.stop(timeout)
+        for saver in list(self._end_savers.values()):
+            saver.cancel()
+        for sender_id in list(self._unsaved_ends):
+            try:
+                await self._save_end(sender_id)
+            except (StoreUnavailable, ConversationBusy) as error:
+                # After the restart the tracker still says "in handoff" (a
+                # known limit, docs/how-it-works.md): Connect finds the chat
+                # closed and ends it again; a Virtual Agent chat cannot tell.
+                logger.error("Stopping with the end of the handoff of conversation %s unsaved: %s", sender_id, error)
         await self.outbox.drain(timeout)
 
     # -- helpers -----------------------------------------------------------
@@ -326,8 +503,8 @@ class HandoffManager:
         if record:
             try:
                 await self.slots.write(sender_id, [bot_uttered(message) for message in messages])
-            except Exception:
-                logger.exception("Could not record a handoff notice for conversation %s.", sender_id)
+            except StoreUnavailable as error:
+                logger.error("Could not record a handoff notice for conversation %s: %s", sender_id, error)
         return self._deliver(sender_id, messages, in_request=in_request)
 
     def _deliver(self, sender_id: str, messages: Messages, *, in_request: bool) -> Messages:

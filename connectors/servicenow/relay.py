@@ -33,7 +33,7 @@ from connectors.servicenow.backends.base import (
 )
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import TYPING_EVENT, Outbox
-from connectors.servicenow.errors import ServiceNowError
+from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class Relay:
         self._dispatches: Set["asyncio.Task[Any]"] = set()
         self._unsaved: Dict[str, List[Event]] = {}
         self._savers: Dict[str, "asyncio.Task[None]"] = {}
+        self._stopping = False
 
     # -- lifecycle of one chat ---------------------------------------------
 
@@ -179,6 +180,7 @@ class Relay:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop polling, let deliveries under way finish, save what is unsaved."""
+        self._stopping = True
         pollers = list(self._pollers.values())
         self._pollers.clear()
         for poller in pollers:
@@ -205,11 +207,19 @@ class Relay:
         await self._save(sender_id)
 
     async def flush(self, chat: LiveChat) -> None:
-        """Save the chat's pending tracker events now (before the handoff ends)."""
+        """Save the chat's pending tracker events now."""
         saver = self._savers.get(chat.sender_id)
         if saver is not None and saver is not asyncio.current_task():
             saver.cancel()
         await self._save(chat.sender_id)
+
+    def take_unsaved(self, chat: LiveChat) -> List[Event]:
+        """Hand over the chat's pending tracker events (the end of the handoff
+        saves them in its own write, so they cannot land after it)."""
+        saver = self._savers.pop(chat.sender_id, None)
+        if saver is not None and saver is not asyncio.current_task():
+            saver.cancel()
+        return coalesced(self._unsaved.pop(chat.sender_id, []))
 
     async def _save(self, sender_id: str) -> None:
         self._savers.pop(sender_id, None)
@@ -218,8 +228,25 @@ class Relay:
             return
         try:
             await self._slots.write(sender_id, events)
-        except Exception:
-            logger.exception("Could not save the handoff cursor of conversation %s.", sender_id)
+        except StoreUnavailable as error:
+            # Kept, ahead of anything newer, for the next save; the end of the
+            # handoff takes them if it comes first.
+            logger.error(
+                "Could not save the handoff cursor of conversation %s; keeping %d event(s) for the next save: %s",
+                sender_id, len(events), error,
+            )
+            self._keep(sender_id, events)
+
+    def give_back_unsaved(self, chat: LiveChat, events: List[Event]) -> None:
+        """Take back what ``take_unsaved`` handed over, when that write failed."""
+        self._keep(chat.sender_id, events)
+
+    def _keep(self, sender_id: str, events: List[Event]) -> None:
+        if not events:
+            return
+        self._unsaved[sender_id] = events + self._unsaved.get(sender_id, [])
+        if sender_id not in self._savers and not self._stopping:
+            self._savers[sender_id] = self._track(self._save_later(sender_id))
 
     # -- polling -----------------------------------------------------------
 

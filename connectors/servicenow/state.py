@@ -19,9 +19,17 @@ Transitions, each written under Rasa's lock for the conversation and saved to
 the tracker store: *inactive -> active* when a chat opens, *active -> active*
 when agent messages move the cursor, *active -> inactive* when the handoff
 ends. Only this channel writes these slots; the registry relies on that.
+
+Rasa wraps every tracker store in ``FailSafeTrackerStore``, which answers a
+failed read with "no tracker" and a failed save by saving to memory. That is
+right for the bot's own turns and wrong for the handoff flag: a user in
+handoff would look like a new user and reach the bot. So these reads and
+writes go to the configured store itself, and its failures surface as
+``StoreUnavailable``.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -29,8 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from rasa.core.agent import Agent
+from rasa.core.tracker_store import FailSafeTrackerStore, TrackerStore
 from rasa.shared.core.events import BotUttered, Event, SlotSet, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
+
+from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +55,10 @@ HANDOFF_SLOTS = (SLOT_ACTIVE, SLOT_CHAT_ID, SLOT_USER, SLOT_LAST_UPDATED, SLOT_S
 # Waiting on Rasa's ticket lock polls at this interval (Rasa's default is 1 s,
 # which would put up to a second on every agent message that races a write).
 LOCK_POLL_S = 0.02
+# A failed write of the handoff state is tried again after each of these
+# pauses: four attempts within 1.3 s, short enough to stay inside a webhook
+# request, long enough to ride out a dropped connection or a failover.
+WRITE_RETRY_DELAYS_S = (0.1, 0.3, 0.9)
 # How many recent message ids a chat keeps to recognise what it has handled.
 SEEN_IDS_KEPT = 100
 # How many recent pushes a chat remembers to drop repeats of a whole callback.
@@ -137,16 +152,27 @@ def bot_uttered(message: Dict[str, Any]) -> BotUttered:
 
 
 class TrackerSlots:
-    """Reads and writes the handoff slots through the running agent."""
+    """Reads and writes the handoff slots in the tracker store, failing loudly."""
 
-    def __init__(self, agent: Callable[[], Optional[Agent]]) -> None:
+    def __init__(
+        self, agent: Callable[[], Optional[Agent]], retry_delays: Sequence[float] = WRITE_RETRY_DELAYS_S
+    ) -> None:
         self._agent = agent
+        self._retry_delays = tuple(retry_delays)
 
     def _ready_agent(self) -> Agent:
         agent = self._agent()
         if agent is None or agent.tracker_store is None or agent.lock_store is None:
-            raise RuntimeError("the Rasa agent is not loaded yet")
+            raise StoreUnavailable("the Rasa agent is not loaded yet")
         return agent
+
+    def _store(self) -> TrackerStore:
+        """The configured store, unwrapped from Rasa's ``FailSafeTrackerStore``
+        (which keeps it as ``_tracker_store``) so that its errors reach us."""
+        store = self._ready_agent().tracker_store
+        while isinstance(store, FailSafeTrackerStore):
+            store = store._tracker_store
+        return store
 
     def missing_slots(self) -> List[str]:
         agent = self._agent()
@@ -155,9 +181,17 @@ class TrackerSlots:
         declared = {slot.name for slot in agent.domain.slots}
         return [name for name in HANDOFF_SLOTS if name not in declared]
 
+    async def _retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
+        store = self._store()
+        try:
+            return await store.retrieve(sender_id)
+        except Exception as error:
+            raise StoreUnavailable(f"reading the tracker of conversation {sender_id} failed: {describe(error)}") from error
+
     async def load(self, sender_id: str) -> Optional[LiveChat]:
-        """The conversation's handoff, if active. Reads without side effects."""
-        tracker = await self._ready_agent().tracker_store.retrieve(sender_id)
+        """The conversation's handoff, if active. Reads without side effects;
+        ``StoreUnavailable`` when the store cannot say."""
+        tracker = await self._retrieve(sender_id)
         return LiveChat.from_tracker(tracker) if tracker is not None else None
 
     async def history(self, sender_id: str, limit: int) -> List[Tuple[str, bool, float]]:
@@ -165,7 +199,7 @@ class TrackerSlots:
         first, as ``(text, from_bot, epoch_ms)``."""
         if limit <= 0:
             return []
-        tracker = await self._ready_agent().tracker_store.retrieve(sender_id)
+        tracker = await self._retrieve(sender_id)
         if tracker is None:
             return []
         turns = [
@@ -176,28 +210,59 @@ class TrackerSlots:
         return turns[-limit:]
 
     async def write(self, sender_id: str, events: Sequence[Event]) -> None:
+        """Append events to the conversation's tracker, retrying a failing
+        store; ``StoreUnavailable`` once every attempt failed."""
+        attempts = len(self._retry_delays) + 1
+        for attempt, delay in enumerate(self._retry_delays + (None,), start=1):
+            try:
+                await self._write_once(sender_id, events)
+                return
+            except Exception as error:
+                if delay is None:
+                    raise StoreUnavailable(
+                        f"saving the handoff state of conversation {sender_id} failed {attempts} times: {describe(error)}"
+                    ) from error
+                logger.warning(
+                    "Saving the handoff state of conversation %s failed (attempt %d of %d, retrying in %.1f s): %s",
+                    sender_id, attempt, attempts, delay, describe(error),
+                )
+                await asyncio.sleep(delay)
+
+    async def _write_once(self, sender_id: str, events: Sequence[Event]) -> None:
         agent = self._ready_agent()
+        store = self._store()
         async with agent.lock_store.lock(sender_id, wait_time_in_seconds=LOCK_POLL_S):
+            # Not processor.get_tracker(): through the fail-safe wrapper a
+            # failed read becomes a fresh tracker, and saving that appends
+            # these events to the wrong history once the store is back.
+            tracker = await store.retrieve(sender_id)
+            if tracker is None:
+                tracker = store.init_tracker(sender_id)
             if agent.processor is not None:
-                tracker = await agent.processor.get_tracker(sender_id)
-            else:
-                tracker = await agent.tracker_store.get_or_create_tracker(sender_id, append_action_listen=False)
+                metadata = agent.processor.model_metadata
+                tracker.model_id = metadata.model_id
+                if tracker.assistant_id is None:
+                    tracker.assistant_id = metadata.assistant_id
             for event in events:
                 tracker.update(event, agent.domain)
-            await agent.tracker_store.save(tracker)
+            await store.save(tracker)
 
     async def active_chats(self, concurrency: int = 8) -> AsyncIterator[LiveChat]:
-        """Every conversation whose tracker says it is in handoff (used after a restart)."""
-        store = self._ready_agent().tracker_store
-        keys = list(await store.keys())
+        """Every conversation whose tracker says it is in handoff (used after a
+        restart); ``StoreUnavailable`` when the store cannot list them."""
+        store = self._store()
+        try:
+            keys = list(await store.keys())
+        except Exception as error:
+            raise StoreUnavailable(f"listing the conversations failed: {describe(error)}") from error
         semaphore = asyncio.Semaphore(concurrency)
 
         async def load(key: str) -> Optional[LiveChat]:
             async with semaphore:
                 try:
                     return await self.load(key)
-                except Exception:  # one broken tracker must not stop the others resuming
-                    logger.exception("Could not read the tracker of conversation %s.", key)
+                except StoreUnavailable as error:  # one broken tracker must not stop the others resuming
+                    logger.error("Not resuming conversation %s now: %s", key, error)
                     return None
 
         for chunk_start in range(0, len(keys), 256):
@@ -265,6 +330,52 @@ class HandoffRegistry:
         self._inactive.move_to_end(sender_id)
         while len(self._inactive) > self._inactive_capacity:
             self._inactive.popitem(last=False)
+
+
+@dataclass(eq=False)
+class _Turns:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class ConversationLocks:
+    """One first-come-first-served lock per conversation, so that its
+    messages are handled one after the other in arrival order: a message
+    sent while the previous one opens a handoff goes to the agent once the
+    chat is open, never to the bot. Entries go when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._turns: Dict[str, _Turns] = {}
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, sender_id: str, timeout: float) -> AsyncIterator[None]:
+        """Hold the conversation's lock; ``ConversationBusy`` after waiting ``timeout``."""
+        turns = self._turns.setdefault(sender_id, _Turns())
+        turns.users += 1
+        try:
+            try:
+                await asyncio.wait_for(turns.lock.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise ConversationBusy(f"conversation {sender_id} is busy with an earlier message") from None
+            try:
+                yield
+            finally:
+                turns.lock.release()
+        finally:
+            turns.users -= 1
+            if not turns.users:
+                del self._turns[sender_id]
+
+
+def describe(error: BaseException) -> str:
+    """A store error for the log, without the statement and its parameters
+    that SQLAlchemy appends (they hold the conversation's messages)."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def now_ms() -> float:

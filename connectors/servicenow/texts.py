@@ -22,6 +22,11 @@ class UserTexts:
     )
     #: The user typed an end command such as ``/end_chat``.
     user_ended: str = "You have left the chat with the agent. You're back with the virtual assistant."
+    #: The user's end command could not be saved (the tracker store failed); the chat goes on.
+    end_failed: str = (
+        "Sorry, I couldn't end the chat with the agent just now. You're still connected to them; "
+        "please try again in a moment."
+    )
     #: The agent closed the chat, or ServiceNow closed it (timeout, escalation).
     agent_closed: str = "The agent has closed the chat. You're back with the virtual assistant."
     #: ServiceNow handed the chat back: no agent available, the chat timed out, ...

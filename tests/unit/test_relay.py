@@ -265,3 +265,44 @@ async def test_without_a_transcript_connect_saves_only_its_cursor_and_the_virtua
     await relay.dispatch(LiveChat(sender_id="u2", chat_id="c2"), [AgentMessage("m", "hi", "Beth", 1)])
     await relay.stop()
     assert slots.writes == []
+
+
+async def test_a_cursor_save_the_store_refuses_is_kept_and_saved_later(monkeypatch):
+    from connectors.servicenow.errors import StoreUnavailable
+
+    monkeypatch.setattr("connectors.servicenow.relay.PERSIST_DELAY_S", 0.01)
+    relay, _, slots, _ = make_relay()
+    refusals = []
+    record = slots.write
+
+    async def write(sender_id, events):
+        if len(refusals) < 2:
+            refusals.append(sender_id)
+            raise StoreUnavailable("the tracker store is down")
+        await record(sender_id, events)
+
+    slots.write = write
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    result = PollResult([AgentMessage("m1", "hi", "Beth", 10)], last_updated=10, seen_ids=("m1",))
+    await relay.dispatch(chat, result.events, result)
+    await relay.flush(chat)  # refused: kept for the next save, which comes by itself
+    for _ in range(500):
+        if slots.writes:
+            break
+        await asyncio.sleep(0.01)  # wait-ok: polling for the retried save, with a bound
+    assert len(refusals) == 2 and len(slots.writes) == 1
+    saved = slots.writes[0]
+    assert [event.text for event in saved if event.type_name == "bot"] == ["hi"]
+    assert [event.value for event in saved if event.type_name == "slot" and event.key == SLOT_LAST_UPDATED] == [10]
+    await relay.stop()
+
+
+async def test_the_end_of_a_handoff_takes_the_unsaved_events_so_none_land_after_it():
+    relay, _, slots, _ = make_relay()
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    result = PollResult([AgentMessage("m1", "hi", "Beth", 10)], last_updated=10, seen_ids=("m1",))
+    await relay.dispatch(chat, result.events, result)
+    taken = relay.take_unsaved(chat)
+    assert [event.text for event in taken if event.type_name == "bot"] == ["hi"]
+    await relay.stop()
+    assert slots.writes == []  # nothing left to save on its own

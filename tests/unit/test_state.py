@@ -54,3 +54,15 @@ def test_registry_forgets_the_least_recently_seen_inactive_users():
     registry.mark_inactive("c")
     assert registry.known_inactive("a") and registry.known_inactive("c")
     assert not registry.known_inactive("b")
+
+
+def test_a_store_error_is_logged_without_the_statement_and_its_parameters():
+    import sqlalchemy.exc
+
+    from connectors.servicenow.state import describe
+
+    error = sqlalchemy.exc.OperationalError(
+        "INSERT INTO events (data) VALUES (?)", ('{"text": "my password is hunter2"}',), Exception("disk I/O error")
+    )
+    assert describe(error) == "OperationalError: disk I/O error"
+    assert describe(OSError("unable to open database file")) == "OSError: unable to open database file"
