@@ -38,6 +38,8 @@ HANDOFF_EVENT = "handoff"
 RETAINED_PER_USER = 200
 # A mailbox with nothing pending, nobody listening and no news for this long is dropped.
 MAILBOX_IDLE_TTL_S = 3600.0
+#: An event number this long is none this process gave out; the id is treated as absent.
+MAX_EVENT_NUMBER_DIGITS = 18
 CALLBACK_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=4.0)
 
 
@@ -147,7 +149,8 @@ class Outbox:
         """The item number after which a new stream starts."""
         if last_event_id:
             boot, _, number = last_event_id.partition("-")
-            if boot == self._boot and number.isdigit():
+            # isdigit() alone also takes "²" and Arabic-Indic digits, which int() refuses.
+            if boot == self._boot and number.isascii() and number.isdigit() and len(number) <= MAX_EVENT_NUMBER_DIGITS:
                 return int(number)
         # A fresh stream, or one that saw a previous process: send only what
         # no stream has taken yet, so nothing is shown twice.

@@ -43,3 +43,12 @@ class ServiceNowRejected(ServiceNowError):
 
 class AuthenticationFailed(ServiceNowRejected):
     """The instance refused the configured credentials, also after getting a fresh token."""
+
+
+class UnsafeChatId(ServiceNowRejected):
+    """A chat id (from a tracker's ``live_chat_id`` slot or a callback) that is
+    not the shape ServiceNow gives out. It is never put into a request; the
+    handoff that holds it ends as a failure."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=400)

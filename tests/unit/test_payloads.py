@@ -24,7 +24,7 @@ def test_metadata_is_optional():
     [
         (b"not json", 400, "InvalidJSON"),
         (b"", 400, "InvalidJSON"),
-        (b"\xff\xfe", 400, "InvalidJSON"),
+        (b"\xff\xfe", 400, "InvalidEncoding"),  # a UTF-16 byte order mark: UTF-8 only
         (b"[1, 2]", 400, "InvalidPayload"),
         (json.dumps({"message": "hi"}).encode(), 400, "InvalidSender"),
         (json.dumps({"sender": 42, "message": "hi"}).encode(), 400, "InvalidSender"),
