@@ -77,6 +77,8 @@ HOUSEKEEPING_INTERVAL_S = 300.0
 SHUTDOWN_TIMEOUT_S = 10.0
 #: Where Rasa mounts this channel's routes (``rasa run`` registers channels under ``/webhooks/``).
 ROUTE_PREFIX = "/webhooks/servicenow"
+#: The routes that take a request body (all POST, all read with ``read_body``).
+BODY_ROUTES = frozenset(f"{ROUTE_PREFIX}/{name}" for name in ("webhook", "typing", "callback"))
 #: How much of a refused body is still read and thrown away so the client sees the answer.
 UNREAD_BODY_DRAINED = 1024 * 1024
 #: A ``Content-Length`` longer than this many digits is not a length any route accepts.
@@ -220,9 +222,11 @@ class ServiceNowInput(InputChannel):
         @blueprint.route("/callback", methods=["POST"], stream=True)
         async def servicenow_callback(request: Request) -> HTTPResponse:
             if self.backend.pulls:
+                await discard_body(request, MAX_CALLBACK_BYTES)
                 error = PayloadError(404, "NotEnabled", "Callbacks are used with 'api: virtual_agent' only.")
                 return response.json(error.body(), status=404)
             if not callback_authorized(self.settings, request.headers):
+                await discard_body(request, MAX_CALLBACK_BYTES)
                 error = PayloadError(401, "Unauthorized", "Missing or wrong callback credentials.")
                 return response.json(error.body(), status=401)
             try:
@@ -344,8 +348,12 @@ def check_framing(request: Request) -> None:
             PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_CALLBACK_BYTES} bytes.")
         )
     has_body = bool(encodings) or (length is not None and int(length) > 0)
-    if has_body and request.method.upper() in ("GET", "HEAD"):
-        raise MalformedRequest(PayloadError(400, "UnexpectedBody", f"{request.method.upper()} requests take no body."))
+    if has_body and not (request.method.upper() == "POST" and request.path.rstrip("/") in BODY_ROUTES):
+        # Only the routes that read their body in capped chunks take one;
+        # elsewhere Sanic would buffer it (up to Rasa's 100 MB) before routing.
+        raise MalformedRequest(
+            PayloadError(400, "UnexpectedBody", f"{request.method.upper()} {request.path} takes no request body.")
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -376,9 +384,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     except PayloadTooLarge:
         raise too_large from None
     except SanicException as error:
-        # Sanic's own "Bad chunked encoding".
+        # Sanic's own "Bad chunked encoding". Nothing after it can be read, and
+        # Sanic would otherwise try again (and log the failure) once the route answers.
+        stream.request_body = None
         raise PayloadError(400, "InvalidBody", str(error) or "The request body is malformed.") from None
     return b"".join(chunks)
+
+
+async def discard_body(request: Request, limit: int) -> None:
+    """Read and drop the body of a request refused before its body mattered,
+    so a malformed one ends here rather than in Sanic's clean-up."""
+    try:
+        await read_body(request, limit)
+    except PayloadError:
+        pass
 
 
 async def chat_asset(name: str) -> HTTPResponse:

@@ -7,11 +7,13 @@ refused with a 4xx and a JSON reason, and changes nothing.
 Bodies are UTF-8 JSON only. A leading UTF-8 byte order mark is tolerated
 (some Windows tools write one); UTF-16, UTF-32 and any other encoding are
 refused rather than guessed, and so is JSON that Python would parse but that
-cannot travel on: lone surrogates (``"\\ud800"``), ``NaN``/``Infinity``, and
+cannot travel on: lone surrogates (``"\\ud800"``), ``NaN``/``Infinity`` (also
+as an overflowing ``1e999``), integers past Python's 4,300-digit limit, and
 nesting deeper than :data:`MAX_JSON_DEPTH`.
 """
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping
@@ -75,7 +77,7 @@ def decode_json(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
     except UnicodeDecodeError:
         raise PayloadError(400, "InvalidEncoding", "The request body must be UTF-8 encoded JSON.") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise _too_deep() from None
     except ValueError:
@@ -157,6 +159,14 @@ def parse_typing_payload(body: bytes) -> TypingPayload:
 def _refuse_constant(name: str) -> Any:
     # NaN and Infinity are not JSON; Python accepts them, ServiceNow would not.
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e999 parses as infinity, which is no more JSON than Infinity is.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _too_deep() -> PayloadError:
