@@ -460,7 +460,9 @@ class CaseMaker:
             size = (MAX_CALLBACK_BODY if route == "callback" else MAX_BODY) + rng.choice([1, 10_000, 300_000])
             body = b'{"sender": "' + b"a" * size + b'"}'
             request = http_request("POST", path, chunked(body, 16_384), [*base, ("Transfer-Encoding", "chunked")], content_length=False)
-            return Case(kind, request, frozenset({413}), envelope=True)
+            # Connect has no callback route: it says so before reading the body.
+            refused = {404} if route == "callback" and self.api != "virtual_agent" else {413}
+            return Case(kind, request, frozenset(refused), envelope=True)
         if kind == "chunked-malformed":
             body = rng.choice([b"zz\r\nabc\r\n0\r\n\r\n", b"-5\r\nabc\r\n0\r\n\r\n", b"3\r\nabcdef\r\n0\r\n\r\n", b"3;ext=1\r\nabc\r\n0\r\n\r\n"])
             request = http_request("POST", path, body, [*base, ("Transfer-Encoding", "chunked")], content_length=False)

@@ -54,13 +54,17 @@ def test_hostile_requests_get_4xx_never_5xx_and_leave_the_server_healthy(handoff
     elapsed = time.monotonic() - started
 
     counts = summarise(outcomes)
-    kinds = {}
+    kinds: dict = {}
+    closed: dict = {}
     for item in outcomes:
         kinds[item.case.kind] = kinds.get(item.case.kind, 0) + 1
+        if item.closed:
+            closed[item.case.kind] = closed.get(item.case.kind, 0) + 1
     slowest = max(item.seconds for item in outcomes)
     print(
         f"\nfuzz[{handoff.backend}] seed={SEED} cases={len(outcomes)} wall={elapsed:.1f}s "
-        f"slowest={slowest:.2f}s statuses={counts} kinds={dict(sorted(kinds.items()))}"
+        f"slowest={slowest:.2f}s statuses={counts} closed_by_kind={dict(sorted(closed.items()))} "
+        f"kinds={dict(sorted(kinds.items()))}"
     )
 
     problems = [(item, problem(item)) for item in outcomes]

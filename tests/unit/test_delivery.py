@@ -109,3 +109,12 @@ async def test_idle_mailboxes_are_pruned():
     far_future = time.monotonic() + delivery.MAILBOX_IDLE_TTL_S * 10
     assert outbox.prune(now=far_future) == 1  # u1 goes; u2 has an open stream
     listening.close()
+
+
+async def test_a_last_event_id_with_unusual_digits_counts_as_absent():
+    outbox = Outbox(callback_url=None)
+    item = outbox.publish("u1", text_item(0))
+    boot = item.event_id.split("-")[0]
+    for odd in (f"{boot}-\u0662\u0663", f"{boot}-²", f"{boot}-" + "9" * 5000, f"{boot}--1", f"{boot}-", "-", ""):
+        stream = outbox.subscribe("u1", last_event_id=odd)
+        stream.close()
