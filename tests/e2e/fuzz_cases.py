@@ -530,7 +530,12 @@ def send(port: int, case: Case, timeout: float) -> Outcome:
     def outcome(status: Optional[int], closed: bool = False, timed_out: bool = False, body: bytes = b"") -> Outcome:
         return Outcome(case, status, closed, timed_out, time.monotonic() - started, body)
 
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except OSError:
+        # Not even accepted in time: as much a hang as an unanswered request.
+        return outcome(None, timed_out=True)
+    with sock:
         sock.setblocking(False)
         while time.monotonic() < deadline:
             writing = [sock] if sent < len(data) else []
