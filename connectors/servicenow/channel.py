@@ -43,7 +43,7 @@ from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, Service
 from connectors.servicenow.delivery import Outbox
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.handoff import HandoffManager
-from connectors.servicenow.logsafe import loggable
+from connectors.servicenow.logsafe import escape_log_arguments, loggable
 from connectors.servicenow.payloads import (
     MAX_BODY_BYTES,
     MAX_CALLBACK_BYTES,
@@ -110,6 +110,8 @@ class ServiceNowInput(InputChannel):
         return cls(ServiceNowSettings.from_credentials(credentials))
 
     def __init__(self, settings: ServiceNowSettings) -> None:
+        # Sender and chat ids reach many log lines; none may forge one.
+        escape_log_arguments("connectors.servicenow")
         self.settings = settings
         self.http = ServiceNowHTTP(settings)
         self.backend = build_backend(settings, self.http)
