@@ -16,7 +16,7 @@ import select
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 PREFIX = "/webhooks/servicenow"
 MAX_BODY = 64 * 1024
@@ -25,10 +25,8 @@ MAX_DEPTH = 32
 MAX_MESSAGE_LENGTH = 4000
 SECRET_HEADER = "X-Webhook-Secret"
 
-FOUR_XX = frozenset(range(400, 500))
 #: ``dump`` escapes each surrogate on its own; a JSON decoder joins a high one followed by a low one.
 LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
-FRAMING_ERRORS = frozenset({400, 413})
 
 
 @dataclass(frozen=True)
@@ -595,9 +593,6 @@ def summarise(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
         key = "closed" if item.closed else "timeout" if item.timed_out else str(item.status)
         by_status[key] = by_status.get(key, 0) + 1
     return dict(sorted(by_status.items()))
-
-
-Checker = Callable[[Outcome], Optional[str]]
 
 
 def problem(item: Outcome) -> Optional[str]:
