@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
+# Loopback unless told otherwise: `--enable-api` exposes Rasa's whole HTTP API
+# (trackers, model replacement), so another interface needs a token.
 RASA_HOST=${RASA_HOST:-127.0.0.1}
 RASA_PORT=${RASA_PORT:-5005}
 EMULATOR_HOST=${EMULATOR_HOST:-127.0.0.1}
@@ -12,6 +14,29 @@ EMULATOR_PORT=${EMULATOR_PORT:-8181}
 MODEL=${MODEL:-models/demo.tar.gz}
 # Third-party deprecation notices (TensorFlow, pkg_resources) drown the useful log lines.
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning}
+
+# Rasa's HTTP API (started with --enable-api) is protected by --auth-token only;
+# off loopback, refuse to start without one, and allow only the named origins.
+rasa_guard=()
+case "$RASA_HOST" in
+  127.*|localhost|::1|"[::1]")
+    rasa_guard+=(--cors "${RASA_CORS:-*}")
+    [ -n "${RASA_AUTH_TOKEN:-}" ] && rasa_guard+=(--auth-token "$RASA_AUTH_TOKEN")
+    ;;
+  *)
+    if [ -z "${RASA_AUTH_TOKEN:-}" ] && [[ " ${RASA_ARGS:-} " != *" --auth-token "* ]]; then
+      echo "error: RASA_HOST=$RASA_HOST serves Rasa's HTTP API beyond this machine; set RASA_AUTH_TOKEN" >&2
+      echo "       (or pass --auth-token in RASA_ARGS), or keep the default RASA_HOST=127.0.0.1. See docs/security.md." >&2
+      exit 2
+    fi
+    if [ "${RASA_CORS:-}" = "*" ]; then
+      echo "error: RASA_CORS='*' lets any web page call Rasa's HTTP API on $RASA_HOST; name the origins instead." >&2
+      exit 2
+    fi
+    [ -n "${RASA_AUTH_TOKEN:-}" ] && rasa_guard+=(--auth-token "$RASA_AUTH_TOKEN")
+    [ -n "${RASA_CORS:-}" ] && rasa_guard+=(--cors "$RASA_CORS")
+    ;;
+esac
 
 emulator_pid=""
 console=""
@@ -73,7 +98,7 @@ ${console:-}
 MSG
 
 "$VENV/bin/rasa" run --model "$MODEL" --enable-api --credentials credentials.yml \
-  --interface "$RASA_HOST" --port "$RASA_PORT" --cors "*" ${RASA_ARGS:-} &
+  --interface "$RASA_HOST" --port "$RASA_PORT" "${rasa_guard[@]+"${rasa_guard[@]}"}" ${RASA_ARGS:-} &
 rasa_pid=$!
 trap 'kill -TERM $rasa_pid 2>/dev/null; wait $rasa_pid 2>/dev/null; cleanup' EXIT INT TERM
 wait "$rasa_pid"

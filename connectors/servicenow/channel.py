@@ -34,6 +34,7 @@ from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set
 from rasa.core.agent import Agent
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, OutputChannel, UserMessage
 from sanic import Blueprint, Sanic, response
+from sanic.exceptions import InvalidUsage, PayloadTooLarge, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
@@ -46,10 +47,14 @@ from connectors.servicenow.delivery import PER_SENDER, Outbox, StreamLimitReache
 from connectors.servicenow.errors import ConfigurationError, ConversationBusy, StoreUnavailable
 from connectors.servicenow.handoff import OPEN_WAIT_S, HandoffManager
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
+from connectors.servicenow.logsafe import escape_log_arguments, loggable
 from connectors.servicenow.payloads import (
+    MAX_BODY_BYTES,
+    MAX_CALLBACK_BYTES,
     PayloadError,
     UserPayload,
     parse_json_object,
+    parse_sender,
     parse_typing_payload,
     parse_user_payload,
 )
@@ -81,6 +86,14 @@ SHUTDOWN_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 2
 #: Pauses between attempts to resume live chats while the tracker store fails at startup.
 RESUME_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: Where Rasa mounts this channel's routes (``rasa run`` registers channels under ``/webhooks/``).
+ROUTE_PREFIX = "/webhooks/servicenow"
+#: The routes that take a request body (all POST, all read with ``read_body``).
+BODY_ROUTES = frozenset(f"{ROUTE_PREFIX}/{name}" for name in ("webhook", "typing", "callback"))
+#: How much of a refused body is still read and thrown away so the client sees the answer.
+UNREAD_BODY_DRAINED = 1024 * 1024
+#: A ``Content-Length`` longer than this many digits is not a length any route accepts.
+MAX_CONTENT_LENGTH_DIGITS = 12
 
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 
@@ -108,6 +121,8 @@ class ServiceNowInput(InputChannel):
         return cls(ServiceNowSettings.from_credentials(credentials))
 
     def __init__(self, settings: ServiceNowSettings) -> None:
+        # Sender and chat ids reach many log lines; none may forge one.
+        escape_log_arguments("connectors.servicenow")
         self.settings = settings
         self.http = ServiceNowHTTP(settings)
         self.backend = build_backend(settings, self.http)
@@ -170,6 +185,22 @@ class ServiceNowInput(InputChannel):
             await self.http.aclose()
             await self.outbox.aclose()
 
+        @blueprint.listener("before_server_start")
+        async def answer_malformed_requests_in_json(app: Sanic, _loop: Any) -> None:
+            # Raised before Sanic has routed the request, so only an app-level
+            # handler sees it; it is this channel's own exception class, so no
+            # other route's errors change.
+            app.error_handler.add(MalformedRequest, malformed_request_response)
+
+        # Sanic reads the request framing itself, before any route runs, and
+        # answers a non-numeric Content-Length or a Transfer-Encoding other
+        # than chunked with a 500; this hook refuses them first, for this
+        # channel's routes only.
+        @blueprint.signal("http.lifecycle.request")
+        async def refuse_malformed_framing(request: Request, **_: Any) -> None:
+            if request.path == ROUTE_PREFIX or request.path.startswith(ROUTE_PREFIX + "/"):
+                check_framing(request)
+
         @blueprint.route("/", methods=["GET"])
         async def health(_: Request) -> HTTPResponse:
             return response.json(
@@ -183,12 +214,15 @@ class ServiceNowInput(InputChannel):
                 }
             )
 
-        @blueprint.route("/webhook", methods=["POST"])
+        @blueprint.route("/webhook", methods=["POST"], stream=True)
         async def receive(request: Request) -> HTTPResponse:
             self.bind(request.app)
             try:
+                # The body is read (within its cap) before a 401 too: an unread
+                # body would be left to Sanic's clean-up.
+                body = await read_body(request, MAX_BODY_BYTES)
                 claims = self.authenticate(request)
-                payload = parse_user_payload(request.body, max_message_length=self.settings.max_message_length)
+                payload = parse_user_payload(body, max_message_length=self.settings.max_message_length)
                 self.authorize(claims, payload.sender)
             except PayloadError as error:
                 return error_response(error)
@@ -219,11 +253,12 @@ class ServiceNowInput(InputChannel):
             async def chat_page_asset(_: Request, name: str) -> HTTPResponse:
                 return await chat_asset(name)
 
-        @blueprint.route("/typing", methods=["POST"])
+        @blueprint.route("/typing", methods=["POST"], stream=True)
         async def typing(request: Request) -> HTTPResponse:
             try:
+                body = await read_body(request, MAX_BODY_BYTES)
                 claims = self.authenticate(request)
-                payload = parse_typing_payload(request.body)
+                payload = parse_typing_payload(body)
                 self.authorize(claims, payload.sender)
             except PayloadError as error:
                 return error_response(error)
@@ -231,16 +266,20 @@ class ServiceNowInput(InputChannel):
             self.handoffs.user_typing(payload.sender, payload.typing)
             return response.json({"status": "accepted"}, status=202)
 
-        @blueprint.route("/callback", methods=["POST"])
+        @blueprint.route("/callback", methods=["POST"], stream=True)
         async def servicenow_callback(request: Request) -> HTTPResponse:
             if self.backend.pulls:
+                await discard_body(request, MAX_CALLBACK_BYTES)
                 error = PayloadError(404, "NotEnabled", "Callbacks are used with 'api: virtual_agent' only.")
                 return response.json(error.body(), status=404)
             if not callback_authorized(self.settings, request.headers):
+                await discard_body(request, MAX_CALLBACK_BYTES)
                 error = PayloadError(401, "Unauthorized", "Missing or wrong callback credentials.")
                 return response.json(error.body(), status=401)
             try:
-                callback = self.backend.parse_callback(parse_json_object(request.body, '{"clientSessionId": "...", "body": []}'))
+                body = await read_body(request, MAX_CALLBACK_BYTES)
+                payload = parse_json_object(body, '{"clientSessionId": "...", "body": []}', max_bytes=MAX_CALLBACK_BYTES)
+                callback = self.backend.parse_callback(payload)
             except PayloadError as error:
                 return response.json(error.body(), status=error.status)
             except CallbackError as error:
@@ -258,10 +297,11 @@ class ServiceNowInput(InputChannel):
 
         @blueprint.route("/stream", methods=["GET"])
         async def stream(request: Request) -> Optional[HTTPResponse]:
-            sender = request.args.get("sender")
-            if not sender:
-                error = PayloadError(400, "InvalidSender", "Give the conversation as '?sender=<id>'.")
-                return response.json(error.body(), status=400)
+            try:
+                sender = parse_sender(request.args.get("sender"))
+            except PayloadError as error:
+                error.message += " Give the conversation as '?sender=<id>'."
+                return error_response(error)
             try:
                 self.authorize(self.authenticate(request, query_token=request.args.get("token")), sender)
             except PayloadError as error:
@@ -351,9 +391,9 @@ class ServiceNowInput(InputChannel):
         try:
             await on_new_message(message)
         except asyncio.CancelledError:
-            logger.error("Rasa did not answer conversation %s in time.", payload.sender)
+            logger.error("Rasa did not answer conversation %s in time.", loggable(payload.sender))
         except Exception:
-            logger.exception("Rasa failed to handle a message of conversation %s.", payload.sender)
+            logger.exception("Rasa failed to handle a message of conversation %s.", loggable(payload.sender))
         return collector
 
     async def _resume(self) -> None:
@@ -416,6 +456,91 @@ def log_unanswered_turn(turn: "asyncio.Task[Any]") -> None:
         logger.warning("A message whose client hung up was not handled: %r", error)
     else:
         logger.info("A message was handled to the end after its client hung up; its answer was not delivered.")
+
+
+class MalformedRequest(InvalidUsage):
+    """A request to this channel's routes that Sanic would mis-handle; answered with ``error``."""
+
+    def __init__(self, error: PayloadError) -> None:
+        super().__init__(error.message, status_code=error.status)
+        self.error = error
+
+
+async def malformed_request_response(_: Request, exception: MalformedRequest) -> HTTPResponse:
+    return response.json(exception.error.body(), status=exception.error.status)
+
+
+def check_framing(request: Request) -> None:
+    """Refuse body framing that is ambiguous or that Sanic cannot parse, and
+    bodies on routes that take none, before Sanic reads a byte of the body."""
+    headers = request.headers
+    lengths = headers.getall("content-length", [])
+    encodings = headers.getall("transfer-encoding", [])
+    if len(lengths) > 1 or len(encodings) > 1:
+        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "Content-Length and Transfer-Encoding may be given once."))
+    if lengths and encodings:
+        # Two framings for one body is how requests are smuggled past proxies.
+        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "Give Content-Length or Transfer-Encoding, not both."))
+    if encodings and encodings[0] != "chunked":
+        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "The only Transfer-Encoding accepted is 'chunked'."))
+    length = lengths[0].strip() if lengths else None
+    if length is not None and not (length.isascii() and length.isdigit() and len(length) <= MAX_CONTENT_LENGTH_DIGITS):
+        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "Content-Length must be a number of bytes."))
+    if length is not None and int(length) > MAX_CALLBACK_BYTES:
+        raise MalformedRequest(
+            PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_CALLBACK_BYTES} bytes.")
+        )
+    has_body = bool(encodings) or (length is not None and int(length) > 0)
+    if has_body and not (request.method.upper() == "POST" and request.path.rstrip("/") in BODY_ROUTES):
+        # Only the routes that read their body in capped chunks take one;
+        # elsewhere Sanic would buffer it (up to Rasa's 100 MB) before routing.
+        raise MalformedRequest(
+            PayloadError(400, "UnexpectedBody", f"{request.method.upper()} {request.path} takes no request body.")
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body of a ``stream=True`` route, refused as soon as it passes
+    ``limit`` bytes: neither a large Content-Length nor a long chunked body
+    is buffered first."""
+    too_large = PayloadError(413, "PayloadTooLarge", f"The request body is larger than {limit} bytes.")
+    declared = request.headers.get("content-length")
+    stream = request.stream
+    if stream is None:
+        return request.body or b""
+    # Sanic reads away (without keeping) what a route leaves unread, up to
+    # this, so the client can read the 413; past it, it closes the connection.
+    stream.request_max_size = limit + UNREAD_BODY_DRAINED
+    if declared is not None and int(declared) > limit:
+        raise too_large
+    chunks = []
+    size = 0
+    try:
+        while True:
+            chunk = await stream.read()
+            if chunk is None:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except PayloadTooLarge:
+        raise too_large from None
+    except SanicException as error:
+        # Sanic's own "Bad chunked encoding". Nothing after it can be read, and
+        # Sanic would otherwise try again (and log the failure) once the route answers.
+        stream.request_body = None
+        raise PayloadError(400, "InvalidBody", str(error) or "The request body is malformed.") from None
+    return b"".join(chunks)
+
+
+async def discard_body(request: Request, limit: int) -> None:
+    """Read and drop the body of a request refused before its body mattered,
+    so a malformed one ends here rather than in Sanic's clean-up."""
+    try:
+        await read_body(request, limit)
+    except PayloadError:
+        pass
 
 
 async def chat_asset(name: str) -> HTTPResponse:
@@ -502,20 +627,28 @@ def handoff_request(
 def callback_authorized(settings: ServiceNowSettings, headers: Mapping[str, str]) -> bool:
     """Shared secret in a header, or Basic credentials; compared in constant time."""
     if settings.webhook_secret:
-        provided = headers.get(settings.webhook_secret_header, "")
-        if hmac.compare_digest(provided.encode(), settings.webhook_secret.encode()):
+        provided = _header_bytes(headers.get(settings.webhook_secret_header, ""))
+        if hmac.compare_digest(provided, settings.webhook_secret.encode()):
             return True
     if settings.webhook_username and settings.webhook_password:
         scheme, _, encoded = headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "basic":
             try:
-                username, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+                username, _, password = base64.b64decode(_header_bytes(encoded), validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 return False
             user_ok = hmac.compare_digest(username.encode(), settings.webhook_username.encode())
             password_ok = hmac.compare_digest(password.encode(), settings.webhook_password.encode())
             return user_ok and password_ok
     return False
+
+
+def _header_bytes(value: str) -> bytes:
+    """A header value as bytes, whatever it holds: Sanic decodes headers with
+    ``surrogateescape``, so a non-UTF-8 byte arrives as a lone surrogate.
+    Such bytes never equal a configured (UTF-8) secret, and nothing here
+    raises before authentication has answered."""
+    return value.encode("utf-8", "surrogatepass")
 
 
 def build_backend(settings: ServiceNowSettings, http: ServiceNowHTTP) -> Backend:

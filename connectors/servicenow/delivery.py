@@ -44,6 +44,8 @@ HANDOFF_EVENT = "handoff"
 RETAINED_PER_USER = 200
 # A mailbox with nothing pending, nobody listening and no news for this long is dropped.
 MAILBOX_IDLE_TTL_S = 3600.0
+#: An event number this long is none this process gave out; the id is treated as absent.
+MAX_EVENT_NUMBER_DIGITS = 18
 CALLBACK_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=4.0)
 
 
@@ -227,7 +229,13 @@ class Outbox:
             stamp, _, number = last_event_id.rpartition("-")
             # Only an id this very mailbox gave out counts: ids of another
             # conversation, an earlier mailbox or process say nothing here.
-            if stamp == mailbox.stamp and number.isdigit():
+            # isdigit() alone also takes "²" and Arabic-Indic digits, which int() refuses.
+            if (
+                stamp == mailbox.stamp
+                and number.isascii()
+                and number.isdigit()
+                and len(number) <= MAX_EVENT_NUMBER_DIGITS
+            ):
                 return min(int(number), mailbox.next_number - 1)
         # A fresh stream, or one that saw a previous process: send only what
         # no stream has taken yet, so nothing is shown twice.

@@ -56,3 +56,12 @@ class StoreUnavailable(Exception):
 class ConversationBusy(Exception):
     """An earlier message of the same conversation is still being handled (a
     handoff opening, typically) and did not finish within the wait allowed."""
+
+
+class UnsafeChatId(ServiceNowRejected):
+    """A chat id (from a tracker's ``live_chat_id`` slot or a callback) that is
+    not the shape ServiceNow gives out. It is never put into a request; the
+    handoff that holds it ends as a failure."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=400)

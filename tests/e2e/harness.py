@@ -210,7 +210,12 @@ class RasaServer:
                 # Loading the model can hold the loop for over a second on a busy machine.
                 return False
 
-        wait_for(ready, timeout, interval=0.2, what="rasa run to serve")
+        try:
+            wait_for(ready, timeout, interval=0.2, what="rasa run to serve")
+        except BaseException:
+            # The fixture never yields, so nothing else would stop it.
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

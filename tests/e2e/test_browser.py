@@ -104,3 +104,49 @@ def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
 
     assert stranger.evaluate("sessionStorage.getItem('servicenow-webchat-sender')") != sender
     assert stranger.locator('[data-testid="message"]').count() == 0
+
+
+def test_agent_content_is_shown_as_text_and_only_http_links_are_followed(browser, handoff: Handoff):
+    """An agent item (or a forged callback) with markup or a ``javascript:``
+    URL must not run in the user's page."""
+    if handoff.backend != "virtual_agent":
+        pytest.skip("rich items arrive as Virtual Agent callbacks")
+    import requests
+
+    from tests.e2e.conftest import WEBHOOK_SECRET
+
+    user = browser.new_context().new_page()
+    user.set_default_timeout(TIMEOUT_MS)
+    dialogs = []
+    user.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
+    user.get_by_test_id("message-input").fill("talk to live agent")
+    user.get_by_test_id("send").click()
+    user.get_by_test_id("live-marker").wait_for(state="visible")
+    sender = user.evaluate("sessionStorage.getItem('servicenow-webchat-sender')")
+    chat = handoff.rasa.slots(sender)["live_chat_id"]
+
+    agent = {"agentName": "Mallory", "sentFromAgent": True}
+    items = [
+        {"uiType": "OutputHtml", "value": "<b id='injected'>bold</b><img src=x onerror=\"alert('html')\">", "agentInfo": agent},
+        {"uiType": "OutputLink", "label": "evil link", "value": {"action": "javascript:alert('link')"}, "agentInfo": agent},
+        {"uiType": "OutputImage", "label": "evil image", "value": "javascript:alert('image')", "agentInfo": agent},
+        {"uiType": "OutputLink", "label": "knowledge article", "value": {"action": "https://example.com/kb/1"}, "agentInfo": agent},
+    ]
+    pushed = requests.post(
+        f"{handoff.rasa.url}/webhooks/servicenow/callback",
+        json={"clientSessionId": chat, "clientVariables": {"rasa_sender_id": sender}, "agentChat": True, "body": items},
+        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
+        timeout=10,
+    )
+    assert pushed.status_code == 200, pushed.text
+
+    user.locator('[data-testid="message"][data-author="agent"]', has_text="knowledge article").wait_for()
+    assert user.locator("#injected").count() == 0
+    assert user.locator('[data-testid="message"] img').count() == 0
+    hrefs = user.locator('[data-testid="message"] a').evaluate_all("links => links.map(link => link.href)")
+    assert hrefs == ["https://example.com/kb/1"]
+    assert user.locator('[data-testid="message"][data-author="agent"]', has_text="evil link").count() == 1
+    assert dialogs == []
+    user.get_by_test_id("end-chat").click()
+    user.get_by_test_id("live-marker").wait_for(state="hidden")

@@ -256,3 +256,33 @@ async def test_a_first_poll_that_finds_a_full_page_reads_older_pages(backend):
         result = await backend.poll(chat())
     assert [event.text for event in result.events] == [f"msg {i}" for i in range(1, 41)]
     assert result.requests == 2
+
+
+# -- chat ids from the tracker store are checked before they go into a URL -------
+
+from connectors.servicenow.errors import UnsafeChatId  # noqa: E402
+
+
+@pytest.mark.parametrize("chat_id", ["../../table/sys_user", "g/../x", "g?sysparm_query=x", "g#x", "g%2F..", "", "g" * 129, "g\n"])
+async def test_a_malformed_chat_id_from_the_tracker_is_never_put_into_a_url(backend, chat_id):
+    crafted = LiveChat(sender_id="u1", chat_id=chat_id, user="rasa.integration")
+    with aioresponses() as mock:
+        for call in (backend.send(crafted, "hi"), backend.leave(crafted), backend.poll(crafted), backend.check_closed(crafted)):
+            with pytest.raises(UnsafeChatId):
+                await call
+        assert not mock.requests
+
+
+async def test_a_malformed_group_from_servicenow_is_refused_at_the_start(backend):
+    with aioresponses() as mock:
+        mock.post(f"{BASE}/api/now/connect/support/queues/q1/sessions", payload={"result": {"group": "../x"}})
+        with pytest.raises(ServiceNowRejected):
+            await backend.open_chat(HandoffRequest(sender_id="u1", text="help"))
+
+
+async def test_a_queue_id_is_quoted_into_its_path(backend):
+    with aioresponses() as mock:
+        url = f"{BASE}/api/now/connect/support/queues/a%2Fb/sessions"
+        mock.post(url, payload={"result": {"group": GROUP}})
+        await backend.open_chat(HandoffRequest(sender_id="u1", text="help", queue_id="a/b"))
+        assert mock.requests

@@ -185,3 +185,12 @@ async def test_an_event_id_from_an_earlier_mailbox_of_the_same_conversation_does
     stream = outbox.subscribe("u1", last_event_id=old.event_id)
     assert await drain(stream, 1) == ["m1"]
     stream.close()
+
+
+async def test_a_last_event_id_with_unusual_digits_counts_as_absent():
+    outbox = Outbox(callback_url=None)
+    item = outbox.publish("u1", text_item(0))
+    boot = item.event_id.split("-")[0]
+    for odd in (f"{boot}-\u0662\u0663", f"{boot}-²", f"{boot}-" + "9" * 5000, f"{boot}--1", f"{boot}-", "-", ""):
+        stream = outbox.subscribe("u1", last_event_id=odd)
+        stream.close()

@@ -240,3 +240,116 @@ def test_callback_credentials_are_checked():
     assert callback_authorized(basic, {"Authorization": good})
     assert not callback_authorized(basic, {"Authorization": bad})
     assert not callback_authorized(basic, {"Authorization": "Basic !!!"})
+
+
+# -- hostile callbacks: parse_callback is total ---------------------------------
+
+import random  # noqa: E402
+
+from connectors.servicenow.errors import UnsafeChatId  # noqa: E402
+
+
+def junk(rng: random.Random, depth: int = 0):
+    roll = rng.random()
+    if roll < 0.6 or depth > 3:
+        return rng.choice([None, True, False, 0, -1, 2**70, 1.5, "", " ", "x", "\x00", "a\nb", "{", "[1]", '{"fields": 3}'])
+    if roll < 0.8:
+        return [junk(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    keys = ["uiType", "value", "label", "header", "messageId", "agentInfo", "actionType", "options", "data",
+            "fields", "title", "agentName", "sentFromAgent", "spinnerType", "waitTime", "message", "promptMsg"]
+    return {rng.choice(keys): junk(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+UI_TYPES = ["OutputText", "OutputImage", "OutputLink", "OutputHtml", "OutputCard", "Picker", "ActionMsg", None, 7]
+
+
+def test_parse_callback_answers_any_json_object_with_a_callback_or_a_callback_error():
+    rng = random.Random(8)
+    outcomes = {"parsed": 0, "refused": 0}
+    for _ in range(3000):
+        items = []
+        for _ in range(rng.randint(0, 4)):
+            item = junk(rng)
+            if isinstance(item, dict) and rng.random() < 0.8:
+                item["uiType"] = rng.choice(UI_TYPES)
+                if item["uiType"] == "ActionMsg":
+                    item["actionType"] = rng.choice(["System", "StartSpinner", "SwitchToLiveAgent", "StartTypingIndicator", junk(rng)])
+                    item["spinnerType"] = "wait_time"
+            items.append(item)
+        payload = callback(items if rng.random() < 0.9 else junk(rng))
+        for key in ("clientSessionId", "clientVariables", "agentChat", "completed", "takeControl"):
+            if rng.random() < 0.2:
+                payload[key] = junk(rng)
+        try:
+            parsed = parse(payload)
+        except CallbackError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["parsed"] += 1
+        for event in parsed.events:
+            for field in ("text", "message_id", "agent_name"):
+                value = getattr(event, field, None)
+                assert value is None or isinstance(value, str)
+    assert outcomes["parsed"] > 500 and outcomes["refused"] > 500
+
+
+@pytest.mark.parametrize("fields", [3, "abc", {"fieldLabel": "a"}, None, [1, "x", None]])
+def test_a_card_whose_fields_are_not_a_list_of_objects_keeps_its_title(fields):
+    parsed = parse(callback([{"uiType": "OutputCard", "data": {"title": "Incident INC1", "fields": fields}}]))
+    assert parsed.events[0].text == "Incident INC1"
+
+
+def test_a_card_sent_as_deeply_nested_json_text_is_not_a_recursion_error():
+    parsed = parse(callback([{"uiType": "OutputCard", "label": "Card", "data": "[" * 100_000}]))
+    assert parsed.events[0].text == "Card"
+
+
+@pytest.mark.parametrize("body", [["text"], [1], [None], [{"uiType": "OutputText", "value": "hi"}, []]])
+def test_body_items_that_are_not_objects_refuse_the_callback(body):
+    with pytest.raises(CallbackError):
+        parse(callback(body))
+
+
+@pytest.mark.parametrize("chat_id", ["../../api/now/table/sys_user", "a/b", "a?b=c", "x" * 129, "id\nbreak", " c1", "c.1"])
+def test_a_session_id_this_channel_could_not_have_issued_refuses_the_callback(chat_id):
+    with pytest.raises(CallbackError):
+        parse({**callback([]), "clientSessionId": chat_id})
+
+
+@pytest.mark.parametrize("sender", ["a\nb", "", 42, {"x": 1}, " padded"])
+def test_an_echoed_sender_that_is_not_a_valid_id_is_ignored(sender):
+    assert parse({**callback([]), "clientVariables": {SENDER_VARIABLE: sender}}).sender_id is None
+
+
+def test_structured_values_are_not_shown_as_python_reprs():
+    parsed = parse(callback([
+        {"uiType": "OutputText", "value": "hi", "agentInfo": {"agentName": {"first": "Beth"}}, "messageId": ["m"]},
+        {"uiType": "Picker", "promptMsg": "Pick", "options": [{"label": {"x": 1}, "value": "a"}, {"label": None, "value": None}]},
+    ]))
+    message, picker = parsed.events
+    assert message.agent_name is None and "{" not in message.message_id
+    assert picker.details["buttons"] == [{"title": "a", "payload": "a"}]
+
+
+async def test_a_malformed_chat_id_from_the_tracker_is_never_sent(backend_factory):
+    backend = backend_factory()
+    crafted = LiveChat(sender_id="rasa-user", chat_id="c1\", \"action\": \"x", user="abel.tuter")
+    with aioresponses() as mock:
+        with pytest.raises(UnsafeChatId):
+            await backend.send(crafted, "hello")
+        with pytest.raises(UnsafeChatId):
+            await backend.leave(crafted)
+        assert not mock.requests
+
+
+@pytest.mark.parametrize("value", ["\udcff\udcfe", "s3cret\udc80", "é", "\ud800", "s3cret\x00"])
+def test_callback_credentials_with_bytes_that_are_not_utf8_are_refused_not_a_crash(value):
+    # Sanic hands over non-UTF-8 header bytes as lone surrogates.
+    secret_only = ServiceNowSettings.from_credentials(OPTIONS)
+    assert not callback_authorized(secret_only, {"X-Webhook-Secret": value})
+    basic = ServiceNowSettings.from_credentials(
+        {**OPTIONS, "webhook_secret": "", "webhook_username": "servicenow", "webhook_password": "pw"}
+    )
+    assert not callback_authorized(basic, {"Authorization": "Basic " + value})
+    encoded = base64.b64encode(("servicenow:pw" + value).encode("utf-8", "surrogatepass")).decode()
+    assert not callback_authorized(basic, {"Authorization": "Basic " + encoded})

@@ -9,12 +9,41 @@ fed by ServiceNow's callbacks. Everything after that, delivery to the user,
 deduplication and ending the handoff, is the same for both.
 """
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping, Optional, Sequence, Union
+from urllib.parse import quote
 
+from connectors.servicenow.errors import UnsafeChatId
+from connectors.servicenow.logsafe import loggable
 from connectors.servicenow.state import LiveChat
+
+#: What a chat id may look like: Connect's ``group`` sys_ids and the Virtual
+#: Agent ``clientSessionId`` values this channel makes are hex; a little more
+#: room for other instances, never a slash, a dot-dot or a query.
+CHAT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,127}")
+
+
+def is_valid_chat_id(chat_id: Any) -> bool:
+    return isinstance(chat_id, str) and CHAT_ID_PATTERN.fullmatch(chat_id) is not None
+
+
+def checked_chat_id(chat_id: Any) -> str:
+    """``chat_id`` when it is one ServiceNow could have given; ``UnsafeChatId`` otherwise.
+
+    Chat ids are read back from tracker stores, which are outside this
+    channel's control: one is checked before every request that carries it.
+    """
+    if not is_valid_chat_id(chat_id):
+        raise UnsafeChatId(f"refusing to use the malformed chat id {loggable(chat_id)!r}")
+    return chat_id
+
+
+def chat_path_segment(chat_id: Any) -> str:
+    """A checked chat id, quoted for a URL path (a no-op for a valid id; kept so no path is ever built raw)."""
+    return quote(checked_chat_id(chat_id), safe="")
 
 
 @dataclass(frozen=True)

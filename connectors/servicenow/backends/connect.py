@@ -18,6 +18,7 @@ committed after a newer one was already read.
 import logging
 import re
 from typing import Any, Dict, List, Optional, Sequence
+from urllib.parse import quote
 
 from connectors.servicenow.backends.base import (
     AgentEvent,
@@ -30,6 +31,9 @@ from connectors.servicenow.backends.base import (
     PollResult,
     SentMessage,
     SystemNotice,
+    chat_path_segment,
+    checked_chat_id,
+    is_valid_chat_id,
 )
 from connectors.servicenow.backends.http import ServiceNowHTTP, as_dict, result_of
 from connectors.servicenow.config import CONNECT_API, ServiceNowSettings
@@ -80,7 +84,7 @@ class ConnectBackend(Backend):
             result_of(
                 await self._http.request(
                     "POST",
-                    f"/api/now/connect/support/queues/{queue}/sessions",
+                    f"/api/now/connect/support/queues/{quote(str(queue), safe='')}/sessions",
                     json_body={"message": request.text},
                 )
             )
@@ -88,6 +92,8 @@ class ConnectBackend(Backend):
         group = entry.get("group")
         if not group:
             raise ServiceNowRejected("Connect opened a session without a conversation 'group'", status=200)
+        if not is_valid_chat_id(str(group)):
+            raise ServiceNowRejected("Connect opened a session with a malformed conversation 'group'", status=200)
         if self._user is None:
             self._user = await self._requester_of(str(group))
         return OpenedChat(chat_id=str(group), user=self._user)
@@ -96,14 +102,14 @@ class ConnectBackend(Backend):
         message = as_dict(
             result_of(
                 await self._http.request(
-                    "POST", f"/api/now/connect/conversations/{chat.chat_id}/messages", json_body={"message": text}
+                    "POST", f"/api/now/connect/conversations/{chat_path_segment(chat.chat_id)}/messages", json_body={"message": text}
                 )
             )
         )
         return SentMessage(message_id=_str_or_none(message.get("sys_id")), timestamp=_timestamp(message))
 
     async def leave(self, chat: LiveChat) -> None:
-        await self._http.request("POST", f"/api/now/connect/support/sessions/{chat.chat_id}/leave", json_body={})
+        await self._http.request("POST", f"/api/now/connect/support/sessions/{chat_path_segment(chat.chat_id)}/leave", json_body={})
 
     async def check_closed(self, chat: LiveChat) -> Optional[ChatClosed]:
         entry = await self._session_entry(chat)
@@ -114,7 +120,7 @@ class ConnectBackend(Backend):
 
     async def _session_entry(self, chat: LiveChat) -> Optional[Dict[str, Any]]:
         entries = result_of(
-            await self._http.request("GET", "/api/now/connect/support/sessions", params={"group_id": chat.chat_id})
+            await self._http.request("GET", "/api/now/connect/support/sessions", params={"group_id": checked_chat_id(chat.chat_id)})
         )
         return next(
             (entry for entry in entries or [] if isinstance(entry, dict) and entry.get("group") == chat.chat_id),
@@ -189,7 +195,7 @@ class ConnectBackend(Backend):
     async def _messages(self, group: str, before: Optional[float]) -> List[Dict[str, Any]]:
         params = {"before": str(int(before))} if before is not None else None
         result = result_of(
-            await self._http.request("GET", f"/api/now/connect/conversations/{group}/messages", params=params)
+            await self._http.request("GET", f"/api/now/connect/conversations/{chat_path_segment(group)}/messages", params=params)
         )
         return [message for message in result or [] if isinstance(message, dict) and _message_id(message)]
 

@@ -14,7 +14,6 @@ callback can be placed even before the chat is known to this process.
 import hashlib
 import hmac
 import html
-import json
 import logging
 import re
 import uuid
@@ -34,10 +33,13 @@ from connectors.servicenow.backends.base import (
     SentMessage,
     SystemNotice,
     Turn,
+    checked_chat_id,
+    is_valid_chat_id,
 )
 from connectors.servicenow.backends.http import ServiceNowHTTP, compact_json
 from connectors.servicenow.config import VIRTUAL_AGENT_API, ServiceNowSettings
 from connectors.servicenow.errors import ServiceNowRejected
+from connectors.servicenow.payloads import MAX_CALLBACK_BYTES, PayloadError, decode_json, is_valid_sender
 from connectors.servicenow.state import LiveChat, now_ms
 
 logger = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ class VirtualAgentBackend(Backend):
     def _envelope(self, chat_id: str, user_id: str, sender_id: str) -> Dict[str, Any]:
         body: Dict[str, Any] = {
             "requestId": uuid.uuid4().hex,
-            "clientSessionId": chat_id,
+            "clientSessionId": checked_chat_id(chat_id),
             "userId": user_id,
             "botToBot": True,
             "timestamp": int(now_ms()),
@@ -162,14 +164,26 @@ class VirtualAgentBackend(Backend):
     # -- callbacks from ServiceNow -------------------------------------------
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Callback:
+        """Total over any decoded JSON object: a ``Callback`` or a ``CallbackError``.
+
+        Envelope fields that correlate (``clientSessionId``, ``body``) are
+        checked strictly; inside an item, a field of the wrong type is
+        treated as absent so one odd field does not drop the agent's message.
+        """
         chat_id = payload.get("clientSessionId")
         if not isinstance(chat_id, str) or not chat_id:
             raise CallbackError("'clientSessionId' must be a non-empty string")
+        if not is_valid_chat_id(chat_id):
+            raise CallbackError("'clientSessionId' is not a chat id this channel issued")
         body = payload.get("body", [])
         if not isinstance(body, list):
             raise CallbackError("'body' must be a list")
+        if not all(isinstance(item, dict) for item in body):
+            raise CallbackError("every item of 'body' must be an object")
         client_variables = payload.get("clientVariables")
         sender = client_variables.get(SENDER_VARIABLE) if isinstance(client_variables, dict) else None
+        if not is_valid_sender(sender):
+            sender = None
         fingerprint = hashlib.sha1(
             compact_json({key: payload.get(key) for key in ("requestId", "interactionId", "body", "agentChat", "completed", "takeControl")})
         ).hexdigest()[:20]
@@ -177,21 +191,18 @@ class VirtualAgentBackend(Backend):
         arrived = now_ms()
         events: List[AgentEvent] = []
         for index, item in enumerate(body):
-            if isinstance(item, dict):
-                events.extend(_item_events(item, agent_chat, f"{fingerprint}-{index}", arrived))
+            events.extend(_item_events(item, agent_chat, f"{fingerprint}-{index}", arrived))
         # The flags describe the whole callback, so they act after its items.
         if payload.get("completed") is True:
             events.append(ChatClosed(CloseReason.AGENT_CLOSED))
         if payload.get("takeControl") is True:
             events.append(ChatClosed(CloseReason.RETURNED))
-        return Callback(
-            chat_id=chat_id, sender_id=sender if isinstance(sender, str) else None, fingerprint=fingerprint, events=events
-        )
+        return Callback(chat_id=chat_id, sender_id=sender, fingerprint=fingerprint, events=events)
 
 
 def _item_events(item: Mapping[str, Any], agent_chat: bool, fallback_id: str, arrived: float) -> Iterable[AgentEvent]:
     ui_type = item.get("uiType")
-    message_id = str(item.get("messageId") or fallback_id)
+    message_id = _str_or_none(item.get("messageId")) or fallback_id
     if ui_type == "ActionMsg":
         yield from _action_events(item, message_id, arrived)
         return
@@ -199,7 +210,7 @@ def _item_events(item: Mapping[str, Any], agent_chat: bool, fallback_id: str, ar
     if not text and not rich:
         return
     agent = item.get("agentInfo") if isinstance(item.get("agentInfo"), dict) else None
-    if agent is not None and agent.get("sentFromAgent", True):
+    if agent is not None and agent.get("sentFromAgent", True) is not False:
         yield AgentMessage(message_id, text, _str_or_none(agent.get("agentName")), arrived, rich)
     else:
         # "Please stand by ..." carries agentChat but no agent; without
@@ -209,7 +220,7 @@ def _item_events(item: Mapping[str, Any], agent_chat: bool, fallback_id: str, ar
 
 
 def _action_events(item: Mapping[str, Any], message_id: str, arrived: float) -> Iterable[AgentEvent]:
-    action = str(item.get("actionType") or "")
+    action = _str_or_none(item.get("actionType")) or ""
     # Some releases name them "...ActionMsg" (va-whats-new.md); the wire uses the short form.
     if action.endswith("ActionMsg"):
         action = action[: -len("ActionMsg")]
@@ -223,14 +234,15 @@ def _action_events(item: Mapping[str, Any], message_id: str, arrived: float) -> 
     elif action == "SwitchToVirtualAgent":
         yield ChatClosed(CloseReason.AGENT_CLOSED, None, message_id, arrived)
     elif action == "System":
-        text = _str_or_none(item.get("message") or item.get("value")) or ""
+        text = _str_or_none(item.get("message")) or _str_or_none(item.get("value")) or ""
         if CLOSED_TEXT.search(text):
             yield ChatClosed(CloseReason.AGENT_CLOSED, text, message_id, arrived)
         elif text:
             yield SystemNotice(message_id, text, arrived)
     elif action == "StartSpinner" and item.get("spinnerType") == "wait_time":
         text = _str_or_none(item.get("message")) or "Routing you to a live agent..."
-        details = {"wait_time": item["waitTime"]} if item.get("waitTime") else {}
+        wait_time = item.get("waitTime")
+        details = {"wait_time": wait_time} if isinstance(wait_time, (str, int, float)) and wait_time else {}
         yield SystemNotice(message_id, text, arrived, kind="wait", details=details)
     # EndSpinner, SubscribeToSupportQueue, SubscribeToChatPresence and the like
     # only steer ServiceNow's own widget.
@@ -253,17 +265,20 @@ def _content(item: Mapping[str, Any]) -> "tuple[str, Dict[str, Any]]":
         return html.unescape(_TAG.sub(" ", value)).strip(), {"custom": {"html": value}}
     if ui_type == "OutputCard":
         card = _json_object(item.get("data")) or _json_object(value) or {}
-        lines = [str(card.get(key)) for key in ("title", "subtitle") if card.get(key)]
-        for entry in card.get("fields") or []:
+        lines = [text for text in (_str_or_none(card.get(key)) for key in ("title", "subtitle")) if text]
+        fields = card.get("fields")
+        for entry in fields if isinstance(fields, list) else []:
             if isinstance(entry, dict):
-                lines.append(f"{entry.get('fieldLabel', '')}: {entry.get('fieldValue', '')}")
+                lines.append(f"{_str_or_none(entry.get('fieldLabel')) or ''}: {_str_or_none(entry.get('fieldValue')) or ''}")
         return "\n".join(lines) or label, {"custom": {"card": card}}
     options = item.get("options")
     if isinstance(options, list) and options:
         buttons = [
-            {"title": str(option.get("label") or option.get("value")), "payload": str(option.get("value") or option.get("label"))}
+            {"title": title, "payload": _str_or_none(option.get("value")) or title}
             for option in options
             if isinstance(option, dict)
+            for title in [_str_or_none(option.get("label")) or _str_or_none(option.get("value"))]
+            if title
         ]
         return _str_or_none(item.get("promptMsg")) or label, {"buttons": buttons}
     if isinstance(value, str) and value.strip():
@@ -299,7 +314,7 @@ def _url_of(value: Any) -> Optional[str]:
         return value
     if isinstance(value, dict):
         for key in ("action", "url", "link"):
-            if isinstance(value.get(key), str):
+            if isinstance(value.get(key), str) and value[key]:
                 return value[key]
     return None
 
@@ -308,13 +323,19 @@ def _json_object(value: Any) -> Optional[Dict[str, Any]]:
     if isinstance(value, dict):
         return value
     if isinstance(value, str):
+        # A card sent as a JSON string is parsed with the same limits as a request body.
         try:
-            decoded = json.loads(value)
-        except ValueError:
+            decoded = decode_json(value.encode("utf-8", "surrogatepass"), max_bytes=MAX_CALLBACK_BYTES)
+        except PayloadError:
             return None
         return decoded if isinstance(decoded, dict) else None
     return None
 
 
 def _str_or_none(value: Any) -> Optional[str]:
-    return str(value) if value not in (None, "") else None
+    """Text of a scalar field; None for absent, empty or structured values (not their repr)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None

@@ -55,6 +55,20 @@
   }
 
   // -- rendering ------------------------------------------------------------
+  // Everything an agent sends is shown as text (textContent, never innerHTML:
+  // an OutputHtml item's markup is not rendered), and a link or an image only
+  // when its URL is http(s): a javascript: or data: URL from an agent (or from
+  // anyone who can post to the callback route) must not run here.
+
+  function safeUrl(value) {
+    if (typeof value !== "string" || !value) return null;
+    try {
+      const url = new URL(value, window.location.href);
+      return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
+    } catch (_) {
+      return null;
+    }
+  }
 
   function render(author, message) {
     const item = document.createElement("li");
@@ -64,35 +78,38 @@
     if (author === "agent" && message.metadata && message.metadata.agent_name) {
       const name = document.createElement("span");
       name.className = "message__author";
-      name.textContent = message.metadata.agent_name;
+      name.textContent = String(message.metadata.agent_name);
       item.append(name);
     }
-    if (message.text) item.append(document.createTextNode(message.text));
+    if (message.text) item.append(document.createTextNode(String(message.text)));
     const waitTime = message.metadata && message.metadata.wait_time;
     if (waitTime) item.append(document.createTextNode(` (about ${waitTime})`));
-    if (message.image) {
+    const imageUrl = safeUrl(message.image);
+    if (imageUrl) {
       const image = document.createElement("img");
-      image.src = message.image;
+      image.src = imageUrl;
       image.alt = message.text || "image";
       item.append(image);
     }
-    if (message.attachment) {
+    const attachmentUrl = safeUrl(message.attachment);
+    if (attachmentUrl) {
       const link = document.createElement("a");
-      link.href = message.attachment;
+      link.href = attachmentUrl;
       link.target = "_blank";
       link.rel = "noopener noreferrer";
-      link.textContent = message.text ? " ↗" : message.attachment;
+      link.textContent = message.text ? " ↗" : attachmentUrl;
       item.append(link);
     }
     if (Array.isArray(message.buttons) && message.buttons.length) {
       const row = document.createElement("div");
       row.className = "message__buttons";
       for (const button of message.buttons) {
+        if (!button || typeof button !== "object") continue;
         const chip = document.createElement("button");
         chip.type = "button";
         chip.className = "message__button";
-        chip.textContent = button.title;
-        chip.addEventListener("click", () => say(button.payload || button.title, button.title));
+        chip.textContent = String(button.title);
+        chip.addEventListener("click", () => say(String(button.payload || button.title), String(button.title)));
         row.append(chip);
       }
       item.append(row);
@@ -123,7 +140,7 @@
   }
 
   function initials(name) {
-    return name.split(/\s+/).filter(Boolean).slice(0, 2).map((part) => part[0].toUpperCase()).join("");
+    return String(name).split(/\s+/).filter(Boolean).slice(0, 2).map((part) => part[0].toUpperCase()).join("");
   }
 
   function showTyping(typing) {
