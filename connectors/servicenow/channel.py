@@ -42,6 +42,7 @@ from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, Service
 from connectors.servicenow.delivery import Outbox
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.handoff import HandoffManager
+from connectors.servicenow.logs import use_json_logs
 from connectors.servicenow.payloads import (
     PayloadError,
     UserPayload,
@@ -94,7 +95,10 @@ class ServiceNowInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> InputChannel:
         if not credentials:
             cls.raise_missing_credentials_exception()
-        return cls(ServiceNowSettings.from_credentials(credentials))
+        settings = ServiceNowSettings.from_credentials(credentials)
+        if settings.log_format == "json":
+            use_json_logs()
+        return cls(settings)
 
     def __init__(self, settings: ServiceNowSettings) -> None:
         self.settings = settings
