@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from connectors.servicenow.doctor.findings import Finding, Severity, exit_code, redact, render
+from connectors.servicenow.doctor.findings import Finding, Severity, exit_code, ok, redact, render, warning
+from connectors.servicenow.doctor.options import ChannelOptions, check_credentials
 
 __all__ = ["Finding", "Severity", "Paths", "diagnose", "exit_code", "render"]
 
@@ -26,11 +27,10 @@ class Paths:
 
 
 async def diagnose(paths: Paths, *, offline: bool = False) -> List[Finding]:
+    # Imported on use: each pulls in part of Rasa or the HTTP client.
     from connectors.servicenow.doctor.domain import check_domain
     from connectors.servicenow.doctor.instance import check_instance
-    from connectors.servicenow.doctor.options import check_credentials
     from connectors.servicenow.doctor.stores import check_endpoints, check_redis_option
-    from connectors.servicenow.doctor.findings import ok, warning
 
     channel = check_credentials(paths.credentials)
     findings = list(channel.findings)
@@ -60,12 +60,10 @@ async def diagnose(paths: Paths, *, offline: bool = False) -> List[Finding]:
     return redact(findings, channel.secrets)
 
 
-def _redis_url(channel: "object") -> Optional[str]:
+def _redis_url(channel: ChannelOptions) -> Optional[str]:
     # ``redis_url`` arrives with the Redis store; until ServiceNowSettings
     # knows it, the raw section still says where Redis is.
-    settings = getattr(channel, "settings", None)
-    value = getattr(settings, "redis_url", None) if settings is not None else None
+    value = getattr(channel.settings, "redis_url", None)
     if value is None:
-        raw = getattr(channel, "raw", None) or {}
-        value = raw.get("redis_url")
+        value = (channel.raw or {}).get("redis_url")
     return value.strip() if isinstance(value, str) and value.strip() else None
