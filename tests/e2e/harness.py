@@ -206,7 +206,8 @@ class RasaServer:
                 raise RuntimeError(f"rasa run exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 return requests.get(f"{self.url}/status", timeout=1).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # A loaded machine can take more than a second to answer while Rasa loads the model.
                 return False
 
         wait_for(ready, timeout, interval=0.2, what="rasa run to serve")

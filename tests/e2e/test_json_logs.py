@@ -15,6 +15,7 @@ def test_rasa_run_logs_json_lines_once_the_channel_is_loaded(e2e_dir, demo_model
         sender = new_sender()
         server.say(sender, "talk to live agent")
         chat = server.slots(sender)["live_chat_id"]
+        emulator.accept(chat)
         emulator.close(chat)
         wait_for(lambda: server.slots(sender)["handoff_active"] is False, what="the handoff to end")
     finally:
