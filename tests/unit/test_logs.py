@@ -5,7 +5,7 @@ import pytest
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ConfigurationError
-from connectors.servicenow.logs import JSONFormatter, use_json_logs
+from connectors.servicenow.logs import SANIC_LOGGERS, JSONFormatter, use_json_logs
 
 BASIC = {"instance_url": "https://acme.service-now.com", "username": "bot", "password": "pw", "queue_id": "q1"}
 
@@ -59,22 +59,37 @@ def clean_root():
     LOGGING_CONFIG_DEFAULTS["formatters"].update(sanic_formatters)
 
 
-def test_use_json_logs_reformats_the_root_handlers_and_sanics_later_apps(clean_root, capsys):
+def test_use_json_logs_reformats_the_root_handlers_and_sanics_later_apps(clean_root):
+    import io
     import logging.config
 
     from sanic.log import LOGGING_CONFIG_DEFAULTS
 
-    handler = logging.StreamHandler()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
     clean_root.handlers[:] = [handler]
     use_json_logs()
     use_json_logs()  # twice is harmless
     assert isinstance(handler.formatter, JSONFormatter)
     logging.getLogger("connectors.servicenow.channel").warning("hello %s", "operator")
-    assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["message"] == "hello operator"
-    # What a Sanic app created afterwards (Rasa's server) applies.
-    logging.config.dictConfig(LOGGING_CONFIG_DEFAULTS)
-    sanic_handlers = logging.getLogger("sanic.error").handlers
-    assert sanic_handlers and all(isinstance(h.formatter, JSONFormatter) for h in sanic_handlers)
+    assert json.loads(stream.getvalue().strip().splitlines()[-1])["message"] == "hello operator"
+    # What a Sanic app created afterwards (Rasa's server) applies, with its handlers kept off the real streams.
+    config = {
+        **LOGGING_CONFIG_DEFAULTS,
+        "handlers": {
+            name: {"class": "logging.NullHandler", "formatter": spec["formatter"]}
+            for name, spec in LOGGING_CONFIG_DEFAULTS["handlers"].items()
+        },
+    }
+    loggers = [logging.getLogger(name) for name in SANIC_LOGGERS]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    try:
+        logging.config.dictConfig(config)
+        for logger in loggers:
+            assert logger.handlers and all(isinstance(h.formatter, JSONFormatter) for h in logger.handlers)
+    finally:
+        for logger, (handlers, level, propagate) in zip(loggers, saved):
+            logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
 
 
 def test_log_format_option():
