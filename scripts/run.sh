@@ -12,8 +12,13 @@ RASA_PORT=${RASA_PORT:-5005}
 EMULATOR_HOST=${EMULATOR_HOST:-127.0.0.1}
 EMULATOR_PORT=${EMULATOR_PORT:-8181}
 MODEL=${MODEL:-models/demo.tar.gz}
-# Third-party deprecation notices (TensorFlow, pkg_resources) drown the useful log lines.
+# Third-party deprecation notices (TensorFlow, jax, pkg_resources, matplotlib) drown the useful
+# log lines. Sanic and Rasa put filters in front of PYTHONWARNINGS; quiet_rasa.py keeps it in force.
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning}
+export SQLALCHEMY_SILENCE_UBER_WARNING=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2} RASA_TELEMETRY_ENABLED=${RASA_TELEMETRY_ENABLED:-false}
+RASA=("$VENV/bin/python" scripts/quiet_rasa.py)
+# SERVICENOW_LOG_FORMAT=json: one JSON object per log line (channel option log_format).
+export SERVICENOW_LOG_FORMAT=${SERVICENOW_LOG_FORMAT:-}
 
 # Rasa's HTTP API (started with --enable-api) is protected by --auth-token only;
 # off loopback, refuse to start without one, and allow only the named origins.
@@ -97,7 +102,7 @@ ${console:-}
 
 MSG
 
-"$VENV/bin/rasa" run --model "$MODEL" --enable-api --credentials credentials.yml \
+"${RASA[@]}" run --model "$MODEL" --enable-api --credentials credentials.yml \
   --interface "$RASA_HOST" --port "$RASA_PORT" "${rasa_guard[@]+"${rasa_guard[@]}"}" ${RASA_ARGS:-} &
 rasa_pid=$!
 trap 'kill -TERM $rasa_pid 2>/dev/null; wait $rasa_pid 2>/dev/null; cleanup' EXIT INT TERM

@@ -48,6 +48,7 @@ from connectors.servicenow.errors import ConfigurationError, ConversationBusy, S
 from connectors.servicenow.handoff import OPEN_WAIT_S, HandoffManager
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
 from connectors.servicenow.logsafe import escape_log_arguments, loggable
+from connectors.servicenow.logs import use_json_logs
 from connectors.servicenow.payloads import (
     MAX_BODY_BYTES,
     MAX_CALLBACK_BYTES,
@@ -118,7 +119,10 @@ class ServiceNowInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> InputChannel:
         if not credentials:
             cls.raise_missing_credentials_exception()
-        return cls(ServiceNowSettings.from_credentials(credentials))
+        settings = ServiceNowSettings.from_credentials(credentials)
+        if settings.log_format == "json":
+            use_json_logs()
+        return cls(settings)
 
     def __init__(self, settings: ServiceNowSettings) -> None:
         # Sender and chat ids reach many log lines; none may forge one.

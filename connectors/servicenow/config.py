@@ -72,6 +72,8 @@ class ServiceNowSettings:
     #: chats feel as late replies. Turn off when models are swapped at run
     #: time through Rasa's API: a replaced model's cyclic garbage stays.
     freeze_gc_at_start: bool = True
+    #: ``text`` (Rasa's log lines) or ``json`` (one JSON object per line; see logs.py).
+    log_format: str = "text"
     # -- Virtual Agent API -------------------------------------------------
     #: Shared secret ServiceNow sends in ``webhook_secret_header`` on every callback.
     webhook_secret: Optional[str] = field(default=None, repr=False)
@@ -260,6 +262,13 @@ def _api(value: Any) -> str:
     return _text(value).lower()
 
 
+def _log_format(value: Any) -> str:
+    choice = _text(value).lower()
+    if choice not in ("text", "json"):
+        raise ValueError(f"expected text or json, got '{choice}'")
+    return choice
+
+
 def _commands(value: Any) -> Tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
@@ -296,6 +305,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "chat_page": _boolean,
     "record_transcript": _boolean,
     "freeze_gc_at_start": _boolean,
+    "log_format": _log_format,
     "webhook_secret": _text,
     "webhook_secret_header": _header_name,
     "webhook_username": _text,

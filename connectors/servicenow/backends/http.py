@@ -32,6 +32,9 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 
 Sleep = Callable[[float], Awaitable[None]]
+#: Told of every answer: method, path, status and headers (the doctor reads
+#: the rate-limit headers this way).
+ResponseObserver = Callable[[str, str, int, Mapping[str, str]], None]
 
 
 class ServiceNowHTTP:
@@ -41,8 +44,10 @@ class ServiceNowHTTP:
         *,
         auth: Optional[Auth] = None,
         sleep: Sleep = asyncio.sleep,
+        on_response: Optional[ResponseObserver] = None,
     ) -> None:
         self.base_url = settings.instance_url
+        self._on_response = on_response
         self._auth = auth or auth_from_settings(settings)
         self._retry = settings.retry
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
@@ -107,6 +112,8 @@ class ServiceNowHTTP:
                     status = response.status
                     raw = await response.read()
                     retry_after = _retry_after(response.headers.get("Retry-After"))
+                    if self._on_response is not None:
+                        self._on_response(method, path, status, response.headers)
                 logger.debug(
                     "ServiceNow %s %s -> %s in %.1f ms", method, path, status, (time.monotonic() - started) * 1000
                 )

@@ -147,12 +147,7 @@ class VirtualAgentBackend(Backend):
         return variables
 
     async def _post(self, body: Mapping[str, Any], *, attempts: Optional[int] = None) -> None:
-        headers: Dict[str, str] = {}
-        if self._settings.message_token:
-            headers["token"] = self._settings.message_token
-        if self._settings.message_hash_secret:
-            digest = hmac.new(self._settings.message_hash_secret.encode(), compact_json(body), hashlib.sha1)
-            headers["x-b2b-signature"] = digest.hexdigest()
+        headers = message_auth_headers(self._settings, body)
         answer = await self._http.request(
             "POST", INTEGRATION_PATH, json_body=body, extra_headers=headers, attempts=attempts
         )
@@ -198,6 +193,18 @@ class VirtualAgentBackend(Backend):
         if payload.get("takeControl") is True:
             events.append(ChatClosed(CloseReason.RETURNED))
         return Callback(chat_id=chat_id, sender_id=sender, fingerprint=fingerprint, events=events)
+
+
+def message_auth_headers(settings: ServiceNowSettings, body: Mapping[str, Any]) -> Dict[str, str]:
+    """ServiceNow "Message Auth" for one inbound call: the static ``token`` and
+    the ``x-b2b-signature`` HMAC-SHA1 of the compact body ``ServiceNowHTTP`` sends."""
+    headers: Dict[str, str] = {}
+    if settings.message_token:
+        headers["token"] = settings.message_token
+    if settings.message_hash_secret:
+        digest = hmac.new(settings.message_hash_secret.encode(), compact_json(body), hashlib.sha1)
+        headers["x-b2b-signature"] = digest.hexdigest()
+    return headers
 
 
 def _item_events(item: Mapping[str, Any], agent_chat: bool, fallback_id: str, arrived: float) -> Iterable[AgentEvent]:

@@ -78,6 +78,8 @@ Configuration keys (:class:`EmulatorConfig`)
                                 typing names (false)
 ``close_style``                 VA agent close: ``"switch"`` (System + SwitchToVirtualAgent, back to state VA) or
                                 ``"completed"`` (the same with ``completed: true``, state CLOSED)
+``va_provider_applications``   ``{inbound_id: name}``: the ``sys_cs_provider_application`` records that
+                                ``GET /api/now/table/sys_cs_provider_application`` lists ({}; inbound calls accept any id)
 ==============================  =====================================================================================
 
 ``greeting_text`` and ``idle_timeout_s`` apply to VA sessions too; ``basic_users`` and ``oauth_clients`` guard the

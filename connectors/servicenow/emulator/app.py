@@ -7,7 +7,7 @@ from typing import Optional, Type
 
 from aiohttp import web
 
-from . import agent_console, connect, control, middleware, oauth, va
+from . import agent_console, connect, control, middleware, oauth, table, va
 from .config import EmulatorConfig
 from .state import STATE_KEY, EmulatorState
 
@@ -30,6 +30,7 @@ def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
     oauth.add_routes(app)
     connect.add_routes(app)
     va.add_routes(app)
+    table.add_routes(app)
     control.add_routes(app)
     agent_console.add_routes(app)
 

@@ -125,6 +125,9 @@ class EmulatorConfig:
     #: How an agent's close reaches a VA connector: ``"switch"`` (System text + ``SwitchToVirtualAgent``) or
     #: ``"completed"`` (the same, with ``completed: true`` on the last callback) [I].
     close_style: str = "switch"
+    #: Inbound Id to name of the ``sys_cs_provider_application`` records the Table API shows (what ``appInboundId``
+    #: selects) [V table and field role, I that the column is ``inbound_id``]. Inbound calls accept any id regardless.
+    va_provider_applications: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -220,6 +223,9 @@ def _validate(config: EmulatorConfig) -> None:
         raise ValueError("basic_users must map user names to passwords")
     _validate_clients(config.oauth_clients)
     _validate_queues(config.connect_queues)
+    apps = config.va_provider_applications
+    if not _is_str_map(apps) or not all(isinstance(name, str) for name in apps.values()):
+        raise ValueError("va_provider_applications must map Inbound Ids to names")
 
 
 def callback_auth_headers(auth: Any) -> Dict[str, str]:
