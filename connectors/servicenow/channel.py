@@ -54,6 +54,7 @@ from connectors.servicenow.payloads import (
     parse_user_payload,
 )
 from connectors.servicenow.state import ConversationLocks
+from connectors.servicenow.store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ class ServiceNowInput(InputChannel):
             cls.raise_missing_credentials_exception()
         return cls(ServiceNowSettings.from_credentials(credentials))
 
-    def __init__(self, settings: ServiceNowSettings) -> None:
+    def __init__(self, settings: ServiceNowSettings, store: Optional[Store] = None) -> None:
+        """``store``: where handoff state is shared; by default the one
+        ``redis_url`` names, or an in-process one without it."""
         self.settings = settings
         self.http = ServiceNowHTTP(settings)
         self.backend = build_backend(settings, self.http)
@@ -117,7 +120,10 @@ class ServiceNowInput(InputChannel):
             max_streams_per_sender=settings.max_streams_per_sender,
             max_open_streams=settings.max_open_streams,
         )
-        self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent)
+        #: Handoff records, dedupe marks and leases: in this process, or in
+        #: Redis shared by every replica (``redis_url``).
+        self.store: Store = store if store is not None else open_store(settings.redis_url, prefix=settings.redis_prefix)
+        self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent, store=self.store)
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
         self._turns = ConversationLocks()
@@ -156,12 +162,18 @@ class ServiceNowInput(InputChannel):
                 )
             if self.settings.freeze_gc_at_start:
                 freeze_startup_heap()
+            if self.store.shared:
+                await self._check_store()
+                if self.backend.pulls:
+                    app.add_task(self._take_over(), name="servicenow-takeover")
             app.add_task(self._resume(), name="servicenow-resume")
             app.add_task(self._housekeeping(), name="servicenow-housekeeping")
 
         @blueprint.listener("before_server_stop")
         async def stop_background_work(app: Sanic, _loop: Any) -> None:
             await app.cancel_task("servicenow-housekeeping", raise_exception=False)
+            if self.store.shared and self.backend.pulls:
+                await app.cancel_task("servicenow-takeover", raise_exception=False)
             # Callbacks already acknowledged to ServiceNow are delivered before
             # the relay saves its state and the outbox drains.
             if self._background:
@@ -169,6 +181,7 @@ class ServiceNowInput(InputChannel):
             await self.handoffs.shutdown(SHUTDOWN_TIMEOUT_S)
             await self.http.aclose()
             await self.outbox.aclose()
+            await self.store.aclose()
 
         @blueprint.route("/", methods=["GET"])
         async def health(_: Request) -> HTTPResponse:
@@ -228,6 +241,12 @@ class ServiceNowInput(InputChannel):
             except PayloadError as error:
                 return error_response(error)
             self.bind(request.app)
+            if self.store.shared:
+                # The chat may have started on another replica.
+                try:
+                    await self.handoffs.refresh(payload.sender)
+                except StoreUnavailable as error:
+                    return retry_later(error)
             self.handoffs.user_typing(payload.sender, payload.typing)
             return response.json({"status": "accepted"}, status=202)
 
@@ -373,6 +392,26 @@ class ServiceNowInput(InputChannel):
                 logger.error("Could not resume live chats from the tracker store (retrying in %.0f s): %s", delay, error)
                 attempt += 1
                 await asyncio.sleep(delay)
+
+    async def _check_store(self) -> None:
+        try:
+            await self.store.ping()
+            logger.info("Handoff state is shared through Redis (prefix %r).", self.settings.redis_prefix)
+        except StoreUnavailable as error:
+            # Not fatal: Redis may come up after this replica. Until it does,
+            # messages and callbacks are answered with 503, never guessed.
+            logger.error("Redis (redis_url) does not answer; answering 503 until it does: %s", error)
+
+    async def _take_over(self) -> None:
+        """Poll the Connect chats whose replica stopped or died (shared store)."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.handoffs.take_over_free_chats()
+            except StoreUnavailable as error:
+                logger.warning("Could not look for Connect chats to take over: %s", error)
+            except Exception:
+                logger.exception("Looking for Connect chats to take over failed; trying again.")
 
     async def _housekeeping(self) -> None:
         while True:

@@ -17,6 +17,7 @@ repeats; a crash can repeat what arrived in its last two seconds.
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set
 
 from rasa.shared.core.events import Event, SlotSet
@@ -35,11 +36,13 @@ from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import TYPING_EVENT, Outbox
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
+from connectors.servicenow.store import Store
 
 logger = logging.getLogger(__name__)
 
 OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
 OnFailed = Callable[[LiveChat, ServiceNowError], Awaitable[Any]]
+OnCursor = Callable[[LiveChat], Awaitable[Any]]
 
 # Pushed callbacks can overtake each other. The end of a chat waits this long
 # so that an agent's last message, pushed just before the close, still
@@ -52,6 +55,25 @@ END_GRACE_S = 0.5
 # interval. A crash loses at most this much of the cursor: Connect then
 # shows the messages of those seconds again.
 PERSIST_DELAY_S = 2.0
+#: How long an agent message id is remembered across the deployment (shared
+#: store) to deliver it once: longer than any cursor can lag behind.
+MESSAGE_DEDUPE_TTL_S = 3600.0
+POLL_LEASE_PREFIX = "poll:"
+
+
+def poll_lease(chat_id: str) -> str:
+    """The lease name of polling Connect chat ``chat_id`` (shared store)."""
+    return POLL_LEASE_PREFIX + chat_id
+
+
+def chat_of_poll_lease(name: str) -> Optional[str]:
+    return name[len(POLL_LEASE_PREFIX) :] if name.startswith(POLL_LEASE_PREFIX) else None
+
+
+def lease_time(delay: float) -> float:
+    """A polling lease outlives one missed renewal, no more: a dead poller's
+    chats are free again two intervals after its last poll."""
+    return 2 * delay + 0.5
 
 
 class PollSchedule:
@@ -90,8 +112,9 @@ class PollSchedule:
 
 
 class _Poller:
-    def __init__(self, schedule: PollSchedule) -> None:
+    def __init__(self, schedule: PollSchedule, chat_id: str) -> None:
         self.schedule = schedule
+        self.chat_id = chat_id
         self.wake = asyncio.Event()
         self.task: Optional["asyncio.Task[None]"] = None
         self._last_tick = time.monotonic()
@@ -137,8 +160,17 @@ class Relay:
         *,
         on_closed: OnClosed,
         on_failed: OnFailed,
+        store: Optional[Store] = None,
+        on_cursor: Optional[OnCursor] = None,
     ) -> None:
+        """``store``: the shared store, when replicas share the work: a chat
+        is then polled only under its lease, and agent messages are
+        delivered once per deployment. ``on_cursor`` saves a moved cursor there."""
         self._settings = settings
+        self._store = store
+        self._on_cursor = on_cursor
+        #: This replica, as a lease holder.
+        self.owner = f"{uuid.uuid4().hex[:12]}"
         self._backend = backend
         self._outbox = outbox
         self._slots = slots
@@ -156,7 +188,7 @@ class Relay:
         """Start relaying the chat's agent side. Idempotent."""
         if not self._backend.pulls or chat.sender_id in self._pollers or chat.ended:
             return
-        poller = _Poller(PollSchedule(self._settings))
+        poller = _Poller(PollSchedule(self._settings), chat.chat_id)
         poller.task = asyncio.create_task(self._poll_loop(chat, poller), name=f"servicenow-poll-{chat.sender_id}")
         self._pollers[chat.sender_id] = poller
 
@@ -178,6 +210,9 @@ class Relay:
     def watched(self) -> int:
         return len(self._pollers)
 
+    def is_watching(self, chat: LiveChat) -> bool:
+        return chat.sender_id in self._pollers
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop polling, let deliveries under way finish, save what is unsaved."""
         self._stopping = True
@@ -194,13 +229,24 @@ class Relay:
             await asyncio.wait(tasks, timeout=timeout)
         for sender_id in list(self._unsaved):
             await self._save(sender_id)
+        if self._store is not None:
+            # Another replica takes the chats over at once, not after expiry.
+            for chat_id in [poller.chat_id for poller in pollers]:
+                try:
+                    await self._store.release_lease(poll_lease(chat_id), self.owner)
+                except StoreUnavailable as error:
+                    logger.warning("Could not release the polling lease of chat %s: %s", chat_id, error)
 
     # -- saving to the tracker -------------------------------------------------
 
     def _save_soon(self, chat: LiveChat, events: List[Event]) -> None:
-        self._unsaved.setdefault(chat.sender_id, []).extend(events)
-        if chat.sender_id not in self._savers:
-            self._savers[chat.sender_id] = self._track(self._save_later(chat.sender_id))
+        self.save_later(chat.sender_id, events)
+
+    def save_later(self, sender_id: str, events: List[Event]) -> None:
+        """Queue tracker events for the next coalesced save."""
+        self._unsaved.setdefault(sender_id, []).extend(events)
+        if sender_id not in self._savers:
+            self._savers[sender_id] = self._track(self._save_later(sender_id))
 
     async def _save_later(self, sender_id: str) -> None:
         await asyncio.sleep(PERSIST_DELAY_S)
@@ -255,6 +301,9 @@ class Relay:
             await poller.sleep()
             if chat.ended:
                 return
+            if self._store is not None and not await self._hold_lease(chat, poller):
+                return
+            before = (chat.last_updated, chat.seen_ids)
             try:
                 if poller.schedule.state_check_due():
                     closed = await self._backend.check_closed(chat)
@@ -276,11 +325,34 @@ class Relay:
                 # place. Only this loop dispatches a polled chat, so no
                 # delivery can be under way to race with it.
                 chat.last_updated, chat.seen_ids = result.last_updated, tuple(result.seen_ids)
+            else:
+                poller.schedule.note_activity()
+                # Shielded: a shutdown that cancels the loop must not cut a
+                # delivery off between queueing messages and saving the cursor.
+                await asyncio.shield(self._track(self.dispatch(chat, result.events, result)))
+            if self._on_cursor is not None and not chat.ended and (chat.last_updated, chat.seen_ids) != before:
+                # The replica that takes over polling starts from here.
+                await self._on_cursor(chat)
+
+    async def _hold_lease(self, chat: LiveChat, poller: _Poller) -> bool:
+        """Take or renew this chat's polling lease (shared store). False, and
+        the loop ends, when another replica polls it; a store that fails
+        skips the tick (nobody else can take the lease meanwhile either)."""
+        name = poll_lease(chat.chat_id)
+        while True:
+            try:
+                if await self._store.acquire_lease(name, self.owner, lease_time(poller.schedule.delay())):
+                    return True
+            except StoreUnavailable as error:
+                logger.warning("Not polling ServiceNow chat %s this time: %s", chat.chat_id, error)
+                await poller.sleep()
+                if chat.ended:
+                    return False
                 continue
-            poller.schedule.note_activity()
-            # Shielded: a shutdown that cancels the loop must not cut a
-            # delivery off between queueing messages and saving the cursor.
-            await asyncio.shield(self._track(self.dispatch(chat, result.events, result)))
+            if self._pollers.get(chat.sender_id) is poller:
+                del self._pollers[chat.sender_id]
+            logger.debug("ServiceNow chat %s is polled by another replica.", chat.chat_id)
+            return False
 
     # -- delivery ----------------------------------------------------------
 
@@ -315,6 +387,8 @@ class Relay:
                     continue
                 if event.message_id in chat.seen_ids and cursor is None:
                     continue
+                if self._store is not None and event.message_id and not await self._first_delivery(chat, event.message_id):
+                    continue
                 if isinstance(event, SystemNotice) and event.kind == "wait" and chat.agent_joined:
                     continue  # a queue notice overtaken by the agent's arrival
                 if isinstance(event, AgentMessage):
@@ -338,6 +412,16 @@ class Relay:
             if not self._backend.pulls:
                 await asyncio.sleep(END_GRACE_S)
             await self._on_closed(chat, closed)
+
+    async def _first_delivery(self, chat: LiveChat, message_id: str) -> bool:
+        """Whether no replica delivered this message before (a poller that
+        took over from a stale cursor, a push repeated to another replica).
+        When the store cannot say, yes: a repeat beats a loss."""
+        try:
+            return await self._store.claim_once(f"msg:{chat.chat_id}:{message_id}", MESSAGE_DEDUPE_TTL_S)
+        except StoreUnavailable as error:
+            logger.warning("Could not check message %s for a repeat (delivering it): %s", message_id, error)
+            return True
 
     def _to_save(self, records: List[Event], chat: LiveChat) -> List[Event]:
         """What a delivery leaves in the tracker. Only deliveries are saved: a
