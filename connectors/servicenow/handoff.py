@@ -42,7 +42,7 @@ from rasa.shared.core.events import Event, SlotSet
 
 from connectors.servicenow.backends.base import Backend, Callback, ChatClosed, CloseReason, HandoffRequest, Turn
 from connectors.servicenow.config import ServiceNowSettings
-from connectors.servicenow.delivery import Outbox
+from connectors.servicenow.delivery import Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
 from connectors.servicenow.limits import RateLimiter
 from connectors.servicenow.relay import Relay, chat_of_poll_lease, lease_time, poll_lease
@@ -349,9 +349,9 @@ class HandoffManager:
                 return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
             chat = self.registry.activate(opened_chat)
             self.relay.watch(chat)
-            self.outbox.publish_status(sender, active=True, chat_id=chat.chat_id, api=self.backend.api)
+            await self._tell_status(sender, active=True, chat_id=chat.chat_id)
             logger.info("Handoff started: conversation %s is in ServiceNow chat %s.", sender, chat.chat_id)
-            return self._deliver(sender, messages, in_request=in_request)
+            return await self._deliver(sender, messages, in_request=in_request)
         finally:
             if filed and chat is None:
                 await self._end_record(sender, filed)
@@ -498,7 +498,7 @@ class HandoffManager:
             self.registry.deactivate(chat)
         self.relay.unwatch(chat)
         await self._leave_quietly(chat)
-        self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
+        await self._tell_status(chat.sender_id, active=False, chat_id=chat.chat_id)
         logger.info(
             "Handoff ended (%s): conversation %s left ServiceNow chat %s.",
             EndReason.USER_ENDED.value, chat.sender_id, chat.chat_id,
@@ -544,7 +544,13 @@ class HandoffManager:
         if chat is None:
             logger.info("Ignoring a ServiceNow callback for chat %s, which is not live here.", callback.chat_id)
             return
-        if not await self._first_time(f"cb:{callback.chat_id}:{callback.fingerprint}", CALLBACK_DEDUPE_TTL_S):
+        key = f"cb:{callback.chat_id}:{callback.fingerprint}"
+        if self.shared:
+            # Deduplicated and stored in one step, before ServiceNow hears 200.
+            if not await self.relay.dispatch(chat, callback.events, dedupe_key=key, dedupe_ttl=CALLBACK_DEDUPE_TTL_S):
+                logger.info("Ignoring a repeated ServiceNow callback for chat %s.", callback.chat_id)
+            return
+        if not await self._first_time(key, CALLBACK_DEDUPE_TTL_S):
             logger.info("Ignoring a repeated ServiceNow callback for chat %s.", callback.chat_id)
             return
         await self.relay.dispatch(chat, callback.events)
@@ -628,9 +634,9 @@ class HandoffManager:
             # The chat is over either way (left, or closed by ServiceNow), so
             # it ends here too; the tracker catches up before the next turn.
             self._hold_end_save(chat, events, error)
-        self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
+        await self._tell_status(chat.sender_id, active=False, chat_id=chat.chat_id)
         logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", reason.value, chat.sender_id, chat.chat_id)
-        return self._deliver(chat.sender_id, messages, in_request=in_request)
+        return await self._deliver(chat.sender_id, messages, in_request=in_request)
 
     def _hold_end_save(self, chat: LiveChat, events: List[Event], error: Exception) -> None:
         logger.error(
@@ -773,15 +779,17 @@ class HandoffManager:
                 await self.slots.write(sender_id, [bot_uttered(message) for message in messages])
             except StoreUnavailable as error:
                 logger.error("Could not record a handoff notice for conversation %s: %s", sender_id, error)
-        return self._deliver(sender_id, messages, in_request=in_request)
+        return await self._deliver(sender_id, messages, in_request=in_request)
 
-    def _deliver(self, sender_id: str, messages: Messages, *, in_request: bool) -> Messages:
+    async def _deliver(self, sender_id: str, messages: Messages, *, in_request: bool) -> Messages:
         """Hand messages back for the HTTP response, or send them out of band."""
         if in_request:
             return messages
-        for message in messages:
-            self.outbox.publish(sender_id, message)
+        await self.outbox.put(sender_id, [Outgoing(message) for message in messages])
         return []
+
+    async def _tell_status(self, sender_id: str, *, active: bool, chat_id: str) -> None:
+        await self.outbox.put(sender_id, [status_item(sender_id, active=active, chat_id=chat_id, api=self.backend.api)])
 
     @staticmethod
     def _bot_messages(sender_id: str, texts: List[str]) -> Messages:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from rasa.shared.core.events import Event, SlotSet
 
@@ -33,7 +33,7 @@ from connectors.servicenow.backends.base import (
     SystemNotice,
 )
 from connectors.servicenow.config import ServiceNowSettings
-from connectors.servicenow.delivery import TYPING_EVENT, Outbox
+from connectors.servicenow.delivery import TYPING_EVENT, Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
 from connectors.servicenow.store import Store
@@ -357,61 +357,101 @@ class Relay:
     # -- delivery ----------------------------------------------------------
 
     async def dispatch(
-        self, chat: LiveChat, events: Sequence[AgentEvent], cursor: Optional[PollResult] = None
-    ) -> None:
-        """Deliver events in order, at most once each, then save the cursor."""
+        self,
+        chat: LiveChat,
+        events: Sequence[AgentEvent],
+        cursor: Optional[PollResult] = None,
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+    ) -> bool:
+        """Deliver events in order, at most once each, then save the cursor.
+
+        With ``dedupe_key`` (a pushed callback, on the shared store) what the
+        events say is stored in one step with the key, before this returns,
+        and an end of the chat is handled in the background: False when the
+        key was seen before (a repeat, dropped); ``StoreUnavailable`` when
+        nothing could be stored (nothing changed, the push may come again)."""
         closed: Optional[ChatClosed] = None
         async with chat.dispatch_lock:
             if chat.ended:
-                return
+                return True
+            outgoing: List[Outgoing] = []
+            reports: List[Tuple[int, str]] = []
             records = []
+            noted: List[Tuple[str, Optional[float]]] = []
+            joined = chat.agent_joined
             for event in events:
                 if isinstance(event, ChatClosed):
                     closed = event
                     break
                 if isinstance(event, AgentTyping):
-                    self._outbox.publish(
-                        chat.sender_id, {"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT
-                    )
+                    outgoing.append(Outgoing({"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT))
                     continue
                 if isinstance(event, AgentJoined):
-                    chat.agent_joined = True
-                    self._outbox.publish_status(
-                        chat.sender_id,
-                        active=True,
-                        chat_id=chat.chat_id,
-                        api=self._backend.api,
-                        agent_joined=True,
-                        agent_name=event.agent_name,
+                    joined = True
+                    outgoing.append(
+                        status_item(
+                            chat.sender_id,
+                            active=True,
+                            chat_id=chat.chat_id,
+                            api=self._backend.api,
+                            agent_joined=True,
+                            agent_name=event.agent_name,
+                        )
                     )
                     continue
                 if event.message_id in chat.seen_ids and cursor is None:
                     continue
-                if self._store is not None and event.message_id and not await self._first_delivery(chat, event.message_id):
+                if (
+                    self._store is not None
+                    and cursor is not None
+                    and event.message_id
+                    and not await self._first_delivery(chat, event.message_id)
+                ):
                     continue
-                if isinstance(event, SystemNotice) and event.kind == "wait" and chat.agent_joined:
+                if isinstance(event, SystemNotice) and event.kind == "wait" and joined:
                     continue  # a queue notice overtaken by the agent's arrival
                 if isinstance(event, AgentMessage):
-                    chat.agent_joined = True
+                    joined = True
                 message = _user_message(chat.sender_id, event)
-                report = self._settings.report_delivery and isinstance(event, AgentMessage)
-                item = self._outbox.publish(chat.sender_id, message, track=report)
-                if item.outcome is not None:
-                    item.outcome.add_done_callback(
-                        lambda outcome, message_id=event.message_id: self._report(chat, message_id, outcome.result())
-                    )
+                if self._settings.report_delivery and isinstance(event, AgentMessage):
+                    reports.append((len(outgoing), event.message_id))
+                outgoing.append(Outgoing(message, track=self._settings.report_delivery and isinstance(event, AgentMessage)))
                 records.append(bot_uttered(message))
                 if cursor is None:
-                    chat.note_message(event.message_id, event.timestamp)
+                    noted.append((event.message_id, event.timestamp))
+            items = await self._outbox.put(chat.sender_id, outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+            if items is None:
+                return False
+            # The chat moves on only once its events are on their way.
+            chat.agent_joined = joined
+            for message_id, timestamp in noted:
+                chat.note_message(message_id, timestamp)
+            for index, message_id in reports:
+                outcome = items[index].outcome
+                if outcome is not None:
+                    outcome.add_done_callback(
+                        lambda done, message_id=message_id: self._report(chat, message_id, done.result())
+                    )
             if cursor is not None:
                 chat.last_updated, chat.seen_ids = cursor.last_updated, tuple(cursor.seen_ids)
             if records:
                 self._save_soon(chat, self._to_save(records, chat))
                 logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
         if closed is not None:
-            if not self._backend.pulls:
-                await asyncio.sleep(END_GRACE_S)
-            await self._on_closed(chat, closed)
+            if dedupe_key is not None:
+                # The push is stored: acknowledge it now, end the chat after.
+                self._track(self._close_after_grace(chat, closed))
+            else:
+                if not self._backend.pulls:
+                    await asyncio.sleep(END_GRACE_S)
+                await self._on_closed(chat, closed)
+        return True
+
+    async def _close_after_grace(self, chat: LiveChat, closed: ChatClosed) -> None:
+        await asyncio.sleep(END_GRACE_S)
+        await self._on_closed(chat, closed)
 
     async def _first_delivery(self, chat: LiveChat, message_id: str) -> bool:
         """Whether no replica delivered this message before (a poller that
