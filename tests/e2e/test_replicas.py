@@ -1,0 +1,154 @@
+"""One deployment, two replicas: two ``rasa run`` processes with the same
+channel options and ``redis_url``, a shared SQL tracker store (a sqlite
+file) and a Redis lock store from endpoints.yml, a real ``redis-server``
+started here on a free loopback port, and the emulator.
+
+Without ``redis-server`` these tests are skipped with a reason, unless
+``REQUIRE_REDIS_TEST=1`` makes that a failure."""
+
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import requests
+
+from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
+from tests.e2e.harness import RasaServer, new_sender, wait_for
+from tests.store.conftest import RedisServer, require_redis_server
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory) -> Iterator[RedisServer]:
+    require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("replicas-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def replica_endpoints(workdir: Path, redis: RedisServer, name: str) -> Dict[str, Any]:
+    return {
+        "tracker_store": {"type": "SQL", "dialect": "sqlite", "db": str(workdir / f"{name}-trackers.db")},
+        "lock_store": {"type": "redis", "url": "127.0.0.1", "port": redis.port, "db": 1, "key_prefix": name},
+    }
+
+
+def start_replicas(
+    workdir: Path, model: Path, redis: RedisServer, options: Dict[str, Any], name: str
+) -> Tuple[RasaServer, RasaServer]:
+    options = {**options, "redis_url": redis.url, "redis_prefix": f"{name}-{uuid.uuid4().hex[:6]}:"}
+    endpoints = replica_endpoints(workdir, redis, name)
+    servers = []
+    for replica in ("a", "b"):
+        servers.append(RasaServer(workdir, model, options, endpoints, name=f"{name}-{replica}").start())
+    return servers[0], servers[1]
+
+
+class Stream:
+    """An SSE stream read in a thread, as a browser's EventSource would."""
+
+    def __init__(self, server: RasaServer, sender: str, last_event_id: Optional[str] = None) -> None:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        self._response = requests.get(
+            f"{server.url}/webhooks/servicenow/stream", params={"sender": sender}, headers=headers, stream=True, timeout=60
+        )
+        assert self._response.status_code == 200, self._response.text
+        self.items: List[Dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        event_id, event = None, None
+        try:
+            for line in self._response.iter_lines(decode_unicode=True):
+                if line.startswith("id: "):
+                    event_id = line[4:]
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    self.items.append({"id": event_id, "event": event, **json.loads(line[6:])})
+        except (requests.RequestException, AttributeError):
+            pass  # closed under the reader
+
+    def texts(self) -> List[str]:
+        return [item["text"] for item in self.items if item["event"] == "message"]
+
+    def id_of(self, text: str) -> str:
+        return next(item["id"] for item in self.items if item.get("text") == text)
+
+    def close(self) -> None:
+        self._response.close()
+
+
+@pytest.fixture(scope="module")
+def va_replicas(e2e_dir, demo_model, emulator, callback, redis) -> Iterator[Tuple[RasaServer, RasaServer]]:
+    a, b = start_replicas(e2e_dir, demo_model, redis, channel_options(emulator, callback, "virtual_agent"), "va-replica")
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def test_a_virtual_agent_handoff_runs_across_two_replicas(va_replicas, emulator, callback):
+    a, b = va_replicas
+    # ServiceNow pushes to B only; the user talks to A and B in turn.
+    point_emulator_at(emulator, b)
+    sender = new_sender()
+    assert [reply["text"] for reply in a.say(sender, "talk to live agent")] == [TEXTS.connecting]
+    chat = b.slots(sender)["live_chat_id"]  # the shared tracker store mirrors the record
+    assert chat
+
+    stream = Stream(a, sender)
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    assert b.say(sender, "hello from B") == []  # started on A, continued on B
+    wait_for(lambda: "hello from B" in [m["message"] for m in emulator.transcript(chat) if m["created_by"] == sender])
+
+    for text in ("one", "two", "three"):
+        emulator.say(chat, text)  # pushed to B, streamed on A
+    wait_for(lambda: "three" in stream.texts(), what="the agent's messages on A's stream")
+    stream.close()
+    agent_texts = [text for text in stream.texts() if text in ("one", "two", "three")]
+    assert agent_texts == ["one", "two", "three"]
+    wait_for(lambda: "three" in callback.agent_texts(sender), what="the callback to get the agent's messages")
+    assert [t for t in callback.agent_texts(sender) if t in ("one", "two", "three")] == ["one", "two", "three"]
+
+    # The browser reconnects to the other replica, exactly after what it saw.
+    resumed = Stream(b, sender, last_event_id=stream.id_of("one"))
+    wait_for(lambda: "three" in resumed.texts(), what="the resumed stream on B")
+    assert [t for t in resumed.texts() if t in ("one", "two", "three")] == ["two", "three"]
+
+    assert [reply["text"] for reply in b.say(sender, "/end_chat")] == [TEXTS.user_ended]
+    replies = a.say(sender, "hi")
+    assert replies and replies[0]["text"].startswith("Hello! I'm the virtual assistant")
+    wait_for(lambda: any(item.get("event") == "handoff" and not item["handoff"]["active"] for item in resumed.items))
+    resumed.close()
+    # Each item once per deployment, not once per replica.
+    assert [t for t in callback.agent_texts(sender) if t in ("one", "two", "three")] == ["one", "two", "three"]
+    assert callback.texts(sender).count(next(t for t in callback.texts(sender) if t.startswith("Thank you"))) == 1
+
+
+def test_a_repeated_callback_is_dropped_on_the_other_replica(va_replicas, emulator, callback):
+    a, b = va_replicas
+    point_emulator_at(emulator, b)
+    sender = new_sender()
+    a.say(sender, "talk to live agent")
+    chat = a.slots(sender)["live_chat_id"]
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    push = {
+        "requestId": "r1", "clientSessionId": chat, "nowSessionId": "", "userId": sender, "clientVariables": {},
+        "agentChat": True, "score": 1,
+        "body": [{"uiType": "OutputText", "group": "DefaultText", "value": "only once", "messageId": "m-once",
+                  "agentInfo": {"sentFromAgent": True, "agentName": "Mallory"}}],
+    }
+    headers = {"X-Webhook-Secret": "e2e-callback-secret"}
+    for server in (a, b, a):
+        response = requests.post(f"{server.url}/webhooks/servicenow/callback", json=push, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+    marker = "marker after the repeats"
+    emulator.say(chat, marker)
+    callback.wait_for_text(sender, lambda text: text == marker)
+    assert callback.agent_texts(sender).count("only once") == 1
+    b.say(sender, "/end_chat")
