@@ -8,6 +8,7 @@ Without ``redis-server`` these tests are skipped with a reason, unless
 
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -152,3 +153,49 @@ def test_a_repeated_callback_is_dropped_on_the_other_replica(va_replicas, emulat
     callback.wait_for_text(sender, lambda text: text == marker)
     assert callback.agent_texts(sender).count("only once") == 1
     b.say(sender, "/end_chat")
+
+
+# -- Connect: one poller per chat, and a takeover when it dies --------------------
+
+
+@pytest.fixture(scope="module")
+def connect_replicas(e2e_dir, demo_model, emulator, callback, redis) -> Iterator[Tuple[RasaServer, RasaServer]]:
+    a, b = start_replicas(e2e_dir, demo_model, redis, channel_options(emulator, callback, "connect"), "connect-replica")
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def polls_of(emulator, chat: str) -> int:
+    return len(emulator.requests_for(chat, "GET", "/messages"))
+
+
+def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(connect_replicas, emulator, callback):
+    a, b = connect_replicas
+    sender = new_sender()
+    assert [reply["text"] for reply in a.say(sender, "talk to live agent")] == [TEXTS.connecting]
+    chat = a.slots(sender)["live_chat_id"]
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    assert b.say(sender, "hello from B") == []  # B knows the chat now, but A holds its lease
+
+    # The whole deployment polls the chat once per poll_interval (0.2 s), not once per replica.
+    wait_for(lambda: polls_of(emulator, chat) > 0)
+    first, started = polls_of(emulator, chat), time.monotonic()
+    wait_for(lambda: time.monotonic() - started >= 3.0, interval=0.1)
+    rate = (polls_of(emulator, chat) - first) / (time.monotonic() - started)
+    assert 3.0 <= rate <= 6.5, f"{rate:.1f} polls per second; one poller at 0.2 s makes 5"
+
+    emulator.say(chat, "before the crash")
+    callback.wait_for_text(sender, lambda text: text == "before the crash")
+    a.kill()
+    killed = time.monotonic()
+    emulator.say(chat, "after the crash")
+    # B takes the lease over once A's expires (two intervals) and its scan finds it.
+    callback.wait_for_text(sender, lambda text: text == "after the crash", timeout=15)
+    taken_over_in = time.monotonic() - killed
+    assert taken_over_in < 5.0, f"taken over after {taken_over_in:.1f} s"
+    assert callback.agent_texts(sender).count("before the crash") == 1
+    assert callback.agent_texts(sender).count("after the crash") == 1
+    assert [reply["text"] for reply in b.say(sender, "/end_chat")] == [TEXTS.user_ended]
+    print(f"takeover after kill -9: {taken_over_in:.2f} s; deployment poll rate {rate:.2f}/s")
