@@ -140,6 +140,8 @@ class ServiceNowInput(InputChannel):
             )
         self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent, store=self.store)
         self.handoffs.relay.owner = self.replica_id
+        if isinstance(self.outbox, SharedOutbox):
+            self.outbox.on_taken = self.handoffs.report_taken
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
         self._turns = ConversationLocks()
@@ -446,6 +448,11 @@ class ServiceNowInput(InputChannel):
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             self.outbox.prune()
             self.handoffs.typing.prune()
+            if self.store.shared:
+                try:
+                    await self.handoffs.forget_ended_elsewhere()
+                except StoreUnavailable as error:
+                    logger.warning("Could not check this replica's chats against the store: %s", error)
 
 
 def error_response(error: PayloadError, headers: Optional[Dict[str, str]] = None) -> HTTPResponse:

@@ -54,7 +54,7 @@ from connectors.servicenow.state import (
     bot_uttered,
     cleared_slot_events,
 )
-from connectors.servicenow.store import HandoffRecord, MemoryStore, Store
+from connectors.servicenow.store import HandoffRecord, MemoryStore, OutboxEntry, Store
 from connectors.servicenow.user_typing import TypingForwarder
 
 logger = logging.getLogger(__name__)
@@ -215,6 +215,20 @@ class HandoffManager:
         if records:
             self.relay.save_later(chat.sender_id, records)
         logger.info("ServiceNow chat %s of conversation %s was ended by another replica.", chat.chat_id, chat.sender_id)
+
+    async def forget_ended_elsewhere(self) -> int:
+        """Drop the chats this replica holds that ended on another one and
+        were not asked about here since (shared store; housekeeping), so the
+        registry does not grow with every chat a replica ever touched."""
+        dropped = 0
+        for chat in list(self.registry):
+            if chat.sender_id in self._starting:
+                continue
+            record = await self.store.get_handoff(chat.sender_id)
+            if record is None or record.chat_id != chat.chat_id:
+                self._drop_ended_elsewhere(chat)
+                dropped += 1
+        return dropped
 
     async def refresh(self, sender_id: str) -> Optional[LiveChat]:
         """The sender's chat as the store has it, without touching the tracker
@@ -573,6 +587,30 @@ class HandoffManager:
                 return chat
         return None
 
+    def report_taken(self, sender_id: str, entry: OutboxEntry, delivered: bool) -> None:
+        """A sink of the shared outbox took an entry (or the callback gave up
+        on it): report an agent message's delivery to ServiceNow, from
+        whichever replica the sink ran on (``report_delivery``)."""
+        metadata = entry.payload.get("metadata") or {}
+        if not self.settings.report_delivery or metadata.get("source") != "agent" or not metadata.get("message_id"):
+            return
+        self.relay.track(self._report_taken(sender_id, str(metadata["message_id"]), delivered))
+
+    async def _report_taken(self, sender_id: str, message_id: str, delivered: bool) -> None:
+        try:
+            record = await self.store.get_handoff(sender_id)
+        except StoreUnavailable as error:
+            logger.warning("Could not report delivery of message %s: %s", message_id, error)
+            return
+        if record is None:
+            return  # the chat is over: nobody to report to
+        local = self.registry.get(sender_id)
+        chat = local if local is not None and local.chat_id == record.chat_id else chat_of(record)
+        try:
+            await self.backend.report_delivery(chat, message_id, delivered)
+        except ServiceNowError as error:
+            logger.warning("Could not report delivery of message %s to ServiceNow: %s", message_id, error)
+
     async def _first_time(self, key: str, ttl: float) -> bool:
         """Whether this is the first sight of ``key`` in the deployment. When
         the store cannot say, yes: a repeat shown twice beats a message lost."""
@@ -743,6 +781,9 @@ class HandoffManager:
             was_watched = local is not None and local.chat_id == chat_id and self.relay.is_watching(local)
             chat = self._adopt(record.sender_id, record)
             if chat is not None and not was_watched:
+                # Polling goes on from the cursor the last poller saved, not
+                # from whatever this replica saw when it last looked.
+                chat.last_updated, chat.seen_ids = record.last_updated, record.seen_ids
                 self.relay.watch(chat)  # a no-op when adopting started it
                 taken += 1
         if taken:

@@ -483,6 +483,10 @@ class Relay:
 
         self._track(report())
 
+    def track(self, work: Awaitable[Any]) -> "asyncio.Task[Any]":
+        """Run work that ``stop()`` waits for (e.g. a delivery report)."""
+        return self._track(work)
+
     def _track(self, work: Awaitable[Any]) -> "asyncio.Task[Any]":
         """Run work as a task that ``stop()`` waits for."""
         task = asyncio.ensure_future(work)

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Deque, Dict, List, Optional, Sequence, Set
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set
 
 import aiohttp
 
@@ -37,7 +37,6 @@ from connectors.servicenow.delivery import (
     OutboundItem,
     Outgoing,
     StreamLimitReached,
-    status_item,
 )
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.state import ConversationLocks
@@ -48,10 +47,17 @@ logger = logging.getLogger(__name__)
 CALLBACK_SINK = "callback"
 STREAM_SINK = "stream"
 CALLBACK_LEASE_PREFIX = "cb:"
+# How a round of posting ended.
+MORE, CAUGHT_UP, LOST = "more", "caught up", "lost"
 #: Pauses between attempts to store items while the store is down.
 BACKLOG_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 #: How long a put waits behind an earlier put of the same conversation.
 PUT_WAIT_S = 30.0
+
+
+#: Told when a sink took an entry: (recipient, entry, delivered). Runs on the
+#: replica whose sink took it, once per entry for the deployment.
+OnTaken = Callable[[str, OutboxEntry, bool], None]
 
 
 def callback_lease(recipient_id: str) -> str:
@@ -70,13 +76,19 @@ class SharedOutbox:
         request_timeout: float = 10.0,
         max_streams_per_sender: int = 5,
         max_open_streams: int = 1000,
+        on_taken: Optional[OnTaken] = None,
     ) -> None:
+        """``on_taken``: called when the callback answered (or gave up on) an
+        entry, or, without a callback, when the first stream took it."""
         self.store = store
+        self.on_taken = on_taken
         self.callback_url = callback_url
         self.owner = owner
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
-        # A poster holds its lease through a post with every retry.
-        self._lease_s = request_timeout * CALLBACK_RETRY.attempts + CALLBACK_RETRY.max_backoff * CALLBACK_RETRY.attempts
+        # Renewed before every attempt of a post, so it only has to outlive
+        # one attempt and one pause: a dead poster's conversations are free
+        # again that soon.
+        self._lease_s = request_timeout + CALLBACK_RETRY.max_backoff + 1.0
         self.max_streams_per_sender = max_streams_per_sender
         self.max_open_streams = max_open_streams
         self._streams_of: Dict[str, int] = {}
@@ -137,14 +149,7 @@ class SharedOutbox:
         if stored is None:
             return None
         self._start_posting(recipient_id, stored)
-        return [_item(entry, track=item.track) for entry, item in zip(stored, items)]
-
-    def publish(self, recipient_id: str, payload, kind: str = "message", *, to_callback: bool = True, track: bool = False):
-        """Fire-and-forget ``put`` of one item (Rasa's output channel path)."""
-        return asyncio.ensure_future(self.put(recipient_id, [Outgoing(payload, kind, to_callback, track)]))
-
-    def publish_status(self, recipient_id: str, **status) -> None:
-        asyncio.ensure_future(self.put(recipient_id, [status_item(recipient_id, **status)]))
+        return [_item(entry) for entry in stored]
 
     async def _store_backlog(self, recipient_id: str) -> None:
         attempt = 0
@@ -197,8 +202,11 @@ class SharedOutbox:
                         await self.store.register_lease(lease)
                         return
                     await self.store.register_lease(lease)
-                    if await self._post_pending(recipient_id, stream, lease):
+                    progress = await self._post_pending(recipient_id, stream, lease)
+                    if progress == MORE:
                         continue
+                    if progress == LOST:
+                        return  # the replica that holds the lease now goes on
                     await self.store.unregister_lease(lease)
                     await self.store.release_lease(lease, self.owner)
                     position = await self.store.sink_position(stream, CALLBACK_SINK)
@@ -215,26 +223,32 @@ class SharedOutbox:
             if self._posters.get(recipient_id) is asyncio.current_task():
                 del self._posters[recipient_id]
 
-    async def _post_pending(self, recipient_id: str, stream: str, lease: str) -> bool:
-        """Post what the callback has not taken yet; True when there was some."""
+    async def _post_pending(self, recipient_id: str, stream: str, lease: str) -> str:
+        """Post what the callback has not taken yet: ``MORE`` when there was
+        some, ``CAUGHT_UP`` when there was none, ``LOST`` when another replica
+        holds the lease now (this one's expired during a long post)."""
         position = await self.store.sink_position(stream, CALLBACK_SINK)
         entries = await self.store.read(stream, after=position, limit=50)
         if not entries:
-            return False
+            return CAUGHT_UP
         for entry in entries:
-            if entry.to_callback:
-                await self._post_one(recipient_id, entry)
+            delivered = await self._post_one(recipient_id, entry, lease) if entry.to_callback else None
             if not await self.store.advance_sink(stream, CALLBACK_SINK, entry.entry_id):
                 logger.warning("Another replica took over the callback of %s; stopping here.", recipient_id)
-                return False
+                return LOST
+            if delivered is not None and self.on_taken is not None:
+                self.on_taken(recipient_id, entry, delivered)
             if not await self.store.renew_lease(lease, self.owner, self._lease_s):
-                return False
-        return True
+                return LOST
+        return MORE
 
-    async def _post_one(self, recipient_id: str, entry: OutboxEntry) -> bool:
+    async def _post_one(self, recipient_id: str, entry: OutboxEntry, lease: str) -> bool:
         assert self.callback_url is not None
         problem = ""
         for attempt in range(1, CALLBACK_RETRY.attempts + 1):
+            if attempt > 1 and not await self.store.renew_lease(lease, self.owner, self._lease_s):
+                problem = "another replica took over"
+                break
             try:
                 async with self._client().post(self.callback_url, json=dict(entry.payload)) as response:
                     if response.status < 400:
@@ -348,7 +362,14 @@ class SharedSubscription:
             return None
         self._after = entries[-1].entry_id
         # "Taken by a stream": later streams without an id start after it.
-        await store.advance_sink(self._stream, STREAM_SINK, self._after)
+        on_taken = self._outbox.on_taken if not self._outbox.callback_url else None
+        if on_taken is None:
+            await store.advance_sink(self._stream, STREAM_SINK, self._after)
+        else:
+            # Entry by entry, so each is reported by the one stream that took it first.
+            for entry in entries:
+                if await store.advance_sink(self._stream, STREAM_SINK, entry.entry_id):
+                    on_taken(self._recipient_id, entry, True)
         self._ready.extend(_item(entry) for entry in entries)
         return self._ready.popleft()
 
@@ -363,14 +384,10 @@ def stream_of(recipient_id: str) -> str:
     return recipient_id
 
 
-def _item(entry: OutboxEntry, track: bool = False) -> OutboundItem:
-    outcome = None
-    if track:
-        # Reported as delivered once stored: a sink on any replica takes it
-        # from there (reporting when a sink took it is not wired across replicas).
-        outcome = asyncio.get_running_loop().create_future()
-        outcome.set_result(True)
-    return OutboundItem(entry.entry_id, entry.kind, entry.payload, entry.to_callback, outcome)
+def _item(entry: OutboxEntry) -> OutboundItem:
+    # No ``outcome``: a sink on any replica may take the entry; it reports
+    # through ``on_taken`` where that happens.
+    return OutboundItem(entry.entry_id, entry.kind, entry.payload, entry.to_callback)
 
 
 def _unstored(items: Sequence[Outgoing]) -> List[OutboundItem]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+import redis as redis_client
 import requests
 
 from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
@@ -40,12 +41,19 @@ def replica_endpoints(workdir: Path, redis: RedisServer, name: str) -> Dict[str,
 def start_replicas(
     workdir: Path, model: Path, redis: RedisServer, options: Dict[str, Any], name: str
 ) -> Tuple[RasaServer, RasaServer]:
-    options = {**options, "redis_url": redis.url, "redis_prefix": f"{name}-{uuid.uuid4().hex[:6]}:"}
+    options = {**options, "redis_url": redis.url, "redis_prefix": prefix_of(name)}
     endpoints = replica_endpoints(workdir, redis, name)
     servers = []
     for replica in ("a", "b"):
         servers.append(RasaServer(workdir, model, options, endpoints, name=f"{name}-{replica}").start())
     return servers[0], servers[1]
+
+
+def prefix_of(name: str) -> str:
+    return f"{name}-{RUN}:"
+
+
+RUN = uuid.uuid4().hex[:6]
 
 
 class Stream:
@@ -115,6 +123,16 @@ def test_a_virtual_agent_handoff_runs_across_two_replicas(va_replicas, emulator,
     wait_for(lambda: "three" in callback.agent_texts(sender), what="the callback to get the agent's messages")
     assert [t for t in callback.agent_texts(sender) if t in ("one", "two", "three")] == ["one", "two", "three"]
 
+    # report_delivery: each agent message reported once, by the replica whose callback poster took it.
+    def reports() -> list:
+        events = emulator.get(f"transcript/{chat}")["events"]
+        return [m for e in events if e.get("action") == "UPDATE_MESSAGES" for m in e["messages"]]
+
+    wait_for(lambda: len(reports()) >= 3, what="delivery reports of the agent's messages")
+    reported_ids = [m.get("id") or m.get("messageId") for m in reports()]
+    assert len(reported_ids) == len(set(reported_ids)), reported_ids
+    assert {m["status"] for m in reports()} == {"sent_to_user"}
+
     # The browser reconnects to the other replica, exactly after what it saw.
     resumed = Stream(b, sender, last_event_id=stream.id_of("one"))
     wait_for(lambda: "three" in resumed.texts(), what="the resumed stream on B")
@@ -170,7 +188,7 @@ def polls_of(emulator, chat: str) -> int:
     return len(emulator.requests_for(chat, "GET", "/messages"))
 
 
-def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(connect_replicas, emulator, callback):
+def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(connect_replicas, emulator, callback, redis):
     a, b = connect_replicas
     sender = new_sender()
     assert [reply["text"] for reply in a.say(sender, "talk to live agent")] == [TEXTS.connecting]
@@ -188,6 +206,11 @@ def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(
 
     emulator.say(chat, "before the crash")
     callback.wait_for_text(sender, lambda text: text == "before the crash")
+    # A crash in the middle of a callback post posts that item again (at
+    # least once); this test is about polling, so A is killed between posts.
+    client = redis_client.Redis.from_url(redis.url)
+    wait_for(lambda: not client.exists(f"{prefix_of('connect-replica')}l:cb:{sender}"), what="A's poster to finish")
+    client.close()
     a.kill()
     killed = time.monotonic()
     emulator.say(chat, "after the crash")

@@ -257,3 +257,16 @@ async def test_one_replica_polls_a_chat_and_another_takes_over_when_it_stops(red
     await relays[1].stop(timeout=1)
     await store_a.aclose()
     await store_b.aclose()
+
+
+async def test_a_replica_forgets_chats_that_ended_on_another(replicas, rasa_turn):
+    a, b = replicas(), replicas()
+    with aioresponses() as mock:
+        await start(a, rasa_turn, mock)
+        mock.post(MESSAGES, payload={"result": {"sys_id": "m1", "timestamp": 1}})
+        await say(b, rasa_turn, "hello agent")
+        mock.post(LEAVE, payload={})
+        await say(a, rasa_turn, "/end_chat")
+    assert len(b.handoffs.registry) == 1  # B was not asked since
+    assert await b.handoffs.forget_ended_elsewhere() == 1
+    assert len(b.handoffs.registry) == 0

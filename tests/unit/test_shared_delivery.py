@@ -166,3 +166,29 @@ async def test_while_redis_is_down_items_wait_in_order_and_pushes_are_refused(re
     assert [entry.payload["text"] for entry in await a.store.read("u1")] == ["one", "two"]
     # A refused push was not claimed: ServiceNow's retry is stored.
     assert await a.put("u1", [message("push")], dedupe_key="cb:c:f", dedupe_ttl=60)
+
+
+async def test_without_a_callback_the_first_stream_to_take_an_entry_reports_it_once(replicas):
+    taken = []
+    a, b = replicas(), replicas()
+    for outbox in (a, b):
+        outbox.on_taken = lambda recipient, entry, delivered: taken.append((recipient, entry.payload["text"], delivered))
+    streams = [a.subscribe("u1"), b.subscribe("u1")]
+    readers = [asyncio.ensure_future(take(stream, 2)) for stream in streams]
+    await asyncio.sleep(0)
+    await a.put("u1", [message("one"), message("two")])
+    await asyncio.wait_for(asyncio.gather(*readers), 5)
+    assert sorted(taken) == [("u1", "one", True), ("u1", "two", True)]
+    for stream in streams:
+        stream.close()
+
+
+async def test_with_a_callback_the_poster_reports_what_the_frontend_answered(replicas):
+    taken = []
+    a = replicas(CALLBACK)
+    a.on_taken = lambda recipient, entry, delivered: taken.append((entry.payload["text"], delivered))
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200)
+        await a.put("u1", [message("one"), status_item("u1", active=True, chat_id="c", api="va")])
+        await asyncio.wait_for(asyncio.gather(*a._posters.values()), 5)
+    assert taken == [("one", True)]  # the status event is not the callback's
