@@ -258,7 +258,9 @@ class HandoffManager:
         user asked; messages they sent from then until a failed open get a
         clear answer instead of the bot (see ``open_failed_for``)."""
         sender = request.sender_id
-        if sender in self._starting or self.registry.get(sender) is not None:
+        # With a shared store a chat held here may have ended elsewhere: the
+        # record filed by ``_file`` decides instead.
+        if sender in self._starting or (not self.shared and self.registry.get(sender) is not None):
             logger.info("Conversation %s asked for a live agent again while already connected.", sender)
             return []
         refusal = self._refusal(sender)

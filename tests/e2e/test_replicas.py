@@ -222,3 +222,35 @@ def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(
     assert callback.agent_texts(sender).count("after the crash") == 1
     assert [reply["text"] for reply in b.say(sender, "/end_chat")] == [TEXTS.user_ended]
     print(f"takeover after kill -9: {taken_over_in:.2f} s; deployment poll rate {rate:.2f}/s")
+
+
+def test_while_redis_is_down_messages_get_503_and_never_reach_the_bot(va_replicas, emulator, callback, redis):
+    # Last in this module: it stops the shared redis-server and starts it again.
+    a, b = va_replicas
+    point_emulator_at(emulator, b)
+    sender = new_sender()
+    a.say(sender, "talk to live agent")
+    chat = a.slots(sender)["live_chat_id"]
+    events_before = len(a.tracker(sender)["events"])
+    redis.stop()
+    try:
+        for server in (a, b):
+            response = requests.post(
+                f"{server.url}/webhooks/servicenow/webhook", json={"sender": sender, "message": "still there?"}, timeout=30
+            )
+            assert response.status_code == 503, response.text
+            assert response.json()["reason"] == "StoreUnavailable"
+            assert response.headers["Retry-After"] == "2"
+        assert len(a.tracker(sender)["events"]) == events_before  # neither the bot nor the agent saw it
+    finally:
+        redis.start()
+    # Same port, same AOF: the handoff is still there, on both replicas.
+    def forwarded_by_b() -> bool:
+        response = requests.post(
+            f"{b.url}/webhooks/servicenow/webhook", json={"sender": sender, "message": "still there?"}, timeout=30
+        )
+        return response.status_code == 200 and response.json() == []
+
+    wait_for(forwarded_by_b, timeout=30, what="B to route to the agent again")
+    wait_for(lambda: "still there?" in [m["message"] for m in emulator.transcript(chat) if m["created_by"] == sender])
+    assert [reply["text"] for reply in a.say(sender, "/end_chat")] == [TEXTS.user_ended]
