@@ -242,6 +242,17 @@ def test_while_redis_is_down_messages_get_503_and_never_reach_the_bot(va_replica
             assert response.json()["reason"] == "StoreUnavailable"
             assert response.headers["Retry-After"] == "2"
         assert len(a.tracker(sender)["events"]) == events_before  # neither the bot nor the agent saw it
+        # A push cannot be stored: refused, so ServiceNow sends it again, never acknowledged and lost.
+        push = {
+            "requestId": "r2", "clientSessionId": chat, "nowSessionId": "", "userId": sender, "clientVariables": {},
+            "agentChat": True, "score": 1,
+            "body": [{"uiType": "OutputText", "group": "DefaultText", "value": "during the outage", "messageId": "m-out",
+                      "agentInfo": {"sentFromAgent": True, "agentName": "Mallory"}}],
+        }
+        response = requests.post(
+            f"{b.url}/webhooks/servicenow/callback", json=push, headers={"X-Webhook-Secret": "e2e-callback-secret"}, timeout=30
+        )
+        assert response.status_code == 503 and response.json()["reason"] == "StoreUnavailable"
     finally:
         redis.start()
     # Same port, same AOF: the handoff is still there, on both replicas.
@@ -253,4 +264,11 @@ def test_while_redis_is_down_messages_get_503_and_never_reach_the_bot(va_replica
 
     wait_for(forwarded_by_b, timeout=30, what="B to route to the agent again")
     wait_for(lambda: "still there?" in [m["message"] for m in emulator.transcript(chat) if m["created_by"] == sender])
+    # ServiceNow's retry of the refused push is stored and delivered once.
+    response = requests.post(
+        f"{b.url}/webhooks/servicenow/callback", json=push, headers={"X-Webhook-Secret": "e2e-callback-secret"}, timeout=30
+    )
+    assert response.status_code == 200
+    callback.wait_for_text(sender, lambda text: text == "during the outage")
+    assert callback.agent_texts(sender).count("during the outage") == 1
     assert [reply["text"] for reply in a.say(sender, "/end_chat")] == [TEXTS.user_ended]
