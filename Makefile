@@ -11,10 +11,14 @@ export RASA_TELEMETRY_ENABLED := false
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test bench install model clean
+.PHONY: run run-replicas test bench install model clean
 
 run: $(STAMP) $(MODEL)
 	scripts/run.sh
+
+# Two replicas as one deployment, with redis-server and the emulator; see docs/deployment.md.
+run-replicas: $(STAMP) $(MODEL)
+	scripts/run-replicas.sh
 
 test: $(STAMP) $(MODEL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -87,7 +87,7 @@ else
 fi
 
 # Every variable credentials.yml names must exist; empty means "not set".
-for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL POLL_INTERVAL WEBHOOK_SECRET CHAT_PAGE; do
+for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL POLL_INTERVAL WEBHOOK_SECRET CHAT_PAGE REDIS_URL; do
   export "SERVICENOW_$name=$(printenv "SERVICENOW_$name" || true)"
 done
 

@@ -28,8 +28,9 @@ import base64
 import gc
 import hmac
 import logging
+import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set, Union
 
 from rasa.core.agent import Agent
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, OutputChannel, UserMessage
@@ -43,7 +44,7 @@ from connectors.servicenow.backends.connect import ConnectBackend
 from connectors.servicenow.backends.http import ServiceNowHTTP
 from connectors.servicenow.backends.virtual_agent import CallbackError, VirtualAgentBackend
 from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, ServiceNowSettings
-from connectors.servicenow.delivery import PER_SENDER, Outbox, StreamLimitReached
+from connectors.servicenow.delivery import PER_SENDER, Outbox, Outgoing, StreamLimitReached
 from connectors.servicenow.errors import ConfigurationError, ConversationBusy, StoreUnavailable
 from connectors.servicenow.handoff import OPEN_WAIT_S, HandoffManager
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
@@ -59,7 +60,9 @@ from connectors.servicenow.payloads import (
     parse_typing_payload,
     parse_user_payload,
 )
+from connectors.servicenow.shared_delivery import CALLBACK_LEASE_PREFIX, SharedOutbox
 from connectors.servicenow.state import ConversationLocks
+from connectors.servicenow.store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -124,19 +127,40 @@ class ServiceNowInput(InputChannel):
             use_json_logs()
         return cls(settings)
 
-    def __init__(self, settings: ServiceNowSettings) -> None:
+    def __init__(self, settings: ServiceNowSettings, store: Optional[Store] = None) -> None:
+        """``store``: where handoff state is shared; by default the one
+        ``redis_url`` names, or an in-process one without it."""
         # Sender and chat ids reach many log lines; none may forge one.
         escape_log_arguments("connectors.servicenow")
         self.settings = settings
         self.http = ServiceNowHTTP(settings)
         self.backend = build_backend(settings, self.http)
-        self.outbox = Outbox(
-            settings.callback_url,
-            request_timeout=settings.request_timeout,
-            max_streams_per_sender=settings.max_streams_per_sender,
-            max_open_streams=settings.max_open_streams,
-        )
-        self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent)
+        #: Handoff records, dedupe marks, leases and (when shared) the outbox:
+        #: in this process, or in Redis shared by every replica (``redis_url``).
+        self.store: Store = store if store is not None else open_store(settings.redis_url, prefix=settings.redis_prefix)
+        #: This replica, as the holder of leases.
+        self.replica_id = uuid.uuid4().hex[:12]
+        self.outbox: Union[Outbox, SharedOutbox]
+        if self.store.shared:
+            self.outbox = SharedOutbox(
+                self.store,
+                settings.callback_url,
+                owner=self.replica_id,
+                request_timeout=settings.request_timeout,
+                max_streams_per_sender=settings.max_streams_per_sender,
+                max_open_streams=settings.max_open_streams,
+            )
+        else:
+            self.outbox = Outbox(
+                settings.callback_url,
+                request_timeout=settings.request_timeout,
+                max_streams_per_sender=settings.max_streams_per_sender,
+                max_open_streams=settings.max_open_streams,
+            )
+        self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent, store=self.store)
+        self.handoffs.relay.owner = self.replica_id
+        if isinstance(self.outbox, SharedOutbox):
+            self.outbox.on_taken = self.handoffs.report_taken
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
         self._turns = ConversationLocks()
@@ -175,12 +199,17 @@ class ServiceNowInput(InputChannel):
                 )
             if self.settings.freeze_gc_at_start:
                 freeze_startup_heap()
+            if self.store.shared:
+                await self._check_store()
+                app.add_task(self._take_over(), name="servicenow-takeover")
             app.add_task(self._resume(), name="servicenow-resume")
             app.add_task(self._housekeeping(), name="servicenow-housekeeping")
 
         @blueprint.listener("before_server_stop")
         async def stop_background_work(app: Sanic, _loop: Any) -> None:
             await app.cancel_task("servicenow-housekeeping", raise_exception=False)
+            if self.store.shared:
+                await app.cancel_task("servicenow-takeover", raise_exception=False)
             # Callbacks already acknowledged to ServiceNow are delivered before
             # the relay saves its state and the outbox drains.
             if self._background:
@@ -188,6 +217,7 @@ class ServiceNowInput(InputChannel):
             await self.handoffs.shutdown(SHUTDOWN_TIMEOUT_S)
             await self.http.aclose()
             await self.outbox.aclose()
+            await self.store.aclose()
 
         @blueprint.listener("before_server_start")
         async def answer_malformed_requests_in_json(app: Sanic, _loop: Any) -> None:
@@ -267,6 +297,12 @@ class ServiceNowInput(InputChannel):
             except PayloadError as error:
                 return error_response(error)
             self.bind(request.app)
+            if self.store.shared:
+                # The chat may have started on another replica.
+                try:
+                    await self.handoffs.refresh(payload.sender)
+                except StoreUnavailable as error:
+                    return retry_later(error)
             self.handoffs.user_typing(payload.sender, payload.typing)
             return response.json({"status": "accepted"}, status=202)
 
@@ -291,12 +327,16 @@ class ServiceNowInput(InputChannel):
             self.bind(request.app)
             try:
                 await self.handoffs.find_callback_chat(callback)
+                if self.store.shared:
+                    # Stored (and deduplicated) before the 200: acknowledged means durable.
+                    await asyncio.shield(self.spawn(self.handoffs.receive_callback(callback)))
             except (StoreUnavailable, ConversationBusy) as error:
                 # Refused, not acknowledged and dropped: ServiceNow retries.
                 logger.warning("Answering 503 to a callback for chat %s: %s", callback.chat_id, error)
                 return retry_later(error)
-            # Answer at once (ServiceNow waits 5 s at most); deliver afterwards.
-            self.spawn(self.handoffs.receive_callback(callback))
+            if not self.store.shared:
+                # Answer at once (ServiceNow waits 5 s at most); deliver afterwards.
+                self.spawn(self.handoffs.receive_callback(callback))
             return response.json({"status": "success"})
 
         @blueprint.route("/stream", methods=["GET"])
@@ -326,6 +366,9 @@ class ServiceNowInput(InputChannel):
                 while True:
                     item = await subscription.next(STREAM_HEARTBEAT_S)
                     await stream_response.send(": keep-alive\n\n" if item is None else item.sse())
+            except StoreUnavailable as error:
+                # The browser reconnects (retry: 2000) with its Last-Event-ID and misses nothing.
+                logger.warning("Closing a stream of conversation %s: %s", sender, error)
             finally:
                 subscription.close()
 
@@ -418,11 +461,42 @@ class ServiceNowInput(InputChannel):
                 attempt += 1
                 await asyncio.sleep(delay)
 
+    async def _check_store(self) -> None:
+        try:
+            await self.store.ping()
+            logger.info("Handoff state is shared through Redis (prefix %r).", self.settings.redis_prefix)
+        except StoreUnavailable as error:
+            # Not fatal: Redis may come up after this replica. Until it does,
+            # messages and callbacks are answered with 503, never guessed.
+            logger.error("Redis (redis_url) does not answer; answering 503 until it does: %s", error)
+
+    async def _take_over(self) -> None:
+        """Take over the work of replicas that stopped or died (shared store):
+        polling their Connect chats, posting their conversations' callbacks."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                if self.backend.pulls:
+                    await self.handoffs.take_over_free_chats()
+                if self.settings.callback_url and isinstance(self.outbox, SharedOutbox):
+                    for name in await self.store.free_leases():
+                        if name.startswith(CALLBACK_LEASE_PREFIX):
+                            self.outbox.take_over(name[len(CALLBACK_LEASE_PREFIX) :])
+            except StoreUnavailable as error:
+                logger.warning("Could not look for Connect chats to take over: %s", error)
+            except Exception:
+                logger.exception("Looking for Connect chats to take over failed; trying again.")
+
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             self.outbox.prune()
             self.handoffs.typing.prune()
+            if self.store.shared:
+                try:
+                    await self.handoffs.forget_ended_elsewhere()
+                except StoreUnavailable as error:
+                    logger.warning("Could not check this replica's chats against the store: %s", error)
 
 
 def error_response(error: PayloadError, headers: Optional[Dict[str, str]] = None) -> HTTPResponse:
@@ -599,7 +673,7 @@ class OutOfBandOutput(_HandoffAwareOutput):
         return "servicenow"
 
     async def _persist_message(self, message: Dict[str, Any]) -> None:
-        self._channel.outbox.publish(message["recipient_id"], message)
+        await self._channel.outbox.put(message["recipient_id"], [Outgoing(message)])
 
     def on_handoff(self, recipient_id: str, options: Dict[str, Any]) -> None:
         # Rasa holds the conversation's lock while this runs; the start waits

@@ -18,6 +18,7 @@ VIRTUAL_AGENT_API = "virtual_agent"
 SUPPORTED_APIS = (CONNECT_API, VIRTUAL_AGENT_API)
 DEFAULT_WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 DEFAULT_JWT_METHOD = "HS256"
+DEFAULT_REDIS_PREFIX = "snow:"
 #: What PyJWT verifies without extra packages, "none" never.
 JWT_METHODS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 
@@ -108,6 +109,11 @@ class ServiceNowSettings:
     jwt_method: str = DEFAULT_JWT_METHOD
     #: Take ``userId``, ``emailId`` and ``userName`` from webhook metadata (only for a frontend that authenticates users itself).
     trust_frontend_metadata: bool = False
+    # -- many replicas (docs/deployment.md) ----------------------------------
+    #: ``redis://`` or ``rediss://`` URL of the Redis every replica shares; unset: one process, in-process state.
+    redis_url: Optional[str] = field(default=None, repr=False)
+    #: Prefix of every Redis key (and pub/sub channel) the connector uses.
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
 
     @property
     def uses_oauth(self) -> bool:
@@ -258,6 +264,22 @@ def _jwt_method(value: Any) -> str:
     return method
 
 
+def _redis_url(value: Any) -> str:
+    url = _text(value)
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        # The URL may carry a password: never echo it.
+        raise ValueError("expected redis://host:port/db or rediss://host:port/db")
+    return url
+
+
+def _redis_prefix(value: Any) -> str:
+    prefix = _text(value)
+    if not prefix or any(char.isspace() for char in prefix):
+        raise ValueError("expected a non-empty prefix without spaces, e.g. 'snow:'")
+    return prefix
+
+
 def _api(value: Any) -> str:
     return _text(value).lower()
 
@@ -324,6 +346,8 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "jwt_key": _text,
     "jwt_method": _jwt_method,
     "trust_frontend_metadata": _boolean,
+    "redis_url": _redis_url,
+    "redis_prefix": _redis_prefix,
 }
 
 _RETRY_FIELDS = {

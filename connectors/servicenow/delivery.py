@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Mapping, Optional, Set
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set
 
 import aiohttp
 
@@ -68,6 +68,34 @@ class OutboundItem:
 
     def sse(self) -> str:
         return f"id: {self.event_id}\nevent: {self.kind}\ndata: {json.dumps(self.payload)}\n\n"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One item to put in a user's outbox."""
+
+    payload: Mapping[str, Any]
+    kind: str = MESSAGE_EVENT
+    to_callback: bool = True
+    #: Give the stored item an ``outcome`` (see ``OutboundItem``).
+    track: bool = False
+
+
+def status_item(
+    recipient_id: str,
+    *,
+    active: bool,
+    chat_id: str,
+    api: str,
+    agent_joined: bool = False,
+    agent_name: Optional[str] = None,
+) -> Outgoing:
+    """A handoff status event: streams only (a callback consumer expecting
+    Rasa's message shape gets no status objects)."""
+    status: Dict[str, Any] = {"active": active, "chat_id": chat_id, "api": api, "agent_joined": agent_joined}
+    if agent_name:
+        status["agent_name"] = agent_name
+    return Outgoing({"recipient_id": recipient_id, "handoff": status}, HANDOFF_EVENT, to_callback=False)
 
 
 @dataclass(slots=True)
@@ -173,6 +201,17 @@ class Outbox:
             if mailbox.callback_worker is None:
                 mailbox.callback_worker = asyncio.create_task(self._post_callbacks(recipient_id, mailbox))
         return item
+
+    async def put(
+        self, recipient_id: str, items: Sequence[Outgoing], *, dedupe_key: Optional[str] = None, dedupe_ttl: float = 0.0
+    ) -> Optional[List[OutboundItem]]:
+        """Queue items in order; the interface the shared outbox has too. In
+        one process a repeat is dropped before it gets here, so ``dedupe_key``
+        is not looked at."""
+        return [
+            self.publish(recipient_id, item.payload, item.kind, to_callback=item.to_callback, track=item.track)
+            for item in items
+        ]
 
     # -- streaming ---------------------------------------------------------
 
@@ -287,10 +326,10 @@ class Outbox:
         """Tell streams that a handoff started, that an agent joined it, or
         that it ended. Stream only: a callback consumer expecting Rasa's
         message shape gets no status objects."""
-        status: Dict[str, Any] = {"active": active, "chat_id": chat_id, "api": api, "agent_joined": agent_joined}
-        if agent_name:
-            status["agent_name"] = agent_name
-        self.publish(recipient_id, {"recipient_id": recipient_id, "handoff": status}, HANDOFF_EVENT, to_callback=False)
+        item = status_item(
+            recipient_id, active=active, chat_id=chat_id, api=api, agent_joined=agent_joined, agent_name=agent_name
+        )
+        self.publish(recipient_id, item.payload, item.kind, to_callback=False)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -46,8 +46,11 @@ class AuthenticationFailed(ServiceNowRejected):
 
 
 class StoreUnavailable(Exception):
-    """The tracker store failed (after bounded retries, for writes): whether the
-    conversation is in handoff is unknown, or its new handoff state is not saved.
+    """A store of handoff state failed: the tracker store (after bounded
+    retries, for writes) or the connector's own store (Redis down or slow;
+    ``store.StoreUnavailable`` is a subclass, so one ``except`` catches both).
+    Whether the conversation is in handoff is unknown, or its new handoff
+    state is not saved.
 
     Never a reason to treat a conversation as not in handoff: the webhook
     answers 503 and the client retries."""

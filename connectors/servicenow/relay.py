@@ -17,7 +17,8 @@ repeats; a crash can repeat what arrived in its last two seconds.
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set
+import uuid
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from rasa.shared.core.events import Event, SlotSet
 
@@ -32,14 +33,16 @@ from connectors.servicenow.backends.base import (
     SystemNotice,
 )
 from connectors.servicenow.config import ServiceNowSettings
-from connectors.servicenow.delivery import TYPING_EVENT, Outbox
+from connectors.servicenow.delivery import TYPING_EVENT, Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
+from connectors.servicenow.store import Store
 
 logger = logging.getLogger(__name__)
 
 OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
 OnFailed = Callable[[LiveChat, ServiceNowError], Awaitable[Any]]
+OnCursor = Callable[[LiveChat], Awaitable[Any]]
 
 # Pushed callbacks can overtake each other. The end of a chat waits this long
 # so that an agent's last message, pushed just before the close, still
@@ -52,6 +55,25 @@ END_GRACE_S = 0.5
 # interval. A crash loses at most this much of the cursor: Connect then
 # shows the messages of those seconds again.
 PERSIST_DELAY_S = 2.0
+#: How long an agent message id is remembered across the deployment (shared
+#: store) to deliver it once: longer than any cursor can lag behind.
+MESSAGE_DEDUPE_TTL_S = 3600.0
+POLL_LEASE_PREFIX = "poll:"
+
+
+def poll_lease(chat_id: str) -> str:
+    """The lease name of polling Connect chat ``chat_id`` (shared store)."""
+    return POLL_LEASE_PREFIX + chat_id
+
+
+def chat_of_poll_lease(name: str) -> Optional[str]:
+    return name[len(POLL_LEASE_PREFIX) :] if name.startswith(POLL_LEASE_PREFIX) else None
+
+
+def lease_time(delay: float) -> float:
+    """A polling lease outlives one missed renewal, no more: a dead poller's
+    chats are free again two intervals after its last poll."""
+    return 2 * delay + 0.5
 
 
 class PollSchedule:
@@ -90,8 +112,9 @@ class PollSchedule:
 
 
 class _Poller:
-    def __init__(self, schedule: PollSchedule) -> None:
+    def __init__(self, schedule: PollSchedule, chat_id: str) -> None:
         self.schedule = schedule
+        self.chat_id = chat_id
         self.wake = asyncio.Event()
         self.task: Optional["asyncio.Task[None]"] = None
         self._last_tick = time.monotonic()
@@ -137,8 +160,17 @@ class Relay:
         *,
         on_closed: OnClosed,
         on_failed: OnFailed,
+        store: Optional[Store] = None,
+        on_cursor: Optional[OnCursor] = None,
     ) -> None:
+        """``store``: the shared store, when replicas share the work: a chat
+        is then polled only under its lease, and agent messages are
+        delivered once per deployment. ``on_cursor`` saves a moved cursor there."""
         self._settings = settings
+        self._store = store
+        self._on_cursor = on_cursor
+        #: This replica, as a lease holder.
+        self.owner = f"{uuid.uuid4().hex[:12]}"
         self._backend = backend
         self._outbox = outbox
         self._slots = slots
@@ -156,7 +188,7 @@ class Relay:
         """Start relaying the chat's agent side. Idempotent."""
         if not self._backend.pulls or chat.sender_id in self._pollers or chat.ended:
             return
-        poller = _Poller(PollSchedule(self._settings))
+        poller = _Poller(PollSchedule(self._settings), chat.chat_id)
         poller.task = asyncio.create_task(self._poll_loop(chat, poller), name=f"servicenow-poll-{chat.sender_id}")
         self._pollers[chat.sender_id] = poller
 
@@ -178,6 +210,9 @@ class Relay:
     def watched(self) -> int:
         return len(self._pollers)
 
+    def is_watching(self, chat: LiveChat) -> bool:
+        return chat.sender_id in self._pollers
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop polling, let deliveries under way finish, save what is unsaved."""
         self._stopping = True
@@ -194,13 +229,24 @@ class Relay:
             await asyncio.wait(tasks, timeout=timeout)
         for sender_id in list(self._unsaved):
             await self._save(sender_id)
+        if self._store is not None:
+            # Another replica takes the chats over at once, not after expiry.
+            for chat_id in [poller.chat_id for poller in pollers]:
+                try:
+                    await self._store.release_lease(poll_lease(chat_id), self.owner)
+                except StoreUnavailable as error:
+                    logger.warning("Could not release the polling lease of chat %s: %s", chat_id, error)
 
     # -- saving to the tracker -------------------------------------------------
 
     def _save_soon(self, chat: LiveChat, events: List[Event]) -> None:
-        self._unsaved.setdefault(chat.sender_id, []).extend(events)
-        if chat.sender_id not in self._savers:
-            self._savers[chat.sender_id] = self._track(self._save_later(chat.sender_id))
+        self.save_later(chat.sender_id, events)
+
+    def save_later(self, sender_id: str, events: List[Event]) -> None:
+        """Queue tracker events for the next coalesced save."""
+        self._unsaved.setdefault(sender_id, []).extend(events)
+        if sender_id not in self._savers:
+            self._savers[sender_id] = self._track(self._save_later(sender_id))
 
     async def _save_later(self, sender_id: str) -> None:
         await asyncio.sleep(PERSIST_DELAY_S)
@@ -255,6 +301,9 @@ class Relay:
             await poller.sleep()
             if chat.ended:
                 return
+            if self._store is not None and not await self._hold_lease(chat, poller):
+                return
+            before = (chat.last_updated, chat.seen_ids)
             try:
                 if poller.schedule.state_check_due():
                     closed = await self._backend.check_closed(chat)
@@ -276,68 +325,143 @@ class Relay:
                 # place. Only this loop dispatches a polled chat, so no
                 # delivery can be under way to race with it.
                 chat.last_updated, chat.seen_ids = result.last_updated, tuple(result.seen_ids)
+            else:
+                poller.schedule.note_activity()
+                # Shielded: a shutdown that cancels the loop must not cut a
+                # delivery off between queueing messages and saving the cursor.
+                await asyncio.shield(self._track(self.dispatch(chat, result.events, result)))
+            if self._on_cursor is not None and not chat.ended and (chat.last_updated, chat.seen_ids) != before:
+                # The replica that takes over polling starts from here.
+                await self._on_cursor(chat)
+
+    async def _hold_lease(self, chat: LiveChat, poller: _Poller) -> bool:
+        """Take or renew this chat's polling lease (shared store). False, and
+        the loop ends, when another replica polls it; a store that fails
+        skips the tick (nobody else can take the lease meanwhile either)."""
+        name = poll_lease(chat.chat_id)
+        while True:
+            try:
+                if await self._store.acquire_lease(name, self.owner, lease_time(poller.schedule.delay())):
+                    return True
+            except StoreUnavailable as error:
+                logger.warning("Not polling ServiceNow chat %s this time: %s", chat.chat_id, error)
+                await poller.sleep()
+                if chat.ended:
+                    return False
                 continue
-            poller.schedule.note_activity()
-            # Shielded: a shutdown that cancels the loop must not cut a
-            # delivery off between queueing messages and saving the cursor.
-            await asyncio.shield(self._track(self.dispatch(chat, result.events, result)))
+            if self._pollers.get(chat.sender_id) is poller:
+                del self._pollers[chat.sender_id]
+            logger.debug("ServiceNow chat %s is polled by another replica.", chat.chat_id)
+            return False
 
     # -- delivery ----------------------------------------------------------
 
     async def dispatch(
-        self, chat: LiveChat, events: Sequence[AgentEvent], cursor: Optional[PollResult] = None
-    ) -> None:
-        """Deliver events in order, at most once each, then save the cursor."""
+        self,
+        chat: LiveChat,
+        events: Sequence[AgentEvent],
+        cursor: Optional[PollResult] = None,
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+    ) -> bool:
+        """Deliver events in order, at most once each, then save the cursor.
+
+        With ``dedupe_key`` (a pushed callback, on the shared store) what the
+        events say is stored in one step with the key, before this returns,
+        and an end of the chat is handled in the background: False when the
+        key was seen before (a repeat, dropped); ``StoreUnavailable`` when
+        nothing could be stored (nothing changed, the push may come again)."""
         closed: Optional[ChatClosed] = None
         async with chat.dispatch_lock:
             if chat.ended:
-                return
+                return True
+            outgoing: List[Outgoing] = []
+            reports: List[Tuple[int, str]] = []
             records = []
+            noted: List[Tuple[str, Optional[float]]] = []
+            joined = chat.agent_joined
             for event in events:
                 if isinstance(event, ChatClosed):
                     closed = event
                     break
                 if isinstance(event, AgentTyping):
-                    self._outbox.publish(
-                        chat.sender_id, {"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT
-                    )
+                    outgoing.append(Outgoing({"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT))
                     continue
                 if isinstance(event, AgentJoined):
-                    chat.agent_joined = True
-                    self._outbox.publish_status(
-                        chat.sender_id,
-                        active=True,
-                        chat_id=chat.chat_id,
-                        api=self._backend.api,
-                        agent_joined=True,
-                        agent_name=event.agent_name,
+                    joined = True
+                    outgoing.append(
+                        status_item(
+                            chat.sender_id,
+                            active=True,
+                            chat_id=chat.chat_id,
+                            api=self._backend.api,
+                            agent_joined=True,
+                            agent_name=event.agent_name,
+                        )
                     )
                     continue
                 if event.message_id in chat.seen_ids and cursor is None:
                     continue
-                if isinstance(event, SystemNotice) and event.kind == "wait" and chat.agent_joined:
+                if (
+                    self._store is not None
+                    and cursor is not None
+                    and event.message_id
+                    and not await self._first_delivery(chat, event.message_id)
+                ):
+                    continue
+                if isinstance(event, SystemNotice) and event.kind == "wait" and joined:
                     continue  # a queue notice overtaken by the agent's arrival
                 if isinstance(event, AgentMessage):
-                    chat.agent_joined = True
+                    joined = True
                 message = _user_message(chat.sender_id, event)
-                report = self._settings.report_delivery and isinstance(event, AgentMessage)
-                item = self._outbox.publish(chat.sender_id, message, track=report)
-                if item.outcome is not None:
-                    item.outcome.add_done_callback(
-                        lambda outcome, message_id=event.message_id: self._report(chat, message_id, outcome.result())
-                    )
+                if self._settings.report_delivery and isinstance(event, AgentMessage):
+                    reports.append((len(outgoing), event.message_id))
+                outgoing.append(Outgoing(message, track=self._settings.report_delivery and isinstance(event, AgentMessage)))
                 records.append(bot_uttered(message))
                 if cursor is None:
-                    chat.note_message(event.message_id, event.timestamp)
+                    noted.append((event.message_id, event.timestamp))
+            items = await self._outbox.put(chat.sender_id, outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+            if items is None:
+                return False
+            # The chat moves on only once its events are on their way.
+            chat.agent_joined = joined
+            for message_id, timestamp in noted:
+                chat.note_message(message_id, timestamp)
+            for index, message_id in reports:
+                outcome = items[index].outcome
+                if outcome is not None:
+                    outcome.add_done_callback(
+                        lambda done, message_id=message_id: self._report(chat, message_id, done.result())
+                    )
             if cursor is not None:
                 chat.last_updated, chat.seen_ids = cursor.last_updated, tuple(cursor.seen_ids)
             if records:
                 self._save_soon(chat, self._to_save(records, chat))
                 logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
         if closed is not None:
-            if not self._backend.pulls:
-                await asyncio.sleep(END_GRACE_S)
-            await self._on_closed(chat, closed)
+            if dedupe_key is not None:
+                # The push is stored: acknowledge it now, end the chat after.
+                self._track(self._close_after_grace(chat, closed))
+            else:
+                if not self._backend.pulls:
+                    await asyncio.sleep(END_GRACE_S)
+                await self._on_closed(chat, closed)
+        return True
+
+    async def _close_after_grace(self, chat: LiveChat, closed: ChatClosed) -> None:
+        await asyncio.sleep(END_GRACE_S)
+        await self._on_closed(chat, closed)
+
+    async def _first_delivery(self, chat: LiveChat, message_id: str) -> bool:
+        """Whether no replica delivered this message before (a poller that
+        took over from a stale cursor, a push repeated to another replica).
+        When the store cannot say, yes: a repeat beats a loss."""
+        try:
+            return await self._store.claim_once(f"msg:{chat.chat_id}:{message_id}", MESSAGE_DEDUPE_TTL_S)
+        except StoreUnavailable as error:
+            logger.warning("Could not check message %s for a repeat (delivering it): %s", message_id, error)
+            return True
 
     def _to_save(self, records: List[Event], chat: LiveChat) -> List[Event]:
         """What a delivery leaves in the tracker. Only deliveries are saved: a
@@ -358,6 +482,10 @@ class Relay:
                 logger.warning("Could not report delivery of message %s to ServiceNow: %s", message_id, error)
 
         self._track(report())
+
+    def track(self, work: Awaitable[Any]) -> "asyncio.Task[Any]":
+        """Run work that ``stop()`` waits for (e.g. a delivery report)."""
+        return self._track(work)
 
     def _track(self, work: Awaitable[Any]) -> "asyncio.Task[Any]":
         """Run work as a task that ``stop()`` waits for."""

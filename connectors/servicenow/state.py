@@ -61,8 +61,6 @@ LOCK_POLL_S = 0.02
 WRITE_RETRY_DELAYS_S = (0.1, 0.3, 0.9)
 # How many recent message ids a chat keeps to recognise what it has handled.
 SEEN_IDS_KEPT = 100
-# How many recent pushes a chat remembers to drop repeats of a whole callback.
-RECENT_CALLBACKS_KEPT = 16
 
 
 @dataclass(eq=False, slots=True)
@@ -83,9 +81,6 @@ class LiveChat:
     dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     #: A live agent has accepted; queue notices that arrive later are stale.
     agent_joined: bool = False
-    #: Fingerprints of the latest pushed callbacks, to drop repeats (a tuple:
-    #: one per live chat, and an empty deque alone costs 600 bytes).
-    recent_callbacks: Tuple[str, ...] = field(default=(), repr=False)
 
     def slot_events(self) -> List[Event]:
         return [
@@ -105,13 +100,6 @@ class LiveChat:
             self.last_updated = timestamp
         if message_id and message_id not in self.seen_ids:
             self.seen_ids = ((message_id,) + self.seen_ids)[:SEEN_IDS_KEPT]
-
-    def is_repeat(self, fingerprint: str) -> bool:
-        """True when this callback was seen before; remembers it otherwise."""
-        if fingerprint in self.recent_callbacks:
-            return True
-        self.recent_callbacks = (self.recent_callbacks + (fingerprint,))[-RECENT_CALLBACKS_KEPT:]
-        return False
 
     @classmethod
     def from_tracker(cls, tracker: DialogueStateTracker) -> Optional["LiveChat"]:

@@ -273,7 +273,7 @@ def test_cli_with_the_shipped_files(instance):
         "SERVICENOW_INSTANCE_URL": instance.url, "SERVICENOW_API": "connect", "SERVICENOW_USERNAME": "rasa.integration",
         "SERVICENOW_PASSWORD": PASSWORD, "SERVICENOW_QUEUE_ID": instance.queue_id,
     }
-    for name in ("CLIENT_ID", "CLIENT_SECRET", "CALLBACK_URL", "POLL_INTERVAL", "WEBHOOK_SECRET", "CHAT_PAGE", "LOG_FORMAT"):
+    for name in ("CLIENT_ID", "CLIENT_SECRET", "CALLBACK_URL", "POLL_INTERVAL", "WEBHOOK_SECRET", "CHAT_PAGE", "LOG_FORMAT", "REDIS_URL"):
         env[f"SERVICENOW_{name}"] = ""
     result = doctor(cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -227,6 +227,12 @@ class RasaServer:
                 self.process.kill()
                 self.process.wait()
 
+    def kill(self) -> None:
+        """``kill -9``: a crash, no shutdown hooks."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

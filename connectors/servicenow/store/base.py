@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from connectors.servicenow import errors
+
 # -- errors -----------------------------------------------------------------
 
 
@@ -37,11 +39,13 @@ class StoreError(Exception):
     """The store could not do what was asked."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, errors.StoreUnavailable):
     """The store cannot be reached (down, restarting, loading, timed out).
 
     Nothing was decided: the caller must not guess (a webhook answers 503,
-    never NLU) and may retry later."""
+    never NLU) and may retry later. Also an ``errors.StoreUnavailable``, the
+    channel's "state unknown" failure, so the tracker store's failures and
+    this one are handled by the same clause."""
 
 
 # -- records ----------------------------------------------------------------
