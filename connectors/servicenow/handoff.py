@@ -44,6 +44,7 @@ from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import Outbox
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
 from connectors.servicenow.limits import RateLimiter
+from connectors.servicenow.observe import Observer
 from connectors.servicenow.relay import Relay
 from connectors.servicenow.state import (
     ConversationLocks,
@@ -115,6 +116,7 @@ class HandoffManager:
         self._opening: Dict[str, "asyncio.Future[Optional[LiveChat]]"] = {}
         self.typing = TypingForwarder(backend.send_typing)
         self.start_limiter = RateLimiter(settings.handoff_starts_per_minute, 60.0)
+        self.observe = self.relay.observe = Observer()  # the channel gives one with metrics
 
     # -- the flag ----------------------------------------------------------
 
@@ -179,6 +181,8 @@ class HandoffManager:
                 while len(self._failed_opens) > FAILED_OPENS_KEPT:
                     self._failed_opens.popitem(last=False)
             opening.set_result(chat)
+            if chat is not None:
+                self.observe.handoff_started(sender, chat.chat_id, loop.time() - requested_at)
 
     def open_failed_for(self, sender_id: str, arrived_at: float) -> bool:
         """True when a message that arrived at ``arrived_at`` (loop time) was
@@ -244,7 +248,6 @@ class HandoffManager:
             chat = self.registry.activate(opened_chat)
             self.relay.watch(chat)
             self.outbox.publish_status(sender, active=True, chat_id=chat.chat_id, api=self.backend.api)
-            logger.info("Handoff started: conversation %s is in ServiceNow chat %s.", sender, chat.chat_id)
             return self._deliver(sender, messages, in_request=in_request)
         finally:
             if reserved:
@@ -304,10 +307,7 @@ class HandoffManager:
         self.relay.unwatch(chat)
         await self._leave_quietly(chat)
         self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
-        logger.info(
-            "Handoff ended (%s): conversation %s left ServiceNow chat %s.",
-            EndReason.USER_ENDED.value, chat.sender_id, chat.chat_id,
-        )
+        self.observe.handoff_ended(chat.sender_id, chat.chat_id, EndReason.USER_ENDED.value)
         return messages
 
     def user_typing(self, sender_id: str, typing: bool) -> bool:
@@ -340,6 +340,7 @@ class HandoffManager:
             return
         if chat.is_repeat(callback.fingerprint):
             logger.info("Ignoring a repeated ServiceNow callback for chat %s.", callback.chat_id)
+            self.observe.duplicate_dropped("callback")
             return
         await self.relay.dispatch(chat, callback.events)
 
@@ -414,7 +415,7 @@ class HandoffManager:
             if chat.sender_id not in self._end_savers:
                 self._end_savers[chat.sender_id] = asyncio.ensure_future(self._save_end_later(chat.sender_id))
         self.outbox.publish_status(chat.sender_id, active=False, chat_id=chat.chat_id, api=self.backend.api)
-        logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", reason.value, chat.sender_id, chat.chat_id)
+        self.observe.handoff_ended(chat.sender_id, chat.chat_id, reason.value)
         return self._deliver(chat.sender_id, messages, in_request=in_request)
 
     def _farewell(self, chat: LiveChat, reason: EndReason, left: bool) -> List[str]:

@@ -34,6 +34,7 @@ from connectors.servicenow.backends.base import (
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import TYPING_EVENT, Outbox
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
+from connectors.servicenow.observe import Observer
 from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class Relay:
         self._unsaved: Dict[str, List[Event]] = {}
         self._savers: Dict[str, "asyncio.Task[None]"] = {}
         self._stopping = False
+        self.observe = Observer()  # replaced by the handoff manager's
 
     # -- lifecycle of one chat ---------------------------------------------
 
@@ -289,6 +291,7 @@ class Relay:
     ) -> None:
         """Deliver events in order, at most once each, then save the cursor."""
         closed: Optional[ChatClosed] = None
+        arrived = time.monotonic()
         async with chat.dispatch_lock:
             if chat.ended:
                 return
@@ -303,6 +306,7 @@ class Relay:
                     )
                     continue
                 if isinstance(event, AgentJoined):
+                    self.observe.agent_joined(chat.sender_id, chat.chat_id)
                     chat.agent_joined = True
                     self._outbox.publish_status(
                         chat.sender_id,
@@ -314,14 +318,17 @@ class Relay:
                     )
                     continue
                 if event.message_id in chat.seen_ids and cursor is None:
+                    self.observe.duplicate_dropped("message")
                     continue
                 if isinstance(event, SystemNotice) and event.kind == "wait" and chat.agent_joined:
                     continue  # a queue notice overtaken by the agent's arrival
                 if isinstance(event, AgentMessage):
+                    self.observe.agent_joined(chat.sender_id, chat.chat_id)
                     chat.agent_joined = True
                 message = _user_message(chat.sender_id, event)
                 report = self._settings.report_delivery and isinstance(event, AgentMessage)
                 item = self._outbox.publish(chat.sender_id, message, track=report)
+                self.observe.agent_message_queued(item.event_id, arrived)
                 if item.outcome is not None:
                     item.outcome.add_done_callback(
                         lambda outcome, message_id=event.message_id: self._report(chat, message_id, outcome.result())
