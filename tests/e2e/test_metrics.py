@@ -9,7 +9,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import TEXTS, channel_options
+from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
 from tests.e2e.harness import RasaServer, free_port, new_sender, wait_for
 
 PREFIX = "servicenow_handoff_"
@@ -122,3 +122,64 @@ def test_a_handoff_moves_the_counters_and_logs_each_transition(metered, emulator
 def test_without_the_option_there_is_no_metrics_route(rasa):
     response = requests.get(f"{rasa.url}/webhooks/servicenow/metrics", timeout=10)
     assert response.status_code == 404
+
+
+def raw_request(server: RasaServer, request: bytes) -> bytes:
+    """Send bytes as they are (framing that an HTTP client library refuses to build)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(request)
+        return connection.recv(65536)
+
+
+def test_virtual_agent_callbacks_auth_failures_and_duplicates_are_counted(e2e_dir, demo_model, emulator, callback):
+    options = channel_options(emulator, callback, "virtual_agent", metrics=True)
+    server = RasaServer(e2e_dir, demo_model, options, name="rasa-metrics-va")
+    server.start()
+    try:
+        point_emulator_at(emulator, server)
+        route_url = f"{server.url}/webhooks/servicenow/metrics"
+        refused = requests.post(
+            f"{server.url}/webhooks/servicenow/callback", json={"clientSessionId": "x", "body": []},
+            headers={"X-Webhook-Secret": "wrong"}, timeout=10,
+        )
+        assert refused.status_code == 401
+        smuggled = raw_request(
+            server,
+            b"POST /webhooks/servicenow/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        assert smuggled.startswith(b"HTTP/1.1 400")
+
+        sender = new_sender()
+        server.say(sender, "talk to live agent")
+        chat = server.slots(sender)["live_chat_id"]
+        emulator.accept(chat)
+        callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+        emulator.fault(match={"api": "callback", "session": chat, "body_regex": "say it twice"}, respond={"duplicate": True}, times=1)
+        emulator.say(chat, "say it twice")
+        emulator.say(chat, "marker")
+        callback.wait_for_text(sender, lambda text: text == "marker")
+        emulator.close(chat)
+        wait_for(lambda: server.slots(sender)["handoff_active"] is False, what="the handoff to end")
+
+        after = scrape(route_url)
+        assert value(after, "callback_auth_failures_total") == 1
+        assert value(after, "rejected_input_total", route="callback", reason="Unauthorized") == 1
+        assert value(after, "rejected_input_total", route="webhook", reason="InvalidHeaders") == 1
+        assert value(after, "handoffs_started_total") == 1
+        assert value(after, "handoffs_ended_total", reason="agent_closed") == 1
+        assert value(after, "time_to_agent_seconds_count") == 1
+        dropped = value(after, "duplicates_dropped_total", kind="callback") + value(
+            after, "duplicates_dropped_total", kind="message"
+        )
+        assert dropped >= 1
+        integration = value(
+            after, "servicenow_requests_total",
+            endpoint="/api/sn_va_as_service/bot/integration", method="POST", status="200",
+        )
+        assert integration >= 2  # the start and the end at least
+        assert value(after, "delivery_latency_seconds_count", sink="callback") >= 2
+    finally:
+        server.stop()
