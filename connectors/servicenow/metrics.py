@@ -9,7 +9,6 @@ Names follow Prometheus conventions: a ``servicenow_handoff_`` prefix, units
 in the name (``_seconds``), ``_total`` on counters. docs/metrics.md lists them.
 """
 
-import re
 from typing import Callable, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -47,17 +46,15 @@ REJECTION_REASONS = frozenset(
 #: The channel's routes, by last path segment; others count as ``other``.
 ROUTES = frozenset({"health", "webhook", "typing", "callback", "stream", "chat", "metrics"})
 
-#: ServiceNow paths to route templates, first match wins. Ids never become labels.
-_ENDPOINTS: Tuple[Tuple["re.Pattern[str]", str], ...] = tuple(
-    (re.compile(pattern), template)
-    for pattern, template in (
-        (r"^/api/sn_va_as_service/bot/integration$", "/api/sn_va_as_service/bot/integration"),
-        (r"^/api/now/connect/support/queues/[^/]+/sessions$", "/api/now/connect/support/queues/{queue}/sessions"),
-        (r"^/api/now/connect/conversations/[^/]+/messages$", "/api/now/connect/conversations/{group}/messages"),
-        (r"^/api/now/connect/support/sessions/[^/]+/leave$", "/api/now/connect/support/sessions/{group}/leave"),
-        (r"^/api/now/connect/support/sessions$", "/api/now/connect/support/sessions"),
-        (r"^/oauth_token\.do$", "/oauth_token.do"),
-    )
+#: ServiceNow paths without ids, as they are.
+_FIXED_ENDPOINTS = frozenset(
+    {"/api/sn_va_as_service/bot/integration", "/api/now/connect/support/sessions", "/oauth_token.do"}
+)
+#: (prefix, suffix) around one id segment -> route template. Ids never become labels.
+_ENDPOINTS_WITH_ID: Tuple[Tuple[str, str, str], ...] = (
+    ("/api/now/connect/conversations/", "/messages", "/api/now/connect/conversations/{group}/messages"),
+    ("/api/now/connect/support/queues/", "/sessions", "/api/now/connect/support/queues/{queue}/sessions"),
+    ("/api/now/connect/support/sessions/", "/leave", "/api/now/connect/support/sessions/{group}/leave"),
 )
 #: HTTP statuses are few, but a broken proxy can invent any: only real ones are labels.
 _KNOWN_STATUS = range(100, 600)
@@ -74,10 +71,15 @@ DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("in
 
 def endpoint_template(path: str) -> str:
     """The route template of a ServiceNow path, ``other`` when unknown."""
-    path = path.split("?", 1)[0]
-    for pattern, template in _ENDPOINTS:
-        if pattern.match(path):
-            return template
+    # String tests, not regular expressions: this runs on every ServiceNow call.
+    path = path.partition("?")[0]
+    if path in _FIXED_ENDPOINTS:
+        return path
+    for prefix, suffix, template in _ENDPOINTS_WITH_ID:
+        if path.startswith(prefix) and path.endswith(suffix):
+            segment = path[len(prefix) : len(path) - len(suffix)]
+            if segment and "/" not in segment:
+                return template
     return "other"
 
 

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from connectors.servicenow.logsafe import loggable
 from connectors.servicenow.metrics import (
@@ -67,6 +67,10 @@ class Observer:
         self._clock = clock
         self._timings: "OrderedDict[str, _Timing]" = OrderedDict()
         self._arrivals: "OrderedDict[str, float]" = OrderedDict()
+        # Labelled children, looked up once: ``labels()`` costs more than the
+        # increment. The label sets are bounded, and so are these.
+        self._request_series: Dict[Tuple[str, str, Optional[int]], Tuple[Any, Any]] = {}
+        self._sink_series: Dict[str, Any] = {}
 
     # -- handoff transitions ------------------------------------------------
 
@@ -153,7 +157,10 @@ class Observer:
             return
         arrived = self._arrivals.get(event_id)
         if arrived is not None:
-            self.metrics.delivery_latency.labels(sink).observe(time.monotonic() - arrived)
+            series = self._sink_series.get(sink)
+            if series is None:
+                series = self._sink_series[sink] = self.metrics.delivery_latency.labels(sink)
+            series.observe(time.monotonic() - arrived)
 
     def duplicate_dropped(self, kind: str) -> None:
         """``message``: an already-seen message id; ``callback``: a repeated push."""
@@ -166,8 +173,15 @@ class Observer:
         if self.metrics is None:
             return
         endpoint = endpoint_template(path)
-        self.metrics.servicenow_requests.labels(endpoint, method, status_label(status)).inc()
-        self.metrics.servicenow_request_duration.labels(endpoint, method).observe(seconds)
+        key = (endpoint, method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.metrics.servicenow_requests.labels(endpoint, method, status_label(status)),
+                self.metrics.servicenow_request_duration.labels(endpoint, method),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def servicenow_retry(self, method: str, path: str) -> None:
         if self.metrics is not None:
