@@ -13,6 +13,7 @@ Routes, under ``/webhooks/servicenow/``:
                    state, shown to the agent where the API can.
 ``POST /callback`` ServiceNow's Virtual Agent pushes (authenticated).
 ``GET  /chat``     a reference chat page for the end user (``chat_page: true``).
+``GET  /metrics``  Prometheus metrics (``metrics: true``; docs/metrics.md).
 
 While a conversation is in handoff its messages never reach Rasa: the channel
 posts them to ServiceNow and answers with an empty list. When the tracker
@@ -27,7 +28,9 @@ import asyncio
 import base64
 import gc
 import hmac
+import json
 import logging
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set, Union
@@ -50,6 +53,9 @@ from connectors.servicenow.handoff import OPEN_WAIT_S, HandoffManager
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
 from connectors.servicenow.logsafe import escape_log_arguments, loggable
 from connectors.servicenow.logs import use_json_logs
+from connectors.servicenow.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from connectors.servicenow.metrics import HandoffMetrics
+from connectors.servicenow.observe import STREAM_SINK, Observer, callback_backlog
 from connectors.servicenow.payloads import (
     MAX_BODY_BYTES,
     MAX_CALLBACK_BYTES,
@@ -133,6 +139,8 @@ class ServiceNowInput(InputChannel):
         # Sender and chat ids reach many log lines; none may forge one.
         escape_log_arguments("connectors.servicenow")
         self.settings = settings
+        self.metrics = HandoffMetrics() if settings.metrics or settings.metrics_port else None
+        self.observe = Observer(self.metrics)
         self.http = ServiceNowHTTP(settings)
         self.backend = build_backend(settings, self.http)
         #: Handoff records, dedupe marks, leases and (when shared) the outbox:
@@ -161,9 +169,42 @@ class ServiceNowInput(InputChannel):
         self.handoffs.relay.owner = self.replica_id
         if isinstance(self.outbox, SharedOutbox):
             self.outbox.on_taken = self.handoffs.report_taken
+        self._metrics_server: Optional[Any] = None
+        if self.metrics is not None:
+            self._instrument(self.metrics)
+        self.handoffs.observe = self.handoffs.relay.observe = self.observe
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
         self._turns = ConversationLocks()
+
+    def _instrument(self, metrics: HandoffMetrics) -> None:
+        """Wire the metrics in. Without them none of this runs: the HTTP
+        client, the outbox and the routes do no extra work at all."""
+        self.http.on_attempt = self.observe.servicenow_attempt
+        self.http.on_retry = self.observe.servicenow_retry
+        self.outbox.on_delivered = self.observe.reached_sink
+        metrics.read_live_chats(lambda: len(self.handoffs.registry))
+        metrics.read_outbox_backlog(lambda: callback_backlog(self.outbox))
+
+    def _serve_metrics_port(self) -> None:
+        """The metrics on a port of their own (``metrics_port``), in
+        prometheus-client's own small server thread."""
+        from prometheus_client import start_http_server
+
+        assert self.metrics is not None
+        server, _thread = start_http_server(
+            self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.metrics.registry
+        )
+        self._metrics_server = server
+        logger.info(
+            "Serving metrics on http://%s:%d/metrics (metrics_port).", self.settings.metrics_host, self.settings.metrics_port
+        )
+
+    def _stop_metrics_port(self) -> None:
+        if self._metrics_server is not None:
+            server, self._metrics_server = self._metrics_server, None
+            # shutdown() waits for the serving thread; it must not hold up the event loop.
+            threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
 
     def bind(self, app: Sanic) -> None:
         """Remember the app whose ``ctx.agent`` serves this channel."""
@@ -202,6 +243,8 @@ class ServiceNowInput(InputChannel):
             if self.store.shared:
                 await self._check_store()
                 app.add_task(self._take_over(), name="servicenow-takeover")
+            if self.settings.metrics_port:
+                self._serve_metrics_port()
             app.add_task(self._resume(), name="servicenow-resume")
             app.add_task(self._housekeeping(), name="servicenow-housekeeping")
 
@@ -217,6 +260,7 @@ class ServiceNowInput(InputChannel):
             await self.handoffs.shutdown(SHUTDOWN_TIMEOUT_S)
             await self.http.aclose()
             await self.outbox.aclose()
+            self._stop_metrics_port()
             await self.store.aclose()
 
         @blueprint.listener("before_server_start")
@@ -224,7 +268,7 @@ class ServiceNowInput(InputChannel):
             # Raised before Sanic has routed the request, so only an app-level
             # handler sees it; it is this channel's own exception class, so no
             # other route's errors change.
-            app.error_handler.add(MalformedRequest, malformed_request_response)
+            app.error_handler.add(MalformedRequest, self._malformed_request_response)
 
         # Sanic reads the request framing itself, before any route runs, and
         # answers a non-numeric Content-Length or a Transfer-Encoding other
@@ -277,6 +321,20 @@ class ServiceNowInput(InputChannel):
                 return retry_later(error)
             return response.json(replies)
 
+        if self.metrics is not None:
+            metrics = self.metrics
+
+            @blueprint.middleware("response")
+            async def count_rejected_input(request: Request, answer: HTTPResponse) -> None:
+                if answer is not None and answer.status >= 400:
+                    self._count_rejection(request.path, answer)
+
+            if self.settings.metrics:
+
+                @blueprint.route("/metrics", methods=["GET"])
+                async def metrics_route(_: Request) -> HTTPResponse:
+                    return response.raw(metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
         if self.settings.chat_page:
 
             @blueprint.route("/chat", methods=["GET"])
@@ -313,6 +371,7 @@ class ServiceNowInput(InputChannel):
                 error = PayloadError(404, "NotEnabled", "Callbacks are used with 'api: virtual_agent' only.")
                 return response.json(error.body(), status=404)
             if not callback_authorized(self.settings, request.headers):
+                self.observe.callback_unauthorized()
                 await discard_body(request, MAX_CALLBACK_BYTES)
                 error = PayloadError(401, "Unauthorized", "Missing or wrong callback credentials.")
                 return response.json(error.body(), status=401)
@@ -366,6 +425,8 @@ class ServiceNowInput(InputChannel):
                 while True:
                     item = await subscription.next(STREAM_HEARTBEAT_S)
                     await stream_response.send(": keep-alive\n\n" if item is None else item.sse())
+                    if item is not None:
+                        self.observe.reached_sink(item.event_id, STREAM_SINK)
             except StoreUnavailable as error:
                 # The browser reconnects (retry: 2000) with its Last-Event-ID and misses nothing.
                 logger.warning("Closing a stream of conversation %s: %s", sender, error)
@@ -373,6 +434,20 @@ class ServiceNowInput(InputChannel):
                 subscription.close()
 
         return blueprint
+
+    def _count_rejection(self, path: str, answer: HTTPResponse) -> None:
+        """Count an error answer by the reason in its envelope (4xx and 503 alike)."""
+        try:
+            reason = json.loads(answer.body or b"{}").get("reason")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(reason, str):
+            self.observe.input_rejected(path, reason)
+
+    async def _malformed_request_response(self, request: Request, exception: "MalformedRequest") -> HTTPResponse:
+        # Raised before routing, so the blueprint's response middleware never sees it.
+        self.observe.input_rejected(request.path, exception.error.reason)
+        return await malformed_request_response(request, exception)
 
     def authenticate(self, request: Request, query_token: Optional[str] = None) -> Optional[Claims]:
         """The caller's verified JWT claims; None when ``jwt_key`` is not set

@@ -75,6 +75,11 @@ class ServiceNowSettings:
     freeze_gc_at_start: bool = True
     #: ``text`` (Rasa's log lines) or ``json`` (one JSON object per line; see logs.py).
     log_format: str = "text"
+    #: Serve Prometheus metrics at ``/webhooks/servicenow/metrics`` (docs/metrics.md).
+    metrics: bool = False
+    #: Also (or instead) serve them on a port of their own, on ``metrics_host``; 0: no such port.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     # -- Virtual Agent API -------------------------------------------------
     #: Shared secret ServiceNow sends in ``webhook_secret_header`` on every callback.
     webhook_secret: Optional[str] = field(default=None, repr=False)
@@ -291,6 +296,19 @@ def _log_format(value: Any) -> str:
     return choice
 
 
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)) or not 0 <= int(float(value)) <= 65535:
+        raise ValueError("expected a port number, 1 to 65535 (0: none)")
+    return int(float(value))
+
+
+def _host(value: Any) -> str:
+    host = _text(value)
+    if not host or any(char.isspace() or char == "/" for char in host):
+        raise ValueError(f"'{host}' is not a host name or address")
+    return host
+
+
 def _commands(value: Any) -> Tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
@@ -328,6 +346,9 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "record_transcript": _boolean,
     "freeze_gc_at_start": _boolean,
     "log_format": _log_format,
+    "metrics": _boolean,
+    "metrics_port": _port,
+    "metrics_host": _host,
     "webhook_secret": _text,
     "webhook_secret_header": _header_name,
     "webhook_username": _text,

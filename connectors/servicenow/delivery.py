@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set
 
 import aiohttp
 
@@ -147,6 +147,8 @@ class Outbox:
         self.max_streams_per_sender = max_streams_per_sender
         self.max_open_streams = max_open_streams
         self._open_streams = 0
+        #: Told (event id, "callback") when a callback POST is answered 2xx (metrics).
+        self.on_delivered: Callable[[str, str], None] = lambda _event_id, _sink: None
 
     @property
     def mailbox_count(self) -> int:
@@ -301,6 +303,7 @@ class Outbox:
             try:
                 async with self._client().post(self.callback_url, json=item.payload) as response:
                     if response.status < 400:
+                        self.on_delivered(item.event_id, "callback")
                         return True
                     problem = f"HTTP {response.status}"
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:

@@ -45,6 +45,7 @@ from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
 from connectors.servicenow.limits import RateLimiter
+from connectors.servicenow.observe import Observer
 from connectors.servicenow.relay import Relay, chat_of_poll_lease, lease_time, poll_lease
 from connectors.servicenow.state import (
     ConversationLocks,
@@ -136,6 +137,7 @@ class HandoffManager:
         self._opening: Dict[str, "asyncio.Future[Optional[LiveChat]]"] = {}
         self.typing = TypingForwarder(backend.send_typing)
         self.start_limiter = RateLimiter(settings.handoff_starts_per_minute, 60.0)
+        self.observe = self.relay.observe = Observer()  # the channel gives one with metrics
 
     # -- the flag ----------------------------------------------------------
 
@@ -281,6 +283,8 @@ class HandoffManager:
                 while len(self._failed_opens) > FAILED_OPENS_KEPT:
                     self._failed_opens.popitem(last=False)
             opening.set_result(chat)
+            if chat is not None:
+                self.observe.handoff_started(sender, chat.chat_id, loop.time() - requested_at)
 
     def open_failed_for(self, sender_id: str, arrived_at: float) -> bool:
         """True when a message that arrived at ``arrived_at`` (loop time) was
@@ -366,7 +370,6 @@ class HandoffManager:
             chat = self.registry.activate(opened_chat)
             self.relay.watch(chat)
             await self._tell_status(sender, active=True, chat_id=chat.chat_id)
-            logger.info("Handoff started: conversation %s is in ServiceNow chat %s.", sender, chat.chat_id)
             return await self._deliver(sender, messages, in_request=in_request)
         finally:
             if filed and chat is None:
@@ -515,10 +518,7 @@ class HandoffManager:
         self.relay.unwatch(chat)
         await self._leave_quietly(chat)
         await self._tell_status(chat.sender_id, active=False, chat_id=chat.chat_id)
-        logger.info(
-            "Handoff ended (%s): conversation %s left ServiceNow chat %s.",
-            EndReason.USER_ENDED.value, chat.sender_id, chat.chat_id,
-        )
+        self.observe.handoff_ended(chat.sender_id, chat.chat_id, EndReason.USER_ENDED.value)
         return messages
 
     def user_typing(self, sender_id: str, typing: bool) -> bool:
@@ -565,9 +565,11 @@ class HandoffManager:
             # Deduplicated and stored in one step, before ServiceNow hears 200.
             if not await self.relay.dispatch(chat, callback.events, dedupe_key=key, dedupe_ttl=CALLBACK_DEDUPE_TTL_S):
                 logger.info("Ignoring a repeated ServiceNow callback for chat %s.", callback.chat_id)
+                self.observe.duplicate_dropped("callback")
             return
         if not await self._first_time(key, CALLBACK_DEDUPE_TTL_S):
             logger.info("Ignoring a repeated ServiceNow callback for chat %s.", callback.chat_id)
+            self.observe.duplicate_dropped("callback")
             return
         await self.relay.dispatch(chat, callback.events)
 
@@ -675,7 +677,7 @@ class HandoffManager:
             # it ends here too; the tracker catches up before the next turn.
             self._hold_end_save(chat, events, error)
         await self._tell_status(chat.sender_id, active=False, chat_id=chat.chat_id)
-        logger.info("Handoff ended (%s): conversation %s left ServiceNow chat %s.", reason.value, chat.sender_id, chat.chat_id)
+        self.observe.handoff_ended(chat.sender_id, chat.chat_id, reason.value)
         return await self._deliver(chat.sender_id, messages, in_request=in_request)
 
     def _hold_end_save(self, chat: LiveChat, events: List[Event], error: Exception) -> None:

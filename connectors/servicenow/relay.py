@@ -35,6 +35,7 @@ from connectors.servicenow.backends.base import (
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import TYPING_EVENT, Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
+from connectors.servicenow.observe import Observer
 from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
 from connectors.servicenow.store import Store
 
@@ -181,6 +182,7 @@ class Relay:
         self._unsaved: Dict[str, List[Event]] = {}
         self._savers: Dict[str, "asyncio.Task[None]"] = {}
         self._stopping = False
+        self.observe = Observer()  # replaced by the handoff manager's
 
     # -- lifecycle of one chat ---------------------------------------------
 
@@ -373,11 +375,14 @@ class Relay:
         key was seen before (a repeat, dropped); ``StoreUnavailable`` when
         nothing could be stored (nothing changed, the push may come again)."""
         closed: Optional[ChatClosed] = None
+        arrived = time.monotonic()
         async with chat.dispatch_lock:
             if chat.ended:
                 return True
             outgoing: List[Outgoing] = []
             reports: List[Tuple[int, str]] = []
+            #: Where the messages (not typing or status) are in ``outgoing``.
+            queued: List[int] = []
             records = []
             noted: List[Tuple[str, Optional[float]]] = []
             joined = chat.agent_joined
@@ -389,6 +394,7 @@ class Relay:
                     outgoing.append(Outgoing({"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT))
                     continue
                 if isinstance(event, AgentJoined):
+                    self.observe.agent_joined(chat.sender_id, chat.chat_id)
                     joined = True
                     outgoing.append(
                         status_item(
@@ -402,6 +408,7 @@ class Relay:
                     )
                     continue
                 if event.message_id in chat.seen_ids and cursor is None:
+                    self.observe.duplicate_dropped("message")
                     continue
                 if (
                     self._store is not None
@@ -413,10 +420,12 @@ class Relay:
                 if isinstance(event, SystemNotice) and event.kind == "wait" and joined:
                     continue  # a queue notice overtaken by the agent's arrival
                 if isinstance(event, AgentMessage):
+                    self.observe.agent_joined(chat.sender_id, chat.chat_id)
                     joined = True
                 message = _user_message(chat.sender_id, event)
                 if self._settings.report_delivery and isinstance(event, AgentMessage):
                     reports.append((len(outgoing), event.message_id))
+                queued.append(len(outgoing))
                 outgoing.append(Outgoing(message, track=self._settings.report_delivery and isinstance(event, AgentMessage)))
                 records.append(bot_uttered(message))
                 if cursor is None:
@@ -424,6 +433,8 @@ class Relay:
             items = await self._outbox.put(chat.sender_id, outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
             if items is None:
                 return False
+            for index in queued:
+                self.observe.agent_message_queued(items[index].event_id, arrived)
             # The chat moves on only once its events are on their way.
             chat.agent_joined = joined
             for message_id, timestamp in noted:

@@ -138,3 +138,13 @@ def test_the_new_user_texts_can_be_overridden():
         {**BASIC, "messages": {"handoff_busy": "Busy.", "handoff_rate_limited": "Wait."}}
     )
     assert (settings.texts.handoff_busy, settings.texts.handoff_rate_limited) == ("Busy.", "Wait.")
+
+
+def test_metrics_are_off_by_default_and_their_options_are_checked():
+    settings = ServiceNowSettings.from_credentials(BASIC)
+    assert (settings.metrics, settings.metrics_port, settings.metrics_host) == (False, 0, "127.0.0.1")
+    settings = ServiceNowSettings.from_credentials({**BASIC, "metrics": "true", "metrics_port": "9102", "metrics_host": "0.0.0.0"})
+    assert (settings.metrics, settings.metrics_port, settings.metrics_host) == (True, 9102, "0.0.0.0")
+    for bad in ({"metrics_port": 70000}, {"metrics_port": -1}, {"metrics_port": "nine"}, {"metrics_host": "a b"}, {"metrics": "maybe"}):
+        with pytest.raises(ConfigurationError, match=next(iter(bad))):
+            ServiceNowSettings.from_credentials({**BASIC, **bad})

@@ -180,3 +180,28 @@ class TestOAuth:
             assert await oauth_client.request("GET", "/api/now/thing") == {"result": 1}
         assert len(sleep.delays) == 1
 
+
+
+async def test_every_attempt_and_every_retry_is_reported_to_the_observers(sleep):
+    attempts, retries = [], []
+    http = ServiceNowHTTP(
+        settings(),
+        sleep=sleep,
+        on_attempt=lambda method, path, status, seconds: attempts.append((method, path, status, seconds)),
+        on_retry=lambda method, path: retries.append((method, path)),
+    )
+    try:
+        with aioresponses() as mock:
+            mock.post(URL, status=503)
+            mock.post(URL, exception=asyncio.TimeoutError())
+            mock.post(URL, payload={"result": "ok"})
+            assert await http.request("POST", "/api/now/thing", json_body={}) == {"result": "ok"}
+    finally:
+        await http.aclose()
+    assert [(method, path, status) for method, path, status, _ in attempts] == [
+        ("POST", "/api/now/thing", 503),
+        ("POST", "/api/now/thing", None),
+        ("POST", "/api/now/thing", 200),
+    ]
+    assert all(seconds >= 0 for *_, seconds in attempts)
+    assert retries == [("POST", "/api/now/thing")] * 2

@@ -35,6 +35,11 @@ Sleep = Callable[[float], Awaitable[None]]
 #: Told of every answer: method, path, status and headers (the doctor reads
 #: the rate-limit headers this way).
 ResponseObserver = Callable[[str, str, int, Mapping[str, str]], None]
+#: Told of every attempt: method, path, status (None when no answer came:
+#: timeout, refused or dropped connection) and seconds taken (metrics).
+AttemptObserver = Callable[[str, str, Optional[int], float], None]
+#: Told before every retry: method and path.
+RetryObserver = Callable[[str, str], None]
 
 
 class ServiceNowHTTP:
@@ -45,9 +50,13 @@ class ServiceNowHTTP:
         auth: Optional[Auth] = None,
         sleep: Sleep = asyncio.sleep,
         on_response: Optional[ResponseObserver] = None,
+        on_attempt: Optional[AttemptObserver] = None,
+        on_retry: Optional[RetryObserver] = None,
     ) -> None:
         self.base_url = settings.instance_url
         self._on_response = on_response
+        self.on_attempt = on_attempt
+        self.on_retry = on_retry
         self._auth = auth or auth_from_settings(settings)
         self._retry = settings.retry
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
@@ -101,6 +110,7 @@ class ServiceNowHTTP:
         while attempt < max_attempts:
             attempt += 1
             delay: Optional[float] = None
+            started = time.monotonic()
             try:
                 headers = {
                     **JSON_HEADERS,
@@ -119,7 +129,11 @@ class ServiceNowHTTP:
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, TransientAuthError) as error:
                 last_problem, last_status = _describe(error), None
+                if self.on_attempt is not None and not isinstance(error, TransientAuthError):
+                    self.on_attempt(method, path, None, time.monotonic() - started)
             else:
+                if self.on_attempt is not None:
+                    self.on_attempt(method, path, status, time.monotonic() - started)
                 last_status = status
                 if status == 401 and self._auth.renewable and not renewed_credentials:
                     # A revoked or expired token: one fresh token, no backoff.
@@ -150,6 +164,8 @@ class ServiceNowHTTP:
                     "ServiceNow %s %s failed (%s); retry %d of %d in %.2fs.",
                     method, path, last_problem, attempt, max_attempts - 1, wait,
                 )
+                if self.on_retry is not None:
+                    self.on_retry(method, path)
                 await self._sleep(wait)
         raise ServiceNowUnavailable(
             f"ServiceNow {method} {path} failed {attempt} times, last with {last_problem}",
