@@ -183,6 +183,8 @@ class Relay:
         self._savers: Dict[str, "asyncio.Task[None]"] = {}
         self._stopping = False
         self.observe = Observer()  # replaced by the handoff manager's
+        # Lease calls under way: a stop waits for them before letting go.
+        self._lease_calls: Set["asyncio.Task[bool]"] = set()
 
     # -- lifecycle of one chat ---------------------------------------------
 
@@ -231,6 +233,10 @@ class Relay:
             await asyncio.wait(tasks, timeout=timeout)
         for sender_id in list(self._unsaved):
             await self._save(sender_id)
+        if self._lease_calls:
+            # A cancelled loop's last renewal may still reach Redis, on its own
+            # connection, after a release sent on another: let it land first.
+            await asyncio.wait(list(self._lease_calls), timeout=timeout)
         if self._store is not None:
             # Another replica takes the chats over at once, not after expiry.
             for chat_id in [poller.chat_id for poller in pollers]:
@@ -343,7 +349,12 @@ class Relay:
         name = poll_lease(chat.chat_id)
         while True:
             try:
-                if await self._store.acquire_lease(name, self.owner, lease_time(poller.schedule.delay())):
+                call = asyncio.ensure_future(
+                    self._store.acquire_lease(name, self.owner, lease_time(poller.schedule.delay()))
+                )
+                self._lease_calls.add(call)
+                call.add_done_callback(self._lease_calls.discard)
+                if await asyncio.shield(call):
                     return True
             except StoreUnavailable as error:
                 logger.warning("Not polling ServiceNow chat %s this time: %s", chat.chat_id, error)

@@ -227,6 +227,8 @@ class CountingPullBackend(PullBackend):
 
 
 async def test_one_replica_polls_a_chat_and_another_takes_over_when_it_stops(redis_server):
+    # Two connections: a stop must not let a cancelled renewal, still on its
+    # way on one connection, land after the release sent on another.
     store_a, store_b = two_stores(redis_server)
     backends = CountingPullBackend(), CountingPullBackend()
     relays = [
@@ -270,3 +272,16 @@ async def test_a_replica_forgets_chats_that_ended_on_another(replicas, rasa_turn
     assert len(b.handoffs.registry) == 1  # B was not asked since
     assert await b.handoffs.forget_ended_elsewhere() == 1
     assert len(b.handoffs.registry) == 0
+
+
+async def test_typing_on_any_replica_finds_the_chat_through_the_store(replicas, rasa_turn):
+    a, b = replicas(), replicas()
+    assert await b.handoffs.refresh("u1") is None
+    with aioresponses() as mock:
+        await start(a, rasa_turn, mock)
+        chat = await b.handoffs.refresh("u1")  # what the /typing route asks first
+        assert chat is not None and chat.chat_id == GROUP
+        mock.post(LEAVE, payload={})
+        await say(a, rasa_turn, "/end_chat")
+    assert await b.handoffs.refresh("u1") is None
+    assert b.handoffs.user_typing("u1", True) is False  # nothing left to type to
