@@ -21,7 +21,7 @@ from bench import report
 from bench.cluster import ROOT, demo_model, pin_this_process
 from bench.fixtures import EMULATOR_CPU, Context, Sizes
 from bench.load import Receiver, client
-from bench.scenarios import agent_latency, bot_turns, handoff_messages, handoff_start, scale
+from bench.scenarios import agent_latency, bot_turns, channel_options, handoff_messages, handoff_start, scale
 
 SCENARIOS: Dict[str, Callable[[Context], Awaitable[Dict[str, Any]]]] = {
     "bot_turns": bot_turns.run,
@@ -29,6 +29,7 @@ SCENARIOS: Dict[str, Callable[[Context], Awaitable[Dict[str, Any]]]] = {
     "agent_latency": agent_latency.run,
     "scale": scale.run,
     "handoff_start": handoff_start.run,
+    "channel_options": channel_options.run,
 }
 
 

@@ -64,6 +64,50 @@ def targets(results: Dict[str, Any]) -> List[Row]:
     for backend, data in scenarios.get("handoff_start", {}).items():
         start = data["start_ms"]
         rows.append((f"5. handoff start, {backend}", f"median {start['median']:.1f} ms, p95 {start['p95']:.1f} ms", "(reported)", None))
+    rows += _channel_options(scenarios.get("channel_options", {}))
+    return rows
+
+
+def _channel_options(data: Dict[str, Any]) -> List[Row]:
+    """Each option off against on, measured side by side in one run."""
+    rows: List[Row] = []
+
+    def pair(measure: str, stats: Dict[str, Any], base: str, other: str, target: str, met: Optional[bool]) -> Row:
+        result = (
+            f"median {stats[other]['median']:.2f} vs {stats[base]['median']:.2f} ms "
+            f"(x{stats['median_ratio']:.3f}, {stats['median_difference_ms']:+.2f} ms)"
+        )
+        return (measure, result, target, met)
+
+    metrics = data.get("metrics")
+    if metrics:
+        for key, what in (("bot_turn_ms", "bot turn outside a handoff"), ("forward_ms", "forward a message, server-side")):
+            rows.append(pair(f"6. metrics on vs off: {what}", metrics[key], "off", "on", "within noise", None))
+    store = data.get("store")
+    if store and "skipped" in store:
+        rows.append(("6. redis vs memory store", f"skipped: {store['skipped']}", "", None))
+    elif store:
+        forward = store["forward_ms"]
+        rows.append(pair("6. redis vs memory store: forward a message, server-side", forward, "memory", "redis", "+ < 1 ms", forward["median_difference_ms"] < 1.0))
+        rows.append(pair("6. redis vs memory store: bot turn outside a handoff", store["bot_turn_ms"], "memory", "redis", "(reported)", None))
+        agent = store["agent_to_user_ms"]
+        for label in ("memory", "redis"):
+            rows.append((
+                f"6. {label} store: agent to user, virtual_agent",
+                f"p99 {agent[label]['p99']:.1f} ms (median {agent[label]['median']:.1f}, n={agent[label]['count']})",
+                "p99 < 10 ms",
+                agent[label]["p99"] < 10,
+            ))
+        rows.append(pair("6. redis vs memory store: handoff start", store["handoff_start_ms"], "memory", "redis", "(reported)", None))
+        cpu = store.get("forward_cpu", {})
+        if cpu:
+            rows.append((
+                "6. redis vs memory store: Rasa CPU per forwarded message",
+                " vs ".join(f"{cpu[label]['cpu_ms_per_message']:.2f}" for label in ("redis", "memory"))
+                + " ms (" + ", ".join(f"{label} {cpu[label]['messages_per_s']:.0f}/s at {cpu[label]['rasa_cpu_percent']:.0f}%" for label in ("redis", "memory")) + ")",
+                "(reported)",
+                None,
+            ))
     return rows
 
 

@@ -24,6 +24,7 @@ import time
 import uuid
 from typing import Any, Dict, Optional
 
+from bench.cluster import pinned
 from connectors.servicenow.store.base import HandoffRecord, NewEntry
 from connectors.servicenow.store.redis import RedisStore
 
@@ -90,18 +91,22 @@ async def measure(url: str, chats: int) -> Dict[str, Any]:
         await store.aclose()
 
 
-def start_redis(workdir: str, stream_node_max_bytes: int) -> "tuple[subprocess.Popen, str]":
+def start_redis(
+    workdir: str, stream_node_max_bytes: int, *, appendonly: bool = False, cpu: Optional[int] = None
+) -> "tuple[subprocess.Popen, str]":
+    """A throwaway ``redis-server`` on a free loopback port (``appendonly``:
+    AOF with ``appendfsync everysec``, as docs/deployment.md recommends),
+    optionally pinned to ``cpu``; returns the process and its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("redis-server is not installed (Debian: apt-get install redis-server); or pass --redis-url")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "", "--appendonly", "no",
-         "--stream-node-max-bytes", str(stream_node_max_bytes)],
-        stdout=subprocess.DEVNULL,
-    )
+    persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if appendonly else ["--appendonly", "no"]
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "", *persistence,
+               "--stream-node-max-bytes", str(stream_node_max_bytes)]
+    process = subprocess.Popen(pinned(command, cpu), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while True:
         try:

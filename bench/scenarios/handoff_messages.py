@@ -7,7 +7,7 @@ spread over 100 and 1,000 live chats; for Connect the chats are being polled
 at the same time, as they would be."""
 
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, List, Tuple
 
 from bench.cluster import Service
 from bench.fixtures import Context, calls_carrying, servicenow_and_rasa, start_chats
@@ -25,24 +25,34 @@ async def run(ctx: Context) -> Dict[str, Any]:
     return results
 
 
-async def _measure(ctx: Context, backend: str, servicenow_service: Service, rasa_service: Service) -> Dict[str, Any]:
-    servicenow, rasa = servicenow_service.url, rasa_service.url
+async def forward_times(
+    ctx: Context, backend: str, servicenow: str, rasa: str, senders: List[str], numbers: Iterable[int]
+) -> Tuple[List[float], List[float]]:
+    """Forward one message at a time (one per number, round-robin over the
+    live chats of ``senders``); returns the server-side times (the client's
+    latency minus the emulator's time for the call it caused) and the
+    client's latencies, in ms."""
     webhook = f"{rasa}/webhooks/servicenow/webhook"
-    senders = await start_chats(ctx, rasa, ctx.sizes.chats_small, f"msg-{backend}")
-
-    # Server-side time, one message at a time.
     client_ms: Dict[str, float] = {}
-    for index in range(ctx.sizes.latency_requests):
+    for index in numbers:
         text = f"forward-{backend}-{index}"
         elapsed, replies = await timed_post(ctx.http, webhook, {"sender": senders[index % len(senders)], "message": text})
         assert replies == [], replies
         client_ms[text] = elapsed
     calls = await calls_carrying(ctx, servicenow, SEND_PATHS[backend], set(client_ms))
     server_side = [client_ms[text] - calls[text]["duration_ms"] for text in client_ms if text in calls]
+    return server_side, list(client_ms.values())
 
+
+async def _measure(ctx: Context, backend: str, servicenow_service: Service, rasa_service: Service) -> Dict[str, Any]:
+    servicenow, rasa = servicenow_service.url, rasa_service.url
+    webhook = f"{rasa}/webhooks/servicenow/webhook"
+    senders = await start_chats(ctx, rasa, ctx.sizes.chats_small, f"msg-{backend}")
+
+    server_side, client = await forward_times(ctx, backend, servicenow, rasa, senders, range(ctx.sizes.latency_requests))
     result: Dict[str, Any] = {
         "forward_ms": Stats.of(server_side).as_dict(),
-        "client_latency_ms": Stats.of(list(client_ms.values())).as_dict(),
+        "client_latency_ms": Stats.of(client).as_dict(),
         "throughput": {},
     }
     # The request log costs the emulator time the throughput runs need.
