@@ -316,24 +316,6 @@ class Outbox:
         )
         return False
 
-    def publish_status(
-        self,
-        recipient_id: str,
-        *,
-        active: bool,
-        chat_id: str,
-        api: str,
-        agent_joined: bool = False,
-        agent_name: Optional[str] = None,
-    ) -> None:
-        """Tell streams that a handoff started, that an agent joined it, or
-        that it ended. Stream only: a callback consumer expecting Rasa's
-        message shape gets no status objects."""
-        item = status_item(
-            recipient_id, active=active, chat_id=chat_id, api=api, agent_joined=agent_joined, agent_name=agent_name
-        )
-        self.publish(recipient_id, item.payload, item.kind, to_callback=False)
-
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
