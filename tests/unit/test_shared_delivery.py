@@ -58,7 +58,7 @@ async def test_items_put_on_one_replica_reach_a_stream_on_another_in_order(repli
     a, b = replicas(), replicas()
     subscription = b.subscribe("u1")
     reading = asyncio.ensure_future(take(subscription, 3))
-    await asyncio.sleep(0)  # the stream is waiting before anything is put
+    await asyncio.sleep(0)  # wait-ok: one turn of the loop, so the stream waits before anything is put
     stored = await a.put("u1", [message("one"), message("two")])
     stored += await a.put("u1", [status_item("u1", active=False, chat_id="c", api="connect")])
     items = await asyncio.wait_for(reading, 5)
@@ -92,7 +92,7 @@ async def test_a_foreign_or_future_event_id_does_not_hide_items(replicas):
         stream.close()
     later = b.subscribe("u1", last_event_id="99999999999999-0")
     reading = asyncio.ensure_future(take(later, 1))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # wait-ok: one turn of the loop, so the stream waits first
     await a.put("u1", [message("later")])
     assert [item.payload["text"] for item in await asyncio.wait_for(reading, 5)] == ["later"]
     later.close()
@@ -175,7 +175,7 @@ async def test_without_a_callback_the_first_stream_to_take_an_entry_reports_it_o
         outbox.on_taken = lambda recipient, entry, delivered: taken.append((recipient, entry.payload["text"], delivered))
     streams = [a.subscribe("u1"), b.subscribe("u1")]
     readers = [asyncio.ensure_future(take(stream, 2)) for stream in streams]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # wait-ok: one turn of the loop, so the stream waits first
     await a.put("u1", [message("one"), message("two")])
     await asyncio.wait_for(asyncio.gather(*readers), 5)
     assert sorted(taken) == [("u1", "one", True), ("u1", "two", True)]

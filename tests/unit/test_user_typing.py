@@ -98,7 +98,7 @@ async def test_one_call_in_flight_per_chat_and_calls_at_least_the_interval_apart
     started = loop.time()
     for typing in (False, True, False):
         forwarder.note(chat, typing)
-        await asyncio.sleep(0)  # let any (wrong) second worker run
+        await asyncio.sleep(0)  # wait-ok: one turn of the loop lets any (wrong) second worker run
     assert agent.calls == [True] and agent.in_flight == 1
     agent.release.set()
     await agent.wait_for_calls(2)
