@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set
 
 import aiohttp
 
@@ -299,21 +299,9 @@ class Outbox:
 
     async def _post_one(self, recipient_id: str, item: OutboundItem) -> bool:
         assert self.callback_url is not None
-        for attempt in range(1, CALLBACK_RETRY.attempts + 1):
-            try:
-                async with self._client().post(self.callback_url, json=item.payload) as response:
-                    if response.status < 400:
-                        self.on_delivered(item.event_id, "callback")
-                        return True
-                    problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                problem = type(error).__name__
-            if attempt < CALLBACK_RETRY.attempts:
-                await asyncio.sleep(backoff_delay(CALLBACK_RETRY, attempt))
-        logger.error(
-            "Giving up delivering a %s item to the callback for %s after %d attempts (%s).",
-            item.kind, recipient_id, CALLBACK_RETRY.attempts, problem,
-        )
+        if await post_with_retries(self._client(), self.callback_url, item.payload, item.kind, recipient_id):
+            self.on_delivered(item.event_id, "callback")
+            return True
         return False
 
     def _client(self) -> aiohttp.ClientSession:
@@ -379,3 +367,36 @@ class Subscription:
 
 def _number(item: OutboundItem) -> int:
     return int(item.event_id.rpartition("-")[2])
+
+
+async def post_with_retries(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: Mapping[str, Any],
+    kind: str,
+    recipient_id: str,
+    *,
+    may_retry: Optional[Callable[[], Awaitable[bool]]] = None,
+) -> bool:
+    """POST one item to the callback URL, retried with backoff; True once it
+    answered below 400. ``may_retry`` is asked before each retry (the shared
+    outbox checks that it still holds the conversation)."""
+    problem = ""
+    for attempt in range(1, CALLBACK_RETRY.attempts + 1):
+        if attempt > 1 and may_retry is not None and not await may_retry():
+            problem = "another replica took over"
+            break
+        try:
+            async with session.post(url, json=dict(payload)) as response:
+                if response.status < 400:
+                    return True
+                problem = f"HTTP {response.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            problem = type(error).__name__
+        if attempt < CALLBACK_RETRY.attempts:
+            await asyncio.sleep(backoff_delay(CALLBACK_RETRY, attempt))
+    logger.error(
+        "Giving up delivering a %s item to the callback for %s after %d attempts (%s).",
+        kind, recipient_id, CALLBACK_RETRY.attempts, problem,
+    )
+    return False

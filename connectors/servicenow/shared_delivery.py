@@ -28,7 +28,6 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set
 
 import aiohttp
 
-from connectors.servicenow.backends.http import backoff_delay
 from connectors.servicenow.delivery import (
     CALLBACK_RETRY,
     IN_TOTAL,
@@ -37,6 +36,7 @@ from connectors.servicenow.delivery import (
     OutboundItem,
     Outgoing,
     StreamLimitReached,
+    post_with_retries,
 )
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.state import ConversationLocks
@@ -244,25 +244,13 @@ class SharedOutbox:
 
     async def _post_one(self, recipient_id: str, entry: OutboxEntry, lease: str) -> bool:
         assert self.callback_url is not None
-        problem = ""
-        for attempt in range(1, CALLBACK_RETRY.attempts + 1):
-            if attempt > 1 and not await self.store.renew_lease(lease, self.owner, self._lease_s):
-                problem = "another replica took over"
-                break
-            try:
-                async with self._client().post(self.callback_url, json=dict(entry.payload)) as response:
-                    if response.status < 400:
-                        return True
-                    problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                problem = type(error).__name__
-            if attempt < CALLBACK_RETRY.attempts:
-                await asyncio.sleep(backoff_delay(CALLBACK_RETRY, attempt))
-        logger.error(
-            "Giving up delivering a %s item to the callback for %s after %d attempts (%s).",
-            entry.kind, recipient_id, CALLBACK_RETRY.attempts, problem,
+
+        async def still_ours() -> bool:
+            return await self.store.renew_lease(lease, self.owner, self._lease_s)
+
+        return await post_with_retries(
+            self._client(), self.callback_url, entry.payload, entry.kind, recipient_id, may_retry=still_ours
         )
-        return False
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
