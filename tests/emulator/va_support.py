@@ -211,4 +211,4 @@ class VaClient:
             if log["pending"] == 0:
                 return log
             assert loop.time() < deadline, f"callbacks still pending: {log['pending']}"
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # wait-ok: polling interval of a condition with a deadline (no event crosses the HTTP boundary)
