@@ -382,3 +382,23 @@ async def test_a_cancelled_timer_does_not_fire(make_stores):
 async def test_the_store_answers_a_ping(make_stores):
     one, _ = make_stores()
     await one.ping()
+
+
+async def test_the_next_due_time_is_the_earliest_timer(make_stores):
+    one, two = make_stores()
+    assert await two.next_timer_due() is None
+    soon, later = time.time() + 30, time.time() + 90
+    await one.schedule_timer("waiting:chat-1", later)
+    await one.schedule_timer("no_agent:chat-2", soon)
+    assert await two.next_timer_due() == pytest.approx(soon, abs=0.01)
+    await two.schedule_timer("no_agent:chat-2", later + 10)  # moved after the other one
+    assert await one.next_timer_due() == pytest.approx(later, abs=0.01)
+    await one.cancel_timer("waiting:chat-1")
+    assert await two.next_timer_due() == pytest.approx(later + 10, abs=0.01)
+    await one.schedule_timer("idle:chat-3", time.time() - 1)
+    (claim,) = await two.claim_due_timers(hold=20)
+    # A claimed timer comes back at the end of its hold: that is when it is due.
+    assert await one.next_timer_due() == pytest.approx(claim.held_until / 1000, abs=0.01)
+    assert await two.finish_timer(claim)
+    await one.cancel_timer("no_agent:chat-2")
+    assert await two.next_timer_due() is None

@@ -305,6 +305,12 @@ class Store(abc.ABC):
         """When the timer is due (epoch seconds), or None when there is none."""
 
     @abc.abstractmethod
+    async def next_timer_due(self) -> Optional[float]:
+        """When the earliest timer is due (epoch seconds; a claimed one at the
+        end of its hold), or None when there is none: how long a timer loop
+        may sleep."""
+
+    @abc.abstractmethod
     async def claim_due_timers(self, *, hold: float = 30.0, limit: int = 100) -> List[TimerClaim]:
         """Claim timers that are due now, each for one caller across the
         deployment; a claimed timer is hidden for ``hold`` seconds."""

@@ -303,6 +303,11 @@ class MemoryStore(Store):
         due = self._timers.get(name)
         return due / 1000 if due is not None else None
 
+    async def next_timer_due(self) -> Optional[float]:
+        while self._timer_heap and self._timers.get(self._timer_heap[0][1]) != self._timer_heap[0][0]:
+            heapq.heappop(self._timer_heap)  # stale: moved or cancelled
+        return self._timer_heap[0][0] / 1000 if self._timer_heap else None
+
     async def claim_due_timers(self, *, hold: float = 30.0, limit: int = 100) -> List[TimerClaim]:
         now_ms = int(self._clock() * 1000)
         held_until = now_ms + int(hold * 1000)

@@ -488,6 +488,10 @@ class RedisStore(Store):
         score = await self._run(self._redis.zscore(self._key("timers"), name))
         return score / 1000 if score is not None else None
 
+    async def next_timer_due(self) -> Optional[float]:
+        first = await self._run(self._redis.zrange(self._key("timers"), 0, 0, withscores=True))
+        return first[0][1] / 1000 if first else None
+
     async def claim_due_timers(self, *, hold: float = 30.0, limit: int = 100) -> List[TimerClaim]:
         now = _now_ms()
         held_until = now + _ms(hold)
