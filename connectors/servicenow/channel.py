@@ -246,6 +246,7 @@ class ServiceNowInput(InputChannel):
             if self.settings.metrics_port:
                 self._serve_metrics_port()
             app.add_task(self._resume(), name="servicenow-resume")
+            self.handoffs.start_timers()
             app.add_task(self._housekeeping(), name="servicenow-housekeeping")
 
         @blueprint.listener("before_server_stop")

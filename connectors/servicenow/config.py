@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
+from connectors.servicenow.availability import BusinessHours
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.texts import UserTexts
 
@@ -80,6 +81,17 @@ class ServiceNowSettings:
     #: Also (or instead) serve them on a port of their own, on ``metrics_host``; 0: no such port.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # -- waiting and availability (waiting.py, availability.py) --------------
+    #: Seconds a chat waits for an agent to accept before it is left (``no_agent``); 0: forever.
+    agent_wait_timeout: float = 0.0
+    #: Seconds between "still waiting" notices while no agent has joined; 0: none.
+    waiting_notice_interval: float = 0.0
+    #: Seconds a live chat may go without a message from the user before it is left (``user_idle``); 0: forever.
+    user_idle_timeout: float = 0.0
+    #: When chats may open; None: always.
+    business_hours: Optional[BusinessHours] = None
+    #: Connect: ask the queue whether anyone is available (``not_available``) before opening a chat.
+    check_queue_availability: bool = True
     # -- Virtual Agent API -------------------------------------------------
     #: Shared secret ServiceNow sends in ``webhook_secret_header`` on every callback.
     webhook_secret: Optional[str] = field(default=None, repr=False)
@@ -368,6 +380,11 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "jwt_method": _jwt_method,
     "trust_frontend_metadata": _boolean,
     "redis_url": _redis_url,
+    "agent_wait_timeout": _non_negative_number,
+    "waiting_notice_interval": _non_negative_number,
+    "user_idle_timeout": _non_negative_number,
+    "business_hours": BusinessHours.from_options,
+    "check_queue_availability": _boolean,
     "redis_prefix": _redis_prefix,
 }
 

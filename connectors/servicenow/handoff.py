@@ -40,7 +40,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from rasa.core.agent import Agent
 from rasa.shared.core.events import Event, SlotSet
 
-from connectors.servicenow.backends.base import Backend, Callback, ChatClosed, CloseReason, HandoffRequest, Turn
+from connectors.servicenow.backends.base import (
+    Backend,
+    Callback,
+    ChatClosed,
+    CloseReason,
+    HandoffRequest,
+    QueueStatus,
+    Turn,
+)
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
@@ -55,8 +63,19 @@ from connectors.servicenow.state import (
     bot_uttered,
     cleared_slot_events,
 )
-from connectors.servicenow.store import HandoffRecord, MemoryStore, OutboxEntry, Store
+from connectors.servicenow.store import HandoffRecord, MemoryStore, OutboxEntry, Store, TimerClaim
+from connectors.servicenow.texts import fill
 from connectors.servicenow.user_typing import TypingForwarder
+from connectors.servicenow.waiting import (
+    IDLE,
+    NO_AGENT,
+    WAITING,
+    TimerLoop,
+    describe_duration,
+    describe_seconds,
+    parse_timer_name,
+    timer_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +88,19 @@ class EndReason(str, Enum):
     #: ServiceNow handed control back (no agent available, time-out).
     RETURNED = "returned"
     FAILED = "failed"
+    #: No agent accepted within ``agent_wait_timeout``; this side left the chat.
+    NO_AGENT = "no_agent"
+    #: The user sent nothing for ``user_idle_timeout``; this side left the chat.
+    USER_IDLE = "user_idle"
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why no chat is opened for a handoff request, and what the user hears."""
+
+    #: ``outside_hours``, ``no_agent_available``, ``busy`` or ``rate_limited``.
+    reason: str
+    text: str
 
 
 #: The ``cause`` sent with ``FAULT_CONVERSATION`` when this side gives up.
@@ -117,7 +149,9 @@ class HandoffManager:
             on_failed=self._failed_in_background,
             store=self.store if self.shared else None,
             on_cursor=self._save_record if self.shared else None,
+            on_progress=self._progress,
         )
+        self.timers = TimerLoop(self.store, self._fire_timer)
         # Record removals that failed (shared mode), by sender: the chat id
         # and the task retrying until the record is gone.
         self._store_end_retries: Dict[str, Tuple[str, "asyncio.Task[None]"]] = {}
@@ -249,6 +283,7 @@ class HandoffManager:
             seen_ids=chat.seen_ids,
             agent_joined=chat.agent_joined,
             started_at=started_at,
+            wait_estimate=chat.wait_estimate,
         )
 
     # -- start -------------------------------------------------------------
@@ -267,7 +302,7 @@ class HandoffManager:
             return []
         refusal = self._refusal(sender)
         if refusal is not None:
-            return await self._tell(sender, [refusal], in_request=in_request)
+            return await self._refuse(sender, refusal, in_request=in_request)
         loop = asyncio.get_running_loop()
         requested_at = loop.time() if requested_at is None else requested_at
         opening: "asyncio.Future[Optional[LiveChat]]" = loop.create_future()
@@ -295,22 +330,49 @@ class HandoffManager:
     def message_not_delivered(self, sender_id: str) -> Messages:
         return self._bot_messages(sender_id, [self.texts.message_not_delivered])
 
-    def _refusal(self, sender: str) -> Optional[str]:
-        """What to tell the user when a limit says no to a new handoff; None
-        when it may start. The busy check comes first so that a refusal for
-        lack of room does not use up the conversation's own allowance."""
+    def _refusal(self, sender: str) -> Optional[Refusal]:
+        """Why a new handoff may not start (business hours, a limit); None
+        when it may. The busy check comes before the rate limit so that a
+        refusal for lack of room does not use up the conversation's own allowance."""
+        hours = self.settings.business_hours
+        if hours is not None:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            if not hours.is_open(now):
+                logger.info("Refused a handoff for conversation %s: outside business hours.", sender)
+                return Refusal("outside_hours", fill(self.texts.outside_hours, next_opening=hours.describe_opening(now)))
         limit = self.settings.max_live_chats
         if limit and len(self.registry) + len(self._starting) >= limit:
             logger.warning("Refused a handoff for conversation %s: %d live chats is the limit (max_live_chats).", sender, limit)
-            return self.texts.handoff_busy
+            return Refusal("busy", self.texts.handoff_busy)
         if not self.start_limiter.allow(sender):
             # INFO: one conversation's own retries must not flood the operator's warnings.
             logger.info(
                 "Refused a handoff for conversation %s: more than %d starts in a minute (handoff_starts_per_minute).",
                 sender, self.settings.handoff_starts_per_minute,
             )
-            return self.texts.handoff_rate_limited
+            return Refusal("rate_limited", self.texts.handoff_rate_limited)
         return None
+
+    async def _unavailable(self, request: HandoffRequest) -> Optional[Refusal]:
+        """Whether ServiceNow says nobody can take a chat now (Connect: the
+        queue's ``not_available``). A failed check opens the chat anyway: the
+        open itself then says whether it can."""
+        if not self.settings.check_queue_availability:
+            return None
+        try:
+            reason = await self.backend.unavailable_reason(request.queue_id)
+        except ServiceNowError as error:
+            logger.warning("Could not check the queue's availability for conversation %s: %s", request.sender_id, error)
+            return None
+        if reason is None:
+            return None
+        logger.info("Refused a handoff for conversation %s: the queue is not available.", request.sender_id)
+        return Refusal("no_agent_available", self.texts.no_agent_available)
+
+    async def _refuse(self, sender: str, refusal: Refusal, *, in_request: bool) -> Messages:
+        """Every refusal to open a chat goes through here: the user hears why.
+        The hand-back turn (intent with the reason) belongs here as well."""
+        return await self._tell(sender, [refusal.text], in_request=in_request)
 
     async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
         sender = request.sender_id
@@ -322,6 +384,9 @@ class HandoffManager:
             except (StoreUnavailable, ConversationBusy) as error:
                 logger.error("Not opening a chat for conversation %s: %s", sender, error)
                 return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
+        unavailable = await self._unavailable(request)
+        if unavailable is not None:
+            return await self._refuse(sender, unavailable, in_request=in_request)
         if self.backend.wants_history:
             request = dataclasses.replace(request, history=await self._history(request))
         reserved = self.backend.reserve_chat_id()
@@ -369,6 +434,7 @@ class HandoffManager:
                 return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
             chat = self.registry.activate(opened_chat)
             self.relay.watch(chat)
+            await self._set_waiting_timers(chat)
             await self._tell_status(sender, active=True, chat_id=chat.chat_id)
             return await self._deliver(sender, messages, in_request=in_request)
         finally:
@@ -473,6 +539,8 @@ class HandoffManager:
                 logger.warning("Could not deliver a message to ServiceNow chat %s: %s", chat.chat_id, error)
                 return await self._end(chat, EndReason.FAILED, in_request=True, undelivered=True)
         self.relay.note_activity(chat)
+        if self.settings.user_idle_timeout and chat.agent_joined:
+            await self._set_timer(IDLE, chat, self.settings.user_idle_timeout)
         return []
 
     async def end_by_user(self, chat: LiveChat) -> Messages:
@@ -516,6 +584,7 @@ class HandoffManager:
                 self._hold_end_save(chat, events, error)
             self.registry.deactivate(chat)
         self.relay.unwatch(chat)
+        await self._cancel_timers(chat)
         await self._leave_quietly(chat)
         await self._tell_status(chat.sender_id, active=False, chat_id=chat.chat_id)
         self.observe.handoff_ended(chat.sender_id, chat.chat_id, EndReason.USER_ENDED.value)
@@ -660,6 +729,7 @@ class HandoffManager:
                     logger.info("ServiceNow chat %s was ended by another replica first.", chat.chat_id)
                     return self._bot_messages(chat.sender_id, [self.texts.message_not_delivered]) if undelivered and in_request else []
         self.relay.unwatch(chat)
+        await self._cancel_timers(chat)
         # The relay's unsaved cursor and transcript go into the same write as
         # the end, ahead of it, so that nothing of the chat is saved after it.
         pending = self.relay.take_unsaved(chat)
@@ -704,6 +774,10 @@ class HandoffManager:
             return [self.texts.agent_closed]
         if reason is EndReason.RETURNED:
             return [self.texts.chat_ended]
+        if reason is EndReason.NO_AGENT:
+            return [self.texts.no_agent]
+        if reason is EndReason.USER_IDLE:
+            return [self.texts.user_idle]
         if not left:
             return [self.texts.session_lost]
         return [
@@ -748,6 +822,125 @@ class HandoffManager:
             logger.warning("Leaving ServiceNow chat %s failed: %s", chat.chat_id, error)
             return False
 
+    # -- waiting for an agent, idle users (waiting.py) -----------------------
+
+    def start_timers(self) -> None:
+        """Run this replica's timer loop (the channel calls it once the server runs)."""
+        if self.settings.agent_wait_timeout or self.settings.waiting_notice_interval or self.settings.user_idle_timeout:
+            self.timers.start()
+
+    async def _set_timer(self, kind: str, chat: LiveChat, delay: float) -> None:
+        try:
+            await self.timers.schedule(timer_name(kind, chat.chat_id), time.time() + delay)
+        except StoreUnavailable as error:
+            # The chat goes on; it only misses this timer.
+            logger.warning("Could not set the %s timer of chat %s: %s", kind, chat.chat_id, error)
+
+    async def _set_waiting_timers(self, chat: LiveChat) -> None:
+        if self.settings.agent_wait_timeout:
+            await self._set_timer(NO_AGENT, chat, self.settings.agent_wait_timeout)
+        if self.settings.waiting_notice_interval:
+            await self._set_timer(WAITING, chat, self.settings.waiting_notice_interval)
+
+    async def _restart_timers(self, chat: LiveChat) -> None:
+        """A chat resumed from the tracker after a restart (in-process store,
+        whose timers died with the process): its timers count from now. The
+        tracker does not say whether an agent had joined, so every timer that
+        applies is set, and each checks before it acts."""
+        await self._set_waiting_timers(chat)
+        if self.settings.user_idle_timeout:
+            await self._set_timer(IDLE, chat, self.settings.user_idle_timeout)
+
+    async def _cancel_timers(self, chat: LiveChat, kinds: Tuple[str, ...] = (NO_AGENT, WAITING, IDLE)) -> None:
+        if not (self.settings.agent_wait_timeout or self.settings.waiting_notice_interval or self.settings.user_idle_timeout):
+            return
+        for kind in kinds:
+            try:
+                await self.timers.cancel(timer_name(kind, chat.chat_id))
+            except StoreUnavailable as error:
+                # It fires later, finds the chat ended or the agent there, and does nothing.
+                logger.warning("Could not drop the %s timer of chat %s: %s", kind, chat.chat_id, error)
+
+    async def _progress(self, chat: LiveChat) -> None:
+        """The relay saw the chat move on: an agent joined (the waiting
+        timers go, the idle one starts) or a new wait estimate came."""
+        if self.shared:
+            await self._save_record(chat)
+        if chat.agent_joined:
+            await self._cancel_timers(chat, (NO_AGENT, WAITING))
+            if self.settings.user_idle_timeout:
+                await self._set_timer(IDLE, chat, self.settings.user_idle_timeout)
+
+    async def _live_chat_by_id(self, chat_id: str) -> Optional[LiveChat]:
+        if self.shared:
+            record = await self.store.handoff_by_chat(chat_id)
+            return self._adopt(record.sender_id, record) if record is not None else None
+        return self.registry.by_chat_id(chat_id)
+
+    async def _queue_status(self, chat: LiveChat) -> QueueStatus:
+        try:
+            status = await self.backend.queue_status(chat)
+        except ServiceNowError as error:
+            logger.warning("Could not read the queue status of chat %s: %s", chat.chat_id, error)
+            status = QueueStatus()
+        if status.wait_time is None and chat.wait_estimate:
+            status = dataclasses.replace(status, wait_time=chat.wait_estimate)
+        return status
+
+    async def _fire_timer(self, claim: TimerClaim) -> None:
+        """A due timer, claimed by this replica only. Each kind checks the
+        chat is still in the state it was set for before it acts."""
+        parsed = parse_timer_name(claim.name)
+        if parsed is None:
+            return
+        kind, chat_id = parsed
+        chat = await self._live_chat_by_id(chat_id)
+        if chat is None or chat.ended:
+            return
+        if kind == IDLE:
+            await self._idle(chat, claim)
+            return
+        if chat.agent_joined:
+            return
+        status = await self._queue_status(chat)
+        if status.waiting is False:
+            return  # an agent took it; the relay is about to say so
+        if kind == NO_AGENT:
+            logger.info("No agent accepted ServiceNow chat %s in time (agent_wait_timeout); leaving it.", chat.chat_id)
+            await self._end(chat, EndReason.NO_AGENT, in_request=False)
+        elif kind == WAITING:
+            await self._tell(chat.sender_id, [self._waiting_text(status)], in_request=False)
+            await self._set_timer(WAITING, chat, self.settings.waiting_notice_interval)
+
+    def _waiting_text(self, status: QueueStatus) -> str:
+        wait_time = describe_seconds(status.wait_time)
+        values = {"position": status.position, "wait_time": wait_time or "a few minutes"}
+        if status.position:
+            return fill(self.texts.waiting_position, **values)
+        if wait_time:
+            return fill(self.texts.waiting_wait_time, **values)
+        return fill(self.texts.waiting, **values)
+
+    async def _idle(self, chat: LiveChat, claim: TimerClaim) -> None:
+        due = await self.store.timer_due_at(claim.name)
+        if due is not None and round(due * 1000) != claim.held_until:
+            return  # the user wrote while it was firing: it was moved
+        timeout = self.settings.user_idle_timeout
+        if not chat.agent_joined and (await self._queue_status(chat)).waiting:
+            # Resumed after a restart, still queued: idle counts once an agent is there.
+            await self._set_timer(IDLE, chat, timeout)
+            return
+        logger.info("The user of ServiceNow chat %s sent nothing for %.0f s (user_idle_timeout); leaving it.", chat.chat_id, timeout)
+        notice = fill(self.texts.user_idle_agent, idle_time=describe_duration(timeout))
+        async with chat.send_lock:
+            if chat.ended:
+                return
+            try:
+                await self.backend.send(chat, notice)
+            except ServiceNowError as error:
+                logger.warning("Could not tell the agent of chat %s that the user is idle: %s", chat.chat_id, error)
+        await self._end(chat, EndReason.USER_IDLE, in_request=False)
+
     # -- after a restart, and at shutdown ----------------------------------
 
     async def resume(self) -> int:
@@ -762,6 +955,7 @@ class HandoffManager:
         async for loaded in self.slots.active_chats():
             chat = self.registry.activate(loaded)
             self.relay.watch(chat)
+            await self._restart_timers(chat)
             resumed += 1
         if resumed:
             logger.info("Resumed %d live chat(s) from the tracker store.", resumed)
@@ -795,6 +989,7 @@ class HandoffManager:
         return taken
 
     async def shutdown(self, timeout: float = 10.0) -> None:
+        await self.timers.stop(timeout)
         await self.typing.aclose()
         await self.relay.stop(timeout)
         for sender_id, (chat_id, retry) in list(self._store_end_retries.items()):
@@ -850,6 +1045,7 @@ def chat_of(record: HandoffRecord) -> LiveChat:
         last_updated=record.last_updated,
         seen_ids=record.seen_ids,
         agent_joined=record.agent_joined,
+        wait_estimate=record.wait_estimate,
     )
 
 

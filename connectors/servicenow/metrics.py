@@ -48,7 +48,12 @@ ROUTES = frozenset({"health", "webhook", "typing", "callback", "stream", "chat",
 
 #: ServiceNow paths without ids, as they are.
 _FIXED_ENDPOINTS = frozenset(
-    {"/api/sn_va_as_service/bot/integration", "/api/now/connect/support/sessions", "/oauth_token.do"}
+    {
+        "/api/sn_va_as_service/bot/integration",
+        "/api/now/connect/support/sessions",
+        "/api/now/connect/support/queues",
+        "/oauth_token.do",
+    }
 )
 #: (prefix, suffix) around one id segment -> route template. Ids never become labels.
 _ENDPOINTS_WITH_ID: Tuple[Tuple[str, str, str], ...] = (

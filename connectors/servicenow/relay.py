@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
 OnFailed = Callable[[LiveChat, ServiceNowError], Awaitable[Any]]
 OnCursor = Callable[[LiveChat], Awaitable[Any]]
+#: The chat moved on while queued: an agent joined, or a new wait estimate came.
+OnProgress = Callable[[LiveChat], Awaitable[Any]]
 
 # Pushed callbacks can overtake each other. The end of a chat waits this long
 # so that an agent's last message, pushed just before the close, still
@@ -163,6 +165,7 @@ class Relay:
         on_failed: OnFailed,
         store: Optional[Store] = None,
         on_cursor: Optional[OnCursor] = None,
+        on_progress: Optional[OnProgress] = None,
     ) -> None:
         """``store``: the shared store, when replicas share the work: a chat
         is then polled only under its lease, and agent messages are
@@ -170,6 +173,7 @@ class Relay:
         self._settings = settings
         self._store = store
         self._on_cursor = on_cursor
+        self._on_progress = on_progress
         #: This replica, as a lease holder.
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._backend = backend
@@ -397,6 +401,7 @@ class Relay:
             records = []
             noted: List[Tuple[str, Optional[float]]] = []
             joined = chat.agent_joined
+            estimate = chat.wait_estimate
             for event in events:
                 if isinstance(event, ChatClosed):
                     closed = event
@@ -428,8 +433,11 @@ class Relay:
                     and not await self._first_delivery(chat, event.message_id)
                 ):
                     continue
-                if isinstance(event, SystemNotice) and event.kind == "wait" and joined:
-                    continue  # a queue notice overtaken by the agent's arrival
+                if isinstance(event, SystemNotice) and event.kind == "wait":
+                    if joined:
+                        continue  # a queue notice overtaken by the agent's arrival
+                    if event.details.get("wait_time"):
+                        estimate = str(event.details["wait_time"])
                 if isinstance(event, AgentMessage):
                     self.observe.agent_joined(chat.sender_id, chat.chat_id)
                     joined = True
@@ -447,7 +455,8 @@ class Relay:
             for index in queued:
                 self.observe.agent_message_queued(items[index].event_id, arrived)
             # The chat moves on only once its events are on their way.
-            chat.agent_joined = joined
+            progressed = joined != chat.agent_joined or estimate != chat.wait_estimate
+            chat.agent_joined, chat.wait_estimate = joined, estimate
             for message_id, timestamp in noted:
                 chat.note_message(message_id, timestamp)
             for index, message_id in reports:
@@ -461,6 +470,8 @@ class Relay:
             if records:
                 self._save_soon(chat, self._to_save(records, chat))
                 logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
+        if progressed and self._on_progress is not None and not chat.ended:
+            await self._on_progress(chat)
         if closed is not None:
             if dedupe_key is not None:
                 # The push is stored: acknowledge it now, end the chat after.

@@ -81,6 +81,8 @@ class LiveChat:
     dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     #: A live agent has accepted; queue notices that arrive later are stale.
     agent_joined: bool = False
+    #: ServiceNow's latest wait estimate while queued (Virtual Agent's wait spinner).
+    wait_estimate: Optional[str] = None
 
     def slot_events(self) -> List[Event]:
         return [

@@ -2,10 +2,13 @@
 ``messages`` option of ``credentials.yml`` can override one by one.
 
 Placeholders use ``str.format`` names: ``{chat_id}`` and ``{last_message_at}``
-in ``connection_lost``.
+in ``connection_lost``; ``{position}`` and ``{wait_time}`` in the ``waiting``
+texts; ``{idle_time}`` in ``user_idle_agent``; ``{next_opening}`` in
+``outside_hours``. A placeholder a text does not know is left as written.
 """
 
 import dataclasses
+import string
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
@@ -54,6 +57,39 @@ class UserTexts:
         "You've asked for a live agent several times in a short while. Please wait a minute, then try again."
     )
 
+    # -- waiting for an agent, and a user who walked away (waiting.py) --------
+    #: Every ``waiting_notice_interval`` while no agent has joined, when ServiceNow tells nothing about the queue.
+    waiting: str = "Thanks for waiting. All our agents are still busy; one will be with you as soon as possible."
+    #: The same, when ServiceNow gives the place in the queue (Connect); ``{wait_time}`` works here too.
+    waiting_position: str = (
+        "Thanks for waiting. You're number {position} in the queue; an agent will be with you as soon as possible."
+    )
+    #: The same, when ServiceNow gives only a wait estimate (Virtual Agent's wait spinner).
+    waiting_wait_time: str = "Thanks for waiting. An agent should be with you in {wait_time}."
+    #: No agent accepted within ``agent_wait_timeout``; the chat was left.
+    no_agent: str = (
+        "Sorry, no agent could take your chat in time, so I've withdrawn the request. "
+        "You're back with the virtual assistant; you can ask for a live agent again later."
+    )
+    #: The user sent nothing for ``user_idle_timeout`` during a live chat; the chat was left.
+    user_idle: str = (
+        "The chat with the agent was closed because we didn't hear from you for a while. "
+        "You're back with the virtual assistant."
+    )
+    #: Sent to the agent (not the user) just before an idle user's chat is left.
+    user_idle_agent: str = "The user has not written for {idle_time}; the virtual assistant is closing this chat."
+
+    # -- before a chat opens (availability.py) ---------------------------------
+    #: Outside ``business_hours``; no chat was opened.
+    outside_hours: str = (
+        "Our live agents are not available right now. They are back on {next_opening}; "
+        "until then I'm happy to help as best I can."
+    )
+    #: The Connect queue says nobody is available (``not_available``); no chat was opened.
+    no_agent_available: str = (
+        "Sorry, no live agent is available right now. Please try again later; until then I'm happy to help."
+    )
+
     @classmethod
     def from_options(cls, options: Optional[Mapping[str, Any]]) -> "UserTexts":
         if not options:
@@ -73,3 +109,17 @@ class UserTexts:
                 raise ConfigurationError(f"'messages.{name}' must be a non-empty string.")
             overrides[name] = text
         return cls(**overrides)
+
+
+class _KeepUnknown(dict):  # type: ignore[type-arg]
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(template: str, **values: Any) -> str:
+    """The text with its placeholders filled; an unknown one (or a stray
+    brace in an operator's text) stays as written instead of failing."""
+    try:
+        return string.Formatter().vformat(template, (), _KeepUnknown(values))
+    except (ValueError, IndexError, AttributeError, KeyError):
+        return template

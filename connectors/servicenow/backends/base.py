@@ -180,6 +180,18 @@ class Callback:
     events: Sequence[AgentEvent]
 
 
+@dataclass(frozen=True)
+class QueueStatus:
+    """What ServiceNow says about a chat waiting in its queue, when it says."""
+
+    #: Whether the chat still waits for an agent: None when the API cannot tell.
+    waiting: Optional[bool] = None
+    #: 1-based place in the queue.
+    position: Optional[int] = None
+    #: ServiceNow's estimate of the wait: seconds, or a text it worded ("8 Seconds").
+    wait_time: Union[str, float, None] = None
+
+
 class Backend(ABC):
     #: The ``api`` option value this backend serves.
     api: str
@@ -226,6 +238,15 @@ class Backend(ABC):
     async def check_closed(self, chat: LiveChat) -> Optional[ChatClosed]:
         """Ask ServiceNow whether the chat has ended (pull backends only)."""
         return None
+
+    async def unavailable_reason(self, queue_id: Optional[str]) -> Optional[str]:
+        """Why no chat should be opened now (nobody is available to take it),
+        or None when ServiceNow does not say so or cannot tell."""
+        return None
+
+    async def queue_status(self, chat: LiveChat) -> QueueStatus:
+        """The chat's place in the queue while it waits, where the API tells."""
+        return QueueStatus()
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Callback:
         """Turn a pushed payload into events (push backends only)."""

@@ -29,6 +29,7 @@ from connectors.servicenow.backends.base import (
     HandoffRequest,
     OpenedChat,
     PollResult,
+    QueueStatus,
     SentMessage,
     SystemNotice,
     chat_path_segment,
@@ -110,6 +111,36 @@ class ConnectBackend(Backend):
 
     async def leave(self, chat: LiveChat) -> None:
         await self._http.request("POST", f"/api/now/connect/support/sessions/{chat_path_segment(chat.chat_id)}/leave", json_body={})
+
+    async def unavailable_reason(self, queue_id: Optional[str]) -> Optional[str]:
+        """The queue's ``not_available`` flag (reference 1.3): true, or the
+        reason text some instances give. One ``GET .../queues``."""
+        queue = str(queue_id or self._settings.queue_id)
+        entries = result_of(await self._http.request("GET", "/api/now/connect/support/queues"))
+        for entry in entries or []:
+            if isinstance(entry, dict) and entry.get("sys_id") == queue:
+                flag = entry.get("not_available")
+                if isinstance(flag, str):
+                    flag = flag.strip()
+                    if flag.lower() in ("", "false", "0"):
+                        return None
+                    return "not available" if flag.lower() in ("true", "1") else flag
+                return "not available" if flag else None
+        return None
+
+    async def queue_status(self, chat: LiveChat) -> QueueStatus:
+        """``position`` and the wait estimate of the chat's queue entry while it
+        waits (state 1). The estimate is ``average_wait_time``: the entry's
+        ``wait_time`` is how long it has waited so far, not how long it will."""
+        entry = await self._session_entry(chat)
+        if entry is None or _int_or_none(entry.get("state")) != 1:
+            return QueueStatus(waiting=False)
+        position = _int_or_none(entry.get("position"))
+        return QueueStatus(
+            waiting=True,
+            position=position if position and position > 0 else None,
+            wait_time=entry.get("average_wait_time") or None,
+        )
 
     async def check_closed(self, chat: LiveChat) -> Optional[ChatClosed]:
         entry = await self._session_entry(chat)

@@ -71,6 +71,8 @@ class HandoffRecord:
     agent_joined: bool = False
     #: When the handoff started (epoch seconds).
     started_at: Optional[float] = None
+    #: ServiceNow's latest wait estimate while the chat is queued.
+    wait_estimate: Optional[str] = None
 
     def to_json(self) -> str:
         """The record without the ids it is filed under, in short keys: there
@@ -86,6 +88,8 @@ class HandoffRecord:
             data["j"] = 1
         if self.started_at is not None:
             data["b"] = self.started_at
+        if self.wait_estimate is not None:
+            data["w"] = self.wait_estimate
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -100,6 +104,7 @@ class HandoffRecord:
             seen_ids=tuple(data.get("s", ())),
             agent_joined=bool(data.get("j")),
             started_at=data.get("b"),
+            wait_estimate=data.get("w"),
         )
 
 
