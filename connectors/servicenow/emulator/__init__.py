@@ -48,8 +48,11 @@ Configuration keys (:class:`EmulatorConfig`)
 ``basic_users``                 ``{user: password}``; also the accounts the OAuth password grant accepts
 ``oauth_clients``               ``{client_id: {"secret", "grants": [...], "user"}}``; ``user`` for client_credentials
 ``token_ttl_s``                 access-token lifetime (1799)
-``connect_queues``              ``{sys_id: {"name", "agents": [user_name], "question"?, "not_available"?}}``;
-                                ``not_available`` true or a reason text makes session creation answer 403
+``connect_queues``              ``{sys_id: {"name", "agents": [user_name], "question"?, "not_available"?,
+                                "average_wait_time"?}}``; ``not_available`` true or a reason text makes session
+                                creation answer 403 and shows in ``GET .../queues``; ``average_wait_time`` (seconds,
+                                0) is the queue's and its entries' wait estimate; entries also carry ``position``
+                                (1-based among waiting entries) and ``wait_time`` (seconds waited so far)
 ``connect_page_size``           messages per ``GET .../messages`` page (25)
 ``greeting_text``               posted by the agent on accept; ``null`` disables
 ``join_message``                also post "<Agent> has joined the support session" on accept (false)
@@ -74,6 +77,7 @@ Configuration keys (:class:`EmulatorConfig`)
 ``va_validation``               ``"strict"`` (reference 5.4) or ``"lenient"`` (``userId`` and ``message.text``)
 ``va_escalation_texts``         user texts that escalate like ``action: "AGENT"``, case-insensitive
                                 (``["agent", "live agent", "Live Agent Support."]``)
+``va_wait_time``                ``waitTime`` of the wait-time spinner when a chat is queued ("8 Seconds"; null: none)
 ``va_long_action_names``        ``StartTypingIndicatorActionMsg``/``EndTypingIndicatorActionMsg`` instead of the short
                                 typing names (false)
 ``close_style``                 VA agent close: ``"switch"`` (System + SwitchToVirtualAgent, back to state VA) or

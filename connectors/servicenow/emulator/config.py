@@ -72,7 +72,8 @@ class EmulatorConfig:
     oauth_clients: Dict[str, Dict[str, Any]] = field(default_factory=_default_oauth_clients)
     #: Access-token lifetime in seconds [V oauth-example.md: 1799].
     token_ttl_s: int = 1799
-    #: queue sys_id to ``{"name": str, "agents": [user_name], "question"?: str, "not_available"?: bool | reason}``.
+    #: queue sys_id to ``{"name": str, "agents": [user_name], "question"?: str, "not_available"?: bool | reason,
+    #: "average_wait_time"?: seconds}``.
     connect_queues: Dict[str, Dict[str, Any]] = field(default_factory=_default_queues)
     #: Messages per ``GET .../messages`` page; the real value is unknown [I 1.5].
     connect_page_size: int = 25
@@ -122,6 +123,8 @@ class EmulatorConfig:
     #: Typing items named ``StartTypingIndicatorActionMsg``/``EndTypingIndicatorActionMsg`` (the va-whats-new.md table)
     #: instead of the short names of the wire examples and pypestream [V both].
     va_long_action_names: bool = False
+    #: ``waitTime`` of the wait-time spinner sent when a chat is queued [V "8 Seconds"]; ``None`` leaves it out.
+    va_wait_time: Optional[str] = "8 Seconds"
     #: How an agent's close reaches a VA connector: ``"switch"`` (System text + ``SwitchToVirtualAgent``) or
     #: ``"completed"`` (the same, with ``completed: true`` on the last callback) [I].
     close_style: str = "switch"
@@ -209,6 +212,8 @@ def _validate(config: EmulatorConfig) -> None:
         not isinstance(config.va_callback_url, str) or not config.va_callback_url.startswith(("http://", "https://"))
     ):
         raise ValueError("va_callback_url must be an http:// or https:// URL or null")
+    if config.va_wait_time is not None and (not isinstance(config.va_wait_time, str) or not config.va_wait_time.strip()):
+        raise ValueError("va_wait_time must be a non-empty string such as \"8 Seconds\" or null")
     texts = config.va_escalation_texts
     if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
         raise ValueError("va_escalation_texts must be a list of non-empty strings")
@@ -279,3 +284,6 @@ def _validate_queues(queues: Any) -> None:
             raise ValueError(f"queue {sys_id}: 'agents' must be a list of user names")
         if not isinstance(queue.get("not_available", False), (bool, str)):
             raise ValueError(f"queue {sys_id}: 'not_available' must be false, true or a reason text")
+        average = queue.get("average_wait_time", 0)
+        if isinstance(average, bool) or not isinstance(average, (int, float)) or average < 0:
+            raise ValueError(f"queue {sys_id}: 'average_wait_time' must be a number of seconds, 0 or more")

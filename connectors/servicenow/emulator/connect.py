@@ -68,7 +68,7 @@ def queue_entry_wire(state: EmulatorState, session: ConnectSession) -> Dict[str,
         "state": int(session.state),
         "position": _position(state, session),
         "wait_time": str(_wait_seconds(state, session)),
-        "average_wait_time": "0",
+        "average_wait_time": _average_wait(state, session.queue_id),
         "opened_by": session.requester.sys_id,
         "assigned_to": session.agent.sys_id if session.agent else "",
         "short_description": session.short_description,
@@ -91,12 +91,18 @@ def queue_wire(state: EmulatorState, sys_id: str, queue: Mapping[str, Any], call
         "sys_id": sys_id,
         "name": queue["name"],
         "question": queue.get("question", ""),
-        "average_wait_time": "0",
+        "average_wait_time": _average_wait(state, sys_id),
         "waiting_count": len(waiting),
         "not_available": bool(queue.get("not_available", False)),
         "escalate_to": "",
         "is_agent_for": caller in queue.get("agents", []),
     }
+
+
+def _average_wait(state: EmulatorState, queue_id: str) -> str:
+    """The queue's wait estimate in seconds, as a string like the other duration fields [I format]; set by config."""
+    queue = state.config.connect_queues.get(queue_id) or {}
+    return str(int(queue.get("average_wait_time", 0)))
 
 
 def _position(state: EmulatorState, session: ConnectSession) -> int:

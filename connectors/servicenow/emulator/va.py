@@ -74,7 +74,6 @@ RECORD_ONLY_ACTIONS = frozenset({"TYPING", "VIEWING", "UPDATE_MESSAGES", "SEND_H
 VA_GREETING = "Hi, I'm your Virtual Agent. Let me know how I can help you today."
 STAND_BY = "Please stand by while I connect you to a live agent."
 ROUTING = "Routing you to a live agent..."
-WAIT_TIME = "8 Seconds"
 CONVERSATION_ENDED = "The conversation has ended. If you need help again, type hi."
 TIMED_OUT = "The conversation with a live agent has timed out."
 NO_AGENTS = "There are no agents available to chat right now. Please try again later."
@@ -251,6 +250,11 @@ def add_message(
     return message
 
 
+def _wait_time(state: EmulatorState) -> Dict[str, Any]:
+    wait_time = state.config.va_wait_time
+    return {"waitTime": wait_time} if wait_time else {}
+
+
 def escalate(state: EmulatorState, session: VaSession, message: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """VA to QUEUED: "stand by" [V], the wait-time spinner [V va-features-v2.md] and SubscribeToSupportQueue [V type,
     I order]."""
@@ -260,7 +264,7 @@ def escalate(state: EmulatorState, session: VaSession, message: Optional[Mapping
     session.agent = None
     items = [
         output_text(STAND_BY),
-        action_msg("StartSpinner", spinnerType="wait_time", message=ROUTING, waitTime=WAIT_TIME),
+        action_msg("StartSpinner", spinnerType="wait_time", message=ROUTING, **_wait_time(state)),
         action_msg("SubscribeToSupportQueue"),
     ]
     return emit(state, session, items, agent_chat=True, message=message)
