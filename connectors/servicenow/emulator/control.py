@@ -147,6 +147,8 @@ def session_summary(state: EmulatorState, session: ConnectSession) -> Dict[str, 
         "agent": _agent_summary(session.agent),
         "transfer_state": session.transfer_state,
         "message_count": len(session.messages),
+        # As the queue entry says it: 1-based among the waiting entries, 0 once accepted.
+        "position": connect.queue_entry_wire(state, session)["position"],
     }
 
 
