@@ -845,9 +845,11 @@ class HandoffManager:
     async def _restart_timers(self, chat: LiveChat) -> None:
         """A chat resumed from the tracker after a restart (in-process store,
         whose timers died with the process): its timers count from now. The
-        tracker does not say whether an agent had joined, so every timer that
-        applies is set, and each checks before it acts."""
-        await self._set_waiting_timers(chat)
+        tracker does not say whether an agent had joined: the waiting timers
+        are set only where ServiceNow can tell before they act (Connect's
+        session state), and the idle one waits for a sign of the agent."""
+        if self.backend.pulls:
+            await self._set_waiting_timers(chat)
         if self.settings.user_idle_timeout:
             await self._set_timer(IDLE, chat, self.settings.user_idle_timeout)
 
@@ -904,7 +906,11 @@ class HandoffManager:
             return
         status = await self._queue_status(chat)
         if status.waiting is False:
-            return  # an agent took it; the relay is about to say so
+            # An agent took it (the relay may not have seen a sign of it yet,
+            # or the chat was resumed after a restart): the idle count starts.
+            chat.agent_joined = True
+            await self._progress(chat)
+            return
         if kind == NO_AGENT:
             logger.info("No agent accepted ServiceNow chat %s in time (agent_wait_timeout); leaving it.", chat.chat_id)
             await self._end(chat, EndReason.NO_AGENT, in_request=False)
@@ -926,8 +932,9 @@ class HandoffManager:
         if due is not None and round(due * 1000) != claim.held_until:
             return  # the user wrote while it was firing: it was moved
         timeout = self.settings.user_idle_timeout
-        if not chat.agent_joined and (await self._queue_status(chat)).waiting:
-            # Resumed after a restart, still queued: idle counts once an agent is there.
+        if not chat.agent_joined and (await self._queue_status(chat)).waiting is not False:
+            # Resumed after a restart and still queued, or no sign of the
+            # agent yet: idle counts once an agent is there.
             await self._set_timer(IDLE, chat, timeout)
             return
         logger.info("The user of ServiceNow chat %s sent nothing for %.0f s (user_idle_timeout); leaving it.", chat.chat_id, timeout)
