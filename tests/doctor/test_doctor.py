@@ -278,3 +278,15 @@ def test_cli_with_the_shipped_files(instance):
     result = doctor(cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Response(s) that start a handoff: utter_handoff" in result.stdout
+
+
+async def test_waiting_options_that_cannot_work_as_meant_are_warnings(tmp_path, instance):
+    hours = {"timezone": "UTC", "mon": "00:00-24:00", "closed_dates": []}
+    options = connect_options(
+        instance, agent_wait_timeout=60, waiting_notice_interval=90, user_idle_timeout=20, business_hours=hours
+    )
+    findings = await run(tmp_path, options, offline=True)
+    one(warnings_(findings, "options"), "the chat is left before the first notice")
+    one(warnings_(findings, "options"), "user_idle_timeout is 20 s")
+    one(oks(findings, "options"), "business_hours in UTC:")
+    assert problems(findings) == []

@@ -1,5 +1,6 @@
 """The channel's section of ``credentials.yml``, read the way ``rasa run`` reads it."""
 
+import datetime
 import difflib
 import ipaddress
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ SECRET_OPTIONS = (
 )
 SHORT_SECRET = 16
 BUSY_POLL_S = 0.5
+IDLE_TOO_SHORT_S = 60.0
 TOPIC = "options"
 
 
@@ -164,6 +166,25 @@ def _advice(settings: ServiceNowSettings) -> List[Finding]:
                              "1 s is the default; the instance's rate limit counts these requests."))
     if not settings.callback_url:
         found.append(ok(TOPIC, "No callback_url: agent replies reach users through the /stream endpoint only."))
+    found.extend(_waiting_advice(settings))
+    return found
+
+
+def _waiting_advice(settings: ServiceNowSettings) -> List[Finding]:
+    found: List[Finding] = []
+    wait, every, idle = settings.agent_wait_timeout, settings.waiting_notice_interval, settings.user_idle_timeout
+    if wait and every and every >= wait:
+        found.append(warning(TOPIC, f"waiting_notice_interval ({every:g} s) is not shorter than agent_wait_timeout "
+                                    f"({wait:g} s): the chat is left before the first notice.",
+                             "Make the interval a fraction of the timeout, e.g. 60 s for 300 s."))
+    if idle and idle < IDLE_TOO_SHORT_S:
+        found.append(warning(TOPIC, f"user_idle_timeout is {idle:g} s: a user reading the agent's answer may be cut off.",
+                             "A few minutes is usual, e.g. 600."))
+    hours = settings.business_hours
+    if hours is not None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        state = "open now" if hours.is_open(now) else f"closed now, next opening {hours.describe_opening(now)}"
+        found.append(ok(TOPIC, f"business_hours in {hours.timezone}: {state}."))
     return found
 
 
