@@ -10,6 +10,13 @@ Ways a handoff ends, and what the user hears:
 * ServiceNow keeps failing: the chat is left (Virtual Agent: faulted) and the
   user gets ``connection_lost`` with the chat id and the time of the last
   message, or ``session_lost`` when that fails too.
+* no agent accepts within ``agent_wait_timeout``: the chat is left, ``no_agent``;
+* the user sends nothing for ``user_idle_timeout`` in a live chat: the agent is
+  told (``user_idle_agent``), the chat is left, ``user_idle`` (``waiting.py``).
+
+A handoff that may not start (``business_hours``, the Connect queue's
+``not_available``, ``max_live_chats``, ``handoff_starts_per_minute``) opens
+nothing and tells the user why, all through ``_refuse``.
 
 Messages produced while answering a webhook request are returned to the
 caller for the HTTP response; everything else goes out through the outbox.
