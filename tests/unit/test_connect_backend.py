@@ -286,3 +286,37 @@ async def test_a_queue_id_is_quoted_into_its_path(backend):
         mock.post(url, payload={"result": {"group": GROUP}})
         await backend.open_chat(HandoffRequest(sender_id="u1", text="help", queue_id="a/b"))
         assert mock.requests
+
+
+@pytest.mark.parametrize(
+    "flag, reason",
+    [(False, None), (True, "not available"), ("false", None), ("true", "not available"), ("Closed for the holidays", "Closed for the holidays")],
+)
+async def test_the_queue_says_whether_anyone_is_available(backend, flag, reason):
+    queues = [
+        {"sys_id": "other", "not_available": True},
+        {"sys_id": "q1", "name": "IT Support", "not_available": flag},
+    ]
+    with aioresponses() as mock:
+        mock.get(f"{BASE}/api/now/connect/support/queues", payload={"result": queues})
+        assert await backend.unavailable_reason(None) == reason
+
+
+async def test_an_unknown_queue_is_not_reported_unavailable(backend):
+    with aioresponses() as mock:
+        mock.get(f"{BASE}/api/now/connect/support/queues", payload={"result": [{"sys_id": "other", "not_available": True}]})
+        assert await backend.unavailable_reason("q9") is None
+
+
+async def test_the_queue_status_of_a_waiting_chat(backend):
+    sessions = re.compile(rf"^{BASE}/api/now/connect/support/sessions\?.*$")
+    entry = {"group": GROUP, "state": 1, "position": 3, "wait_time": "42", "average_wait_time": "120"}
+    with aioresponses() as mock:
+        mock.get(sessions, payload={"result": [entry]})
+        status = await backend.queue_status(chat())
+        assert (status.waiting, status.position, status.wait_time) == (True, 3, "120")
+        mock.get(sessions, payload={"result": [{**entry, "state": 2, "position": 0}]})
+        assert (await backend.queue_status(chat())).waiting is False
+        mock.get(sessions, payload={"result": [{**entry, "position": 0, "average_wait_time": "0"}]})
+        status = await backend.queue_status(chat())
+        assert (status.waiting, status.position, status.wait_time) == (True, None, "0")
