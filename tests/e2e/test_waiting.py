@@ -33,7 +33,9 @@ def waiting(request, e2e_dir, demo_model, emulator, callback) -> Iterator[Handof
         user_idle_timeout=IDLE_S,
         business_hours=ALWAYS_OPEN,  # the open case: every test here opens a chat within hours
     )
-    server = RasaServer(e2e_dir, demo_model, options, name=f"waiting-{backend}").start()
+    # A persistent tracker store: a restart resumes the chats (and their timers).
+    endpoints = {"tracker_store": {"type": "SQL", "dialect": "sqlite", "db": str(e2e_dir / f"waiting-{backend}.db")}}
+    server = RasaServer(e2e_dir, demo_model, options, endpoints, name=f"waiting-{backend}").start()
     yield Handoff(backend, server, emulator, callback)
     server.stop()
 
@@ -125,6 +127,23 @@ def test_a_connect_queue_nobody_is_available_in_opens_no_chat(handoff_waiting: H
     chat = handoff.start(sender)
     handoff.rasa.say(sender, "/end_chat")
     assert handoff.left_by_user(chat)
+
+
+def test_a_chat_resumed_after_a_restart_gets_its_agent_wait_again(handoff_waiting: Handoff):
+    """Without Redis the timers live in the process: the chats resumed from
+    the tracker store after a restart are timed again, from the restart."""
+    handoff = handoff_waiting
+    if handoff.backend != "connect":
+        pytest.skip("only Connect can tell a resumed chat still waits (its session state)")
+    sender = new_sender()
+    chat = handoff.start(sender)
+    handoff.rasa.stop()
+    assert TEXTS.no_agent not in handoff.callback.texts(sender)
+    handoff.rasa.start()
+    handoff.callback.wait_for_text(sender, lambda text: text == TEXTS.no_agent, timeout=AGENT_WAIT_S + 15)
+    assert handoff.left_by_user(chat)
+    handoff.wait_until_over(sender)
+    assert handoff.callback.texts(sender).count(TEXTS.no_agent) == 1
 
 
 @pytest.fixture(scope="module")
