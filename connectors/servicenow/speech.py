@@ -98,7 +98,7 @@ class Speech:
         self._agent = agent
         self._channel = channel
         self._timeout_s = timeout_s
-        self._known = frozenset(text_names())
+        self._known = frozenset(item.name for item in dataclasses.fields(texts))
         self._warned: Dict[str, float] = {}
 
     async def say(self, sender_id: str, name: str, **placeholders: Any) -> Messages:
