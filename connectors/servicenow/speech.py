@@ -27,14 +27,12 @@ from rasa.core.agent import Agent
 from rasa.core.nlg import NaturalLanguageGenerator, TemplatedNaturalLanguageGenerator
 from rasa.shared.core.trackers import DialogueStateTracker
 
-from connectors.servicenow.texts import UserTexts
+from connectors.servicenow.texts import UserTexts, response_name
 
 logger = logging.getLogger(__name__)
 
 Messages = List[Dict[str, Any]]
 
-#: The domain response that says the text ``<name>`` is ``utter_servicenow_<name>``.
-RESPONSE_PREFIX = "utter_servicenow_"
 #: The output channel name handed to the NLG (``channel:`` variations).
 CHANNEL_NAME = "servicenow"
 #: Longest wait for the tracker and the NLG together before the configured
@@ -45,15 +43,6 @@ MESSAGE_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "cust
 #: One warning per text name within this many seconds: a failing NLG server
 #: must not flood the log with one line per notice.
 WARN_EVERY_S = 60.0
-
-
-def text_names() -> List[str]:
-    """Every text the channel says (the fields of ``UserTexts``)."""
-    return [item.name for item in dataclasses.fields(UserTexts)]
-
-
-def response_name(name: str) -> str:
-    return f"{RESPONSE_PREFIX}{name}"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """What the connector itself says to the user, with defaults that the
-``messages`` option of ``credentials.yml`` can override one by one.
+``messages`` option of ``credentials.yml`` can override one by one, and that
+a domain response ``utter_servicenow_<name>`` overrides in turn (``speech.py``).
 
 Placeholders use ``str.format`` names: ``{chat_id}`` and ``{last_message_at}``
 in ``connection_lost``.
@@ -7,9 +8,12 @@ in ``connection_lost``.
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from connectors.servicenow.errors import ConfigurationError
+
+#: The domain response that says the text ``<name>`` is ``utter_servicenow_<name>``.
+RESPONSE_PREFIX = "utter_servicenow_"
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,13 @@ class UserTexts:
                 raise ConfigurationError(f"'messages.{name}' must be a non-empty string.")
             overrides[name] = text
         return cls(**overrides)
+
+
+def text_names() -> List[str]:
+    """Every text the channel says (the fields of ``UserTexts``)."""
+    return [item.name for item in dataclasses.fields(UserTexts)]
+
+
+def response_name(name: str) -> str:
+    """The domain response that says the text ``name``."""
+    return f"{RESPONSE_PREFIX}{name}"

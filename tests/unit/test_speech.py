@@ -16,8 +16,8 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SlotSet
 from rasa.utils.endpoints import EndpointConfig
 
-from connectors.servicenow.speech import Line, Speech, fill, response_name, text_names
-from connectors.servicenow.texts import UserTexts
+from connectors.servicenow.speech import Line, Speech, fill
+from connectors.servicenow.texts import UserTexts, response_name, text_names
 
 DOMAIN_YAML = """
 version: "3.1"
