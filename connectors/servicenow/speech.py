@@ -101,11 +101,11 @@ class Speech:
         for line in wanted:
             if line.name not in self._known:
                 raise ValueError(f"unknown text {line.name!r}; texts are the fields of UserTexts")
-        nlg = self._nlg(wanted)
-        if nlg is None:
+        agent = self._agent()
+        if not self._may_render(agent, wanted):
             return [self.configured(sender_id, line) for line in wanted]
         try:
-            return await asyncio.wait_for(self._render(nlg, sender_id, wanted), self._timeout_s)
+            return await asyncio.wait_for(self._render(agent, sender_id, wanted), self._timeout_s)
         except asyncio.TimeoutError:
             self._warn(wanted, f"the NLG took longer than {self._timeout_s:g} s")
         except Exception as error:  # any NLG failure: the configured text is said instead
@@ -117,29 +117,30 @@ class Speech:
         text = fill(getattr(self.texts, line.name), line.placeholders)
         return {"recipient_id": sender_id, "text": text, "metadata": {"source": "bot"}}
 
-    def _nlg(self, lines: Sequence[Line]) -> Optional[NaturalLanguageGenerator]:
-        """The agent's NLG when it may have something to say for these lines;
-        None when Rasa's own NLG has no such response (no cost then)."""
-        agent = self._agent()
+    @staticmethod
+    def _may_render(agent: Optional[Agent], lines: Sequence[Line]) -> bool:
+        """Whether the agent's NLG may have something to say for these lines:
+        not when Rasa's own NLG has no such response (then this costs nothing).
+        A custom NLG cannot be asked what it knows, so it always may."""
         nlg = getattr(agent, "nlg", None) if agent is not None else None
         if nlg is None:
-            return None
+            return False
         if isinstance(nlg, TemplatedNaturalLanguageGenerator):
             responses = nlg.responses or {}
-            if not any(response_name(line.name) in responses for line in lines):
-                return None
-        return nlg
+            return any(response_name(line.name) in responses for line in lines)
+        return True
 
-    async def _render(self, nlg: NaturalLanguageGenerator, sender_id: str, lines: Sequence[Line]) -> Messages:
-        agent = self._agent()
+    async def _render(self, agent: Agent, sender_id: str, lines: Sequence[Line]) -> Messages:
+        nlg: NaturalLanguageGenerator = agent.nlg
         tracker = await self._tracker(agent, sender_id)
-        domain_responses = agent.domain.responses if agent is not None and agent.domain is not None else {}
-        skip = isinstance(nlg, TemplatedNaturalLanguageGenerator)
+        domain_responses = agent.domain.responses if agent.domain is not None else {}
+        # Rasa's own NLG knows its responses: the others are not asked for.
+        known = (nlg.responses or {}) if isinstance(nlg, TemplatedNaturalLanguageGenerator) else None
         messages: Messages = []
         for line in lines:
             utter = response_name(line.name)
             rendered: Optional[Dict[str, Any]] = None
-            if not skip or utter in (nlg.responses or {}):  # type: ignore[attr-defined]
+            if known is None or utter in known:
                 try:
                     generated = await nlg.generate(
                         utter, tracker, self._channel, domain_responses=domain_responses, **dict(line.placeholders)
@@ -151,10 +152,11 @@ class Speech:
             messages.append(rendered if rendered is not None else self.configured(sender_id, line))
         return messages
 
-    async def _tracker(self, agent: Optional[Agent], sender_id: str) -> DialogueStateTracker:
+    @staticmethod
+    async def _tracker(agent: Agent, sender_id: str) -> DialogueStateTracker:
         """The conversation's tracker for slot conditions; a fresh one when
         the store cannot give it (the unconditional variations are said)."""
-        slots = list(agent.domain.slots) if agent is not None and agent.domain is not None else []
+        slots = list(agent.domain.slots) if agent.domain is not None else []
         store = getattr(agent, "tracker_store", None)
         if store is not None:
             try:
