@@ -3,11 +3,11 @@
 responses, in the webhook's answer and out of band; an English one, for which
 the demo has no fitting variation, hears the ``messages`` option or the default."""
 
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import pytest
 
-from tests.e2e.conftest import TEXTS, channel_options
+from tests.e2e.conftest import BACKENDS, TEXTS, channel_options, point_emulator_at
 from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
 
 CUSTOM_AGENT_CLOSED = "The agent has left (from the messages option)."
@@ -16,12 +16,21 @@ GERMAN_AGENT_CLOSED = "Der Mitarbeiter hat den Chat beendet. Sie sind wieder bei
 GERMAN_USER_ENDED = "Sie haben den Chat mit dem Mitarbeiter verlassen. Sie sind wieder beim virtuellen Assistenten."
 
 
-@pytest.fixture(scope="module")
-def server(e2e_dir, demo_model, emulator: Emulator, callback: CallbackReceiver) -> Iterator[RasaServer]:
-    options = channel_options(emulator, callback, "connect", messages={"agent_closed": CUSTOM_AGENT_CLOSED})
-    running = RasaServer(e2e_dir, demo_model, options, name="rasa-texts").start()
-    yield running
-    running.stop()
+@pytest.fixture(scope="module", params=BACKENDS)
+def running(request, e2e_dir, demo_model, emulator: Emulator, callback: CallbackReceiver) -> Iterator[Tuple[str, RasaServer]]:
+    backend = request.param
+    options = channel_options(emulator, callback, backend, messages={"agent_closed": CUSTOM_AGENT_CLOSED})
+    started = RasaServer(e2e_dir, demo_model, options, name=f"rasa-texts-{backend}").start()
+    yield backend, started
+    started.stop()
+
+
+@pytest.fixture
+def server(running: Tuple[str, RasaServer], emulator: Emulator) -> RasaServer:
+    backend, started = running
+    if backend == "virtual_agent":
+        point_emulator_at(emulator, started)
+    return started
 
 
 def texts(replies):
