@@ -226,6 +226,16 @@ async def test_the_texts_the_domain_says_are_listed_and_a_misspelt_one_is_a_warn
     assert exit_code(findings) == 0
 
 
+async def test_a_messages_entry_that_an_unconditional_response_overrides_is_a_warning(tmp_path, instance):
+    domain = demo_domain()
+    domain["responses"]["utter_servicenow_agent_closed"].append({"text": "The agent left."})
+    options = connect_options(instance, messages={"agent_closed": "Bye.", "connecting": "Wait."})
+    findings = await run(tmp_path, options, domain=domain, offline=True)
+    one(warnings_(findings, "domain"), "'messages.agent_closed' is never said")
+    # utter_servicenow_connecting has only a German variation: the option is said in English.
+    assert not [m for m in warnings_(findings, "domain") if "messages.connecting" in m]
+
+
 # -- stores -------------------------------------------------------------------
 
 
