@@ -133,6 +133,8 @@ async def test_without_a_domain_response_the_tracker_is_not_read():
     messages = await Speech(UserTexts(), lambda: agent).say("u1", "handoff_busy")
     assert texts_of(messages) == [UserTexts().handoff_busy]
     assert messages[0]["metadata"] == {"source": "bot"}
+    configured = UserTexts.from_options({"handoff_busy": "Everyone is busy."})
+    assert texts_of(await Speech(configured, lambda: agent).say("u1", "handoff_busy")) == ["Everyone is busy."]
     assert agent.tracker_store.reads == 0
 
 
