@@ -128,7 +128,7 @@ def test_a_german_conversation_in_the_browser(browser, handoff: Handoff):
     user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
     user_says("hi")
     user_sees("bot", "Hello! I'm the virtual assistant")
-    user.get_by_role("button", name="Deutsch").click()  # the greeting's button: /set_language{"language":"de"}
+    user.get_by_role("button", name="Deutsch").click()  # the greeting's button: /speak_german
     user_sees("bot", "Alles klar, ich antworte auf Deutsch.")
 
     user_says("Mitarbeiter")
