@@ -494,7 +494,7 @@ class ServiceNowInput(InputChannel):
             return await self.handoffs.forward(chat, payload.message)
         if self.handoffs.open_failed_for(payload.sender, arrived):
             # Sent for the agent while the chat was opening; the open failed.
-            return self.handoffs.message_not_delivered(payload.sender)
+            return await self.handoffs.message_not_delivered(payload.sender)
 
         collector = await self._run_turn(payload, on_new_message)
         replies = list(collector.messages)

@@ -42,7 +42,7 @@ import logging
 import time
 from collections import OrderedDict
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from rasa.core.agent import Agent
 from rasa.shared.core.events import Event, SlotSet
@@ -62,6 +62,7 @@ from connectors.servicenow.errors import ConversationBusy, ServiceNowError, Stor
 from connectors.servicenow.limits import RateLimiter
 from connectors.servicenow.observe import Observer
 from connectors.servicenow.relay import Relay, chat_of_poll_lease, lease_time, poll_lease
+from connectors.servicenow.speech import Line, Speech, fill
 from connectors.servicenow.state import (
     ConversationLocks,
     HandoffRegistry,
@@ -71,7 +72,7 @@ from connectors.servicenow.state import (
     cleared_slot_events,
 )
 from connectors.servicenow.store import HandoffRecord, MemoryStore, OutboxEntry, Store, TimerClaim
-from connectors.servicenow.texts import fill
+
 from connectors.servicenow.user_typing import TypingForwarder
 from connectors.servicenow.waiting import (
     IDLE,
@@ -107,7 +108,7 @@ class Refusal:
 
     #: ``outside_hours``, ``no_agent_available``, ``busy`` or ``rate_limited``.
     reason: str
-    text: str
+    line: Line
 
 
 #: The ``cause`` sent with ``FAULT_CONVERSATION`` when this side gives up.
@@ -140,6 +141,8 @@ class HandoffManager:
         self.backend = backend
         self.outbox = outbox
         self.texts = settings.texts
+        #: Every text the user hears goes through here (domain response, ``messages``, default).
+        self.speech = Speech(settings.texts, agent)
         self.store = store if store is not None else MemoryStore()
         #: With a shared store (Redis) its handoff records decide routing, and
         #: the registry only caches chat objects (locks, pollers) of this
@@ -334,8 +337,8 @@ class HandoffManager:
         window = self._failed_opens.get(sender_id)
         return window is not None and window[0] <= arrived_at < window[1]
 
-    def message_not_delivered(self, sender_id: str) -> Messages:
-        return self._bot_messages(sender_id, [self.texts.message_not_delivered])
+    async def message_not_delivered(self, sender_id: str) -> Messages:
+        return await self.speech.say(sender_id, "message_not_delivered")
 
     def _refusal(self, sender: str) -> Optional[Refusal]:
         """Why a new handoff may not start (business hours, a limit); None
@@ -346,18 +349,18 @@ class HandoffManager:
             now = datetime.datetime.now(datetime.timezone.utc)
             if not hours.is_open(now):
                 logger.info("Refused a handoff for conversation %s: outside business hours.", sender)
-                return Refusal("outside_hours", fill(self.texts.outside_hours, next_opening=hours.describe_opening(now)))
+                return Refusal("outside_hours", Line("outside_hours", {"next_opening": hours.describe_opening(now)}))
         limit = self.settings.max_live_chats
         if limit and len(self.registry) + len(self._starting) >= limit:
             logger.warning("Refused a handoff for conversation %s: %d live chats is the limit (max_live_chats).", sender, limit)
-            return Refusal("busy", self.texts.handoff_busy)
+            return Refusal("busy", Line("handoff_busy"))
         if not self.start_limiter.allow(sender):
             # INFO: one conversation's own retries must not flood the operator's warnings.
             logger.info(
                 "Refused a handoff for conversation %s: more than %d starts in a minute (handoff_starts_per_minute).",
                 sender, self.settings.handoff_starts_per_minute,
             )
-            return Refusal("rate_limited", self.texts.handoff_rate_limited)
+            return Refusal("rate_limited", Line("handoff_rate_limited"))
         return None
 
     async def _unavailable(self, request: HandoffRequest) -> Optional[Refusal]:
@@ -374,12 +377,12 @@ class HandoffManager:
         if reason is None:
             return None
         logger.info("Refused a handoff for conversation %s: the queue is not available.", request.sender_id)
-        return Refusal("no_agent_available", self.texts.no_agent_available)
+        return Refusal("no_agent_available", Line("no_agent_available"))
 
     async def _refuse(self, sender: str, refusal: Refusal, *, in_request: bool) -> Messages:
         """Every refusal to open a chat goes through here: the user hears why.
         The hand-back turn (intent with the reason) belongs here as well."""
-        return await self._tell(sender, [refusal.text], in_request=in_request)
+        return await self._tell(sender, [refusal.line], in_request=in_request)
 
     async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
         sender = request.sender_id
@@ -390,7 +393,7 @@ class HandoffManager:
                 await self._save_end(sender)
             except (StoreUnavailable, ConversationBusy) as error:
                 logger.error("Not opening a chat for conversation %s: %s", sender, error)
-                return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
+                return await self._tell(sender, ["start_failed"], in_request=in_request, record=False)
         unavailable = await self._unavailable(request)
         if unavailable is not None:
             return await self._refuse(sender, unavailable, in_request=in_request)
@@ -416,7 +419,7 @@ class HandoffManager:
                 opened = await self.backend.open_chat(request, reserved)
             except ServiceNowError as error:
                 logger.warning("Could not open a ServiceNow chat for conversation %s: %s", sender, error)
-                return await self._tell(sender, [self.texts.start_failed], in_request=in_request)
+                return await self._tell(sender, ["start_failed"], in_request=in_request)
             opened_chat = LiveChat(sender_id=sender, chat_id=opened.chat_id, user=opened.user, last_updated=opened.opened_at)
             if self.shared:
                 if filed is None:
@@ -427,7 +430,7 @@ class HandoffManager:
                     filed = opened_chat.chat_id
                 else:
                     await self._save_record(opened_chat, started_at)
-            messages = self._bot_messages(sender, [self.texts.connecting])
+            messages = await self.speech.say(sender, "connecting")
             try:
                 await self.slots.write(sender, opened_chat.slot_events() + [bot_uttered(m) for m in messages])
             except StoreUnavailable as error:
@@ -438,7 +441,7 @@ class HandoffManager:
                     sender, opened_chat.chat_id, error,
                 )
                 await self._leave_quietly(opened_chat)
-                return await self._tell(sender, [self.texts.start_failed], in_request=in_request, record=False)
+                return await self._tell(sender, ["start_failed"], in_request=in_request, record=False)
             chat = self.registry.activate(opened_chat)
             self.relay.watch(chat)
             await self._set_waiting_timers(chat)
@@ -459,7 +462,7 @@ class HandoffManager:
             created = await self.store.create_handoff(self._record_of(chat, started_at))
         except StoreUnavailable as error:
             logger.error("Not opening a chat for conversation %s: the store is unavailable: %s", chat.sender_id, error)
-            return await self._tell(chat.sender_id, [self.texts.start_failed], in_request=in_request, record=False)
+            return await self._tell(chat.sender_id, ["start_failed"], in_request=in_request, record=False)
         if not created:
             logger.info("Conversation %s is already in a chat started by another replica.", chat.sender_id)
             return []
@@ -539,7 +542,7 @@ class HandoffManager:
         async with chat.send_lock:
             if chat.ended:
                 # The chat ended while this message waited its turn.
-                return self._bot_messages(chat.sender_id, [self.texts.message_not_delivered])
+                return await self.speech.say(chat.sender_id, "message_not_delivered")
             try:
                 await self.backend.send(chat, text)
             except ServiceNowError as error:
@@ -554,7 +557,7 @@ class HandoffManager:
         """End the handoff at the user's request. Saved first, left after:
         when the save fails the chat goes on (``chat.ended`` stays False) and
         the answer says so."""
-        messages = self._bot_messages(chat.sender_id, [self.texts.user_ended])
+        messages = await self.speech.say(chat.sender_id, "user_ended")
         async with chat.dispatch_lock:
             # Holding the dispatch lock: no agent message is delivered while
             # this saves, and none after it (the chat is ended before release).
@@ -570,7 +573,7 @@ class HandoffManager:
                         "Could not end the handoff record of conversation %s; ServiceNow chat %s goes on: %s",
                         chat.sender_id, chat.chat_id, error,
                     )
-                    return self._bot_messages(chat.sender_id, [self.texts.end_failed])
+                    return await self.speech.say(chat.sender_id, "end_failed")
                 if ended is None:
                     self._drop_ended_elsewhere(chat)
                     return []
@@ -587,7 +590,7 @@ class HandoffManager:
                         "Could not save the end of the handoff of conversation %s; ServiceNow chat %s goes on: %s",
                         chat.sender_id, chat.chat_id, error,
                     )
-                    return self._bot_messages(chat.sender_id, [self.texts.end_failed])
+                    return await self.speech.say(chat.sender_id, "end_failed")
                 self._hold_end_save(chat, events, error)
             self.registry.deactivate(chat)
         self.relay.unwatch(chat)
@@ -734,7 +737,9 @@ class HandoffManager:
                     self.relay.unwatch(chat)
                     self.relay.take_unsaved(chat)
                     logger.info("ServiceNow chat %s was ended by another replica first.", chat.chat_id)
-                    return self._bot_messages(chat.sender_id, [self.texts.message_not_delivered]) if undelivered and in_request else []
+                    if undelivered and in_request:
+                        return await self.speech.say(chat.sender_id, "message_not_delivered")
+                    return []
         self.relay.unwatch(chat)
         await self._cancel_timers(chat)
         # The relay's unsaved cursor and transcript go into the same write as
@@ -742,10 +747,10 @@ class HandoffManager:
         pending = self.relay.take_unsaved(chat)
         cause = FAULT_CAUSE if reason is EndReason.FAILED else None
         left = await self._leave_quietly(chat, cause) if leave else False
-        texts = self._farewell(chat, reason, left)
+        lines = self._farewell(chat, reason, left)
         if undelivered:
-            texts.append(self.texts.message_not_delivered)
-        messages = self._bot_messages(chat.sender_id, texts)
+            lines.append(Line("message_not_delivered"))
+        messages = await self.speech.say_lines(chat.sender_id, lines)
         events = pending + cleared_slot_events() + [bot_uttered(m) for m in messages]
         try:
             await self.slots.write(chat.sender_id, events)
@@ -774,24 +779,21 @@ class HandoffManager:
             # A stale name is dropped by the takeover scan, which finds no record.
             logger.warning("Could not unregister the polling of chat %s: %s", chat_id, error)
 
-    def _farewell(self, chat: LiveChat, reason: EndReason, left: bool) -> List[str]:
+    def _farewell(self, chat: LiveChat, reason: EndReason, left: bool) -> List[Line]:
         if reason is EndReason.USER_ENDED:
-            return [self.texts.user_ended]
+            return [Line("user_ended")]
         if reason is EndReason.AGENT_CLOSED:
-            return [self.texts.agent_closed]
+            return [Line("agent_closed")]
         if reason is EndReason.RETURNED:
-            return [self.texts.chat_ended]
+            return [Line("chat_ended")]
         if reason is EndReason.NO_AGENT:
-            return [self.texts.no_agent]
+            return [Line("no_agent")]
         if reason is EndReason.USER_IDLE:
-            return [self.texts.user_idle]
+            return [Line("user_idle")]
         if not left:
-            return [self.texts.session_lost]
-        return [
-            self.texts.connection_lost.format(
-                chat_id=chat.chat_id, last_message_at=format_time(chat.last_updated)
-            )
-        ]
+            return [Line("session_lost")]
+        placeholders = {"chat_id": chat.chat_id, "last_message_at": format_time(chat.last_updated)}
+        return [Line("connection_lost", placeholders)]
 
     async def _save_end(self, sender_id: str) -> None:
         """Save an end whose save failed before; ``StoreUnavailable`` if it still fails."""
@@ -925,14 +927,14 @@ class HandoffManager:
             await self._tell(chat.sender_id, [self._waiting_text(status)], in_request=False)
             await self._set_timer(WAITING, chat, self.settings.waiting_notice_interval)
 
-    def _waiting_text(self, status: QueueStatus) -> str:
+    def _waiting_text(self, status: QueueStatus) -> Line:
         wait_time = describe_seconds(status.wait_time)
         values = {"position": status.position, "wait_time": wait_time or "a few minutes"}
         if status.position:
-            return fill(self.texts.waiting_position, **values)
+            return Line("waiting_position", values)
         if wait_time:
-            return fill(self.texts.waiting_wait_time, **values)
-        return fill(self.texts.waiting, **values)
+            return Line("waiting_wait_time", values)
+        return Line("waiting", values)
 
     async def _idle(self, chat: LiveChat, claim: TimerClaim) -> None:
         due = await self.store.timer_due_at(claim.name)
@@ -945,7 +947,8 @@ class HandoffManager:
             await self._set_timer(IDLE, chat, timeout)
             return
         logger.info("The user of ServiceNow chat %s sent nothing for %.0f s (user_idle_timeout); leaving it.", chat.chat_id, timeout)
-        notice = fill(self.texts.user_idle_agent, idle_time=describe_duration(timeout))
+        # To the agent, in the operator's words: not a domain response in the user's language.
+        notice = fill(self.texts.user_idle_agent, {"idle_time": describe_duration(timeout)})
         async with chat.send_lock:
             if chat.ended:
                 return
@@ -1026,8 +1029,12 @@ class HandoffManager:
 
     # -- helpers -----------------------------------------------------------
 
-    async def _tell(self, sender_id: str, texts: List[str], *, in_request: bool, record: bool = True) -> Messages:
-        messages = self._bot_messages(sender_id, texts)
+    async def _tell(
+        self, sender_id: str, lines: List[Union[str, Line]], *, in_request: bool, record: bool = True
+    ) -> Messages:
+        """Say texts (``UserTexts`` names, or lines with placeholders), record
+        them in the tracker, and deliver them."""
+        messages = await self.speech.say_lines(sender_id, lines)
         if record:
             try:
                 await self.slots.write(sender_id, [bot_uttered(message) for message in messages])
@@ -1044,10 +1051,6 @@ class HandoffManager:
 
     async def _tell_status(self, sender_id: str, *, active: bool, chat_id: str) -> None:
         await self.outbox.put(sender_id, [status_item(sender_id, active=active, chat_id=chat_id, api=self.backend.api)])
-
-    @staticmethod
-    def _bot_messages(sender_id: str, texts: List[str]) -> Messages:
-        return [{"recipient_id": sender_id, "text": text, "metadata": {"source": "bot"}} for text in texts]
 
 
 def chat_of(record: HandoffRecord) -> LiveChat:

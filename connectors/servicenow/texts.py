@@ -1,5 +1,6 @@
 """What the connector itself says to the user, with defaults that the
-``messages`` option of ``credentials.yml`` can override one by one.
+``messages`` option of ``credentials.yml`` can override one by one, and that
+a domain response ``utter_servicenow_<name>`` overrides in turn (``speech.py``).
 
 Placeholders use ``str.format`` names: ``{chat_id}`` and ``{last_message_at}``
 in ``connection_lost``; ``{position}`` and ``{wait_time}`` in the ``waiting``
@@ -8,11 +9,13 @@ texts; ``{idle_time}`` in ``user_idle_agent``; ``{next_opening}`` in
 """
 
 import dataclasses
-import string
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from connectors.servicenow.errors import ConfigurationError
+
+#: The domain response that says the text ``<name>`` is ``utter_servicenow_<name>``.
+RESPONSE_PREFIX = "utter_servicenow_"
 
 
 @dataclass(frozen=True)
@@ -111,15 +114,11 @@ class UserTexts:
         return cls(**overrides)
 
 
-class _KeepUnknown(dict):  # type: ignore[type-arg]
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+def text_names() -> List[str]:
+    """Every text the channel says (the fields of ``UserTexts``)."""
+    return [item.name for item in dataclasses.fields(UserTexts)]
 
 
-def fill(template: str, **values: Any) -> str:
-    """The text with its placeholders filled; an unknown one (or a stray
-    brace in an operator's text) stays as written instead of failing."""
-    try:
-        return string.Formatter().vformat(template, (), _KeepUnknown(values))
-    except (ValueError, IndexError, AttributeError, KeyError):
-        return template
+def response_name(name: str) -> str:
+    """The domain response that says the text ``name``."""
+    return f"{RESPONSE_PREFIX}{name}"

@@ -66,7 +66,7 @@ async def test_a_good_connect_setup_has_no_problem(tmp_path, instance):
     one(oks(findings, "instance"), "with the Basic credentials")
     one(oks(findings, "instance"), "Connect queue 'IT Support' (queue_id) exists")
     one(oks(findings, "instance"), "No rate-limit headers")
-    assert len(oks(findings, "domain")) == 6  # five slots and the handoff response
+    assert len(oks(findings, "domain")) == 7  # five slots, the handoff response, the texts the domain says
 
 
 async def test_a_good_virtual_agent_setup_with_oauth_and_message_auth(tmp_path, instance):
@@ -212,6 +212,28 @@ async def test_a_domain_without_a_handoff_response_is_a_problem(tmp_path, instan
     del domain["responses"]["utter_handoff"]
     findings = await run(tmp_path, connect_options(instance), domain=domain, offline=True)
     one(problems(findings, "domain"), "No response has the 'handoff' custom payload")
+
+
+async def test_the_texts_the_domain_says_are_listed_and_a_misspelt_one_is_a_warning(tmp_path, instance):
+    domain = demo_domain()
+    domain["responses"]["utter_servicenow_agent_closd"] = [{"text": "Bye."}]
+    findings = await run(tmp_path, connect_options(instance), domain=domain, offline=True)
+    said = one(oks(findings, "domain"), "The domain says these channel texts")
+    assert "connecting" in said and "agent_closed" in said and "agent_closd" not in said
+    typo = one(warnings_(findings, "domain"), "'utter_servicenow_agent_closd' names no text")
+    fix = next(f.fix for f in findings if f.message == typo)
+    assert fix.startswith("Did you mean utter_servicenow_agent_closed?")
+    assert exit_code(findings) == 0
+
+
+async def test_a_messages_entry_that_an_unconditional_response_overrides_is_a_warning(tmp_path, instance):
+    domain = demo_domain()
+    domain["responses"]["utter_servicenow_agent_closed"].append({"text": "The agent left."})
+    options = connect_options(instance, messages={"agent_closed": "Bye.", "connecting": "Wait."})
+    findings = await run(tmp_path, options, domain=domain, offline=True)
+    one(warnings_(findings, "domain"), "'messages.agent_closed' is never said")
+    # utter_servicenow_connecting has only a German variation: the option is said in English.
+    assert not [m for m in warnings_(findings, "domain") if "messages.connecting" in m]
 
 
 # -- stores -------------------------------------------------------------------

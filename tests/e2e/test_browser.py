@@ -106,6 +106,56 @@ def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
     assert stranger.locator('[data-testid="message"]').count() == 0
 
 
+def test_a_german_conversation_in_the_browser(browser, handoff: Handoff):
+    """The demo's language button: the bot and the channel's handoff notices
+    (domain responses ``utter_servicenow_*``) answer in German."""
+    if handoff.backend != "connect":
+        pytest.skip("the language comes from the domain, the same for both APIs: one run shows it")
+    output = ROOT / "test-output" / "browser" / "de"
+    output.mkdir(parents=True, exist_ok=True)
+    user = browser.new_context(viewport={"width": 520, "height": 760}, locale="de-DE").new_page()
+    agent = browser.new_context(viewport={"width": 1180, "height": 760}).new_page()
+    for page in (user, agent):
+        page.set_default_timeout(TIMEOUT_MS)
+
+    def user_says(text: str) -> None:
+        user.get_by_test_id("message-input").fill(text)
+        user.get_by_test_id("send").click()
+
+    def user_sees(author: str, text: str) -> None:
+        user.locator(f'[data-testid="message"][data-author="{author}"]', has_text=text).last.wait_for()
+
+    user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
+    user_says("hi")
+    user_sees("bot", "Hello! I'm the virtual assistant")
+    user.get_by_role("button", name="Deutsch").click()  # the greeting's button: /speak_german
+    user_sees("bot", "Alles klar, ich antworte auf Deutsch.")
+
+    user_says("Mitarbeiter")
+    user_sees("bot", "Ich verbinde Sie mit einem Mitarbeiter.")
+    user.get_by_test_id("live-marker").wait_for(state="visible")
+    sender = user.evaluate("sessionStorage.getItem('servicenow-webchat-sender')")
+    chat = handoff.rasa.slots(sender)["live_chat_id"]
+
+    agent.goto(f"{handoff.emulator.url}/__emu/console")
+    agent.locator(f'[data-testid="chat-item"][data-session="{chat}"]').click()
+    agent.get_by_test_id("accept").click()
+    agent.locator(f'[data-testid="chat-item"][data-session="{chat}"][data-state="live"]').wait_for()
+    agent.get_by_test_id("reply-input").fill("Guten Tag, hier ist Beth. Wie kann ich helfen?")
+    agent.get_by_test_id("send").click()
+    user_sees("agent", "Guten Tag, hier ist Beth.")
+    user_says("Mein VPN funktioniert seit heute Morgen nicht mehr.")
+    agent.locator('[data-testid="message"][data-author="user"]', has_text="Mein VPN funktioniert").wait_for()
+
+    agent.get_by_test_id("close").click()
+    user_sees("bot", "Der Mitarbeiter hat den Chat beendet.")
+    user.get_by_test_id("live-marker").wait_for(state="hidden")
+    user_says("hallo")
+    user_sees("bot", "Hallo! Ich bin der virtuelle Assistent.")
+    user.screenshot(path=str(output / "chat-page.png"))
+    assert handoff.rasa.slots(sender)["language"] == "de"
+
+
 def test_agent_content_is_shown_as_text_and_only_http_links_are_followed(browser, handoff: Handoff):
     """An agent item (or a forged callback) with markup or a ``javascript:``
     URL must not run in the user's page."""

@@ -185,3 +185,23 @@ def test_freezing_the_startup_heap_takes_what_is_alive_now_out_of_collections():
         assert id(later) in scanned and id(later[0]) in scanned
     finally:
         gc.unfreeze()
+
+
+async def test_a_german_conversation_hears_the_domains_german_notices_with_their_placeholders(channel, rasa_turn, agent):
+    await say(channel, rasa_turn, '/set_language{"language":"de"}')
+    with aioresponses() as mock:
+        mock.post(SESSIONS, status=503, repeat=True)
+        replies = await say(channel, rasa_turn, "Mitarbeiter")
+    assert [reply["text"] for reply in replies] == [
+        "Leider konnte ich gerade keinen Mitarbeiter erreichen. Bitte versuchen Sie es in ein paar Minuten noch einmal."
+    ]
+    with aioresponses() as mock:
+        await start(channel, rasa_turn, mock)
+        mock.post(MESSAGES, status=500, repeat=True)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        replies = await say(channel, rasa_turn, "Hallo?")
+    lost, undelivered = [reply["text"] for reply in replies]
+    assert lost.startswith(f"Die Verbindung zum Mitarbeiter ist leider abgebrochen. Chat {GROUP}, letzte Nachricht um ")
+    assert "{last_message_at}" not in lost
+    assert undelivered == "Ihre letzte Nachricht konnte dem Mitarbeiter nicht zugestellt werden."
+    assert (await slots(agent))["handoff_active"] is False

@@ -37,7 +37,9 @@ async def diagnose(paths: Paths, *, offline: bool = False) -> List[Finding]:
     api = channel.settings.api if channel.settings else (channel.raw or {}).get("api")
     queues: List[str] = []
     if paths.domain is not None:
-        domain_findings, queues = check_domain(paths.domain, api if isinstance(api, str) else None)
+        messages = (channel.raw or {}).get("messages")
+        named = sorted(messages) if isinstance(messages, dict) else []
+        domain_findings, queues = check_domain(paths.domain, api if isinstance(api, str) else None, named)
         findings += domain_findings
     else:
         findings.append(warning("domain", "No domain given and no domain.yml here: slots and responses not checked.",

@@ -1,11 +1,14 @@
-"""The domain: the slots that hold a conversation's handoff state, and a
-response whose custom payload starts a handoff."""
+"""The domain: the slots that hold a conversation's handoff state, a
+response whose custom payload starts a handoff, and the ``utter_servicenow_*``
+responses that say the channel's texts."""
 
+import difflib
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from connectors.servicenow.config import CONNECT_API
 from connectors.servicenow.doctor.findings import Finding, ok, problem, warning
+from connectors.servicenow.texts import RESPONSE_PREFIX, text_names
 
 TOPIC = "domain"
 HANDOFF_KEY = "handoff"
@@ -19,8 +22,11 @@ EXPECTED_SLOTS: Dict[str, Tuple[Sequence[str], str]] = {
 }
 
 
-def check_domain(path: Path, api: Optional[str] = None) -> Tuple[List[Finding], List[str]]:
-    """Findings, and the Connect queues the handoff responses name (to probe them)."""
+def check_domain(
+    path: Path, api: Optional[str] = None, messages: Sequence[str] = ()
+) -> Tuple[List[Finding], List[str]]:
+    """Findings, and the Connect queues the handoff responses name (to probe
+    them). ``messages``: the names the ``messages`` option sets."""
     from rasa.shared.core.domain import Domain
     from rasa.shared.exceptions import RasaException
 
@@ -38,7 +44,40 @@ def check_domain(path: Path, api: Optional[str] = None) -> Tuple[List[Finding], 
             "Set it to true (the handoff state lives in slots).",
         ))
     response_findings, queues = _check_responses(domain.responses, api)
-    return found + response_findings, queues
+    return found + response_findings + check_text_responses(domain.responses, messages), queues
+
+
+def check_text_responses(responses: Mapping[str, Any], messages: Sequence[str] = ()) -> List[Finding]:
+    """Which channel texts the domain says (``utter_servicenow_<name>``),
+    responses with that prefix that name no text (a typo: never said), and
+    ``messages`` entries that a response without a condition always overrides."""
+    names = text_names()
+    overridden = [name[len(RESPONSE_PREFIX):] for name in sorted(responses) if name.startswith(RESPONSE_PREFIX)]
+    found: List[Finding] = []
+    for name in overridden:
+        if name in names:
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"Did you mean {RESPONSE_PREFIX}{close[0]}? " if close else ""
+        found.append(warning(
+            TOPIC, f"Response '{RESPONSE_PREFIX}{name}' names no text of the channel: it is never said.",
+            f"{hint}The texts are: {', '.join(names)} (docs/configuration.md, messages).",
+        ))
+    known = [name for name in overridden if name in names]
+    for name in sorted(set(messages) & set(known)):
+        variations = responses.get(f"{RESPONSE_PREFIX}{name}") or []
+        if any(isinstance(v, dict) and not v.get("condition") and v.get("channel") in (None, "servicenow")
+               for v in variations):
+            found.append(warning(
+                TOPIC, f"'messages.{name}' is never said: '{RESPONSE_PREFIX}{name}' has a variation without a "
+                       "condition, which always comes first.",
+                "Remove one of the two, or keep only conditional variations in the response (the option is then "
+                "said when none fits).",
+            ))
+    if known:
+        found.append(ok(TOPIC, f"The domain says these channel texts (the rest come from 'messages' or the defaults): "
+                               f"{', '.join(known)}."))
+    return found
 
 
 def _check_slots(domain: Any) -> List[Finding]:
