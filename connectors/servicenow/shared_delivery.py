@@ -53,6 +53,9 @@ MORE, CAUGHT_UP, LOST = "more", "caught up", "lost"
 BACKLOG_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 #: How long a put waits behind an earlier put of the same conversation.
 PUT_WAIT_S = 30.0
+#: Entries a poster reads at a time: all a conversation's stream keeps, so
+#: that the backlog it reports is the whole of what it owes.
+POST_BATCH = RETAINED_PER_USER
 
 
 #: Told when a sink took an entry: (recipient, entry, delivered). Runs on the
@@ -99,7 +102,13 @@ class SharedOutbox:
         self._posters: Dict[str, "asyncio.Task[None]"] = {}
         # Conversations appended to while their poster ran: it looks again.
         self._kicked: Set[str] = set()
+        #: Callback entries each of this replica's posters holds the lease
+        #: for and has not posted yet (``callback_backlog``).
+        self._unposted: Dict[str, int] = {}
         self._session: Optional[aiohttp.ClientSession] = None
+        #: Told (entry id, "callback") when a callback POST is answered 2xx
+        #: (metrics); as ``Outbox.on_delivered``, on the replica that posted.
+        self.on_delivered: Callable[[str, str], None] = lambda _event_id, _sink: None
 
     @property
     def mailbox_count(self) -> int:
@@ -109,6 +118,19 @@ class SharedOutbox:
     @property
     def open_streams(self) -> int:
         return self._open_streams
+
+    @property
+    def callback_backlog(self) -> int:
+        """Callback POSTs this replica owes and has not had answered: the
+        entries of the conversations whose callback lease it holds, not yet
+        posted, plus items waiting here for the store. One replica holds a
+        conversation's lease at a time, so the sum over the replicas is the
+        deployment's backlog (what a dead replica held counts again once
+        another takes it over). Read at scrape time; costs no store call."""
+        waiting = sum(
+            sum(1 for entry in backlog if entry.to_callback) for backlog in self._backlog.values()
+        ) if self.callback_url else 0
+        return waiting + sum(self._unposted.values())
 
     # -- putting -------------------------------------------------------------
 
@@ -176,15 +198,20 @@ class SharedOutbox:
     # -- the callback sink ---------------------------------------------------
 
     def _start_posting(self, recipient_id: str, stored: Sequence[OutboxEntry]) -> None:
-        if not self.callback_url or not any(entry.to_callback for entry in stored):
+        appended = sum(1 for entry in stored if entry.to_callback)
+        if not self.callback_url or not appended:
             return
-        self.take_over(recipient_id)
+        self.take_over(recipient_id, appended)
 
-    def take_over(self, recipient_id: str) -> None:
+    def take_over(self, recipient_id: str, appended: int = 0) -> None:
         """Make sure this replica tries to post the conversation's entries
-        (after an append here, or when the lease list shows nobody does)."""
+        (after an append here of ``appended`` callback entries, or when the
+        lease list shows nobody does)."""
         if recipient_id in self._posters:
             self._kicked.add(recipient_id)
+            if recipient_id in self._unposted:
+                # Its poster reads them after its batch; count them meanwhile.
+                self._unposted[recipient_id] += appended
             return
         self._posters[recipient_id] = asyncio.ensure_future(self._post_entries(recipient_id))
 
@@ -222,20 +249,28 @@ class SharedOutbox:
         finally:
             if self._posters.get(recipient_id) is asyncio.current_task():
                 del self._posters[recipient_id]
+                self._unposted.pop(recipient_id, None)
 
     async def _post_pending(self, recipient_id: str, stream: str, lease: str) -> str:
         """Post what the callback has not taken yet: ``MORE`` when there was
         some, ``CAUGHT_UP`` when there was none, ``LOST`` when another replica
         holds the lease now (this one's expired during a long post)."""
         position = await self.store.sink_position(stream, CALLBACK_SINK)
-        entries = await self.store.read(stream, after=position, limit=50)
+        entries = await self.store.read(stream, after=position, limit=POST_BATCH)
+        # Exact again after each read: what a put counted meanwhile is in it.
+        self._unposted[recipient_id] = sum(1 for entry in entries if entry.to_callback)
         if not entries:
             return CAUGHT_UP
         for entry in entries:
             delivered = await self._post_one(recipient_id, entry, lease) if entry.to_callback else None
+            if delivered is not None:
+                self._unposted[recipient_id] -= 1
             if not await self.store.advance_sink(stream, CALLBACK_SINK, entry.entry_id):
                 logger.warning("Another replica took over the callback of %s; stopping here.", recipient_id)
+                self._unposted[recipient_id] = 0
                 return LOST
+            if delivered:
+                self.on_delivered(entry.entry_id, CALLBACK_SINK)
             if delivered is not None and self.on_taken is not None:
                 self.on_taken(recipient_id, entry, delivered)
             if not await self.store.renew_lease(lease, self.owner, self._lease_s):
