@@ -102,7 +102,8 @@ class Stream:
 
 @pytest.fixture(scope="module")
 def va_replicas(e2e_dir, demo_model, emulator, callback, redis) -> Iterator[Tuple[RasaServer, RasaServer]]:
-    a, b = start_replicas(e2e_dir, demo_model, redis, channel_options(emulator, callback, "virtual_agent"), "va-replica")
+    options = channel_options(emulator, callback, "virtual_agent", metrics=True)
+    a, b = start_replicas(e2e_dir, demo_model, redis, options, "va-replica")
     yield a, b
     a.stop()
     b.stop()
@@ -231,6 +232,36 @@ def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(
     assert callback.agent_texts(sender).count("after the crash") == 1
     assert [reply["text"] for reply in b.say(sender, "/end_chat")] == [TEXTS.user_ended]
     print(f"takeover after kill -9: {taken_over_in:.2f} s; deployment poll rate {rate:.2f}/s")
+
+
+def test_metrics_count_the_callback_backlog_and_latency_of_the_shared_outbox(va_replicas, emulator, callback):
+    from tests.e2e.test_metrics import scrape, value
+
+    a, b = va_replicas
+    point_emulator_at(emulator, b)
+    sender = new_sender()
+    a.say(sender, "talk to live agent")
+    chat = a.slots(sender)["live_chat_id"]
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+
+    def total(name: str, **labels: str) -> float:
+        return sum(value(scrape(f"{server.url}/webhooks/servicenow/metrics"), name, **labels) for server in (a, b))
+
+    delivered_before = total("delivery_latency_seconds_count", sink="callback")
+    sent = ["slow one", "slow two", "slow three"]
+    callback.answering.clear()  # a slow frontend: the posts wait
+    try:
+        for text in sent:
+            emulator.say(chat, text)
+        # Summed over the replicas: each conversation is owed by one of them.
+        wait_for(lambda: total("outbox_backlog") == len(sent), what="the backlog to show the waiting posts")
+    finally:
+        callback.answering.set()
+    wait_for(lambda: sent[-1] in callback.agent_texts(sender))
+    wait_for(lambda: total("outbox_backlog") == 0, what="the backlog to empty")
+    wait_for(lambda: total("delivery_latency_seconds_count", sink="callback") >= delivered_before + len(sent))
+    assert [reply["text"] for reply in a.say(sender, "/end_chat")] == [TEXTS.user_ended]
 
 
 def test_kill_9_of_the_replica_that_acknowledged_callbacks_loses_nothing_for_the_callback(
