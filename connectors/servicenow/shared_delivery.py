@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import aiohttp
 
@@ -218,20 +218,29 @@ class SharedOutbox:
     async def _post_entries(self, recipient_id: str) -> None:
         stream, lease = stream_of(recipient_id), callback_lease(recipient_id)
         attempt = 0
+        # After a batch the lease is still this poster's (renewed after each
+        # entry): the next batch goes on without taking it again.
+        held = False
+        #: Where this poster's last batch left the callback pointer.
+        upto: Optional[str] = None
         try:
             while True:
                 self._kicked.discard(recipient_id)
                 try:
-                    if not await self.store.acquire_lease(lease, self.owner, self._lease_s):
-                        # The holder looks again after letting go, and sees
-                        # what was appended before this attempt; if it dies,
-                        # the lease list brings the job to a live replica.
+                    if not held:
+                        upto = None  # another replica may have posted meanwhile
+                        if not await self.store.acquire_lease(lease, self.owner, self._lease_s):
+                            # The holder looks again after letting go, and sees
+                            # what was appended before this attempt; if it dies,
+                            # the lease list brings the job to a live replica.
+                            await self.store.register_lease(lease)
+                            return
                         await self.store.register_lease(lease)
-                        return
-                    await self.store.register_lease(lease)
-                    progress = await self._post_pending(recipient_id, stream, lease)
+                        held = True
+                    progress, upto = await self._post_pending(recipient_id, stream, lease, upto)
                     if progress == MORE:
                         continue
+                    held = False
                     if progress == LOST:
                         return  # the replica that holds the lease now goes on
                     await self.store.unregister_lease(lease)
@@ -240,6 +249,7 @@ class SharedOutbox:
                     if await self.store.read(stream, after=position, limit=1):
                         continue  # appended while letting go
                 except StoreUnavailable as error:
+                    held = False
                     logger.warning("Callback delivery for %s waits for the store: %s", recipient_id, error)
                     await asyncio.sleep(BACKLOG_RETRY_S[min(attempt, len(BACKLOG_RETRY_S) - 1)])
                     attempt += 1
@@ -251,16 +261,21 @@ class SharedOutbox:
                 del self._posters[recipient_id]
                 self._unposted.pop(recipient_id, None)
 
-    async def _post_pending(self, recipient_id: str, stream: str, lease: str) -> str:
+    async def _post_pending(
+        self, recipient_id: str, stream: str, lease: str, position: Optional[str] = None
+    ) -> Tuple[str, Optional[str]]:
         """Post what the callback has not taken yet: ``MORE`` when there was
         some, ``CAUGHT_UP`` when there was none, ``LOST`` when another replica
-        holds the lease now (this one's expired during a long post)."""
-        position = await self.store.sink_position(stream, CALLBACK_SINK)
+        holds the lease now (this one's expired during a long post); and
+        where the pointer is now. ``position``: where this poster left it,
+        still holding the lease since (no need to ask the store)."""
+        if position is None:
+            position = await self.store.sink_position(stream, CALLBACK_SINK)
         entries = await self.store.read(stream, after=position, limit=POST_BATCH)
         # Exact again after each read: what a put counted meanwhile is in it.
         self._unposted[recipient_id] = sum(1 for entry in entries if entry.to_callback)
         if not entries:
-            return CAUGHT_UP
+            return CAUGHT_UP, position
         for entry in entries:
             delivered = await self._post_one(recipient_id, entry, lease) if entry.to_callback else None
             if delivered is not None:
@@ -268,14 +283,14 @@ class SharedOutbox:
             if not await self.store.advance_sink(stream, CALLBACK_SINK, entry.entry_id):
                 logger.warning("Another replica took over the callback of %s; stopping here.", recipient_id)
                 self._unposted[recipient_id] = 0
-                return LOST
+                return LOST, None
             if delivered:
                 self.on_delivered(entry.entry_id, CALLBACK_SINK)
             if delivered is not None and self.on_taken is not None:
                 self.on_taken(recipient_id, entry, delivered)
             if not await self.store.renew_lease(lease, self.owner, self._lease_s):
-                return LOST
-        return MORE
+                return LOST, None
+        return MORE, entries[-1].entry_id
 
     async def _post_one(self, recipient_id: str, entry: OutboxEntry, lease: str) -> bool:
         assert self.callback_url is not None
