@@ -8,15 +8,13 @@ Without ``redis-server`` these tests are skipped with a reason, unless
 ``REQUIRE_REDIS_TEST=1`` makes that a failure."""
 
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 
 from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
 from tests.e2e.harness import RasaServer, new_sender, wait_for
 from tests.e2e.test_replicas import Stream, redis, start_replicas  # noqa: F401 (redis: the module's fixture)
-
-__all__ = ["redis"]
 
 
 @pytest.fixture(scope="module")
