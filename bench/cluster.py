@@ -123,6 +123,8 @@ class RasaSetup:
 
     channel: Dict[str, Any]
     tracker_store: Optional[Dict[str, Any]] = None
+    #: Rasa's lock store (replicas of one deployment share a Redis one).
+    lock_store: Optional[Dict[str, Any]] = None
     extra_channels: Dict[str, Any] = field(default_factory=lambda: {"rest": None})
 
 
@@ -136,9 +138,10 @@ async def start_rasa(workdir: Path, model: Path, setup: RasaSetup, cpu: Optional
         RASA, "run", "--model", str(model), "--enable-api", "--credentials", str(credentials),
         "--interface", "127.0.0.1", "--port", str(port),
     ]
-    if setup.tracker_store:
+    stores = {key: value for key, value in (("tracker_store", setup.tracker_store), ("lock_store", setup.lock_store)) if value}
+    if stores:
         endpoints = workdir / f"{name}-endpoints.yml"
-        endpoints.write_text(yaml.safe_dump({"tracker_store": setup.tracker_store}))
+        endpoints.write_text(yaml.safe_dump(stores))
         command += ["--endpoints", str(endpoints)]
     log_path = workdir / f"{name}.log"
     process = subprocess.Popen(

@@ -65,6 +65,44 @@ def targets(results: Dict[str, Any]) -> List[Row]:
         start = data["start_ms"]
         rows.append((f"5. handoff start, {backend}", f"median {start['median']:.1f} ms, p95 {start['p95']:.1f} ms", "(reported)", None))
     rows += _channel_options(scenarios.get("channel_options", {}))
+    rows += _shared_store(scenarios)
+    return rows
+
+
+def _shared_store(scenarios: Dict[str, Any]) -> List[Row]:
+    """Redis memory per live chat (7) and two replicas on Connect (8)."""
+    rows: List[Row] = []
+    memory = scenarios.get("redis_memory")
+    if memory and "skipped" in memory:
+        rows.append(("7. redis memory per live chat", f"skipped: {memory['skipped']}", "", None))
+    elif memory:
+        for row in memory["rows"]:
+            advised = row["stream_node_max_bytes"] <= 256
+            rows.append((
+                f"7. redis memory, {row['chats']:,} live VA chats, stream-node-max-bytes {row['stream_node_max_bytes']}",
+                f"{row['bytes_per_chat']:,.0f} bytes/chat",
+                f"< {memory['target_bytes']:,} bytes" if advised else "(reported: Redis's default)",
+                row["bytes_per_chat"] < memory["target_bytes"] if advised else None,
+            ))
+    deployment = scenarios.get("replicas")
+    if deployment and "skipped" in deployment:
+        rows.append(("8. two replicas, connect", f"skipped: {deployment['skipped']}", "", None))
+    elif deployment:
+        per_interval, busiest = deployment["requests_per_chat_per_poll_interval"], deployment["busiest_chat_per_poll_interval"]
+        rows.append((
+            f"8. two replicas, {deployment['chats']} active connect chats: ServiceNow requests",
+            f"{per_interval:.3f} per chat per poll_interval (busiest chat {busiest:.3f})",
+            "<= 1 per chat per poll_interval",
+            round(per_interval, 2) <= 1.0 and busiest <= 1.01,
+        ))
+        forward = deployment["forward"]
+        rows.append((
+            "8. two replicas: CPU per forwarded message, replica A / B",
+            " / ".join(f"{value:.2f}" for value in forward["cpu_ms_per_message"])
+            + f" ms ({forward['messages_per_s']:.0f}/s for both, {forward['errors']} errors)",
+            "(reported)",
+            None,
+        ))
     return rows
 
 

@@ -10,7 +10,7 @@ under 2 KB). Without ``--redis-url`` it starts a throwaway ``redis-server``
 (Debian: ``apt-get install redis-server``) on a free loopback port; with one,
 it writes under a fresh prefix and deletes its keys afterwards.
 
-A measurement, not a timed benchmark: not part of ``make bench``.
+The same measurement runs in ``make bench`` (scenario ``redis_memory``, bench/scenarios/replicas.py).
 """
 
 import argparse

@@ -15,8 +15,34 @@ EMULATOR_PORT=${EMULATOR_PORT:-8181}
 REDIS_PORT=${REDIS_PORT:-6390}
 REDIS_SERVER=${REDIS_SERVER:-$(command -v redis-server || true)}
 MODEL=${MODEL:-models/demo.tar.gz}
+# As scripts/run.sh: quiet_rasa.py keeps third-party deprecation notices out of the logs.
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning}
+export SQLALCHEMY_SILENCE_UBER_WARNING=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2} RASA_TELEMETRY_ENABLED=${RASA_TELEMETRY_ENABLED:-false}
+RASA=("$VENV/bin/python" scripts/quiet_rasa.py)
 [ -n "$REDIS_SERVER" ] || { echo "error: redis-server not found (Debian: apt-get install redis-server)" >&2; exit 1; }
+
+# Rasa's HTTP API (--enable-api) is protected by --auth-token only: the same
+# rules as scripts/run.sh (docs/security.md).
+rasa_guard=()
+case "$HOST" in
+  127.*|localhost|::1|"[::1]")
+    rasa_guard+=(--cors "${RASA_CORS:-*}")
+    [ -n "${RASA_AUTH_TOKEN:-}" ] && rasa_guard+=(--auth-token "$RASA_AUTH_TOKEN")
+    ;;
+  *)
+    if [ -z "${RASA_AUTH_TOKEN:-}" ]; then
+      echo "error: RASA_HOST=$HOST serves Rasa's HTTP API beyond this machine; set RASA_AUTH_TOKEN" >&2
+      echo "       or keep the default RASA_HOST=127.0.0.1. See docs/security.md." >&2
+      exit 2
+    fi
+    if [ "${RASA_CORS:-}" = "*" ]; then
+      echo "error: RASA_CORS='*' lets any web page call Rasa's HTTP API on $HOST; name the origins instead." >&2
+      exit 2
+    fi
+    rasa_guard+=(--auth-token "$RASA_AUTH_TOKEN")
+    [ -n "${RASA_CORS:-}" ] && rasa_guard+=(--cors "$RASA_CORS")
+    ;;
+esac
 
 work=$(mktemp -d)
 pids=()
@@ -77,8 +103,8 @@ lock_store:
 YML
 
 for port in "$PORT_A" "$PORT_B"; do
-  "$VENV/bin/rasa" run --model "$MODEL" --enable-api --credentials credentials.yml --endpoints "$work/endpoints.yml" \
-    --interface "$HOST" --port "$port" --cors "*" >"$work/rasa-$port.log" 2>&1 &
+  "${RASA[@]}" run --model "$MODEL" --enable-api --credentials credentials.yml --endpoints "$work/endpoints.yml" \
+    --interface "$HOST" --port "$port" "${rasa_guard[@]+"${rasa_guard[@]}"}" >"$work/rasa-$port.log" 2>&1 &
   pids+=($!)
 done
 

@@ -159,6 +159,12 @@ class Outbox:
     def open_streams(self) -> int:
         return self._open_streams
 
+    @property
+    def callback_backlog(self) -> int:
+        """Callback POSTs queued and not yet answered. Read at scrape time
+        from the mailboxes, so that publishing costs nothing more."""
+        return sum(len(mailbox.callback_queue) for mailbox in list(self._mailboxes.values()) if mailbox.callback_queue)
+
     def _mailbox(self, recipient_id: str) -> _Mailbox:
         mailbox = self._mailboxes.get(recipient_id)
         if mailbox is None:

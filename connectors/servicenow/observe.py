@@ -197,7 +197,7 @@ class Observer:
 
 
 def callback_backlog(outbox: Any) -> int:
-    """Callback POSTs queued and not yet answered, read at scrape time.
-    Reads the outbox's mailboxes directly, so that publishing costs nothing more."""
-    mailboxes: Dict[str, Any] = getattr(outbox, "_mailboxes", {})
-    return sum(len(mailbox.callback_queue) for mailbox in list(mailboxes.values()) if mailbox.callback_queue)
+    """Callback POSTs queued and not yet answered, read at scrape time: in
+    this process (``Outbox``), or owed by this replica (``SharedOutbox``,
+    whose replicas' values add up to the deployment's)."""
+    return int(outbox.callback_backlog)

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import aiohttp
 
@@ -53,6 +53,9 @@ MORE, CAUGHT_UP, LOST = "more", "caught up", "lost"
 BACKLOG_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 #: How long a put waits behind an earlier put of the same conversation.
 PUT_WAIT_S = 30.0
+#: Entries a poster reads at a time: all a conversation's stream keeps, so
+#: that the backlog it reports is the whole of what it owes.
+POST_BATCH = RETAINED_PER_USER
 
 
 #: Told when a sink took an entry: (recipient, entry, delivered). Runs on the
@@ -99,7 +102,13 @@ class SharedOutbox:
         self._posters: Dict[str, "asyncio.Task[None]"] = {}
         # Conversations appended to while their poster ran: it looks again.
         self._kicked: Set[str] = set()
+        #: Callback entries each of this replica's posters holds the lease
+        #: for and has not posted yet (``callback_backlog``).
+        self._unposted: Dict[str, int] = {}
         self._session: Optional[aiohttp.ClientSession] = None
+        #: Told (entry id, "callback") when a callback POST is answered 2xx
+        #: (metrics); as ``Outbox.on_delivered``, on the replica that posted.
+        self.on_delivered: Callable[[str, str], None] = lambda _event_id, _sink: None
 
     @property
     def mailbox_count(self) -> int:
@@ -109,6 +118,19 @@ class SharedOutbox:
     @property
     def open_streams(self) -> int:
         return self._open_streams
+
+    @property
+    def callback_backlog(self) -> int:
+        """Callback POSTs this replica owes and has not had answered: the
+        entries of the conversations whose callback lease it holds, not yet
+        posted, plus items waiting here for the store. One replica holds a
+        conversation's lease at a time, so the sum over the replicas is the
+        deployment's backlog (what a dead replica held counts again once
+        another takes it over). Read at scrape time; costs no store call."""
+        waiting = sum(
+            sum(1 for entry in backlog if entry.to_callback) for backlog in self._backlog.values()
+        ) if self.callback_url else 0
+        return waiting + sum(self._unposted.values())
 
     # -- putting -------------------------------------------------------------
 
@@ -176,35 +198,49 @@ class SharedOutbox:
     # -- the callback sink ---------------------------------------------------
 
     def _start_posting(self, recipient_id: str, stored: Sequence[OutboxEntry]) -> None:
-        if not self.callback_url or not any(entry.to_callback for entry in stored):
+        appended = sum(1 for entry in stored if entry.to_callback)
+        if not self.callback_url or not appended:
             return
-        self.take_over(recipient_id)
+        self.take_over(recipient_id, appended)
 
-    def take_over(self, recipient_id: str) -> None:
+    def take_over(self, recipient_id: str, appended: int = 0) -> None:
         """Make sure this replica tries to post the conversation's entries
-        (after an append here, or when the lease list shows nobody does)."""
+        (after an append here of ``appended`` callback entries, or when the
+        lease list shows nobody does)."""
         if recipient_id in self._posters:
             self._kicked.add(recipient_id)
+            if recipient_id in self._unposted:
+                # Its poster reads them after its batch; count them meanwhile.
+                self._unposted[recipient_id] += appended
             return
         self._posters[recipient_id] = asyncio.ensure_future(self._post_entries(recipient_id))
 
     async def _post_entries(self, recipient_id: str) -> None:
         stream, lease = stream_of(recipient_id), callback_lease(recipient_id)
         attempt = 0
+        # After a batch the lease is still this poster's (renewed after each
+        # entry): the next batch goes on without taking it again.
+        held = False
+        #: Where this poster's last batch left the callback pointer.
+        upto: Optional[str] = None
         try:
             while True:
                 self._kicked.discard(recipient_id)
                 try:
-                    if not await self.store.acquire_lease(lease, self.owner, self._lease_s):
-                        # The holder looks again after letting go, and sees
-                        # what was appended before this attempt; if it dies,
-                        # the lease list brings the job to a live replica.
+                    if not held:
+                        upto = None  # another replica may have posted meanwhile
+                        if not await self.store.acquire_lease(lease, self.owner, self._lease_s):
+                            # The holder looks again after letting go, and sees
+                            # what was appended before this attempt; if it dies,
+                            # the lease list brings the job to a live replica.
+                            await self.store.register_lease(lease)
+                            return
                         await self.store.register_lease(lease)
-                        return
-                    await self.store.register_lease(lease)
-                    progress = await self._post_pending(recipient_id, stream, lease)
+                        held = True
+                    progress, upto = await self._post_pending(recipient_id, stream, lease, upto)
                     if progress == MORE:
                         continue
+                    held = False
                     if progress == LOST:
                         return  # the replica that holds the lease now goes on
                     await self.store.unregister_lease(lease)
@@ -213,6 +249,7 @@ class SharedOutbox:
                     if await self.store.read(stream, after=position, limit=1):
                         continue  # appended while letting go
                 except StoreUnavailable as error:
+                    held = False
                     logger.warning("Callback delivery for %s waits for the store: %s", recipient_id, error)
                     await asyncio.sleep(BACKLOG_RETRY_S[min(attempt, len(BACKLOG_RETRY_S) - 1)])
                     attempt += 1
@@ -222,25 +259,38 @@ class SharedOutbox:
         finally:
             if self._posters.get(recipient_id) is asyncio.current_task():
                 del self._posters[recipient_id]
+                self._unposted.pop(recipient_id, None)
 
-    async def _post_pending(self, recipient_id: str, stream: str, lease: str) -> str:
+    async def _post_pending(
+        self, recipient_id: str, stream: str, lease: str, position: Optional[str] = None
+    ) -> Tuple[str, Optional[str]]:
         """Post what the callback has not taken yet: ``MORE`` when there was
         some, ``CAUGHT_UP`` when there was none, ``LOST`` when another replica
-        holds the lease now (this one's expired during a long post)."""
-        position = await self.store.sink_position(stream, CALLBACK_SINK)
-        entries = await self.store.read(stream, after=position, limit=50)
+        holds the lease now (this one's expired during a long post); and
+        where the pointer is now. ``position``: where this poster left it,
+        still holding the lease since (no need to ask the store)."""
+        if position is None:
+            position = await self.store.sink_position(stream, CALLBACK_SINK)
+        entries = await self.store.read(stream, after=position, limit=POST_BATCH)
+        # Exact again after each read: what a put counted meanwhile is in it.
+        self._unposted[recipient_id] = sum(1 for entry in entries if entry.to_callback)
         if not entries:
-            return CAUGHT_UP
+            return CAUGHT_UP, position
         for entry in entries:
             delivered = await self._post_one(recipient_id, entry, lease) if entry.to_callback else None
+            if delivered is not None:
+                self._unposted[recipient_id] -= 1
             if not await self.store.advance_sink(stream, CALLBACK_SINK, entry.entry_id):
                 logger.warning("Another replica took over the callback of %s; stopping here.", recipient_id)
-                return LOST
+                self._unposted[recipient_id] = 0
+                return LOST, None
+            if delivered:
+                self.on_delivered(entry.entry_id, CALLBACK_SINK)
             if delivered is not None and self.on_taken is not None:
                 self.on_taken(recipient_id, entry, delivered)
             if not await self.store.renew_lease(lease, self.owner, self._lease_s):
-                return LOST
-        return MORE
+                return LOST, None
+        return MORE, entries[-1].entry_id
 
     async def _post_one(self, recipient_id: str, entry: OutboxEntry, lease: str) -> bool:
         assert self.callback_url is not None

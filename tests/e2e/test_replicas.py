@@ -7,6 +7,7 @@ Without ``redis-server`` these tests are skipped with a reason, unless
 ``REQUIRE_REDIS_TEST=1`` makes that a failure."""
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -88,12 +89,21 @@ class Stream:
         return next(item["id"] for item in self.items if item.get("text") == text)
 
     def close(self) -> None:
+        # Shut the socket first: a plain close waits for the reader thread,
+        # which sits in recv() until the next heartbeat (15 s).
+        sock = getattr(getattr(self._response.raw, "_connection", None), "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
         self._response.close()
 
 
 @pytest.fixture(scope="module")
 def va_replicas(e2e_dir, demo_model, emulator, callback, redis) -> Iterator[Tuple[RasaServer, RasaServer]]:
-    a, b = start_replicas(e2e_dir, demo_model, redis, channel_options(emulator, callback, "virtual_agent"), "va-replica")
+    options = channel_options(emulator, callback, "virtual_agent", metrics=True)
+    a, b = start_replicas(e2e_dir, demo_model, redis, options, "va-replica")
     yield a, b
     a.stop()
     b.stop()
@@ -222,6 +232,77 @@ def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(
     assert callback.agent_texts(sender).count("after the crash") == 1
     assert [reply["text"] for reply in b.say(sender, "/end_chat")] == [TEXTS.user_ended]
     print(f"takeover after kill -9: {taken_over_in:.2f} s; deployment poll rate {rate:.2f}/s")
+
+
+def test_metrics_count_the_callback_backlog_and_latency_of_the_shared_outbox(va_replicas, emulator, callback):
+    from tests.e2e.test_metrics import scrape, value
+
+    a, b = va_replicas
+    point_emulator_at(emulator, b)
+    sender = new_sender()
+    a.say(sender, "talk to live agent")
+    chat = a.slots(sender)["live_chat_id"]
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+
+    def total(name: str, **labels: str) -> float:
+        return sum(value(scrape(f"{server.url}/webhooks/servicenow/metrics"), name, **labels) for server in (a, b))
+
+    delivered_before = total("delivery_latency_seconds_count", sink="callback")
+    sent = ["slow one", "slow two", "slow three"]
+    callback.answering.clear()  # a slow frontend: the posts wait
+    try:
+        for text in sent:
+            emulator.say(chat, text)
+        # Summed over the replicas: each conversation is owed by one of them.
+        wait_for(lambda: total("outbox_backlog") == len(sent), what="the backlog to show the waiting posts")
+    finally:
+        callback.answering.set()
+    wait_for(lambda: sent[-1] in callback.agent_texts(sender))
+    wait_for(lambda: total("outbox_backlog") == 0, what="the backlog to empty")
+    wait_for(lambda: total("delivery_latency_seconds_count", sink="callback") >= delivered_before + len(sent))
+    assert [reply["text"] for reply in a.say(sender, "/end_chat")] == [TEXTS.user_ended]
+
+
+def test_kill_9_of_the_replica_that_acknowledged_callbacks_loses_nothing_for_the_callback(
+    va_replicas, emulator, callback
+):
+    # A's poster dies with the conversation's callback lease; B takes the
+    # posting over once the lease expires. A starts again afterwards.
+    a, b = va_replicas
+    point_emulator_at(emulator, a)
+    sender = new_sender()
+    b.say(sender, "talk to live agent")
+    chat = b.slots(sender)["live_chat_id"]
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    sent = [f"message {n}" for n in range(1, 9)]
+    callback.answering.clear()  # a slow frontend: A's poster is still at the first post when it dies
+    for text in sent:
+        emulator.say(chat, text)
+
+    def acknowledged() -> bool:
+        delivered = [
+            str(entry["payload"]) for entry in emulator.get(f"callbacks?session={chat}")["callbacks"]
+            if entry["outcome"] == "delivered"
+        ]
+        return all(any(f"'{text}'" in payload for payload in delivered) for text in sent)
+
+    try:
+        wait_for(acknowledged, what="A to acknowledge the agent's messages")
+        a.kill()
+        killed = time.monotonic()
+        callback.answering.set()
+        wait_for(lambda: sent[-1] in callback.agent_texts(sender), timeout=30, what="B to post what A acknowledged")
+        print(f"callback posting taken over {time.monotonic() - killed:.2f} s after kill -9")
+        got = [text for text in callback.agent_texts(sender) if text in sent]
+        # At least once: a post A had under way when it died may come again, right after itself.
+        assert [text for n, text in enumerate(got) if n == 0 or got[n - 1] != text] == sent, got
+        assert len(got) - len(sent) <= 1, got
+        assert [reply["text"] for reply in b.say(sender, "/end_chat")] == [TEXTS.user_ended]
+    finally:
+        callback.answering.set()
+        a.start()
 
 
 def test_while_redis_is_down_messages_get_503_and_never_reach_the_bot(va_replicas, emulator, callback, redis):

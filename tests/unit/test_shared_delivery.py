@@ -192,3 +192,61 @@ async def test_with_a_callback_the_poster_reports_what_the_frontend_answered(rep
         await a.put("u1", [message("one"), status_item("u1", active=True, chat_id="c", api="va")])
         await asyncio.wait_for(asyncio.gather(*a._posters.values()), 5)
     assert taken == [("one", True)]  # the status event is not the callback's
+
+
+async def test_the_replica_that_posts_reports_each_answered_callback_and_its_backlog(replicas):
+    delivered = []
+    a, b = replicas(CALLBACK), replicas(CALLBACK)
+    for outbox in (a, b):
+        outbox.on_delivered = lambda event_id, sink, outbox=outbox: delivered.append((outbox, event_id, sink))
+    answer = asyncio.Event()
+
+    async def held(url, **kwargs):
+        await answer.wait()
+
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200, repeat=True, callback=held)
+        stored = await a.put("u1", [message("one"), message("two"), status_item("u1", active=True, chat_id="c", api="va")])
+        stored += await b.put("u1", [message("three")])
+
+        async def owed(count):
+            while a.callback_backlog + b.callback_backlog != count:
+                await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+
+        # a holds the lease and the first POST hangs: it owes all three
+        # messages (the status event is not the callback's), b owes none.
+        await asyncio.wait_for(owed(3), 5)
+        assert b.callback_backlog == 0
+        answer.set()
+        await asyncio.wait_for(owed(0), 5)
+        await asyncio.wait_for(asyncio.gather(*a._posters.values(), *b._posters.values()), 5)
+    messages = [item.event_id for item in stored if item.kind != HANDOFF_EVENT]
+    assert [(outbox, event_id, sink) for outbox, event_id, sink in delivered] == [(a, e, "callback") for e in messages]
+
+
+async def test_a_refused_callback_leaves_the_backlog_without_a_delivery(replicas, monkeypatch):
+    from connectors.servicenow import delivery
+    from connectors.servicenow.config import RetryPolicy
+
+    monkeypatch.setattr(delivery, "CALLBACK_RETRY", RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.01))
+    delivered = []
+    a = replicas(CALLBACK)
+    a.on_delivered = lambda event_id, sink: delivered.append(event_id)
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=400, repeat=True)
+        await a.put("u1", [message("one")])
+        await asyncio.wait_for(asyncio.gather(*a._posters.values()), 5)
+    assert delivered == [] and a.callback_backlog == 0
+
+
+async def test_items_waiting_for_the_store_count_in_the_backlog(replicas, server):
+    a, no_callback = replicas(CALLBACK), replicas()
+    server.connected = False
+    await a.put("u1", [message("one"), status_item("u1", active=True, chat_id="c", api="va")])
+    await no_callback.put("u2", [message("one")])
+    assert a.callback_backlog == 1  # the status event is not the callback's
+    assert no_callback.callback_backlog == 0  # without a callback there is nothing to post
+    for outbox in (a, no_callback):
+        for worker in outbox._backlog_workers.values():
+            worker.cancel()
+    server.connected = True
