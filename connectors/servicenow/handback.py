@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from rasa.core.agent import Agent
 from rasa.core.channels.channel import OutputChannel
-from rasa.shared.core.events import Event, SlotSet, UserUttered
+from rasa.shared.core.constants import ACTION_LISTEN_NAME
+from rasa.shared.core.events import ActionExecuted, Event, SlotSet, UserUttered
 
 from connectors.servicenow.state import LOCK_POLL_S, SLOT_END_REASON, SLOT_STATUS
 
@@ -104,6 +105,13 @@ class HandBackTurn:
         try:
             async with agent.lock_store.lock(sender_id, wait_time_in_seconds=LOCK_POLL_S):
                 tracker = await agent.processor.fetch_tracker_and_update_session(sender_id, output)
+                if tracker.latest_action_name != ACTION_LISTEN_NAME:
+                    # A turn Rasa ran outside a request (``/execute``, an
+                    # action that ended the handoff) may stop short of
+                    # listening. Rules expect a user turn after a listen;
+                    # without one the fallback reverts to the user's last
+                    # message, which asked for the agent: a new handoff.
+                    tracker.update(ActionExecuted(ACTION_LISTEN_NAME), agent.domain)
                 await agent.trigger_intent(self.intent, entities, output, tracker)
         except Exception:
             logger.exception("The hand-back turn of conversation %s (%s) failed.", sender_id, reason)
