@@ -66,7 +66,8 @@ async def test_a_good_connect_setup_has_no_problem(tmp_path, instance):
     one(oks(findings, "instance"), "with the Basic credentials")
     one(oks(findings, "instance"), "Connect queue 'IT Support' (queue_id) exists")
     one(oks(findings, "instance"), "No rate-limit headers")
-    assert len(oks(findings, "domain")) == 6  # five slots and the handoff response
+    # five slots, the hand-back intent, the responses that start and that end a handoff
+    assert len(oks(findings, "domain")) == 8
 
 
 async def test_a_good_virtual_agent_setup_with_oauth_and_message_auth(tmp_path, instance):
@@ -278,3 +279,16 @@ def test_cli_with_the_shipped_files(instance):
     result = doctor(cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Response(s) that start a handoff: utter_handoff" in result.stdout
+
+
+def test_a_domain_without_the_hand_back_intent_gets_a_warning_not_a_problem(tmp_path):
+    from connectors.servicenow.doctor.domain import check_domain
+
+    domain = tmp_path / "domain.yml"
+    domain.write_text(
+        "version: '3.1'\nintents: [greet]\nresponses:\n  utter_handoff:\n    - custom:\n        handoff: {}\n"
+    )
+    findings, _ = check_domain(domain, "connect", "handoff_ended")
+    [finding] = [f for f in findings if "handback_intent" in f.message]
+    assert finding.severity.value == "warning"
+    assert "no turn when a handoff ends" in finding.message

@@ -37,7 +37,8 @@ async def diagnose(paths: Paths, *, offline: bool = False) -> List[Finding]:
     api = channel.settings.api if channel.settings else (channel.raw or {}).get("api")
     queues: List[str] = []
     if paths.domain is not None:
-        domain_findings, queues = check_domain(paths.domain, api if isinstance(api, str) else None)
+        intent = channel.settings.handback_intent if channel.settings else None
+        domain_findings, queues = check_domain(paths.domain, api if isinstance(api, str) else None, intent)
         findings += domain_findings
     else:
         findings.append(warning("domain", "No domain given and no domain.yml here: slots and responses not checked.",
