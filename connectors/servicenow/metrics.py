@@ -113,7 +113,7 @@ class HandoffMetrics:
         )
         self.handoffs_ended = Counter(
             PREFIX + "handoffs_ended",
-            "Handoffs that ended, by reason (user_ended, agent_closed, returned, failed).",
+            "Handoffs that ended, by reason (user_ended, agent_closed, returned, failed, bot_ended).",
             ["reason"],
             registry=r,
         )
