@@ -225,3 +225,22 @@ def test_handback_intent_must_name_one_intent(value):
 def test_the_new_options_have_their_defaults():
     settings = ServiceNowSettings.from_credentials(MINIMAL)
     assert settings.handback_intent == "handoff_ended" and settings.record_user_messages is False
+
+
+async def test_the_optional_slots_are_written_only_when_the_domain_declares_them(caplog):
+    from rasa.core.lock_store import InMemoryLockStore
+    from rasa.core.tracker_store import InMemoryTrackerStore
+
+    from connectors.servicenow.handback import ended_events
+    from connectors.servicenow.state import TrackerSlots, cleared_slot_events
+
+    domain = Domain.from_dict(
+        {"slots": {"handoff_active": {"type": "bool", "influence_conversation": False, "mappings": [{"type": "custom"}]}}}
+    )
+    store = InMemoryTrackerStore(domain)
+    fake = SimpleNamespace(domain=domain, tracker_store=store, lock_store=InMemoryLockStore(), processor=None)
+    with caplog.at_level(logging.ERROR):
+        await TrackerSlots(lambda: fake).write("u1", cleared_slot_events()[:1] + ended_events("agent_closed"))
+    tracker = await store.retrieve("u1")
+    assert [(e.key, e.value) for e in tracker.events] == [("handoff_active", False)]
+    assert not [r for r in caplog.records if "non existent slot" in r.getMessage()]
