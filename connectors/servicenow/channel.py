@@ -21,7 +21,10 @@ store cannot say whether it is, the webhook answers 503 (``Retry-After``)
 rather than guess; a conversation's messages are handled one at a time, in
 arrival order, and a handled message runs to the end even if the client
 hangs up. A bot response with a custom payload ``{"handoff": {...}}`` starts
-the handoff; no action server or policy is involved.
+the handoff; no action server or policy is involved (a custom action's
+``dispatcher.utter_message(json_message=...)`` arrives the same way). In a
+turn Rasa runs outside a request, ``{"handoff": {"end": true}}`` ends it. When
+a handoff ends the bot takes the hand-back turn (handback.py).
 """
 
 import asyncio
@@ -49,6 +52,7 @@ from connectors.servicenow.backends.virtual_agent import CallbackError, VirtualA
 from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, ServiceNowSettings
 from connectors.servicenow.delivery import PER_SENDER, Outbox, Outgoing, StreamLimitReached
 from connectors.servicenow.errors import ConfigurationError, ConversationBusy, StoreUnavailable
+from connectors.servicenow.handback import HandBackTurn
 from connectors.servicenow.handoff import OPEN_WAIT_S, HandoffManager
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
 from connectors.servicenow.logsafe import escape_log_arguments, loggable
@@ -77,6 +81,8 @@ logger = logging.getLogger(__name__)
 #: sees first; defaults to the user's last message), ``queue_id`` (Connect)
 #: and ``context_variables`` (Virtual Agent routing).
 HANDOFF_PAYLOAD_KEY = "handoff"
+#: ``{"handoff": {"end": true}}`` ends the conversation's handoff instead.
+HANDOFF_END_KEY = "end"
 RESTART_COMMAND = "/restart"
 #: What the agent reads first when a handoff starts outside a webhook request
 #: (Rasa's HTTP API) and the payload gives no ``message``.
@@ -167,6 +173,8 @@ class ServiceNowInput(InputChannel):
             )
         self.handoffs = HandoffManager(settings, self.backend, self.outbox, agent=self._agent, store=self.store)
         self.handoffs.relay.owner = self.replica_id
+        self.handback = HandBackTurn(self._agent, settings.handback_intent)
+        self.handoffs.hand_back_turn = self._hand_back_turn
         if isinstance(self.outbox, SharedOutbox):
             self.outbox.on_taken = self.handoffs.report_taken
         self._metrics_server: Optional[Any] = None
@@ -219,6 +227,24 @@ class ServiceNowInput(InputChannel):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    async def _hand_back_turn(self, sender_id: str, reason: str, in_request: bool) -> list:
+        """The bot's turn after a handoff ended. In a request its replies join
+        the webhook's answer (the client is waiting for it, and the outbox
+        would deliver them after the answer's own notice anyway); otherwise
+        they go through the outbox, behind the end notice already there."""
+        if not in_request:
+            await self.handback.run(sender_id, reason, OutOfBandOutput(self))
+            return []
+        collector = TurnCollector()
+        await self.handback.run(sender_id, reason, collector)
+        replies = list(collector.messages)
+        if collector.handoff is not None:
+            request = handoff_request(
+                sender_id, collector.handoff, OUT_OF_BAND_HANDOFF_TEXT, {}, Requester(user_id=sender_id)
+            )
+            replies += await self.handoffs.start(request, in_request=True)
+        return replies
 
     def get_output_channel(self) -> OutputChannel:
         """Where Rasa sends messages it produces outside a webhook request
@@ -485,7 +511,8 @@ class ServiceNowInput(InputChannel):
         if chat is not None:
             command = payload.message.lower()
             if command == RESTART_COMMAND:
-                replies = await self.handoffs.end_by_user(chat)
+                # No hand-back turn: the restart wipes what it would say.
+                replies = await self.handoffs.end_by_user(chat, hand_back=False)
                 if not chat.ended:  # the end could not be saved: still with the agent
                     return replies
                 return replies + (await self._run_turn(payload, on_new_message)).messages
@@ -715,10 +742,16 @@ class _HandoffAwareOutput(CollectingOutputChannel):
         self.handoff: Optional[Dict[str, Any]] = None
 
     async def send_custom_json(self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any) -> None:
+        # Responses and custom actions alike: Rasa hands a message's
+        # ``custom`` (``utter_message(json_message=...)``) to this method.
         if isinstance(json_message, dict) and HANDOFF_PAYLOAD_KEY in json_message:
             options = json_message[HANDOFF_PAYLOAD_KEY]
-            self.handoff = options if isinstance(options, dict) else {}
-            self.on_handoff(recipient_id, self.handoff)
+            options = options if isinstance(options, dict) else {}
+            if options.get(HANDOFF_END_KEY) is True:
+                self.on_handoff_end(recipient_id)
+            else:
+                self.handoff = options
+                self.on_handoff(recipient_id, self.handoff)
             json_message = {key: value for key, value in json_message.items() if key != HANDOFF_PAYLOAD_KEY}
             if not json_message:
                 return
@@ -726,6 +759,11 @@ class _HandoffAwareOutput(CollectingOutputChannel):
 
     def on_handoff(self, recipient_id: str, options: Dict[str, Any]) -> None:
         """Hook for outputs that act on the request themselves."""
+
+    def on_handoff_end(self, recipient_id: str) -> None:
+        """The bot asked to end the handoff. In a webhook turn there is none
+        to end: the user's messages reach the bot only outside a handoff."""
+        logger.info("Ignoring an end-of-handoff payload for conversation %s, which is not in handoff.", recipient_id)
 
 
 class TurnCollector(_HandoffAwareOutput):
@@ -756,6 +794,10 @@ class OutOfBandOutput(_HandoffAwareOutput):
         # for it in its own task.
         request = handoff_request(recipient_id, options, OUT_OF_BAND_HANDOFF_TEXT, {}, Requester(user_id=recipient_id))
         self._channel.spawn(self._channel.handoffs.start(request, in_request=False))
+
+    def on_handoff_end(self, recipient_id: str) -> None:
+        # Also under Rasa's lock: the end writes the tracker, so it waits in its own task.
+        self._channel.spawn(self._channel.handoffs.end_by_bot(recipient_id))
 
 
 def handoff_request(

@@ -67,6 +67,11 @@ class ServiceNowSettings:
     chat_page: bool = False
     #: Record what the agent side said in the tracker (as ``bot`` events).
     record_transcript: bool = True
+    #: Record the user's messages to the agent in the tracker (``user`` events without NLU).
+    record_user_messages: bool = False
+    #: The intent of the bot's turn when a handoff ends (handback.py); a
+    #: domain without it gets no such turn.
+    handback_intent: str = "handoff_ended"
     #: Once the model is loaded, move the objects that exist at that point
     #: out of the cyclic garbage collector's reach (``gc.freeze()``). Rasa's
     #: heap (TensorFlow, the model) is large, and a full collection that walks
@@ -321,6 +326,15 @@ def _host(value: Any) -> str:
     return host
 
 
+def _intent_name(value: Any) -> str:
+    name = _text(value)
+    # Rasa reads "/name{...}" as an intent with entities: braces, a leading
+    # slash or spaces would not name one intent.
+    if not name or name.startswith("/") or any(char.isspace() or char in "{}" for char in name):
+        raise ValueError(f"'{name}' is not an intent name")
+    return name
+
+
 def _commands(value: Any) -> Tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
@@ -356,6 +370,8 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "messages": UserTexts.from_options,
     "chat_page": _boolean,
     "record_transcript": _boolean,
+    "record_user_messages": _boolean,
+    "handback_intent": _intent_name,
     "freeze_gc_at_start": _boolean,
     "log_format": _log_format,
     "metrics": _boolean,

@@ -9,14 +9,20 @@ Ways a handoff ends, and what the user hears:
   after ServiceNow's own explanation;
 * ServiceNow keeps failing: the chat is left (Virtual Agent: faulted) and the
   user gets ``connection_lost`` with the chat id and the time of the last
-  message, or ``session_lost`` when that fails too.
+  message, or ``session_lost`` when that fails too;
 * no agent accepts within ``agent_wait_timeout``: the chat is left, ``no_agent``;
 * the user sends nothing for ``user_idle_timeout`` in a live chat: the agent is
-  told (``user_idle_agent``), the chat is left, ``user_idle`` (``waiting.py``).
+  told (``user_idle_agent``), the chat is left, ``user_idle`` (``waiting.py``);
+* the bot ends it (a custom payload ``{"handoff": {"end": true}}`` in a turn
+  Rasa runs outside a request): ``bot_ended``, told ``chat_ended``.
 
 A handoff that may not start (``business_hours``, the Connect queue's
 ``not_available``, ``max_live_chats``, ``handoff_starts_per_minute``) opens
 nothing and tells the user why, all through ``_refuse``.
+
+After the notice the bot takes a turn of its own, the hand-back turn
+(handback.py, ``hand_back``), with the reason as an entity: the replica that
+ends the handoff runs it, once.
 
 Messages produced while answering a webhook request are returned to the
 caller for the HTTP response; everything else goes out through the outbox.
@@ -42,7 +48,7 @@ import logging
 import time
 from collections import OrderedDict
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 from rasa.core.agent import Agent
 from rasa.shared.core.events import Event, SlotSet
@@ -59,6 +65,7 @@ from connectors.servicenow.backends.base import (
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
+from connectors.servicenow.handback import ended_events, started_events, user_message_event
 from connectors.servicenow.limits import RateLimiter
 from connectors.servicenow.observe import Observer
 from connectors.servicenow.relay import Relay, chat_of_poll_lease, lease_time, poll_lease
@@ -88,9 +95,15 @@ from connectors.servicenow.waiting import (
 logger = logging.getLogger(__name__)
 
 Messages = List[Dict[str, Any]]
+#: Runs the hand-back turn: (sender id, reason, in a request?) -> the turn's
+#: replies for the HTTP answer (none when they went through the outbox).
+HandBackHook = Callable[[str, str, bool], Awaitable[Messages]]
 
 
 class EndReason(str, Enum):
+    """Why a handoff ended; the value is the hand-back turn's entity, the
+    ``handoff_end_reason`` slot and the metrics label."""
+
     USER_ENDED = "user_ended"
     AGENT_CLOSED = "agent_closed"
     #: ServiceNow handed control back (no agent available, time-out).
@@ -100,6 +113,8 @@ class EndReason(str, Enum):
     NO_AGENT = "no_agent"
     #: The user sent nothing for ``user_idle_timeout``; this side left the chat.
     USER_IDLE = "user_idle"
+    #: The bot ended it: a custom payload ``{"handoff": {"end": true}}``.
+    BOT_ENDED = "bot_ended"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +156,7 @@ class HandoffManager:
         self.backend = backend
         self.outbox = outbox
         self.texts = settings.texts
+        self._refusal_turns: "set[asyncio.Future[Messages]]" = set()
         #: Every text the user hears goes through here (domain response, ``messages``, default).
         self.speech = Speech(settings.texts, agent)
         self.store = store if store is not None else MemoryStore()
@@ -182,6 +198,9 @@ class HandoffManager:
         self.typing = TypingForwarder(backend.send_typing)
         self.start_limiter = RateLimiter(settings.handoff_starts_per_minute, 60.0)
         self.observe = self.relay.observe = Observer()  # the channel gives one with metrics
+        #: The bot's turn after a handoff ends; the channel sets it (it owns
+        #: the output channels). None: no turn.
+        self.hand_back_turn: Optional[HandBackHook] = None
 
     # -- the flag ----------------------------------------------------------
 
@@ -380,9 +399,16 @@ class HandoffManager:
         return Refusal("no_agent_available", Line("no_agent_available"))
 
     async def _refuse(self, sender: str, refusal: Refusal, *, in_request: bool) -> Messages:
-        """Every refusal to open a chat goes through here: the user hears why.
-        The hand-back turn (intent with the reason) belongs here as well."""
-        return await self._tell(sender, [refusal.line], in_request=in_request)
+        """Every refusal to open a chat goes through here: the user hears why,
+        then the bot takes its hand-back turn with the refusal's reason."""
+        messages = await self._tell(sender, [refusal.line], in_request=in_request)
+        # A refusal comes out of the bot's own turn, which holds the
+        # conversation's lock until it returns: the hand-back turn waits for
+        # that lock in the background and answers through the outbox.
+        task = asyncio.ensure_future(self.hand_back(sender, refusal.reason, in_request=False))
+        self._refusal_turns.add(task)
+        task.add_done_callback(self._refusal_turns.discard)
+        return messages
 
     async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
         sender = request.sender_id
@@ -432,7 +458,9 @@ class HandoffManager:
                     await self._save_record(opened_chat, started_at)
             messages = await self.speech.say(sender, "connecting")
             try:
-                await self.slots.write(sender, opened_chat.slot_events() + [bot_uttered(m) for m in messages])
+                await self.slots.write(
+                    sender, opened_chat.slot_events() + started_events() + [bot_uttered(m) for m in messages]
+                )
             except StoreUnavailable as error:
                 # An unsaved handoff would be forgotten by a restart with the
                 # chat still open: leave it, and the user stays with the bot.
@@ -548,15 +576,20 @@ class HandoffManager:
             except ServiceNowError as error:
                 logger.warning("Could not deliver a message to ServiceNow chat %s: %s", chat.chat_id, error)
                 return await self._end(chat, EndReason.FAILED, in_request=True, undelivered=True)
+        if self.settings.record_user_messages:
+            # Coalesced with the agent's messages; the end of the chat takes
+            # them into its own write, ahead of the hand-back turn.
+            self.relay.save_later(chat.sender_id, [user_message_event(text, chat.chat_id)])
         self.relay.note_activity(chat)
         if self.settings.user_idle_timeout and chat.agent_joined:
             await self._set_timer(IDLE, chat, self.settings.user_idle_timeout)
         return []
 
-    async def end_by_user(self, chat: LiveChat) -> Messages:
+    async def end_by_user(self, chat: LiveChat, *, hand_back: bool = True) -> Messages:
         """End the handoff at the user's request. Saved first, left after:
         when the save fails the chat goes on (``chat.ended`` stays False) and
-        the answer says so."""
+        the answer says so. The answer is the notice, then the replies of the
+        hand-back turn (unless ``hand_back`` is False: ``/restart``)."""
         messages = await self.speech.say(chat.sender_id, "user_ended")
         async with chat.dispatch_lock:
             # Holding the dispatch lock: no agent message is delivered while
@@ -580,10 +613,17 @@ class HandoffManager:
                 if self.backend.pulls:
                     await self._unregister_poll(chat.chat_id)
             pending = self.relay.take_unsaved(chat)
-            events = pending + cleared_slot_events() + [bot_uttered(m) for m in messages]
+            events = (
+                pending
+                + cleared_slot_events()
+                + ended_events(EndReason.USER_ENDED.value)
+                + [bot_uttered(m) for m in messages]
+            )
+            saved = True
             try:
                 await self.slots.write(chat.sender_id, events)
             except StoreUnavailable as error:
+                saved = False
                 if not self.shared:
                     self.relay.give_back_unsaved(chat, pending)
                     logger.error(
@@ -598,7 +638,39 @@ class HandoffManager:
         await self._leave_quietly(chat)
         await self._tell_status(chat.sender_id, active=False, chat_id=chat.chat_id)
         self.observe.handoff_ended(chat.sender_id, chat.chat_id, EndReason.USER_ENDED.value)
+        if hand_back and saved:
+            messages = messages + await self.hand_back(chat.sender_id, EndReason.USER_ENDED, in_request=True)
         return messages
+
+    async def end_by_bot(self, sender_id: str) -> Messages:
+        """End the sender's handoff because the bot said so (the end payload
+        in a turn Rasa ran outside a request); nothing when none is live."""
+        try:
+            chat = await self.active_chat(sender_id)
+        except (StoreUnavailable, ConversationBusy) as error:
+            logger.error("Could not end the handoff of conversation %s as the bot asked: %s", sender_id, error)
+            return []
+        if chat is None:
+            logger.info("The bot asked to end the handoff of conversation %s, which has none.", sender_id)
+            return []
+        return await self._end(chat, EndReason.BOT_ENDED, in_request=False)
+
+    async def hand_back(self, sender_id: str, reason: Union[EndReason, str], *, in_request: bool) -> Messages:
+        """Run the hand-back turn for ``reason``: the bot's intent
+        ``handback_intent`` with the entity ``handoff_end_reason``. Called by
+        every end of a handoff, once, on the replica that ends it; call it
+        too where no chat opened (a refusal, hours, nobody available), after
+        telling the user why. Returns the turn's replies when ``in_request``
+        (for the HTTP answer), else sends them through the outbox."""
+        if self.hand_back_turn is None:
+            return []
+        value = reason.value if isinstance(reason, EndReason) else str(reason)
+        try:
+            return await self.hand_back_turn(sender_id, value, in_request)
+        except Exception:
+            # The handoff is over whatever the bot's turn does.
+            logger.exception("The hand-back turn of conversation %s failed.", sender_id)
+            return []
 
     def user_typing(self, sender_id: str, typing: bool) -> bool:
         """Pass the user's typing state to the agent, debounced; False when
@@ -751,16 +823,24 @@ class HandoffManager:
         if undelivered:
             lines.append(Line("message_not_delivered"))
         messages = await self.speech.say_lines(chat.sender_id, lines)
-        events = pending + cleared_slot_events() + [bot_uttered(m) for m in messages]
+        events = pending + cleared_slot_events() + ended_events(reason.value) + [bot_uttered(m) for m in messages]
+        saved = True
         try:
             await self.slots.write(chat.sender_id, events)
         except StoreUnavailable as error:
             # The chat is over either way (left, or closed by ServiceNow), so
             # it ends here too; the tracker catches up before the next turn.
+            # No hand-back turn: it would run on a tracker still in handoff.
+            saved = False
             self._hold_end_save(chat, events, error)
         await self._tell_status(chat.sender_id, active=False, chat_id=chat.chat_id)
         self.observe.handoff_ended(chat.sender_id, chat.chat_id, reason.value)
-        return await self._deliver(chat.sender_id, messages, in_request=in_request)
+        answer = await self._deliver(chat.sender_id, messages, in_request=in_request)
+        if saved:
+            # After the notice: out of band it is in the outbox already, in a
+            # request the turn's replies follow it in the same answer.
+            answer = answer + await self.hand_back(chat.sender_id, reason, in_request=in_request)
+        return answer
 
     def _hold_end_save(self, chat: LiveChat, events: List[Event], error: Exception) -> None:
         logger.error(
@@ -784,7 +864,7 @@ class HandoffManager:
             return [Line("user_ended")]
         if reason is EndReason.AGENT_CLOSED:
             return [Line("agent_closed")]
-        if reason is EndReason.RETURNED:
+        if reason is EndReason.RETURNED or reason is EndReason.BOT_ENDED:
             return [Line("chat_ended")]
         if reason is EndReason.NO_AGENT:
             return [Line("no_agent")]

@@ -118,7 +118,7 @@ class HandoffMetrics:
         )
         self.handoffs_ended = Counter(
             PREFIX + "handoffs_ended",
-            "Handoffs that ended, by reason (user_ended, agent_closed, returned, failed, no_agent, user_idle).",
+            "Handoffs that ended, by reason (user_ended, agent_closed, returned, failed, no_agent, user_idle, bot_ended).",
             ["reason"],
             registry=r,
         )

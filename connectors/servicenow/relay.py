@@ -35,6 +35,7 @@ from connectors.servicenow.backends.base import (
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.delivery import TYPING_EVENT, Outbox, Outgoing, status_item
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
+from connectors.servicenow.handback import agent_joined_events
 from connectors.servicenow.observe import Observer
 from connectors.servicenow.state import LiveChat, TrackerSlots, bot_uttered
 from connectors.servicenow.store import Store
@@ -454,6 +455,8 @@ class Relay:
                 return False
             for index in queued:
                 self.observe.agent_message_queued(items[index].event_id, arrived)
+            # The tracker shows the agent's arrival (``handoff_status``).
+            status = agent_joined_events() if joined and not chat.agent_joined else []
             # The chat moves on only once its events are on their way.
             progressed = joined != chat.agent_joined or estimate != chat.wait_estimate
             chat.agent_joined, chat.wait_estimate = joined, estimate
@@ -467,8 +470,9 @@ class Relay:
                     )
             if cursor is not None:
                 chat.last_updated, chat.seen_ids = cursor.last_updated, tuple(cursor.seen_ids)
+            if records or status:
+                self._save_soon(chat, self._to_save(records, chat) + status)
             if records:
-                self._save_soon(chat, self._to_save(records, chat))
                 logger.info("Relayed %d agent message(s) to conversation %s.", len(records), chat.sender_id)
         if progressed and self._on_progress is not None and not chat.ended:
             await self._on_progress(chat)

@@ -15,6 +15,14 @@ Slots (declared in ``domain.yml``):
     Ids of the newest messages already handled, so a message that shares a
     timestamp with others, or that ServiceNow commits late, is delivered once.
 
+Optional slots, written only when the domain declares them (so the tracker
+shows the handoff's course to a Rasa user; see handback.py):
+
+``handoff_status``
+    ``waiting`` once the chat is open, ``agent_joined``, ``ended``.
+``handoff_end_reason``
+    Why the last handoff ended (``user_ended``, ``agent_closed``, ...).
+
 Transitions, each written under Rasa's lock for the conversation and saved to
 the tracker store: *inactive -> active* when a chat opens, *active -> active*
 when agent messages move the cursor, *active -> inactive* when the handoff
@@ -51,6 +59,10 @@ SLOT_USER = "live_chat_user"
 SLOT_LAST_UPDATED = "live_chat_last_updated"
 SLOT_SEEN_IDS = "live_chat_seen_ids"
 HANDOFF_SLOTS = (SLOT_ACTIVE, SLOT_CHAT_ID, SLOT_USER, SLOT_LAST_UPDATED, SLOT_SEEN_IDS)
+SLOT_STATUS = "handoff_status"
+SLOT_END_REASON = "handoff_end_reason"
+#: Written only if the domain declares them (Rasa logs an error for a SlotSet of an unknown slot).
+OPTIONAL_SLOTS = frozenset((SLOT_STATUS, SLOT_END_REASON))
 
 # Waiting on Rasa's ticket lock polls at this interval (Rasa's default is 1 s,
 # which would put up to a second on every agent message that races a write).
@@ -233,7 +245,10 @@ class TrackerSlots:
                 tracker.model_id = metadata.model_id
                 if tracker.assistant_id is None:
                     tracker.assistant_id = metadata.assistant_id
+            declared = {slot.name for slot in agent.domain.slots} if agent.domain is not None else set()
             for event in events:
+                if isinstance(event, SlotSet) and event.key in OPTIONAL_SLOTS and event.key not in declared:
+                    continue
                 tracker.update(event, agent.domain)
             await store.save(tracker)
 

@@ -66,7 +66,8 @@ async def test_a_good_connect_setup_has_no_problem(tmp_path, instance):
     one(oks(findings, "instance"), "with the Basic credentials")
     one(oks(findings, "instance"), "Connect queue 'IT Support' (queue_id) exists")
     one(oks(findings, "instance"), "No rate-limit headers")
-    assert len(oks(findings, "domain")) == 7  # five slots, the handoff response, the texts the domain says
+    # five slots, the hand-back intent, the responses that start and that end a handoff, the texts the domain says
+    assert len(oks(findings, "domain")) == 9
 
 
 async def test_a_good_virtual_agent_setup_with_oauth_and_message_auth(tmp_path, instance):
@@ -312,3 +313,14 @@ async def test_waiting_options_that_cannot_work_as_meant_are_warnings(tmp_path, 
     one(warnings_(findings, "options"), "user_idle_timeout is 20 s")
     one(oks(findings, "options"), "business_hours in UTC:")
     assert problems(findings) == []
+def test_a_domain_without_the_hand_back_intent_gets_a_warning_not_a_problem(tmp_path):
+    from connectors.servicenow.doctor.domain import check_domain
+
+    domain = tmp_path / "domain.yml"
+    domain.write_text(
+        "version: '3.1'\nintents: [greet]\nresponses:\n  utter_handoff:\n    - custom:\n        handoff: {}\n"
+    )
+    findings, _ = check_domain(domain, "connect", handback_intent="handoff_ended")
+    [finding] = [f for f in findings if "handback_intent" in f.message]
+    assert finding.severity.value == "warning"
+    assert "no turn when a handoff ends" in finding.message

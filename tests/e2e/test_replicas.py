@@ -183,6 +183,36 @@ def test_a_repeated_callback_is_dropped_on_the_other_replica(va_replicas, emulat
     b.say(sender, "/end_chat")
 
 
+def test_the_hand_back_turn_runs_once_when_both_replicas_see_the_end(va_replicas, emulator, callback):
+    """The agent's close is pushed to B and repeated to A: one end, one
+    hand-back turn, one rating question, after the end notice."""
+    a, b = va_replicas
+    point_emulator_at(emulator, b)
+    sender = new_sender()
+    a.say(sender, "talk to live agent")
+    chat = a.slots(sender)["live_chat_id"]
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    assert b.say(sender, "hello from B") == []  # both replicas hold the chat
+
+    closing = emulator.close(chat)["callbacks"]
+    headers = {"X-Webhook-Secret": "e2e-callback-secret"}
+    for push in closing:
+        response = requests.post(f"{a.url}/webhooks/servicenow/callback", json=push, headers=headers, timeout=10)
+        assert response.status_code in (200, 503), response.text
+    question = "How was your chat with the agent?"
+    callback.wait_for_text(sender, lambda text: text == question)
+    # The rating's answer is a turn of its own: once it is in, any second
+    # hand-back turn would have been recorded before it.
+    assert [reply["text"] for reply in a.say(sender, "/rate_chat_good")] == ["Thank you for rating the chat!"]
+    events = b.tracker(sender)["events"]
+    turns = [e for e in events if e["event"] == "user" and e["parse_data"]["intent"].get("name") == "handoff_ended"]
+    assert len(turns) == 1
+    texts = callback.texts(sender)
+    assert texts.count(question) == 1 and texts.count(TEXTS.agent_closed) == 1
+    assert texts.index(TEXTS.agent_closed) < texts.index(question)
+
+
 # -- Connect: one poller per chat, and a takeover when it dies --------------------
 
 

@@ -162,7 +162,8 @@ async def test_a_poll_result_moves_the_cursor_and_saves_it_with_the_transcript()
     assert (chat.last_updated, chat.seen_ids) == (20, ("b", "a"))
     await relay.stop()  # saves what is pending
     saved = {event.key: event.value for event in slots.writes[-1] if event.type_name == "slot"}
-    assert saved == {SLOT_LAST_UPDATED: 20, SLOT_SEEN_IDS: ["b", "a"]}
+    # The agent's first message is also their arrival, which the tracker shows.
+    assert saved == {SLOT_LAST_UPDATED: 20, SLOT_SEEN_IDS: ["b", "a"], "handoff_status": "agent_joined"}
 
 
 async def test_an_unchanged_poll_writes_nothing():
@@ -259,12 +260,17 @@ async def test_without_a_transcript_connect_saves_only_its_cursor_and_the_virtua
     result = PollResult([AgentMessage("b", "hi", "Beth", 20)], last_updated=20, seen_ids=("b", "a"))
     await relay.dispatch(chat, result.events, result)
     await relay.stop()
-    assert [event.type_name for event in slots.writes[0]] == ["slot", "slot"]
+    assert [event.key for event in slots.writes[0]] == [SLOT_LAST_UPDATED, SLOT_SEEN_IDS, "handoff_status"]
 
     relay, _, slots, _ = make_relay(PushBackend(), settings)
-    await relay.dispatch(LiveChat(sender_id="u2", chat_id="c2"), [AgentMessage("m", "hi", "Beth", 1)])
+    chat = LiveChat(sender_id="u2", chat_id="c2")
+    await relay.dispatch(chat, [AgentMessage("m", "hi", "Beth", 1)])
+    await relay.dispatch(chat, [AgentMessage("n", "more", "Beth", 2)])
     await relay.stop()
-    assert slots.writes == []
+    # Only the agent's arrival, once per chat: no transcript, no cursor.
+    assert [[(event.key, event.value) for event in write] for write in slots.writes] == [
+        [("handoff_status", "agent_joined")]
+    ]
 
 
 async def test_a_cursor_save_the_store_refuses_is_kept_and_saved_later(monkeypatch):

@@ -39,7 +39,10 @@ async def diagnose(paths: Paths, *, offline: bool = False) -> List[Finding]:
     if paths.domain is not None:
         messages = (channel.raw or {}).get("messages")
         named = sorted(messages) if isinstance(messages, dict) else []
-        domain_findings, queues = check_domain(paths.domain, api if isinstance(api, str) else None, named)
+        intent = channel.settings.handback_intent if channel.settings else None
+        domain_findings, queues = check_domain(
+            paths.domain, api if isinstance(api, str) else None, named, handback_intent=intent
+        )
         findings += domain_findings
     else:
         findings.append(warning("domain", "No domain given and no domain.yml here: slots and responses not checked.",

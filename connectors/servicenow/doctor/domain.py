@@ -23,7 +23,10 @@ EXPECTED_SLOTS: Dict[str, Tuple[Sequence[str], str]] = {
 
 
 def check_domain(
-    path: Path, api: Optional[str] = None, messages: Sequence[str] = ()
+    path: Path,
+    api: Optional[str] = None,
+    messages: Sequence[str] = (),
+    handback_intent: Optional[str] = None,
 ) -> Tuple[List[Finding], List[str]]:
     """Findings, and the Connect queues the handoff responses name (to probe
     them). ``messages``: the names the ``messages`` option sets."""
@@ -43,6 +46,8 @@ def check_domain(
             "session_config.carry_over_slots_to_new_session is false: a new session during a handoff forgets it.",
             "Set it to true (the handoff state lives in slots).",
         ))
+    if handback_intent:
+        found.append(_check_handback(domain, handback_intent))
     response_findings, queues = _check_responses(domain.responses, api)
     return found + response_findings + check_text_responses(domain.responses, messages), queues
 
@@ -78,6 +83,22 @@ def check_text_responses(responses: Mapping[str, Any], messages: Sequence[str] =
         found.append(ok(TOPIC, f"The domain says these channel texts (the rest come from 'messages' or the defaults): "
                                f"{', '.join(known)}."))
     return found
+
+
+def _check_handback(domain: Any, intent: str) -> Finding:
+    if intent not in domain.intents:
+        return warning(
+            TOPIC,
+            f"No intent '{intent}' (handback_intent): the bot takes no turn when a handoff ends.",
+            "Optional: add it, the entity and slot handoff_end_reason, and rules (docs/hand-back.md).",
+        )
+    if "handoff_end_reason" not in {slot.name for slot in domain.slots}:
+        return warning(
+            TOPIC,
+            f"Intent '{intent}' is declared but no slot 'handoff_end_reason': rules cannot tell why a handoff ended.",
+            "Add the slot with a from_entity mapping of the entity handoff_end_reason (docs/hand-back.md).",
+        )
+    return ok(TOPIC, f"Hand-back intent '{intent}' with the slot handoff_end_reason.")
 
 
 def _check_slots(domain: Any) -> List[Finding]:
@@ -116,13 +137,20 @@ def _check_responses(responses: Mapping[str, Any], api: Optional[str]) -> Tuple[
     found: List[Finding] = []
     queues: List[str] = []
     starters = []
+    enders = []
     for name, variations in sorted(responses.items()):
         for variation in variations or []:
             custom = variation.get("custom") if isinstance(variation, dict) else None
             if not isinstance(custom, dict) or HANDOFF_KEY not in custom:
                 continue
-            starters.append(name)
             options = custom[HANDOFF_KEY]
+            if isinstance(options, dict) and "end" in options:
+                if options["end"] is not True or len(options) > 1:
+                    found.append(warning(TOPIC, f"Response '{name}': an end payload is exactly handoff: {{end: true}}.",
+                                         "Write handoff: {end: true} (docs/hand-back.md)."))
+                enders.append(name)
+                continue
+            starters.append(name)
             if options is not None and not isinstance(options, dict):
                 found.append(warning(
                     TOPIC, f"Response '{name}': 'handoff' is a {type(options).__name__}, not a mapping; "
@@ -132,7 +160,7 @@ def _check_responses(responses: Mapping[str, Any], api: Optional[str]) -> Tuple[
             options = options or {}
             for key in sorted(set(options) - {"message", "queue_id", "context_variables"}):
                 found.append(warning(TOPIC, f"Response '{name}': the handoff payload's '{key}' is not used.",
-                                     "Its keys are message, queue_id and context_variables."))
+                                     "Its keys are message, queue_id and context_variables (or end: true alone)."))
             queue = options.get("queue_id")
             if isinstance(queue, str) and queue and api == CONNECT_API:
                 queues.append(queue)
@@ -141,6 +169,8 @@ def _check_responses(responses: Mapping[str, Any], api: Optional[str]) -> Tuple[
                                             "Connect ignores them."))
             if "context_variables" in options and not isinstance(options["context_variables"], dict):
                 found.append(warning(TOPIC, f"Response '{name}': context_variables is not a mapping and is ignored."))
+    if enders:
+        found.append(ok(TOPIC, f"Response(s) that end a handoff: {', '.join(dict.fromkeys(enders))}."))
     if starters:
         found.append(ok(TOPIC, f"Response(s) that start a handoff: {', '.join(dict.fromkeys(starters))}."))
     else:
