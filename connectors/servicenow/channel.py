@@ -482,6 +482,8 @@ class ServiceNowInput(InputChannel):
     ) -> list:
         chat = await self.handoffs.active_chat(payload.sender)
         if chat is not None:
+            if payload.attachment is not None:
+                return await self.handoffs.forward(chat, payload.message, payload.attachment)
             command = payload.message.lower()
             if command == RESTART_COMMAND:
                 replies = await self.handoffs.end_by_user(chat)
@@ -507,8 +509,14 @@ class ServiceNowInput(InputChannel):
 
     async def _run_turn(self, payload: UserPayload, on_new_message: OnNewMessage) -> "TurnCollector":
         collector = TurnCollector()
+        metadata = dict(payload.metadata)
+        if payload.attachment is not None:
+            # Outside a handoff a file is the bot's business: its text runs
+            # through NLU as usual and the file waits in the metadata for a
+            # custom action (docs/http-api.md).
+            metadata["attachment"] = payload.attachment.wire()
         message = UserMessage(
-            payload.message, collector, payload.sender, input_channel=self.name(), metadata=dict(payload.metadata) or None
+            payload.message, collector, payload.sender, input_channel=self.name(), metadata=metadata or None
         )
         try:
             await on_new_message(message)
