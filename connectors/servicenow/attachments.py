@@ -136,12 +136,18 @@ class AttachmentPolicy:
             ) as answer:
                 if answer.status >= 400:
                     raise AttachmentRefused(f"the file could not be fetched (HTTP {answer.status})")
-                data = await answer.content.read(self.max_bytes + 1)
+                length = answer.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                    raise AttachmentRefused(f"{length} bytes is over the limit of {self.max_bytes}")
+                data = bytearray()
+                # Chunk by chunk: one read returns what has arrived, not what was asked for.
+                async for chunk in answer.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > self.max_bytes:
+                        raise AttachmentRefused(f"the file is over the limit of {self.max_bytes} bytes")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
             raise AttachmentRefused(f"the file could not be fetched ({type(error).__name__})") from None
-        if len(data) > self.max_bytes:
-            raise AttachmentRefused(f"the file is over the limit of {self.max_bytes} bytes")
-        return data
+        return bytes(data)
 
 
 def human_size(size: int) -> str:
