@@ -528,8 +528,14 @@
   // Only http(s) links: a user's URL must not become a javascript: link in the agent's page.
   function attachmentUrl(attachment) {
     if (!attachment || typeof attachment !== "object") return "";
-    const url = String(attachment.download_link || attachment.url || "");
-    return /^https?:\/\//i.test(url) ? url : "";
+    const raw = String(attachment.download_link || attachment.url || "");
+    if (!raw) return "";
+    try {
+      const url = new URL(raw, window.location.href);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : "";
+    } catch (_) {
+      return "";
+    }
   }
 
   function attachmentName(attachment) {
