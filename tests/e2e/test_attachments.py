@@ -5,8 +5,6 @@ type or size is told to the user and nothing is sent, and an agent's image or
 document reaches the user as Rasa's ``image`` / ``attachment`` field."""
 
 import base64
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterator, List
 
 import pytest
@@ -14,7 +12,7 @@ import requests
 
 from connectors.servicenow.attachments import DEFAULT_MAX_ATTACHMENT_BYTES, human_size
 from tests.e2e.conftest import TEXTS, Handoff
-from tests.e2e.harness import new_sender, wait_for
+from tests.e2e.harness import FileServer, new_sender, wait_for
 
 #: A 1x1 PNG: small, and a real image for the browser.
 PNG = base64.b64decode(
@@ -24,49 +22,9 @@ PNG = base64.b64decode(
 TOO_BIG = DEFAULT_MAX_ATTACHMENT_BYTES + 1
 
 
-class FileServer:
-    """Where the user's files live (a frontend's upload storage), with HEAD for the size."""
-
-    def __init__(self) -> None:
-        self.files: Dict[str, bytes] = {"/shot.png": PNG, "/big.pdf": b"%PDF" + b"0" * (TOO_BIG - 4)}
-        self.requests: List[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, with_body: bool) -> None:
-                server.requests.append(f"{self.command} {self.path}")
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if with_body:
-                    self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._answer(True)
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                self._answer(False)
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-
-
 @pytest.fixture(scope="module")
 def files() -> Iterator[FileServer]:
-    server = FileServer()
+    server = FileServer({"/shot.png": PNG, "/big.pdf": b"%PDF" + b"0" * (TOO_BIG - 4)})
     yield server
     server.stop()
 

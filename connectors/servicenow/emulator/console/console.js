@@ -504,8 +504,9 @@
     const name = author === "user" ? chat.requester_name : message.sender_name || "Agent";
     li.setAttribute("data-name", String(name));
     li.setAttribute("data-time", clock(message.timestamp));
-    li.append(node("div", "msg__bubble", text));
     const attachments = Array.isArray(message.attachments) ? message.attachments : [];
+    // A file sent alone (VA) has no text: no empty bubble above its link.
+    if (text || !attachments.length) li.append(node("div", "msg__bubble", text));
     if (attachments.length) {
       const extra = node("div", "msg__extra", "Attachment: ");
       attachments.forEach((attachment, index) => {
