@@ -115,15 +115,19 @@ def test_the_agents_image_and_document_reach_the_user(handoff: Handoff):
     assert requests.get(document["attachment"], timeout=10).content == b"%PDF-1.4"
 
 
-def test_outside_a_handoff_the_file_goes_to_the_bot_in_the_metadata(handoff: Handoff, files: FileServer):
+@pytest.mark.parametrize("text", ["hello", ""])
+def test_outside_a_handoff_the_file_goes_to_the_bot_in_the_metadata(handoff: Handoff, files: FileServer, text):
     sender = new_sender()
-    spec = {"url": f"{files.url}/shot.png", "content_type": "image/png", "name": "shot.png"}
-    answer = send(handoff, sender, spec, "hello")
-    assert answer.status_code == 200 and answer.json()
+    spec = {"url": f"{files.url}/shot.png", "content_type": "image/png", "name": "shot.png", "size": len(PNG)}
+    fetched_before = len(files.requests)
+    answer = send(handoff, sender, spec, text)
+    assert answer.status_code == 200
     user_events = [e for e in handoff.rasa.tracker(sender)["events"] if e["event"] == "user"]
-    assert user_events[-1]["text"] == "hello"
+    assert user_events[-1]["text"] == text
     assert user_events[-1]["metadata"]["attachment"] == spec
     assert handoff.rasa.slots(sender)["handoff_active"] is not True
+    # Nothing was fetched: the file is the bot's business.
+    assert files.requests[fetched_before:] == []
 
 
 @pytest.mark.parametrize(
