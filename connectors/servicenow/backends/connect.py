@@ -269,19 +269,20 @@ class ConnectBackend(Backend):
                 events.append(SystemNotice(message_id, text, timestamp))
             else:
                 agent = _str_or_none(message.get("sender_name")) or author
-                files = [entry for entry in _files(message, self._http.base_url) if entry]
-                names = {name for _, fields in files for name in [fields.get("_name")] if name}
-                if text and text not in names:
+                files = _files(message, self._http.base_url)
+                # A file sent alone carries its name as the text: not said twice.
+                said = bool(text) and text not in {name for name, _, _ in files}
+                if said:
                     events.append(AgentMessage(message_id, text, agent, timestamp))
-                for index, (file_text, fields) in enumerate(files):
-                    rich = {key: value for key, value in fields.items() if not key.startswith("_")}
-                    file_id = message_id if index == 0 and not (text and text not in names) else f"{message_id}-{index}"
+                for index, (_, file_text, rich) in enumerate(files):
+                    # One message per file; ids stay stable across polls for the dedupe.
+                    file_id = f"{message_id}-{index}" if said or index else message_id
                     events.append(AgentMessage(file_id, file_text, agent, timestamp, rich))
         return events
 
 
-def _files(message: Dict[str, Any], base_url: str) -> List["tuple[str, Dict[str, Any]]"]:
-    """An agent message's ``attachments`` as (text, Rasa fields) pairs. Each is
+def _files(message: Dict[str, Any], base_url: str) -> List["tuple[Optional[str], str, Dict[str, Any]]"]:
+    """An agent message's ``attachments`` as (file name, text, Rasa fields). Each is
     an attachment record [I shape: ``sys_id``, ``file_name``, ``content_type``];
     its link is the record's own when given, else the instance's download URL,
     which needs a ServiceNow login on a real instance (docs/http-api.md)."""
@@ -301,7 +302,7 @@ def _files(message: Dict[str, Any], base_url: str) -> List["tuple[str, Dict[str,
             continue
         name = _str_or_none(entry.get("file_name"))
         text, fields = agent_file_fields(link, _str_or_none(entry.get("content_type")), name)
-        files.append((text, {**fields, "_name": name}))
+        files.append((name, text, fields))
     return files
 
 

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from aiohttp import web
 
@@ -125,7 +127,7 @@ def check_va_attachment(value: Any) -> Optional[str]:
     return None
 
 
-def accepted_va_attachments(state: EmulatorState, value: Any) -> "tuple[List[Dict[str, Any]], List[Dict[str, Any]]]":
+def accepted_va_attachments(state: EmulatorState, value: Any) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """The attachments the instance takes and the ones it drops (type not accepted), each as sent."""
     items = [item for item in (value if isinstance(value, list) else [value]) if isinstance(item, dict)]
     kept = [item for item in items if type_accepted(state, item.get("contentType"))]
@@ -136,9 +138,6 @@ def accepted_va_attachments(state: EmulatorState, value: Any) -> "tuple[List[Dic
 def agent_file(state: EmulatorState, base_url: str, spec: Mapping[str, Any], group: str, table: str) -> Dict[str, Any]:
     """A file an agent sends from the control plane: ``{"name", "content_type", "data_base64"}`` (stored and served
     here) or ``{"name", "content_type", "url"}`` (served elsewhere). Returns ``{url, name, content_type, record?}``."""
-    import base64
-    import binascii
-
     name, content_type = spec.get("name"), spec.get("content_type")
     if not isinstance(name, str) or not name or not isinstance(content_type, str) or "/" not in content_type:
         raise sn_error(400, "Invalid attachment", "an attachment needs 'name' and 'content_type'")
