@@ -89,6 +89,11 @@ class AttachmentPolicy:
     hosts: Tuple[str, ...] = ()
     timeout: float = 10.0
 
+    @property
+    def follows_redirects(self) -> bool:
+        # A redirect could lead off the allowed hosts: with a list, none is followed.
+        return not self.hosts
+
     def type_allowed(self, content_type: str) -> bool:
         base = content_type.split(";", 1)[0].strip().lower()
         return any(fnmatch.fnmatchcase(base, pattern.lower()) for pattern in self.types)
@@ -115,7 +120,7 @@ class AttachmentPolicy:
             return attachment.size
         try:
             async with session.head(
-                attachment.url, allow_redirects=True, timeout=aiohttp.ClientTimeout(total=self.timeout)
+                attachment.url, allow_redirects=self.follows_redirects, timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as answer:
                 length = answer.headers.get("Content-Length") if answer.status < 400 else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
@@ -132,7 +137,7 @@ class AttachmentPolicy:
         self.check_declared(attachment)
         try:
             async with session.get(
-                attachment.url, allow_redirects=True, timeout=aiohttp.ClientTimeout(total=self.timeout)
+                attachment.url, allow_redirects=self.follows_redirects, timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as answer:
                 if answer.status >= 400:
                     raise AttachmentRefused(f"the file could not be fetched (HTTP {answer.status})")

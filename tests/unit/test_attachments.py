@@ -262,3 +262,17 @@ def test_virtual_agent_output_image_and_link_become_image_and_attachment_fields(
         ("x.png", {"image": "https://i/x.png"}),
         ("doc.pdf", {"attachment": "https://i/doc.pdf"}),
     ]
+
+
+async def test_with_a_host_list_redirects_are_not_followed():
+    policy = AttachmentPolicy(max_bytes=10, hosts=("files.example.com",))
+    async with aiohttp.ClientSession() as session:
+        with aioresponses() as mock:
+            mock.head(FILE_URL, status=302, headers={"Location": "http://169.254.169.254/latest"})
+            mock.head("http://169.254.169.254/latest", headers={"Content-Length": "5"})
+            with pytest.raises(AttachmentRefused, match="unknown"):
+                await policy.check_size(PNG, session)
+        with aioresponses() as mock:
+            with pytest.raises(AttachmentRefused, match="host"):
+                await policy.check_size(UserAttachment("http://10.0.0.1/a.png", "image/png", "a.png"), session)
+            assert not mock.requests
