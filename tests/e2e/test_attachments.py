@@ -114,6 +114,13 @@ def test_the_agents_image_and_document_reach_the_user(handoff: Handoff):
     assert document["text"] == "manual.pdf" and "image" not in document
     assert requests.get(document["attachment"], timeout=10).content == b"%PDF-1.4"
 
+    # The tracker keeps them too (record_transcript), as bot events with Rasa's fields.
+    def recorded() -> List[Dict[str, Any]]:
+        events = handoff.rasa.tracker(sender)["events"]
+        return [e["data"] for e in events if e["event"] == "bot" and (e.get("data") or {}).get("image") == image["image"]]
+
+    wait_for(recorded, what="the agent's image in the tracker")
+
 
 @pytest.mark.parametrize("text", ["hello", ""])
 def test_outside_a_handoff_the_file_goes_to_the_bot_in_the_metadata(handoff: Handoff, files: FileServer, text):
