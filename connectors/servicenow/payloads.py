@@ -135,7 +135,7 @@ def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
 
     attachment = parse_attachment(data["attachment"]) if data.get("attachment") is not None else None
     message = data.get("message")
-    if attachment is not None and (message is None or message == ""):
+    if attachment is not None and (message is None or (isinstance(message, str) and not message.strip())):
         message = ""
     elif not isinstance(message, str) or not message.strip():
         raise PayloadError(400, "InvalidMessage", "'message' must be a non-empty string (or give an 'attachment').")

@@ -50,6 +50,13 @@ def test_an_attachment_with_text_keeps_both():
     assert (parsed.message, parsed.attachment.content_type, parsed.attachment.name) == ("look", "image/png; q=1", "a b.png")
 
 
+def test_a_blank_text_beside_an_attachment_is_no_text():
+    parsed = payload(message=" \n", attachment={"url": FILE_URL, "content_type": "image/png", "name": "shot.png"})
+    assert parsed.message == ""
+    with pytest.raises(PayloadError):
+        payload(message=7, attachment={"url": FILE_URL, "content_type": "image/png", "name": "shot.png"})
+
+
 def test_neither_text_nor_attachment_is_refused():
     with pytest.raises(PayloadError) as caught:
         payload(message="")
