@@ -503,7 +503,9 @@ class ServiceNowInput(InputChannel):
             requester = requester_of(
                 payload.sender, claims, payload.metadata, trust_metadata=self.settings.trust_frontend_metadata
             )
-            request = handoff_request(payload.sender, collector.handoff, payload.message, payload.metadata, requester)
+            # A file alone names the request rather than opening a chat with no text (Connect refuses one).
+            opening_text = payload.message or (payload.attachment.name if payload.attachment else "")
+            request = handoff_request(payload.sender, collector.handoff, opening_text, payload.metadata, requester)
             replies += await self.handoffs.start(request, in_request=True, requested_at=arrived)
         return replies
 
