@@ -509,6 +509,8 @@ class ServiceNowInput(InputChannel):
     ) -> list:
         chat = await self.handoffs.active_chat(payload.sender)
         if chat is not None:
+            if payload.attachment is not None:
+                return await self.handoffs.forward(chat, payload.message, payload.attachment)
             command = payload.message.lower()
             if command == RESTART_COMMAND:
                 # No hand-back turn: the restart wipes what it would say.
@@ -529,14 +531,22 @@ class ServiceNowInput(InputChannel):
             requester = requester_of(
                 payload.sender, claims, payload.metadata, trust_metadata=self.settings.trust_frontend_metadata
             )
-            request = handoff_request(payload.sender, collector.handoff, payload.message, payload.metadata, requester)
+            # A file alone names the request rather than opening a chat with no text (Connect refuses one).
+            opening_text = payload.message or (payload.attachment.name if payload.attachment else "")
+            request = handoff_request(payload.sender, collector.handoff, opening_text, payload.metadata, requester)
             replies += await self.handoffs.start(request, in_request=True, requested_at=arrived)
         return replies
 
     async def _run_turn(self, payload: UserPayload, on_new_message: OnNewMessage) -> "TurnCollector":
         collector = TurnCollector()
+        metadata = dict(payload.metadata)
+        if payload.attachment is not None:
+            # Outside a handoff a file is the bot's business: its text runs
+            # through NLU as usual and the file waits in the metadata for a
+            # custom action (docs/http-api.md).
+            metadata["attachment"] = payload.attachment.wire()
         message = UserMessage(
-            payload.message, collector, payload.sender, input_channel=self.name(), metadata=dict(payload.metadata) or None
+            payload.message, collector, payload.sender, input_channel=self.name(), metadata=metadata or None
         )
         try:
             await on_new_message(message)

@@ -11,6 +11,13 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
 from connectors.servicenow.availability import BusinessHours
+from connectors.servicenow.attachments import (
+    DEFAULT_ATTACHMENT_TYPES,
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    AttachmentPolicy,
+    parse_hosts,
+    parse_types,
+)
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.texts import UserTexts
 
@@ -131,6 +138,13 @@ class ServiceNowSettings:
     jwt_method: str = DEFAULT_JWT_METHOD
     #: Take ``userId``, ``emailId`` and ``userName`` from webhook metadata (only for a frontend that authenticates users itself).
     trust_frontend_metadata: bool = False
+    # -- attachments (connectors/servicenow/attachments.py) -------------------
+    #: MIME types a user may send to the agent (``image/*`` allowed).
+    attachment_types: Tuple[str, ...] = DEFAULT_ATTACHMENT_TYPES
+    #: Largest file a user may send to the agent, in bytes.
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES
+    #: Hosts the user's file URLs may point at (``*.example.com`` allowed); empty: any.
+    attachment_hosts: Tuple[str, ...] = ()
     # -- many replicas (docs/deployment.md) ----------------------------------
     #: ``redis://`` or ``rediss://`` URL of the Redis every replica shares; unset: one process, in-process state.
     redis_url: Optional[str] = field(default=None, repr=False)
@@ -140,6 +154,15 @@ class ServiceNowSettings:
     @property
     def uses_oauth(self) -> bool:
         return bool(self.client_id)
+
+    @property
+    def attachment_policy(self) -> AttachmentPolicy:
+        return AttachmentPolicy(
+            types=self.attachment_types,
+            max_bytes=self.max_attachment_bytes,
+            hosts=self.attachment_hosts,
+            timeout=self.request_timeout,
+        )
 
     @classmethod
     def from_credentials(cls, credentials: Mapping[str, Any]) -> "ServiceNowSettings":
@@ -402,6 +425,9 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "business_hours": BusinessHours.from_options,
     "check_queue_availability": _boolean,
     "redis_prefix": _redis_prefix,
+    "attachment_types": parse_types,
+    "max_attachment_bytes": _positive_int,
+    "attachment_hosts": parse_hosts,
 }
 
 _RETRY_FIELDS = {

@@ -53,6 +53,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 from rasa.core.agent import Agent
 from rasa.shared.core.events import Event, SlotSet
 
+from connectors.servicenow.attachments import AttachmentRefused, UserAttachment, refusal_placeholders
 from connectors.servicenow.backends.base import (
     Backend,
     Callback,
@@ -565,14 +566,23 @@ class HandoffManager:
 
     # -- while connected ---------------------------------------------------
 
-    async def forward(self, chat: LiveChat, text: str) -> Messages:
-        """Send one user message to the agent. Returns what to answer the request with."""
+    async def forward(self, chat: LiveChat, text: str, attachment: Optional[UserAttachment] = None) -> Messages:
+        """Send one user message (and file) to the agent. Returns what to answer the request with."""
         async with chat.send_lock:
             if chat.ended:
                 # The chat ended while this message waited its turn.
                 return await self.speech.say(chat.sender_id, "message_not_delivered")
             try:
-                await self.backend.send(chat, text)
+                if attachment is None:
+                    await self.backend.send(chat, text)
+                else:
+                    await self.backend.send_attachment(chat, text, attachment, self.settings.attachment_policy)
+            except AttachmentRefused as refused:
+                # Nothing was sent; the chat goes on. ServiceNow would have dropped it without a word.
+                logger.info("A file for ServiceNow chat %s was refused: %s", chat.chat_id, refused.reason)
+                return await self.speech.say(
+                    chat.sender_id, "attachment_refused", **refusal_placeholders(attachment, self.settings)
+                )
             except ServiceNowError as error:
                 logger.warning("Could not deliver a message to ServiceNow chat %s: %s", chat.chat_id, error)
                 return await self._end(chat, EndReason.FAILED, in_request=True, undelivered=True)

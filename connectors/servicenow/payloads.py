@@ -16,7 +16,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
+from urllib.parse import urlsplit
+
+from connectors.servicenow.attachments import UserAttachment
 
 # Far above any chat message, far below Sanic's own 100 MB limit.
 MAX_BODY_BYTES = 64 * 1024
@@ -25,6 +28,10 @@ MAX_CALLBACK_BYTES = 512 * 1024
 #: Deeper than any payload the channel or ServiceNow sends; far below Python's recursion limit.
 MAX_JSON_DEPTH = 32
 MAX_SENDER_LENGTH = 255
+MAX_URL_LENGTH = 2048
+MAX_FILE_NAME_LENGTH = 255
+#: ``type/subtype`` with RFC 6838's characters, optional parameters after ``;``.
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(\s*;[ -~]{0,200})?")
 UTF8_BOM = b"\xef\xbb\xbf"
 
 #: Lone surrogates: a JSON ``\\ud800`` escape decodes to one, and it cannot be encoded as UTF-8.
@@ -52,8 +59,10 @@ class PayloadError(Exception):
 @dataclass(frozen=True)
 class UserPayload:
     sender: str
+    #: Empty when the message is an attachment alone.
     message: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    attachment: Optional[UserAttachment] = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +133,12 @@ def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
     data = parse_json_object(body, '{"sender": "...", "message": "..."}')
     sender = parse_sender(data.get("sender"))
 
+    attachment = parse_attachment(data["attachment"]) if data.get("attachment") is not None else None
     message = data.get("message")
-    if not isinstance(message, str) or not message.strip():
-        raise PayloadError(400, "InvalidMessage", "'message' must be a non-empty string.")
+    if attachment is not None and (message is None or (isinstance(message, str) and not message.strip())):
+        message = ""
+    elif not isinstance(message, str) or not message.strip():
+        raise PayloadError(400, "InvalidMessage", "'message' must be a non-empty string (or give an 'attachment').")
     if len(message) > max_message_length:
         raise PayloadError(
             413, "MessageTooLong", f"'message' must be at most {max_message_length} characters."
@@ -143,7 +155,57 @@ def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
     elif not isinstance(metadata, dict):
         raise PayloadError(400, "InvalidMetadata", "'metadata' must be a JSON object when given.")
 
-    return UserPayload(sender=sender, message=message.strip(), metadata=metadata)
+    return UserPayload(sender=sender, message=message.strip(), metadata=metadata, attachment=attachment)
+
+
+def parse_attachment(value: Any) -> UserAttachment:
+    """``{"url", "content_type", "name", "size"?}``: a file the user sends, by an http(s) URL.
+
+    Only the shape is checked here (a 400 for a bad one); whether the type and
+    size are accepted is decided during a handoff and told to the user."""
+    example = '{"url": "https://...", "content_type": "image/png", "name": "screenshot.png"}'
+    if not isinstance(value, dict):
+        raise PayloadError(400, "InvalidAttachment", f"'attachment' must be an object like {example}.")
+    unknown = sorted(set(value) - {"url", "content_type", "name", "size"})
+    if unknown:
+        raise PayloadError(400, "InvalidAttachment", f"Unknown 'attachment' field(s): {', '.join(unknown)}.")
+    url = value.get("url")
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH or _ID_FORBIDDEN.search(url) or " " in url:
+        raise PayloadError(
+            400, "InvalidAttachment", f"'attachment.url' must be an http(s) URL of at most {MAX_URL_LENGTH} characters."
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise PayloadError(
+            400, "InvalidAttachment", "'attachment.url' must be an absolute http(s) URL without credentials."
+        )
+    content_type = value.get("content_type")
+    if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(content_type):
+        raise PayloadError(400, "InvalidAttachment", "'attachment.content_type' must be a MIME type such as image/png.")
+    name = value.get("name")
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name != name.strip()
+        or len(name) > MAX_FILE_NAME_LENGTH
+        or _ID_FORBIDDEN.search(name)
+        or "/" in name
+        or "\\" in name
+    ):
+        raise PayloadError(
+            400,
+            "InvalidAttachment",
+            f"'attachment.name' must be a file name (no path, no control characters) of at most "
+            f"{MAX_FILE_NAME_LENGTH} characters.",
+        )
+    size = value.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise PayloadError(400, "InvalidAttachment", "'attachment.size' must be a non-negative integer (bytes) when given.")
+    return UserAttachment(url=url, content_type=content_type.strip(), name=name, size=size)
 
 
 def parse_typing_payload(body: bytes) -> TypingPayload:

@@ -90,8 +90,9 @@ class Speech:
         self._known = frozenset(item.name for item in dataclasses.fields(texts))
         self._warned: Dict[str, float] = {}
 
-    async def say(self, sender_id: str, name: str, **placeholders: Any) -> Messages:
-        """The bot messages that say the text ``name`` to ``sender_id``."""
+    async def say(self, sender_id: str, name: str, /, **placeholders: Any) -> Messages:
+        """The bot messages that say the text ``name`` to ``sender_id``
+        (positional-only, so that ``{name}`` can be a placeholder)."""
         return await self.say_lines(sender_id, [Line(name, placeholders)])
 
     async def say_lines(self, sender_id: str, lines: Sequence[Union[str, Line]]) -> Messages:

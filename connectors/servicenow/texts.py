@@ -59,6 +59,12 @@ class UserTexts:
     handoff_rate_limited: str = (
         "You've asked for a live agent several times in a short while. Please wait a minute, then try again."
     )
+    #: A file the user sent during a handoff was not passed to the agent (wrong type,
+    #: too large, unreachable). Placeholders: ``{name}``, ``{max_size}`` (e.g. ``10 MB``).
+    attachment_refused: str = (
+        "Sorry, I couldn't pass {name} to the agent. You can send images, PDF, text and Office files "
+        "of up to {max_size}."
+    )
 
     # -- waiting for an agent, and a user who walked away (waiting.py) --------
     #: Every ``waiting_notice_interval`` while no agent has joined, when ServiceNow tells nothing about the queue.

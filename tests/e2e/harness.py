@@ -261,3 +261,43 @@ class RasaServer:
 
 def new_sender() -> str:
     return f"user-{uuid.uuid4().hex[:12]}"
+
+
+class FileServer:
+    """Where the user's files live (a frontend's upload storage), with HEAD for the size."""
+
+    def __init__(self, files: Dict[str, bytes]) -> None:
+        self.files = dict(files)
+        self.requests: List[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, with_body: bool) -> None:
+                server.requests.append(f"{self.command} {self.path}")
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._answer(True)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(False)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()

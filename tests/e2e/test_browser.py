@@ -7,11 +7,14 @@ Screenshots of both pages go to ``test-output/browser/<backend>/``."""
 
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import TEXTS, Handoff
+from tests.e2e.harness import FileServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,6 +30,17 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
+
+
+def png(width: int, height: int, rgb: tuple) -> bytes:
+    """A solid-colour PNG, large enough to see in a screenshot."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 # Module scope, not session: while Playwright's sync API is open, its event loop
@@ -91,6 +105,25 @@ def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
     agent.get_by_test_id("reply-input").fill("Let me reset your VPN profile, one moment.")
     agent.get_by_test_id("send").click()
     user_sees("agent", "Let me reset your VPN profile")
+
+    # The agent sends an image from the console; the user's page shows it, loaded.
+    agent.get_by_test_id("attach").set_input_files(
+        {"name": "vpn-settings.png", "mimeType": "image/png", "buffer": png(240, 120, (46, 125, 196))}
+    )
+    image = user.locator('[data-testid="message"][data-author="agent"] img').last
+    image.wait_for()
+    user.wait_for_function("image => image.complete && image.naturalWidth === 240", arg=image.element_handle())
+
+    # The user sends a file by URL (the frontend's own storage); the agent sees it.
+    files = FileServer({"/vpn-error.png": png(160, 80, (196, 60, 46))})
+    try:
+        user.once("dialog", lambda dialog: dialog.accept(f"{files.url}/vpn-error.png"))
+        user.get_by_test_id("attach").click()
+        agent.locator(
+            '[data-testid="message"][data-author="user"] [data-testid="attachment"]', has_text="vpn-error.png"
+        ).wait_for()
+    finally:
+        files.stop()
     user.screenshot(path=str(output / "chat-page.png"))
     agent.screenshot(path=str(output / "agent-console.png"))
 

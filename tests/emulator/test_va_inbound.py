@@ -143,7 +143,10 @@ async def test_strict_validation_rejects_with_the_failure_envelope(va, body, det
         {"userId": "u", "action": "SET_USER_TIMEZONE", "timezone": "Europe/Berlin"},
         {"userId": "u", "action": "FAULT_CONVERSATION", "cause": "EXTERNAL_FAILURE"},
         {"userId": "u", "action": "UPDATE_MESSAGES", "message": [{"id": "m1", "status": "sent_to_user"}]},
-        {"userId": "u", "message": {"typed": True, "attachment": [{"url": "https://x/y.png"}]}},
+        {
+            "userId": "u",
+            "message": {"typed": True, "attachment": [{"url": "https://x/y.png", "contentType": "image/png", "fileName": "y.png"}]},
+        },
     ],
 )
 async def test_strict_validation_accepts_the_text_less_forms(va, body):

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
+from connectors.servicenow.attachments import AttachmentPolicy, AttachmentRefused, UserAttachment
 from connectors.servicenow.errors import UnsafeChatId
 from connectors.servicenow.logsafe import loggable
 from connectors.servicenow.state import LiveChat
@@ -212,6 +213,13 @@ class Backend(ABC):
     @abstractmethod
     async def send(self, chat: LiveChat, text: str) -> SentMessage:
         """Post one user message into the chat."""
+
+    async def send_attachment(
+        self, chat: LiveChat, text: str, attachment: UserAttachment, policy: AttachmentPolicy
+    ) -> SentMessage:
+        """Post one user file (and its text, possibly empty) into the chat.
+        Raises ``AttachmentRefused`` before anything is sent when ``policy`` refuses it."""
+        raise AttachmentRefused(f"the {self.api} backend cannot send files")
 
     @abstractmethod
     async def leave(self, chat: LiveChat) -> None:

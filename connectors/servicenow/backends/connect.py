@@ -20,6 +20,13 @@ import re
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import quote
 
+from connectors.servicenow.attachments import (
+    ATTACHMENT_UPLOAD_PATH,
+    CONNECT_ATTACHMENT_TABLE,
+    AttachmentPolicy,
+    UserAttachment,
+    agent_file_fields,
+)
 from connectors.servicenow.backends.base import (
     AgentEvent,
     AgentMessage,
@@ -104,6 +111,41 @@ class ConnectBackend(Backend):
             result_of(
                 await self._http.request(
                     "POST", f"/api/now/connect/conversations/{chat_path_segment(chat.chat_id)}/messages", json_body={"message": text}
+                )
+            )
+        )
+        return SentMessage(message_id=_str_or_none(message.get("sys_id")), timestamp=_timestamp(message))
+
+    async def send_attachment(
+        self, chat: LiveChat, text: str, attachment: UserAttachment, policy: AttachmentPolicy
+    ) -> SentMessage:
+        # Connect messages carry attachment sys_ids, not URLs: the file goes to
+        # the Attachment API first, on the conversation's record [I table].
+        data = await policy.download(attachment, self._http.fetch_session())
+        record = as_dict(
+            result_of(
+                await self._http.request(
+                    "POST",
+                    ATTACHMENT_UPLOAD_PATH,
+                    params={
+                        "table_name": CONNECT_ATTACHMENT_TABLE,
+                        "table_sys_id": checked_chat_id(chat.chat_id),
+                        "file_name": attachment.name,
+                    },
+                    raw_body=data,
+                    content_type=attachment.content_type,
+                )
+            )
+        )
+        attachment_id = _str_or_none(record.get("sys_id"))
+        if attachment_id is None:
+            raise ServiceNowRejected("ServiceNow stored the attachment without a 'sys_id'", status=200)
+        message = as_dict(
+            result_of(
+                await self._http.request(
+                    "POST",
+                    f"/api/now/connect/conversations/{chat_path_segment(chat.chat_id)}/messages",
+                    json_body={"message": text or attachment.name, "attachments": [attachment_id]},
                 )
             )
         )
@@ -256,11 +298,43 @@ class ConnectBackend(Backend):
                     events.append(ChatClosed(CloseReason.AGENT_CLOSED, text, message_id, timestamp))
                     break
                 events.append(SystemNotice(message_id, text, timestamp))
-            elif text:
-                events.append(
-                    AgentMessage(message_id, text, _str_or_none(message.get("sender_name")) or author, timestamp)
-                )
+            else:
+                agent = _str_or_none(message.get("sender_name")) or author
+                files = _files(message, self._http.base_url)
+                # A file sent alone carries its name as the text: not said twice.
+                said = bool(text) and text not in {name for name, _, _ in files}
+                if said:
+                    events.append(AgentMessage(message_id, text, agent, timestamp))
+                for index, (_, file_text, rich) in enumerate(files):
+                    # One message per file; ids stay stable across polls for the dedupe.
+                    file_id = f"{message_id}-{index}" if said or index else message_id
+                    events.append(AgentMessage(file_id, file_text, agent, timestamp, rich))
         return events
+
+
+def _files(message: Dict[str, Any], base_url: str) -> List["tuple[Optional[str], str, Dict[str, Any]]"]:
+    """An agent message's ``attachments`` as (file name, text, Rasa fields). Each is
+    an attachment record [I shape: ``sys_id``, ``file_name``, ``content_type``];
+    its link is the record's own when given, else the instance's download URL,
+    which needs a ServiceNow login on a real instance (docs/http-api.md)."""
+    entries = message.get("attachments")
+    files = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        sys_id = _str_or_none(entry.get("sys_id"))
+        link = next(
+            (entry[key] for key in ("download_link", "url", "link") if isinstance(entry.get(key), str) and entry[key]),
+            None,
+        )
+        if link is None and sys_id and is_valid_chat_id(sys_id):
+            link = f"{base_url}/sys_attachment.do?sys_id={sys_id}"
+        if link is None:
+            continue
+        name = _str_or_none(entry.get("file_name"))
+        text, fields = agent_file_fields(link, _str_or_none(entry.get("content_type")), name)
+        files.append((name, text, fields))
+    return files
 
 
 def _someone_joins(messages: Sequence[Dict[str, Any]]) -> bool:

@@ -76,6 +76,11 @@ class ServiceNowHTTP:
             )
         return self._session
 
+    def fetch_session(self) -> aiohttp.ClientSession:
+        """The pooled session, for requests outside ServiceNow (a user's file
+        URL): it carries no ServiceNow credentials, those are added per request."""
+        return self._client()
+
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
@@ -90,17 +95,23 @@ class ServiceNowHTTP:
         params: Optional[Mapping[str, str]] = None,
         extra_headers: Optional[Mapping[str, str]] = None,
         attempts: Optional[int] = None,
+        raw_body: Optional[bytes] = None,
+        content_type: Optional[str] = None,
     ) -> Any:
         """Send one API call and return its decoded JSON body.
 
         ``attempts`` overrides the retry policy's count for calls not worth
         repeating (1: a single try, e.g. a typing indicator).
 
+        ``raw_body`` with ``content_type`` sends bytes instead of JSON (the
+        Attachment API takes the file itself as the body).
+
         The body is serialised once, compactly, so a signature computed over
         ``compact_json(json_body)`` by the caller matches the bytes sent.
         """
         session = self._client()
-        body = compact_json(json_body) if json_body is not None else None
+        body = compact_json(json_body) if json_body is not None else raw_body
+        content_headers = {"Content-Type": content_type} if raw_body is not None and content_type else {}
         url = self.base_url + path
         renewed_credentials = False
         last_problem = "no attempt made"
@@ -114,6 +125,7 @@ class ServiceNowHTTP:
             try:
                 headers = {
                     **JSON_HEADERS,
+                    **content_headers,
                     **(extra_headers or {}),
                     "Authorization": await self._auth.header(session, self.base_url),
                 }

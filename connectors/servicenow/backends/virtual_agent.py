@@ -19,6 +19,7 @@ import re
 import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from connectors.servicenow.attachments import AttachmentPolicy, UserAttachment
 from connectors.servicenow.backends.base import (
     AgentEvent,
     AgentJoined,
@@ -97,6 +98,17 @@ class VirtualAgentBackend(Backend):
     async def send(self, chat: LiveChat, text: str) -> SentMessage:
         body = self._envelope(chat.chat_id, chat.user or chat.sender_id, chat.sender_id)
         body["message"] = _message(text)
+        await self._post(body)
+        return SentMessage(message_id=None, timestamp=now_ms())
+
+    async def send_attachment(
+        self, chat: LiveChat, text: str, attachment: UserAttachment, policy: AttachmentPolicy
+    ) -> SentMessage:
+        # ServiceNow fetches the file from the URL itself and drops, silently,
+        # what it does not take: the checks come first.
+        await policy.check_size(attachment, self._http.fetch_session())
+        body = self._envelope(chat.chat_id, chat.user or chat.sender_id, chat.sender_id)
+        body["message"] = {**_message(text), "attachment": attachment_wire(attachment)}
         await self._post(body)
         return SentMessage(message_id=None, timestamp=now_ms())
 
@@ -264,7 +276,7 @@ def _content(item: Mapping[str, Any]) -> "tuple[str, Dict[str, Any]]":
         return (value if isinstance(value, str) else label).strip(), {}
     if ui_type == "OutputImage":
         url = _url_of(value)
-        return label, {"image": url} if url else {}
+        return _str_or_none(item.get("altText")) or label, {"image": url} if url else {}
     if ui_type == "OutputLink":
         url = _url_of(value)
         return label or (url or ""), {"attachment": url} if url else {}
@@ -291,6 +303,17 @@ def _content(item: Mapping[str, Any]) -> "tuple[str, Dict[str, Any]]":
     if isinstance(value, str) and value.strip():
         return value.strip(), {}
     return label, ({"custom": {"servicenow": dict(item)}} if not label else {})
+
+
+def attachment_wire(attachment: UserAttachment) -> Dict[str, Any]:
+    """``message.attachment`` as the Bot Integration API takes it (the shape a
+    working client, Mattermost's plugin, sends: one object)."""
+    return {
+        "clientAttachmentId": uuid.uuid4().hex,
+        "url": attachment.url,
+        "contentType": attachment.content_type,
+        "fileName": attachment.name,
+    }
 
 
 def _history_entry(turn: Turn, user_name: Optional[str]) -> Dict[str, Any]:

@@ -166,6 +166,9 @@ def _advice(settings: ServiceNowSettings) -> List[Finding]:
                              "1 s is the default; the instance's rate limit counts these requests."))
     if not settings.callback_url:
         found.append(ok(TOPIC, "No callback_url: agent replies reach users through the /stream endpoint only."))
+    if not settings.attachment_hosts:
+        found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at any host the channel can reach "
+                               "(set it to your upload storage in production; docs/security.md)."))
     found.extend(_waiting_advice(settings))
     return found
 

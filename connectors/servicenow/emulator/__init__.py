@@ -84,6 +84,8 @@ Configuration keys (:class:`EmulatorConfig`)
                                 ``"completed"`` (the same with ``completed: true``, state CLOSED)
 ``va_provider_applications``   ``{inbound_id: name}``: the ``sys_cs_provider_application`` records that
                                 ``GET /api/now/table/sys_cs_provider_application`` lists ({}; inbound calls accept any id)
+``attachment_types``           MIME types the instance takes (``image/*`` allowed; images, PDF, text, CSV, Word, Excel)
+``max_attachment_bytes``        largest attachment in bytes (10 MB)
 ==============================  =====================================================================================
 
 ``greeting_text`` and ``idle_timeout_s`` apply to VA sessions too; ``basic_users`` and ``oauth_clients`` guard the
@@ -101,6 +103,14 @@ Connect Support routes (all need Basic or Bearer auth, all answer ``{"result": .
 * ``POST /api/now/connect/support/sessions/{group}/leave``: the requester leaves, state 7 (idempotent)
 * ``POST /api/now/connect/support/sessions/{group}/close`` ``{"agent_leave"?}``: state 3
 * ``POST /api/now/connect/support/queues/{queue}/accept``: the calling agent takes the oldest waiting chat
+
+Attachments (files.py): ``POST /api/now/attachment/file?table_name=&table_sys_id=&file_name=`` with the file as the
+body (any ``Content-Type``) answers ``201`` with the ``sys_attachment`` record (400: type not in ``attachment_types``,
+over ``max_attachment_bytes``, a parameter missing; a Connect conversation needs its requester or agent); the bytes
+are served at ``GET /api/now/attachment/{sys_id}/file`` and, without a login, ``GET /sys_attachment.do?sys_id=``.
+A Connect message's ``attachments`` are sys_ids of uploads, shown as their records. A VA ``message.attachment``
+(``{url, contentType, fileName}`` or a list) with a bad shape is a 400; one of a type not taken is dropped silently
+(transcript event ``ATTACHMENT_DROPPED``).
 
 Queue entry ``state``: 1 waiting, 2 work in progress, 3 closed complete, 4 escalated, 7 closed by client,
 8 abandoned. An agent's close posts the system message "<Agent> has left the support session" when the agent closes
@@ -186,9 +196,11 @@ A VA session can also be named by its ``interactionId`` (needed when several use
 ``POST /__emu/agent/accept`` ``{"session"?, "agent"?: {"name", "user_name", "id"}}``
     Connect: state 2, ``assigned_to``, optional join message, greeting. VA: QUEUED to LIVE. Defaults: the oldest
     waiting session of either API, the queue's first agent.
-``POST /__emu/agent/message`` ``{"session"?, "text", "work_note"?: false, "system"?: false}``
+``POST /__emu/agent/message`` ``{"session"?, "text", "work_note"?: false, "system"?: false, "attachment"?}``
     A message from the agent (``reflected_field`` ``work_notes`` for a work note; VA: transcript only), or a system
-    message (VA: an ActionMsg System callback, in any state).
+    message (VA: an ActionMsg System callback, in any state). ``attachment`` ``{"name", "content_type",
+    "data_base64" | "url"}`` sends a file (``text`` optional): Connect, a message with the file's record in
+    ``attachments``; VA, an ``OutputImage`` (images) or ``OutputLink`` item with ``agentInfo``.
 ``POST /__emu/agent/typing`` ``{"session"?, "on"?: true}``
     VA: a Start/EndTypingIndicator callback, answers ``{"supported": true, ...}``. Connect has no typing over REST:
     changes nothing and answers ``{"supported": false}``.

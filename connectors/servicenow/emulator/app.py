@@ -7,7 +7,7 @@ from typing import Optional, Type
 
 from aiohttp import web
 
-from . import agent_console, connect, control, middleware, oauth, table, va
+from . import agent_console, connect, control, files, middleware, oauth, table, va
 from .config import EmulatorConfig
 from .state import STATE_KEY, EmulatorState
 
@@ -15,6 +15,7 @@ from .state import STATE_KEY, EmulatorState
 def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
     """A fresh emulator application with its own state (``app[STATE_KEY]``)."""
     app = web.Application(
+        client_max_size=files.MAX_REQUEST_BYTES,
         middlewares=[
             middleware.request_log,
             middleware.housekeeping,
@@ -31,6 +32,7 @@ def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
     connect.add_routes(app)
     va.add_routes(app)
     table.add_routes(app)
+    files.add_routes(app)
     control.add_routes(app)
     agent_console.add_routes(app)
 

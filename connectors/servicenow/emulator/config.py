@@ -35,6 +35,17 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 #: Texts that escalate a Virtual Agent conversation to a live agent like ``action: "AGENT"`` does: the utterance and the
 #: Picker choice of the ``bot-api.md`` example [V], plus "live agent" [I]. Compared case-insensitively, trimmed.
+#: What the emulated instance takes as attachments [I: ServiceNow's list is instance configuration].
+DEFAULT_ATTACHMENT_TYPES = (
+    "image/*",
+    "application/pdf",
+    "text/plain",
+    "text/csv",
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+)
 DEFAULT_ESCALATION_TEXTS = ("agent", "live agent", "Live Agent Support.")
 VA_BATCHING = ("separate", "batched")
 VA_VALIDATION = ("strict", "lenient")
@@ -132,6 +143,13 @@ class EmulatorConfig:
     #: selects) [V table and field role, I that the column is ``inbound_id``]. Inbound calls accept any id regardless.
     va_provider_applications: Dict[str, str] = field(default_factory=dict)
 
+    # Attachments (files.py) -----------------------------------------------------------------------------------------
+    #: MIME types the instance takes (``image/*`` allowed), like ``glide.attachment.extensions``; a Connect upload of
+    #: another type is refused with 400, a VA ``message.attachment`` of another type is dropped without a word [I].
+    attachment_types: List[str] = field(default_factory=lambda: list(DEFAULT_ATTACHMENT_TYPES))
+    #: Largest upload in bytes (``com.glide.attachment.max_size``) [I default].
+    max_attachment_bytes: int = 10 * 1024 * 1024
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -228,6 +246,12 @@ def _validate(config: EmulatorConfig) -> None:
         raise ValueError("basic_users must map user names to passwords")
     _validate_clients(config.oauth_clients)
     _validate_queues(config.connect_queues)
+    if not isinstance(config.attachment_types, list) or not all(
+        isinstance(t, str) and t.count("/") == 1 for t in config.attachment_types
+    ):
+        raise ValueError("attachment_types must be a list of MIME types such as image/png or image/*")
+    if isinstance(config.max_attachment_bytes, bool) or not isinstance(config.max_attachment_bytes, int) or config.max_attachment_bytes < 1:
+        raise ValueError("max_attachment_bytes must be a positive integer")
     apps = config.va_provider_applications
     if not _is_str_map(apps) or not all(isinstance(name, str) for name in apps.values()):
         raise ValueError("va_provider_applications must map Inbound Ids to names")

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from aiohttp import web
 
+from . import files
 from .clock import format_glide_datetime
 from .responses import NO_RECORD, connect_forbidden, result, sn_error
 from .state import STATE_KEY, ConnectSession, EmulatorState, Message, QueueEntryState, UserRecord, new_sys_id
@@ -398,6 +399,8 @@ async def post_message(request: web.Request) -> web.Response:
     attachments = body.get("attachments", [])
     if not isinstance(attachments, list):
         raise sn_error(400, "Invalid request", "'attachments' must be a list")
+    # The UI sends the sys_ids of files uploaded with the Attachment API [V]; the thread shows their records [I].
+    attachments = files.records(state, attachments)
     # "group" and "context" (sent by the UI) are accepted; the path names the conversation.
     message = add_message(state, session, text, caller, reflected_field, attachments)
     return result(message_wire(message))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from aiohttp import web
 
-from . import connect, va
+from . import connect, files, va
 from .config import DEFAULT_AGENT
 from .faults import FaultRule, parse_rules
 from .oauth import expire_tokens
@@ -33,6 +33,7 @@ from .state import (
     UserRecord,
     VaSession,
     VaState,
+    new_sys_id,
 )
 
 #: A session of either API, as the control plane names them.
@@ -179,23 +180,42 @@ async def agent_accept(request: web.Request) -> web.Response:
 
 
 async def agent_message(request: web.Request) -> web.Response:
-    """``{"session"?, "text", "work_note"?: false, "system"?: false}``. A work note has ``reflected_field``
-    ``work_notes`` (VA: transcript only, no callback); a system message has ``created_by`` ``system`` (VA: an
-    ActionMsg System callback) and may be posted in any state."""
+    """``{"session"?, "text", "work_note"?: false, "system"?: false, "attachment"?}``. A work note has
+    ``reflected_field`` ``work_notes`` (VA: transcript only, no callback); a system message has ``created_by``
+    ``system`` (VA: an ActionMsg System callback) and may be posted in any state. ``attachment`` is a file the agent
+    sends (``text`` is then optional): ``{"name", "content_type", "data_base64"}``, stored and served by the emulator,
+    or ``{"name", "content_type", "url"}``."""
     state = request.app[STATE_KEY]
     body = await _body(request)
     text = body.get("text")
-    if not isinstance(text, str) or not text:
+    spec = body.get("attachment")
+    if spec is not None and not isinstance(spec, dict):
+        raise control_error(400, "'attachment' must be an object {name, content_type, data_base64 | url}")
+    if spec is not None and text in (None, ""):
+        text = ""
+    elif not isinstance(text, str) or not text:
         raise control_error(400, "'text' must be a non-empty string")
     work_note, system = _flag(body, "work_note", False), _flag(body, "system", False)
+    if spec is not None and (work_note or system):
+        raise control_error(400, "an 'attachment' is sent by the agent, not as a work note or system message")
     session = _target(state, body, lambda: _latest_live(state), "no session is live")
     if isinstance(session, VaSession):
         if not system and session.state is not VaState.LIVE:
             raise _conflict(session, "is not live (accept it first)")
+        if spec is not None:
+            file = files.agent_file(state, files.base_url_of(request), spec, session.client_session_id, "interaction")
+            return _va_result(session, *va.agent_file(state, session, text, file))
         return _va_result(session, *va.agent_message(state, session, text, work_note, system))
     if not system and session.state is not QueueEntryState.WORK_IN_PROGRESS:
         raise _conflict(session, "is not live (accept it first)")
     reflected_field = "work_notes" if work_note else "comments"
+    if spec is not None:
+        file = files.agent_file(state, files.base_url_of(request), spec, session.group, files.CONNECT_TABLE)
+        record = file.get("record") or {
+            "sys_id": new_sys_id(), "file_name": file["name"], "content_type": file["content_type"], "download_link": file["url"]
+        }
+        message = connect.add_message(state, session, text or file["name"], session.agent, reflected_field, [record])
+        return _agent_result(state, session, [message])
     message = connect.add_message(state, session, text, None if system else session.agent, reflected_field)
     return _agent_result(state, session, [message])
 

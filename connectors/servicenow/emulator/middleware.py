@@ -37,6 +37,7 @@ SessionExtractor = Callable[[web.Request, bytes], Optional[str]]
 
 CONTROL_PREFIX = "/__emu/"
 API_PREFIX = "/api/"
+ATTACHMENT_PREFIX = "/api/now/attachment/"
 #: Sent by the agent console with its polling GETs (value ``poll``); they are logged at DEBUG, not INFO.
 CONSOLE_POLL_HEADER = "X-Emulator-Console"
 _SECRET_FORM_FIELDS = {"password", "client_secret", "refresh_token"}
@@ -202,7 +203,12 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 async def strict_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``Accept: application/json`` on every /api call, ``Content-Type: application/json`` on POST/PUT; otherwise
     400 [V c_RESTAPI.md]."""
-    if request.path.startswith(API_PREFIX) and request.app[STATE_KEY].config.strict_headers:
+    # The Attachment API takes and serves files, not JSON [V: any Content-Type].
+    if (
+        request.path.startswith(API_PREFIX)
+        and not request.path.startswith(ATTACHMENT_PREFIX)
+        and request.app[STATE_KEY].config.strict_headers
+    ):
         accepted = [part.split(";")[0].strip().lower() for part in request.headers.get("Accept", "").split(",")]
         if "application/json" not in accepted:
             raise sn_error(400, "Invalid Accept header", "Send 'Accept: application/json'")
@@ -239,6 +245,8 @@ def _decoded_body(request: web.Request, raw: bytes) -> Any:
     """The body as JSON when it parses, as a dict for forms (secrets redacted), else as text; ``None`` when empty."""
     if not raw:
         return None
+    if request.path.startswith(ATTACHMENT_PREFIX):
+        return f"<{len(raw)} bytes of {request.content_type}>"
     text = raw.decode("utf-8", errors="replace")
     if request.content_type == "application/x-www-form-urlencoded":
         return {k: "[redacted]" if k in _SECRET_FORM_FIELDS else v for k, v in parse_qsl(text)}

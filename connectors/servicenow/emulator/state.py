@@ -238,6 +238,8 @@ class EmulatorState:
         self.access_tokens: Dict[str, Token] = {}
         self.refresh_grants: Dict[str, RefreshGrant] = {}
         self.faults: List[FaultRule] = []
+        #: ``sys_attachment`` records with their bytes, by sys_id (files.py).
+        self.files: Dict[str, Any] = {}
         self.rate_limit: Optional[RateLimitRule] = None
         self.requests: Deque[RequestRecord] = deque(maxlen=self.config.request_log_limit)
         self.rng = random.Random(self.config.random_seed)

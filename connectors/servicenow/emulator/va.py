@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from aiohttp import web
 
-from . import connect
+from . import connect, files
 from .callbacks import Callback
 from .responses import ApiError, sn_error
 from .state import STATE_KEY, EmulatorState, Message, UserRecord, VaKey, VaSession, VaState, new_sys_id
@@ -308,6 +308,34 @@ def agent_message(state: EmulatorState, session: VaSession, text: str, work_note
     return posted, emit(state, session, [item], agent_chat=True)
 
 
+def agent_file(state: EmulatorState, session: VaSession, text: str, file: Mapping[str, Any]) -> Outcome:
+    """A file from the agent: ``OutputImage`` for an image, ``OutputLink`` for anything else, with ``agentInfo``
+    [V uiTypes and their fields as Mattermost's client reads them; I that Agent Chat sends agent files this way]."""
+    assert session.agent is not None
+    info = agent_info(session, session.agent)
+    items: List[Dict[str, Any]] = []
+    posted: List[Message] = []
+    if text:
+        item = output_text(text, info)
+        items.append(item)
+        posted.append(add_message(state, session, text, session.agent, sys_id=item["messageId"]))
+    message_id = new_sys_id()
+    if str(file["content_type"]).startswith("image/"):
+        item = {"uiType": "OutputImage", "group": "DefaultOutputImage", "value": file["url"], "altText": file["name"]}
+    else:
+        item = {
+            "uiType": "OutputLink",
+            "group": "DefaultOutputLink",
+            "label": file["name"],
+            "header": file["name"],
+            "value": {"action": file["url"]},
+        }
+    items.append({**item, "maskType": "NONE", "messageId": message_id, "agentInfo": info})
+    attachment = {"url": file["url"], "contentType": file["content_type"], "fileName": file["name"]}
+    posted.append(add_message(state, session, "", session.agent, attachments=[attachment], sys_id=message_id))
+    return posted, emit(state, session, items, agent_chat=True)
+
+
 def agent_typing(state: EmulatorState, session: VaSession, on: bool) -> Outcome:
     name = "StartTypingIndicator" if on else "EndTypingIndicator"
     if state.config.va_long_action_names:
@@ -507,6 +535,10 @@ def _validate(state: EmulatorState, body: Mapping[str, Any]) -> None:
     text = message.get("text")
     if text is not None and not isinstance(text, str):
         raise bad("'message.text' must be a string")
+    if strict and message.get("attachment") is not None:
+        problem = files.check_va_attachment(message["attachment"])
+        if problem:
+            raise bad(problem)
     has_text = bool(text and text.strip())
     if not has_text and not message.get("attachment") and action not in TEXT_OPTIONAL_ACTIONS:
         raise bad("'message.text' is required")
@@ -573,8 +605,16 @@ def handle_inbound(state: EmulatorState, instance_url: str, body: Mapping[str, A
         session.events.append({"action": "NEW_CONVERSATION", "timestamp": now, "requestId": body.get("requestId")})
     message = message if isinstance(message, dict) else {}
     text = message.get("text") or ""
-    if text.strip() or message.get("attachment"):
-        add_message(state, session, text, session.user, attachments=message.get("attachment") or [])
+    kept: List[Dict[str, Any]] = []
+    if message.get("attachment"):
+        # A type the instance does not take is dropped and nobody is told [I]: only the transcript's events show it.
+        kept, dropped = files.accepted_va_attachments(state, message["attachment"])
+        for item in dropped:
+            session.events.append(
+                {"action": "ATTACHMENT_DROPPED", "timestamp": now, "contentType": item.get("contentType"), "fileName": item.get("fileName")}
+            )
+    if text.strip() or kept:
+        add_message(state, session, text, session.user, attachments=kept)
         session.last_message = dict(message)
     if session.state is not VaState.VA:
         # QUEUED/LIVE: the agent sees the text in the transcript, no callback [I 2.5 step 6]. A second AGENT while

@@ -32,6 +32,7 @@
     input: document.querySelector('[data-testid="message-input"]'),
     send: document.querySelector('[data-testid="send"]'),
     end: document.querySelector('[data-testid="end-chat"]'),
+    attach: document.querySelector('[data-testid="attach"]'),
   };
 
   const handoff = { active: false, agentName: null };
@@ -150,16 +151,16 @@
 
   // -- talking to the channel -----------------------------------------------
 
-  async function say(text, shown = text) {
-    if (!text.trim()) return;
-    render("user", { text: shown });
+  async function say(text, shown = text, attachment = null) {
+    if (!text.trim() && !attachment) return;
+    render("user", attachment ? { text: shown || attachment.name, attachment: attachment.url } : { text: shown });
     stopUserTyping();
     ui.send.disabled = true;
     try {
       const response = await fetch(webhookUrl, {
         method: "POST",
         headers: { "Content-Type": "application/json", ...authHeaders },
-        body: JSON.stringify({ sender, message: text }),
+        body: JSON.stringify(attachment ? { sender, message: text, attachment } : { sender, message: text }),
       });
       const replies = await response.json();
       if (!response.ok) {
@@ -226,6 +227,20 @@
   });
 
   ui.end.addEventListener("click", () => say("/end_chat", "End chat"));
+
+  // A file by URL (this page has no upload storage of its own): the type is
+  // guessed from the name; the channel checks it during a handoff.
+  const TYPES = { png: "image/png", jpg: "image/jpeg", jpeg: "image/jpeg", gif: "image/gif", webp: "image/webp",
+    pdf: "application/pdf", txt: "text/plain", csv: "text/csv" };
+  ui.attach.addEventListener("click", () => {
+    const url = safeUrl((window.prompt("URL of the file to send:") || "").trim());
+    if (!url) return;
+    const name = decodeURIComponent(new URL(url).pathname.split("/").pop() || "file");
+    const extension = name.includes(".") ? name.split(".").pop().toLowerCase() : "";
+    const text = ui.input.value;
+    ui.input.value = "";
+    say(text, text, { url, name, content_type: TYPES[extension] || "application/octet-stream" });
+  });
 
   listen();
   ui.input.focus();

@@ -49,6 +49,7 @@
     workNote: byId("work-note"),
     close: byId("close"),
     send: byId("send"),
+    attach: byId("attach"),
     closedBar: byId("closed-bar"),
     closedDetail: byId("closed-detail"),
     error: byId("error"),
@@ -503,12 +504,39 @@
     const name = author === "user" ? chat.requester_name : message.sender_name || "Agent";
     li.setAttribute("data-name", String(name));
     li.setAttribute("data-time", clock(message.timestamp));
-    li.append(node("div", "msg__bubble", text));
     const attachments = Array.isArray(message.attachments) ? message.attachments : [];
+    // A file sent alone (VA) has no text: no empty bubble above its link.
+    if (text || !attachments.length) li.append(node("div", "msg__bubble", text));
     if (attachments.length) {
-      li.append(node("div", "msg__extra", `Attachment: ${attachments.map(attachmentName).join(", ")}`));
+      const extra = node("div", "msg__extra", "Attachment: ");
+      attachments.forEach((attachment, index) => {
+        if (index) extra.append(", ");
+        const url = attachmentUrl(attachment);
+        const link = url ? node("a", "msg__file", attachmentName(attachment)) : node("span", "msg__file", attachmentName(attachment));
+        if (url) {
+          link.href = url;
+          link.target = "_blank";
+          link.rel = "noopener noreferrer";
+          link.setAttribute("data-testid", "attachment");
+        }
+        extra.append(link);
+      });
+      li.append(extra);
     }
     return entry;
+  }
+
+  // Only http(s) links: a user's URL must not become a javascript: link in the agent's page.
+  function attachmentUrl(attachment) {
+    if (!attachment || typeof attachment !== "object") return "";
+    const raw = String(attachment.download_link || attachment.url || "");
+    if (!raw) return "";
+    try {
+      const url = new URL(raw, window.location.href);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : "";
+    } catch (_) {
+      return "";
+    }
   }
 
   function attachmentName(attachment) {
@@ -633,6 +661,28 @@
     });
   }
 
+  // A file for the user: read here, sent base64 to the control plane, which stores it and serves it at a URL.
+  function sendFile() {
+    const chat = selected();
+    const file = el.attach.files && el.attach.files[0];
+    el.attach.value = "";
+    if (!chat || chat.status !== "live" || !file) return;
+    run(el.send, async () => {
+      const data = await new Promise((resolve, reject) => {
+        const reader = new FileReader();
+        reader.onload = () => resolve(String(reader.result).replace(/^data:[^,]*,/, ""));
+        reader.onerror = () => reject(new Error(`Could not read ${file.name}`));
+        reader.readAsDataURL(file);
+      });
+      const contentType = file.type || "application/octet-stream";
+      await post("agent/message", {
+        session: chat.ref,
+        attachment: { name: file.name, content_type: contentType, data_base64: data },
+      });
+      scrollToBottom();
+    });
+  }
+
   // Agent typing for Virtual Agent chats: "on" once when typing starts, "off" after TYPING_IDLE_MS without a key,
   // when the box is emptied, on send, close or switching chats. Calls go out one after another, in order.
   function queueTyping(ref, on) {
@@ -689,6 +739,7 @@
   el.accept.addEventListener("click", accept);
   el.close.addEventListener("click", closeChat);
   el.send.addEventListener("click", send);
+  el.attach.addEventListener("change", sendFile);
   el.workNote.addEventListener("change", () => {
     updateNoteMode();
     if (el.workNote.checked) stopTyping();
