@@ -13,7 +13,8 @@ from connectors.servicenow.delivery import HANDOFF_EVENT, TYPING_EVENT, Outbound
 from connectors.servicenow.errors import ConfigurationError, StoreUnavailable
 from connectors.servicenow.shared_delivery import SharedOutbox
 from connectors.servicenow.socket_sink import SOCKET_SINK, SessionPointers, SessionReader
-from connectors.servicenow.socketio_channel import SocketIOSettings, socketio_events, socketio_messages
+from connectors.servicenow.config import SocketIOSettings
+from connectors.servicenow.socketio_channel import socketio_events, socketio_messages
 from connectors.servicenow.store import MemoryStore
 from connectors.servicenow.texts import UserTexts
 
