@@ -201,6 +201,13 @@ async def test_the_socketio_section_alone_is_checked_with_its_socketio_options(t
     one(oks(findings, "options"), "socket.io door accepts its options")
     one(warnings_(findings, "options"), "session_persistence is off")
 
+    both = path.read_text() + path.read_text().replace("ServiceNowSocketIOInput", "ServiceNowInput").replace(
+        "  user_message_evt: user_uttered\n", ""
+    )
+    path.write_text(both)
+    findings = await diagnose(Paths(path), offline=True)
+    one(warnings_(findings, "options"), "Both the webhook and the socket.io door")
+
 
 # -- the domain -------------------------------------------------------------------
 

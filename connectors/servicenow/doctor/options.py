@@ -79,10 +79,22 @@ def check_credentials(path: Path) -> ChannelOptions:
     result.raw = {name: value for name, value in section.items() if key == CHANNEL_KEY or name not in SOCKETIO_DEFAULTS}
     if SOCKETIO_CHANNEL_KEY in credentials:
         found.extend(_socketio_options(credentials[SOCKETIO_CHANNEL_KEY]))
+        if key == CHANNEL_KEY and not _redis_urls(credentials):
+            found.append(warning(
+                TOPIC,
+                "Both the webhook and the socket.io door are configured without redis_url: each keeps its own "
+                "handoff state in the process (after a restart both poll the live Connect chats).",
+                "Set the same redis_url in both sections, or keep one door (docs/limits.md).",
+            ))
     result.settings = _parse(result.raw, found)
     if result.settings is not None:
         found.extend(_advice(result.settings))
     return result
+
+
+def _redis_urls(credentials: Mapping[str, Any]) -> bool:
+    sections = [credentials.get(CHANNEL_KEY), credentials.get(SOCKETIO_CHANNEL_KEY)]
+    return all(isinstance(section, dict) and not config._is_unset(section.get("redis_url")) for section in sections)
 
 
 def _socketio_options(section: Any) -> List[Finding]:
