@@ -112,9 +112,11 @@ class ServiceNowSocketIOInput(ServiceNowInput):
         namespace = self.socket.namespace
 
         @blueprint.listener("before_server_stop")
-        async def stop_readers(_app: Sanic, _loop: Any) -> None:
+        async def stop_sockets(_app: Sanic, _loop: Any) -> None:
             for _reader, task in list(self._readers.values()):
                 task.cancel()
+            # python-socketio's own advice: stop its background tasks (pings) before the web server.
+            await sio.shutdown()
 
         @sio.on("connect", namespace=namespace)
         async def connect(sid: str, _environ: Dict, auth: Optional[Dict] = None) -> bool:
