@@ -212,7 +212,10 @@ class ServiceNowSocketIOInput(ServiceNowInput):
     async def _join(self, sid: str, session_id: str) -> None:
         previous = self._session_of.get(sid)
         if previous is not None and previous != session_id:
+            # A second session_request for another session: the socket speaks for the new one only.
             self._leave(sid)
+            if self.sio is not None and self.socket.session_persistence:
+                await self.sio.leave_room(sid, previous, namespace=self.socket.namespace)
         self._session_of[sid] = session_id
         self._sids_of.setdefault(session_id, set()).add(sid)
         if session_id not in self._readers:

@@ -206,7 +206,10 @@ async def test_the_socketio_section_alone_is_checked_with_its_socketio_options(t
     )
     path.write_text(both)
     findings = await diagnose(Paths(path), offline=True)
-    one(warnings_(findings, "options"), "Both the webhook and the socket.io door")
+    assert not [m for m in warnings_(findings, "options") if "different ServiceNow options" in m]
+    path.write_text(both.replace("queue_id: q1", "queue_id: q2", 1))
+    findings = await diagnose(Paths(path), offline=True)
+    one(warnings_(findings, "options"), "different ServiceNow options")
 
 
 # -- the domain -------------------------------------------------------------------

@@ -79,12 +79,13 @@ def check_credentials(path: Path) -> ChannelOptions:
     result.raw = {name: value for name, value in section.items() if key == CHANNEL_KEY or name not in SOCKETIO_DEFAULTS}
     if SOCKETIO_CHANNEL_KEY in credentials:
         found.extend(_socketio_options(credentials[SOCKETIO_CHANNEL_KEY]))
-        if key == CHANNEL_KEY and not _redis_urls(credentials):
+        if key == CHANNEL_KEY and not _same_core(credentials):
             found.append(warning(
                 TOPIC,
-                "Both the webhook and the socket.io door are configured without redis_url: each keeps its own "
-                "handoff state in the process (after a restart both poll the live Connect chats).",
-                "Set the same redis_url in both sections, or keep one door (docs/limits.md).",
+                "The webhook and the socket.io door have different ServiceNow options and no redis_url: each keeps "
+                "its own handoff state in the process (after a restart both poll the live Connect chats).",
+                "Give both sections the same options (the socket.io one adds only Rasa's socketio options), "
+                "or the same redis_url (docs/limits.md).",
             ))
     result.settings = _parse(result.raw, found)
     if result.settings is not None:
@@ -92,9 +93,15 @@ def check_credentials(path: Path) -> ChannelOptions:
     return result
 
 
-def _redis_urls(credentials: Mapping[str, Any]) -> bool:
+def _same_core(credentials: Mapping[str, Any]) -> bool:
+    """Whether the two doors share their handoff state: one core for equal
+    ServiceNow options, or Redis for both."""
     sections = [credentials.get(CHANNEL_KEY), credentials.get(SOCKETIO_CHANNEL_KEY)]
-    return all(isinstance(section, dict) and not config._is_unset(section.get("redis_url")) for section in sections)
+    if not all(isinstance(section, dict) for section in sections):
+        return True  # reported as an empty section
+    webhook, socket = ({k: v for k, v in s.items() if k not in SOCKETIO_DEFAULTS and not config._is_unset(v)}
+                       for s in sections)
+    return webhook == socket or all(not config._is_unset(s.get("redis_url")) for s in sections)
 
 
 def _socketio_options(section: Any) -> List[Finding]:
