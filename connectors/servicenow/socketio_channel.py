@@ -307,7 +307,8 @@ class ServiceNowSocketIOInput(ServiceNowInput):
         body: Dict[str, Any] = {"reason": error.reason, "message": error.message}
         if error.status == 503:
             body["retry_after"] = RETRY_AFTER_S
-        self.observe.input_rejected(f"socketio:{self.socket.user_message_evt}", error.reason)
+        # Counted under the route label ``socketio``.
+        self.observe.input_rejected("/socketio", error.reason)
         await self.sio.emit(ERROR_EVT, body, room=sid, namespace=self.socket.namespace)
         if notice:
             await self.sio.emit(
