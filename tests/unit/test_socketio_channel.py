@@ -276,6 +276,7 @@ async def test_the_two_doors_share_one_core_whichever_comes_first():
         owner, other = first.from_credentials(options), second.from_credentials(options)
         assert owner.owns_core and not other.owns_core
         assert other.handoffs is owner.handoffs and other.outbox is owner.outbox and other.store is owner.store
+        assert other.front.turns is owner.front.turns  # one message of a conversation at a time, either door
         # Each door records its own name on the user's messages.
         assert {owner.front.input_channel, other.front.input_channel} == {"servicenow", "servicenow_socketio"}
         await owner.http.aclose()
