@@ -131,8 +131,14 @@ def is_valid_sender(value: Any) -> bool:
 
 def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
     data = parse_json_object(body, '{"sender": "...", "message": "..."}')
-    sender = parse_sender(data.get("sender"))
+    return parse_user_message(parse_sender(data.get("sender")), data, max_message_length=max_message_length)
 
+
+def parse_user_message(
+    sender: str, data: Mapping[str, Any], *, max_message_length: int, metadata_key: str = "metadata"
+) -> UserPayload:
+    """The message, attachment and metadata of ``data`` (a webhook body or a
+    socket.io event), for a sender the door has already established."""
     attachment = parse_attachment(data["attachment"]) if data.get("attachment") is not None else None
     message = data.get("message")
     if attachment is not None and (message is None or (isinstance(message, str) and not message.strip())):
@@ -149,11 +155,11 @@ def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
             400, "InvalidMessage", "'message' must not contain control characters other than tab and line breaks."
         )
 
-    metadata = data.get("metadata")
+    metadata = data.get(metadata_key)
     if metadata is None:
         metadata = {}
     elif not isinstance(metadata, dict):
-        raise PayloadError(400, "InvalidMetadata", "'metadata' must be a JSON object when given.")
+        raise PayloadError(400, "InvalidMetadata", f"'{metadata_key}' must be a JSON object when given.")
 
     return UserPayload(sender=sender, message=message.strip(), metadata=metadata, attachment=attachment)
 
