@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from connectors.servicenow.texts import fill
+from connectors.servicenow.speech import fill
 from tests.e2e.conftest import BACKENDS, TEXTS, Handoff, channel_options, point_emulator_at
 from tests.e2e.harness import RasaServer, new_sender, wait_for
 
@@ -62,10 +62,10 @@ def test_waiting_notices_come_until_no_agent_accepts_in_time(handoff_waiting: Ha
     if handoff.backend == "connect":
         position = int(re.search(r"You're number (\d+) in the queue", notice).group(1))
         assert position == handoff.emulator.session(chat)["position"] and position >= 2
-        assert notice == fill(TEXTS.waiting_position, position=position)
+        assert notice == fill(TEXTS.waiting_position, {"position": position})
     else:
         # The Virtual Agent's wait spinner said "8 Seconds" when the chat was queued.
-        assert notice == fill(TEXTS.waiting_wait_time, wait_time="8 Seconds")
+        assert notice == fill(TEXTS.waiting_wait_time, {"wait_time": "8 Seconds"})
 
     handoff.callback.wait_for_text(sender, lambda text: text == TEXTS.no_agent, timeout=AGENT_WAIT_S + 10)
     assert len(waiting_notices(handoff, sender)) >= 2, "a notice every waiting_notice_interval"
@@ -96,7 +96,7 @@ def test_an_agent_who_joins_stops_the_wait_and_an_idle_user_is_let_go(handoff_wa
 
     handoff.callback.wait_for_text(sender, lambda text: text == TEXTS.user_idle, timeout=IDLE_S + 10)
     # The agent was told before the chat was left.
-    told = fill(TEXTS.user_idle_agent, idle_time=f"{IDLE_S} seconds")
+    told = fill(TEXTS.user_idle_agent, {"idle_time": f"{IDLE_S} seconds"})
     wait_for(lambda: told in handoff.user_messages(sender, chat), what="the agent to be told the user is idle")
     assert handoff.user_messages(sender, chat)[-len(sent) - 1:] == sent + [told]
     assert handoff.left_by_user(chat)

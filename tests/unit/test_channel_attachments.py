@@ -8,7 +8,7 @@ import aiohttp
 from aioresponses import aioresponses
 
 from connectors.servicenow.attachments import UserAttachment
-from connectors.servicenow.channel import HANDOFF_PAYLOAD_KEY
+from connectors.servicenow.frontdoor import HANDOFF_PAYLOAD_KEY
 from connectors.servicenow.payloads import UserPayload
 from tests.unit.test_channel import GROUP, SESSIONS, TEXTS, agent, channel, rasa_turn, slots, start  # noqa: F401
 

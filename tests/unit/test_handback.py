@@ -17,7 +17,8 @@ from rasa_sdk import Action
 from rasa_sdk.executor import ActionExecutor, CollectingDispatcher
 
 from connectors.servicenow import ServiceNowInput
-from connectors.servicenow.channel import OutOfBandOutput, TurnCollector
+from connectors.servicenow.channel import OutOfBandOutput
+from connectors.servicenow.frontdoor import TurnCollector
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.handback import END_REASON_ENTITY, HandBackTurn, user_message_event
