@@ -19,6 +19,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
 import threading
@@ -30,7 +31,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-REGISTRY = "https://registry.npmjs.org"
+# npm's own setting, so a registry mirror configured for npm is used here too.
+REGISTRY = (os.environ.get("npm_config_registry") or os.environ.get("NPM_CONFIG_REGISTRY") or "https://registry.npmjs.org").rstrip("/")
 PACKAGE = "rasa-webchat"
 VERSION = "1.0.1"
 # What registry.npmjs.org published for rasa-webchat@1.0.1; a published
