@@ -160,21 +160,26 @@ class PageServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self._answer(with_body=True)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(with_body=False)
+
+            def _answer(self, with_body: bool) -> None:
                 path = self.path.split("?", 1)[0]
                 if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", page)
+                    status, content_type, body = 200, "text/html; charset=utf-8", page
                 elif path == "/rasa-webchat.js":
-                    self._send(200, "text/javascript; charset=utf-8", script)
+                    status, content_type, body = 200, "text/javascript; charset=utf-8", script
                 else:
-                    self._send(404, "text/plain; charset=utf-8", b"not found\n")
-
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                    status, content_type, body = 404, "text/plain; charset=utf-8", b"not found\n"
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
 
             def log_message(self, *_args: Any) -> None:
                 pass
