@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import pytest
 import yaml
@@ -47,7 +47,8 @@ def webchat_bundle() -> Bundle:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def socketio_rasa(request, e2e_dir, demo_model, emulator: Emulator, callback) -> Iterator[RasaServer]:
+def webchat(request, webchat_bundle: Bundle, e2e_dir, demo_model, emulator: Emulator, callback) -> Iterator[Tuple[RasaServer, PageServer]]:
+    """Rasa with the socket.io flavour, and the widget's page on another origin."""
     backend = request.param
     options = channel_options(emulator, callback, backend)
     # Agent messages go to the socket, not to a callback URL; the chat page is the webhook flavour's.
@@ -58,22 +59,32 @@ def socketio_rasa(request, e2e_dir, demo_model, emulator: Emulator, callback) ->
     server = RasaServer(e2e_dir, demo_model, options, name=f"rasa-webchat-{backend}")
     server.credentials.write_text(yaml.safe_dump({CHANNEL: options}))
     server.backend = backend
-    server.start()
-    yield server
-    server.stop()
+    page = PageServer(webchat_bundle, widget_options(server.url, SOCKETIO_PATH, storage="local")).start()
+    # As a team would: the page's origin is allowed by Rasa's CORS, nothing else.
+    server.extra_args = ["--cors", page.url.rstrip("/")]
+    try:
+        server.start()
+        yield server, page
+    finally:
+        server.stop()
+        page.stop()
 
 
 @pytest.fixture
-def page_server(webchat_bundle: Bundle, socketio_rasa: RasaServer, emulator: Emulator) -> Iterator[PageServer]:
-    if socketio_rasa.backend == "virtual_agent":
+def socketio_rasa(webchat, emulator: Emulator) -> RasaServer:
+    server = webchat[0]
+    if server.backend == "virtual_agent":
         emulator.configure(
-            va_callback_url=f"{socketio_rasa.url}/webhooks/{ROUTE}/callback",
+            va_callback_url=f"{server.url}/webhooks/{ROUTE}/callback",
             va_callback_auth={"X-Webhook-Secret": WEBHOOK_SECRET},
             va_callback_retries=2, va_callback_retry_delay_ms=300,
         )
-    server = PageServer(webchat_bundle, widget_options(socketio_rasa.url, SOCKETIO_PATH, storage="local")).start()
-    yield server
-    server.stop()
+    return server
+
+
+@pytest.fixture
+def page_server(webchat) -> PageServer:
+    return webchat[1]
 
 
 def _agent_message_fetched(emulator: Emulator, backend: str, chat: str, before: int) -> bool:
@@ -98,6 +109,8 @@ def test_a_handoff_in_the_stock_rasa_webchat_widget(browser, page_server: PageSe
     user_context = browser.new_context(viewport={"width": 520, "height": 760})
     user_context.route(OFFSITE, lambda route: route.abort())
     user = user_context.new_page()
+    # Shown when the test fails: the widget logs its socket's life (connect, session_confirm, errors).
+    user.on("console", lambda message: print(f"widget console: {message.text}"))
     agent = browser.new_context(viewport={"width": 1180, "height": 760}).new_page()
     for page in (user, agent):
         page.set_default_timeout(TIMEOUT_MS)
