@@ -12,6 +12,8 @@ Load the channel from ``credentials.yml``::
 Where things live:
 
 ``channel``     the Rasa input/output channel (webhook, stream, output channels)
+``socketio_channel``  the socket.io front door (``ServiceNowSocketIOInput``)
+``frontdoor``   the core both doors hand a user's message to
 ``handoff``     starting, forwarding and ending a handoff
 ``state``       the handoff slots and their transitions
 ``relay``       carrying agent messages to the user (polling, ordering, dedupe)
@@ -22,7 +24,7 @@ Where things live:
 
 from typing import Any
 
-__all__ = ["ServiceNowInput"]
+__all__ = ["ServiceNowInput", "ServiceNowSocketIOInput"]
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from connectors.servicenow.channel import ServiceNowInput
 
         return ServiceNowInput
+    if name == "ServiceNowSocketIOInput":
+        from connectors.servicenow.socketio_channel import ServiceNowSocketIOInput
+
+        return ServiceNowSocketIOInput
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,25 +33,35 @@ import logging
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set, Union
+from typing import Any, Awaitable, Dict, FrozenSet, Mapping, Optional, Set, Union
 
 from rasa.core.agent import Agent
-from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, OutputChannel, UserMessage
+from rasa.core.channels.channel import InputChannel, OutputChannel
 from sanic import Blueprint, Sanic, response
 from sanic.exceptions import InvalidUsage, PayloadTooLarge, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from connectors.servicenow.backends.base import Backend, HandoffRequest, Requester
+from connectors.servicenow.backends.base import Backend, Requester
 from connectors.servicenow.backends.connect import ConnectBackend
 from connectors.servicenow.backends.http import ServiceNowHTTP
 from connectors.servicenow.backends.virtual_agent import CallbackError, VirtualAgentBackend
 from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, ServiceNowSettings
 from connectors.servicenow.delivery import PER_SENDER, Outbox, Outgoing, StreamLimitReached
 from connectors.servicenow.errors import ConfigurationError, ConversationBusy, StoreUnavailable
-from connectors.servicenow.handoff import OPEN_WAIT_S, HandoffManager
-from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, requester_of, verify_token
-from connectors.servicenow.logsafe import escape_log_arguments, loggable
+from connectors.servicenow.frontdoor import (
+    HANDOFF_PAYLOAD_KEY,
+    OUT_OF_BAND_HANDOFF_TEXT,
+    RESTART_COMMAND,
+    FrontDoor,
+    HandoffAwareOutput,
+    OnNewMessage,
+    TurnCollector,
+    handoff_request,
+)
+from connectors.servicenow.handoff import HandoffManager
+from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, verify_token
+from connectors.servicenow.logsafe import escape_log_arguments
 from connectors.servicenow.logs import use_json_logs
 from connectors.servicenow.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from connectors.servicenow.metrics import HandoffMetrics
@@ -67,20 +77,10 @@ from connectors.servicenow.payloads import (
     parse_user_payload,
 )
 from connectors.servicenow.shared_delivery import CALLBACK_LEASE_PREFIX, SharedOutbox
-from connectors.servicenow.state import ConversationLocks
 from connectors.servicenow.store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
-#: Key of the custom payload that starts a handoff, e.g. in ``domain.yml``:
-#: ``custom: {handoff: {}}``. Optional entries: ``message`` (what the agent
-#: sees first; defaults to the user's last message), ``queue_id`` (Connect)
-#: and ``context_variables`` (Virtual Agent routing).
-HANDOFF_PAYLOAD_KEY = "handoff"
-RESTART_COMMAND = "/restart"
-#: What the agent reads first when a handoff starts outside a webhook request
-#: (Rasa's HTTP API) and the payload gives no ``message``.
-OUT_OF_BAND_HANDOFF_TEXT = "The user asked for a live agent."
 STREAM_HEARTBEAT_S = 15.0
 CHAT_PAGE_DIR = Path(__file__).with_name("webchat")
 CHAT_PAGE_FILES = {
@@ -96,16 +96,19 @@ SHUTDOWN_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 2
 #: Pauses between attempts to resume live chats while the tracker store fails at startup.
 RESUME_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-#: Where Rasa mounts this channel's routes (``rasa run`` registers channels under ``/webhooks/``).
+#: Where Rasa mounts the webhook flavour's routes (``rasa run`` registers channels under ``/webhooks/<name>``).
 ROUTE_PREFIX = "/webhooks/servicenow"
 #: The routes that take a request body (all POST, all read with ``read_body``).
-BODY_ROUTES = frozenset(f"{ROUTE_PREFIX}/{name}" for name in ("webhook", "typing", "callback"))
+BODY_ROUTE_NAMES = ("webhook", "typing", "callback")
+BODY_ROUTES = frozenset(f"{ROUTE_PREFIX}/{name}" for name in BODY_ROUTE_NAMES)
+
+
+def body_routes(prefix: str) -> FrozenSet[str]:
+    return frozenset(f"{prefix}/{name}" for name in BODY_ROUTE_NAMES)
 #: How much of a refused body is still read and thrown away so the client sees the answer.
 UNREAD_BODY_DRAINED = 1024 * 1024
 #: A ``Content-Length`` longer than this many digits is not a length any route accepts.
 MAX_CONTENT_LENGTH_DIGITS = 12
-
-OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
 
 
 def freeze_startup_heap() -> int:
@@ -175,7 +178,8 @@ class ServiceNowInput(InputChannel):
         self.handoffs.observe = self.handoffs.relay.observe = self.observe
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
-        self._turns = ConversationLocks()
+        #: The core this door hands messages to (shared with the socket.io door).
+        self.front = FrontDoor(settings, self.handoffs, input_channel=self.name())
 
     def _instrument(self, metrics: HandoffMetrics) -> None:
         """Wire the metrics in. Without them none of this runs: the HTTP
@@ -220,13 +224,19 @@ class ServiceNowInput(InputChannel):
         task.add_done_callback(self._background.discard)
         return task
 
+    def new_blueprint(self, name: str) -> Blueprint:
+        """The blueprint the routes are added to (the socket.io door's attaches its server too)."""
+        return Blueprint(name, __name__)
+
     def get_output_channel(self) -> OutputChannel:
         """Where Rasa sends messages it produces outside a webhook request
         (``output_channel=latest`` on its HTTP API, reminders)."""
         return OutOfBandOutput(self)
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
-        blueprint = Blueprint("servicenow_webhook", __name__)
+        blueprint = self.new_blueprint(f"{self.name()}_webhook")
+        prefix = f"/webhooks/{self.name()}"
+        routes_with_body = body_routes(prefix)
 
         @blueprint.listener("after_server_start")
         async def start_background_work(app: Sanic, _loop: Any) -> None:
@@ -276,8 +286,8 @@ class ServiceNowInput(InputChannel):
         # channel's routes only.
         @blueprint.signal("http.lifecycle.request")
         async def refuse_malformed_framing(request: Request, **_: Any) -> None:
-            if request.path == ROUTE_PREFIX or request.path.startswith(ROUTE_PREFIX + "/"):
-                check_framing(request)
+            if request.path == prefix or request.path.startswith(prefix + "/"):
+                check_framing(request, routes_with_body)
 
         @blueprint.route("/", methods=["GET"])
         async def health(_: Request) -> HTTPResponse:
@@ -468,55 +478,8 @@ class ServiceNowInput(InputChannel):
                 raise PayloadError(401, "Unauthorized", str(problem)) from None
 
     async def handle(self, payload: UserPayload, on_new_message: OnNewMessage, claims: Optional[Claims] = None) -> list:
-        """What the webhook does with a valid message; returns this turn's replies.
-
-        Raises ``StoreUnavailable`` when the tracker store cannot say whether
-        the conversation is in handoff, ``ConversationBusy`` when an earlier
-        message of it holds it longer than ``OPEN_WAIT_S``; nothing happened then."""
-        arrived = asyncio.get_running_loop().time()
-        async with self._turns.hold(payload.sender, OPEN_WAIT_S):
-            return await self._handle_in_turn(payload, on_new_message, arrived, claims)
-
-    async def _handle_in_turn(
-        self, payload: UserPayload, on_new_message: OnNewMessage, arrived: float, claims: Optional[Claims]
-    ) -> list:
-        chat = await self.handoffs.active_chat(payload.sender)
-        if chat is not None:
-            command = payload.message.lower()
-            if command == RESTART_COMMAND:
-                replies = await self.handoffs.end_by_user(chat)
-                if not chat.ended:  # the end could not be saved: still with the agent
-                    return replies
-                return replies + (await self._run_turn(payload, on_new_message)).messages
-            if command in self.settings.end_chat_commands:
-                return await self.handoffs.end_by_user(chat)
-            return await self.handoffs.forward(chat, payload.message)
-        if self.handoffs.open_failed_for(payload.sender, arrived):
-            # Sent for the agent while the chat was opening; the open failed.
-            return self.handoffs.message_not_delivered(payload.sender)
-
-        collector = await self._run_turn(payload, on_new_message)
-        replies = list(collector.messages)
-        if collector.handoff is not None:
-            requester = requester_of(
-                payload.sender, claims, payload.metadata, trust_metadata=self.settings.trust_frontend_metadata
-            )
-            request = handoff_request(payload.sender, collector.handoff, payload.message, payload.metadata, requester)
-            replies += await self.handoffs.start(request, in_request=True, requested_at=arrived)
-        return replies
-
-    async def _run_turn(self, payload: UserPayload, on_new_message: OnNewMessage) -> "TurnCollector":
-        collector = TurnCollector()
-        message = UserMessage(
-            payload.message, collector, payload.sender, input_channel=self.name(), metadata=dict(payload.metadata) or None
-        )
-        try:
-            await on_new_message(message)
-        except asyncio.CancelledError:
-            logger.error("Rasa did not answer conversation %s in time.", loggable(payload.sender))
-        except Exception:
-            logger.exception("Rasa failed to handle a message of conversation %s.", loggable(payload.sender))
-        return collector
+        """What the webhook does with a valid message (``FrontDoor.handle``)."""
+        return await self.front.handle(payload, on_new_message, claims)
 
     async def _resume(self) -> None:
         agent = self._agent()
@@ -623,7 +586,7 @@ async def malformed_request_response(_: Request, exception: MalformedRequest) ->
     return response.json(exception.error.body(), status=exception.error.status)
 
 
-def check_framing(request: Request) -> None:
+def check_framing(request: Request, routes_with_body: FrozenSet[str] = BODY_ROUTES) -> None:
     """Refuse body framing that is ambiguous or that Sanic cannot parse, and
     bodies on routes that take none, before Sanic reads a byte of the body."""
     headers = request.headers
@@ -644,7 +607,7 @@ def check_framing(request: Request) -> None:
             PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_CALLBACK_BYTES} bytes.")
         )
     has_body = bool(encodings) or (length is not None and int(length) > 0)
-    if has_body and not (request.method.upper() == "POST" and request.path.rstrip("/") in BODY_ROUTES):
+    if has_body and not (request.method.upper() == "POST" and request.path.rstrip("/") in routes_with_body):
         # Only the routes that read their body in capped chunks take one;
         # elsewhere Sanic would buffer it (up to Rasa's 100 MB) before routing.
         raise MalformedRequest(
@@ -706,37 +669,7 @@ async def chat_asset(name: str) -> HTTPResponse:
     return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
 
 
-class _HandoffAwareOutput(CollectingOutputChannel):
-    """Takes the handoff custom payload out of the bot's response; the user never sees it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.handoff: Optional[Dict[str, Any]] = None
-
-    async def send_custom_json(self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any) -> None:
-        if isinstance(json_message, dict) and HANDOFF_PAYLOAD_KEY in json_message:
-            options = json_message[HANDOFF_PAYLOAD_KEY]
-            self.handoff = options if isinstance(options, dict) else {}
-            self.on_handoff(recipient_id, self.handoff)
-            json_message = {key: value for key, value in json_message.items() if key != HANDOFF_PAYLOAD_KEY}
-            if not json_message:
-                return
-        await super().send_custom_json(recipient_id, json_message, **kwargs)
-
-    def on_handoff(self, recipient_id: str, options: Dict[str, Any]) -> None:
-        """Hook for outputs that act on the request themselves."""
-
-
-class TurnCollector(_HandoffAwareOutput):
-    """Collects one webhook turn's replies; the channel starts the handoff
-    after Rasa has released the conversation's lock."""
-
-    @classmethod
-    def name(cls) -> str:
-        return "servicenow"
-
-
-class OutOfBandOutput(_HandoffAwareOutput):
+class OutOfBandOutput(HandoffAwareOutput):
     """Sends through the outbox (callback and stream)."""
 
     def __init__(self, channel: ServiceNowInput) -> None:
@@ -755,26 +688,6 @@ class OutOfBandOutput(_HandoffAwareOutput):
         # for it in its own task.
         request = handoff_request(recipient_id, options, OUT_OF_BAND_HANDOFF_TEXT, {}, Requester(user_id=recipient_id))
         self._channel.spawn(self._channel.handoffs.start(request, in_request=False))
-
-
-def handoff_request(
-    sender_id: str,
-    options: Mapping[str, Any],
-    user_text: str,
-    metadata: Mapping[str, Any],
-    requester: Requester,
-) -> HandoffRequest:
-    message = options.get("message")
-    queue_id = options.get("queue_id")
-    context_variables = options.get("context_variables")
-    return HandoffRequest(
-        sender_id=sender_id,
-        text=message if isinstance(message, str) and message.strip() else user_text,
-        metadata=metadata,
-        queue_id=queue_id if isinstance(queue_id, str) and queue_id else None,
-        context_variables=context_variables if isinstance(context_variables, dict) else {},
-        requester=requester,
-    )
 
 
 def callback_authorized(settings: ServiceNowSettings, headers: Mapping[str, str]) -> bool:

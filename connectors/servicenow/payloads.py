@@ -122,8 +122,14 @@ def is_valid_sender(value: Any) -> bool:
 
 def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
     data = parse_json_object(body, '{"sender": "...", "message": "..."}')
-    sender = parse_sender(data.get("sender"))
+    return parse_user_message(parse_sender(data.get("sender")), data, max_message_length=max_message_length)
 
+
+def parse_user_message(
+    sender: str, data: Mapping[str, Any], *, max_message_length: int, metadata_key: str = "metadata"
+) -> UserPayload:
+    """The message and metadata of ``data`` (a webhook body or a socket.io
+    event), for a sender the door has already established."""
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
         raise PayloadError(400, "InvalidMessage", "'message' must be a non-empty string.")
@@ -137,11 +143,11 @@ def parse_user_payload(body: bytes, *, max_message_length: int) -> UserPayload:
             400, "InvalidMessage", "'message' must not contain control characters other than tab and line breaks."
         )
 
-    metadata = data.get("metadata")
+    metadata = data.get(metadata_key)
     if metadata is None:
         metadata = {}
     elif not isinstance(metadata, dict):
-        raise PayloadError(400, "InvalidMetadata", "'metadata' must be a JSON object when given.")
+        raise PayloadError(400, "InvalidMetadata", f"'{metadata_key}' must be a JSON object when given.")
 
     return UserPayload(sender=sender, message=message.strip(), metadata=metadata)
 

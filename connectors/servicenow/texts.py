@@ -45,6 +45,9 @@ class UserTexts:
         "if you still need help!"
     )
 
+    #: socket.io only: the store could not say where the message goes, so it went nowhere (the webhook answers 503).
+    message_not_handled: str = "Sorry, I couldn't handle your last message just now. Please send it again in a moment."
+
     #: ``max_live_chats`` live chats are open already; the user stays with the bot.
     handoff_busy: str = (
         "All our agents are busy right now, so I can't connect you. Please try again in a few minutes."

@@ -179,13 +179,14 @@ class RasaServer:
         channel_options: Dict[str, Any],
         endpoints: Optional[Dict[str, Any]] = None,
         name: str = "rasa",
+        channel: str = "connectors.servicenow.ServiceNowInput",
     ) -> None:
         self.workdir = workdir
         self.model = model
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.credentials = workdir / f"{name}-credentials.yml"
-        self.credentials.write_text(yaml.safe_dump({"connectors.servicenow.ServiceNowInput": channel_options}))
+        self.credentials.write_text(yaml.safe_dump({channel: channel_options}))
         self.endpoints: Optional[Path] = None
         if endpoints:
             self.endpoints = workdir / f"{name}-endpoints.yml"
