@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator, Tuple
 
 import pytest
-import yaml
 
 from scripts.rasa_webchat import Bundle, FetchError, PageServer, fetch, widget_options
 from tests.e2e.conftest import BACKENDS, TEXTS, WEBHOOK_SECRET, channel_options
@@ -56,8 +55,7 @@ def webchat(request, webchat_bundle: Bundle, e2e_dir, demo_model, emulator: Emul
         options.pop(webhook_only, None)
     options.update(user_message_evt="user_uttered", bot_message_evt="bot_uttered",
                    session_persistence=True, socketio_path=SOCKETIO_PATH)
-    server = RasaServer(e2e_dir, demo_model, options, name=f"rasa-webchat-{backend}")
-    server.credentials.write_text(yaml.safe_dump({CHANNEL: options}))
+    server = RasaServer(e2e_dir, demo_model, options, name=f"rasa-webchat-{backend}", channel=CHANNEL)
     server.backend = backend
     page = PageServer(webchat_bundle, widget_options(server.url, SOCKETIO_PATH, storage="local")).start()
     # As a team would: the page's origin is allowed by Rasa's CORS, nothing else.
