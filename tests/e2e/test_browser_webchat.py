@@ -186,3 +186,56 @@ def test_a_handoff_in_the_stock_rasa_webchat_widget(browser, page_server: PageSe
     bot_lines(GREETING).nth(greetings).wait_for()
     assert "hi" not in [m["message"] for m in emulator.transcript(chat)], "a message after the close went to the agent"
     user_context.close()
+
+
+def test_agent_markup_and_script_links_do_not_run_in_the_widget(browser, page_server: PageServer, socketio_rasa: RasaServer, emulator: Emulator):  # noqa: F811
+    """An agent item (or a forged callback) with markup or a ``javascript:``
+    URL is shown as text by the stock widget, and never runs."""
+    if socketio_rasa.backend != "virtual_agent":
+        pytest.skip("rich items arrive as Virtual Agent callbacks")
+    import requests
+
+    context = browser.new_context()
+    context.route(OFFSITE, lambda route: route.abort())
+    user = context.new_page()
+    user.set_default_timeout(TIMEOUT_MS)
+    dialogs = []
+    user.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    user.goto(page_server.url)
+    user.locator(".rw-response", has_text=GREETING).first.wait_for()
+    session = json.loads(user.evaluate("localStorage.getItem('chat_session')"))["session_id"]
+    user.locator(".rw-new-message").fill("talk to live agent")
+    user.locator(".rw-new-message").press("Enter")
+    user.locator(".rw-response", has_text=TEXTS.connecting).wait_for()
+    chat = wait_for(lambda: socketio_rasa.slots(session).get("live_chat_id"), what="the handoff to start")
+
+    agent = {"agentName": "Mallory", "sentFromAgent": True}
+    items = [
+        {"uiType": "OutputHtml", "value": "<b id='injected'>bold</b><img src=x onerror=\"alert('html')\">", "agentInfo": agent},
+        # The widget renders text as Markdown, and keeps javascript: in a Markdown link.
+        {"uiType": "OutputText", "value": "click [here](javascript:alert('markdown')) or ![pixel](https://example.com/p.png)", "agentInfo": agent},
+        {"uiType": "OutputLink", "label": "evil link", "value": {"action": "javascript:alert('link')"}, "agentInfo": agent},
+        {"uiType": "OutputImage", "label": "evil image", "value": "javascript:alert('image')", "agentInfo": agent},
+        {"uiType": "OutputLink", "label": "knowledge article", "value": {"action": "https://example.com/kb/1"}, "agentInfo": agent},
+    ]
+    pushed = requests.post(
+        f"{socketio_rasa.url}/webhooks/{ROUTE}/callback",
+        json={"clientSessionId": chat, "clientVariables": {"rasa_sender_id": session}, "agentChat": True, "body": items},
+        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
+        timeout=10,
+    )
+    assert pushed.status_code == 200, pushed.text
+
+    user.locator(".rw-response", has_text="knowledge article").wait_for()
+    assert user.locator("#injected").count() == 0
+    # Shown as the agent wrote it, not as a link or an image.
+    user.locator(".rw-response", has_text="click [here](javascript:alert('markdown'))").wait_for()
+    hrefs = user.locator(".rw-response a").evaluate_all("links => links.map(link => link.getAttribute('href'))")
+    assert all(href.startswith("https://") for href in hrefs), hrefs
+    assert "https://example.com/kb/1" in hrefs
+    assert user.locator(".rw-response img").evaluate_all("images => images.map(image => image.getAttribute('src'))") == []
+    assert dialogs == []
+    user.locator(".rw-new-message").fill("/end_chat")
+    user.locator(".rw-new-message").press("Enter")
+    wait_for(lambda: socketio_rasa.slots(session)["handoff_active"] is False, what="the handoff to end")
+    context.close()
