@@ -217,8 +217,12 @@ class Outbox:
 
     # -- streaming ---------------------------------------------------------
 
-    def subscribe(self, recipient_id: str, last_event_id: Optional[str] = None) -> "Subscription":
+    def subscribe(
+        self, recipient_id: str, last_event_id: Optional[str] = None, *, from_start: bool = False
+    ) -> "Subscription":
         """Start a stream for the user; close the subscription when the stream ends.
+        ``from_start`` (a sink that has taken nothing yet, e.g. a new socket.io
+        session): every retained item, not only what no stream has taken.
 
         Raises ``StreamLimitReached`` (and changes nothing) when the user, or
         the process, already has as many open streams as allowed."""
@@ -229,7 +233,7 @@ class Outbox:
             raise StreamLimitReached(IN_TOTAL, self.max_open_streams)
         mailbox = self._mailbox(recipient_id)
         subscription = Subscription(self, recipient_id, mailbox)
-        resume_after = self._resume_point(mailbox, last_event_id)
+        resume_after = 0 if from_start and not last_event_id else self._resume_point(mailbox, last_event_id)
         for item in mailbox.retained:
             if _number(item) > resume_after:
                 subscription.queue.put_nowait(item)

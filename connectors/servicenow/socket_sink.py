@@ -82,7 +82,9 @@ class SessionReader:
 
     async def _run_local(self, outbox: Outbox) -> None:
         try:
-            subscription = outbox.subscribe(self.session_id, self._pointers.get(self.session_id))
+            pointer = self._pointers.get(self.session_id)
+            # No pointer: this session took nothing yet, so nothing kept was shown to it.
+            subscription = outbox.subscribe(self.session_id, pointer, from_start=pointer is None)
         except StreamLimitReached as limit:
             logger.warning("No outbox reader for socket.io session %s: %s.", self.session_id, limit)
             return

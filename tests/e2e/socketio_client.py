@@ -5,9 +5,16 @@ on connect, ``user_uttered`` with the confirmed ``session_id``)."""
 import asyncio
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import aiohttp
 import socketio
 
 from connectors.servicenow.socketio_channel import AGENT_TYPING_EVT, ERROR_EVT, HANDOFF_STATUS_EVT
+
+
+if not hasattr(aiohttp, "ClientWSTimeout"):
+    # python-engineio's websocket client builds aiohttp 3.10's ClientWSTimeout;
+    # Rasa 3.6 pins aiohttp 3.9, whose ws_connect takes the close timeout in seconds.
+    aiohttp.ClientWSTimeout = lambda ws_close=None, **_: ws_close  # type: ignore[attr-defined]
 
 
 class SocketUser:
@@ -30,10 +37,8 @@ class SocketUser:
         return record
 
     async def connect(self, auth: Optional[Dict[str, Any]] = None, transports: Optional[List[str]] = None) -> None:
-        # Long-polling: python-engineio's websocket client needs aiohttp 3.10
-        # (ClientWSTimeout), and Rasa 3.6 pins 3.9. Browsers upgrade to websocket.
         await self.client.connect(
-            self.url, socketio_path=self.path, auth=auth, transports=transports or ["polling"], wait_timeout=10
+            self.url, socketio_path=self.path, auth=auth, transports=transports or ["websocket"], wait_timeout=10
         )
 
     async def start_session(self, session_id: Optional[str] = None, timeout: float = 10.0) -> str:

@@ -39,13 +39,18 @@ def replica_endpoints(workdir: Path, redis: RedisServer, name: str) -> Dict[str,
 
 
 def start_replicas(
-    workdir: Path, model: Path, redis: RedisServer, options: Dict[str, Any], name: str
+    workdir: Path,
+    model: Path,
+    redis: RedisServer,
+    options: Dict[str, Any],
+    name: str,
+    channel: str = "connectors.servicenow.ServiceNowInput",
 ) -> Tuple[RasaServer, RasaServer]:
     options = {**options, "redis_url": redis.url, "redis_prefix": prefix_of(name)}
     endpoints = replica_endpoints(workdir, redis, name)
     servers = []
     for replica in ("a", "b"):
-        servers.append(RasaServer(workdir, model, options, endpoints, name=f"{name}-{replica}").start())
+        servers.append(RasaServer(workdir, model, options, endpoints, name=f"{name}-{replica}", channel=channel).start())
     return servers[0], servers[1]
 
 
