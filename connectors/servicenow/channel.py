@@ -26,12 +26,14 @@ the handoff; no action server or policy is involved.
 
 import asyncio
 import base64
+import dataclasses
 import gc
 import hmac
 import json
 import logging
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Awaitable, Dict, FrozenSet, Mapping, Optional, Set, Union
 
@@ -136,12 +138,34 @@ class ServiceNowInput(InputChannel):
             use_json_logs()
         return cls(settings)
 
+    #: Per configuration, the door that built the core in this process: the
+    #: other door (webhook and socket.io configured together) shares it, so
+    #: one registry, one outbox and one set of pollers serve both.
+    _core_owners: "weakref.WeakValueDictionary[str, ServiceNowInput]" = weakref.WeakValueDictionary()
+
     def __init__(self, settings: ServiceNowSettings, store: Optional[Store] = None) -> None:
         """``store``: where handoff state is shared; by default the one
         ``redis_url`` names, or an in-process one without it."""
         # Sender and chat ids reach many log lines; none may forge one.
         escape_log_arguments("connectors.servicenow")
         self.settings = settings
+        self._app: Optional[Sanic] = None
+        self._background: Set["asyncio.Task[Any]"] = set()
+        key = core_key(settings)
+        owner = self._core_owners.get(key) if store is None else None
+        #: Whether this door runs the core's background work (start, resume, shutdown).
+        self.owns_core = owner is None or type(owner) is type(self)
+        if self.owns_core:
+            self._build_core(settings, store)
+            if store is None:
+                self._core_owners[key] = self
+        else:
+            assert owner is not None
+            self._share_core(owner)
+        #: The core this door hands messages to (the same logic for every door).
+        self.front = FrontDoor(settings, self.handoffs, input_channel=self.name())
+
+    def _build_core(self, settings: ServiceNowSettings, store: Optional[Store]) -> None:
         self.metrics = HandoffMetrics() if settings.metrics or settings.metrics_port else None
         self.observe = Observer(self.metrics)
         self.http = ServiceNowHTTP(settings)
@@ -176,10 +200,13 @@ class ServiceNowInput(InputChannel):
         if self.metrics is not None:
             self._instrument(self.metrics)
         self.handoffs.observe = self.handoffs.relay.observe = self.observe
-        self._app: Optional[Sanic] = None
-        self._background: Set["asyncio.Task[Any]"] = set()
-        #: The core this door hands messages to (shared with the socket.io door).
-        self.front = FrontDoor(settings, self.handoffs, input_channel=self.name())
+
+    def _share_core(self, owner: "ServiceNowInput") -> None:
+        """Serve the other door's core: its registry, outbox, pollers, store and metrics."""
+        self.metrics, self.observe, self.http, self.backend = owner.metrics, owner.observe, owner.http, owner.backend
+        self.store, self.replica_id, self.outbox, self.handoffs = owner.store, owner.replica_id, owner.outbox, owner.handoffs
+        self._metrics_server = None
+        logger.info("The %s door shares the handoff state of the %s door.", self.name(), owner.name())
 
     def _instrument(self, metrics: HandoffMetrics) -> None:
         """Wire the metrics in. Without them none of this runs: the HTTP
@@ -235,9 +262,27 @@ class ServiceNowInput(InputChannel):
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
         blueprint = self.new_blueprint(f"{self.name()}_webhook")
-        prefix = f"/webhooks/{self.name()}"
-        routes_with_body = body_routes(prefix)
 
+        if not self.owns_core:
+            self._add_sharing_listeners(blueprint)
+        else:
+            self._add_core_listeners(blueprint)
+        self._add_routes(blueprint, on_new_message)
+        return blueprint
+
+    def _add_sharing_listeners(self, blueprint: Blueprint) -> None:
+        """A door that shares another's core: that door starts and stops it."""
+
+        @blueprint.listener("after_server_start")
+        async def bind_app(app: Sanic, _loop: Any) -> None:
+            self.bind(app)
+
+        @blueprint.listener("before_server_stop")
+        async def finish_turns(_app: Sanic, _loop: Any) -> None:
+            if self._background:
+                await asyncio.wait(list(self._background), timeout=SHUTDOWN_TIMEOUT_S)
+
+    def _add_core_listeners(self, blueprint: Blueprint) -> None:
         @blueprint.listener("after_server_start")
         async def start_background_work(app: Sanic, _loop: Any) -> None:
             self.bind(app)
@@ -272,6 +317,10 @@ class ServiceNowInput(InputChannel):
             await self.outbox.aclose()
             self._stop_metrics_port()
             await self.store.aclose()
+
+    def _add_routes(self, blueprint: Blueprint, on_new_message: OnNewMessage) -> None:
+        prefix = f"/webhooks/{self.name()}"
+        routes_with_body = body_routes(prefix)
 
         @blueprint.listener("before_server_start")
         async def answer_malformed_requests_in_json(app: Sanic, _loop: Any) -> None:
@@ -442,8 +491,6 @@ class ServiceNowInput(InputChannel):
                 logger.warning("Closing a stream of conversation %s: %s", sender, error)
             finally:
                 subscription.close()
-
-        return blueprint
 
     def _count_rejection(self, path: str, answer: HTTPResponse) -> None:
         """Count an error answer by the reason in its envelope (4xx and 503 alike)."""
@@ -715,6 +762,11 @@ def _header_bytes(value: str) -> bytes:
     Such bytes never equal a configured (UTF-8) secret, and nothing here
     raises before authentication has answered."""
     return value.encode("utf-8", "surrogatepass")
+
+
+def core_key(settings: ServiceNowSettings) -> str:
+    """Equal for equal ServiceNow options (secrets included, never logged)."""
+    return json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
 
 
 def build_backend(settings: ServiceNowSettings, http: ServiceNowHTTP) -> Backend:

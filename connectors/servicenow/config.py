@@ -377,3 +377,70 @@ _RETRY_FIELDS = {
     "retry_max_backoff": "max_backoff",
     "retry_after_limit": "max_retry_after",
 }
+
+
+# -- the socket.io door (socketio_channel.py, docs/socketio.md) ---------------
+
+#: Events of the protocol itself; the configurable ones may not take these names.
+RESERVED_EVENTS = frozenset(
+    {"connect", "disconnect", "connect_error", "session_request", "session_confirm",
+     "servicenow_handoff", "servicenow_typing", "servicenow_error", "servicenow_user_typing"}
+)
+#: Rasa's socketio options and their defaults (rasa/core/channels/socketio.py).
+SOCKETIO_DEFAULTS: Dict[str, Any] = {
+    "user_message_evt": "user_uttered",
+    "bot_message_evt": "bot_uttered",
+    "namespace": None,
+    "session_persistence": False,
+    "socketio_path": "/socket.io",
+    "metadata_key": "metadata",
+}
+
+
+@dataclass(frozen=True)
+class SocketIOSettings:
+    user_message_evt: str = "user_uttered"
+    bot_message_evt: str = "bot_uttered"
+    namespace: Optional[str] = None
+    #: Sessions outlive sockets (``session_request``'s id is the conversation); needed for replay.
+    session_persistence: bool = False
+    socketio_path: str = "/socket.io"
+    #: Key of the user event's metadata (rasa-webchat sends ``customData``).
+    metadata_key: str = "metadata"
+
+    @classmethod
+    def from_credentials(cls, credentials: Mapping[str, Any]) -> "SocketIOSettings":
+        values: Dict[str, Any] = {}
+        for name, default in SOCKETIO_DEFAULTS.items():
+            raw = credentials.get(name)
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
+                values[name] = default
+                continue
+            if name == "session_persistence":
+                values[name] = _socketio_boolean(name, raw)
+            elif not isinstance(raw, str):
+                raise ConfigurationError(f"Invalid value for '{name}': expected a string.")
+            else:
+                values[name] = raw.strip()
+        settings = cls(**values)
+        for name in ("user_message_evt", "bot_message_evt"):
+            if getattr(settings, name) in RESERVED_EVENTS:
+                raise ConfigurationError(f"'{name}: {getattr(settings, name)}' is an event of the protocol itself.")
+        if settings.user_message_evt == settings.bot_message_evt:
+            raise ConfigurationError("'user_message_evt' and 'bot_message_evt' must differ.")
+        if not settings.socketio_path.startswith("/"):
+            raise ConfigurationError(f"'socketio_path' must start with '/', e.g. /socket.io (got '{settings.socketio_path}').")
+        if settings.namespace is not None and not settings.namespace.startswith("/"):
+            raise ConfigurationError(f"'namespace' must start with '/' (got '{settings.namespace}').")
+        return settings
+
+
+def _socketio_boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ConfigurationError(f"Invalid value for '{name}': expected true or false.")

@@ -32,7 +32,10 @@ REJECTION_REASONS = frozenset(
         "InvalidMetadata",
         "InvalidPayload",
         "InvalidSender",
+        "InvalidSession",
         "InvalidTyping",
+        "MessageTooLong",
+        "NoSession",
         "NotEnabled",
         "NotFound",
         "PayloadTooLarge",
@@ -44,7 +47,7 @@ REJECTION_REASONS = frozenset(
     }
 )
 #: The channel's routes, by last path segment; others count as ``other``.
-ROUTES = frozenset({"health", "webhook", "typing", "callback", "stream", "chat", "metrics"})
+ROUTES = frozenset({"health", "webhook", "typing", "callback", "stream", "chat", "metrics", "socketio"})
 
 #: ServiceNow paths without ids, as they are.
 _FIXED_ENDPOINTS = frozenset(
@@ -90,7 +93,7 @@ def rejection_reason(reason: str) -> str:
 def route_label(path: str) -> str:
     """``webhook`` for ``/webhooks/servicenow/webhook``; ``health`` for the root."""
     tail = path.rstrip("/").rsplit("/", 1)[-1]
-    if tail == "servicenow":
+    if tail in ("servicenow", "servicenow_socketio"):
         return "health"
     return tail if tail in ROUTES else "other"
 

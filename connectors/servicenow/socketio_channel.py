@@ -23,7 +23,6 @@ import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from rasa.core.channels.channel import InputChannel, OutputChannel
@@ -32,9 +31,9 @@ from sanic import Blueprint, Sanic
 from socketio import AsyncRedisManager, AsyncServer
 
 from connectors.servicenow.channel import OutOfBandOutput, ServiceNowInput
-from connectors.servicenow.config import ServiceNowSettings
+from connectors.servicenow.config import SOCKETIO_DEFAULTS, ServiceNowSettings, SocketIOSettings
 from connectors.servicenow.delivery import HANDOFF_EVENT, TYPING_EVENT, OutboundItem
-from connectors.servicenow.errors import ConfigurationError, ConversationBusy, StoreUnavailable
+from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.frontdoor import OnNewMessage
 from connectors.servicenow.identity import Claims, Unauthenticated, verify_token
 from connectors.servicenow.logs import use_json_logs
@@ -52,75 +51,12 @@ AGENT_TYPING_EVT = "servicenow_typing"
 ERROR_EVT = "servicenow_error"
 #: From the client: the user's typing state (``{"session_id"?, "typing": true|false}``).
 USER_TYPING_EVT = "servicenow_user_typing"
-#: Events of the protocol itself; the configurable ones may not take these names.
-RESERVED_EVENTS = frozenset(
-    {"connect", "disconnect", "connect_error", "session_request", "session_confirm",
-     HANDOFF_STATUS_EVT, AGENT_TYPING_EVT, ERROR_EVT, USER_TYPING_EVT}
-)
 RETRY_AFTER_S = 2
-#: Rasa's socketio options and their defaults (rasa/core/channels/socketio.py).
-SOCKETIO_DEFAULTS: Dict[str, Any] = {
-    "user_message_evt": "user_uttered",
-    "bot_message_evt": "bot_uttered",
-    "namespace": None,
-    "session_persistence": False,
-    "socketio_path": "/socket.io",
-    "metadata_key": "metadata",
-}
 VIDEO_SUFFIXES = (".mp4", ".webm", ".ogg", ".mov")
 VIDEO_HOSTS = ("youtube.com/", "youtu.be/", "vimeo.com/")
 # Whose text may not carry Markdown links: what agents and ServiceNow wrote.
 UNTRUSTED_SOURCES = ("agent", "system")
 MARKDOWN_SPECIAL = re.compile(r"[\\\[\]<>]")
-
-
-@dataclass(frozen=True)
-class SocketIOSettings:
-    user_message_evt: str = "user_uttered"
-    bot_message_evt: str = "bot_uttered"
-    namespace: Optional[str] = None
-    #: Sessions outlive sockets (``session_request``'s id is the conversation); needed for replay.
-    session_persistence: bool = False
-    socketio_path: str = "/socket.io"
-    #: Key of the user event's metadata (rasa-webchat sends ``customData``).
-    metadata_key: str = "metadata"
-
-    @classmethod
-    def from_credentials(cls, credentials: Mapping[str, Any]) -> "SocketIOSettings":
-        values: Dict[str, Any] = {}
-        for name, default in SOCKETIO_DEFAULTS.items():
-            raw = credentials.get(name)
-            if raw is None or (isinstance(raw, str) and not raw.strip()):
-                values[name] = default
-                continue
-            if name == "session_persistence":
-                values[name] = _boolean(name, raw)
-            elif not isinstance(raw, str):
-                raise ConfigurationError(f"Invalid value for '{name}': expected a string.")
-            else:
-                values[name] = raw.strip()
-        settings = cls(**values)
-        for name in ("user_message_evt", "bot_message_evt"):
-            if getattr(settings, name) in RESERVED_EVENTS:
-                raise ConfigurationError(f"'{name}: {getattr(settings, name)}' is an event of the protocol itself.")
-        if settings.user_message_evt == settings.bot_message_evt:
-            raise ConfigurationError("'user_message_evt' and 'bot_message_evt' must differ.")
-        if not settings.socketio_path.startswith("/"):
-            raise ConfigurationError(f"'socketio_path' must start with '/', e.g. /socket.io (got '{settings.socketio_path}').")
-        if settings.namespace is not None and not settings.namespace.startswith("/"):
-            raise ConfigurationError(f"'namespace' must start with '/' (got '{settings.namespace}').")
-        return settings
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ConfigurationError(f"Invalid value for '{name}': expected true or false.")
 
 
 class ServiceNowSocketIOInput(ServiceNowInput):
@@ -180,9 +116,11 @@ class ServiceNowSocketIOInput(ServiceNowInput):
         namespace = self.socket.namespace
 
         @blueprint.listener("before_server_stop")
-        async def stop_readers(_app: Sanic, _loop: Any) -> None:
+        async def stop_sockets(_app: Sanic, _loop: Any) -> None:
             for _reader, task in list(self._readers.values()):
                 task.cancel()
+            # python-socketio's own advice: stop its background tasks (pings) before the web server.
+            await sio.shutdown()
 
         @sio.on("connect", namespace=namespace)
         async def connect(sid: str, _environ: Dict, auth: Optional[Dict] = None) -> bool:
@@ -278,7 +216,10 @@ class ServiceNowSocketIOInput(ServiceNowInput):
     async def _join(self, sid: str, session_id: str) -> None:
         previous = self._session_of.get(sid)
         if previous is not None and previous != session_id:
+            # A second session_request for another session: the socket speaks for the new one only.
             self._leave(sid)
+            if self.sio is not None and self.socket.session_persistence:
+                await self.sio.leave_room(sid, previous, namespace=self.socket.namespace)
         self._session_of[sid] = session_id
         self._sids_of.setdefault(session_id, set()).add(sid)
         if session_id not in self._readers:
@@ -370,7 +311,8 @@ class ServiceNowSocketIOInput(ServiceNowInput):
         body: Dict[str, Any] = {"reason": error.reason, "message": error.message}
         if error.status == 503:
             body["retry_after"] = RETRY_AFTER_S
-        self.observe.input_rejected(f"socketio:{self.socket.user_message_evt}", error.reason)
+        # Counted under the route label ``socketio``.
+        self.observe.input_rejected("/socketio", error.reason)
         await self.sio.emit(ERROR_EVT, body, room=sid, namespace=self.socket.namespace)
         if notice:
             await self.sio.emit(

@@ -186,6 +186,32 @@ async def test_a_missing_channel_section_is_a_problem(tmp_path):
     assert "connectors.servicenow.ServiceNowInputs" in message
 
 
+async def test_the_socketio_section_alone_is_checked_with_its_socketio_options(tmp_path):
+    path = tmp_path / "credentials.yml"
+    path.write_text(
+        "connectors.servicenow.ServiceNowSocketIOInput:\n  instance_url: https://x.service-now.com\n"
+        "  username: u\n  password: averyveryverylongpassword\n  queue_id: q1\n  socketio_path: no-slash\n"
+    )
+    findings = await diagnose(Paths(path), offline=True)
+    one(problems(findings, "options"), "socketio_path")
+    assert not [message for message in problems(findings, "options") if "Unknown option" in message]
+
+    path.write_text(path.read_text().replace("socketio_path: no-slash", "user_message_evt: user_uttered"))
+    findings = await diagnose(Paths(path), offline=True)
+    one(oks(findings, "options"), "socket.io door accepts its options")
+    one(warnings_(findings, "options"), "session_persistence is off")
+
+    both = path.read_text() + path.read_text().replace("ServiceNowSocketIOInput", "ServiceNowInput").replace(
+        "  user_message_evt: user_uttered\n", ""
+    )
+    path.write_text(both)
+    findings = await diagnose(Paths(path), offline=True)
+    assert not [m for m in warnings_(findings, "options") if "different ServiceNow options" in m]
+    path.write_text(both.replace("queue_id: q1", "queue_id: q2", 1))
+    findings = await diagnose(Paths(path), offline=True)
+    one(warnings_(findings, "options"), "different ServiceNow options")
+
+
 # -- the domain -------------------------------------------------------------------
 
 

@@ -10,8 +10,9 @@ from typing import Iterator
 
 import jwt
 import pytest
+import yaml
 
-from tests.e2e.conftest import TEXTS, channel_options
+from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
 from tests.e2e.harness import RasaServer, wait_for
 from tests.e2e.socketio_client import SocketUser
 
@@ -180,5 +181,41 @@ async def test_jwt_a_valid_token_speaks_for_its_subject(jwt_rasa):
         await user.say("hello")
         await user.wait_for_text(lambda text: text.startswith("Hello!"))
         assert jwt_rasa.tracker(subject)["latest_message"]["text"] == "hello"
+    finally:
+        await user.disconnect()
+
+
+@pytest.fixture(scope="module")
+def both_doors(e2e_dir, demo_model, emulator, callback) -> Iterator[RasaServer]:
+    """One ``rasa run`` with both doors and no redis_url; Virtual Agent pushes to the webhook door's callback."""
+    options = channel_options(emulator, callback, "virtual_agent")
+    server = RasaServer(e2e_dir, demo_model, options, name="rasa-both-doors")
+    # The same ServiceNow options (that is what makes the doors share one core), plus a socketio one.
+    socket_section = {**options, "session_persistence": True}
+    server.credentials.write_text(yaml.safe_dump({"connectors.servicenow.ServiceNowInput": options, CHANNEL: socket_section}))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_both_doors_in_one_process_share_the_handoff(both_doors, emulator, callback):
+    point_emulator_at(emulator, both_doors)  # callbacks reach the webhook door only
+    user = await connected(both_doors)
+    try:
+        await user.say("talk to live agent")
+        await user.wait_for_text(lambda text: text == TEXTS.connecting)
+        chat = await chat_of(both_doors, user.session_id)
+        emulator.accept(chat)
+        await user.wait_for_text(lambda text: text.startswith(GREETING))
+        emulator.say(chat, "pushed to the other door")
+        await user.wait_for_text(lambda text: text == "pushed to the other door")
+        # The webhook door sees the same live chat: its message goes to the agent, not to NLU.
+        assert await asyncio.to_thread(both_doors.say, user.session_id, "via the webhook") == []
+        await until(
+            lambda: "via the webhook" in [m["message"] for m in emulator.transcript(chat) if m["created_by"] == user.session_id],
+            what="the webhook message at the agent",
+        )
+        await user.say("/end_chat")
+        await user.wait_for_text(lambda text: text == TEXTS.user_ended)
     finally:
         await user.disconnect()

@@ -13,7 +13,8 @@ from connectors.servicenow.delivery import HANDOFF_EVENT, TYPING_EVENT, Outbound
 from connectors.servicenow.errors import ConfigurationError, StoreUnavailable
 from connectors.servicenow.shared_delivery import SharedOutbox
 from connectors.servicenow.socket_sink import SOCKET_SINK, SessionPointers, SessionReader
-from connectors.servicenow.socketio_channel import SocketIOSettings, socketio_events, socketio_messages
+from connectors.servicenow.config import SocketIOSettings
+from connectors.servicenow.socketio_channel import socketio_events, socketio_messages
 from connectors.servicenow.store import MemoryStore
 from connectors.servicenow.texts import UserTexts
 
@@ -262,3 +263,23 @@ async def test_a_socket_cannot_speak_for_a_session_it_did_not_confirm():
     await channel._handle_message("sid1", "not an object", None)
     assert [data["reason"] for event, data, _room in channel.sio.emitted] == ["NoSession", "InvalidMessage"]
     await channel.http.aclose()
+
+
+# -- both doors in one process ---------------------------------------------------
+
+
+async def test_the_two_doors_share_one_core_whichever_comes_first():
+    from connectors.servicenow import ServiceNowInput
+
+    for first, second in ((ServiceNowInput, ServiceNowSocketIOInput), (ServiceNowSocketIOInput, ServiceNowInput)):
+        options = {**BASE_OPTIONS, "queue_id": f"shared-{first.__name__}"}
+        owner, other = first.from_credentials(options), second.from_credentials(options)
+        assert owner.owns_core and not other.owns_core
+        assert other.handoffs is owner.handoffs and other.outbox is owner.outbox and other.store is owner.store
+        # Each door records its own name on the user's messages.
+        assert {owner.front.input_channel, other.front.input_channel} == {"servicenow", "servicenow_socketio"}
+        await owner.http.aclose()
+    # Other options: a core of its own.
+    alone = ServiceNowInput.from_credentials({**BASE_OPTIONS, "queue_id": "another-queue"})
+    assert alone.owns_core
+    await alone.http.aclose()

@@ -8,11 +8,13 @@ from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import urlparse
 
 from connectors.servicenow import config
-from connectors.servicenow.config import VIRTUAL_AGENT_API, ServiceNowSettings
+from connectors.servicenow.config import SOCKETIO_DEFAULTS, VIRTUAL_AGENT_API, ServiceNowSettings, SocketIOSettings
 from connectors.servicenow.doctor.findings import Finding, ok, problem, warning
 from connectors.servicenow.errors import ConfigurationError
 
 CHANNEL_KEY = "connectors.servicenow.ServiceNowInput"
+#: The socket.io door (docs/socketio.md): the same options plus Rasa's socketio ones.
+SOCKETIO_CHANNEL_KEY = "connectors.servicenow.ServiceNowSocketIOInput"
 #: Options other branches add; the doctor checks them before this build of
 #: the channel knows them (see ``redis_url`` in docs/doctor.md).
 FORESEEN_OPTIONS = ("redis_url",)
@@ -56,8 +58,9 @@ def check_credentials(path: Path) -> ChannelOptions:
     credentials = _read(path, found)
     if credentials is None:
         return result
-    section = credentials.get(CHANNEL_KEY)
-    if CHANNEL_KEY not in credentials:
+    key = CHANNEL_KEY if CHANNEL_KEY in credentials or SOCKETIO_CHANNEL_KEY not in credentials else SOCKETIO_CHANNEL_KEY
+    section = credentials.get(key)
+    if key not in credentials:
         close = difflib.get_close_matches(CHANNEL_KEY, [str(key) for key in credentials], n=1)
         hint = f" (is '{close[0]}' meant to be it?)" if close else ""
         found.append(
@@ -69,15 +72,53 @@ def check_credentials(path: Path) -> ChannelOptions:
         )
         return result
     if not isinstance(section, dict) or not section:
-        found.append(problem("credentials", f"The '{CHANNEL_KEY}' section of {path} is empty.",
+        found.append(problem("credentials", f"The '{key}' section of {path} is empty.",
                              "Give at least instance_url, the credentials and api (docs/configuration.md)."))
         return result
     found.append(ok("credentials", f"{path} read as rasa run reads it (${{ENV}} variables expanded)."))
-    result.raw = dict(section)
+    result.raw = {name: value for name, value in section.items() if key == CHANNEL_KEY or name not in SOCKETIO_DEFAULTS}
+    if SOCKETIO_CHANNEL_KEY in credentials:
+        found.extend(_socketio_options(credentials[SOCKETIO_CHANNEL_KEY]))
+        if key == CHANNEL_KEY and not _same_core(credentials):
+            found.append(warning(
+                TOPIC,
+                "The webhook and the socket.io door have different ServiceNow options and no redis_url: each keeps "
+                "its own handoff state in the process (after a restart both poll the live Connect chats).",
+                "Give both sections the same options (the socket.io one adds only Rasa's socketio options), "
+                "or the same redis_url (docs/limits.md).",
+            ))
     result.settings = _parse(result.raw, found)
     if result.settings is not None:
         found.extend(_advice(result.settings))
     return result
+
+
+def _same_core(credentials: Mapping[str, Any]) -> bool:
+    """Whether the two doors share their handoff state: one core for equal
+    ServiceNow options, or Redis for both."""
+    sections = [credentials.get(CHANNEL_KEY), credentials.get(SOCKETIO_CHANNEL_KEY)]
+    if not all(isinstance(section, dict) for section in sections):
+        return True  # reported as an empty section
+    webhook, socket = ({k: v for k, v in s.items() if k not in SOCKETIO_DEFAULTS and not config._is_unset(v)}
+                       for s in sections)
+    return webhook == socket or all(not config._is_unset(s.get("redis_url")) for s in sections)
+
+
+def _socketio_options(section: Any) -> List[Finding]:
+    """Rasa's socketio options of the socket.io door's section."""
+    if not isinstance(section, dict):
+        return [problem(TOPIC, f"The '{SOCKETIO_CHANNEL_KEY}' section is empty.", "See docs/socketio.md.")]
+    try:
+        socket = SocketIOSettings.from_credentials(section)
+    except ConfigurationError as error:
+        return [problem(TOPIC, f"socket.io: {error}", "See docs/socketio.md.")]
+    found = [ok(TOPIC, f"The socket.io door accepts its options: path {socket.socketio_path}, "
+                       f"events {socket.user_message_evt}/{socket.bot_message_evt}.")]
+    if not socket.session_persistence:
+        found.append(warning(TOPIC, "session_persistence is off: each socket is its own conversation, and a page "
+                                    "reload starts a new one with nothing replayed.",
+                             "Set session_persistence: true for rasa-webchat (docs/socketio.md)."))
+    return found
 
 
 def _read(path: Path, found: List[Finding]) -> Optional[Mapping[str, Any]]:
