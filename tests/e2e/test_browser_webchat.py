@@ -141,6 +141,8 @@ def test_a_handoff_in_the_stock_rasa_webchat_widget(browser, page_server: PageSe
     agent.locator(f'[data-testid="chat-item"][data-session="{chat}"]').click()
     agent.get_by_test_id("accept").click()
     agent.locator(f'[data-testid="chat-item"][data-session="{chat}"][data-state="live"]').wait_for()
+    # Virtual Agent: a servicenow_typing event, which the stock widget must ignore.
+    emulator.control("agent/typing", {"session": chat, "on": True})
     agent_sends("Hi, I'm Beth. How can I help?")
     # Shown without the user typing anything.
     bot_lines("Hi, I'm Beth. How can I help?").wait_for()
@@ -174,6 +176,8 @@ def test_a_handoff_in_the_stock_rasa_webchat_widget(browser, page_server: PageSe
     assert bot_lines(during_reload).count() == 1
     assert bot_lines("Hi, I'm Beth. How can I help?").count() == 1
     assert user.locator(".rw-client", has_text="My VPN stopped working").count() == 1
+    # What the widget shows for a message it cannot read (String(undefined), an object).
+    assert user.locator(".rw-response", has_text=re.compile(r"undefined|\[object Object\]")).count() == 0
     user.screenshot(path=str(output / "widget.png"))
     agent.screenshot(path=str(output / "agent-console.png"))
 
