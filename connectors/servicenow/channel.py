@@ -159,11 +159,13 @@ class ServiceNowInput(InputChannel):
             self._build_core(settings, store)
             if store is None:
                 self._core_owners[key] = self
+            turns = None
         else:
             assert owner is not None
             self._share_core(owner)
+            turns = owner.front.turns
         #: The core this door hands messages to (the same logic for every door).
-        self.front = FrontDoor(settings, self.handoffs, input_channel=self.name())
+        self.front = FrontDoor(settings, self.handoffs, input_channel=self.name(), turns=turns)
 
     def _build_core(self, settings: ServiceNowSettings, store: Optional[Store]) -> None:
         self.metrics = HandoffMetrics() if settings.metrics or settings.metrics_port else None

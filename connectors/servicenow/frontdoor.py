@@ -45,12 +45,21 @@ class FrontDoor:
     bot's answer asks for one. Messages of a conversation are handled one at
     a time, in arrival order."""
 
-    def __init__(self, settings: ServiceNowSettings, handoffs: HandoffManager, input_channel: str) -> None:
+    def __init__(
+        self,
+        settings: ServiceNowSettings,
+        handoffs: HandoffManager,
+        input_channel: str,
+        turns: Optional[ConversationLocks] = None,
+    ) -> None:
+        """``turns``: the per-conversation locks of another door on the same
+        core, so a conversation's messages are one at a time whichever door
+        they come through."""
         self.settings = settings
         self.handoffs = handoffs
         #: Recorded on the user's messages (``UserMessage.input_channel``).
         self.input_channel = input_channel
-        self._turns = ConversationLocks()
+        self.turns = turns if turns is not None else ConversationLocks()
 
     async def handle(self, payload: UserPayload, on_new_message: OnNewMessage, claims: Optional[Claims] = None) -> list:
         """This turn's replies for a valid message.
@@ -60,7 +69,7 @@ class FrontDoor:
         message of it holds it longer than ``OPEN_WAIT_S``; nothing happened
         then, and the message never reaches Rasa."""
         arrived = asyncio.get_running_loop().time()
-        async with self._turns.hold(payload.sender, OPEN_WAIT_S):
+        async with self.turns.hold(payload.sender, OPEN_WAIT_S):
             return await self._handle_in_turn(payload, on_new_message, arrived, claims)
 
     async def _handle_in_turn(

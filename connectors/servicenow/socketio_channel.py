@@ -388,9 +388,12 @@ def socketio_messages(message: Mapping[str, Any]) -> List[Dict[str, Any]]:
     elif isinstance(attachment, dict):
         out.append({"attachment": attachment})
     custom = message.get("custom")
-    if isinstance(custom, dict) and not out:
-        # Rasa's SocketIOOutput emits a custom payload's ``data``.
-        out.append(custom["data"] if isinstance(custom.get("data"), dict) else custom)
+    metadata = message.get("metadata")
+    from_servicenow = isinstance(metadata, Mapping) and metadata.get("source") in ("agent", "system")
+    # A bot's custom payload goes out as Rasa's channel sends it (its ``data``);
+    # ServiceNow's rich items (HTML, cards) only when their text said nothing.
+    if isinstance(custom, dict) and (not from_servicenow or not out):
+        out.append(custom["data"] if "data" in custom else custom)
     return out
 
 

@@ -69,9 +69,11 @@ def test_no_extra_keys_reach_the_widget():
     assert socketio_messages(message) == [{"text": "Hi"}]
 
 
-def test_a_custom_payload_without_text_is_emitted_as_rasa_does():
+def test_a_bots_custom_payload_is_emitted_as_rasa_does_and_servicenows_rich_items_as_their_text():
     assert socketio_messages({"custom": {"data": {"foo": 1}}}) == [{"foo": 1}]
-    assert socketio_messages({"text": "shown", "custom": {"html": "<b>shown</b>"}}) == [{"text": "shown"}]
+    assert socketio_messages({"text": "Hi", "custom": {"data": {"foo": 1}}}) == [{"text": "Hi"}, {"foo": 1}]
+    agent_html = {"text": "shown", "custom": {"html": "<b>shown</b>"}, "metadata": {"source": "agent"}}
+    assert socketio_messages(agent_html) == [{"text": "shown"}]
 
 
 def test_typing_and_status_are_events_of_their_own():
@@ -276,6 +278,7 @@ async def test_the_two_doors_share_one_core_whichever_comes_first():
         owner, other = first.from_credentials(options), second.from_credentials(options)
         assert owner.owns_core and not other.owns_core
         assert other.handoffs is owner.handoffs and other.outbox is owner.outbox and other.store is owner.store
+        assert other.front.turns is owner.front.turns  # one message of a conversation at a time, either door
         # Each door records its own name on the user's messages.
         assert {owner.front.input_channel, other.front.input_channel} == {"servicenow", "servicenow_socketio"}
         await owner.http.aclose()
