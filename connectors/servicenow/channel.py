@@ -52,13 +52,10 @@ from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, Service
 from connectors.servicenow.delivery import PER_SENDER, Outbox, Outgoing, StreamLimitReached
 from connectors.servicenow.errors import ConfigurationError, ConversationBusy, StoreUnavailable
 from connectors.servicenow.frontdoor import (
-    HANDOFF_PAYLOAD_KEY,
     OUT_OF_BAND_HANDOFF_TEXT,
-    RESTART_COMMAND,
     FrontDoor,
     HandoffAwareOutput,
     OnNewMessage,
-    TurnCollector,
     handoff_request,
 )
 from connectors.servicenow.handoff import HandoffManager
