@@ -13,6 +13,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: run run-replicas test bench install model clean
 
+# SERVICENOW_FRONTEND=socketio make run: the socket.io flavour, with the stock
+# rasa-webchat widget (fetched from the npm registry) on http://127.0.0.1:8080/.
 run: $(STAMP) $(MODEL)
 	scripts/run.sh
 

@@ -43,9 +43,33 @@ case "$RASA_HOST" in
     ;;
 esac
 
+# webhook (default): the channel's own page and endpoints. socketio: the socket.io
+# flavour, with the stock rasa-webchat widget (fetched from the npm registry) on its own page.
+FRONTEND=${SERVICENOW_FRONTEND:-webhook}
+case "$FRONTEND" in
+  webhook)
+    CREDENTIALS=${CREDENTIALS:-credentials.yml}
+    channel_route=servicenow
+    ;;
+  socketio)
+    CREDENTIALS=${CREDENTIALS:-credentials-socketio.yml}
+    channel_route=servicenow_socketio
+    WEBCHAT_HOST=${WEBCHAT_HOST:-127.0.0.1}
+    WEBCHAT_PORT=${WEBCHAT_PORT:-8080}
+    # Before anything starts: offline without a cached bundle is an error worth seeing first.
+    "$VENV/bin/python" scripts/rasa_webchat.py fetch >/dev/null
+    ;;
+  *)
+    echo "error: SERVICENOW_FRONTEND=$FRONTEND; use webhook (the default) or socketio" >&2
+    exit 2
+    ;;
+esac
+
 emulator_pid=""
+page_pid=""
 console=""
 cleanup() {
+  if [ -n "$page_pid" ]; then kill "$page_pid" 2>/dev/null || true; wait "$page_pid" 2>/dev/null || true; fi
   if [ -n "$emulator_pid" ]; then kill "$emulator_pid" 2>/dev/null || true; wait "$emulator_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT INT TERM
@@ -58,7 +82,7 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
   if [ "$SERVICENOW_API" = "virtual_agent" ]; then
     # The emulator pushes Virtual Agent callbacks to this Rasa, with a shared secret.
     export SERVICENOW_WEBHOOK_SECRET=${SERVICENOW_WEBHOOK_SECRET:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')}
-    emulator_args+=(--set "va_callback_url=http://$RASA_HOST:$RASA_PORT/webhooks/servicenow/callback"
+    emulator_args+=(--set "va_callback_url=http://$RASA_HOST:$RASA_PORT/webhooks/$channel_route/callback"
                     --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
                     --set "va_callback_retries=3")
   fi
@@ -91,7 +115,21 @@ for name in API USERNAME PASSWORD CLIENT_ID CLIENT_SECRET QUEUE_ID CALLBACK_URL 
   export "SERVICENOW_$name=$(printenv "SERVICENOW_$name" || true)"
 done
 
-cat <<MSG
+if [ "$FRONTEND" = "socketio" ]; then
+  socketio_path=$("$VENV/bin/python" -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])).get("connectors.servicenow.ServiceNowSocketIOInput") or {}).get("socketio_path") or "/socket.io")' "$CREDENTIALS")
+  "$VENV/bin/python" scripts/rasa_webchat.py serve --rasa-url "http://$RASA_HOST:$RASA_PORT" \
+    --socketio-path "$socketio_path" --host "$WEBCHAT_HOST" --port "$WEBCHAT_PORT" &
+  page_pid=$!
+  cat <<MSG
+
+  Rasa with the ServiceNow handoff channel, socket.io flavour ($SERVICENOW_API API), talking to $target.
+  rasa-webchat page: http://$WEBCHAT_HOST:$WEBCHAT_PORT/   (the stock widget, socketPath $socketio_path)
+${console:-}
+  Walk-through:      docs/socketio.md
+
+MSG
+else
+  cat <<MSG
 
   Rasa with the ServiceNow handoff channel ($SERVICENOW_API API), talking to $target.
   Chat page:         http://$RASA_HOST:$RASA_PORT/webhooks/servicenow/chat
@@ -101,8 +139,9 @@ ${console:-}
   Walk-through:      README.md, "Try it"
 
 MSG
+fi
 
-"${RASA[@]}" run --model "$MODEL" --enable-api --credentials credentials.yml \
+"${RASA[@]}" run --model "$MODEL" --enable-api --credentials "$CREDENTIALS" \
   --interface "$RASA_HOST" --port "$RASA_PORT" "${rasa_guard[@]+"${rasa_guard[@]}"}" ${RASA_ARGS:-} &
 rasa_pid=$!
 trap 'kill -TERM $rasa_pid 2>/dev/null; wait $rasa_pid 2>/dev/null; cleanup' EXIT INT TERM

@@ -21,6 +21,7 @@ docs/socketio.md.
 import asyncio
 import json
 import logging
+import re
 import uuid
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -53,6 +54,9 @@ USER_TYPING_EVT = "servicenow_user_typing"
 RETRY_AFTER_S = 2
 VIDEO_SUFFIXES = (".mp4", ".webm", ".ogg", ".mov")
 VIDEO_HOSTS = ("youtube.com/", "youtu.be/", "vimeo.com/")
+# Whose text may not carry Markdown links: what agents and ServiceNow wrote.
+UNTRUSTED_SOURCES = ("agent", "system")
+MARKDOWN_SPECIAL = re.compile(r"[\\\[\]<>]")
 
 
 class ServiceNowSocketIOInput(ServiceNowInput):
@@ -353,12 +357,21 @@ def socketio_messages(message: Mapping[str, Any]) -> List[Dict[str, Any]]:
     links as Markdown text."""
     text = message.get("text")
     text = text.strip() if isinstance(text, str) else ""
+    # rasa-webchat renders text as Markdown and keeps any link scheme
+    # (transformLinkUri: null), so text from ServiceNow must not make links:
+    # `[x](javascript:...)` from an agent would be a script the user clicks.
+    untrusted = (message.get("metadata") or {}).get("source") in UNTRUSTED_SOURCES
+    if untrusted:
+        text = escape_markdown(text)
     attachment = message.get("attachment")
     link: Optional[str] = attachment if isinstance(attachment, str) and attachment else None
+    if link is not None and untrusted and not is_web_url(link):
+        link = None
     out: List[Dict[str, Any]] = []
     if link is not None and not is_video(link):
         # A link: its label as Markdown (rasa-webchat renders it as a link).
-        text = f"[{text}]({link})" if text and text != link else link
+        target = link.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
+        text = f"[{text}]({target})" if text and text != link else target
     buttons = message.get("buttons")
     parts = [part for part in text.split("\n\n") if part.strip()] if text else []
     if isinstance(buttons, list) and buttons:
@@ -368,7 +381,7 @@ def socketio_messages(message: Mapping[str, Any]) -> List[Dict[str, Any]]:
     else:
         out.extend({"text": part} for part in parts)
     image = message.get("image")
-    if isinstance(image, str) and image:
+    if isinstance(image, str) and image and (not untrusted or is_web_url(image)):
         out.append({"attachment": {"type": "image", "payload": {"src": image}}})
     if link is not None and is_video(link):
         out.append({"attachment": {"type": "video", "payload": {"src": link}}})
@@ -388,6 +401,16 @@ def quick_reply(button: Mapping[str, Any]) -> Dict[str, Any]:
     title = button.get("title")
     payload = button.get("payload", title)
     return {"content_type": "text", "title": title, "payload": payload}
+
+
+def escape_markdown(text: str) -> str:
+    """Text that Markdown shows as it is written: without ``[``, ``]``, ``<``
+    and ``>`` no link, image, autolink or HTML can form."""
+    return MARKDOWN_SPECIAL.sub(r"\\\g<0>", text)
+
+
+def is_web_url(url: str) -> bool:
+    return url.lower().startswith(("https://", "http://"))
 
 
 def is_video(url: str) -> bool:

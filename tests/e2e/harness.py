@@ -13,7 +13,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import requests
 import yaml
@@ -169,6 +169,9 @@ class CallbackReceiver:
 class RasaServer:
     """``rasa run --enable-api`` with the channel, as a user would start it."""
 
+    #: More ``rasa run`` arguments, e.g. ``["--cors", origin]`` for a page on another origin.
+    extra_args: Sequence[str] = ()
+
     def __init__(
         self,
         workdir: Path,
@@ -198,6 +201,7 @@ class RasaServer:
         ]
         if self.endpoints:
             command += ["--endpoints", str(self.endpoints)]
+        command += list(self.extra_args)
         log = open(self.log_path, "a")
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV})
         log.close()

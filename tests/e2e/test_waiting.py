@@ -166,7 +166,7 @@ def test_outside_business_hours_no_chat_opens_and_the_user_hears_when_it_will(cl
     sessions_before = len(emulator.get("sessions")["sessions"])
     sender = new_sender()
     replies = server.say(sender, "talk to live agent")
-    expected = fill(TEXTS.outside_hours, next_opening=f"{reopens.strftime('%A %H:%M')} ({ZONE})")
+    expected = fill(TEXTS.outside_hours, {"next_opening": f"{reopens.strftime('%A %H:%M')} ({ZONE})"})
     assert [reply["text"] for reply in replies] == [expected]
     assert server.slots(sender)["handoff_active"] is not True
     assert len(emulator.get("sessions")["sessions"]) == sessions_before
