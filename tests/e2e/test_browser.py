@@ -10,6 +10,7 @@ import shutil
 import struct
 import zlib
 from pathlib import Path
+from typing import Callable, Optional, Tuple
 
 import pytest
 
@@ -61,20 +62,35 @@ def browser():
         launched.close()
 
 
-def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
-    output = ROOT / "test-output" / "browser" / handoff.backend
-    output.mkdir(parents=True, exist_ok=True)
-    user = browser.new_context(viewport={"width": 520, "height": 760}).new_page()
+def user_and_agent_pages(browser, locale: Optional[str] = None):
+    """The user's chat page and the agent's console, each in its own browser context."""
+    user_options = {"locale": locale} if locale else {}
+    user = browser.new_context(viewport={"width": 520, "height": 760}, **user_options).new_page()
     agent = browser.new_context(viewport={"width": 1180, "height": 760}).new_page()
     for page in (user, agent):
         page.set_default_timeout(TIMEOUT_MS)
+    return user, agent
 
-    def user_says(text: str) -> None:
+
+def chat_page_actions(user) -> Tuple[Callable[[str], None], Callable[[str, str], None]]:
+    """``says(text)`` types and sends on the chat page; ``sees(author, text)``
+    waits until a message of that author with that text is shown."""
+
+    def says(text: str) -> None:
         user.get_by_test_id("message-input").fill(text)
         user.get_by_test_id("send").click()
 
-    def user_sees(author: str, text: str) -> None:
+    def sees(author: str, text: str) -> None:
         user.locator(f'[data-testid="message"][data-author="{author}"]', has_text=text).last.wait_for()
+
+    return says, sees
+
+
+def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
+    output = ROOT / "test-output" / "browser" / handoff.backend
+    output.mkdir(parents=True, exist_ok=True)
+    user, agent = user_and_agent_pages(browser)
+    user_says, user_sees = chat_page_actions(user)
 
     user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
     # Another browser, open all along: it has its own conversation and must see none of this one.
@@ -146,17 +162,8 @@ def test_a_german_conversation_in_the_browser(browser, handoff: Handoff):
         pytest.skip("the language comes from the domain, the same for both APIs: one run shows it")
     output = ROOT / "test-output" / "browser" / "de"
     output.mkdir(parents=True, exist_ok=True)
-    user = browser.new_context(viewport={"width": 520, "height": 760}, locale="de-DE").new_page()
-    agent = browser.new_context(viewport={"width": 1180, "height": 760}).new_page()
-    for page in (user, agent):
-        page.set_default_timeout(TIMEOUT_MS)
-
-    def user_says(text: str) -> None:
-        user.get_by_test_id("message-input").fill(text)
-        user.get_by_test_id("send").click()
-
-    def user_sees(author: str, text: str) -> None:
-        user.locator(f'[data-testid="message"][data-author="{author}"]', has_text=text).last.wait_for()
+    user, agent = user_and_agent_pages(browser, locale="de-DE")
+    user_says, user_sees = chat_page_actions(user)
 
     user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
     user_says("hi")

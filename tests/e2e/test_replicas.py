@@ -19,7 +19,7 @@ import redis as redis_client
 import requests
 
 from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
-from tests.e2e.harness import RasaServer, new_sender, wait_for
+from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
 from tests.store.conftest import RedisServer, require_redis_server
 
 
@@ -114,6 +114,20 @@ def va_replicas(e2e_dir, demo_model, emulator, callback, redis) -> Iterator[Tupl
     b.stop()
 
 
+def accepted_chat_on_a_pushed_to_b(
+    a: RasaServer, b: RasaServer, emulator: Emulator, callback: CallbackReceiver
+) -> Tuple[str, str]:
+    """A Virtual Agent handoff started on A, whose callbacks the emulator
+    pushes to B, accepted by the agent (the welcome has reached the user)."""
+    point_emulator_at(emulator, b)
+    sender = new_sender()
+    a.say(sender, "talk to live agent")
+    chat = a.slots(sender)["live_chat_id"]
+    emulator.accept(chat)
+    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    return sender, chat
+
+
 def test_a_virtual_agent_handoff_runs_across_two_replicas(va_replicas, emulator, callback):
     a, b = va_replicas
     # ServiceNow pushes to B only; the user talks to A and B in turn.
@@ -165,12 +179,7 @@ def test_a_virtual_agent_handoff_runs_across_two_replicas(va_replicas, emulator,
 
 def test_a_repeated_callback_is_dropped_on_the_other_replica(va_replicas, emulator, callback):
     a, b = va_replicas
-    point_emulator_at(emulator, b)
-    sender = new_sender()
-    a.say(sender, "talk to live agent")
-    chat = a.slots(sender)["live_chat_id"]
-    emulator.accept(chat)
-    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    sender, chat = accepted_chat_on_a_pushed_to_b(a, b, emulator, callback)
     push = {
         "requestId": "r1", "clientSessionId": chat, "nowSessionId": "", "userId": sender, "clientVariables": {},
         "agentChat": True, "score": 1,
@@ -192,12 +201,7 @@ def test_the_hand_back_turn_runs_once_when_both_replicas_see_the_end(va_replicas
     """The agent's close is pushed to B and repeated to A: one end, one
     hand-back turn, one rating question, after the end notice."""
     a, b = va_replicas
-    point_emulator_at(emulator, b)
-    sender = new_sender()
-    a.say(sender, "talk to live agent")
-    chat = a.slots(sender)["live_chat_id"]
-    emulator.accept(chat)
-    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    sender, chat = accepted_chat_on_a_pushed_to_b(a, b, emulator, callback)
     assert b.say(sender, "hello from B") == []  # both replicas hold the chat
 
     closing = emulator.close(chat)["callbacks"]
@@ -273,12 +277,7 @@ def test_metrics_count_the_callback_backlog_and_latency_of_the_shared_outbox(va_
     from tests.e2e.test_metrics import scrape, value
 
     a, b = va_replicas
-    point_emulator_at(emulator, b)
-    sender = new_sender()
-    a.say(sender, "talk to live agent")
-    chat = a.slots(sender)["live_chat_id"]
-    emulator.accept(chat)
-    callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
+    sender, chat = accepted_chat_on_a_pushed_to_b(a, b, emulator, callback)
 
     def total(name: str, **labels: str) -> float:
         return sum(value(scrape(f"{server.url}/webhooks/servicenow/metrics"), name, **labels) for server in (a, b))
