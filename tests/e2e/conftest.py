@@ -1,6 +1,7 @@
 """One ``rasa run`` per ServiceNow backend, one emulator, one callback
 receiver; the shared behaviour tests run once per backend."""
 
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -144,6 +145,27 @@ def handoff(backend, rasa, emulator, callback) -> Handoff:
     if backend == "virtual_agent":
         point_emulator_at(emulator, rasa)
     return Handoff(backend, rasa, emulator, callback)
+
+
+# Far below the 60 s late-commit window of Connect, far above the time a
+# control request takes on a loaded machine.
+CLOCK_SLACK_MS = 10_000
+
+
+@pytest.fixture(autouse=True)
+def _emulator_clock_left_in_real_time(request):
+    """The emulator is shared by every test and Connect's cursor is a
+    timestamp, so a clock left frozen or shifted by one test breaks the chats
+    of another (a clock that jumps back hides its messages as old). Put it
+    back and fail the test that left it."""
+    yield
+    if "emulator" not in request.fixturenames:
+        return
+    emulator = request.getfixturevalue("emulator")
+    clock = emulator.get("clock")
+    if clock["frozen"] or abs(clock["now_ms"] - time.time() * 1000) > CLOCK_SLACK_MS:
+        emulator.control("clock", {"now_ms": None})
+        pytest.fail("the test left the shared emulator's clock frozen or shifted; put it back to real time")
 
 
 @pytest.fixture(autouse=True)
