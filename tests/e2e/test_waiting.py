@@ -6,7 +6,7 @@ idle timeout, business hours (open and closed) and Connect's ``not_available``."
 import datetime
 import re
 import time
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -170,5 +170,18 @@ def test_outside_business_hours_no_chat_opens_and_the_user_hears_when_it_will(cl
     assert [reply["text"] for reply in replies] == [expected]
     assert server.slots(sender)["handoff_active"] is not True
     assert len(emulator.get("sessions")["sessions"]) == sessions_before
+
+    def hand_back_reasons() -> List[str]:
+        return [
+            entity["value"]
+            for event in server.tracker(sender)["events"]
+            if event["event"] == "user" and (event.get("parse_data") or {}).get("intent", {}).get("name") == "handoff_ended"
+            for entity in event["parse_data"].get("entities", [])
+            if entity.get("entity") == "handoff_end_reason"
+        ]
+
+    # The refusal, too, is handed back to the bot as a turn with its reason.
+    assert wait_for(hand_back_reasons, what="the hand-back turn of the refusal") == ["outside_hours"]
+    assert server.slots(sender)["handoff_end_reason"] == "outside_hours"
     replies = server.say(sender, "hi")
     assert replies and replies[0]["text"].startswith("Hello! I'm the virtual assistant")
