@@ -227,17 +227,23 @@ class SharedOutbox:
             while True:
                 self._kicked.discard(recipient_id)
                 try:
-                    if not held:
-                        upto = None  # another replica may have posted meanwhile
-                        if not await self.store.acquire_lease(lease, self.owner, self._lease_s):
+                    if held:
+                        progress, upto = await self._post_pending(recipient_id, stream, lease, upto)
+                    else:
+                        # Lease, registration, pointer and what is after it in
+                        # one store call: the first POST waits for one round
+                        # trip, not four. The pointer is read afresh: another
+                        # replica may have posted meanwhile.
+                        taken = await self.store.take_job(
+                            lease, self.owner, self._lease_s, stream, CALLBACK_SINK, POST_BATCH
+                        )
+                        if taken is None:
                             # The holder looks again after letting go, and sees
                             # what was appended before this attempt; if it dies,
                             # the lease list brings the job to a live replica.
-                            await self.store.register_lease(lease)
                             return
-                        await self.store.register_lease(lease)
                         held = True
-                    progress, upto = await self._post_pending(recipient_id, stream, lease, upto)
+                        progress, upto = await self._post_pending(recipient_id, stream, lease, *taken)
                     if progress == MORE:
                         continue
                     held = False
@@ -262,16 +268,23 @@ class SharedOutbox:
                 self._unposted.pop(recipient_id, None)
 
     async def _post_pending(
-        self, recipient_id: str, stream: str, lease: str, position: Optional[str] = None
+        self,
+        recipient_id: str,
+        stream: str,
+        lease: str,
+        position: Optional[str] = None,
+        entries: Optional[List[OutboxEntry]] = None,
     ) -> Tuple[str, Optional[str]]:
         """Post what the callback has not taken yet: ``MORE`` when there was
         some, ``CAUGHT_UP`` when there was none, ``LOST`` when another replica
         holds the lease now (this one's expired during a long post); and
         where the pointer is now. ``position``: where this poster left it,
-        still holding the lease since (no need to ask the store)."""
-        if position is None:
-            position = await self.store.sink_position(stream, CALLBACK_SINK)
-        entries = await self.store.read(stream, after=position, limit=POST_BATCH)
+        still holding the lease since (no need to ask the store); with
+        ``entries``, what is after it, read along with taking the lease."""
+        if entries is None:
+            if position is None:
+                position = await self.store.sink_position(stream, CALLBACK_SINK)
+            entries = await self.store.read(stream, after=position, limit=POST_BATCH)
         # Exact again after each read: what a put counted meanwhile is in it.
         self._unposted[recipient_id] = sum(1 for entry in entries if entry.to_callback)
         if not entries:

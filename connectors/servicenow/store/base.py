@@ -295,6 +295,22 @@ class Store(abc.ABC):
         """Registered names that nobody holds now (never held, released or
         expired), up to ``limit``. A hint: ``acquire_lease`` decides."""
 
+    async def take_job(
+        self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
+    ) -> Optional[Tuple[Optional[str], List[OutboxEntry]]]:
+        """Take the job ``lease`` that drains ``sink`` of ``stream``, in one
+        step where the store can: acquire the lease for ``owner`` (as
+        ``acquire_lease``), register it (as ``register_lease``) and return
+        the sink's pointer and up to ``limit`` entries after it. None when
+        another holder has the lease (it is registered all the same, so the
+        job is taken over if that holder dies)."""
+        # Registered first, so that a lease taken here shows as held, not free.
+        await self.register_lease(lease)
+        if not await self.acquire_lease(lease, owner, ttl):
+            return None
+        position = await self.sink_position(stream, sink)
+        return position, await self.read(stream, after=position, limit=limit)
+
     # -- timers -------------------------------------------------------------
 
     @abc.abstractmethod

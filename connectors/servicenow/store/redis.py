@@ -66,7 +66,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, Set, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -195,6 +195,29 @@ redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[2])
 return 1
 """
 
+# KEYS: lease, leases, sinks, stream; ARGV: owner, ttl ms, now ms, name,
+# sink, limit. ``take_job``: the lease as _ACQUIRE_LEASE, registered (with its
+# expiry when held here, so it is not listed as free meanwhile), then the
+# sink's pointer and the entries after it, all in one round trip.
+_TAKE_JOB = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[4])
+  return false
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[4])
+local pointer = redis.call('HGET', KEYS[3], ARGV[5])
+local start = '-'
+if pointer then
+  pointer = string.match(pointer, '^(%S+)')
+  start = '(' .. pointer
+else
+  pointer = ''
+end
+return {pointer, redis.call('XRANGE', KEYS[4], start, '+', 'COUNT', tonumber(ARGV[6]))}
+"""
+
 # KEYS: timers; ARGV: now ms, held until ms, limit.
 _CLAIM_TIMERS = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -235,6 +258,7 @@ class RedisStore(Store):
         self._advance_sink = client.register_script(_ADVANCE_SINK)
         self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._take_job = client.register_script(_TAKE_JOB)
         self._claim_timers = client.register_script(_CLAIM_TIMERS)
         self._finish_timer = client.register_script(_FINISH_TIMER)
         self._notices = _Notices(client, operation_timeout, self._key("notices"))
@@ -476,6 +500,20 @@ class RedisStore(Store):
         names = await self._run(self._redis.zrangebyscore(self._key("leases"), "-inf", _now_ms(), start=0, num=limit))
         return [name.decode() for name in names]
 
+    async def take_job(
+        self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
+    ) -> Optional[Tuple[Optional[str], List[OutboxEntry]]]:
+        taken = await self._run(
+            self._take_job(
+                keys=[self._key("l:", lease), self._key("leases"), self._key("s:", stream), self._key("o:", stream)],
+                args=[owner, _ms(ttl), _now_ms(), lease, sink, limit],
+            )
+        )
+        if not taken:
+            return None
+        pointer, entries = taken
+        return (pointer.decode() or None), [_entry(entry_id, _pairs(fields)) for entry_id, fields in entries]
+
     # -- timers -------------------------------------------------------------
 
     async def schedule_timer(self, name: str, due_at: float) -> None:
@@ -709,6 +747,11 @@ def _entry(entry_id: bytes, fields: Dict[bytes, bytes]) -> OutboxEntry:
         payload=json.loads(fields[b"p"]),
         to_callback=fields[b"c"] == b"1",
     )
+
+
+def _pairs(flat: Sequence[bytes]) -> Dict[bytes, bytes]:
+    """A script's reply for a hash or entry (field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _glob_escape(text: str) -> str:
