@@ -40,7 +40,7 @@ from connectors.servicenow.delivery import (
 )
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.state import ConversationLocks
-from connectors.servicenow.store import NewEntry, OutboxEntry, Store, StoreUnavailable, is_entry_id
+from connectors.servicenow.store import NewEntry, OutboxEntry, Store, StoreUnavailable, Taken, is_entry_id
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +152,27 @@ class SharedOutbox:
                         raise StoreUnavailable("earlier items of this conversation still wait for the store")
                     backlog.extend(entries)
                     return _unstored(items)
+                # With nobody posting this conversation here, the append
+                # takes its callback lease too: its first POST then waits
+                # for no store call after the append.
+                take = bool(
+                    self.callback_url
+                    and recipient_id not in self._posters
+                    and any(entry.to_callback for entry in entries)
+                )
+                taken: Optional[Taken] = None
                 try:
-                    stored = await self.store.append(
-                        stream_of(recipient_id), entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl
-                    )
+                    if take:
+                        both = await self.store.append_and_take(
+                            stream_of(recipient_id), entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl,
+                            lease=callback_lease(recipient_id), owner=self.owner, ttl=self._lease_s,
+                            sink=CALLBACK_SINK, limit=POST_BATCH,
+                        )
+                        stored, taken = both if both is not None else (None, None)
+                    else:
+                        stored = await self.store.append(
+                            stream_of(recipient_id), entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl
+                        )
                 except StoreUnavailable as error:
                     if dedupe_key is not None:
                         raise
@@ -170,7 +187,13 @@ class SharedOutbox:
             raise StoreUnavailable(str(error)) from error
         if stored is None:
             return None
-        self._start_posting(recipient_id, stored)
+        if not take:
+            self._start_posting(recipient_id, stored)
+        elif taken is not None:
+            # Held here now; the lease list stands for it if this replica dies.
+            self.take_over(recipient_id, sum(1 for entry in stored if entry.to_callback), taken)
+        # else another replica holds the lease: it posts these too (it looks
+        # again after letting go, and the lease list replaces it if it dies).
         return [_item(entry) for entry in stored]
 
     async def _store_backlog(self, recipient_id: str) -> None:
@@ -203,19 +226,22 @@ class SharedOutbox:
             return
         self.take_over(recipient_id, appended)
 
-    def take_over(self, recipient_id: str, appended: int = 0) -> None:
+    def take_over(self, recipient_id: str, appended: int = 0, taken: Optional[Taken] = None) -> None:
         """Make sure this replica tries to post the conversation's entries
         (after an append here of ``appended`` callback entries, or when the
-        lease list shows nobody does)."""
+        lease list shows nobody does). ``taken``: the lease is this
+        replica's already, with what ``take_job`` found."""
         if recipient_id in self._posters:
+            # Its lease is this replica's too (a lease is its owner's, not a
+            # poster's): one poster, which looks again.
             self._kicked.add(recipient_id)
             if recipient_id in self._unposted:
                 # Its poster reads them after its batch; count them meanwhile.
                 self._unposted[recipient_id] += appended
             return
-        self._posters[recipient_id] = asyncio.ensure_future(self._post_entries(recipient_id))
+        self._posters[recipient_id] = asyncio.ensure_future(self._post_entries(recipient_id, taken))
 
-    async def _post_entries(self, recipient_id: str) -> None:
+    async def _post_entries(self, recipient_id: str, taken: Optional[Taken] = None) -> None:
         stream, lease = stream_of(recipient_id), callback_lease(recipient_id)
         attempt = 0
         # After a batch the lease is still this poster's (renewed after each
@@ -234,16 +260,18 @@ class SharedOutbox:
                         # one store call: the first POST waits for one round
                         # trip, not four. The pointer is read afresh: another
                         # replica may have posted meanwhile.
-                        taken = await self.store.take_job(
-                            lease, self.owner, self._lease_s, stream, CALLBACK_SINK, POST_BATCH
-                        )
+                        if taken is None:
+                            taken = await self.store.take_job(
+                                lease, self.owner, self._lease_s, stream, CALLBACK_SINK, POST_BATCH
+                            )
                         if taken is None:
                             # The holder looks again after letting go, and sees
                             # what was appended before this attempt; if it dies,
                             # the lease list brings the job to a live replica.
                             return
                         held = True
-                        progress, upto = await self._post_pending(recipient_id, stream, lease, *taken)
+                        found, taken = taken, None
+                        progress, upto = await self._post_pending(recipient_id, stream, lease, *found)
                     if progress == MORE:
                         continue
                     held = False
