@@ -40,7 +40,7 @@ from connectors.servicenow.delivery import (
 )
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.state import ConversationLocks
-from connectors.servicenow.store import NewEntry, OutboxEntry, Store, StoreUnavailable, is_entry_id
+from connectors.servicenow.store import NewEntry, OutboxEntry, Store, StoreUnavailable, Taken, is_entry_id
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +152,27 @@ class SharedOutbox:
                         raise StoreUnavailable("earlier items of this conversation still wait for the store")
                     backlog.extend(entries)
                     return _unstored(items)
+                # With nobody posting this conversation here, the append
+                # takes its callback lease too: its first POST then waits
+                # for no store call after the append.
+                take = bool(
+                    self.callback_url
+                    and recipient_id not in self._posters
+                    and any(entry.to_callback for entry in entries)
+                )
+                taken: Optional[Taken] = None
                 try:
-                    stored = await self.store.append(
-                        stream_of(recipient_id), entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl
-                    )
+                    if take:
+                        both = await self.store.append_and_take(
+                            stream_of(recipient_id), entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl,
+                            lease=callback_lease(recipient_id), owner=self.owner, ttl=self._lease_s,
+                            sink=CALLBACK_SINK, limit=POST_BATCH,
+                        )
+                        stored, taken = both if both is not None else (None, None)
+                    else:
+                        stored = await self.store.append(
+                            stream_of(recipient_id), entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl
+                        )
                 except StoreUnavailable as error:
                     if dedupe_key is not None:
                         raise
@@ -170,7 +187,13 @@ class SharedOutbox:
             raise StoreUnavailable(str(error)) from error
         if stored is None:
             return None
-        self._start_posting(recipient_id, stored)
+        if not take:
+            self._start_posting(recipient_id, stored)
+        elif taken is not None:
+            # Held here now; the lease list stands for it if this replica dies.
+            self.take_over(recipient_id, sum(1 for entry in stored if entry.to_callback), taken)
+        # else another replica holds the lease: it posts these too (it looks
+        # again after letting go, and the lease list replaces it if it dies).
         return [_item(entry) for entry in stored]
 
     async def _store_backlog(self, recipient_id: str) -> None:
@@ -203,19 +226,22 @@ class SharedOutbox:
             return
         self.take_over(recipient_id, appended)
 
-    def take_over(self, recipient_id: str, appended: int = 0) -> None:
+    def take_over(self, recipient_id: str, appended: int = 0, taken: Optional[Taken] = None) -> None:
         """Make sure this replica tries to post the conversation's entries
         (after an append here of ``appended`` callback entries, or when the
-        lease list shows nobody does)."""
+        lease list shows nobody does). ``taken``: the lease is this
+        replica's already, with what ``take_job`` found."""
         if recipient_id in self._posters:
+            # Its lease is this replica's too (a lease is its owner's, not a
+            # poster's): one poster, which looks again.
             self._kicked.add(recipient_id)
             if recipient_id in self._unposted:
                 # Its poster reads them after its batch; count them meanwhile.
                 self._unposted[recipient_id] += appended
             return
-        self._posters[recipient_id] = asyncio.ensure_future(self._post_entries(recipient_id))
+        self._posters[recipient_id] = asyncio.ensure_future(self._post_entries(recipient_id, taken))
 
-    async def _post_entries(self, recipient_id: str) -> None:
+    async def _post_entries(self, recipient_id: str, taken: Optional[Taken] = None) -> None:
         stream, lease = stream_of(recipient_id), callback_lease(recipient_id)
         attempt = 0
         # After a batch the lease is still this poster's (renewed after each
@@ -227,17 +253,25 @@ class SharedOutbox:
             while True:
                 self._kicked.discard(recipient_id)
                 try:
-                    if not held:
-                        upto = None  # another replica may have posted meanwhile
-                        if not await self.store.acquire_lease(lease, self.owner, self._lease_s):
+                    if held:
+                        progress, upto = await self._post_pending(recipient_id, stream, lease, upto)
+                    else:
+                        # Lease, registration, pointer and what is after it in
+                        # one store call: the first POST waits for one round
+                        # trip, not four. The pointer is read afresh: another
+                        # replica may have posted meanwhile.
+                        if taken is None:
+                            taken = await self.store.take_job(
+                                lease, self.owner, self._lease_s, stream, CALLBACK_SINK, POST_BATCH
+                            )
+                        if taken is None:
                             # The holder looks again after letting go, and sees
                             # what was appended before this attempt; if it dies,
                             # the lease list brings the job to a live replica.
-                            await self.store.register_lease(lease)
                             return
-                        await self.store.register_lease(lease)
                         held = True
-                    progress, upto = await self._post_pending(recipient_id, stream, lease, upto)
+                        found, taken = taken, None
+                        progress, upto = await self._post_pending(recipient_id, stream, lease, *found)
                     if progress == MORE:
                         continue
                     held = False
@@ -262,16 +296,23 @@ class SharedOutbox:
                 self._unposted.pop(recipient_id, None)
 
     async def _post_pending(
-        self, recipient_id: str, stream: str, lease: str, position: Optional[str] = None
+        self,
+        recipient_id: str,
+        stream: str,
+        lease: str,
+        position: Optional[str] = None,
+        entries: Optional[List[OutboxEntry]] = None,
     ) -> Tuple[str, Optional[str]]:
         """Post what the callback has not taken yet: ``MORE`` when there was
         some, ``CAUGHT_UP`` when there was none, ``LOST`` when another replica
         holds the lease now (this one's expired during a long post); and
         where the pointer is now. ``position``: where this poster left it,
-        still holding the lease since (no need to ask the store)."""
-        if position is None:
-            position = await self.store.sink_position(stream, CALLBACK_SINK)
-        entries = await self.store.read(stream, after=position, limit=POST_BATCH)
+        still holding the lease since (no need to ask the store); with
+        ``entries``, what is after it, read along with taking the lease."""
+        if entries is None:
+            if position is None:
+                position = await self.store.sink_position(stream, CALLBACK_SINK)
+            entries = await self.store.read(stream, after=position, limit=POST_BATCH)
         # Exact again after each read: what a put counted meanwhile is in it.
         self._unposted[recipient_id] = sum(1 for entry in entries if entry.to_callback)
         if not entries:

@@ -327,6 +327,61 @@ async def test_a_lease_need_not_be_registered(make_stores):
     assert await one.free_leases() == []
 
 
+async def test_a_job_is_taken_with_its_pointer_and_what_is_after_it(make_stores):
+    one, two = make_stores()
+    assert await one.take_job("cb:user-1", "a", 30, "user-1", "callback") == (None, [])
+    assert await one.free_leases() == [], "held, so not free"
+    entries = await one.append("user-1", [message(str(n), to_callback=n != 1) for n in range(4)])
+    assert await two.take_job("cb:user-1", "b", 30, "user-1", "callback") is None, "a's lease"
+    position, pending = await one.take_job("cb:user-1", "a", 30, "user-1", "callback", limit=3)
+    assert position is None
+    assert pending == entries[:3], "in order, up to the limit"
+    assert [(e.payload, e.kind, e.to_callback) for e in pending] == [(e.payload, e.kind, e.to_callback) for e in entries[:3]]
+    assert await one.advance_sink("user-1", "callback", entries[1].entry_id)
+    assert await one.release_lease("cb:user-1", "a")
+    assert await two.free_leases() == ["cb:user-1"], "registered: taken over once let go"
+    position, pending = await two.take_job("cb:user-1", "b", 30, "user-1", "callback")
+    assert (position, pending) == (entries[1].entry_id, entries[2:]), "nothing skipped after a takeover"
+    assert await one.lease_owner("cb:user-1") == "b"
+    assert not await one.renew_lease("cb:user-1", "a", ttl=30)
+    assert await one.take_job("cb:user-1", "a", 30, "user-1", "callback") is None
+
+
+async def test_an_append_takes_the_job_unless_another_holds_it(make_stores):
+    one, two = make_stores()
+    job = {"lease": "cb:user-1", "sink": "callback", "ttl": 30}
+    stored, taken = await one.append_and_take("user-1", [message("0"), message("1")], owner="a", **job)
+    assert taken == (None, stored)
+    assert await one.advance_sink("user-1", "callback", stored[0].entry_id)
+    more, taken = await one.append_and_take("user-1", [message("2")], owner="a", **job)
+    assert taken == (stored[0].entry_id, [stored[1], more[0]]), "its own lease: taken again, from the pointer"
+    assert await one.free_leases() == []
+    later, taken = await two.append_and_take("user-1", [message("3")], owner="b", **job)
+    assert taken is None, "a's lease: appended, not taken"
+    assert [entry.entry_id for entry in await two.read("user-1")] == [e.entry_id for e in stored + more + later]
+    assert await two.lease_owner("cb:user-1") == "a"
+
+
+async def test_a_repeated_push_is_neither_appended_nor_taken(make_stores):
+    one, two = make_stores()
+    job = {"lease": "cb:user-1", "sink": "callback", "owner": "a", "ttl": 30}
+    assert await one.append_and_take("user-1", [message("hi")], dedupe_key="cb:c:f", dedupe_ttl=60, **job)
+    assert await one.release_lease("cb:user-1", "a")
+    again = await two.append_and_take("user-1", [message("hi")], dedupe_key="cb:c:f", dedupe_ttl=60, **job)
+    assert again is None
+    assert len(await two.read("user-1")) == 1
+    assert await two.lease_owner("cb:user-1") is None
+
+
+async def test_a_job_has_one_taker(make_stores):
+    one, two = make_stores()
+    await one.append("user-1", [message("0")])
+    taken = await race(
+        *(store.take_job("cb:user-1", f"replica-{n}", 30, "user-1", "callback") for n, store in enumerate([one, two] * 5))
+    )
+    assert sum(result is not None for result in taken) == 1
+
+
 # -- timers -----------------------------------------------------------------------
 
 

@@ -169,6 +169,10 @@ def entry_id_after(a: str, b: Optional[str]) -> bool:
     return parsed_b is None or parsed_a > parsed_b
 
 
+#: What ``take_job`` found: the sink's pointer and the entries after it.
+Taken = Tuple[Optional[str], List[OutboxEntry]]
+
+
 # -- the interface ----------------------------------------------------------
 
 
@@ -294,6 +298,44 @@ class Store(abc.ABC):
     async def free_leases(self, limit: int = 100) -> List[str]:
         """Registered names that nobody holds now (never held, released or
         expired), up to ``limit``. A hint: ``acquire_lease`` decides."""
+
+    async def take_job(
+        self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
+    ) -> Optional[Taken]:
+        """Take the job ``lease`` that drains ``sink`` of ``stream``, in one
+        step where the store can: acquire the lease for ``owner`` (as
+        ``acquire_lease``), register it (as ``register_lease``) and return
+        the sink's pointer and up to ``limit`` entries after it. None when
+        another holder has the lease (it is registered all the same, so the
+        job is taken over if that holder dies)."""
+        # Registered first, so that a lease taken here shows as held, not free.
+        await self.register_lease(lease)
+        if not await self.acquire_lease(lease, owner, ttl):
+            return None
+        position = await self.sink_position(stream, sink)
+        return position, await self.read(stream, after=position, limit=limit)
+
+    async def append_and_take(
+        self,
+        stream: str,
+        entries: Sequence[NewEntry],
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+        lease: str,
+        owner: str,
+        ttl: float,
+        sink: str,
+        limit: int = 100,
+    ) -> Optional[Tuple[List[OutboxEntry], Optional[Taken]]]:
+        """``append``, then ``take_job`` of ``stream``'s sink ``sink``, in
+        one step where the store can. None when the append was a repeat
+        (nothing appended, nothing taken); else the stored entries and what
+        ``take_job`` returned (None: another holder has the lease)."""
+        stored = await self.append(stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+        if stored is None:
+            return None
+        return stored, await self.take_job(lease, owner, ttl, stream, sink, limit)
 
     # -- timers -------------------------------------------------------------
 

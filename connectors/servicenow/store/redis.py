@@ -66,7 +66,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, Set, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -82,6 +82,7 @@ from connectors.servicenow.store.base import (
     Store,
     StoreError,
     StoreUnavailable,
+    Taken,
     TimerClaim,
     dump_payload,
     parse_entry_id,
@@ -139,27 +140,30 @@ return 1
 # KEYS: stream, sinks, [dedupe]; ARGV: retained, ttl ms, dedupe ttl ms,
 # token, then kind, to-callback, payload per entry. The dedupe mark holds the
 # token and the ids appended, so a retried call gets its own ids back.
-_APPEND = """
-if KEYS[3] then
-  local mark = redis.call('GET', KEYS[3])
-  if mark then
-    if string.sub(mark, 1, #ARGV[4] + 1) ~= ARGV[4] .. ' ' then return false end
-    local ids = {}
-    for id in string.gmatch(string.sub(mark, #ARGV[4] + 2), '%S+') do ids[#ids + 1] = id end
-    return ids
+_APPEND_FUNCTION = """
+local function append(stream, sinks, dedupe, first)
+  if dedupe then
+    local mark = redis.call('GET', dedupe)
+    if mark then
+      if string.sub(mark, 1, #ARGV[4] + 1) ~= ARGV[4] .. ' ' then return false end
+      local ids = {}
+      for id in string.gmatch(string.sub(mark, #ARGV[4] + 2), '%S+') do ids[#ids + 1] = id end
+      return ids
+    end
   end
+  local ids = {}
+  for i = first, #ARGV, 3 do
+    ids[#ids + 1] = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*',
+                               'k', ARGV[i], 'c', ARGV[i + 1], 'p', ARGV[i + 2])
+  end
+  redis.call('PEXPIRE', stream, ARGV[2])
+  redis.call('PEXPIRE', sinks, ARGV[2])
+  redis.call('PUBLISH', stream, ids[#ids])
+  if dedupe then redis.call('SET', dedupe, ARGV[4] .. ' ' .. table.concat(ids, ' '), 'PX', ARGV[3]) end
+  return ids
 end
-local ids = {}
-for i = 5, #ARGV, 3 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                             'k', ARGV[i], 'c', ARGV[i + 1], 'p', ARGV[i + 2])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PUBLISH', KEYS[1], ids[#ids])
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. table.concat(ids, ' '), 'PX', ARGV[3]) end
-return ids
 """
+_APPEND = _APPEND_FUNCTION + "return append(KEYS[1], KEYS[2], KEYS[3], 5)"
 
 # KEYS: sinks, stream; ARGV: sink, entry id, ttl ms, token. A pointer is
 # stored as "<entry id> <token of the call that moved it>".
@@ -193,6 +197,43 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[2])
 return 1
+"""
+
+# KEYS: lease, leases, sinks, stream; ARGV: owner, ttl ms, now ms, name,
+# sink, limit. ``take_job``: the lease as _ACQUIRE_LEASE, registered (with its
+# expiry when held here, so it is not listed as free meanwhile), then the
+# sink's pointer and the entries after it, all in one round trip.
+_TAKE_FUNCTION = """
+local function take(lease, leases, sinks, stream, owner, ttl, now, name, sink, limit)
+  local holder = redis.call('GET', lease)
+  if holder and holder ~= owner then
+    redis.call('ZADD', leases, 'NX', 0, name)
+    return false
+  end
+  redis.call('SET', lease, owner, 'PX', ttl)
+  redis.call('ZADD', leases, tonumber(now) + tonumber(ttl), name)
+  local pointer = redis.call('HGET', sinks, sink)
+  local start = '-'
+  if pointer then
+    pointer = string.match(pointer, '^(%S+)')
+    start = '(' .. pointer
+  else
+    pointer = ''
+  end
+  return {pointer, redis.call('XRANGE', stream, start, '+', 'COUNT', tonumber(limit))}
+end
+"""
+_TAKE_JOB = _TAKE_FUNCTION + """
+return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+
+# KEYS: stream, sinks, lease, leases, [dedupe]; ARGV: as _APPEND's first
+# four, then as _TAKE_JOB's, then the entries: ``append_and_take``. A
+# retried call appends nothing again and takes again (it is its own lease).
+_APPEND_AND_TAKE = _APPEND_FUNCTION + _TAKE_FUNCTION + """
+local ids = append(KEYS[1], KEYS[2], KEYS[5], 11)
+if not ids then return false end
+return {ids, take(KEYS[3], KEYS[4], KEYS[2], KEYS[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]) or 0}
 """
 
 # KEYS: timers; ARGV: now ms, held until ms, limit.
@@ -235,6 +276,8 @@ class RedisStore(Store):
         self._advance_sink = client.register_script(_ADVANCE_SINK)
         self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._take_job = client.register_script(_TAKE_JOB)
+        self._append_and_take = client.register_script(_APPEND_AND_TAKE)
         self._claim_timers = client.register_script(_CLAIM_TIMERS)
         self._finish_timer = client.register_script(_FINISH_TIMER)
         self._notices = _Notices(client, operation_timeout, self._key("notices"))
@@ -476,6 +519,57 @@ class RedisStore(Store):
         names = await self._run(self._redis.zrangebyscore(self._key("leases"), "-inf", _now_ms(), start=0, num=limit))
         return [name.decode() for name in names]
 
+    async def take_job(
+        self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
+    ) -> Optional[Taken]:
+        taken = await self._run(
+            self._take_job(
+                keys=[self._key("l:", lease), self._key("leases"), self._key("s:", stream), self._key("o:", stream)],
+                args=[owner, _ms(ttl), _now_ms(), lease, sink, limit],
+            )
+        )
+        return _taken(taken) if taken else None
+
+    async def append_and_take(
+        self,
+        stream: str,
+        entries: Sequence[NewEntry],
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+        lease: str,
+        owner: str,
+        ttl: float,
+        sink: str,
+        limit: int = 100,
+    ) -> Optional[Tuple[List[OutboxEntry], Optional[Taken]]]:
+        if not entries:
+            return await super().append_and_take(
+                stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl,
+                lease=lease, owner=owner, ttl=ttl, sink=sink, limit=limit,
+            )
+        keys = [self._key("o:", stream), self._key("s:", stream), self._key("l:", lease), self._key("leases")]
+        if dedupe_key is not None:
+            keys.append(self._key("d:", dedupe_key))
+        args: List[Any] = [
+            self.retained,
+            _ms(self.stream_ttl),
+            _ms(dedupe_ttl) if dedupe_key is not None else 0,
+            _token(),
+            owner, _ms(ttl), _now_ms(), lease, sink, limit,
+        ]
+        for entry in entries:
+            args += [entry.kind, "1" if entry.to_callback else "0", dump_payload(entry.payload)]
+        reply = await self._run(self._append_and_take(keys=keys, args=args))
+        if reply is None:
+            return None
+        ids, taken = reply
+        stored = [
+            OutboxEntry(entry_id.decode(), entry.kind, entry.payload, entry.to_callback)
+            for entry_id, entry in zip(ids, entries)
+        ]
+        return stored, (_taken(taken) if taken else None)
+
     # -- timers -------------------------------------------------------------
 
     async def schedule_timer(self, name: str, due_at: float) -> None:
@@ -709,6 +803,16 @@ def _entry(entry_id: bytes, fields: Dict[bytes, bytes]) -> OutboxEntry:
         payload=json.loads(fields[b"p"]),
         to_callback=fields[b"c"] == b"1",
     )
+
+
+def _taken(reply: Sequence[Any]) -> Taken:
+    pointer, entries = reply
+    return (pointer.decode() or None), [_entry(entry_id, _pairs(fields)) for entry_id, fields in entries]
+
+
+def _pairs(flat: Sequence[bytes]) -> Dict[bytes, bytes]:
+    """A script's reply for a hash or entry (field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _glob_escape(text: str) -> str:
