@@ -244,18 +244,15 @@ class SharedOutbox:
     async def _post_entries(self, recipient_id: str, taken: Optional[Taken] = None) -> None:
         stream, lease = stream_of(recipient_id), callback_lease(recipient_id)
         attempt = 0
-        # After a batch the lease is still this poster's (renewed after each
-        # entry): the next batch goes on without taking it again.
-        held = False
-        #: Where this poster's last batch left the callback pointer.
-        upto: Optional[str] = None
+        #: While this poster holds the lease: where the callback pointer is
+        #: and what is after it, as the store's last answer said (the store
+        #: call that moves the pointer renews the lease and reads on).
+        found: Optional[Taken] = None
         try:
             while True:
                 self._kicked.discard(recipient_id)
                 try:
-                    if held:
-                        progress, upto = await self._post_pending(recipient_id, stream, lease, upto)
-                    else:
+                    if found is None:
                         # Lease, registration, pointer and what is after it in
                         # one store call: the first POST waits for one round
                         # trip, not four. The pointer is read afresh: another
@@ -265,25 +262,25 @@ class SharedOutbox:
                                 lease, self.owner, self._lease_s, stream, CALLBACK_SINK, POST_BATCH
                             )
                         if taken is None:
-                            # The holder looks again after letting go, and sees
+                            # The holder looks again as it lets go, and sees
                             # what was appended before this attempt; if it dies,
                             # the lease list brings the job to a live replica.
                             return
-                        held = True
                         found, taken = taken, None
-                        progress, upto = await self._post_pending(recipient_id, stream, lease, *found)
+                    progress, found = await self._post_pending(recipient_id, stream, lease, *found)
                     if progress == MORE:
                         continue
-                    held = False
                     if progress == LOST:
                         return  # the replica that holds the lease now goes on
-                    await self.store.unregister_lease(lease)
-                    await self.store.release_lease(lease, self.owner)
-                    position = await self.store.sink_position(stream, CALLBACK_SINK)
-                    if await self.store.read(stream, after=position, limit=1):
-                        continue  # appended while letting go
+                    # Caught up. Letting go and looking for entries appended
+                    # meanwhile are one store step: an append on another
+                    # replica either comes before it (then it is found here)
+                    # or finds the lease free and takes it.
+                    found = await self.store.let_go(lease, self.owner, self._lease_s, stream, CALLBACK_SINK, POST_BATCH)
+                    if found is not None:
+                        continue
                 except StoreUnavailable as error:
-                    held = False
+                    found = None
                     logger.warning("Callback delivery for %s waits for the store: %s", recipient_id, error)
                     await asyncio.sleep(BACKLOG_RETRY_S[min(attempt, len(BACKLOG_RETRY_S) - 1)])
                     attempt += 1
@@ -296,32 +293,29 @@ class SharedOutbox:
                 self._unposted.pop(recipient_id, None)
 
     async def _post_pending(
-        self,
-        recipient_id: str,
-        stream: str,
-        lease: str,
-        position: Optional[str] = None,
-        entries: Optional[List[OutboxEntry]] = None,
-    ) -> Tuple[str, Optional[str]]:
-        """Post what the callback has not taken yet: ``MORE`` when there was
-        some, ``CAUGHT_UP`` when there was none, ``LOST`` when another replica
-        holds the lease now (this one's expired during a long post); and
-        where the pointer is now. ``position``: where this poster left it,
-        still holding the lease since (no need to ask the store); with
-        ``entries``, what is after it, read along with taking the lease."""
-        if entries is None:
-            if position is None:
-                position = await self.store.sink_position(stream, CALLBACK_SINK)
-            entries = await self.store.read(stream, after=position, limit=POST_BATCH)
+        self, recipient_id: str, stream: str, lease: str, position: Optional[str], entries: List[OutboxEntry]
+    ) -> Tuple[str, Optional[Taken]]:
+        """Post ``entries``, the ones after the callback pointer at
+        ``position``: ``MORE`` when more came after them, ``CAUGHT_UP`` when
+        none did, ``LOST`` when another replica holds the lease now (this
+        one's expired during a long post); with ``MORE``, the pointer and
+        what is after it."""
         # Exact again after each read: what a put counted meanwhile is in it.
         self._unposted[recipient_id] = sum(1 for entry in entries if entry.to_callback)
         if not entries:
-            return CAUGHT_UP, position
-        for entry in entries:
+            return CAUGHT_UP, None
+        after: Optional[List[OutboxEntry]] = None
+        for index, entry in enumerate(entries):
             delivered = await self._post_one(recipient_id, entry, lease) if entry.to_callback else None
             if delivered is not None:
                 self._unposted[recipient_id] -= 1
-            if not await self.store.advance_sink(stream, CALLBACK_SINK, entry.entry_id):
+            # One store call: move the pointer, renew the lease and, after
+            # the batch's last entry, read what came since.
+            last = index == len(entries) - 1
+            moved, after = await self.store.advance_and_next(
+                stream, CALLBACK_SINK, entry.entry_id, lease, self.owner, self._lease_s, POST_BATCH if last else 0
+            )
+            if not moved:
                 logger.warning("Another replica took over the callback of %s; stopping here.", recipient_id)
                 self._unposted[recipient_id] = 0
                 return LOST, None
@@ -329,9 +323,11 @@ class SharedOutbox:
                 self.on_delivered(entry.entry_id, CALLBACK_SINK)
             if delivered is not None and self.on_taken is not None:
                 self.on_taken(recipient_id, entry, delivered)
-            if not await self.store.renew_lease(lease, self.owner, self._lease_s):
+            if after is None:
                 return LOST, None
-        return MORE, entries[-1].entry_id
+        if not after:
+            return CAUGHT_UP, None
+        return MORE, (entries[-1].entry_id, after)
 
     async def _post_one(self, recipient_id: str, entry: OutboxEntry, lease: str) -> bool:
         assert self.callback_url is not None

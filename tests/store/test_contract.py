@@ -382,6 +382,104 @@ async def test_a_job_has_one_taker(make_stores):
     assert sum(result is not None for result in taken) == 1
 
 
+async def test_a_holder_moves_the_pointer_renews_and_reads_on_in_one_call(make_stores):
+    one, two = make_stores()
+    job = {"lease": "cb:user-1", "owner": "a", "ttl": 30}
+    entries = await one.append("user-1", [message(str(n), to_callback=n != 1) for n in range(4)])
+    assert await one.take_job("cb:user-1", "a", 30, "user-1", "callback")
+    assert await one.advance_and_next("user-1", "callback", entries[0].entry_id, limit=0, **job) == (True, [])
+    moved, after = await one.advance_and_next("user-1", "callback", entries[1].entry_id, limit=1, **job)
+    assert (moved, after) == (True, entries[2:3]), "what is after the new pointer, up to the limit"
+    assert [(e.payload, e.kind, e.to_callback) for e in after] == [(e.payload, e.kind, e.to_callback) for e in entries[2:3]]
+    assert await two.sink_position("user-1", "callback") == entries[1].entry_id
+    assert await two.advance_and_next("user-1", "callback", entries[1].entry_id, **job) == (False, None), "not moved again"
+    assert await one.advance_and_next("user-1", "callback", entries[3].entry_id, **job) == (True, [])
+    assert await one.free_leases() == [], "renewed: still held"
+    with pytest.raises(ValueError):
+        await one.advance_and_next("user-1", "callback", "garbage", **job)
+
+
+async def test_a_holder_whose_lease_is_gone_moves_the_pointer_and_stops(make_stores):
+    one, two = make_stores()
+    entries = await one.append("user-1", [message("0"), message("1")])
+    assert await one.take_job("cb:user-1", "a", 30, "user-1", "callback")
+    assert await one.release_lease("cb:user-1", "a")
+    assert await two.take_job("cb:user-1", "b", 30, "user-1", "callback")
+    moved, after = await one.advance_and_next("user-1", "callback", entries[0].entry_id, "cb:user-1", "a", 30)
+    assert (moved, after) == (True, None), "taken (its POST was answered), but b's job now"
+    assert await one.lease_owner("cb:user-1") == "b", "b's lease is not renewed for a"
+    assert not await one.renew_lease("cb:user-1", "a", ttl=30)
+
+
+async def test_a_caught_up_holder_lets_go_and_the_job_is_over(make_stores):
+    one, two = make_stores()
+    entries = await one.append("user-1", [message("0")])
+    assert await one.take_job("cb:user-1", "a", 30, "user-1", "callback")
+    assert await one.advance_and_next("user-1", "callback", entries[0].entry_id, "cb:user-1", "a", 30) == (True, [])
+    assert await one.let_go("cb:user-1", "a", 30, "user-1", "callback") is None
+    assert await two.lease_owner("cb:user-1") is None
+    assert await two.free_leases() == [], "unregistered: nothing to take over"
+    later = await two.append_and_take(
+        "user-1", [message("1")], lease="cb:user-1", owner="b", ttl=30, sink="callback"
+    )
+    assert later is not None and later[1] == (entries[0].entry_id, later[0]), "the next append takes it at once"
+
+
+async def test_a_holder_does_not_let_go_of_what_was_appended_meanwhile(make_stores):
+    one, two = make_stores()
+    entries = await one.append("user-1", [message("0")])
+    assert await one.take_job("cb:user-1", "a", 30, "user-1", "callback")
+    assert await one.advance_and_next("user-1", "callback", entries[0].entry_id, "cb:user-1", "a", 30) == (True, [])
+    # Another replica appends while "a" holds the lease: it only appends.
+    stored, taken = await two.append_and_take(
+        "user-1", [message("1"), message("2")], lease="cb:user-1", owner="b", ttl=30, sink="callback", limit=5
+    )
+    assert taken is None
+    assert await one.let_go("cb:user-1", "a", 30, "user-1", "callback", limit=1) == (entries[0].entry_id, stored[:1])
+    assert await two.lease_owner("cb:user-1") == "a", "kept: a posts them"
+    assert await two.free_leases() == []
+
+
+async def test_a_let_go_leaves_another_holders_job_alone(make_stores):
+    one, two = make_stores()
+    await one.append("user-1", [message("0")])
+    assert await two.take_job("cb:user-1", "b", 30, "user-1", "callback")
+    assert await one.let_go("cb:user-1", "a", 30, "user-1", "callback") is None
+    assert await one.lease_owner("cb:user-1") == "b"
+    assert await two.renew_lease("cb:user-1", "b", ttl=30)
+    assert await two.release_lease("cb:user-1", "b")
+    assert await one.free_leases() == ["cb:user-1"], "still registered for a takeover"
+
+
+async def test_an_append_racing_a_let_go_is_never_stranded(make_stores):
+    """Whatever the interleaving of a caught-up holder letting go and another
+    replica appending: either the holder keeps the lease and is handed the
+    new entry, or the append takes the lease itself. Never neither."""
+    one, two = make_stores()
+    outcomes = set()
+    for round_ in range(RACERS):
+        stream, lease = f"user-{round_}", f"cb:user-{round_}"
+        first = await one.append(stream, [message("0")])
+        assert await one.take_job(lease, "a", 30, stream, "callback")
+        assert await one.advance_and_next(stream, "callback", first[0].entry_id, lease, "a", 30) == (True, [])
+        letting_go = one.let_go(lease, "a", 30, stream, "callback")
+        appending = two.append_and_take(stream, [message("1")], lease=lease, owner="b", ttl=30, sink="callback")
+        # Each started first in turn (one event loop: the first goes out first).
+        if round_ % 2:
+            appended, kept = await race(appending, letting_go)
+        else:
+            kept, appended = await race(letting_go, appending)
+        stored, taken = appended
+        outcomes.add(kept is not None)
+        if kept is not None:
+            assert taken is None and kept == (first[0].entry_id, stored)
+            assert await two.lease_owner(lease) == "a"
+        else:
+            assert taken == (first[0].entry_id, stored), "the append took the job"
+            assert await two.lease_owner(lease) == "b"
+    assert outcomes == {True, False}, "both orders happened"
+
+
 # -- timers -----------------------------------------------------------------------
 
 

@@ -337,6 +337,39 @@ class Store(abc.ABC):
             return None
         return stored, await self.take_job(lease, owner, ttl, stream, sink, limit)
 
+    async def advance_and_next(
+        self, stream: str, sink: str, entry_id: str, lease: str, owner: str, ttl: float, limit: int = 100
+    ) -> Tuple[bool, Optional[List[OutboxEntry]]]:
+        """What a job's holder does after taking an entry, in one step where
+        the store can: move ``sink``'s pointer to ``entry_id`` (as
+        ``advance_sink``); if this call moved it, renew ``owner``'s lease
+        (as ``renew_lease``) and read up to ``limit`` entries after
+        ``entry_id`` (none read when ``limit`` is 0). Answers whether this
+        call moved the pointer, and the entries read, or None when the
+        pointer did not move or the lease is not ``owner``'s any more (then
+        another holder goes on: stop)."""
+        if not await self.advance_sink(stream, sink, entry_id):
+            return False, None
+        if not await self.renew_lease(lease, owner, ttl):
+            return True, None
+        return True, (await self.read(stream, after=entry_id, limit=limit) if limit > 0 else [])
+
+    async def let_go(
+        self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
+    ) -> Optional[Taken]:
+        """A caught-up holder gives the job ``lease`` back, in one step, so
+        that an entry appended meanwhile is never stranded: when ``stream``
+        holds entries after ``sink``'s pointer, the lease stays ``owner``'s
+        (as ``take_job``, which answers the pointer and up to ``limit``
+        entries after it: keep going); else the lease is released and
+        unregistered (None). None too, with nothing changed, when another
+        holder has the lease: that holder goes on."""
+        taken = await self.take_job(lease, owner, ttl, stream, sink, limit)
+        if taken is None or taken[1]:
+            return taken
+        await self.unregister_lease(lease)
+        return None
+
     # -- timers -------------------------------------------------------------
 
     @abc.abstractmethod

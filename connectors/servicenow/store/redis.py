@@ -44,7 +44,8 @@ A dropped connection: redis-py resends a command once on a fresh connection
 the first try may have run. Every script that answers "someone else got
 there first" recognises its own retry (same chat id, or a per-call token) and
 answers as the first try did: ``create_handoff``, ``claim_once``, ``append``
-with a ``dedupe_key``, ``advance_sink``, ``acquire_lease``, ``renew_lease``.
+with a ``dedupe_key``, ``advance_sink`` (and ``advance_and_next``),
+``acquire_lease``, ``renew_lease``.
 The rest err on the safe side: an ``append`` without a dedupe key may store
 an entry twice (at least once, never lost); ``end_handoff`` may answer None
 and ``release_lease`` False for what the first try did; timers claimed by a
@@ -167,19 +168,36 @@ _APPEND = _APPEND_FUNCTION + "return append(KEYS[1], KEYS[2], KEYS[3], 5)"
 
 # KEYS: sinks, stream; ARGV: sink, entry id, ttl ms, token. A pointer is
 # stored as "<entry id> <token of the call that moved it>".
-_ADVANCE_SINK = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current then
-  if current == ARGV[2] .. ' ' .. ARGV[4] then return 1 end
-  local cms, cn = string.match(current, '^(%d+)-(%d+)')
-  local nms, nn = string.match(ARGV[2], '^(%d+)-(%d+)$')
-  cms, cn, nms, nn = tonumber(cms), tonumber(cn), tonumber(nms), tonumber(nn)
-  if nms < cms or (nms == cms and nn <= cn) then return 0 end
+_ADVANCE_FUNCTION = """
+local function advance(sinks, stream, sink, id, ttl, token)
+  local current = redis.call('HGET', sinks, sink)
+  if current then
+    if current == id .. ' ' .. token then return 1 end
+    local cms, cn = string.match(current, '^(%d+)-(%d+)')
+    local nms, nn = string.match(id, '^(%d+)-(%d+)$')
+    cms, cn, nms, nn = tonumber(cms), tonumber(cn), tonumber(nms), tonumber(nn)
+    if nms < cms or (nms == cms and nn <= cn) then return 0 end
+  end
+  redis.call('HSET', sinks, sink, id .. ' ' .. token)
+  redis.call('PEXPIRE', sinks, ttl)
+  redis.call('PEXPIRE', stream, ttl)
+  return 1
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
+"""
+_ADVANCE_SINK = _ADVANCE_FUNCTION + "return advance(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
+
+# KEYS: sinks, stream, lease, leases; ARGV: as _ADVANCE_SINK's, then owner,
+# lease ttl ms, now ms, name, limit. ``advance_and_next``: 0 when the
+# pointer did not move, 1 when it moved but the lease is not the owner's,
+# else the entries after the new pointer (the lease renewed). A retried call
+# moved the pointer with its own token: it counts as moved.
+_ADVANCE_AND_NEXT = _ADVANCE_FUNCTION + """
+if advance(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) == 0 then return 0 end
+if redis.call('GET', KEYS[3]) ~= ARGV[5] then return 1 end
+redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+redis.call('ZADD', KEYS[4], 'XX', tonumber(ARGV[7]) + tonumber(ARGV[6]), ARGV[8])
+if tonumber(ARGV[9]) <= 0 then return {} end
+return redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+', 'COUNT', tonumber(ARGV[9]))
 """
 
 # KEYS: lease, leases; ARGV: owner, ttl ms, now ms, name, renew-only (1/0).
@@ -236,6 +254,18 @@ if not ids then return false end
 return {ids, take(KEYS[3], KEYS[4], KEYS[2], KEYS[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]) or 0}
 """
 
+# KEYS and ARGV as _TAKE_JOB's. ``let_go``: the check for entries after the
+# pointer and the release are one step, so an append by another replica
+# comes either before it (the holder keeps the lease and goes on) or after
+# it (that append finds the lease free and takes it): never stranded.
+_LET_GO = _TAKE_FUNCTION + """
+local taken = take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if (not taken) or #taken[2] > 0 then return taken end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[4])
+return false
+"""
+
 # KEYS: timers; ARGV: now ms, held until ms, limit.
 _CLAIM_TIMERS = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -278,6 +308,8 @@ class RedisStore(Store):
         self._release_lease = client.register_script(_RELEASE_LEASE)
         self._take_job = client.register_script(_TAKE_JOB)
         self._append_and_take = client.register_script(_APPEND_AND_TAKE)
+        self._advance_and_next = client.register_script(_ADVANCE_AND_NEXT)
+        self._let_go = client.register_script(_LET_GO)
         self._claim_timers = client.register_script(_CLAIM_TIMERS)
         self._finish_timer = client.register_script(_FINISH_TIMER)
         self._notices = _Notices(client, operation_timeout, self._key("notices"))
@@ -569,6 +601,32 @@ class RedisStore(Store):
             for entry_id, entry in zip(ids, entries)
         ]
         return stored, (_taken(taken) if taken else None)
+
+    async def advance_and_next(
+        self, stream: str, sink: str, entry_id: str, lease: str, owner: str, ttl: float, limit: int = 100
+    ) -> Tuple[bool, Optional[List[OutboxEntry]]]:
+        if parse_entry_id(entry_id) is None:
+            raise ValueError(f"not a stream entry id: {entry_id!r}")
+        reply = await self._run(
+            self._advance_and_next(
+                keys=[self._key("s:", stream), self._key("o:", stream), self._key("l:", lease), self._key("leases")],
+                args=[sink, entry_id, _ms(self.stream_ttl), _token(), owner, _ms(ttl), _now_ms(), lease, limit],
+            )
+        )
+        if not isinstance(reply, list):
+            return bool(reply), None
+        return True, [_entry(found_id, _pairs(fields)) for found_id, fields in reply]
+
+    async def let_go(
+        self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
+    ) -> Optional[Taken]:
+        taken = await self._run(
+            self._let_go(
+                keys=[self._key("l:", lease), self._key("leases"), self._key("s:", stream), self._key("o:", stream)],
+                args=[owner, _ms(ttl), _now_ms(), lease, sink, limit],
+            )
+        )
+        return _taken(taken) if taken else None
 
     # -- timers -------------------------------------------------------------
 
