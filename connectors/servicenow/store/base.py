@@ -21,7 +21,7 @@ Five kinds of state, each with the guarantee the core builds on:
 
 ``memory.MemoryStore`` keeps all of it in the process (the embedded default);
 ``redis.RedisStore`` keeps it in Redis for a deployment of many replicas. Both
-pass the same contract tests (``tests/unit/test_store_contract.py``).
+pass the same contract tests (``tests/store/test_contract.py``).
 """
 
 import abc
