@@ -554,13 +554,7 @@ class RedisStore(Store):
     async def take_job(
         self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
     ) -> Optional[Taken]:
-        taken = await self._run(
-            self._take_job(
-                keys=[self._key("l:", lease), self._key("leases"), self._key("s:", stream), self._key("o:", stream)],
-                args=[owner, _ms(ttl), _now_ms(), lease, sink, limit],
-            )
-        )
-        return _taken(taken) if taken else None
+        return await self._run_job_script(self._take_job, lease, owner, ttl, stream, sink, limit)
 
     async def append_and_take(
         self,
@@ -620,8 +614,14 @@ class RedisStore(Store):
     async def let_go(
         self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
     ) -> Optional[Taken]:
+        return await self._run_job_script(self._let_go, lease, owner, ttl, stream, sink, limit)
+
+    async def _run_job_script(
+        self, script: Any, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int
+    ) -> Optional[Taken]:
+        """``take_job`` and ``let_go`` touch the same keys with the same arguments."""
         taken = await self._run(
-            self._let_go(
+            script(
                 keys=[self._key("l:", lease), self._key("leases"), self._key("s:", stream), self._key("o:", stream)],
                 args=[owner, _ms(ttl), _now_ms(), lease, sink, limit],
             )
