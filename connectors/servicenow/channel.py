@@ -30,7 +30,6 @@ a handoff ends the bot takes the hand-back turn (handback.py).
 import asyncio
 import base64
 import dataclasses
-import gc
 import hmac
 import json
 import logging
@@ -80,6 +79,7 @@ from connectors.servicenow.payloads import (
     parse_typing_payload,
     parse_user_payload,
 )
+from connectors.servicenow.rasa_tuning import cache_event_class_lookup, freeze_startup_heap
 from connectors.servicenow.shared_delivery import CALLBACK_LEASE_PREFIX, SharedOutbox
 from connectors.servicenow.store import Store, open_store
 
@@ -109,21 +109,12 @@ BODY_ROUTES = frozenset(f"{ROUTE_PREFIX}/{name}" for name in BODY_ROUTE_NAMES)
 
 def body_routes(prefix: str) -> FrozenSet[str]:
     return frozenset(f"{prefix}/{name}" for name in BODY_ROUTE_NAMES)
+
+
 #: How much of a refused body is still read and thrown away so the client sees the answer.
 UNREAD_BODY_DRAINED = 1024 * 1024
 #: A ``Content-Length`` longer than this many digits is not a length any route accepts.
 MAX_CONTENT_LENGTH_DIGITS = 12
-
-
-def freeze_startup_heap() -> int:
-    """Collect once, then exempt every surviving object from later
-    collections; returns how many were frozen. They are the long-lived
-    startup heap: the model, TensorFlow, imported modules."""
-    gc.collect()
-    gc.freeze()
-    frozen = gc.get_freeze_count()
-    logger.info("Froze %d startup objects out of the garbage collector's scans (freeze_gc_at_start).", frozen)
-    return frozen
 
 
 class ServiceNowInput(InputChannel):
@@ -317,6 +308,8 @@ class ServiceNowInput(InputChannel):
                     "See the README for the slot definitions.",
                     ", ".join(missing),
                 )
+            if self.settings.cache_event_classes:
+                cache_event_class_lookup()
             if self.settings.freeze_gc_at_start:
                 freeze_startup_heap()
             if self.store.shared:

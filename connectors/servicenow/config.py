@@ -86,6 +86,11 @@ class ServiceNowSettings:
     #: chats feel as late replies. Turn off when models are swapped at run
     #: time through Rasa's API: a replaced model's cyclic garbage stays.
     freeze_gc_at_start: bool = True
+    #: Remember which class each Rasa event name maps to instead of walking
+    #: every ``Event`` subclass for each event read from the tracker store
+    #: (rasa_tuning.py): tracker loads, Rasa's own and the transcript writes
+    #: that share the event loop with callbacks, get several times cheaper.
+    cache_event_classes: bool = True
     #: ``text`` (Rasa's log lines) or ``json`` (one JSON object per line; see logs.py).
     log_format: str = "text"
     #: Serve Prometheus metrics at ``/webhooks/servicenow/metrics`` (docs/metrics.md).
@@ -396,6 +401,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "record_user_messages": _boolean,
     "handback_intent": _intent_name,
     "freeze_gc_at_start": _boolean,
+    "cache_event_classes": _boolean,
     "log_format": _log_format,
     "metrics": _boolean,
     "metrics_port": _port,

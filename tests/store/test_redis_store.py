@@ -223,6 +223,18 @@ async def test_a_retried_sink_advance_is_recognised_as_the_same_call(layout_stor
     assert await store.sink_position("user-1", "callback") == entry.entry_id
 
 
+async def test_a_chat_index_that_outlived_its_handoff_finds_nothing(layout_store):
+    # The index is written and removed beside the record; one left behind
+    # (or pointing at a sender now in another chat) must not find that chat.
+    store = layout_store
+    await store.create_handoff(record("user-1", "chat-2"))
+    await store._redis.set(store._key("c:", "chat-1"), "user-1")
+    await store._redis.set(store._key("c:", "chat-9"), "nobody")
+    assert await store.handoff_by_chat("chat-1") is None
+    assert await store.handoff_by_chat("chat-9") is None
+    assert await store.handoff_by_chat("chat-2") == record("user-1", "chat-2")
+
+
 async def test_a_retried_handoff_creation_is_recognised_as_the_same_call(layout_store):
     store = layout_store
     assert await store.create_handoff(record())

@@ -10,6 +10,7 @@ from typing import Any, List
 from connectors.servicenow.delivery import OutboundItem, Outgoing
 from connectors.servicenow.shared_delivery import SharedOutbox
 from connectors.servicenow.socket_sink import SOCKET_SINK, SessionPointers, SessionReader
+from tests.store.conftest import wait_until
 
 
 class Socket:
@@ -76,6 +77,12 @@ async def test_two_tabs_on_two_replicas_each_show_every_item_once_and_report_it_
     await a.put("s1", [say("one"), say("two"), say("three")])
     await tab_a.until_shown(3)
     await tab_b.until_shown(3)
+    # A socket shows an item before its reader moves the pointer and reports
+    # it; the report of the last one may still be on its way.
+    async def all_reported() -> bool:
+        return len(reported) >= 3
+
+    await wait_until(all_reported, what="three delivery reports")
     for task in tasks:
         await stop(task)
     assert tab_a.shown == tab_b.shown == ["one", "two", "three"]

@@ -2,7 +2,6 @@
 ServiceNow mocked with aioresponses."""
 
 import asyncio
-import gc
 import json
 from types import SimpleNamespace
 from unittest.mock import AsyncMock
@@ -13,7 +12,6 @@ from aioresponses import aioresponses
 from rasa.core.agent import load_agent
 
 from connectors.servicenow import ServiceNowInput
-from connectors.servicenow.channel import freeze_startup_heap
 from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.texts import UserTexts
 
@@ -171,20 +169,6 @@ async def test_asking_twice_opens_one_chat(channel, rasa_turn):
         opened = mock.requests[("POST", aiohttp.client.URL(SESSIONS))]
     assert len(opened) == 1
     assert [reply["text"] for turn in replies for reply in turn] == [TEXTS.connecting]
-
-
-def test_freezing_the_startup_heap_takes_what_is_alive_now_out_of_collections():
-    startup = [[index] for index in range(100)]
-    try:
-        frozen = freeze_startup_heap()
-        later = [[index] for index in range(100)]
-        # Objects freed since by reference counting leave the count, so no equality here.
-        assert frozen > len(startup) and gc.get_freeze_count() > len(startup)
-        scanned = {id(item) for item in gc.get_objects()}
-        assert id(startup) not in scanned and id(startup[0]) not in scanned
-        assert id(later) in scanned and id(later[0]) in scanned
-    finally:
-        gc.unfreeze()
 
 
 async def test_a_german_conversation_hears_the_domains_german_notices_with_their_placeholders(channel, rasa_turn, agent):

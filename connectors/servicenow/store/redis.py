@@ -130,6 +130,18 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 return record
 """
 
+# KEYS: chat index; ARGV: the handoff records' key prefix, the chat's header.
+# The record's key is known only once the index is read, so the script names
+# it itself: one round trip instead of two on every callback. (The store does
+# not run on Redis Cluster, where a script may touch only the keys it is given.)
+_HANDOFF_BY_CHAT = """
+local sender = redis.call('GET', KEYS[1])
+if not sender then return false end
+local record = redis.call('GET', ARGV[1] .. sender)
+if (not record) or string.sub(record, 1, #ARGV[2]) ~= ARGV[2] then return false end
+return {sender, record}
+"""
+
 # KEYS: dedupe; ARGV: token, ttl ms.
 _CLAIM_ONCE = """
 local holder = redis.call('GET', KEYS[1])
@@ -301,6 +313,7 @@ class RedisStore(Store):
         self._create_handoff = client.register_script(_CREATE_HANDOFF)
         self._update_handoff = client.register_script(_UPDATE_HANDOFF)
         self._end_handoff = client.register_script(_END_HANDOFF)
+        self._handoff_by_chat = client.register_script(_HANDOFF_BY_CHAT)
         self._claim_once = client.register_script(_CLAIM_ONCE)
         self._append = client.register_script(_APPEND)
         self._advance_sink = client.register_script(_ADVANCE_SINK)
@@ -385,13 +398,16 @@ class RedisStore(Store):
         return _record(sender_id, stored)
 
     async def handoff_by_chat(self, chat_id: str) -> Optional[HandoffRecord]:
-        sender = await self._run(self._redis.get(self._key("c:", chat_id)))
-        if sender is None:
+        # The index can outlive its handoff by a moment, or point at a sender
+        # who has moved on to another chat: the script checks the record is
+        # this chat's.
+        found = await self._run(
+            self._handoff_by_chat(keys=[self._key("c:", chat_id)], args=[self._key("h:"), _header(chat_id)])
+        )
+        if not found:
             return None
-        record = await self.get_handoff(sender.decode())
-        # The index can outlive its handoff by a moment, or point at a
-        # sender who has moved on to another chat.
-        return record if record is not None and record.chat_id == chat_id else None
+        sender, stored = found
+        return _record(sender.decode(), stored)
 
     async def update_handoff(self, record: HandoffRecord) -> bool:
         updated = await self._run(
