@@ -47,4 +47,4 @@ $(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) models .rasa .pytest_cache *.egg-info
+	rm -rf $(VENV) models .rasa .pytest_cache *.egg-info build test-output
