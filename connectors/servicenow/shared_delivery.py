@@ -51,6 +51,8 @@ CALLBACK_LEASE_PREFIX = "cb:"
 MORE, CAUGHT_UP, LOST = "more", "caught up", "lost"
 #: Pauses between attempts to store items while the store is down.
 BACKLOG_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+#: How long ``drain`` waits for the workers it cancelled to finish unwinding.
+CANCELLED_UNWIND_S = 1.0
 #: How long a put waits behind an earlier put of the same conversation.
 PUT_WAIT_S = 30.0
 #: Entries a poster reads at a time: all a conversation's stream keeps, so
@@ -243,6 +245,9 @@ class SharedOutbox:
 
     async def _post_entries(self, recipient_id: str, taken: Optional[Taken] = None) -> None:
         stream, lease = stream_of(recipient_id), callback_lease(recipient_id)
+        # Taken now: a poster closed by the garbage collector after its loop
+        # (a test's) runs its finally without a loop to ask.
+        this_poster = asyncio.current_task()
         attempt = 0
         #: While this poster holds the lease: where the callback pointer is
         #: and what is after it, as the store's last answer said (the store
@@ -288,7 +293,7 @@ class SharedOutbox:
                 if recipient_id not in self._kicked:
                     return
         finally:
-            if self._posters.get(recipient_id) is asyncio.current_task():
+            if self._posters.get(recipient_id) is this_poster:
                 del self._posters[recipient_id]
                 self._unposted.pop(recipient_id, None)
 
@@ -391,12 +396,15 @@ class SharedOutbox:
         deadline = time.monotonic() + timeout
         workers = list(self._backlog_workers.values()) + list(self._posters.values())
         if workers:
+            posting = list(self._posters)
             _, pending = await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
             for worker in pending:
                 worker.cancel()
             if pending:
                 logger.warning("%d conversation(s) still had items to store or post when the channel stopped.", len(pending))
-            for recipient_id in list(self._posters):
+                # Let the cancelled ones unwind here rather than be left to the garbage collector.
+                await asyncio.wait(pending, timeout=CANCELLED_UNWIND_S)
+            for recipient_id in posting:
                 try:
                     await self.store.release_lease(callback_lease(recipient_id), self.owner)
                 except StoreUnavailable:

@@ -223,6 +223,19 @@ async def test_a_retried_sink_advance_is_recognised_as_the_same_call(layout_stor
     assert await store.sink_position("user-1", "callback") == entry.entry_id
 
 
+async def test_a_lease_whose_key_lives_on_is_not_listed_as_free(layout_store):
+    # The score is the expiry by the taker's clock; the key expires by Redis's.
+    # A score already past (a taker whose clock runs behind, or the moment
+    # between the two) must not make a held job look free.
+    store = layout_store
+    await store.register_lease("poll:chat-1")
+    assert await store.acquire_lease("poll:chat-1", "a", ttl=30)
+    await store._redis.zadd(store._key("leases"), {"poll:chat-1": 1})
+    assert await store.free_leases() == []
+    await store._redis.delete(store._key("l:", "poll:chat-1"))
+    assert await store.free_leases() == ["poll:chat-1"]
+
+
 async def test_a_chat_index_that_outlived_its_handoff_finds_nothing(layout_store):
     # The index is written and removed beside the record; one left behind
     # (or pointing at a sender now in another chat) must not find that chat.

@@ -229,6 +229,20 @@ redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[2])
 return 1
 """
 
+# KEYS: leases; ARGV: now ms, limit, the lease keys' prefix. A lease's score
+# is its expiry by the clock of the replica that took it, and its key expires
+# by Redis's clock a little later (or, with clocks apart, much earlier or
+# later): only names whose key is gone are free, so a replica whose clock is
+# ahead does not try to take over jobs that are still held.
+_FREE_LEASES = """
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local free = {}
+for _, name in ipairs(names) do
+  if redis.call('EXISTS', ARGV[3] .. name) == 0 then free[#free + 1] = name end
+end
+return free
+"""
+
 # KEYS: lease, leases, sinks, stream; ARGV: owner, ttl ms, now ms, name,
 # sink, limit. ``take_job``: the lease as _ACQUIRE_LEASE, registered (with its
 # expiry when held here, so it is not listed as free meanwhile), then the
@@ -319,6 +333,7 @@ class RedisStore(Store):
         self._advance_sink = client.register_script(_ADVANCE_SINK)
         self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._free_leases = client.register_script(_FREE_LEASES)
         self._take_job = client.register_script(_TAKE_JOB)
         self._append_and_take = client.register_script(_APPEND_AND_TAKE)
         self._advance_and_next = client.register_script(_ADVANCE_AND_NEXT)
@@ -564,7 +579,7 @@ class RedisStore(Store):
         return holder.decode() if holder is not None else None
 
     async def free_leases(self, limit: int = 100) -> List[str]:
-        names = await self._run(self._redis.zrangebyscore(self._key("leases"), "-inf", _now_ms(), start=0, num=limit))
+        names = await self._run(self._free_leases(keys=[self._key("leases")], args=[_now_ms(), limit, self._key("l:")]))
         return [name.decode() for name in names]
 
     async def take_job(
