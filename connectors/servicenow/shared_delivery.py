@@ -394,21 +394,29 @@ class SharedOutbox:
         """Store waiting items and finish posts under way, up to ``timeout``,
         then let go of the callback leases so another replica goes on."""
         deadline = time.monotonic() + timeout
-        workers = list(self._backlog_workers.values()) + list(self._posters.values())
-        if workers:
-            posting = list(self._posters)
+        posting: Set[str] = set()
+        while True:
+            # Again after each round: a backlog stored meanwhile starts a poster.
+            # A task cancelled before its first step never ran its finally: done, yet still listed.
+            workers = [
+                worker for worker in (*self._backlog_workers.values(), *self._posters.values()) if not worker.done()
+            ]
+            if not workers:
+                break
+            posting.update(self._posters)
             _, pending = await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
-            for worker in pending:
-                worker.cancel()
             if pending:
+                for worker in pending:
+                    worker.cancel()
                 logger.warning("%d conversation(s) still had items to store or post when the channel stopped.", len(pending))
                 # Let the cancelled ones unwind here rather than be left to the garbage collector.
                 await asyncio.wait(pending, timeout=CANCELLED_UNWIND_S)
-            for recipient_id in posting:
-                try:
-                    await self.store.release_lease(callback_lease(recipient_id), self.owner)
-                except StoreUnavailable:
-                    pass  # it expires
+                break
+        for recipient_id in posting:
+            try:
+                await self.store.release_lease(callback_lease(recipient_id), self.owner)
+            except StoreUnavailable:
+                pass  # it expires
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import pytest
 import yaml
 
 from connectors.servicenow.doctor import Paths, diagnose, exit_code
@@ -15,7 +14,6 @@ from connectors.servicenow.doctor.findings import Finding, Severity
 
 from .conftest import (
     CHANNEL,
-    OAUTH_SECRET,
     PASSWORD,
     ROOT,
     connect_options,

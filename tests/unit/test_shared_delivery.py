@@ -12,7 +12,7 @@ from fakeredis import aioredis as fake_aioredis
 
 from connectors.servicenow.delivery import HANDOFF_EVENT, Outgoing, StreamLimitReached, status_item
 from connectors.servicenow.errors import StoreUnavailable
-from connectors.servicenow.shared_delivery import CALLBACK_SINK, STREAM_SINK, SharedOutbox
+from connectors.servicenow.shared_delivery import CALLBACK_SINK, SharedOutbox
 from connectors.servicenow.store.redis import RedisStore
 
 CALLBACK = "http://frontend.test/callback"

@@ -8,7 +8,7 @@ import time
 import uuid
 import warnings
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 from connectors.servicenow.backends.http import ServiceNowHTTP, result_of
 from connectors.servicenow.config import CONNECT_API, RetryPolicy, ServiceNowSettings
