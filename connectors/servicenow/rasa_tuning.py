@@ -46,16 +46,11 @@ class _EventClassCache:
 
     def __call__(self, type_name: str, default: Optional[Type[Event]] = None) -> Optional[Type[Event]]:
         found = self.classes.get(type_name)
-        if found is not None:
-            return found
-        if type_name == "topic":
-            return _RASA_RESOLVE_BY_TYPE(type_name, default)
-        try:
-            found = _RASA_RESOLVE_BY_TYPE(type_name)
-        except ValueError:
-            return _RASA_RESOLVE_BY_TYPE(type_name, default)
-        if found is not None:
-            self.classes[type_name] = found
+        if found is None:
+            found = _RASA_RESOLVE_BY_TYPE(type_name, default)
+            # A class of that name, not the caller's default for an unknown one.
+            if found is not None and found.type_name == type_name:
+                self.classes[type_name] = found
         return found
 
 
