@@ -21,7 +21,6 @@ docs/socketio.md.
 import asyncio
 import json
 import logging
-import re
 import uuid
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -37,6 +36,7 @@ from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.frontdoor import OnNewMessage
 from connectors.servicenow.identity import Claims, Unauthenticated, verify_token
 from connectors.servicenow.logs import use_json_logs
+from connectors.servicenow.markdown import escape_text, web_url
 from connectors.servicenow.payloads import PayloadError, is_valid_sender, parse_user_message
 from connectors.servicenow.socket_sink import SessionPointers, SessionReader
 from connectors.servicenow.store import Store
@@ -56,7 +56,6 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".ogg", ".mov")
 VIDEO_HOSTS = ("youtube.com/", "youtu.be/", "vimeo.com/")
 # Whose text may not carry Markdown links: what agents and ServiceNow wrote.
 UNTRUSTED_SOURCES = ("agent", "system")
-MARKDOWN_SPECIAL = re.compile(r"[\\\[\]<>]")
 
 
 class ServiceNowSocketIOInput(ServiceNowInput):
@@ -354,24 +353,27 @@ def socketio_messages(message: Mapping[str, Any]) -> List[Dict[str, Any]]:
     ``custom``) in the shapes Rasa's ``SocketIOOutput`` emits and
     rasa-webchat renders: each ``\\n\\n``-separated part of the text on its
     own, quick replies on the last part, images and videos as attachments,
-    links as Markdown text."""
-    text = message.get("text")
-    text = text.strip() if isinstance(text, str) else ""
-    # rasa-webchat renders text as Markdown and keeps any link scheme
-    # (transformLinkUri: null), so text from ServiceNow must not make links:
-    # `[x](javascript:...)` from an agent would be a script the user clicks.
-    untrusted = (message.get("metadata") or {}).get("source") in UNTRUSTED_SOURCES
-    if untrusted:
-        text = escape_markdown(text)
+    links as Markdown text.
+
+    rasa-webchat renders text as Markdown and keeps any link scheme
+    (``transformLinkUri: null``), so whatever the bot's author did not write
+    (agents, ServiceNow, values ServiceNow filled into the channel's texts) is
+    escaped, and every link is built from a validated URL (``markdown.py``)."""
+    written = message.get("text")
+    written = written.strip() if isinstance(written, str) else ""
+    metadata = message.get("metadata")
+    from_servicenow = isinstance(metadata, Mapping) and metadata.get("source") in UNTRUSTED_SOURCES
+    text = written if markdown_allowed(message) else escape_text(written)
     attachment = message.get("attachment")
-    link: Optional[str] = attachment if isinstance(attachment, str) and attachment else None
-    if link is not None and untrusted and not is_web_url(link):
-        link = None
+    link_url: Optional[str] = None
+    if isinstance(attachment, str) and attachment:
+        link_url = web_url(attachment)
+        if link_url is None and not text:
+            text = escape_text(attachment.strip())
     out: List[Dict[str, Any]] = []
-    if link is not None and not is_video(link):
+    if link_url is not None and not is_video(link_url):
         # A link: its label as Markdown (rasa-webchat renders it as a link).
-        target = link.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
-        text = f"[{text}]({target})" if text and text != link else target
+        text = f"[{text}]({link_url})" if text and written != attachment else link_url
     buttons = message.get("buttons")
     parts = [part for part in text.split("\n\n") if part.strip()] if text else []
     if isinstance(buttons, list) and buttons:
@@ -381,15 +383,16 @@ def socketio_messages(message: Mapping[str, Any]) -> List[Dict[str, Any]]:
     else:
         out.extend({"text": part} for part in parts)
     image = message.get("image")
-    if isinstance(image, str) and image and (not untrusted or is_web_url(image)):
-        out.append({"attachment": {"type": "image", "payload": {"src": image}}})
-    if link is not None and is_video(link):
-        out.append({"attachment": {"type": "video", "payload": {"src": link}}})
-    elif isinstance(attachment, dict):
+    if isinstance(image, str) and image:
+        source = web_url(image) if from_servicenow else image
+        if source is not None:
+            out.append({"attachment": {"type": "image", "payload": {"src": source}}})
+    if link_url is not None and is_video(link_url):
+        # rasa-webchat plays a video in an iframe: only a validated web URL reaches it.
+        out.append({"attachment": {"type": "video", "payload": {"src": link_url}}})
+    elif isinstance(attachment, dict) and not from_servicenow:
         out.append({"attachment": attachment})
     custom = message.get("custom")
-    metadata = message.get("metadata")
-    from_servicenow = isinstance(metadata, Mapping) and metadata.get("source") in ("agent", "system")
     # A bot's custom payload goes out as Rasa's channel sends it (its ``data``);
     # ServiceNow's rich items (HTML, cards) only when their text said nothing.
     if isinstance(custom, dict) and (not from_servicenow or not out):
@@ -397,20 +400,20 @@ def socketio_messages(message: Mapping[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def markdown_allowed(message: Mapping[str, Any]) -> bool:
+    """Whether the message's text is the bot author's Markdown: not for what
+    agents and ServiceNow wrote, nor for a channel text that a value from
+    outside filled in (``metadata.markdown`` false, set by ``speech``)."""
+    metadata = message.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return True
+    return metadata.get("source") not in UNTRUSTED_SOURCES and metadata.get("markdown") is not False
+
+
 def quick_reply(button: Mapping[str, Any]) -> Dict[str, Any]:
     title = button.get("title")
     payload = button.get("payload", title)
     return {"content_type": "text", "title": title, "payload": payload}
-
-
-def escape_markdown(text: str) -> str:
-    """Text that Markdown shows as it is written: without ``[``, ``]``, ``<``
-    and ``>`` no link, image, autolink or HTML can form."""
-    return MARKDOWN_SPECIAL.sub(r"\\\g<0>", text)
-
-
-def is_web_url(url: str) -> bool:
-    return url.lower().startswith(("https://", "http://"))
 
 
 def is_video(url: str) -> bool:

@@ -27,6 +27,7 @@ from rasa.core.agent import Agent
 from rasa.core.nlg import NaturalLanguageGenerator, TemplatedNaturalLanguageGenerator
 from rasa.shared.core.trackers import DialogueStateTracker
 
+from connectors.servicenow.markdown import is_inert
 from connectors.servicenow.texts import UserTexts, response_name
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,17 @@ def fill(template: str, placeholders: Mapping[str, Any]) -> str:
         return string.Formatter().vformat(template, (), _KeepUnknown(placeholders))
     except (ValueError, IndexError, AttributeError, KeyError):
         return template
+
+
+def bot_metadata(line: Line) -> Dict[str, Any]:
+    """The metadata of a channel text. ``markdown: false`` when a value filled
+    into it (a wait time or agent name from ServiceNow, a user's file name)
+    has characters Markdown reads as syntax, or line breaks: a frontend that
+    renders Markdown then shows the whole text as written, so no value can
+    turn the author's text into a link (docs/socketio.md)."""
+    if all(is_inert(str(value)) for value in line.placeholders.values()):
+        return {"source": "bot"}
+    return {"source": "bot", "markdown": False}
 
 
 class Speech:
@@ -116,7 +128,7 @@ class Speech:
     def configured(self, sender_id: str, line: Line) -> Dict[str, Any]:
         """The line from the ``messages`` option or the built-in default."""
         text = fill(getattr(self.texts, line.name), line.placeholders)
-        return {"recipient_id": sender_id, "text": text, "metadata": {"source": "bot"}}
+        return {"recipient_id": sender_id, "text": text, "metadata": bot_metadata(line)}
 
     @staticmethod
     def _may_render(agent: Optional[Agent], lines: Sequence[Line]) -> bool:
@@ -149,7 +161,7 @@ class Speech:
                 except Exception as error:  # one line failing does not take the others with it
                     self._warn([line], type(error).__name__)
                     generated = None
-                rendered = self._message(sender_id, utter, generated)
+                rendered = self._message(sender_id, line, generated)
             messages.append(rendered if rendered is not None else self.configured(sender_id, line))
         return messages
 
@@ -172,7 +184,7 @@ class Speech:
         return DialogueStateTracker(sender_id, slots)
 
     @staticmethod
-    def _message(sender_id: str, utter: str, generated: Any) -> Optional[Dict[str, Any]]:
+    def _message(sender_id: str, line: Line, generated: Any) -> Optional[Dict[str, Any]]:
         """A bot message from an NLG answer; None when it says nothing."""
         if not isinstance(generated, dict):
             return None
@@ -183,7 +195,7 @@ class Speech:
                 message[key] = value
         if len(message) == 1:
             return None
-        message["metadata"] = {"source": "bot", "utter_action": utter}
+        message["metadata"] = {**bot_metadata(line), "utter_action": response_name(line.name)}
         return message
 
     def _warn(self, lines: Sequence[Line], reason: str) -> None:

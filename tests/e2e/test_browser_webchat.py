@@ -29,6 +29,7 @@ GREETING = "Hello! I'm the virtual assistant"
 # Everything the page asks of the world beyond loopback (the widget's stylesheet
 # asks Google for a font) is refused at once: CI has no internet, and the test must not wait on DNS.
 OFFSITE = re.compile(r"^https?://(?!127\.0\.0\.1[:/])")
+SMUGGLED_LINK = "https://example.com/\n\n[z]:javascript:alert%28document.domain%29\n[Click]\t[z]"
 
 
 def _unavailable(reason: str) -> None:
@@ -220,6 +221,11 @@ def test_agent_markup_and_script_links_do_not_run_in_the_widget(browser, page_se
         {"uiType": "OutputText", "value": "click [here](javascript:alert('markdown')) or ![pixel](https://example.com/p.png)", "agentInfo": agent},
         {"uiType": "OutputLink", "label": "evil link", "value": {"action": "javascript:alert('link')"}, "agentInfo": agent},
         {"uiType": "OutputImage", "label": "evil image", "value": "javascript:alert('image')", "agentInfo": agent},
+        # The security review's reproduction (issue 22): newlines in the URL smuggle a
+        # Markdown reference definition whose target is javascript:.
+        {"uiType": "OutputLink", "value": {"action": SMUGGLED_LINK}, "agentInfo": agent},
+        {"uiType": "OutputLink", "label": "Click", "value": {"action": SMUGGLED_LINK}, "agentInfo": agent},
+        {"uiType": "OutputText", "value": "see below\n\n[y]: javascript:alert('reference')\n\n[Open][y]", "agentInfo": agent},
         {"uiType": "OutputLink", "label": "knowledge article", "value": {"action": "https://example.com/kb/1"}, "agentInfo": agent},
     ]
     pushed = requests.post(
@@ -236,7 +242,11 @@ def test_agent_markup_and_script_links_do_not_run_in_the_widget(browser, page_se
     user.locator(".rw-response", has_text="click [here](javascript:alert('markdown'))").wait_for()
     hrefs = user.locator(".rw-response a").evaluate_all("links => links.map(link => link.getAttribute('href'))")
     assert all(href.startswith("https://") for href in hrefs), hrefs
+    user.locator(".rw-response", has_text="[Open][y]").wait_for()
     assert "https://example.com/kb/1" in hrefs
+    # Clicking whatever the widget shows as a link runs nothing.
+    for index in range(user.locator(".rw-response a").count()):
+        user.locator(".rw-response a").nth(index).click(modifiers=["Control"])
     assert user.locator(".rw-response img").evaluate_all("images => images.map(image => image.getAttribute('src'))") == []
     assert dialogs == []
     user.locator(".rw-new-message").fill("/end_chat")

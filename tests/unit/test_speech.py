@@ -122,6 +122,18 @@ async def test_placeholders_fill_the_messages_option_and_the_default():
     ]
 
 
+async def test_a_value_that_could_form_markdown_marks_the_text_as_plain():
+    """A value from outside (ServiceNow's wait time, a user's file name) that
+    could make a link in a frontend's Markdown: the text says so (issue 22)."""
+    domain_agent = await agent_with(language="de")
+    for speech in (Speech(UserTexts(), lambda: None), Speech(UserTexts(), lambda: domain_agent)):
+        [plain] = await speech.say("u1", "connection_lost", chat_id="C7", last_message_at="12:00")
+        assert "markdown" not in plain["metadata"]
+        for value in ("[z]: javascript:alert(1)", "<img src=x>", "a\n\n[z]", "x\\y"):
+            [marked] = await speech.say("u1", "connection_lost", chat_id=value, last_message_at="12:00")
+            assert marked["metadata"]["markdown"] is False, value
+
+
 def test_fill_says_a_template_it_cannot_read_as_written():
     assert fill("Queue position {position}.", {"position": 3}) == "Queue position 3."
     assert fill("a { stray brace", {"chat_id": "C7"}) == "a { stray brace"

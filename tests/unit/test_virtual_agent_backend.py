@@ -213,6 +213,22 @@ def test_rich_items_map_to_rasa_message_fields():
     assert picker.rich == {"buttons": [{"title": "Yes", "payload": "yes"}, {"title": "No", "payload": "no"}]}
 
 
+def test_a_link_or_image_that_is_not_a_plain_web_url_is_not_passed_on():
+    """The security review's OutputLink (issue 22): newlines in the URL smuggle
+    Markdown; a javascript: image. Neither reaches any sink as a URL."""
+    agent = {"sentFromAgent": True, "agentName": "Mallory"}
+    smuggled = "https://example.com/\n\n[z]:javascript:alert%28document.domain%29\n[Click]\t[z]"
+    events = parse(callback([
+        {"uiType": "OutputLink", "value": {"action": smuggled}, "agentInfo": agent, "messageId": "l1"},
+        {"uiType": "OutputLink", "label": "Open", "value": {"action": "javascript:alert(1)"}, "agentInfo": agent, "messageId": "l2"},
+        {"uiType": "OutputImage", "label": "pic", "value": "javascript:alert(2)", "agentInfo": agent, "messageId": "i"},
+    ], agentChat=True)).events
+    # The unlabelled link says nothing once its URL is refused.
+    labelled, image = events
+    assert (labelled.text, labelled.rich) == ("Open", {})
+    assert (image.text, image.rich) == ("pic", {})
+
+
 def test_a_repeated_callback_has_the_same_fingerprint_and_ids():
     payload = callback([{"uiType": "OutputText", "value": "Please stand by."}], agentChat=True)
     first, again = parse(payload), parse(json.loads(json.dumps(payload)))

@@ -18,7 +18,7 @@ committed after a newer one was already read.
 import logging
 import re
 from typing import Any, Dict, List, Optional, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 from connectors.servicenow.attachments import (
     ATTACHMENT_UPLOAD_PATH,
@@ -47,6 +47,7 @@ from connectors.servicenow.backends.http import ServiceNowHTTP, as_dict, result_
 from connectors.servicenow.config import CONNECT_API, ServiceNowSettings
 from connectors.servicenow.errors import ServiceNowRejected
 from connectors.servicenow.state import SEEN_IDS_KEPT, LiveChat
+from connectors.servicenow.urls import is_web_url
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +330,10 @@ def _files(message: Dict[str, Any], base_url: str) -> List["tuple[Optional[str],
         )
         if link is None and sys_id and is_valid_chat_id(sys_id):
             link = f"{base_url}/sys_attachment.do?sys_id={sys_id}"
-        if link is None:
+        if link is not None:
+            # A record's link may be relative to the instance; anything that is not then a plain web URL is no link.
+            link = urljoin(base_url + "/", link)
+        if not is_web_url(link):
             continue
         name = _str_or_none(entry.get("file_name"))
         text, fields = agent_file_fields(link, _str_or_none(entry.get("content_type")), name)

@@ -42,6 +42,7 @@ from connectors.servicenow.config import VIRTUAL_AGENT_API, ServiceNowSettings
 from connectors.servicenow.errors import ServiceNowRejected
 from connectors.servicenow.payloads import MAX_CALLBACK_BYTES, PayloadError, decode_json, is_valid_sender
 from connectors.servicenow.state import LiveChat, now_ms
+from connectors.servicenow.urls import is_web_url
 
 logger = logging.getLogger(__name__)
 
@@ -340,13 +341,12 @@ def _first_text(metadata: Mapping[str, Any], *keys: str) -> Optional[str]:
 
 
 def _url_of(value: Any) -> Optional[str]:
-    if isinstance(value, str) and value:
-        return value
+    """The item's web URL; None when it gives none, or one that is not a plain
+    http(s) URL (a ``javascript:`` target, or newlines that smuggle Markdown)."""
+    candidate = value
     if isinstance(value, dict):
-        for key in ("action", "url", "link"):
-            if isinstance(value.get(key), str) and value[key]:
-                return value[key]
-    return None
+        candidate = next((value[key] for key in ("action", "url", "link") if isinstance(value.get(key), str) and value[key]), None)
+    return candidate if is_web_url(candidate) else None
 
 
 def _json_object(value: Any) -> Optional[Dict[str, Any]]:
