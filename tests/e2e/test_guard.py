@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import TEXTS, WEBHOOK_SECRET, channel_options, point_emulator_at
-from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
+from tests.e2e.harness import CallbackReceiver, Emulator, FileServer, RasaServer, new_sender, wait_for
 
 JWT_KEY = "e2e-jwt-key-that-is-long-enough-for-hs256"
 BUSY = "Every agent is busy (e2e)."
@@ -44,6 +44,8 @@ def guarded(e2e_dir, demo_model, emulator: Emulator, callback: CallbackReceiver)
         max_live_chats=LIVE_CHATS,
         handoff_starts_per_minute=STARTS_PER_MINUTE,
         messages={"handoff_busy": BUSY, "handoff_rate_limited": RATE_LIMITED},
+        # The default: users' file URLs may reach public addresses only.
+        attachment_hosts=None,
     )
     server = RasaServer(e2e_dir, demo_model, options, name="rasa-guarded").start()
     yield server
@@ -257,6 +259,40 @@ def test_a_conversation_asking_again_and_again_is_rate_limited(guard: RasaServer
     other = new_sender()  # the limit is per conversation
     assert say(guard, other, "talk to live agent") == [TEXTS.connecting]
     end(guard, other)
+
+
+# -- users' file URLs -----------------------------------------------------------
+
+
+def test_without_attachment_hosts_a_file_on_the_deployments_network_is_refused(guard: RasaServer, emulator: Emulator):
+    """Server-side request forgery (issue 20): a user's file URL aimed at
+    loopback, a private network or cloud metadata is refused with the reason
+    said, nothing is requested, and the agent gets nothing."""
+    files = FileServer({"/secret.txt": b"internal"})
+    sender = new_sender()
+    try:
+        assert say(guard, sender, "talk to live agent") == [TEXTS.connecting]
+        chat = guard.slots(sender)["live_chat_id"]
+        emulator.accept(chat)
+        port = files.url.rsplit(":", 1)[1]
+        for url in (f"{files.url}/secret.txt", f"http://localhost:{port}/secret.txt", f"http://[::ffff:127.0.0.1]:{port}/secret.txt",
+                    "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.txt"):
+            for size in (None, 8):
+                attachment = {"url": url, "content_type": "text/plain", "name": "secret.txt", **({"size": size} if size else {})}
+                answer = webhook(guard, sender, "", bearer(token_for(sender)), attachment=attachment)
+                assert answer.status_code == 200, answer.text
+                assert [reply.get("text") for reply in answer.json()] == [refusal("secret.txt")], url
+        assert files.requests == []
+        assert not [m for m in emulator.transcript(chat) if m.get("attachments")]
+    finally:
+        files.stop()
+        end(guard, sender)
+
+
+def refusal(name: str) -> str:
+    from connectors.servicenow.attachments import DEFAULT_MAX_ATTACHMENT_BYTES, human_size
+
+    return TEXTS.attachment_refused.format(name=name, max_size=human_size(DEFAULT_MAX_ATTACHMENT_BYTES))
 
 
 # -- memory: anonymous streams leave nothing -----------------------------------
