@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import jwt
 
-from connectors.servicenow.backends.base import Requester
+from connectors.servicenow.servicenow.base import Requester
 
 BEARER_PREFIX = "bearer "
 #: Claims that say who the user is; the first present one wins per field.
