@@ -1,6 +1,6 @@
 """What only the in-process store has to prove: memory stays bounded."""
 
-from connectors.servicenow.store import NewEntry
+from connectors.servicenow.store import NewEntry, parse_entry_id
 from connectors.servicenow.store.memory import SWEEP_INTERVAL_S, MemoryStore
 
 
@@ -49,7 +49,19 @@ async def test_ids_keep_growing_when_the_clock_steps_back():
     (first,) = await store.append("user-1", [NewEntry({})])
     clock.now -= 5
     (second,) = await store.append("user-1", [NewEntry({})])
-    assert second.entry_id == first.entry_id.split("-")[0] + "-1"
+    first_ms, first_n = parse_entry_id(first.entry_id)
+    second_ms, second_n = parse_entry_id(second.entry_id)
+    assert second_ms == first_ms and second_n == first_n + 1
+
+
+async def test_a_restarted_process_gives_out_ids_the_last_one_did_not():
+    # Same clock, same conversation, one process after the other: an SSE
+    # client's Last-Event-ID from before the restart must name no new entry.
+    clock = Clock()
+    before, after = MemoryStore(clock=clock), MemoryStore(clock=clock)
+    old = [entry.entry_id for entry in await before.append("user-1", [NewEntry({}) for _ in range(50)])]
+    new = [entry.entry_id for entry in await after.append("user-1", [NewEntry({}) for _ in range(50)])]
+    assert not set(old) & set(new)
 
 
 async def test_rescheduled_timers_do_not_pile_up():

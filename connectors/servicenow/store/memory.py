@@ -18,6 +18,7 @@ once per conversation, not once per message.
 
 import asyncio
 import heapq
+import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class MemoryStore(Store):
         self._dedupe: "OrderedDict[str, float]" = OrderedDict()
         self._max_dedupe_keys = max_dedupe_keys
         self._streams: Dict[str, _Stream] = {}
-        self._last_id: Tuple[int, int] = (0, 0)
+        self._last_id: EntryId = (0, secrets.randbelow(1 << 40))
         self._next_sweep = clock() + SWEEP_INTERVAL_S
         self._lease_jobs: Dict[str, float] = {}
         self._leases: Dict[str, Tuple[str, float]] = {}
@@ -222,9 +223,13 @@ class MemoryStore(Store):
                 del self._leases[name]
 
     def _new_id(self) -> EntryId:
+        # ``<ms>-<n>`` as Redis gives them, with ``n`` counting on from a
+        # random start for each process: an id a process gave out before a
+        # restart names no entry of this one (a Last-Event-ID from before the
+        # restart is foreign, even if the clock stepped back meanwhile).
         ms = int(self._clock() * 1000)
         last_ms, last_n = self._last_id
-        self._last_id = (ms, 0) if ms > last_ms else (last_ms, last_n + 1)
+        self._last_id = (max(ms, last_ms), last_n + 1)
         return self._last_id
 
     def _new_stream(self, name: str) -> _Stream:

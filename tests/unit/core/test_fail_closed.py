@@ -7,22 +7,29 @@ ServiceNow (Connect) is mocked with aioresponses."""
 import asyncio
 from types import SimpleNamespace
 
-import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from connectors.servicenow import ServiceNowInput
-from connectors.servicenow.backends.base import AgentMessage, ChatClosed, CloseReason, PollResult
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
-from connectors.servicenow.payloads import UserPayload
-from connectors.servicenow.state import WRITE_RETRY_DELAYS_S, ConversationLocks
-from tests.unit.test_channel import GROUP, LEAVE, MESSAGES, SESSIONS, TEXTS, agent, body_of, rasa_turn, slots  # noqa: F401
-
-OPTIONS = {
-    "instance_url": "https://acme.service-now.com", "username": "rasa.integration", "password": "pw", "queue_id": "q1",
-    "poll_interval": 600, "idle_poll_interval": 600, "session_check_interval": 600,
-    "retry_attempts": 2, "retry_backoff": 0,
-}
+from connectors.servicenow.retry import Pauses
+from connectors.servicenow.locks import ConversationLocks
+from connectors.servicenow.rasa_glue.slots import WRITE_PAUSES
+from connectors.servicenow.servicenow.base import AgentMessage, ChatClosed, CloseReason, PollResult
+from tests.unit.support import (
+    GROUP,
+    LEAVE,
+    MESSAGES,
+    SESSIONS,
+    TEXTS,
+    body_of,
+    close,
+    delivered_texts,
+    new_channel,
+    requests_to,
+    say,
+    slots,
+    wait_until,
+)
 
 
 class StoreSwitch:
@@ -51,45 +58,15 @@ class StoreSwitch:
         return guarded
 
 
-def make_channel(agent):
-    channel = ServiceNowInput.from_credentials(OPTIONS)
-    channel.bind(SimpleNamespace(ctx=SimpleNamespace(agent=agent)))
-    # The production pauses (0.1, 0.3, 0.9 s) would only slow these tests down.
-    channel.handoffs.slots._retry_delays = (0.0,) * len(WRITE_RETRY_DELAYS_S)
-    return channel
-
-
-@pytest.fixture
-async def channels(agent):
-    made = []
-
-    def new():
-        made.append(make_channel(agent))
-        return made[-1]
-
-    yield new
-    for channel in made:
-        await channel.handoffs.shutdown(timeout=1)
-        await channel.http.aclose()
-
-
 @pytest.fixture
 def store(agent, monkeypatch):
     return StoreSwitch(agent, monkeypatch)
-
-
-async def say(channel, rasa_turn, text, sender="u1"):
-    return await channel.handle(UserPayload(sender=sender, message=text), rasa_turn)
 
 
 async def start(channel, rasa_turn, mock):
     mock.post(SESSIONS, payload={"result": {"group": GROUP, "state": 1}})
     replies = await say(channel, rasa_turn, "talk to live agent")
     assert [reply["text"] for reply in replies] == [TEXTS.connecting]
-
-
-def requests_to(mock, method, url):
-    return mock.requests.get((method, aiohttp.client.URL(url)), [])
 
 
 # -- the flag check -----------------------------------------------------------
@@ -106,7 +83,7 @@ async def test_a_failing_store_never_sends_a_user_in_handoff_to_the_bot(channels
             with pytest.raises(StoreUnavailable):
                 await say(restarted, rasa_turn, "are you there?")
         rasa_turn.assert_not_awaited()
-        assert not restarted.handoffs.registry.known_inactive("u1")  # nothing cached from a failed read
+        assert not restarted.core.store.known_inactive("u1")  # nothing cached from a failed read
 
         store.broken = False
         mock.post(MESSAGES, payload={"result": {"sys_id": "m1", "timestamp": 1}})
@@ -127,19 +104,19 @@ async def test_a_user_not_in_handoff_waits_for_the_store_too_then_reaches_the_bo
     rasa_turn.assert_not_awaited()
     store.broken = False
     assert (await say(channel, rasa_turn, "hello", sender="newcomer"))[0]["text"].startswith("Hello!")
-    assert channel.handoffs.registry.known_inactive("newcomer")
+    assert channel.core.store.known_inactive("newcomer")
 
 
 async def test_typing_is_dropped_and_a_callback_refused_while_the_store_fails(channels, store):
     channel = channels()
     store.broken = True
     # Typing never reads the tracker store: unknown here is simply dropped.
-    assert channel.handoffs.user_typing("u1", True) is False
+    assert await channel.core.router.user_typing("u1", True) is False
     callback = SimpleNamespace(chat_id="va-chat", sender_id="u1", fingerprint="f", events=[])
     with pytest.raises(StoreUnavailable):
-        await channel.handoffs.find_callback_chat(callback)
+        await channel.core.callbacks.find_chat(callback)
     store.broken = False
-    await channel.handoffs.find_callback_chat(callback)  # no chat: acknowledged, nothing to deliver
+    await channel.core.callbacks.find_chat(callback)  # no chat: acknowledged, nothing to deliver
 
 
 async def test_resume_after_a_restart_reports_a_failing_store_instead_of_finding_no_chats(channels, rasa_turn, store):
@@ -148,21 +125,21 @@ async def test_resume_after_a_restart_reports_a_failing_store_instead_of_finding
     restarted = channels()
     store.broken = True
     with pytest.raises(StoreUnavailable):
-        await restarted.handoffs.resume()
+        await restarted.core.chats.resume()
     store.broken = False
-    assert await restarted.handoffs.resume() == 1
-    assert restarted.handoffs.registry.get("u1").chat_id == GROUP
+    assert await restarted.core.chats.resume() == 1
+    assert restarted.core.registry.get("u1").chat_id == GROUP
 
 
 # -- writes ---------------------------------------------------------------------
 
 
 async def test_a_handoff_state_write_rides_out_a_brief_failure(channels, rasa_turn, store, agent):
-    store.saves_to_fail = len(WRITE_RETRY_DELAYS_S)  # every attempt but the last fails
+    store.saves_to_fail = len(WRITE_PAUSES.delays)  # every attempt but the last fails
     with aioresponses() as mock:
         await start(channels(), rasa_turn, mock)
         assert not requests_to(mock, "POST", LEAVE)
-    assert store.failures == len(WRITE_RETRY_DELAYS_S)
+    assert store.failures == len(WRITE_PAUSES.delays)
     assert (await slots(agent))["handoff_active"] is True
 
 
@@ -177,8 +154,8 @@ async def test_a_start_that_cannot_be_saved_leaves_the_new_chat_and_tells_the_us
     assert [reply["text"] for reply in replies] == [TEXTS.start_failed]
     # Each attempt of the write once, and one read for each notice rendered
     # from the demo domain (utter_servicenow_connecting, _start_failed).
-    assert store.failures == len(WRITE_RETRY_DELAYS_S) + 1 + 2
-    assert channel.handoffs.registry.get("u1") is None
+    assert store.failures == len(WRITE_PAUSES.delays) + 1 + 2
+    assert channel.core.registry.get("u1") is None
     store.broken = False
     assert (await slots(agent))["handoff_active"] is False
 
@@ -214,6 +191,12 @@ async def test_a_users_end_that_cannot_be_saved_changes_nothing_and_says_so(chan
     assert (await slots(agent))["handoff_active"] is False
 
 
+async def receive_close(channel):
+    """ServiceNow pushes the agent's close; the push is stored at once, the chat ends after its grace."""
+    await channel.core.callbacks.receive(closed_by_agent())
+    await channel.core.work.wait(timeout=5)
+
+
 def closed_by_agent():
     return SimpleNamespace(chat_id=GROUP, sender_id="u1", fingerprint="close", events=[ChatClosed(CloseReason.AGENT_CLOSED)])
 
@@ -226,9 +209,9 @@ async def test_an_end_from_servicenow_that_cannot_be_saved_holds_the_next_messag
         await start(channel, rasa_turn, mock)
         mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
         store.broken = True
-        await channel.handoffs.receive_callback(closed_by_agent())
+        await receive_close(channel)
     assert await delivered_texts(channel) == [TEXTS.agent_closed]  # the user is told all the same
-    assert channel.handoffs.registry.get("u1") is None
+    assert channel.core.registry.get("u1") is None
 
     rasa_turn.reset_mock()
     with pytest.raises(StoreUnavailable):  # the bot must not answer on a tracker that says "in handoff"
@@ -245,17 +228,17 @@ async def test_an_end_from_servicenow_that_cannot_be_saved_holds_the_next_messag
 
 
 async def test_an_unsaved_end_is_saved_in_the_background_once_the_store_is_back(channels, rasa_turn, store, agent, monkeypatch):
-    monkeypatch.setattr("connectors.servicenow.handoff.END_SAVE_RETRY_S", (0.05,))
     channel = channels()
+    monkeypatch.setattr(channel.core.unsaved, "pauses", Pauses((0.05,)))
     with aioresponses() as mock:
         await start(channel, rasa_turn, mock)
         mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
         store.broken = True
-        await channel.handoffs.receive_callback(closed_by_agent())
+        await receive_close(channel)
     failures = store.failures
     await wait_until(lambda: store.failures > failures)  # retried while it fails
     store.broken = False
-    await wait_until(lambda: not channel.handoffs._unsaved_ends)
+    await wait_until(lambda: not channel.core.unsaved)
     assert (await slots(agent))["handoff_active"] is False
 
 
@@ -265,23 +248,16 @@ async def test_no_new_handoff_starts_before_the_end_of_the_last_one_is_saved(cha
         await start(channel, rasa_turn, mock)
         mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
         store.broken = True
-        await channel.handoffs.receive_callback(closed_by_agent())
+        await receive_close(channel)
         mock.post(SESSIONS, payload={"result": {"group": "d" * 32, "state": 1}})
         output = channel.get_output_channel()  # through Rasa's API, where no webhook turn saves it first
         await output.send_response("u1", {"custom": {"handoff": {}}})
-        await asyncio.gather(*channel._background)
+        await asyncio.gather(*channel.core.work)
         assert len(requests_to(mock, "POST", SESSIONS)) == 1  # only the first handoff's
     assert await delivered_texts(channel) == [TEXTS.agent_closed, TEXTS.start_failed]
     store.broken = False
-    assert await channel.handoffs.active_chat("u1") is None  # saves the end first
+    assert await channel.core.chats.active_chat("u1") is None  # saves the end first
     assert (await slots(agent))["handoff_active"] is False
-
-
-async def wait_until(condition, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
 
 
 # -- messages sent while the chat opens ---------------------------------------------
@@ -293,14 +269,14 @@ class HeldOpen:
     def __init__(self, channel) -> None:
         self.called = asyncio.Event()
         self.release = asyncio.Event()
-        open_chat = channel.backend.open_chat
+        open_chat = channel.core.backend.open_chat
 
         async def held(*args, **kwargs):
             self.called.set()
             await self.release.wait()
             return await open_chat(*args, **kwargs)
 
-        channel.backend.open_chat = held
+        channel.core.backend.open_chat = held
 
 
 async def test_messages_sent_while_the_chat_opens_reach_the_agent_in_order(channels, rasa_turn):
@@ -362,9 +338,9 @@ async def test_a_message_that_waits_too_long_for_the_open_is_told_to_retry(chann
         await channel.get_output_channel().send_response("u1", {"custom": {"handoff": {}}})
         await held.called.wait()
         with pytest.raises(ConversationBusy):
-            await channel.handoffs.active_chat("u1", wait_s=0.01)
+            await channel.core.chats.active_chat("u1", wait_s=0.01)
         held.release.set()
-        await wait_until(lambda: channel.handoffs.registry.get("u1") is not None)
+        await wait_until(lambda: channel.core.registry.get("u1") is not None)
 
 
 async def test_conversation_locks_serve_in_arrival_order_and_forget_idle_conversations():
@@ -422,19 +398,6 @@ def agent_push(text, message_id):
     )
 
 
-async def delivered_texts(channel, sender="u1"):
-    subscription = channel.outbox.subscribe(sender, "")
-    texts = []
-    while True:
-        item = await subscription.next(heartbeat=0.05)
-        if item is None:
-            break
-        if "text" in item.payload:
-            texts.append(item.payload["text"])
-    subscription.close()
-    return texts
-
-
 async def transcript(agent, sender="u1"):
     tracker = await agent.tracker_store.retrieve(sender)
     return [event.text for event in tracker.events if event.type_name == "bot"]
@@ -444,14 +407,14 @@ class HeldLeave:
     def __init__(self, channel) -> None:
         self.called = asyncio.Event()
         self.release = asyncio.Event()
-        leave = channel.backend.leave
+        leave = channel.core.backend.leave
 
         async def held(chat):
             self.called.set()
             await self.release.wait()
             return await leave(chat)
 
-        channel.backend.leave = held
+        channel.core.backend.leave = held
 
 
 async def test_an_agent_message_pushed_while_the_user_ends_is_delivered_before_the_farewell_or_not_at_all(
@@ -460,13 +423,13 @@ async def test_an_agent_message_pushed_while_the_user_ends_is_delivered_before_t
     channel = channels()
     with aioresponses() as mock:
         await start(channel, rasa_turn, mock)
-        await channel.handoffs.receive_callback(agent_push("before the end", "m1"))
+        await channel.core.callbacks.receive(agent_push("before the end", "m1"))
         held = HeldLeave(channel)
         mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
         ending = asyncio.ensure_future(say(channel, rasa_turn, "/end_chat"))
         await held.called.wait()
-        await channel.handoffs.find_callback_chat(agent_push("during the end", "m2"))  # acknowledged
-        await channel.handoffs.receive_callback(agent_push("during the end", "m2"))
+        await channel.core.callbacks.find_chat(agent_push("during the end", "m2"))  # acknowledged
+        await channel.core.callbacks.receive(agent_push("during the end", "m2"))
         held.release.set()
         assert [reply["text"] for reply in await ending] == [TEXTS.user_ended]
     assert await delivered_texts(channel) == ["before the end"]
@@ -476,21 +439,20 @@ async def test_an_agent_message_pushed_while_the_user_ends_is_delivered_before_t
 
 
 async def test_a_connect_poll_in_flight_when_the_user_ends_delivers_nothing_after_the_farewell(agent, rasa_turn, monkeypatch):
-    channel = ServiceNowInput.from_credentials({**OPTIONS, "poll_interval": 0.01})
-    channel.bind(SimpleNamespace(ctx=SimpleNamespace(agent=agent)))
+    channel = new_channel(agent, poll_interval=0.01)
     polling, answer = asyncio.Event(), asyncio.Event()
 
-    async def slow_poll(chat):
+    async def slow_poll(chat, cursor):
         polling.set()
         await answer.wait()
         return PollResult([AgentMessage("m9", "too late", "Beth", 9)], 9, ("m9",))
 
-    channel.backend.poll = slow_poll
+    channel.core.backend.poll = slow_poll
     try:
         with aioresponses() as mock:
             await start(channel, rasa_turn, mock)
             await polling.wait()
-            poller = channel.handoffs.relay._pollers["u1"].task
+            poller = channel.core.registry.get("u1").poller
             mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
             assert [reply["text"] for reply in await say(channel, rasa_turn, "/end_chat")] == [TEXTS.user_ended]
             answer.set()
@@ -499,19 +461,18 @@ async def test_a_connect_poll_in_flight_when_the_user_ends_delivers_nothing_afte
         assert await delivered_texts(channel) == []
         assert "too late" not in await transcript(agent)
     finally:
-        await channel.handoffs.shutdown(timeout=1)
-        await channel.http.aclose()
+        await close(channel)
 
 
 async def test_the_resume_after_a_restart_keeps_trying_until_the_store_is_back(channels, rasa_turn, store, monkeypatch):
-    monkeypatch.setattr("connectors.servicenow.channel.RESUME_RETRY_S", (0.01,))
+    monkeypatch.setattr("connectors.servicenow.core.core.RESUME_PAUSES", Pauses((0.01,)))
     with aioresponses() as mock:
         await start(channels(), rasa_turn, mock)
     restarted = channels()
     store.broken = True
-    resuming = asyncio.ensure_future(restarted._resume())
+    resuming = asyncio.ensure_future(restarted.core.resume())
     await wait_until(lambda: store.failures >= 3)  # tried, and tried again
     assert not resuming.done()
     store.broken = False
     await asyncio.wait_for(resuming, timeout=5)
-    assert restarted.handoffs.registry.get("u1").chat_id == GROUP
+    assert restarted.core.registry.get("u1").chat_id == GROUP

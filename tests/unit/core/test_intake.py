@@ -1,10 +1,18 @@
-"""The relay's schedule and its dispatch of agent events."""
+"""The dispatch of agent events (pushed or polled): order, dedupe, the
+cursor and its coalesced tracker save, the end of the chat, delivery reports."""
 
 import asyncio
 import dataclasses
 from typing import List
 
-from connectors.servicenow.backends.base import (
+from connectors.servicenow.config import ServiceNowSettings
+from connectors.servicenow.core.chat import LiveChat
+from connectors.servicenow.core.intake import DeliveryReports, Dispatcher
+from connectors.servicenow.ops.observe import Observer
+from connectors.servicenow.outbox.stream import Outbox
+from connectors.servicenow.rasa_glue.pending import PendingWrites
+from connectors.servicenow.rasa_glue.slots import SLOT_LAST_UPDATED, SLOT_SEEN_IDS
+from connectors.servicenow.servicenow.base import (
     AgentJoined,
     AgentMessage,
     AgentTyping,
@@ -13,10 +21,8 @@ from connectors.servicenow.backends.base import (
     PollResult,
     SystemNotice,
 )
-from connectors.servicenow.config import ServiceNowSettings
-from connectors.servicenow.delivery import Outbox
-from connectors.servicenow.relay import PollSchedule, Relay, next_tick
-from connectors.servicenow.state import SLOT_LAST_UPDATED, SLOT_SEEN_IDS, LiveChat
+from connectors.servicenow.store import MemoryStore
+from connectors.servicenow.tasks import TaskSet
 
 SETTINGS = ServiceNowSettings.from_credentials(
     {
@@ -24,58 +30,6 @@ SETTINGS = ServiceNowSettings.from_credentials(
         "poll_interval": 1, "idle_poll_interval": 10, "idle_after": 60, "session_check_interval": 30,
     }
 )
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_schedule_polls_fast_while_active_and_slow_once_quiet():
-    clock = Clock()
-    schedule = PollSchedule(SETTINGS, clock)
-    assert schedule.delay() == 1
-    clock.now += 61
-    assert schedule.delay() == 10
-    schedule.note_activity()
-    assert schedule.delay() == 1
-
-
-def test_schedule_checks_the_session_state_once_per_interval_of_quiet():
-    clock = Clock()
-    schedule = PollSchedule(SETTINGS, clock)
-    checks = []
-    for _ in range(90):  # 90 one-second ticks, nothing happening
-        clock.now += 1
-        checks.append(schedule.state_check_due())
-    assert checks.count(True) == 3
-
-
-def test_schedule_does_not_trade_polls_for_state_checks_while_messages_flow():
-    clock = Clock()
-    schedule = PollSchedule(SETTINGS, clock)
-    checks = []
-    for tick in range(90):
-        clock.now += 1
-        if tick % 10 == 0:
-            schedule.note_activity()  # a message every ten seconds
-        checks.append(schedule.state_check_due())
-    assert checks.count(True) == 0
-
-
-def test_a_late_tick_does_not_push_the_following_ones_later():
-    # Due at 10.0, started 30 ms late: the next is still due at 11.0, so the
-    # chat is polled once per second on average, not once per 1.03 s.
-    assert next_tick(previous=9.0, interval=1.0, now=10.03) == 10.0
-    assert next_tick(previous=10.0, interval=1.0, now=11.0) == 11.0
-
-
-def test_after_a_stall_the_cadence_restarts_instead_of_catching_up():
-    # Three intervals behind: no burst of make-up polls, the next is due a whole interval from now.
-    assert next_tick(previous=5.0, interval=1.0, now=9.0) == 9.0
 
 
 class RecordingSlots:
@@ -116,13 +70,42 @@ class PullBackend(PushBackend):
     pulls = True
 
 
+class Relay:
+    """A dispatcher with what it needs: an outbox on the memory store, tracker
+    writes recorded, the end of the chat recorded."""
+
+    def __init__(self, backend, settings, slots, recorder, store=None):
+        self.store = store if store is not None else MemoryStore()
+        self.work = TaskSet()
+        self.backend = backend
+        self.reports = DeliveryReports(settings, self.store, backend, self.work)
+        self.outbox = Outbox(self.store, None, owner="r1", on_taken=self.reports.taken)
+        self.pending = PendingWrites(slots)
+
+        async def progressed(chat):
+            pass
+
+        self.dispatcher = Dispatcher(
+            settings, backend, self.store, self.outbox, self.pending, Observer(), self.work,
+            on_closed=recorder.on_closed, on_progress=progressed,
+        )
+        self.dispatch = self.dispatcher.dispatch
+
+    async def flush(self, chat):
+        await self.pending.flush(chat.sender_id)
+
+    def take_unsaved(self, chat):
+        return self.pending.take(chat.sender_id)
+
+    async def stop(self):
+        await self.work.wait(5)
+        await self.pending.stop()
+
+
 def make_relay(backend=None, settings=SETTINGS):
-    outbox, slots, recorder = Outbox(callback_url=None), RecordingSlots(), Recorder()
-    relay = Relay(
-        settings, backend=backend or PullBackend(), outbox=outbox, slots=slots,
-        on_closed=recorder.on_closed, on_failed=recorder.on_failed,
-    )
-    return relay, outbox, slots, recorder
+    slots, recorder = RecordingSlots(), Recorder()
+    relay = Relay(backend or PullBackend(), settings, slots, recorder)
+    return relay, relay.outbox, slots, recorder
 
 
 async def streamed(outbox, count):
@@ -158,7 +141,7 @@ async def test_a_poll_result_moves_the_cursor_and_saves_it_with_the_transcript()
     relay, outbox, slots, _ = make_relay()
     chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
     result = PollResult([AgentMessage("b", "hi", "Beth", 20)], last_updated=20, seen_ids=("b", "a"))
-    await relay.dispatch(chat, result.events, result)
+    await relay.dispatch(chat, result.events, result.cursor)
     assert (chat.last_updated, chat.seen_ids) == (20, ("b", "a"))
     await relay.stop()  # saves what is pending
     saved = {event.key: event.value for event in slots.writes[-1] if event.type_name == "slot"}
@@ -169,7 +152,7 @@ async def test_a_poll_result_moves_the_cursor_and_saves_it_with_the_transcript()
 async def test_an_unchanged_poll_writes_nothing():
     relay, _, slots, _ = make_relay()
     chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
-    await relay.dispatch(chat, [], PollResult([], last_updated=10, seen_ids=("a",)))
+    await relay.dispatch(chat, [], PollResult([], last_updated=10, seen_ids=("a",)).cursor)
     await relay.stop()
     assert slots.writes == []
 
@@ -179,7 +162,7 @@ async def test_pending_writes_keep_each_slots_last_value_only():
     chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
     for step in (1, 2, 3):
         result = PollResult([AgentMessage(f"m{step}", f"text {step}", "Beth", 10 + step)], 10 + step, (f"m{step}",))
-        await relay.dispatch(chat, result.events, result)
+        await relay.dispatch(chat, result.events, result.cursor)
     await relay.stop()
     (write,) = slots.writes
     assert [event.text for event in write if event.type_name == "bot"] == ["text 1", "text 2", "text 3"]
@@ -236,9 +219,11 @@ async def test_delivery_is_reported_back_when_enabled():
     backend = PushBackend()
     relay, outbox, _, _ = make_relay(backend, settings)
     chat = LiveChat(sender_id="u1", chat_id="c1")
+    await relay.store.create_handoff(chat.record("virtual_agent"))  # reports go to the live chat's record
     await relay.dispatch(chat, [AgentMessage("m1", "hi", "Beth", 1), SystemNotice("s1", "note", 1)])
     assert backend.reports == []  # nobody has the message yet
     subscription = outbox.subscribe("u1")  # a stream takes the waiting items: delivered
+    assert [(await subscription.next(heartbeat=1)).payload["text"] for _ in range(2)] == ["hi", "note"]
     await asyncio.wait_for(backend.reported.wait(), timeout=5)
     await relay.stop()
     subscription.close()
@@ -248,7 +233,7 @@ async def test_delivery_is_reported_back_when_enabled():
 async def test_a_cursor_moved_only_by_the_users_own_messages_is_not_saved():
     relay, _, slots, _ = make_relay()
     chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
-    await relay.dispatch(chat, [], PollResult([], last_updated=20, seen_ids=("own", "a")))
+    await relay.dispatch(chat, [], PollResult([], last_updated=20, seen_ids=("own", "a")).cursor)
     await relay.stop()
     assert chat.last_updated == 20 and slots.writes == []
 
@@ -258,7 +243,7 @@ async def test_without_a_transcript_connect_saves_only_its_cursor_and_the_virtua
     relay, _, slots, _ = make_relay(PullBackend(), settings)
     chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("a",))
     result = PollResult([AgentMessage("b", "hi", "Beth", 20)], last_updated=20, seen_ids=("b", "a"))
-    await relay.dispatch(chat, result.events, result)
+    await relay.dispatch(chat, result.events, result.cursor)
     await relay.stop()
     assert [event.key for event in slots.writes[0]] == [SLOT_LAST_UPDATED, SLOT_SEEN_IDS, "handoff_status"]
 
@@ -276,7 +261,7 @@ async def test_without_a_transcript_connect_saves_only_its_cursor_and_the_virtua
 async def test_a_cursor_save_the_store_refuses_is_kept_and_saved_later(monkeypatch):
     from connectors.servicenow.errors import StoreUnavailable
 
-    monkeypatch.setattr("connectors.servicenow.relay.PERSIST_DELAY_S", 0.01)
+    monkeypatch.setattr("connectors.servicenow.rasa_glue.pending.PERSIST_DELAY_S", 0.01)
     relay, _, slots, _ = make_relay()
     refusals = []
     record = slots.write
@@ -290,7 +275,7 @@ async def test_a_cursor_save_the_store_refuses_is_kept_and_saved_later(monkeypat
     slots.write = write
     chat = LiveChat(sender_id="u1", chat_id="c1")
     result = PollResult([AgentMessage("m1", "hi", "Beth", 10)], last_updated=10, seen_ids=("m1",))
-    await relay.dispatch(chat, result.events, result)
+    await relay.dispatch(chat, result.events, result.cursor)
     await relay.flush(chat)  # refused: kept for the next save, which comes by itself
     for _ in range(500):
         if slots.writes:
@@ -307,7 +292,7 @@ async def test_the_end_of_a_handoff_takes_the_unsaved_events_so_none_land_after_
     relay, _, slots, _ = make_relay()
     chat = LiveChat(sender_id="u1", chat_id="c1")
     result = PollResult([AgentMessage("m1", "hi", "Beth", 10)], last_updated=10, seen_ids=("m1",))
-    await relay.dispatch(chat, result.events, result)
+    await relay.dispatch(chat, result.events, result.cursor)
     taken = relay.take_unsaved(chat)
     assert [event.text for event in taken if event.type_name == "bot"] == ["hi"]
     await relay.stop()

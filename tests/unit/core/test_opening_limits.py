@@ -1,26 +1,13 @@
 """Limits on handoff starts and typing, seen through the channel's turn
 handling, with the demo model in process and ServiceNow mocked."""
 
-from types import SimpleNamespace
 from unittest.mock import AsyncMock
 
-import pytest
 from aioresponses import aioresponses
 from aiohttp.client import URL
-from rasa.core.agent import load_agent
 
-from connectors.servicenow import ServiceNowInput
 from connectors.servicenow.payloads import UserPayload
-from connectors.servicenow.texts import UserTexts
-
-BASE = "https://acme.service-now.com"
-SESSIONS = f"{BASE}/api/now/connect/support/queues/q1/sessions"
-TEXTS = UserTexts()
-
-
-@pytest.fixture
-async def agent(demo_model):
-    return await load_agent(model_path=str(demo_model))
+from tests.unit.support import SESSIONS, TEXTS, close, new_channel
 
 
 def opened(mock):
@@ -28,20 +15,7 @@ def opened(mock):
 
 
 def make_channel(agent, **options):
-    channel = ServiceNowInput.from_credentials(
-        {
-            "instance_url": BASE, "username": "rasa.integration", "password": "pw", "queue_id": "q1",
-            "poll_interval": 600, "idle_poll_interval": 600, "session_check_interval": 600,
-            "retry_attempts": 1, **options,
-        }
-    )
-    channel.bind(SimpleNamespace(ctx=SimpleNamespace(agent=agent)))
-    return channel
-
-
-async def close(channel):
-    await channel.handoffs.shutdown(timeout=1)
-    await channel.http.aclose()
+    return new_channel(agent, retry_attempts=1, **options)
 
 
 async def ask_for_agent(channel, agent, sender):
@@ -60,7 +34,7 @@ async def test_beyond_max_live_chats_the_user_hears_that_agents_are_busy(agent):
             assert await ask_for_agent(channel, agent, "busy-2") == [TEXTS.connecting]
             assert await ask_for_agent(channel, agent, "busy-3") == [TEXTS.handoff_busy]
             assert opened(mock) == 2
-        assert len(channel.handoffs.registry) == 2
+        assert len(channel.core.registry) == 2
         tracker = await agent.tracker_store.retrieve("busy-3")
         assert tracker.get_slot("handoff_active") is False
         assert tracker.events[-1].text == TEXTS.handoff_busy  # the user's transcript says why
@@ -89,10 +63,10 @@ async def test_typing_outside_a_handoff_touches_neither_servicenow_nor_the_track
     try:
         with aioresponses() as mock:
             for n in range(1000):
-                assert channel.handoffs.user_typing(f"anonymous-{n}", n % 2 == 0) is False
+                assert await channel.core.router.user_typing(f"anonymous-{n}", n % 2 == 0) is False
             assert not mock.requests
         retrieve.assert_not_awaited()
-        assert len(channel.handoffs.typing) == 0
-        assert not channel.handoffs.registry.known_inactive("anonymous-1")
+        assert len(channel.core.typing) == 0
+        assert not channel.core.store.known_inactive("anonymous-1")
     finally:
         await close(channel)

@@ -16,17 +16,17 @@ from aioresponses import aioresponses
 from fakeredis import aioredis as fake_aioredis
 
 from connectors.servicenow import ServiceNowInput
-from connectors.servicenow.backends.base import AgentMessage, PollResult
 from connectors.servicenow.config import ServiceNowSettings
-from connectors.servicenow.delivery import Outbox
+from connectors.servicenow.core.chat import LiveChat
+from connectors.servicenow.core.polling import Polling
 from connectors.servicenow.errors import StoreUnavailable
-from connectors.servicenow.relay import Relay, poll_lease
-from connectors.servicenow.state import WRITE_RETRY_DELAYS_S, LiveChat
+from connectors.servicenow.servicenow.base import AgentMessage, PollResult
 from connectors.servicenow.store import MemoryStore, StoreUnavailable as RedisDown
+from connectors.servicenow.store.keys import poll_lease
 from connectors.servicenow.store.redis import RedisStore
-from tests.unit.test_channel import GROUP, LEAVE, MESSAGES, SESSIONS, TEXTS, agent, rasa_turn  # noqa: F401
-from tests.unit.test_fail_closed import OPTIONS, requests_to, say, start
-from tests.unit.test_relay import PullBackend, Recorder, RecordingSlots
+from connectors.servicenow.tasks import TaskSet
+from tests.unit.core.test_intake import PullBackend, Relay, Recorder, RecordingSlots
+from tests.unit.support import GROUP, LEAVE, MESSAGES, OPTIONS, SESSIONS, TEXTS, bound, close, requests_to, say, start
 
 SETTINGS = ServiceNowSettings.from_credentials({**OPTIONS, "poll_interval": 0.02, "idle_poll_interval": 0.02})
 
@@ -49,17 +49,14 @@ async def replicas(agent, redis_server):
 
     def new(store=None):
         store = store or RedisStore(fake_aioredis.FakeRedis(server=redis_server), prefix=prefix)
-        channel = ServiceNowInput(ServiceNowSettings.from_credentials(OPTIONS), store=store)
-        channel.bind(SimpleNamespace(ctx=SimpleNamespace(agent=agent)))
-        channel.handoffs.slots._retry_delays = (0.0,) * len(WRITE_RETRY_DELAYS_S)
+        channel = bound(ServiceNowInput(ServiceNowSettings.from_credentials(OPTIONS), store=store), agent)
         made.append(channel)
         return channel
 
     yield new
     for channel in made:
-        await channel.handoffs.shutdown(timeout=1)
-        await channel.http.aclose()
-        await channel.store.aclose()
+        await close(channel)
+        await channel.core.store.aclose()
 
 
 def forwarded(mock):
@@ -82,9 +79,9 @@ def test_redis_options_are_read_and_a_bad_url_is_refused_without_echoing_it():
 
 
 def test_without_redis_url_the_store_is_in_process_and_with_it_redis():
-    assert isinstance(ServiceNowInput.from_credentials(OPTIONS).store, MemoryStore)
+    assert isinstance(ServiceNowInput.from_credentials(OPTIONS).core.store, MemoryStore)
     channel = ServiceNowInput.from_credentials({**OPTIONS, "redis_url": "redis://127.0.0.1:1/0"})
-    assert isinstance(channel.store, RedisStore) and channel.handoffs.shared
+    assert isinstance(channel.core.store, RedisStore)
 
 
 def test_one_except_clause_catches_the_tracker_stores_and_redis_failures():
@@ -103,7 +100,7 @@ async def test_a_handoff_started_on_one_replica_routes_messages_on_another(repli
         assert await say(b, rasa_turn, "are you there?") == []
         assert forwarded(mock) == 1
     rasa_turn.assert_not_awaited()
-    record = await b.store.get_handoff("u1")
+    record = await b.core.store.get_handoff("u1")
     assert record.chat_id == GROUP and record.api == "connect"
 
 
@@ -119,8 +116,8 @@ async def test_an_end_on_one_replica_sends_the_next_message_to_the_bot_on_anothe
         replies = await say(b, rasa_turn, "hello")
     rasa_turn.assert_awaited_once()
     assert replies and replies[0]["text"].startswith("Hello!")
-    assert await b.store.get_handoff("u1") is None
-    assert b.handoffs.registry.get("u1") is None
+    assert await b.core.store.get_handoff("u1") is None
+    assert b.core.registry.get("u1") is None
 
 
 async def test_a_second_replica_cannot_start_a_second_chat_for_the_same_user(replicas, rasa_turn):
@@ -131,11 +128,11 @@ async def test_a_second_replica_cannot_start_a_second_chat_for_the_same_user(rep
         mock.post(SESSIONS, payload={"result": {"group": other, "state": 1}})
         mock.post(f"https://acme.service-now.com/api/now/connect/support/sessions/{other}/leave", payload={})
         # B's own start (out of band: Rasa's API) loses to the filed record and leaves its chat.
-        from connectors.servicenow.backends.base import HandoffRequest
+        from connectors.servicenow.servicenow.base import HandoffRequest
 
-        assert await b.handoffs.start(HandoffRequest(sender_id="u1", text="agent please"), in_request=True) == []
+        assert await b.core.opening.start(HandoffRequest(sender_id="u1", text="agent please"), in_request=True) == []
         assert len(requests_to(mock, "POST", f"https://acme.service-now.com/api/now/connect/support/sessions/{other}/leave")) == 1
-    assert (await a.store.get_handoff("u1")).chat_id == GROUP
+    assert (await a.core.store.get_handoff("u1")).chat_id == GROUP
 
 
 async def test_redis_down_answers_503_and_never_reaches_the_bot(replicas, rasa_turn, redis_server):
@@ -173,21 +170,16 @@ async def test_a_polled_agent_message_seen_by_two_replicas_is_delivered_once(red
     # A poller that took over from a cursor saved a moment too early sees
     # the same message again: the store's claim drops it.
     store_a, store_b = two_stores(redis_server)
-    delivered, relays = [], []
+    relays = []
     for store in (store_a, store_b):
-        outbox = Outbox(callback_url=None)
-        relay = Relay(
-            SETTINGS, backend=PullBackend(), outbox=outbox, slots=RecordingSlots(),
-            on_closed=Recorder().on_closed, on_failed=Recorder().on_failed, store=store,
-        )
+        relay = Relay(PullBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store)
         relays.append(relay)
         chat = LiveChat(sender_id="u1", chat_id="c1")
         message = AgentMessage("m1", "hello", "Beth", 1000)
-        await relay.dispatch(chat, [message], PollResult([message], 1000, ("m1",)))
-        delivered.append(outbox.mailbox_count)
-    assert delivered == [1, 0]
+        await relay.dispatch(chat, [message], PollResult([message], 1000, ("m1",)).cursor)
+    assert [entry.payload["text"] for entry in await store_a.read("u1")] == ["hello"]
     for relay in relays:
-        await relay.stop(timeout=1)
+        await relay.stop()
     await store_a.aclose()
     await store_b.aclose()
 
@@ -199,16 +191,33 @@ async def test_a_started_chat_is_polled_by_its_replica_and_taken_over_after_a_gr
     a, b = replicas(), replicas()
     with aioresponses() as mock:
         await start(a, rasa_turn, mock)
-        assert a.handoffs.relay.is_watching(a.handoffs.registry.get("u1"))
-        assert await b.store.lease_owner(poll_lease(GROUP)) == a.handoffs.relay.owner
-        assert await b.handoffs.take_over_free_chats() == 0  # held: nothing to take
-        await a.handoffs.shutdown(timeout=1)
-        assert await b.handoffs.take_over_free_chats() == 1
-        assert b.handoffs.relay.is_watching(b.handoffs.registry.get("u1"))
+        assert a.core.polling.is_watching(a.core.registry.get("u1"))
+        assert await b.core.store.lease_owner(poll_lease(GROUP)) == a.core.polling.owner
+        assert await b.core.chats.take_over_free_chats() == 0  # held: nothing to take
+        await a.core.shutdown(timeout=1)
+        assert await b.core.chats.take_over_free_chats() == 1
+        assert b.core.polling.is_watching(b.core.registry.get("u1"))
         mock.post(LEAVE, payload={})
         await say(b, rasa_turn, "/end_chat")
     # The ended chat is no job any more: nothing left to take over.
-    assert await b.store.free_leases() == []
+    assert await b.core.store.free_leases() == []
+
+
+def pollers(backend, store, owner):
+    async def failed(chat, error):
+        pass
+
+    async def cursor_moved(chat):
+        pass
+
+    relay = Relay(backend, SETTINGS, RecordingSlots(), Recorder(), store=store)
+    return Polling(
+        SETTINGS, backend, store, relay.dispatcher, TaskSet(), owner=owner, on_failed=failed, on_cursor=cursor_moved
+    )
+
+
+async def stop(polling):
+    await polling.release(await polling.stop_polling(timeout=1), timeout=1)
 
 
 class CountingPullBackend(PullBackend):
@@ -217,10 +226,10 @@ class CountingPullBackend(PullBackend):
         self.polls = 0
         self.polled = asyncio.Event()
 
-    async def poll(self, chat):
+    async def poll(self, chat, cursor):
         self.polls += 1
         self.polled.set()
-        return PollResult([], chat.last_updated, chat.seen_ids)
+        return PollResult([], cursor.last_updated, cursor.seen_ids)
 
     async def check_closed(self, chat):
         return None
@@ -231,13 +240,7 @@ async def test_one_replica_polls_a_chat_and_another_takes_over_when_it_stops(red
     # way on one connection, land after the release sent on another.
     store_a, store_b = two_stores(redis_server)
     backends = CountingPullBackend(), CountingPullBackend()
-    relays = [
-        Relay(
-            SETTINGS, backend=backend, outbox=Outbox(callback_url=None), slots=RecordingSlots(),
-            on_closed=Recorder().on_closed, on_failed=Recorder().on_failed, store=store,
-        )
-        for backend, store in zip(backends, (store_a, store_b))
-    ]
+    relays = [pollers(backend, store, owner) for backend, store, owner in zip(backends, (store_a, store_b), "ab")]
     await store_a.register_lease(poll_lease("c1"))
     chat_a, chat_b = LiveChat(sender_id="u1", chat_id="c1"), LiveChat(sender_id="u1", chat_id="c1")
     relays[0].watch(chat_a)
@@ -251,12 +254,12 @@ async def test_one_replica_polls_a_chat_and_another_takes_over_when_it_stops(red
     assert backends[1].polls == 0
     assert await store_a.lease_owner(poll_lease("c1")) == relays[0].owner
 
-    await relays[0].stop(timeout=1)  # graceful: the lease is released at once
+    await stop(relays[0])  # graceful: the lease is released at once
     assert await store_b.free_leases() == [poll_lease("c1")]
     relays[1].watch(chat_b)
     await asyncio.wait_for(backends[1].polled.wait(), 5)
     assert await store_b.lease_owner(poll_lease("c1")) == relays[1].owner
-    await relays[1].stop(timeout=1)
+    await stop(relays[1])
     await store_a.aclose()
     await store_b.aclose()
 
@@ -269,19 +272,19 @@ async def test_a_replica_forgets_chats_that_ended_on_another(replicas, rasa_turn
         await say(b, rasa_turn, "hello agent")
         mock.post(LEAVE, payload={})
         await say(a, rasa_turn, "/end_chat")
-    assert len(b.handoffs.registry) == 1  # B was not asked since
-    assert await b.handoffs.forget_ended_elsewhere() == 1
-    assert len(b.handoffs.registry) == 0
+    assert len(b.core.registry) == 1  # B was not asked since
+    assert await b.core.chats.forget_ended_elsewhere() == 1
+    assert len(b.core.registry) == 0
 
 
 async def test_typing_on_any_replica_finds_the_chat_through_the_store(replicas, rasa_turn):
     a, b = replicas(), replicas()
-    assert await b.handoffs.refresh("u1") is None
+    assert await b.core.chats.refresh("u1") is None
     with aioresponses() as mock:
         await start(a, rasa_turn, mock)
-        chat = await b.handoffs.refresh("u1")  # what the /typing route asks first
+        chat = await b.core.chats.refresh("u1")  # what the /typing route asks first
         assert chat is not None and chat.chat_id == GROUP
         mock.post(LEAVE, payload={})
         await say(a, rasa_turn, "/end_chat")
-    assert await b.handoffs.refresh("u1") is None
-    assert b.handoffs.user_typing("u1", True) is False  # nothing left to type to
+    assert await b.core.chats.refresh("u1") is None
+    assert await b.core.router.user_typing("u1", True) is False  # nothing left to type to

@@ -8,9 +8,9 @@ import aiohttp
 from aioresponses import aioresponses
 
 from connectors.servicenow.attachments import UserAttachment
-from connectors.servicenow.frontdoor import HANDOFF_PAYLOAD_KEY
 from connectors.servicenow.payloads import UserPayload
-from tests.unit.test_channel import GROUP, SESSIONS, TEXTS, agent, channel, rasa_turn, slots, start  # noqa: F401
+from connectors.servicenow.rasa_glue.output import HANDOFF_PAYLOAD_KEY
+from tests.unit.support import GROUP, SESSIONS, TEXTS, slots, start
 
 FILE = UserAttachment("https://files.example.com/shot.png", "image/png", "shot.png", size=10)
 

@@ -8,8 +8,8 @@ from typing import List
 
 import pytest
 
+from connectors.servicenow.core.timers import TimerLoop, TimerSchedule, describe_duration, describe_seconds
 from connectors.servicenow.store import MemoryStore, TimerClaim
-from connectors.servicenow.waiting import TimerLoop, describe_duration, describe_seconds, parse_timer_name, timer_name
 
 
 class CountingStore(MemoryStore):
@@ -30,10 +30,11 @@ async def loop_and_fired():
     async def fire(claim: TimerClaim) -> None:
         await fired.put((claim.name, time.time()))
 
-    timers = TimerLoop(store, fire)
-    timers.start()
-    yield store, timers, fired
-    await timers.stop()
+    schedule = TimerSchedule(store)
+    loop = TimerLoop(schedule, fire)
+    loop.start()
+    yield store, schedule, fired
+    await loop.stop()
 
 
 async def test_a_timer_fires_at_its_due_time_and_once(loop_and_fired):
@@ -52,7 +53,7 @@ async def test_an_earlier_timer_wakes_the_sleeping_loop_which_does_not_poll(loop
     store, timers, fired = loop_and_fired
     await timers.schedule("waiting:later", time.time() + 60)
     deadline = time.monotonic() + 5
-    while not time.time() + 30 < timers._next_look < math.inf:  # the loop sleeps towards the far timer
+    while not time.time() + 30 < timers.next_look < math.inf:  # the loop sleeps towards the far timer
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
     looks = store.looks
@@ -84,20 +85,15 @@ async def test_a_timer_whose_firing_failed_comes_back_after_its_hold():
             raise RuntimeError("the chat could not be left")
         done.set()
 
-    timers = TimerLoop(store, fire, rescan=0.1, hold=0.3)
-    timers.start()
+    schedule = TimerSchedule(store)
+    loop = TimerLoop(schedule, fire, rescan=0.1, hold=0.3)
+    loop.start()
     try:
-        await timers.schedule("no_agent:chat-4", time.time())
+        await schedule.schedule("no_agent:chat-4", time.time())
         await asyncio.wait_for(done.wait(), 5)
     finally:
-        await timers.stop()
+        await loop.stop()
     assert len(attempts) == 2 and attempts[1] - attempts[0] >= 0.25
-
-
-def test_timer_names():
-    assert parse_timer_name(timer_name("idle", "abc:1")) == ("idle", "abc:1")
-    assert parse_timer_name("poll:abc") is None
-    assert parse_timer_name("idle:") is None
 
 
 @pytest.mark.parametrize(

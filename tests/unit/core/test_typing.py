@@ -5,8 +5,9 @@ import asyncio
 from typing import List
 
 from connectors.servicenow.errors import ServiceNowUnavailable
-from connectors.servicenow.state import LiveChat
-from connectors.servicenow.user_typing import TypingForwarder
+from connectors.servicenow.core.chat import LiveChat
+from connectors.servicenow.core.typing import TypingForwarder
+from connectors.servicenow.servicenow.base import ChatRef
 
 
 class Agent:
@@ -21,7 +22,7 @@ class Agent:
         self.called = asyncio.Condition()
         self.fail_next = False
 
-    async def send(self, chat: LiveChat, typing: bool) -> bool:
+    async def send(self, chat: ChatRef, typing: bool) -> bool:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         async with self.called:

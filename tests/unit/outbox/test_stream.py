@@ -1,142 +1,118 @@
-"""The outbox: stream buffering and resumption, callback order and retries."""
+"""The outbox: items stored in order per conversation, a repeated push stored
+once, items kept in the process while the store is down, the caps on open
+readers, and what a conversation costs while nobody reads it."""
 
+import asyncio
 import time
 
-import aiohttp
 import pytest
-from aioresponses import aioresponses
 
-from connectors.servicenow import delivery
-from connectors.servicenow.delivery import IN_TOTAL, PER_SENDER, Outbox, StreamLimitReached
-
-CALLBACK = "http://frontend.test/callback"
-
-
-def text_item(n):
-    return {"recipient_id": "u1", "text": f"m{n}"}
+from connectors.servicenow.errors import StoreUnavailable
+from connectors.servicenow.outbox.base import HANDOFF_EVENT, IN_TOTAL, PER_SENDER, StreamLimitReached, status_item
+from connectors.servicenow.store import MemoryStore
+from tests.unit.outbox.conftest import CALLBACK, message, take
 
 
-async def drain(subscription, count):
-    return [(await subscription.next(heartbeat=1)).payload["text"] for _ in range(count)]
+async def test_items_put_on_one_replica_reach_a_stream_on_another_in_order(replicas):
+    a, b = replicas(), replicas()
+    subscription = b.subscribe("u1")
+    reading = asyncio.ensure_future(take(subscription, 3))
+    await asyncio.sleep(0)  # wait-ok: one turn of the loop, so the stream waits before anything is put
+    stored = await a.put("u1", [message("one"), message("two")])
+    stored += await a.put("u1", [status_item("u1", active=False, chat_id="c", api="connect")])
+    items = await asyncio.wait_for(reading, 5)
+    assert [item.event_id for item in items] == [item.event_id for item in stored]
+    assert [item.payload.get("text") for item in items] == ["one", "two", None]
+    assert items[2].kind == HANDOFF_EVENT
+    subscription.close()
 
 
-async def test_items_wait_for_a_stream_and_are_streamed_once():
-    outbox = Outbox(callback_url=None)
-    for n in range(3):
-        outbox.publish("u1", text_item(n))
-
-    first = outbox.subscribe("u1")
-    assert await drain(first, 3) == ["m0", "m1", "m2"]
-    first.close()
-
-    outbox.publish("u1", text_item(3))
-    second = outbox.subscribe("u1")  # a new tab: only what nobody has seen
-    assert await drain(second, 1) == ["m3"]
-    assert await second.next(heartbeat=0.01) is None  # nothing more: a heartbeat
-    second.close()
+async def test_a_repeated_push_is_stored_once(replicas):
+    a, b = replicas(), replicas()
+    assert await a.put("u1", [message("hi")], dedupe_key="push:c:f", dedupe_ttl=60)
+    assert await b.put("u1", [message("hi")], dedupe_key="push:c:f", dedupe_ttl=60) is None
+    assert len(await a.store.read("u1")) == 1
 
 
-async def test_last_event_id_resumes_after_what_the_browser_saw():
-    outbox = Outbox(callback_url=None)
-    items = [outbox.publish("u1", text_item(n)) for n in range(4)]
-    stream = outbox.subscribe("u1")
-    await drain(stream, 4)
-    stream.close()
+async def test_while_redis_is_down_items_wait_in_order_and_pushes_are_refused(replicas, server):
+    a = replicas()
+    server.connected = False
+    with pytest.raises(StoreUnavailable):
+        await a.put("u1", [message("push")], dedupe_key="push:c:f", dedupe_ttl=60)
+    await a.put("u1", [message("one")])
+    await a.put("u1", [message("two")])
+    assert a.mailbox_count == 1
+    server.connected = True
 
-    resumed = outbox.subscribe("u1", last_event_id=items[1].event_id)
-    assert await drain(resumed, 2) == ["m2", "m3"]
-    resumed.close()
+    async def stored():
+        while len(await a.store.read("u1")) < 2:
+            await asyncio.sleep(0.05)  # wait-ok: polling a condition with a deadline
 
-
-async def test_an_event_id_from_before_a_restart_does_not_hide_new_items():
-    outbox = Outbox(callback_url=None)
-    outbox.publish("u1", text_item(0))
-    stream = outbox.subscribe("u1", last_event_id="0ldb00t-999")
-    assert await drain(stream, 1) == ["m0"]
-    stream.close()
-
-
-async def test_live_items_reach_every_open_stream_of_the_user_only():
-    outbox = Outbox(callback_url=None)
-    tab1, tab2, other = outbox.subscribe("u1"), outbox.subscribe("u1"), outbox.subscribe("u2")
-    outbox.publish("u1", text_item(0))
-    assert await drain(tab1, 1) == ["m0"] and await drain(tab2, 1) == ["m0"]
-    assert await other.next(heartbeat=0.01) is None
-    for subscription in (tab1, tab2, other):
-        subscription.close()
+    await asyncio.wait_for(stored(), 10)
+    assert [entry.payload["text"] for entry in await a.store.read("u1")] == ["one", "two"]
+    # A refused push was not claimed: ServiceNow's retry is stored.
+    assert await a.put("u1", [message("push")], dedupe_key="push:c:f", dedupe_ttl=60)
 
 
-async def test_sse_frames_carry_id_event_and_json():
-    item = Outbox(callback_url=None).publish("u1", {"recipient_id": "u1", "typing": True}, delivery.TYPING_EVENT)
-    frame = item.sse()
-    assert frame.startswith(f"id: {item.event_id}\nevent: typing\ndata: ")
-    assert frame.endswith('{"recipient_id": "u1", "typing": true}\n\n')
+async def test_items_waiting_for_the_store_count_in_the_backlog(replicas, server):
+    a, no_callback = replicas(CALLBACK), replicas()
+    server.connected = False
+    await a.put("u1", [message("one"), status_item("u1", active=True, chat_id="c", api="va")])
+    await no_callback.put("u2", [message("one")])
+    assert a.callback_backlog == 1  # the status event is not the callback's
+    assert no_callback.callback_backlog == 0  # without a callback there is nothing to post
+    for outbox in (a, no_callback):
+        for worker in outbox._backlog_workers.values():
+            worker.cancel()
+    server.connected = True
 
 
-async def test_callbacks_are_posted_in_order_and_retried(monkeypatch):
-    monkeypatch.setattr(delivery, "CALLBACK_RETRY", delivery.RetryPolicy(attempts=3, backoff=0.0, max_backoff=0.0))
-    outbox = Outbox(CALLBACK)
-    with aioresponses() as mock:
-        mock.post(CALLBACK, status=503)
-        mock.post(CALLBACK, status=200, repeat=True)
-        for n in range(3):
-            outbox.publish("u1", text_item(n))
-        outbox.publish("u1", {"recipient_id": "u1", "handoff": {"active": True}}, delivery.HANDOFF_EVENT, to_callback=False)
-        await outbox.drain(timeout=5)
-        posted = [call.kwargs["json"]["text"] for call in mock.requests[("POST", aiohttp.client.URL(CALLBACK))]]
-    await outbox.aclose()
-    assert posted == ["m0", "m0", "m1", "m2"]  # m0 twice: the 503, then its retry
+# -- what a conversation costs -------------------------------------------------------
 
 
-async def test_a_callback_that_stays_down_does_not_block_later_items(monkeypatch):
-    monkeypatch.setattr(delivery, "CALLBACK_RETRY", delivery.RetryPolicy(attempts=2, backoff=0.0, max_backoff=0.0))
-    outbox = Outbox(CALLBACK)
-    with aioresponses() as mock:
-        mock.post(CALLBACK, exception=aiohttp.ClientConnectionError())
-        mock.post(CALLBACK, exception=aiohttp.ClientConnectionError())
-        mock.post(CALLBACK, status=200)
-        outbox.publish("u1", text_item(0))
-        outbox.publish("u1", text_item(1))
-        await outbox.drain(timeout=5)
-        calls = mock.requests[("POST", aiohttp.client.URL(CALLBACK))]
-    await outbox.aclose()
-    assert [call.kwargs["json"]["text"] for call in calls] == ["m0", "m0", "m1"]
-
-
-async def test_idle_mailboxes_are_pruned():
-    outbox = Outbox(callback_url=None)
-    outbox.publish("u1", text_item(0))
-    listening = outbox.subscribe("u2")
-    far_future = time.monotonic() + delivery.MAILBOX_IDLE_TTL_S * 10
-    assert outbox.prune(now=far_future) == 1  # u1 goes; u2 has an open stream
-    listening.close()
-
-
-# -- what a stream costs, and what its event ids can reach ---------------------
-
-
-async def test_a_stream_for_a_quiet_conversation_leaves_nothing_behind():
-    outbox = Outbox(callback_url=None)
+async def test_a_stream_for_a_quiet_conversation_leaves_nothing_behind(outboxes):
+    store = MemoryStore()
+    outbox = outboxes(store)
     for n in range(500):
         stream = outbox.subscribe(f"anonymous-{n}", last_event_id=f"whatever-{n}")
         assert outbox.mailbox_count == 1 and outbox.open_streams == 1
+        assert await stream.next(heartbeat=0.001) is None
         stream.close()
         stream.close()  # twice is harmless
     assert outbox.mailbox_count == 0 and outbox.open_streams == 0
+    assert not store._streams  # nothing kept in the store either
 
 
-async def test_a_mailbox_stays_while_it_holds_items_or_serves_a_stream():
-    outbox = Outbox(callback_url=None)
-    outbox.publish("u1", text_item(0))
+async def test_an_anonymous_stream_leaves_nothing_behind_in_redis(replicas):
+    a = replicas()
+    keys_before = set(await a.store._redis.keys("*"))
+    subscription = a.subscribe("nobody")
+    assert await subscription.next(0.05) is None
+    subscription.close()
+    assert a.mailbox_count == 0 and a.open_streams == 0
+    assert set(await a.store._redis.keys("*")) == keys_before
+
+
+async def test_a_conversations_items_stay_while_it_holds_some_and_go_when_idle(outboxes):
+    clock = [1000.0]
+    store = MemoryStore(stream_ttl=3600, clock=lambda: clock[0])
+    outbox = outboxes(store)
+    await outbox.put("u1", [message("m0")])
     first, second = outbox.subscribe("u1"), outbox.subscribe("u2")
+    assert (await first.next(heartbeat=1)).payload["text"] == "m0"
     first.close()
-    assert outbox.mailbox_count == 2  # u1 keeps its item for a reconnect; u2 is still listening
+    assert await second.next(heartbeat=0.001) is None
     second.close()
-    assert outbox.mailbox_count == 1
+    # u1's item is kept for a reconnect (Last-Event-ID); the quiet u2 left nothing.
+    assert [entry.payload["text"] for entry in await store.read("u1")] == ["m0"]
+    assert set(store._streams) == {"u1"}
+    clock[0] += 3600 * 10  # an hour and more without news: gone
+    assert await store.read("u1") == []
+    assert not store._streams
 
 
-async def test_streams_are_capped_per_conversation_and_in_total_and_a_refusal_changes_nothing():
-    outbox = Outbox(callback_url=None, max_streams_per_sender=2, max_open_streams=3)
+async def test_streams_are_capped_per_conversation_and_in_total_and_a_refusal_changes_nothing(outboxes):
+    outbox = outboxes(max_streams_per_sender=2, max_open_streams=3)
     tabs = [outbox.subscribe("u1"), outbox.subscribe("u1")]
     with pytest.raises(StreamLimitReached) as refused:
         outbox.subscribe("u1")
@@ -145,7 +121,7 @@ async def test_streams_are_capped_per_conversation_and_in_total_and_a_refusal_ch
     with pytest.raises(StreamLimitReached) as refused:
         outbox.subscribe("u3")
     assert refused.value.scope == IN_TOTAL
-    assert outbox.open_streams == 3 and outbox.mailbox_count == 2  # no mailbox for the refused u3
+    assert outbox.open_streams == 3 and outbox.mailbox_count == 2  # nothing for the refused u3
     tabs.pop().close()
     tabs.append(outbox.subscribe("u3"))  # room again once a stream closed
     for tab in tabs:
@@ -153,44 +129,40 @@ async def test_streams_are_capped_per_conversation_and_in_total_and_a_refusal_ch
     assert outbox.open_streams == 0 and outbox.mailbox_count == 0
 
 
-async def test_an_event_id_of_another_conversation_neither_hides_nor_consumes_anything():
-    outbox = Outbox(callback_url=None)
-    mine = [outbox.publish("u1", text_item(n), track=True) for n in range(3)]
-    theirs = [outbox.publish("u2", {"recipient_id": "u2", "text": f"t{n}"}, track=True) for n in range(3)]
+async def test_stream_caps_count_this_replicas_streams(replicas):
+    a = replicas(max_streams_per_sender=1, max_open_streams=2)
+    first = a.subscribe("u1")
+    with pytest.raises(StreamLimitReached):
+        a.subscribe("u1")
+    second = a.subscribe("u2")
+    with pytest.raises(StreamLimitReached):
+        a.subscribe("u3")
+    first.close()
+    second.close()
+    a.subscribe("u3").close()
 
-    # u2 resumes "after" u1's last item: the id is u1's, so it says nothing about u2's mailbox.
-    stream = outbox.subscribe("u2", last_event_id=mine[-1].event_id)
-    assert [(await stream.next(heartbeat=1)).payload["text"] for _ in range(3)] == ["t0", "t1", "t2"]
-    stream.close()
-    assert all(item.outcome.done() for item in theirs)
-    # u1's items were not marked delivered by u2's stream, and still reach u1.
-    assert not any(item.outcome.done() for item in mine)
-    # A forged id with u1's mailbox stamp and a huge number, used on u2's stream, does not reach u1 either.
-    forged = mine[0].event_id.rpartition("-")[0] + "-999999"
-    outbox.subscribe("u2", last_event_id=forged).close()
+
+async def test_socketio_readers_count_against_the_same_caps(outboxes):
+    async def emit(item):
+        return True
+
+    outbox = outboxes(max_streams_per_sender=1, max_open_streams=5)
+    reader = outbox.reader("s1", emit)
+    with pytest.raises(StreamLimitReached):
+        outbox.subscribe("s1")
+    reader.close()
+    outbox.subscribe("s1").close()
+    assert outbox.open_streams == 0
+
+
+async def test_an_idle_stream_expires_in_the_memory_store_as_in_redis(outboxes):
+    clock = [time.time()]
+    store = MemoryStore(stream_ttl=60, clock=lambda: clock[0])
+    outbox = outboxes(store)
+    await outbox.put("u1", [message("old")])
+    clock[0] += 61
+    await outbox.put("u1", [message("new")])
     stream = outbox.subscribe("u1")
-    assert await drain(stream, 3) == ["m0", "m1", "m2"]
+    assert [item.payload["text"] for item in await take(stream, 1)] == ["new"]
+    assert await stream.next(heartbeat=0.001) is None
     stream.close()
-    assert all(item.outcome.result() is True for item in mine)
-
-
-async def test_an_event_id_from_an_earlier_mailbox_of_the_same_conversation_does_not_hide_new_items():
-    outbox = Outbox(callback_url=None)
-    old = outbox.publish("u1", text_item(0))
-    stream = outbox.subscribe("u1")
-    await drain(stream, 1)
-    stream.close()
-    assert outbox.prune(now=time.monotonic() + delivery.MAILBOX_IDLE_TTL_S * 10) == 1
-    outbox.publish("u1", text_item(1))  # numbering starts again in a new mailbox
-    stream = outbox.subscribe("u1", last_event_id=old.event_id)
-    assert await drain(stream, 1) == ["m1"]
-    stream.close()
-
-
-async def test_a_last_event_id_with_unusual_digits_counts_as_absent():
-    outbox = Outbox(callback_url=None)
-    item = outbox.publish("u1", text_item(0))
-    boot = item.event_id.split("-")[0]
-    for odd in (f"{boot}-\u0662\u0663", f"{boot}-²", f"{boot}-" + "9" * 5000, f"{boot}--1", f"{boot}-", "-", ""):
-        stream = outbox.subscribe("u1", last_event_id=odd)
-        stream.close()

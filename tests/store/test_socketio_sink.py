@@ -1,4 +1,4 @@
-"""socket.io session readers on the shared outbox, over two stores standing
+"""socket.io session readers of the outbox, over two stores standing
 for two replicas (in-process, fakeredis and a real redis-server): a session
 resumes on the other replica exactly after what a socket took, and two
 readers of one session (two tabs on two replicas) each show every item once
@@ -7,9 +7,9 @@ while the session's pointer, and the delivery report, move once per item."""
 import asyncio
 from typing import Any, List
 
-from connectors.servicenow.delivery import OutboundItem, Outgoing
-from connectors.servicenow.shared_delivery import SharedOutbox
-from connectors.servicenow.socket_sink import SOCKET_SINK, SessionPointers, SessionReader
+from connectors.servicenow.outbox.base import OutboundItem, Outgoing
+from connectors.servicenow.outbox.stream import Outbox
+from connectors.servicenow.store.keys import SOCKET_SINK
 from tests.store.conftest import wait_until
 
 
@@ -43,9 +43,9 @@ async def stop(task: "asyncio.Task[Any]") -> None:
 
 async def test_a_session_resumes_on_the_other_replica_after_what_a_socket_took(make_stores):
     store_a, store_b = make_stores()
-    a, b = SharedOutbox(store_a, None, owner="a"), SharedOutbox(store_b, None, owner="b")
+    a, b = Outbox(store_a, None, owner="a"), Outbox(store_b, None, owner="b")
     on_a = Socket()
-    reader = SessionReader(a, "s1", on_a.emit, SessionPointers())
+    reader = a.reader("s1", on_a.emit)
     task = asyncio.ensure_future(reader.run())
     await asyncio.wait_for(reader.caught_up.wait(), 10)
     await b.put("s1", [say("one"), say("two")])  # appended on B, read on A
@@ -54,7 +54,7 @@ async def test_a_session_resumes_on_the_other_replica_after_what_a_socket_took(m
 
     await b.put("s1", [say("three")])  # nobody connected
     on_b = Socket()
-    task = asyncio.ensure_future(SessionReader(b, "s1", on_b.emit, SessionPointers()).run())
+    task = asyncio.ensure_future(b.reader("s1", on_b.emit).run())
     await on_b.until_shown(1)
     await a.put("s1", [say("four")])
     await on_b.until_shown(2)
@@ -67,10 +67,10 @@ async def test_a_session_resumes_on_the_other_replica_after_what_a_socket_took(m
 async def test_two_tabs_on_two_replicas_each_show_every_item_once_and_report_it_once(make_stores):
     store_a, store_b = make_stores()
     reported: List[str] = []
-    a = SharedOutbox(store_a, None, owner="a", on_taken=lambda _s, entry, _d: reported.append(entry.payload["text"]))
-    b = SharedOutbox(store_b, None, owner="b", on_taken=lambda _s, entry, _d: reported.append(entry.payload["text"]))
+    a = Outbox(store_a, None, owner="a", on_taken=lambda _s, entry, _d: reported.append(entry.payload["text"]))
+    b = Outbox(store_b, None, owner="b", on_taken=lambda _s, entry, _d: reported.append(entry.payload["text"]))
     tab_a, tab_b = Socket(), Socket()
-    readers = [SessionReader(a, "s1", tab_a.emit, SessionPointers()), SessionReader(b, "s1", tab_b.emit, SessionPointers())]
+    readers = [a.reader("s1", tab_a.emit), b.reader("s1", tab_b.emit)]
     tasks = [asyncio.ensure_future(reader.run()) for reader in readers]
     for reader in readers:
         await asyncio.wait_for(reader.caught_up.wait(), 10)
