@@ -80,17 +80,34 @@ class HTTPRoutes:
     def add(self, blueprint: Blueprint, on_new_message: OnNewMessage) -> None:
         self._add_lifecycle(blueprint)
         self._add_guards(blueprint)
-        blueprint.add_route(self.health, "/", methods=["GET"])
 
+        # Functions, not bound methods: Sanic marks its handlers with attributes.
+        @blueprint.route("/", methods=["GET"])
+        async def health(request: Request) -> HTTPResponse:
+            return await self.health(request)
+
+        @blueprint.route("/webhook", methods=["POST"], stream=True)
         async def receive(request: Request) -> HTTPResponse:
             return await self.receive(request, on_new_message)
 
-        blueprint.add_route(receive, "/webhook", methods=["POST"], stream=True)
-        blueprint.add_route(self.typing, "/typing", methods=["POST"], stream=True)
-        blueprint.add_route(self.servicenow_callback, "/callback", methods=["POST"], stream=True)
-        blueprint.add_route(self.stream, "/stream", methods=["GET"])
+        @blueprint.route("/typing", methods=["POST"], stream=True)
+        async def typing(request: Request) -> HTTPResponse:
+            return await self.typing(request)
+
+        @blueprint.route("/callback", methods=["POST"], stream=True)
+        async def servicenow_callback(request: Request) -> HTTPResponse:
+            return await self.servicenow_callback(request)
+
+        @blueprint.route("/stream", methods=["GET"])
+        async def stream(request: Request) -> Optional[HTTPResponse]:
+            return await self.stream(request)
+
         if self.core.metrics is not None and self.settings.metrics:
-            blueprint.add_route(self.metrics_route, "/metrics", methods=["GET"])
+
+            @blueprint.route("/metrics", methods=["GET"])
+            async def metrics_route(request: Request) -> HTTPResponse:
+                return await self.metrics_route(request)
+
         if self.settings.chat_page:
             add_chat_page(blueprint)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from connectors.servicenow.metrics import PREFIX, HandoffMetrics
+from connectors.servicenow.ops.metrics import PREFIX, HandoffMetrics
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[3] / "docs" / "grafana-dashboard.json"
 NAME = re.compile(PREFIX + r"[a-z_]+")
 BY = re.compile(r"\bby \(([^)]*)\)")
 #: Labels Prometheus adds to every scraped series, and the histogram bucket label.

@@ -5,14 +5,14 @@ import pytest
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ConfigurationError
-from connectors.servicenow.logs import SANIC_LOGGERS, JSONFormatter, use_json_logs
+from connectors.servicenow.ops.logs import SANIC_LOGGERS, JSONFormatter, use_json_logs
 
 BASIC = {"instance_url": "https://acme.service-now.com", "username": "bot", "password": "pw", "queue_id": "q1"}
 
 
 def record(message: str, *args, exc_info=None, **extra) -> logging.LogRecord:
-    made = logging.getLogger("connectors.servicenow.handoff").makeRecord(
-        "connectors.servicenow.handoff", logging.WARNING, __file__, 10, message, args, exc_info, extra=extra
+    made = logging.getLogger("connectors.servicenow.core.ending").makeRecord(
+        "connectors.servicenow.core.ending", logging.WARNING, __file__, 10, message, args, exc_info, extra=extra
     )
     made.created = 1_800_000_000.25
     return made
@@ -24,7 +24,7 @@ def test_a_record_is_one_json_object_with_time_level_logger_message_and_extras()
     assert json.loads(line) == {
         "time": "2027-01-15T08:00:00.250Z",
         "level": "WARNING",
-        "logger": "connectors.servicenow.handoff",
+        "logger": "connectors.servicenow.core.ending",
         "message": "Handoff of alice ended after 2.0 s",
         "sender_id": "alice",
         "chat_id": "c1",
@@ -101,7 +101,7 @@ def test_log_format_option():
 
 
 def test_the_channel_switches_to_json_when_told(clean_root):
-    from connectors.servicenow.channel import ServiceNowInput
+    from connectors.servicenow import ServiceNowInput
 
     handler = logging.StreamHandler()
     clean_root.handlers[:] = [handler]

@@ -4,7 +4,7 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.servicenow.metrics import (
+from connectors.servicenow.ops.metrics import (
     PREFIX,
     HandoffMetrics,
     endpoint_template,

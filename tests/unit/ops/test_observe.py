@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from connectors.servicenow.logs import JSONFormatter
-from connectors.servicenow.metrics import PREFIX, HandoffMetrics
-from connectors.servicenow.observe import ARRIVALS_KEPT, Observer, callback_backlog
+from connectors.servicenow.ops.logs import JSONFormatter
+from connectors.servicenow.ops.metrics import PREFIX, HandoffMetrics
+from connectors.servicenow.ops.observe import ARRIVALS_KEPT, Observer
 
 
 class Clock:
@@ -119,7 +119,7 @@ def test_without_metrics_it_still_logs_and_records_nothing(clock, caplog):
 
 def test_delivery_latency_is_timed_from_arrival_to_each_sink(metrics, monkeypatch):
     observe = Observer(metrics)
-    monkeypatch.setattr("connectors.servicenow.observe.time.monotonic", lambda: 10.5)
+    monkeypatch.setattr("connectors.servicenow.ops.observe.time.monotonic", lambda: 10.5)
     observe.agent_message_queued("box-1", arrived=10.0)
     observe.reached_sink("box-1", "stream")
     observe.reached_sink("box-1", "callback")
@@ -165,17 +165,3 @@ def test_rejections_auth_failures_and_duplicates(metrics):
     assert value(metrics, "rejected_input_total", route="webhook", reason="other") == 1
     assert value(metrics, "callback_auth_failures_total") == 1
     assert value(metrics, "duplicates_dropped_total", kind="callback") == 1
-
-
-async def test_the_backlog_counts_callback_posts_not_yet_answered():
-    from connectors.servicenow.delivery import Outbox
-
-    outbox = Outbox("http://127.0.0.1:9/never")
-    assert callback_backlog(outbox) == 0
-    outbox.publish("u1", {"recipient_id": "u1", "text": "one"})
-    outbox.publish("u1", {"recipient_id": "u1", "text": "two"})
-    outbox.publish("u2", {"recipient_id": "u2", "text": "three"})
-    assert callback_backlog(outbox) == 3
-    for mailbox in outbox._mailboxes.values():
-        mailbox.callback_worker.cancel()
-    await outbox.aclose()

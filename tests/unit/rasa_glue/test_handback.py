@@ -8,7 +8,6 @@ from typing import Any, Dict, List
 import pytest
 from aioresponses import aioresponses
 from rasa.core.actions.action import RemoteAction
-from rasa.core.agent import load_agent
 from rasa.core.processor import MessageProcessor
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import UserUttered
@@ -16,48 +15,17 @@ from rasa.utils.endpoints import EndpointConfig
 from rasa_sdk import Action
 from rasa_sdk.executor import ActionExecutor, CollectingDispatcher
 
-from connectors.servicenow import ServiceNowInput
-from connectors.servicenow.channel import OutOfBandOutput
-from connectors.servicenow.frontdoor import TurnCollector
 from connectors.servicenow.config import ServiceNowSettings
+from connectors.servicenow.core.ending import EndReason
 from connectors.servicenow.errors import ConfigurationError
-from connectors.servicenow.handback import END_REASON_ENTITY, HandBackTurn, user_message_event
-from connectors.servicenow.handoff import EndReason
 from connectors.servicenow.payloads import UserPayload
-from connectors.servicenow.texts import UserTexts
+from connectors.servicenow.rasa_glue.handback import END_REASON_ENTITY, HandBackTurn
+from connectors.servicenow.rasa_glue.output import TurnCollector
+from connectors.servicenow.rasa_glue.slots import TrackerSlots, cleared_slot_events, ended_events, user_message_event
+from tests.unit.support import BASE, GROUP, LEAVE, SESSIONS, TEXTS, close, new_channel
 
-BASE = "https://acme.service-now.com"
-GROUP = "c" * 32
-SESSIONS = f"{BASE}/api/now/connect/support/queues/q1/sessions"
-LEAVE = f"{BASE}/api/now/connect/support/sessions/{GROUP}/leave"
 ACTIONS = "http://actions.test/webhook"
-TEXTS = UserTexts()
 MINIMAL = {"instance_url": BASE, "queue_id": "q", "username": "u", "password": "p"}
-
-
-@pytest.fixture
-async def agent(demo_model):
-    return await load_agent(model_path=str(demo_model))
-
-
-def make_channel(agent, **options):
-    channel = ServiceNowInput.from_credentials(
-        {
-            "instance_url": BASE, "username": "rasa.integration", "password": "pw", "queue_id": "q1",
-            "poll_interval": 600, "idle_poll_interval": 600, "session_check_interval": 600,
-            "retry_attempts": 2, "retry_backoff": 0, **options,
-        }
-    )
-    channel.bind(SimpleNamespace(ctx=SimpleNamespace(agent=agent)))
-    return channel
-
-
-@pytest.fixture
-async def channel(agent):
-    channel = make_channel(agent)
-    yield channel
-    await channel.handoffs.shutdown(timeout=1)
-    await channel.http.aclose()
 
 
 async def say(channel, agent, text, sender="u1"):
@@ -122,14 +90,14 @@ async def test_a_custom_action_ends_the_handoff_out_of_band(channel, agent):
     with aioresponses() as mock:
         mock.post(SESSIONS, payload={"result": {"group": GROUP, "state": 1}})
         await say(channel, agent, "talk to live agent")
-        assert channel.handoffs.registry.get("u1") is not None
+        assert channel.core.registry.get("u1") is not None
         mock.post(LEAVE, status=200, payload={})
         # As in a reminder or Rasa's HTTP API: the channel's own output channel.
-        await run_custom_action(agent, ActionEndHandoff(), OutOfBandOutput(channel), mock=mock)
-        [ending] = list(channel._background)
+        await run_custom_action(agent, ActionEndHandoff(), channel.get_output_channel(), mock=mock)
+        [ending] = list(channel.core.work)
         await ending
 
-    assert channel.handoffs.registry.get("u1") is None
+    assert channel.core.registry.get("u1") is None
     tracker = await agent.tracker_store.retrieve("u1")
     assert tracker.get_slot("handoff_active") is False
     assert tracker.get_slot("handoff_end_reason") == EndReason.BOT_ENDED.value
@@ -171,7 +139,7 @@ async def test_a_bot_without_the_intent_keeps_working_and_says_so_once(agent, ca
     assert "handoff_ended" not in older.intents
     fake = SimpleNamespace(domain=older)
     turn = HandBackTurn(lambda: fake)
-    with caplog.at_level(logging.INFO, logger="connectors.servicenow.handback"):
+    with caplog.at_level(logging.INFO, logger="connectors.servicenow.rasa_glue.handback"):
         assert turn.enabled(fake) is False
         assert turn.enabled(fake) is False
     assert sum("no intent 'handoff_ended'" in record.getMessage() for record in caplog.records) == 1
@@ -179,7 +147,7 @@ async def test_a_bot_without_the_intent_keeps_working_and_says_so_once(agent, ca
 
 
 async def test_without_the_intent_an_end_runs_no_turn(agent):
-    channel = make_channel(agent, handback_intent="not_in_the_domain")
+    channel = new_channel(agent, handback_intent="not_in_the_domain")
     try:
         with aioresponses() as mock:
             mock.post(SESSIONS, payload={"result": {"group": GROUP, "state": 1}})
@@ -192,13 +160,12 @@ async def test_without_the_intent_an_end_runs_no_turn(agent):
         assert tracker.get_slot("handoff_end_reason") == "user_ended"  # the tracker still shows why
         assert (await say(channel, agent, "hi", sender="u2"))[0]["text"].startswith("Hello!")
     finally:
-        await channel.handoffs.shutdown(timeout=1)
-        await channel.http.aclose()
+        await close(channel)
 
 
 async def test_hand_back_can_be_called_with_any_reason(channel, agent):
     """The entry point for ends without a chat (a refusal, business hours)."""
-    replies = await channel.handoffs.hand_back("u3", "outside_hours", in_request=True)
+    replies = await channel.core.handback.run("u3", "outside_hours", in_request=True)
     assert replies == []  # the demo's rule for other reasons listens
     tracker = await agent.tracker_store.retrieve("u3")
     [turn] = hand_back_turns(tracker)
@@ -207,7 +174,7 @@ async def test_hand_back_can_be_called_with_any_reason(channel, agent):
 
 
 async def test_the_agent_closing_asks_for_a_rating_out_of_band(channel, agent):
-    replies = await channel.handoffs.hand_back("u4", EndReason.AGENT_CLOSED, in_request=True)
+    replies = await channel.core.handback.run("u4", EndReason.AGENT_CLOSED.value, in_request=True)
     assert [reply["text"] for reply in replies] == ["How was your chat with the agent?"]
 
 
@@ -232,16 +199,13 @@ async def test_the_optional_slots_are_written_only_when_the_domain_declares_them
     from rasa.core.lock_store import InMemoryLockStore
     from rasa.core.tracker_store import InMemoryTrackerStore
 
-    from connectors.servicenow.handback import ended_events
-    from connectors.servicenow.state import TrackerSlots, cleared_slot_events
-
     domain = Domain.from_dict(
         {"slots": {"handoff_active": {"type": "bool", "influence_conversation": False, "mappings": [{"type": "custom"}]}}}
     )
     store = InMemoryTrackerStore(domain)
     fake = SimpleNamespace(domain=domain, tracker_store=store, lock_store=InMemoryLockStore(), processor=None)
     with caplog.at_level(logging.ERROR):
-        await TrackerSlots(lambda: fake).write("u1", cleared_slot_events()[:1] + ended_events("agent_closed"))
+        await TrackerSlots(lambda: fake, "connect").write("u1", cleared_slot_events()[:1] + ended_events("agent_closed"))
     tracker = await store.retrieve("u1")
     assert [(e.key, e.value) for e in tracker.events] == [("handoff_active", False)]
     assert not [r for r in caplog.records if "non existent slot" in r.getMessage()]

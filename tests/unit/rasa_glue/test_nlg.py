@@ -16,7 +16,7 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SlotSet
 from rasa.utils.endpoints import EndpointConfig
 
-from connectors.servicenow.speech import Line, Speech, fill
+from connectors.servicenow.rasa_glue.nlg import Line, Speech, fill
 from connectors.servicenow.texts import UserTexts, response_name, text_names
 
 DOMAIN_YAML = """
@@ -183,10 +183,10 @@ class SlowNLG(NaturalLanguageGenerator):
 async def test_a_failing_nlg_falls_back_with_a_warning_without_the_body(caplog):
     agent = await agent_with(BrokenNLG(), language="de")
     speech = Speech(UserTexts(), lambda: agent)
-    with caplog.at_level(logging.WARNING, logger="connectors.servicenow.speech"):
+    with caplog.at_level(logging.WARNING, logger="connectors.servicenow.rasa_glue.nlg"):
         assert texts_of(await speech.say("u1", "agent_closed")) == [UserTexts().agent_closed]
         assert texts_of(await speech.say("u1", "agent_closed")) == [UserTexts().agent_closed]
-    warnings = [record.getMessage() for record in caplog.records if record.name == "connectors.servicenow.speech"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "connectors.servicenow.rasa_glue.nlg"]
     assert len(warnings) == 1  # once a minute per name, not once per notice
     assert "utter_servicenow_agent_closed" in warnings[0] and "RuntimeError" in warnings[0]
     assert "secret" not in caplog.text

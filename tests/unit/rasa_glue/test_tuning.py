@@ -9,7 +9,7 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import ActionExecuted, BotUttered, Event, SlotSet, UserUttered
 from rasa.shared.utils.common import all_subclasses
 
-from connectors.servicenow.rasa_tuning import (
+from connectors.servicenow.rasa_glue.tuning import (
     _RASA_RESOLVE_BY_TYPE,
     cache_event_class_lookup,
     freeze_startup_heap,

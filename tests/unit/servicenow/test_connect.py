@@ -7,12 +7,12 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from connectors.servicenow.backends.base import AgentMessage, ChatClosed, CloseReason, HandoffRequest, SystemNotice
-from connectors.servicenow.backends.connect import ConnectBackend
-from connectors.servicenow.backends.http import ServiceNowHTTP
+from connectors.servicenow.servicenow.base import AgentMessage, ChatClosed, CloseReason, HandoffRequest, SystemNotice
+from connectors.servicenow.servicenow.connect import ConnectBackend
+from connectors.servicenow.servicenow.http import ServiceNowHTTP
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ServiceNowRejected
-from connectors.servicenow.state import LiveChat
+from connectors.servicenow.core.chat import LiveChat
 
 BASE = "https://acme.service-now.com"
 GROUP = "g" * 32
@@ -70,7 +70,7 @@ async def test_first_poll_reads_the_whole_thread_and_filters_own_messages_and_wo
     ]
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": thread})
-        result = await backend.poll(chat())
+        result = await backend.poll(chat().ref, chat().cursor)
     assert result.requests == 1  # a short page is the whole thread
     assert result.events == [
         SystemNotice("m2", "Beth Anglin has joined the support session", 2000),
@@ -85,14 +85,14 @@ async def test_messages_sharing_a_timestamp_are_each_delivered_once_in_order(bac
     page = [message("b", 6000, "second"), message("a", 6000, "first"), message("m1", 5000, "old")]
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
-        first = await backend.poll(state)
+        first = await backend.poll(state.ref, state.cursor)
     assert [event.text for event in first.events] == ["first", "second"]
 
     state.last_updated, state.seen_ids = first.last_updated, tuple(first.seen_ids)
     page = [message("c", 6000, "third")] + page  # a third one in the same millisecond, committed later
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
-        second = await backend.poll(state)
+        second = await backend.poll(state.ref, state.cursor)
     assert [event.text for event in second.events] == ["third"]
 
 
@@ -101,7 +101,7 @@ async def test_a_late_commit_with_an_older_timestamp_is_still_delivered(backend)
     page = [message("x", 10_000, "newest"), message("late", 9_500, "late one")]
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
-        result = await backend.poll(state)
+        result = await backend.poll(state.ref, state.cursor)
     assert [event.text for event in result.events] == ["late one"]
 
 
@@ -114,7 +114,7 @@ async def test_a_backlog_larger_than_a_page_is_paged_back_to_the_cursor(backend)
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": newest_page})
         mock.get(MESSAGES, payload={"result": older_page})
-        result = await backend.poll(state)
+        result = await backend.poll(state.ref, state.cursor)
         requests = mock.requests[("GET", aiohttp.client.URL(f"{BASE}/api/now/connect/conversations/{GROUP}/messages"))]
         second = mock.requests[("GET", aiohttp.client.URL(f"{BASE}/api/now/connect/conversations/{GROUP}/messages?before=1007"))]
     assert len(requests) == 1 and len(second) == 1
@@ -126,7 +126,7 @@ async def test_a_quiet_chat_costs_one_request_per_poll(backend):
     state = chat(last_updated=1000, seen_ids=("m1",))
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": [message("m1", 1000, "request", author="rasa.integration")]})
-        result = await backend.poll(state)
+        result = await backend.poll(state.ref, state.cursor)
     assert result.events == [] and result.requests == 1
 
 
@@ -148,7 +148,7 @@ async def test_system_end_messages_close_the_chat_and_nothing_after_them_is_deli
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
         mock.get(SESSIONS_QUERY, payload={"result": [{"group": GROUP, "state": 3, "transfer_state": ""}]})
-        result = await backend.poll(state)
+        result = await backend.poll(state.ref, state.cursor)
     assert result.events == [
         AgentMessage("bye", "Bye!", "Beth Anglin", 1500),
         ChatClosed(CloseReason.AGENT_CLOSED, text, "end", 2000),
@@ -165,7 +165,7 @@ async def test_a_transfer_announced_in_one_batch_is_not_an_end(backend):
     ]
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
-        result = await backend.poll(state)
+        result = await backend.poll(state.ref, state.cursor)
     assert [type(event).__name__ for event in result.events] == ["SystemNotice", "SystemNotice", "AgentMessage"]
 
 
@@ -178,7 +178,7 @@ async def test_a_lone_left_text_during_a_transfer_is_confirmed_with_the_session_
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
         mock.get(SESSIONS_QUERY, payload={"result": [{"group": GROUP, "state": 2, "transfer_state": "pending"}]})
-        result = await backend.poll(state)
+        result = await backend.poll(state.ref, state.cursor)
     assert result.events == [SystemNotice("left", "Beth Anglin has left the support session", 2000)]
 
 
@@ -186,20 +186,20 @@ async def test_a_lone_left_text_during_a_transfer_is_confirmed_with_the_session_
 async def test_session_state_shows_a_closed_chat(backend, state, reason):
     with aioresponses() as mock:
         mock.get(re.compile(rf"^{BASE}/api/now/connect/support/sessions\?group_id={GROUP}$"), payload={"result": [{"group": GROUP, "state": state}]})
-        assert await backend.check_closed(chat()) == ChatClosed(reason)
+        assert await backend.check_closed(chat().ref) == ChatClosed(reason)
 
 
 async def test_open_session_is_not_closed(backend):
     with aioresponses() as mock:
         mock.get(re.compile(rf"^{BASE}/api/now/connect/support/sessions\?"), payload={"result": [{"group": GROUP, "state": 2}]})
-        assert await backend.check_closed(chat()) is None
+        assert await backend.check_closed(chat().ref) is None
 
 
 async def test_an_unreadable_thread_of_a_closed_session_is_an_end_not_a_fault(backend):
     with aioresponses() as mock:
         mock.get(MESSAGES, status=403, payload={"result": "restricted"})
         mock.get(re.compile(rf"^{BASE}/api/now/connect/support/sessions\?"), payload={"result": [{"group": GROUP, "state": 3}]})
-        result = await backend.poll(chat())
+        result = await backend.poll(chat().ref, chat().cursor)
     assert result.events == [ChatClosed(CloseReason.AGENT_CLOSED)]
 
 
@@ -208,7 +208,7 @@ async def test_an_unreadable_thread_of_an_open_session_is_a_fault(backend):
         mock.get(MESSAGES, status=403, payload={"result": "restricted"})
         mock.get(re.compile(rf"^{BASE}/api/now/connect/support/sessions\?"), payload={"result": [{"group": GROUP, "state": 2}]})
         with pytest.raises(ServiceNowRejected):
-            await backend.poll(chat())
+            await backend.poll(chat().ref, chat().cursor)
 
 
 async def test_send_and_leave_use_the_conversation(backend):
@@ -217,8 +217,8 @@ async def test_send_and_leave_use_the_conversation(backend):
         leave_url = f"{BASE}/api/now/connect/support/sessions/{GROUP}/leave"
         mock.post(send_url, payload={"result": message("s1", 7000, "thanks", author="rasa.integration")})
         mock.post(leave_url, payload={"result": {"group": GROUP, "state": 7}})
-        sent = await backend.send(chat(), "thanks")
-        await backend.leave(chat())
+        sent = await backend.send(chat().ref, "thanks")
+        await backend.leave(chat().ref)
         assert json.loads(mock.requests[("POST", aiohttp.client.URL(send_url))][0].kwargs["data"]) == {"message": "thanks"}
         assert ("POST", aiohttp.client.URL(leave_url)) in mock.requests
     assert (sent.message_id, sent.timestamp) == ("s1", 7000)
@@ -241,7 +241,7 @@ async def test_client_credentials_learn_the_integration_user_from_the_thread():
 
 
 def test_mention_and_link_markup_become_plain_text():
-    from connectors.servicenow.backends.connect import _plain_text
+    from connectors.servicenow.servicenow.connect import _plain_text
 
     formatted = {"message": "", "formatted_message": "@M[abc|Beth] see @L[https://kb/1|KB1]"}
     assert _plain_text(formatted) == "Beth see KB1 (https://kb/1)"
@@ -253,7 +253,7 @@ async def test_a_first_poll_that_finds_a_full_page_reads_older_pages(backend):
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": newest})
         mock.get(MESSAGES, payload={"result": older})
-        result = await backend.poll(chat())
+        result = await backend.poll(chat().ref, chat().cursor)
     assert [event.text for event in result.events] == [f"msg {i}" for i in range(1, 41)]
     assert result.requests == 2
 
@@ -267,7 +267,7 @@ from connectors.servicenow.errors import UnsafeChatId  # noqa: E402
 async def test_a_malformed_chat_id_from_the_tracker_is_never_put_into_a_url(backend, chat_id):
     crafted = LiveChat(sender_id="u1", chat_id=chat_id, user="rasa.integration")
     with aioresponses() as mock:
-        for call in (backend.send(crafted, "hi"), backend.leave(crafted), backend.poll(crafted), backend.check_closed(crafted)):
+        for call in (backend.send(crafted.ref, "hi"), backend.leave(crafted.ref), backend.poll(crafted.ref, crafted.cursor), backend.check_closed(crafted.ref)):
             with pytest.raises(UnsafeChatId):
                 await call
         assert not mock.requests
@@ -313,10 +313,10 @@ async def test_the_queue_status_of_a_waiting_chat(backend):
     entry = {"group": GROUP, "state": 1, "position": 3, "wait_time": "42", "average_wait_time": "120"}
     with aioresponses() as mock:
         mock.get(sessions, payload={"result": [entry]})
-        status = await backend.queue_status(chat())
+        status = await backend.queue_status(chat().ref)
         assert (status.waiting, status.position, status.wait_time) == (True, 3, "120")
         mock.get(sessions, payload={"result": [{**entry, "state": 2, "position": 0}]})
-        assert (await backend.queue_status(chat())).waiting is False
+        assert (await backend.queue_status(chat().ref)).waiting is False
         mock.get(sessions, payload={"result": [{**entry, "position": 0, "average_wait_time": "0"}]})
-        status = await backend.queue_status(chat())
+        status = await backend.queue_status(chat().ref)
         assert (status.waiting, status.position, status.wait_time) == (True, None, "0")

@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from connectors.servicenow.backends.auth import OAuth2
-from connectors.servicenow.backends.http import ServiceNowHTTP
+from connectors.servicenow.servicenow.auth import OAuth2
+from connectors.servicenow.servicenow.http import ServiceNowHTTP
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import AuthenticationFailed, ServiceNowRejected, ServiceNowUnavailable
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from connectors.servicenow.backends.base import (
+from connectors.servicenow.servicenow.base import (
     AgentJoined,
     AgentMessage,
     AgentTyping,
@@ -20,12 +20,11 @@ from connectors.servicenow.backends.base import (
     SystemNotice,
     Turn,
 )
-from connectors.servicenow.backends.http import ServiceNowHTTP
-from connectors.servicenow.backends.virtual_agent import SENDER_VARIABLE, CallbackError, VirtualAgentBackend
-from connectors.servicenow.channel import callback_authorized
+from connectors.servicenow.servicenow.http import ServiceNowHTTP
+from connectors.servicenow.servicenow.virtual_agent import SENDER_VARIABLE, CallbackError, VirtualAgentBackend
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ServiceNowRejected
-from connectors.servicenow.state import LiveChat
+from connectors.servicenow.core.chat import LiveChat
 
 BASE = "https://acme.service-now.com"
 URL = BASE + "/api/sn_va_as_service/bot/integration"
@@ -104,7 +103,7 @@ async def test_message_auth_sends_the_token_and_the_signature_of_the_exact_body(
     backend = backend_factory(message_token="tok", message_hash_secret="hash")
     with aioresponses() as mock:
         mock.post(URL, payload={"status": "success"})
-        await backend.send(CHAT, "hello")
+        await backend.send(CHAT.ref, "hello")
         call = mock.requests[("POST", aiohttp.client.URL(URL))][0]
     raw = call.kwargs["data"]
     assert call.kwargs["headers"]["token"] == "tok"
@@ -116,18 +115,18 @@ async def test_a_failure_status_is_a_rejection(backend_factory):
     with aioresponses() as mock:
         mock.post(URL, payload={"status": "failure", "error": {"message": "Invalid userId"}})
         with pytest.raises(ServiceNowRejected, match="refused"):
-            await backend_factory().send(CHAT, "hello")
+            await backend_factory().send(CHAT.ref, "hello")
 
 
 @pytest.mark.parametrize(
     "call, expected",
     [
-        (lambda b: b.leave(CHAT), {"action": "END_CONVERSATION", "message_text": ""}),
-        (lambda b: b.abort(CHAT, "EXTERNAL_FAILURE"), {"action": "FAULT_CONVERSATION", "cause": "EXTERNAL_FAILURE"}),
-        (lambda b: b.send_typing(CHAT, True), {"action": "TYPING"}),
-        (lambda b: b.send_typing(CHAT, False), {"action": "VIEWING"}),
-        (lambda b: b.report_delivery(CHAT, "m1", True), {"action": "UPDATE_MESSAGES", "message": {"id": "m1", "status": "sent_to_user", "typed": True}}),
-        (lambda b: b.report_delivery(CHAT, "m1", False), {"action": "UPDATE_MESSAGES", "message": {"id": "m1", "status": "external_error", "typed": True}}),
+        (lambda b: b.leave(CHAT.ref), {"action": "END_CONVERSATION", "message_text": ""}),
+        (lambda b: b.abort(CHAT.ref, "EXTERNAL_FAILURE"), {"action": "FAULT_CONVERSATION", "cause": "EXTERNAL_FAILURE"}),
+        (lambda b: b.send_typing(CHAT.ref, True), {"action": "TYPING"}),
+        (lambda b: b.send_typing(CHAT.ref, False), {"action": "VIEWING"}),
+        (lambda b: b.report_delivery(CHAT.ref, "m1", True), {"action": "UPDATE_MESSAGES", "message": {"id": "m1", "status": "sent_to_user", "typed": True}}),
+        (lambda b: b.report_delivery(CHAT.ref, "m1", False), {"action": "UPDATE_MESSAGES", "message": {"id": "m1", "status": "external_error", "typed": True}}),
     ],
 )
 async def test_actions(backend_factory, call, expected):
@@ -243,21 +242,6 @@ def test_malformed_callbacks_are_refused(payload):
         parse(payload)
 
 
-def test_callback_credentials_are_checked():
-    secret_only = ServiceNowSettings.from_credentials(OPTIONS)
-    assert callback_authorized(secret_only, {"X-Webhook-Secret": "s3cret"})
-    assert not callback_authorized(secret_only, {"X-Webhook-Secret": "wrong"})
-    assert not callback_authorized(secret_only, {})
-    basic = ServiceNowSettings.from_credentials(
-        {**OPTIONS, "webhook_secret": "", "webhook_username": "servicenow", "webhook_password": "pw"}
-    )
-    good = "Basic " + base64.b64encode(b"servicenow:pw").decode()
-    bad = "Basic " + base64.b64encode(b"servicenow:nope").decode()
-    assert callback_authorized(basic, {"Authorization": good})
-    assert not callback_authorized(basic, {"Authorization": bad})
-    assert not callback_authorized(basic, {"Authorization": "Basic !!!"})
-
-
 # -- hostile callbacks: parse_callback is total ---------------------------------
 
 import random  # noqa: E402
@@ -352,20 +336,7 @@ async def test_a_malformed_chat_id_from_the_tracker_is_never_sent(backend_factor
     crafted = LiveChat(sender_id="rasa-user", chat_id="c1\", \"action\": \"x", user="abel.tuter")
     with aioresponses() as mock:
         with pytest.raises(UnsafeChatId):
-            await backend.send(crafted, "hello")
+            await backend.send(crafted.ref, "hello")
         with pytest.raises(UnsafeChatId):
-            await backend.leave(crafted)
+            await backend.leave(crafted.ref)
         assert not mock.requests
-
-
-@pytest.mark.parametrize("value", ["\udcff\udcfe", "s3cret\udc80", "é", "\ud800", "s3cret\x00"])
-def test_callback_credentials_with_bytes_that_are_not_utf8_are_refused_not_a_crash(value):
-    # Sanic hands over non-UTF-8 header bytes as lone surrogates.
-    secret_only = ServiceNowSettings.from_credentials(OPTIONS)
-    assert not callback_authorized(secret_only, {"X-Webhook-Secret": value})
-    basic = ServiceNowSettings.from_credentials(
-        {**OPTIONS, "webhook_secret": "", "webhook_username": "servicenow", "webhook_password": "pw"}
-    )
-    assert not callback_authorized(basic, {"Authorization": "Basic " + value})
-    encoded = base64.b64encode(("servicenow:pw" + value).encode("utf-8", "surrogatepass")).decode()
-    assert not callback_authorized(basic, {"Authorization": "Basic " + encoded})

@@ -8,8 +8,7 @@ import aiohttp
 from aioresponses import aioresponses
 
 from connectors.servicenow.config import RetryPolicy
-from connectors.servicenow.outbox.base import HANDOFF_EVENT
-from connectors.servicenow.outbox.base import status_item
+from connectors.servicenow.outbox.base import HANDOFF_EVENT, status_item
 from connectors.servicenow.store.keys import CALLBACK_SINK
 from tests.unit.outbox.conftest import CALLBACK, message
 
@@ -119,3 +118,26 @@ async def test_a_refused_callback_leaves_the_backlog_without_a_delivery(replicas
         await a.put("u1", [message("one")])
         await posters_done(a)
     assert delivered == [] and a.callback_backlog == 0
+
+
+async def test_the_backlog_counts_callback_posts_not_yet_answered(outboxes):
+    outbox = outboxes(callback_url=CALLBACK)
+    answer = asyncio.Event()
+
+    async def held(url, **kwargs):
+        await answer.wait()
+
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200, repeat=True, callback=held)
+        assert outbox.callback_backlog == 0
+        await outbox.put("u1", [message("one"), message("two")])
+        await outbox.put("u2", [message("three", "u2")])
+
+        async def owed(count):
+            while outbox.callback_backlog != count:
+                await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+
+        await asyncio.wait_for(owed(3), 5)
+        answer.set()
+        await asyncio.wait_for(owed(0), 5)
+        await posters_done(outbox)
