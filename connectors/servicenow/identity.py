@@ -12,7 +12,7 @@ the frontend is trusted (``trust_frontend_metadata``). Otherwise the sender id
 is the user and nothing else is claimed.
 """
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jwt
 
@@ -73,7 +73,7 @@ def requester_of(
 ) -> Requester:
     """Claims first; then, per field, metadata when the frontend is trusted;
     otherwise the sender id as the user and no email or name."""
-    sources = []
+    sources: List[Tuple[Mapping[str, Any], Tuple[str, ...], Tuple[str, ...], Tuple[str, ...]]] = []
     if claims:
         sources.append((claims, USER_ID_CLAIMS, EMAIL_CLAIMS, NAME_CLAIMS))
     if trust_metadata:

@@ -177,8 +177,8 @@ class HTTPRoutes:
             return error_response(error)
         agent = self.core.agent()
         if agent is None or not agent.is_ready():
-            error = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
-            return response.json(error.body(), status=503)
+            not_ready = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
+            return response.json(not_ready.body(), status=503)
         # A task of its own, so that a client hanging up (Sanic then
         # cancels this handler) cannot cut a handoff's start or end in half.
         turn = self.core.work.spawn(self.handle(payload, on_new_message, claims))

@@ -65,6 +65,7 @@ class ServiceNowSocketIOInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> InputChannel:
         if not credentials:
             cls.raise_missing_credentials_exception()
+        credentials = credentials or {}
         socket = SocketIOSettings.from_credentials(credentials)
         settings = ServiceNowSettings.from_credentials(
             {key: value for key, value in credentials.items() if key not in SOCKETIO_DEFAULTS}

@@ -34,7 +34,7 @@ class ServiceNowInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> InputChannel:
         if not credentials:
             cls.raise_missing_credentials_exception()
-        settings = ServiceNowSettings.from_credentials(credentials)
+        settings = ServiceNowSettings.from_credentials(credentials or {})
         if settings.log_format == "json":
             use_json_logs()
         return cls(settings)

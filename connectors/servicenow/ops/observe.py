@@ -118,9 +118,11 @@ class Observer:
         """The handoff ended for ``reason`` (``handoff.EndReason`` values)."""
         timing = self._timings.pop(chat_id, None)
         now = self._clock()
-        known = timing is not None and not timing.resumed
-        duration = now - timing.started if known else None
-        time_to_agent = timing.agent_joined - timing.started if known and timing.agent_joined is not None else None
+        known = timing if timing is not None and not timing.resumed else None
+        duration = now - known.started if known is not None else None
+        time_to_agent = (
+            known.agent_joined - known.started if known is not None and known.agent_joined is not None else None
+        )
         if self.metrics is not None:
             self.metrics.handoffs_ended.labels(reason).inc()
             if duration is not None:
@@ -128,7 +130,7 @@ class Observer:
         logger.info(
             "Handoff ended (%s): conversation %s left ServiceNow chat %s (chat duration %s, time to agent %s).",
             reason, loggable(sender_id), loggable(chat_id), _text(duration),
-            "none joined" if known and timing.agent_joined is None else _text(time_to_agent),
+            "none joined" if known is not None and known.agent_joined is None else _text(time_to_agent),
             extra={
                 "event": "handoff_ended", "sender_id": sender_id, "chat_id": chat_id, "reason": reason,
                 "chat_duration_s": _rounded(duration), "time_to_agent_s": _rounded(time_to_agent),

@@ -54,7 +54,7 @@ class Line:
     placeholders: Mapping[str, Any] = field(default_factory=dict)
 
 
-class _KeepUnknown(dict):
+class _KeepUnknown(Dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
 

@@ -61,11 +61,11 @@ def cache_event_class_lookup() -> bool:
         Event.__dict__["resolve_by_type"].__func__, _EventClassCache
     ):
         return False
-    Event.resolve_by_type = staticmethod(_EventClassCache())  # type: ignore[assignment]
+    Event.resolve_by_type = staticmethod(_EventClassCache())
     logger.info("Rasa's event class lookup is cached (cache_event_classes).")
     return True
 
 
 def uncache_event_class_lookup() -> None:
     """Put Rasa's own lookup back (tests)."""
-    Event.resolve_by_type = staticmethod(_RASA_RESOLVE_BY_TYPE)  # type: ignore[assignment]
+    Event.resolve_by_type = staticmethod(_RASA_RESOLVE_BY_TYPE)

@@ -17,7 +17,7 @@ committed after a newer one was already read.
 
 import logging
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import quote, urljoin
 
 from connectors.servicenow.attachments import (
@@ -191,7 +191,8 @@ class ConnectBackend(Backend):
         entry = await self._session_entry(chat)
         if entry is None:
             return ChatClosed(CloseReason.NOT_FOUND)
-        reason = CLOSED_STATES.get(_int_or_none(entry.get("state")))
+        state = _int_or_none(entry.get("state"))
+        reason = CLOSED_STATES.get(state) if state is not None else None
         return ChatClosed(reason) if reason else None
 
     async def _session_entry(self, chat: ChatRef) -> Optional[Dict[str, Any]]:
@@ -248,7 +249,7 @@ class ConnectBackend(Backend):
         share a timestamp would otherwise skip some of them.
         """
         fetched: List[Dict[str, Any]] = []
-        fetched_ids = set()
+        fetched_ids: Set[str] = set()
         before: Optional[float] = None
         requests = 0
         while True:
@@ -363,7 +364,7 @@ def _is_new(message: Dict[str, Any], cursor: Cursor) -> bool:
 
 def _seen_ids(
     fetched: Sequence[Dict[str, Any]], previous: Sequence[str], last_updated: Optional[float]
-) -> tuple:
+) -> Tuple[str, ...]:
     """Ids inside the late-commit window, newest first, then older ones still remembered."""
     floor = (last_updated or 0.0) - LATE_COMMIT_WINDOW_MS
     recent = [

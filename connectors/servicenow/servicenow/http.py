@@ -66,7 +66,7 @@ class ServiceNowHTTP:
         timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._session = LazySession(
             lambda: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=settings.max_connections, ssl=None if settings.verify_tls else False),
+                connector=aiohttp.TCPConnector(limit=settings.max_connections, ssl=settings.verify_tls),
                 timeout=timeout,
                 headers={"User-Agent": "rasa-servicenow-handoff"},
             )
