@@ -3,14 +3,9 @@ cursor and its coalesced tracker save, the end of the chat, delivery reports."""
 
 import asyncio
 import dataclasses
-from typing import List
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
-from connectors.servicenow.core.intake import DeliveryReports, Dispatcher
-from connectors.servicenow.ops.observe import Observer
-from connectors.servicenow.outbox.stream import Outbox
-from connectors.servicenow.rasa_glue.pending import PendingWrites
 from connectors.servicenow.rasa_glue.slots import SLOT_LAST_UPDATED, SLOT_SEEN_IDS
 from connectors.servicenow.servicenow.base import (
     AgentJoined,
@@ -21,8 +16,7 @@ from connectors.servicenow.servicenow.base import (
     PollResult,
     SystemNotice,
 )
-from connectors.servicenow.store import MemoryStore
-from connectors.servicenow.tasks import TaskSet
+from tests.unit.core.helpers import PullBackend, PushBackend, Recorder, RecordingSlots, Relay, make_relay, streamed, two_stores
 
 SETTINGS = ServiceNowSettings.from_credentials(
     {
@@ -30,89 +24,6 @@ SETTINGS = ServiceNowSettings.from_credentials(
         "poll_interval": 1, "idle_poll_interval": 10, "idle_after": 60, "session_check_interval": 30,
     }
 )
-
-
-class RecordingSlots:
-    def __init__(self):
-        self.writes: List[list] = []
-
-    async def write(self, sender_id, events):
-        self.writes.append(list(events))
-
-
-class Recorder:
-    def __init__(self):
-        self.closed = []
-        self.failed = []
-
-    async def on_closed(self, chat, event):
-        self.closed.append(event)
-
-    async def on_failed(self, chat, error):
-        self.failed.append(error)
-
-
-class PushBackend:
-    api = "virtual_agent"
-    pulls = False
-
-    def __init__(self):
-        self.reports = []
-        self.reported = asyncio.Event()
-
-    async def report_delivery(self, chat, message_id, delivered):
-        self.reports.append((message_id, delivered))
-        self.reported.set()
-
-
-class PullBackend(PushBackend):
-    api = "connect"
-    pulls = True
-
-
-class Relay:
-    """A dispatcher with what it needs: an outbox on the memory store, tracker
-    writes recorded, the end of the chat recorded."""
-
-    def __init__(self, backend, settings, slots, recorder, store=None):
-        self.store = store if store is not None else MemoryStore()
-        self.work = TaskSet()
-        self.backend = backend
-        self.reports = DeliveryReports(settings, self.store, backend, self.work)
-        self.outbox = Outbox(self.store, None, owner="r1", on_taken=self.reports.taken)
-        self.pending = PendingWrites(slots)
-
-        async def progressed(chat):
-            pass
-
-        self.dispatcher = Dispatcher(
-            settings, backend, self.store, self.outbox, self.pending, Observer(), self.work,
-            on_closed=recorder.on_closed, on_progress=progressed,
-        )
-        self.dispatch = self.dispatcher.dispatch
-
-    async def flush(self, chat):
-        await self.pending.flush(chat.sender_id)
-
-    def take_unsaved(self, chat):
-        return self.pending.take(chat.sender_id)
-
-    async def stop(self):
-        await self.work.wait(5)
-        await self.pending.stop()
-
-
-def make_relay(backend=None, settings=SETTINGS):
-    slots, recorder = RecordingSlots(), Recorder()
-    relay = Relay(backend or PullBackend(), settings, slots, recorder)
-    return relay, relay.outbox, slots, recorder
-
-
-async def streamed(outbox, count):
-    subscription = outbox.subscribe("u1")
-    items = [await subscription.next(heartbeat=1) for _ in range(count)]
-    subscription.close()
-    return items
 
 
 async def test_pushed_events_are_delivered_in_order_and_repeats_dropped():
@@ -297,3 +208,21 @@ async def test_the_end_of_a_handoff_takes_the_unsaved_events_so_none_land_after_
     assert [event.text for event in taken if event.type_name == "bot"] == ["hi"]
     await relay.stop()
     assert slots.writes == []  # nothing left to save on its own
+
+
+async def test_a_polled_agent_message_seen_by_two_replicas_is_delivered_once(redis_server):
+    # A poller that took over from a cursor saved a moment too early sees
+    # the same message again: the store's claim drops it.
+    store_a, store_b = two_stores(redis_server)
+    relays = []
+    for store in (store_a, store_b):
+        relay = Relay(PullBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store)
+        relays.append(relay)
+        chat = LiveChat(sender_id="u1", chat_id="c1")
+        message = AgentMessage("m1", "hello", "Beth", 1000)
+        await relay.dispatch(chat, [message], PollResult([message], 1000, ("m1",)).cursor)
+    assert [entry.payload["text"] for entry in await store_a.read("u1")] == ["hello"]
+    for relay in relays:
+        await relay.stop()
+    await store_a.aclose()
+    await store_b.aclose()

@@ -1,13 +1,21 @@
 """The router: a user's turn, with the demo model loaded in process and
-ServiceNow (Connect) mocked with aioresponses."""
+ServiceNow (Connect) mocked with aioresponses. A file in a turn: outside a
+handoff the bot gets it in the metadata; a handoff that a file alone opens
+names the request after the file; during a handoff it goes to the agent or
+is refused with the user told."""
 
 import asyncio
+import json
 from unittest.mock import AsyncMock
 
 import aiohttp
 from aioresponses import aioresponses
 
-from tests.unit.support import GROUP, LEAVE, MESSAGES, SESSIONS, TEXTS, body_of, say, slots, start
+from connectors.servicenow.attachments import UserAttachment
+from connectors.servicenow.payloads import UserPayload
+from connectors.servicenow.rasa_glue.output import HANDOFF_PAYLOAD_KEY
+from tests.unit.core.helpers import start_live
+from tests.unit.support import GROUP, LEAVE, MESSAGES, SESSIONS, TEXTS, body_of, close, new_channel, say, slots, start
 
 
 async def test_outside_a_handoff_the_bot_answers(channel, rasa_turn):
@@ -132,3 +140,83 @@ async def test_a_german_conversation_hears_the_domains_german_notices_with_their
     assert "{last_message_at}" not in lost
     assert undelivered == "Ihre letzte Nachricht konnte dem Mitarbeiter nicht zugestellt werden."
     assert (await slots(agent))["handoff_active"] is False
+
+
+async def test_a_message_sent_while_the_bot_decides_on_the_handoff_goes_to_the_agent(channels, rasa_turn, agent):
+    channel = channels()
+    deciding, decide = asyncio.Event(), asyncio.Event()
+
+    async def slow_turn(message):
+        if message.text == "talk to live agent":
+            deciding.set()
+            await decide.wait()
+        return await agent.handle_message(message)
+
+    rasa_turn.side_effect = slow_turn
+    with aioresponses() as mock:
+        mock.post(SESSIONS, payload={"result": {"group": GROUP, "state": 1}})
+        mock.post(MESSAGES, payload={"result": {"sys_id": "m", "timestamp": 1}})
+        trigger = asyncio.ensure_future(say(channel, rasa_turn, "talk to live agent"))
+        await deciding.wait()
+        later = asyncio.ensure_future(say(channel, rasa_turn, "it is about my VPN"))
+        await asyncio.sleep(0)  # wait-ok: lets it arrive while the bot is still deciding
+        decide.set()
+        assert [reply["text"] for reply in await trigger] == [TEXTS.connecting]
+        assert await later == []
+        assert body_of(mock, "POST", MESSAGES) == {"message": "it is about my VPN"}
+    rasa_turn.assert_awaited_once()
+
+async def test_typing_on_any_replica_finds_the_chat_through_the_store(replicas, rasa_turn):
+    a, b = replicas(), replicas()
+    assert await b.core.chats.refresh("u1") is None
+    with aioresponses() as mock:
+        await start_live(a, rasa_turn, mock)
+        chat = await b.core.chats.refresh("u1")  # what the /typing route asks first
+        assert chat is not None and chat.chat_id == GROUP
+        mock.post(LEAVE, payload={})
+        await say(a, rasa_turn, "/end_chat")
+    assert await b.core.chats.refresh("u1") is None
+    assert await b.core.router.user_typing("u1", True) is False  # nothing left to type to
+
+async def test_typing_outside_a_handoff_touches_neither_servicenow_nor_the_tracker_store(agent, monkeypatch):
+    channel = new_channel(agent, retry_attempts=1, api="virtual_agent", webhook_secret="s")
+    retrieve = AsyncMock(side_effect=agent.tracker_store.retrieve)
+    monkeypatch.setattr(agent.tracker_store, "retrieve", retrieve)
+    try:
+        with aioresponses() as mock:
+            for n in range(1000):
+                assert await channel.core.router.user_typing(f"anonymous-{n}", n % 2 == 0) is False
+            assert not mock.requests
+        retrieve.assert_not_awaited()
+        assert len(channel.core.typing) == 0
+        assert not channel.core.store.known_inactive("anonymous-1")
+    finally:
+        await close(channel)
+
+FILE = UserAttachment("https://files.example.com/shot.png", "image/png", "shot.png", size=10)
+
+async def test_a_file_alone_that_opens_a_handoff_names_the_request(channel):
+    seen = []
+
+    async def bot_hands_off(message):
+        seen.append((message.text, message.metadata))
+        await message.output_channel.send_custom_json(message.sender_id, {HANDOFF_PAYLOAD_KEY: {}})
+
+    with aioresponses() as mock:
+        mock.post(SESSIONS, payload={"result": {"group": GROUP, "state": 1}})
+        replies = await channel.handle(UserPayload(sender="u1", message="", attachment=FILE), bot_hands_off)
+        body = json.loads(mock.requests[("POST", aiohttp.client.URL(SESSIONS))][0].kwargs["data"])
+    assert [reply["text"] for reply in replies] == [TEXTS.connecting]
+    assert body == {"message": "shot.png"}
+    assert seen == [("", {"attachment": FILE.wire()})]
+
+async def test_during_a_handoff_a_refused_file_is_told_and_nothing_is_sent(channel, rasa_turn, agent):
+    with aioresponses() as mock:
+        await start_live(channel, rasa_turn, mock)
+        calls_before = sum(len(calls) for calls in mock.requests.values())
+        exe = UserAttachment("https://files.example.com/setup.exe", "application/x-msdownload", "setup.exe")
+        replies = await channel.handle(UserPayload(sender="u1", message="run this", attachment=exe), rasa_turn)
+        assert sum(len(calls) for calls in mock.requests.values()) == calls_before
+    assert [reply["text"] for reply in replies] == [TEXTS.attachment_refused.format(name="setup.exe", max_size="10 MB")]
+    assert (await slots(agent))["handoff_active"] is True
+    rasa_turn.assert_awaited_once()  # the opening turn only: the file never reached NLU

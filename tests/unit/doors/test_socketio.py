@@ -2,7 +2,6 @@
 hears when its message could not be handled, and a core shared with the
 webhook door."""
 
-import asyncio
 from types import SimpleNamespace
 from typing import Any, List, Tuple
 

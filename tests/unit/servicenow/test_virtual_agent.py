@@ -1,6 +1,5 @@
 """The Virtual Agent client against a mocked instance, and its reading of callbacks."""
 
-import base64
 import hashlib
 import hmac
 import json
