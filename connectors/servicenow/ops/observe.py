@@ -115,7 +115,7 @@ class Observer:
         )
 
     def handoff_ended(self, sender_id: str, chat_id: str, reason: str) -> None:
-        """The handoff ended for ``reason`` (``handoff.EndReason`` values)."""
+        """The handoff ended for ``reason`` (``core.ending.EndReason`` values)."""
         timing = self._timings.pop(chat_id, None)
         now = self._clock()
         known = timing if timing is not None and not timing.resumed else None
@@ -142,7 +142,7 @@ class Observer:
 
     def agent_message_queued(self, event_id: str, arrived: float) -> None:
         """An agent-side message went into the outbox; ``arrived`` (monotonic)
-        is when the relay received it (callback accepted, or poll answered)."""
+        is when the dispatch received it (callback accepted, or poll answered)."""
         if self.metrics is None:
             return
         self.metrics.agent_messages_delivered.inc()
@@ -152,7 +152,7 @@ class Observer:
 
     def reached_sink(self, event_id: str, sink: str) -> None:
         """An outbox item reached the user through ``sink``; only items the
-        relay queued are timed (the rest are not agent-side messages)."""
+        dispatch queued are timed (the rest are not agent-side messages)."""
         if self.metrics is None:
             return
         arrived = self._arrivals.get(event_id)
