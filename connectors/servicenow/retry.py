@@ -41,3 +41,12 @@ class Pauses:
 
     async def sleep(self, attempt: int) -> None:
         await asyncio.sleep(self.after(attempt))
+
+
+#: Waiting for a store to come back while something waits in the process
+#: (outbox items to store or post, a socket.io reader): short, since each
+#: retry is cheap and the user is there.
+STORE_WAIT = Pauses((0.5, 1.0, 2.0, 5.0))
+#: Saving what a failing store refused once it is back (a record's removal,
+#: the end of a handoff, the resume scan): 1, 2, 5, 10, then every 30 s.
+STORE_RECOVERY = Pauses((1.0, 2.0, 5.0, 10.0, 30.0))

@@ -44,7 +44,7 @@ from connectors.servicenow.rasa_glue.output import OutOfBandOutput
 from connectors.servicenow.rasa_glue.pending import PendingWrites
 from connectors.servicenow.rasa_glue.slots import TrackerSlots
 from connectors.servicenow.rasa_glue.tuning import cache_event_class_lookup, freeze_startup_heap
-from connectors.servicenow.retry import Pauses
+from connectors.servicenow.retry import STORE_RECOVERY
 from connectors.servicenow.servicenow.base import Backend
 from connectors.servicenow.servicenow.connect import ConnectBackend
 from connectors.servicenow.servicenow.http import ServiceNowHTTP
@@ -60,7 +60,7 @@ Messages = List[Dict[str, Any]]
 HOUSEKEEPING_INTERVAL_S = 300.0
 SHUTDOWN_TIMEOUT_S = 10.0
 #: Pauses between attempts to resume live chats while the tracker store fails at startup.
-RESUME_PAUSES = Pauses((1.0, 2.0, 5.0, 10.0, 30.0))
+RESUME_PAUSES = STORE_RECOVERY
 
 
 def build_backend(settings: ServiceNowSettings, http: ServiceNowHTTP) -> Backend:

@@ -37,13 +37,14 @@ from typing import Dict, List, Optional
 from connectors.servicenow.core.chat import ChatRegistry, LiveChat
 from connectors.servicenow.core.handback import Handback
 from connectors.servicenow.core.notices import Messages, Notices
-from connectors.servicenow.core.records import STORE_BACK_PAUSES, Records
+from connectors.servicenow.core.records import Records
 from connectors.servicenow.core.timers import Timers
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
 from connectors.servicenow.locks import ConversationLocks
 from connectors.servicenow.ops.observe import Observer
 from connectors.servicenow.rasa_glue.nlg import Line
 from connectors.servicenow.rasa_glue.pending import PendingWrites
+from connectors.servicenow.retry import STORE_RECOVERY
 from connectors.servicenow.rasa_glue.slots import (
     TrackerEvent,
     TrackerSlots,
@@ -93,7 +94,7 @@ class UnsavedEnds:
         # Per conversation, so that one conversation's failing save does not
         # hold up another's.
         self._locks = ConversationLocks()
-        self.pauses = STORE_BACK_PAUSES
+        self.pauses = STORE_RECOVERY
 
     def __contains__(self, sender_id: object) -> bool:
         return sender_id in self._events

@@ -11,14 +11,11 @@ import logging
 from typing import Dict, Optional, Tuple
 
 from connectors.servicenow.core.chat import LiveChat
-from connectors.servicenow.retry import Pauses
+from connectors.servicenow.retry import STORE_RECOVERY
 from connectors.servicenow.store import Store, StoreUnavailable
 from connectors.servicenow.store.keys import poll_lease
 
 logger = logging.getLogger(__name__)
-
-#: Pauses between attempts to remove a record, or save an end, while the store fails.
-STORE_BACK_PAUSES = Pauses((1.0, 2.0, 5.0, 10.0, 30.0))
 
 
 def lease_time(delay: float) -> float:
@@ -38,7 +35,7 @@ class Records:
         self._poll_interval = poll_interval
         # Removals that failed, by sender: the chat id and the task retrying.
         self._removals: Dict[str, Tuple[str, "asyncio.Task[None]"]] = {}
-        self.pauses = STORE_BACK_PAUSES
+        self.pauses = STORE_RECOVERY
 
     async def file(self, chat: LiveChat, started_at: float) -> bool:
         """File the record of a chat being started. False when another

@@ -35,10 +35,11 @@ from connectors.servicenow.outbox.base import (
     item_of,
     unstored,
 )
-from connectors.servicenow.outbox.sinks.callback import POST_BATCH, STORE_PAUSES, CallbackPoster
+from connectors.servicenow.outbox.sinks.callback import POST_BATCH, CallbackPoster
 from connectors.servicenow.outbox.sinks.socketio import Emit, SessionReader
 from connectors.servicenow.outbox.sinks.sse import StreamSubscription
 from connectors.servicenow.outbox.subscription import Caps
+from connectors.servicenow.retry import STORE_WAIT
 from connectors.servicenow.store import NewEntry, OutboxEntry, Store, StoreUnavailable, Taken
 from connectors.servicenow.store.keys import CALLBACK_SINK, callback_lease, stream_of
 
@@ -190,7 +191,7 @@ class Outbox:
                     logger.info("Stored %d waiting item(s) for conversation %s.", len(stored), recipient_id)
                     self._start_posting(recipient_id, stored)
                     return
-                await STORE_PAUSES.sleep(attempt)
+                await STORE_WAIT.sleep(attempt)
                 attempt += 1
         finally:
             self._backlog_workers.pop(recipient_id, None)

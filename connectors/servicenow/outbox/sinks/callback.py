@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import aiohttp
 
 from connectors.servicenow.outbox.base import CALLBACK_RETRY, RETAINED_PER_USER, OnDelivered, OnTaken, post_with_retries
-from connectors.servicenow.retry import Pauses
+from connectors.servicenow.retry import STORE_WAIT
 from connectors.servicenow.sessions import LazySession
 from connectors.servicenow.store import OutboxEntry, Store, StoreUnavailable, Taken
 from connectors.servicenow.store.keys import CALLBACK_SINK, callback_lease, stream_of
@@ -27,8 +27,6 @@ MORE, CAUGHT_UP, LOST = "more", "caught up", "lost"
 #: Entries a poster reads at a time: all a conversation's stream keeps, so
 #: that the backlog it reports is the whole of what it owes.
 POST_BATCH = RETAINED_PER_USER
-#: Pauses while the store is down.
-STORE_PAUSES = Pauses((0.5, 1.0, 2.0, 5.0))
 
 
 class CallbackPoster:
@@ -129,7 +127,7 @@ class CallbackPoster:
                 except StoreUnavailable as error:
                     found = None
                     logger.warning("Callback delivery for %s waits for the store: %s", recipient_id, error)
-                    await STORE_PAUSES.sleep(attempt)
+                    await STORE_WAIT.sleep(attempt)
                     attempt += 1
                     continue
                 if recipient_id not in self._kicked:

@@ -17,7 +17,7 @@ from typing import Awaitable, Callable, Optional
 
 from connectors.servicenow.outbox.base import OnTaken, OutboundItem, item_of
 from connectors.servicenow.outbox.subscription import Subscription
-from connectors.servicenow.retry import Pauses
+from connectors.servicenow.retry import STORE_WAIT
 from connectors.servicenow.store import OutboxEntry, Store, StoreUnavailable
 from connectors.servicenow.store.keys import SOCKET_SINK
 
@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 #: How long a read waits before looking again whether the reader should go on.
 READ_BLOCK_S = 15.0
-#: Pauses between attempts while the store is down (the socket stays connected).
-STORE_PAUSES = Pauses((0.5, 1.0, 2.0, 5.0))
 
 #: Emits one item to this replica's sockets of a session; False when none is connected.
 Emit = Callable[[OutboundItem], Awaitable[bool]]
@@ -66,7 +64,7 @@ class SessionReader(Subscription):
                 attempt = 0
             except StoreUnavailable as error:
                 logger.warning("The socket.io reader of session %s waits for the store: %s", self.session_id, error)
-                await STORE_PAUSES.sleep(attempt)
+                await STORE_WAIT.sleep(attempt)
                 attempt += 1
                 continue
             if not entries:
