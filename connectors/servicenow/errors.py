@@ -8,7 +8,7 @@ definite "no" from the instance) ends the handoff with a summary, whereas a
 
 from typing import Optional
 
-from connectors.servicenow.rasa_glue.exceptions import RasaException
+from rasa.shared.exceptions import RasaException
 
 
 class ConfigurationError(RasaException):

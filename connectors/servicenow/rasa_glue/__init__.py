@@ -7,8 +7,8 @@
 ``nlg``        saying the channel's texts through Rasa's NLG
 ``output``     the output channels that collect a turn or send it through the outbox
 ``tuning``     process-wide tuning of Rasa (``gc.freeze``, the event class cache)
-``exceptions`` Rasa's exception base, for errors ``rasa run`` reports without a trace
 
-Nothing is imported here, so ``connectors.servicenow.rasa_glue.exceptions``
-stays light (the emulator imports it without loading Rasa's core).
+One Rasa import lives elsewhere: ``errors.ConfigurationError`` is a
+``RasaException`` (so ``rasa run`` reports it without a trace), and errors.py
+is a leaf every package imports, the emulator too, without loading Rasa's core.
 """
