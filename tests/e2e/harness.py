@@ -193,6 +193,8 @@ class RasaServer:
             self.endpoints.write_text(yaml.safe_dump(endpoints))
         self.log_path = workdir / f"{name}.log"
         self.process: Optional[subprocess.Popen] = None
+        #: More environment for ``rasa run`` (e.g. ``LOG_LEVEL_LIBRARIES`` for Sanic's access log).
+        self.extra_env: Dict[str, str] = {}
 
     def start(self, timeout: float = 120.0) -> "RasaServer":
         command = [
@@ -203,7 +205,7 @@ class RasaServer:
             command += ["--endpoints", str(self.endpoints)]
         command += list(self.extra_args)
         log = open(self.log_path, "a")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV})
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV, **self.extra_env})
         log.close()
 
         def ready() -> bool:
