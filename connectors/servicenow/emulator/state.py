@@ -13,7 +13,7 @@ import random
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from aiohttp import web
 
@@ -136,6 +136,8 @@ class VaSession:
     uid: str
     #: The end user as the transcript shows it (``created_by`` = ``userId``).
     user: UserRecord
+    #: The current conversation's ``interaction`` sys_id (pushed as ``interactionId``); new when a closed
+    #: conversation starts again (records.py).
     interaction_id: str
     created_ms: int
     seq: int
@@ -169,10 +171,93 @@ class VaSession:
     delivery_status: Dict[str, str] = field(default_factory=dict)
     #: Callbacks created so far.
     callback_count: int = 0
+    #: The current conversation's ``sys_cs_conversation`` sys_id (records.py).
+    conversation_id: str = ""
 
     @property
     def client_session_id(self) -> str:
         return self.key[2]
+
+
+#: ``sys_cs_conversation.state`` values [I, see records.py].
+CONVERSATION_OPEN = "open"
+CONVERSATION_COMPLETED = "completed"
+CONVERSATION_CANCELED = "canceled"
+CONVERSATION_FAULTED = "faulted"
+#: ``interaction.state`` while the conversation lasts.
+INTERACTION_IN_PROGRESS = "work_in_progress"
+
+
+@dataclass
+class CsConversation:
+    """A ``sys_cs_conversation`` record."""
+
+    sys_id: str
+    created_ms: int
+    updated_ms: int
+    state: str = CONVERSATION_OPEN
+    completed_ms: Optional[int] = None
+    live_agent_transfer_ms: Optional[int] = None
+    #: The last ``sequence`` given to one of its messages.
+    last_sequence: int = 0
+
+
+@dataclass
+class InteractionRecord:
+    """An ``interaction`` record of a bot-to-bot conversation."""
+
+    sys_id: str
+    number: str
+    conversation: str
+    client_session_id: str
+    user_id: str
+    opened_ms: int
+    updated_ms: int
+    state: str = INTERACTION_IN_PROGRESS
+    state_reason: str = ""
+    agent_chat: bool = False
+    assigned_to: Optional[UserRecord] = None
+    closed_ms: Optional[int] = None
+
+    @property
+    def active(self) -> bool:
+        return self.closed_ms is None
+
+
+@dataclass
+class CsMessage:
+    """A ``sys_cs_message`` record."""
+
+    sys_id: str
+    conversation: str
+    sequence: int
+    #: ``inbound`` (from the user, through the connector) or ``outbound`` (to the user, pushed).
+    direction: str
+    is_agent: bool
+    is_bot_message: bool
+    #: Who sent it: the ``userId``, the agent's user name, ``system`` or ``virtual_agent`` [I values].
+    sender: str
+    #: The message as JSON text: the pushed body item, or the inbound ``message`` object.
+    payload: str
+    created_ms: int
+    updated_ms: int
+    #: The delivery status the connector reported with UPDATE_MESSAGES (``sent_to_user``, ``external_error``).
+    external_chat_status: str = ""
+
+
+@dataclass
+class ConversationTables:
+    """The three tables of one emulator."""
+
+    conversations: Dict[str, CsConversation] = field(default_factory=dict)
+    interactions: Dict[str, InteractionRecord] = field(default_factory=dict)
+    #: In creation order, which is also ``sequence`` order within a conversation.
+    messages: List[CsMessage] = field(default_factory=list)
+    messages_by_id: Dict[str, CsMessage] = field(default_factory=dict)
+    _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1001))
+
+    def next_number(self) -> str:
+        return f"IMS{next(self._numbers):07d}"
 
 
 @dataclass
@@ -241,6 +326,8 @@ class EmulatorState:
         #: ``sys_attachment`` records with their bytes, by sys_id (files.py).
         self.files: Dict[str, Any] = {}
         self.rate_limit: Optional[RateLimitRule] = None
+        #: The Virtual Agent conversations as ServiceNow's tables hold them (records.py, table.py).
+        self.va_tables = ConversationTables()
         self.requests: Deque[RequestRecord] = deque(maxlen=self.config.request_log_limit)
         self.rng = random.Random(self.config.random_seed)
         self._seq = itertools.count()
