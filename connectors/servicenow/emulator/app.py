@@ -19,7 +19,7 @@ def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
         middlewares=[
             middleware.request_log,
             middleware.housekeeping,
-            middleware.faults({"connect": connect.session_of, "va": va.session_of}),
+            middleware.faults({"connect": connect.session_of, "va": va.session_of, "table": table.session_of}),
             middleware.errors,
             middleware.control_guard,
             middleware.auth,

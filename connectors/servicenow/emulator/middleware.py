@@ -118,7 +118,7 @@ def faults(session_extractors: Mapping[str, SessionExtractor]) -> Callable[..., 
         extractor = session_extractors.get(api)
         session = extractor(request, raw) if extractor else None
         facts = RequestFacts(api, request.method, request.path, session, raw.decode("utf-8", errors="replace"))
-        rule = pick_fault(state.faults, facts, state.rng)
+        rule = pick_fault(state.faults, facts, state.fault_seed)
         if rule is None:
             return await handler(request)
         request["fault"] = rule.id

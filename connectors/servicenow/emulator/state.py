@@ -13,14 +13,19 @@ import random
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from aiohttp import web
 
 from .callbacks import CallbackDispatcher
 from .clock import Clock
 from .config import EmulatorConfig
-from .faults import FaultRule, RateLimitRule
+from .faults import FaultRule, RateLimitRule, parse_rules
+
+
+def _seed(configured: Optional[int]) -> int:
+    """The fault draws' seed: the configured one, or a fresh one (shown by ``GET /__emu/faults`` for a replay)."""
+    return configured if configured is not None else random.SystemRandom().randrange(2**31)
 
 
 def new_sys_id() -> str:
@@ -323,13 +328,14 @@ class EmulatorState:
         self.access_tokens: Dict[str, Token] = {}
         self.refresh_grants: Dict[str, RefreshGrant] = {}
         self.faults: List[FaultRule] = []
+        self.rate_limit: Optional[RateLimitRule] = None
+        self.set_faults(self.config.faults)
         #: ``sys_attachment`` records with their bytes, by sys_id (files.py).
         self.files: Dict[str, Any] = {}
-        self.rate_limit: Optional[RateLimitRule] = None
         #: The Virtual Agent conversations as ServiceNow's tables hold them (records.py, table.py).
         self.va_tables = ConversationTables()
         self.requests: Deque[RequestRecord] = deque(maxlen=self.config.request_log_limit)
-        self.rng = random.Random(self.config.random_seed)
+        self.fault_seed = _seed(self.config.random_seed)
         self._seq = itertools.count()
         self._chat_numbers = itertools.count(10001)
         self.callbacks.reset(self.config.request_log_limit)
@@ -340,8 +346,25 @@ class EmulatorState:
             self.requests = deque(self.requests, maxlen=config.request_log_limit)
             self.callbacks.resize_log(config.request_log_limit)
         if config.random_seed != self.config.random_seed:
-            self.rng = random.Random(config.random_seed)
+            self.fault_seed = _seed(config.random_seed)
+        if config.faults != self.config.faults:
+            self.set_faults(config.faults)
         self.config = config
+
+    def add_faults(self, rules: List[Union[FaultRule, RateLimitRule]]) -> None:
+        """Append fault rules (a rate-limit rule replaces the current one); each keeps its place for its draws."""
+        for rule in rules:
+            if isinstance(rule, FaultRule):
+                rule.ordinal = len(self.faults)
+                self.faults.append(rule)
+            else:
+                self.rate_limit = rule
+
+    def set_faults(self, specs: List[Dict[str, Any]]) -> None:
+        """Replace every fault rule with ``specs`` (the ``faults`` config key); they were validated with the config."""
+        self.faults = []
+        self.rate_limit = None
+        self.add_faults(parse_rules(specs))
 
     def next_seq(self) -> int:
         return next(self._seq)
