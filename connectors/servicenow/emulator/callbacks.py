@@ -114,7 +114,7 @@ class CallbackDispatcher:
         self._unfinished: Set[str] = set()
         self._said_not_configured = False
         #: Per outbox, the held callbacks waiting for the next delivery (``hold`` faults).
-        self._held: Dict[str, List[asyncio.Event]] = {}
+        self._held: Dict[str, List[Tuple[asyncio.Event, "asyncio.Task[None]"]]] = {}
         self.log: Deque[DeliveryRecord] = deque(maxlen=log_limit)
 
     @property
@@ -171,16 +171,20 @@ class CallbackDispatcher:
                 if rule is not None and rule.respond.hold:
                     # Waits for the next delivery of this outbox, which therefore goes first.
                     released = asyncio.Event()
-                    self._held.setdefault(outbox, []).append(released)
-                    self._spawn(self._deliver_held(callback, rule, released))
+                    task = self._spawn(self._deliver_held(callback, rule, released))
+                    self._held.setdefault(outbox, []).append((released, task))
                     continue
                 if rule is not None and rule.respond.delay_ms:
                     # Held back on its own, so the session's later callbacks overtake it.
                     self._spawn(self._deliver(callback, rule))
                 else:
                     await self._deliver(callback, rule)
-                for event in self._held.pop(outbox, []):
-                    event.set()
+                # The held ones go right after this one, before anything later: the two have swapped places.
+                held = self._held.pop(outbox, [])
+                for released, _ in held:
+                    released.set()
+                for _, task in held:
+                    await asyncio.shield(task)
         finally:
             # No await between the empty check and this: enqueue() either saw this worker or starts a new one.
             if self._workers.get(outbox) is asyncio.current_task():
@@ -195,6 +199,10 @@ class CallbackDispatcher:
             log.debug("held callback %s sent after %.1f s without a later one", callback.id, limit_s)
         # Its own fault has been applied (the hold); the attempt itself goes out clean.
         await self._deliver(callback, None, hold_rule=rule)
+        for outbox, held in list(self._held.items()):
+            held[:] = [entry for entry in held if entry[0] is not released]
+            if not held:
+                del self._held[outbox]
 
     async def _deliver(
         self, callback: Callback, first_rule: Optional[FaultRule], hold_rule: Optional[FaultRule] = None
