@@ -316,6 +316,7 @@ up the conversation's later callbacks, which therefore overtake it. A rule witho
 """
 
 from .app import RunningEmulator, create_app, start_emulator
+from .middleware import TOKEN_HEADER
 from .config import (
     DEFAULT_AGENT,
     DEFAULT_CLIENT_ID,
@@ -337,6 +338,7 @@ __all__ = [
     "DEFAULT_USER",
     "EmulatorConfig",
     "RunningEmulator",
+    "TOKEN_HEADER",
     "create_app",
     "start_emulator",
 ]

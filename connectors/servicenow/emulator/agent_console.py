@@ -12,7 +12,12 @@ chat list shows and ``/__emu/sessions`` does not have (when it started and last 
 message, how many messages the user wrote), plus the emulator clock and the default agent. Virtual Agent
 conversations that never asked for a live agent are not in it: an agent never sees them.
 
-Like the whole control plane, these routes answer loopback clients only (``control_plane_loopback_only``).
+Like the whole control plane, these routes answer loopback clients only (``control_plane_loopback_only``), under this
+emulator's own names and origin (middleware.control_guard). The page's calls carry the control token
+(``X-Emulator-Token``), which the page gets either from its address's fragment (``#token=...``, the link the emulator
+and ``make run`` print; a fragment never reaches a server or a log) or, when the user typed the address (a navigation
+only the user can start, ``Sec-Fetch-Site: none``), from a ``<meta name="emulator-control-token">`` the server fills
+in. A page of another site can read neither: it cannot read this origin's pages, its address or its storage.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from aiohttp import web
 
-from . import control
+from . import control, middleware
 from .config import DEFAULT_AGENT
 from .responses import control_error
 from .state import STATE_KEY, ConnectSession, EmulatorState, Message, QueueEntryState, VaSession, VaState, display_name
@@ -63,8 +68,18 @@ def add_routes(app: web.Application) -> None:
 # The page and its assets
 
 
+#: The page's placeholder for the token (index.html); filled only for a navigation the user started.
+TOKEN_META = '<meta name="emulator-control-token" content="">'
+
+
 async def page(request: web.Request) -> web.Response:
-    return _serve("index.html")
+    body = (ASSET_DIR / "index.html").read_text(encoding="utf-8")
+    if middleware.user_navigation(request):
+        token = request.app[middleware.TOKEN_KEY]
+        body = body.replace(TOKEN_META, f'<meta name="emulator-control-token" content="{token}">')
+    # Never cached: the page may carry the token.
+    headers = {**_HEADERS, "Cache-Control": "no-store"}
+    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def page_slash(request: web.Request) -> web.Response:
