@@ -121,7 +121,9 @@ async def test_console_polls_are_logged_at_debug(client, caplog):
     caplog.set_level(logging.INFO, logger="connectors.servicenow.emulator")
     async with client.http.get(client.url + "/__emu/inbox", headers=POLL) as response:
         assert response.status == 200
+    await client.ok("GET", "inbox")
     assert "/__emu/inbox" not in caplog.text
+    caplog.set_level(logging.DEBUG, logger="connectors.servicenow.emulator")
     await client.ok("GET", "inbox")
     assert "GET /__emu/inbox -> 200" in caplog.text
 

@@ -1,7 +1,7 @@
 """The request pipeline every call goes through, outermost first:
 
-1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted; the agent
-   console's polls at DEBUG);
+1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted; at DEBUG
+   unless it failed or a fault answered it);
 2. ``housekeeping``: lets idle Connect and VA sessions time out on the emulator clock;
 3. ``faults``: applies injected fault rules (before anything else can have a side effect);
 4. ``errors``: turns :class:`ApiError` and router misses into ServiceNow-shaped responses;
@@ -79,8 +79,10 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
     finally:
         dropped = bool(request.get("dropped"))
         user = request.get("user")
-        # The agent console polls twice a second and says so: those lines would drown the rest.
-        level = logging.DEBUG if request.headers.get(CONSOLE_POLL_HEADER) == "poll" else logging.INFO
+        # Routine traffic (Connect polls every second per chat, the console twice a second, every answered call) is
+        # DEBUG; what went wrong or was injected stays visible. The chats' progress is logged by connect.py and va.py.
+        routine = status is not None and status < 400 and not dropped and not request.get("fault")
+        level = logging.DEBUG if routine or request.headers.get(CONSOLE_POLL_HEADER) == "poll" else logging.INFO
         log.log(
             level,
             "%s %s -> %s%s%s",

@@ -27,6 +27,7 @@ loses its ``assigned_to``, and the end of the live chat is the ``SwitchToVirtual
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Dict, Mapping, Optional
 
 from .state import (
@@ -42,6 +43,8 @@ from .state import (
     VaSession,
     new_sys_id,
 )
+
+log = logging.getLogger("connectors.servicenow.emulator.va")
 
 #: ``ActionMsg`` types that are messages (kept and given a ``messageId``); other action types are widget signals.
 MESSAGE_ACTIONS = frozenset({"System", "SwitchToLiveAgent", "SwitchToVirtualAgent", "CreateConversation"})
@@ -130,6 +133,10 @@ def ended(state: EmulatorState, session: VaSession, interaction_state: str, reas
     if interaction.closed_ms is not None:
         return
     interaction.state, interaction.state_reason = interaction_state, reason
+    log.info(
+        "VA chat %s ended: %s, %s (%d messages)",
+        session.client_session_id, interaction_state, reason, len(session.messages),
+    )
     interaction.closed_ms = interaction.updated_ms = now
     conversation = conversation_of(state, session)
     conversation.state = _ENDS[interaction_state]

@@ -255,6 +255,12 @@ def add_message(
     )
     session.messages.append(message)
     session.last_activity_ms = now
+    if session.state.is_open:
+        # Who wrote, and how many messages the chat has: never the text (logs carry no message bodies).
+        kind = "system message" if author is None else "work note" if message.is_work_note else (
+            "user message" if author is session.user else "agent message"
+        )
+        log.info("VA chat %s: %s (%d messages)", session.client_session_id, kind, len(session.messages))
     return message
 
 
@@ -271,6 +277,7 @@ def escalate(state: EmulatorState, session: VaSession, message: Optional[Mapping
     session.queued_ms = state.clock.now_ms()
     session.agent = None
     records.queued(state, session)
+    log.info("VA chat %s asks for a live agent", session.client_session_id)
     items = [
         output_text(STAND_BY),
         action_msg("StartSpinner", spinnerType="wait_time", message=ROUTING, **_wait_time(state)),
@@ -286,6 +293,7 @@ def accept(state: EmulatorState, session: VaSession, agent: UserRecord) -> Outco
     session.agent = agent
     session.accept_seq = state.next_seq()
     records.assigned(state, session, agent)
+    log.info("VA chat %s: %s joined", session.client_session_id, agent.name)
     entered = system_msg(entered_text(agent.name))
     posted = [add_message(state, session, entered["message"], None, sys_id=entered["messageId"])]
     items = [
@@ -360,6 +368,7 @@ def transfer(state: EmulatorState, session: VaSession, to: UserRecord, announce:
     previous, session.agent = session.agent, to
     session.last_activity_ms = state.clock.now_ms()
     records.assigned(state, session, to)
+    log.info("VA chat %s: transferred from %s to %s", session.client_session_id, previous.name, to.name)
     if not announce:
         return [], []
     items = [system_msg(left_text(previous.name)), system_msg(entered_text(to.name))]
@@ -378,6 +387,7 @@ def agent_close(state: EmulatorState, session: VaSession, announce: bool) -> Out
         records.ended(state, session, records.INTERACTION_CLOSED_COMPLETE, records.AGENT_ENDED)
     else:
         records.assigned(state, session, None)
+        log.info("VA chat %s: the agent closed it, back to the Virtual Agent", session.client_session_id)
     posted, items = [], []
     if announce:
         item = system_msg(closed_text(session.agent.name))
