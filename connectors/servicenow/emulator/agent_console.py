@@ -55,6 +55,15 @@ _HEADERS = {
 
 AnySession = Union[ConnectSession, VaSession]
 
+#: Where the connector puts the Rasa sender id in a Virtual Agent call (``clientVariables``), as every callback echoes.
+SENDER_VARIABLE = "rasa_sender_id"
+#: Keys a channel may name the user by in ``contextVariables`` or ``clientVariables``.
+NAME_VARIABLES = ("displayName", "display_name", "userName", "user_name", "name")
+#: ``history`` display names that stand for nobody in particular (the connector's defaults).
+PLACEHOLDER_NAMES = {"", "user", "virtual agent", "guest"}
+#: Ids longer than this are shortened in the label (a UUID reads badly in a list); the full one is in the details.
+SHORT_ID = 8
+
 
 def add_routes(app: web.Application) -> None:
     r = app.router
@@ -114,7 +123,12 @@ async def inbox(request: web.Request) -> web.Response:
     * ``ref``: what to pass as ``session`` to the other control-plane routes (``session``, or the VA
       ``interactionId`` when several VA chats share a ``clientSessionId``);
     * ``status``: ``"waiting"`` (Connect 1, VA QUEUED), ``"live"`` (Connect 2, VA LIVE) or ``"closed"``;
-    * ``requester_name``; ``started_ms`` (Connect: created; VA: entered the queue); ``updated_ms`` (the last message
+    * ``requester_name`` (the account that opened the chat: for Connect always the integration user);
+    * ``user_label``: who the user is, as the console names them: the name the channel sent (see :func:`user_of`),
+      else ``Conversation <id>``; ``user_named`` says which; ``conversation_id``: the channel's id of the
+      conversation (Virtual Agent: the Rasa sender id of ``clientVariables.rasa_sender_id``, else ``userId``;
+      Connect: the chat number, as the channel sends nothing about the user);
+    * ``started_ms`` (Connect: created; VA: entered the queue); ``updated_ms`` (the last message
       or state change);
     * ``last_message``: ``{"author": "user"|"agent"|"system"|"note", "text", "sender_name", "timestamp"}`` or null;
     * ``user_messages``: how many messages the user has written (the console's unread marker compares it).
@@ -150,6 +164,59 @@ def author_kind(message: Message, requester: str) -> str:
     if message.is_work_note:
         return "note"
     return "user" if message.author.user_name == requester else "agent"
+
+
+def user_of(session: AnySession) -> Dict[str, Any]:
+    """How the console names the user: ``{"user_label", "user_named", "conversation_id"}``.
+
+    Virtual Agent, first found: a user turn's ``displayName`` in the ``history`` the channel sent with the handoff
+    (the user's name when the channel knows it), a name in ``contextVariables`` or ``clientVariables``, the
+    ``emailId``, the ``userId`` when it is not the conversation id (a verified user id); else ``Conversation <id>``
+    with the Rasa sender id. Connect carries nothing about the user (every chat is the integration user's), so it is
+    ``Conversation <chat number>``.
+    """
+    if isinstance(session, ConnectSession):
+        return {"user_label": f"Conversation {session.number}", "user_named": False, "conversation_id": session.number}
+    user_id = session.key[1]
+    variables = session.client_variables if isinstance(session.client_variables, dict) else {}
+    sender = variables.get(SENDER_VARIABLE)
+    conversation_id = sender if isinstance(sender, str) and sender else user_id
+    name = _history_name(session.history) or _variable_name(session.context_variables) or _variable_name(variables)
+    if name is None:
+        name = _latest(session, "emailId")
+    if name is None and user_id != conversation_id:
+        name = user_id
+    if name is not None:
+        return {"user_label": name, "user_named": True, "conversation_id": conversation_id}
+    short = conversation_id if len(conversation_id) <= SHORT_ID + 4 else conversation_id[:SHORT_ID] + "…"
+    return {"user_label": f"Conversation {short}", "user_named": False, "conversation_id": conversation_id}
+
+
+def _history_name(history: List[Any]) -> Optional[str]:
+    for entry in history:
+        if isinstance(entry, dict) and not entry.get("isBotMessage"):
+            name = entry.get("displayName")
+            if isinstance(name, str) and name.strip().lower() not in PLACEHOLDER_NAMES:
+                return name.strip()
+    return None
+
+
+def _variable_name(variables: Any) -> Optional[str]:
+    if not isinstance(variables, dict):
+        return None
+    for key in NAME_VARIABLES:
+        value = variables.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _latest(session: VaSession, key: str) -> Optional[str]:
+    for request in reversed(session.requests):
+        value = request.get("body", {}).get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def _chat(state: EmulatorState, session: AnySession, shared: Dict[str, int]) -> Dict[str, Any]:
@@ -188,6 +255,7 @@ def _chat(state: EmulatorState, session: AnySession, shared: Dict[str, int]) -> 
         "ref": ref,
         "status": status,
         "requester_name": requester_name,
+        **user_of(session),
         "started_ms": started,
         "updated_ms": changed,
         "last_message": last_message,

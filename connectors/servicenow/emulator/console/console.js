@@ -353,8 +353,9 @@
     const isSelected = chat.id === app.selectedId;
     item.li.classList.toggle("is-selected", isSelected);
     setAttr(item.button, "aria-current", isSelected ? "true" : "false");
-    setText(item.avatar, initials(chat.requester_name));
-    setText(item.name, chat.requester_name);
+    setText(item.avatar, avatarText(chat));
+    setText(item.name, userName(chat));
+    setAttr(item.name, "title", chat.conversation_id ? `Conversation ${chat.conversation_id}` : "");
     setText(item.api, API_LABEL[chat.api] || chat.api);
     setText(item.ident, identifier(chat));
 
@@ -372,6 +373,15 @@
     const unread = !isSelected && chat.status !== "closed" && chat.user_messages > (app.seen.get(chat.id) || 0);
     item.li.classList.toggle("is-unread", unread);
     show(item.dot, unread);
+  }
+
+  // The user as a person expects to see them: the name the channel sent, else the conversation's id.
+  function userName(chat) {
+    return chat.user_label || chat.requester_name || "User";
+  }
+
+  function avatarText(chat) {
+    return chat.user_named === false ? "#" : initials(userName(chat));
   }
 
   function identifier(chat) {
@@ -418,12 +428,16 @@
     show(el.conversation, Boolean(chat));
     if (!chat) return;
 
-    setText(el.convInitials, initials(chat.requester_name));
-    setText(el.convTitle, chat.requester_name);
+    setText(el.convInitials, avatarText(chat));
+    setText(el.convTitle, userName(chat));
     setText(el.convApi, API_LABEL[chat.api] || chat.api);
     setText(el.convStatus, STATUS_LABEL[chat.status] || chat.status);
     setAttr(el.convStatus, "class", `status status--${chat.status}`);
-    const details = [identifier(chat), `started ${clock(chat.started_ms)}`];
+    const details = [identifier(chat)];
+    // The full id when the title shows a name or a shortened one; for Connect, who opened the chat on the user's behalf.
+    if (chat.conversation_id && chat.conversation_id !== identifier(chat)) details.push(`conversation ${chat.conversation_id}`);
+    if (chat.api === "connect" && chat.requester_name) details.push(`via ${chat.requester_name}`);
+    details.push(`started ${clock(chat.started_ms)}`);
     if (chat.agent && chat.agent.name) details.push(`agent ${chat.agent.name}`);
     setText(el.convDetail, details.join(" · "));
 
@@ -532,7 +546,7 @@
       li.append(line);
       return entry;
     }
-    const name = author === "user" ? chat.requester_name : message.sender_name || "Agent";
+    const name = author === "user" ? userName(chat) : message.sender_name || "Agent";
     li.setAttribute("data-name", String(name));
     li.setAttribute("data-time", clock(message.timestamp));
     const attachments = Array.isArray(message.attachments) ? message.attachments : [];
