@@ -92,7 +92,9 @@ def median_tree(runs: Sequence[Any]) -> Any:
     if _number(first):
         values = [run for run in runs if _number(run)]
         middle = statistics.median(values)
-        return round(middle, 4) if isinstance(middle, float) else middle
+        if all(isinstance(value, int) for value in values) and float(middle).is_integer():
+            return int(middle)  # counts stay counts
+        return round(middle, 4)
     return first
 
 
@@ -173,7 +175,8 @@ def measures(runs: Mapping[str, Mapping[str, Sequence[Tree]]], reference: str = 
         leader = reference if flat.get(reference) else next((build for build in flat if flat[build]), None)
         if leader is None:
             continue
-        paths = sorted({path for run in flat[leader] for path in run}, key=_natural)
+        # In the order the scenario reports them (virtual_agent before connect, ...).
+        paths = list(dict.fromkeys(path for run in flat[leader] for path in run))
         for pattern, label, unit in MEASURES:
             if not pattern.startswith(scenario + "/") and pattern != scenario:
                 continue
@@ -186,10 +189,6 @@ def measures(runs: Mapping[str, Mapping[str, Sequence[Tree]]], reference: str = 
                     measure.runs[build] = [run.get(path) for run in build_runs]
                 found.append(measure)
     return found
-
-
-def _natural(path: str) -> List[Any]:
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.split("/")]
 
 
 # -- the checks --------------------------------------------------------------
