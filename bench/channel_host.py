@@ -30,7 +30,6 @@ nothing of the bench, and of the connector only its public channel class.
 import argparse
 import inspect
 import json
-import logging
 import sys
 from typing import Any
 
@@ -40,6 +39,9 @@ from rasa.core.lock_store import InMemoryLockStore
 from rasa.core.run import configure_app
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import UserUttered
+from rasa.utils.common import configure_logging_and_warnings
+from rasa.utils.io import configure_colored_logging
+from rasa.utils.log_utils import configure_structlog
 from sanic import Sanic
 from sanic.request import Request
 from sanic.response import HTTPResponse, json as json_response
@@ -98,8 +100,11 @@ def main() -> None:
     parser.add_argument("--channel", required=True, help="JSON file: the channel's credentials section")
     parser.add_argument("--domain", required=True, help="the domain whose slots the channel writes")
     arguments = parser.parse_args()
-    # Rasa's default level: the connector logs what it logs under rasa run.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Logging as `rasa run` sets it up (rasa/__main__.py), at Rasa's default
+    # level: each Rasa (Rasa Pro logs through structlog) pays for its own.
+    configure_logging_and_warnings(None, None, warn_only_once=True, filter_repeated_logs=True)
+    configure_colored_logging(None)
+    configure_structlog(None)
     with open(arguments.channel) as source:
         options = json.load(source)
     app = build_app(options, Domain.load(arguments.domain), arguments.port)
