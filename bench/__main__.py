@@ -79,6 +79,7 @@ async def main(arguments: argparse.Namespace) -> int:
     receiver = Receiver()
     await receiver.start()
     load_before = build_setup.machine_load()
+    started = datetime.datetime.now(datetime.timezone.utc)
     _warn_if_busy(load_before, "before the run")
     per_build: Dict[str, Dict[str, List[Dict[str, Any]]]] = {name: {} for name in chosen}
     skipped: Dict[str, Dict[str, str]] = {}
@@ -116,6 +117,7 @@ async def main(arguments: argparse.Namespace) -> int:
 
     load_after = build_setup.machine_load()
     results = _results(arguments.quick, measured, per_build, skipped, runs, load_before, load_after)
+    results["meta"]["started"] = started.isoformat(timespec="seconds")
     output = Path(arguments.output)
     output.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -209,7 +211,7 @@ def _results(
             "measures": [measure.as_dict(names) for measure in found],
             "checks": [
                 {"measure": row[0], "result": row[1], "target": row[2], "met": row[3]}
-                for row in compare.checks(found, names, baseline_label=baseline.label if baseline else "")
+                for row in compare.checks(found, names, baseline_label=(baseline.commit or "")[:7] if baseline else "")
             ],
             "medians": {
                 build: {name: compare.median_tree(values) for name, values in by_build.items() if values}

@@ -337,13 +337,19 @@ def other_build(spec: str) -> Build:
     return build
 
 
+#: What `nproc` says, taken before the bench pins itself to one CPU.
+USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def machine_load() -> Dict[str, Any]:
-    """Load averages (1, 5, 15 min) and CPUs, to recognise a noisy run."""
+    """Load averages (1, 5, 15 min) and CPUs, to recognise a noisy run: the
+    load average counts every runnable task on the machine, ours included
+    (a scenario keeps about two busy)."""
     one, five, fifteen = os.getloadavg()
     return {
         "load_average": [round(one, 2), round(five, 2), round(fifteen, 2)],
         "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": USABLE_CPUS,
     }
 
 
