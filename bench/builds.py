@@ -91,11 +91,10 @@ class Build:
         parts = []
         if self.commit:
             parts.append(self.commit[:7] + ("+dirty" if self.dirty else ""))
-        rasa = self.info.get("rasa_pro") and f"rasa-pro {self.info['rasa_pro']}" or (
-            self.info.get("rasa") and f"rasa {self.info['rasa']}"
-        )
-        if rasa:
-            parts.append(rasa)
+        if self.info.get("rasa_pro"):
+            parts.append(f"rasa-pro {self.info['rasa_pro']}")
+        elif self.info.get("rasa"):
+            parts.append(f"rasa {self.info['rasa']}")
         if self.info.get("python"):
             parts.append(f"Python {self.info['python']}")
         return f"{self.name} ({', '.join(parts)})" if parts else self.name
