@@ -81,8 +81,6 @@ async def main(arguments: argparse.Namespace) -> int:
     load_before = build_setup.machine_load()
     started = datetime.datetime.now(datetime.timezone.utc)
     _warn_if_busy(load_before, "before the run")
-    per_build: Dict[str, Dict[str, List[Dict[str, Any]]]] = {name: {} for name in chosen}
-    skipped: Dict[str, Dict[str, str]] = {}
     try:
         async with client() as http:
             base = Context(
@@ -93,24 +91,7 @@ async def main(arguments: argparse.Namespace) -> int:
                 http=http,
                 profile_dir=Path(arguments.profile) if arguments.profile else None,
             )
-            for name in chosen:
-                for round_number in range(runs):
-                    # The order flips every round (AB, BA, AB, ...), so drift in
-                    # the machine's load falls on every build alike.
-                    order = measured if round_number % 2 == 0 else measured[::-1]
-                    for build in order:
-                        if build.name in skipped.get(name, {}):
-                            continue
-                        reason = _cannot_run(name, build)
-                        if reason:
-                            skipped.setdefault(name, {})[build.name] = reason
-                            print(f"== {name} [{build.name}]: skipped: {reason}", flush=True)
-                            continue
-                        record = await _run_once(name, dataclasses.replace(base, build=build, model=build.model or base.model), build, round_number, runs, side_by_side)
-                        if "skipped" in record:
-                            skipped.setdefault(name, {})[build.name] = record["skipped"]
-                        else:
-                            per_build[name].setdefault(build.name, []).append(record)
+            per_build, skipped = await _measure(base, chosen, measured, runs)
     finally:
         await receiver.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -148,6 +129,35 @@ def _builds(arguments: argparse.Namespace) -> List[Build]:
     return measured
 
 
+Runs = Dict[str, Dict[str, List[Dict[str, Any]]]]
+
+
+async def _measure(base: Context, chosen: List[str], measured: List[Build], runs: int) -> "tuple[Runs, Dict[str, Dict[str, str]]]":
+    """Every chosen scenario ``runs`` times per build: per scenario and build
+    the records of its runs, and what was skipped for which build, and why."""
+    per_build: Runs = {name: {} for name in chosen}
+    skipped: Dict[str, Dict[str, str]] = {}
+    for name in chosen:
+        for round_number in range(runs):
+            # The order flips every round (AB, BA, AB, ...), so drift in the
+            # machine's load falls on every build alike.
+            for build in measured if round_number % 2 == 0 else measured[::-1]:
+                if build.name in skipped.get(name, {}):
+                    continue
+                reason = _cannot_run(name, build)
+                if reason:
+                    skipped.setdefault(name, {})[build.name] = reason
+                    print(f"== {name} [{build.name}]: skipped: {reason}", flush=True)
+                    continue
+                ctx = dataclasses.replace(base, build=build, model=build.model or base.model)
+                record = await _run_once(name, ctx, build, round_number, runs, len(measured) > 1)
+                if "skipped" in record:
+                    skipped.setdefault(name, {})[build.name] = record["skipped"]
+                else:
+                    per_build[name].setdefault(build.name, []).append(record)
+    return per_build, skipped
+
+
 def _cannot_run(name: str, build: Build) -> Optional[str]:
     if build.name != "this" and not SCENARIOS[name].any_build:
         return "measured in this process with this checkout's code"
@@ -182,7 +192,7 @@ async def _run_once(name: str, ctx: Context, build: Build, round_number: int, ru
 def _results(
     quick: bool,
     measured: List[Build],
-    per_build: Dict[str, Dict[str, List[Dict[str, Any]]]],
+    per_build: Runs,
     skipped: Dict[str, Dict[str, str]],
     runs: int,
     load_before: Dict[str, Any],
