@@ -33,7 +33,7 @@ from connectors.servicenow.doors.routes import HTTPRoutes
 from connectors.servicenow.doors.shapes import AGENT_TYPING_EVT, HANDOFF_STATUS_EVT, socketio_events, socketio_messages
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.identity import Claims, Unauthenticated, verify_token
-from connectors.servicenow.logsafe import escape_log_arguments
+from connectors.servicenow.logsafe import escape_log_arguments, redact_access_log_tokens
 from connectors.servicenow.ops.logs import use_json_logs
 from connectors.servicenow.outbox.base import OutboundItem, StreamLimitReached
 from connectors.servicenow.outbox.sinks.socketio import SessionReader
@@ -78,6 +78,8 @@ class ServiceNowSocketIOInput(InputChannel):
         self, settings: ServiceNowSettings, socket: Optional[SocketIOSettings] = None, store: Optional[Store] = None
     ) -> None:
         escape_log_arguments("connectors.servicenow")
+        # A stream's JWT may ride in its query string; the access log must not keep it.
+        redact_access_log_tokens()
         self.settings = settings
         self.socket = socket or SocketIOSettings()
         self.core = Core(settings, store) if store is not None else Core.for_door(settings, self.name())
@@ -178,7 +180,7 @@ class ServiceNowSocketIOInput(InputChannel):
             token = token[7:].strip()  # Rasa's decode_jwt takes either
         try:
             assert self.settings.jwt_key is not None
-            return verify_token(token, self.settings.jwt_key, self.settings.jwt_method)
+            return verify_token(token, self.settings.jwt_key, self.settings.jwt_method, max_lifetime_s=self.settings.jwt_max_lifetime)
         except Unauthenticated as problem:
             logger.info("Refused a socket.io connection: %s", problem)
             return None
