@@ -46,6 +46,7 @@ from sanic.exceptions import InvalidUsage, PayloadTooLarge, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from connectors.servicenow import webchat
 from connectors.servicenow.backends.base import Backend, Requester
 from connectors.servicenow.backends.connect import ConnectBackend
 from connectors.servicenow.backends.http import ServiceNowHTTP
@@ -731,7 +732,7 @@ async def chat_asset(name: str) -> HTTPResponse:
         error = PayloadError(404, "NotFound", "No such file.")
         return response.json(error.body(), status=404)
     body = (CHAT_PAGE_DIR / name).read_bytes()
-    return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
+    return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache", **webchat.HEADERS})
 
 
 class OutOfBandOutput(HandoffAwareOutput):
