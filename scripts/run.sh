@@ -2,12 +2,7 @@
 # The main job: Rasa with the ServiceNow channel, against the bundled
 # emulator unless SERVICENOW_INSTANCE_URL points at a real instance.
 #
-# One Ctrl-C stops everything with exit status 0: each process runs in a
-# process group of its own (scripts/runkit.py own-group), so the terminal's
-# SIGINT reaches this script only, which stops Rasa first (its shutdown may
-# still call ServiceNow), then the widget page, then the emulator, each with
-# one SIGTERM, and waits for them. `make run` gives this script the terminal
-# (bash -m), so make itself never sees the Ctrl-C either.
+# One Ctrl-C stops everything with exit status 0 (scripts/processes.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +22,6 @@ LOG_DIR=${LOG_DIR:-logs}
 RASA_TOKEN_FILE=${RASA_TOKEN_FILE:-.rasa-token}
 # VERBOSE=1: every log line of Rasa and the emulator, as they come.
 VERBOSE=${VERBOSE:-}
-# Seconds to wait for one process to stop after SIGTERM before SIGKILL.
-STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 # Third-party deprecation notices (TensorFlow, jax, pkg_resources, matplotlib) drown the useful
 # log lines. Sanic and Rasa put filters in front of PYTHONWARNINGS; quiet_rasa.py keeps it in force.
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning}
@@ -36,7 +29,6 @@ export SQLALCHEMY_SILENCE_UBER_WARNING=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_L
 # quiet_rasa.py shows the channel's lines and Rasa's warnings; QUIET_RASA=0 shows all of Rasa's.
 if [ -n "$VERBOSE" ]; then export QUIET_RASA=0; else export QUIET_RASA=${QUIET_RASA:-1}; fi
 RASA=("$PY" scripts/quiet_rasa.py)
-OWN_GROUP=("$PY" scripts/runkit.py own-group)
 # SERVICENOW_LOG_FORMAT=json: one JSON object per log line (channel option log_format).
 export SERVICENOW_LOG_FORMAT=${SERVICENOW_LOG_FORMAT:-}
 
@@ -92,42 +84,8 @@ cors=${RASA_CORS-$page_origins}
 
 mkdir -p "$LOG_DIR"
 
-# Started processes, in order; stopped in reverse order.
-pids=()
-names=()
-stopping=""
-
-stop_one() {  # pid name
-  kill -TERM "$1" 2>/dev/null || return 0
-  local waited=0
-  while kill -0 "$1" 2>/dev/null; do
-    if [ "$waited" -ge $((STOP_TIMEOUT * 10)) ]; then
-      echo "$2 did not stop within ${STOP_TIMEOUT} s; killing it" >&2
-      kill -KILL "$1" 2>/dev/null || true
-      break
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  wait "$1" 2>/dev/null || true
-}
-
-stop_all() {
-  # A second Ctrl-C while stopping would cut a graceful shutdown short: ignore it.
-  trap '' INT TERM HUP
-  local i
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    stop_one "${pids[i]}" "${names[i]}"
-  done
-  pids=()
-}
-trap 'stopping=1' INT TERM HUP
-trap 'stop_all' EXIT
-
-started() {  # name: the last background job is one of ours
-  pids+=("$!")
-  names+=("$1")
-}
+# shellcheck source=scripts/processes.sh
+. scripts/processes.sh
 
 export SERVICENOW_API=${SERVICENOW_API:-connect}
 export SERVICENOW_CHAT_PAGE=${SERVICENOW_CHAT_PAGE:-true}
@@ -207,20 +165,9 @@ echo
   --interface "$RASA_HOST" --port "$RASA_PORT" "${rasa_guard[@]}" ${RASA_ARGS:-} &
 started "Rasa"
 
-status=0
-"$PY" scripts/runkit.py wait-http "${ready_urls[@]}" "${pids[@]/#/--pid=}" --timeout 900 &
-waiter=$!
-wait "$waiter" || status=$?
-if [ -n "$stopping" ]; then
-  kill "$waiter" 2>/dev/null || true
-  echo; echo "  Stopping..."
-  stop_all
-  exit 0
-fi
-if [ "$status" -ne 0 ]; then
-  echo "error: a process ended before everything was ready (see the lines above${emulator_log:+ and $emulator_log})" >&2
-  exit 1
-fi
+LOGS_HINT=$emulator_log
+case "$RASA_HOST" in 0.0.0.0|::|"[::]") api_host=127.0.0.1 ;; *) api_host=$RASA_HOST ;; esac
+wait_until_ready "${ready_urls[@]}"
 
 cat <<MSG
 
@@ -231,24 +178,11 @@ $pages
 ${console:+$console
 }  Rasa's HTTP API needs its token ($token_source, also in $RASA_TOKEN_FILE):
                   export RASA_TOKEN=$RASA_AUTH_TOKEN
-                  curl -s "localhost:$RASA_PORT/conversations/<sender>/tracker?token=\$RASA_TOKEN"
+                  curl -s "$api_host:$RASA_PORT/conversations/<sender>/tracker?token=\$RASA_TOKEN"
 ${emulator_log:+  Logs:           $emulator_log (every request the emulator answered)
 }  Walk-through:   $walkthrough
   Stop:           Ctrl-C
 
 MSG
 
-# Until Ctrl-C (or SIGTERM), or until one of the processes ends by itself.
-while [ -z "$stopping" ]; do
-  wait -n "${pids[@]}" 2>/dev/null && status=0 || status=$?
-  [ -n "$stopping" ] && break
-  for i in "${!pids[@]}"; do
-    if ! kill -0 "${pids[i]}" 2>/dev/null; then
-      echo "error: ${names[i]} stopped (exit status $status); stopping the rest" >&2
-      exit 1
-    fi
-  done
-done
-echo; echo "  Stopping..."
-stop_all
-exit 0
+run_until_stopped

@@ -22,6 +22,7 @@ import asyncio
 import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,33 +58,38 @@ class RunScript:
     """``make run`` (in a terminal) or ``scripts/run.sh`` (without one), in a
     session of its own, on free ports."""
 
-    def __init__(self, workdir: Path, model: Path, env: Dict[str, str], terminal: bool) -> None:
+    def __init__(self, workdir: Path, model: Path, env: Dict[str, str], terminal: bool, target: str = "run") -> None:
         self.terminal = terminal
         self.rasa_port, self.emulator_port = free_port(), free_port()
         self.page_port: Optional[int] = free_port() if env.get("SERVICENOW_FRONTEND") == "socketio" else None
+        self.replica_b_port: Optional[int] = free_port() if target == "run-replicas" else None
+        self.redis_port: Optional[int] = free_port() if target == "run-replicas" else None
         self.rasa_url = f"http://127.0.0.1:{self.rasa_port}"
         self.emulator_url = f"http://127.0.0.1:{self.emulator_port}"
-        self.log_path = workdir / f"run-{uuid.uuid4().hex[:6]}.log"
+        self.log_path = workdir / f"{target}-{uuid.uuid4().hex[:6]}.log"
         self.log_dir = workdir / "logs"
         self.token_file = workdir / "rasa-token"
         self.env = {
             **os.environ,
             "RASA_PORT": str(self.rasa_port),
+            "RASA_PORT_A": str(self.rasa_port),
             "EMULATOR_PORT": str(self.emulator_port),
             "LOG_DIR": str(self.log_dir),
             "RASA_TOKEN_FILE": str(self.token_file),
             "RASA_AUTH_TOKEN": TOKEN,
             **({"WEBCHAT_PORT": str(self.page_port)} if self.page_port else {}),
+            **({"RASA_PORT_B": str(self.replica_b_port), "REDIS_PORT": str(self.redis_port)}
+               if self.replica_b_port else {}),
             **env,
         }
         if terminal:
             # The Makefile's variables point at this test's environment and model, which exist already.
             stamp = VENV / ".installed"
-            self.argv = ["make", "--no-print-directory", "-o", str(stamp), "-o", str(model), "run",
+            self.argv = ["make", "--no-print-directory", "-o", str(stamp), "-o", str(model), target,
                          f"VENV={VENV}", f"MODEL={model}"]
         else:
             self.env.update(VENV=str(VENV), MODEL=str(model))
-            self.argv = ["bash", "scripts/run.sh"]
+            self.argv = ["bash", f"scripts/{target}.sh"]
         self.process: "subprocess.Popen[bytes]"
         self._master: Optional[int] = None
         self._output = bytearray()
@@ -91,7 +97,8 @@ class RunScript:
 
     @property
     def ports(self) -> List[int]:
-        return [port for port in (self.rasa_port, self.emulator_port, self.page_port) if port]
+        return [port for port in (self.rasa_port, self.emulator_port, self.page_port, self.replica_b_port,
+                                  self.redis_port) if port]
 
     def start(self) -> "RunScript":
         if self.terminal:
@@ -359,3 +366,52 @@ async def _a_socket_session_then_ctrl_c(run: RunScript) -> None:
         await asyncio.to_thread(run.wait)
     finally:
         await user.disconnect()
+
+
+# -- two replicas ---------------------------------------------------------------------------------------------------
+
+
+def test_make_run_replicas_says_when_both_are_ready_keeps_its_logs_and_stops_on_one_ctrl_c(demo_model, tmp_path, runs):
+    if shutil.which("redis-server") is None:
+        reason = "make run-replicas needs redis-server (Debian: apt-get install redis-server)"
+        if os.environ.get("REQUIRE_REDIS_TEST") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    run = RunScript(tmp_path, demo_model, {}, terminal=True, target="run-replicas")
+    runs.append(run.start())
+    output = run.output()
+    assert "Ready: both replicas" in output and "Virtual Agent API" in output, run.tail()
+    # The same conversation on both replicas: one link each, with the same ?sender=.
+    links = re.findall(r"(http://127\.0\.0\.1:(\d+)/webhooks/servicenow/chat\?sender=([\w-]+))", output)
+    assert {int(port) for _, port, _ in links} == {run.rasa_port, run.replica_b_port}, output
+    sender = links[0][2]
+    assert {found for _, _, found in links} == {sender}
+
+    replica_b = f"http://127.0.0.1:{run.replica_b_port}"
+    seen: List[str] = []
+    reader = threading.Thread(target=_read_stream, args=(replica_b, sender, seen), daemon=True)
+    reader.start()
+    run.say(sender, "hi")
+    assert TEXTS.connecting in run.say(sender, "talk to live agent")  # on replica A
+    chat = wait_for(lambda: run.slots(sender).get("live_chat_id"), 30, what="the live chat id")
+    run.agent("accept", session=chat)
+    run.agent("message", session=chat, text="Beth, answering on replica B's stream.")
+    wait_for(lambda: any("Beth, answering on replica B" in line for line in seen), 30, what="the agent's message on B")
+    wait_for(lambda: "Handoff started" in run.output(), 10, what="the handoff's progress in the terminal")
+
+    run.ctrl_c()
+    assert_stopped_cleanly(run, run.wait())
+    # The logs are kept after the stop.
+    kept = {path.name: path.stat().st_size for path in run.log_dir.iterdir()}
+    assert {f"rasa-{run.rasa_port}.log", f"rasa-{run.replica_b_port}.log", "emulator.log", "redis.log"} <= set(kept)
+    assert all(kept.values()), kept
+
+
+def _read_stream(url: str, sender: str, seen: List[str]) -> None:
+    try:
+        with requests.get(f"{url}/webhooks/servicenow/stream", params={"sender": sender}, stream=True,
+                          timeout=(5, 120)) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                seen.append(line)
+    except requests.RequestException:
+        pass  # the replica stopped
