@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml constraints.txt
 $(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
 	@echo "Training the demo model into $@ (about a minute)"
 	@PYTHONWARNINGS=ignore::DeprecationWarning $(PY) scripts/quiet_rasa.py train --quiet \
-		--fixed-model-name demo --out models --skip-validation
+		--fixed-model-name $(patsubst %.tar.gz,%,$(notdir $@)) --out $(dir $@) --skip-validation
 	@touch $@
 
 clean:

@@ -415,3 +415,22 @@ def _read_stream(url: str, sender: str, seen: List[str]) -> None:
                 seen.append(line)
     except requests.RequestException:
         pass  # the replica stopped
+
+
+# -- make model ----------------------------------------------------------------------------------------------------
+
+
+def test_make_model_prints_what_it_does_and_where_the_model_is_and_nothing_else(tmp_path):
+    """Training printed about 27 lines: TensorFlow and pkg_resources deprecation
+    notices and one progress bar per trained component."""
+    model = tmp_path / "models" / "demo.tar.gz"
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-o", str(VENV / ".installed"), "-B", "model", f"VENV={VENV}", f"MODEL={model}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": ""},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert model.is_file()
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    assert lines[0] == f"Training the demo model into {model} (about a minute)"
+    assert "Your Rasa model is trained and saved at" in lines[1]
