@@ -73,9 +73,11 @@ if [ "$SERVICENOW_API" = "virtual_agent" ]; then
                   --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
                   --set "va_callback_retries=3")
 fi
+# The control plane's token: the console link below carries it (docs/emulator.md, "Control-plane security").
+export EMULATOR_CONTROL_TOKEN=${EMULATOR_CONTROL_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}
 : >"$LOG_DIR/emulator.log"
 "${OWN_GROUP[@]}" "$PY" -m connectors.servicenow.emulator --host 127.0.0.1 --port "$EMULATOR_PORT" \
-  "${emulator_args[@]+"${emulator_args[@]}"}" >"$LOG_DIR/emulator.log" 2>&1 &
+  --verbose "${emulator_args[@]+"${emulator_args[@]}"}" >"$LOG_DIR/emulator.log" 2>&1 &
 started "the emulator"
 for _ in $(seq 1 100); do
   grep -q "listening on" "$LOG_DIR/emulator.log" && break
@@ -142,7 +144,7 @@ cat <<MSG
 
   Replica A:      http://$HOST:$PORT_A/webhooks/servicenow/chat?sender=$sender
   Replica B:      http://$HOST:$PORT_B/webhooks/servicenow/chat?sender=$sender
-  Agent console:  http://127.0.0.1:$EMULATOR_PORT/__emu/console
+  Agent console:  http://127.0.0.1:$EMULATOR_PORT/__emu/console#token=$EMULATOR_CONTROL_TOKEN
   Try:            open replica A's link, ask for "live agent", accept in the console and answer;
                   then open replica B's link: the same conversation, the agent's next messages on both.
   Rasa's API:     export RASA_TOKEN=$RASA_AUTH_TOKEN   (also in $RASA_TOKEN_FILE)

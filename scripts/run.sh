@@ -101,13 +101,16 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
                     --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
                     --set "va_callback_retries=3")
   fi
+  # The control plane's token: the console link below carries it (docs/emulator.md, "Control-plane security").
+  export EMULATOR_CONTROL_TOKEN=${EMULATOR_CONTROL_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}
   emulator_log="$LOG_DIR/emulator.log"
   : >"$emulator_log"
-  # Every line goes to the log file; this terminal shows warnings and errors
-  # only (every line with VERBOSE=1): a Connect chat is polled once a second.
+  # Every request goes to the log file (--verbose); this terminal shows the
+  # emulator's warnings and errors only (every line with VERBOSE=1): the
+  # channel's own lines already tell the handoff's progress.
   if [ -n "$VERBOSE" ]; then shown='.'; else shown='\b(WARNING|ERROR|CRITICAL)\b|Traceback'; fi
   "${OWN_GROUP[@]}" "$PY" -m connectors.servicenow.emulator --host "$EMULATOR_HOST" --port "$EMULATOR_PORT" \
-    "${emulator_args[@]+"${emulator_args[@]}"}" >"$emulator_log" 2>&1 &
+    --verbose "${emulator_args[@]+"${emulator_args[@]}"}" >"$emulator_log" 2>&1 &
   started "the emulator"
   emulator_pid=$!
   for _ in $(seq 1 100); do
@@ -125,7 +128,8 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
     export SERVICENOW_QUEUE_ID=${SERVICENOW_QUEUE_ID:-$("$PY" -c 'from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID; print(DEFAULT_QUEUE_SYS_ID)')}
   fi
   target="the bundled ServiceNow emulator at $SERVICENOW_INSTANCE_URL"
-  console="  Agent console:  http://$EMULATOR_HOST:$EMULATOR_PORT/__emu/console   (play the human agent)"
+  console="  Agent console:  http://$EMULATOR_HOST:$EMULATOR_PORT/__emu/console#token=$EMULATOR_CONTROL_TOKEN
+                  (play the human agent)"
 else
   target="ServiceNow at $SERVICENOW_INSTANCE_URL"
 fi

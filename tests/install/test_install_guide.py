@@ -243,7 +243,7 @@ def test_the_guide_takes_a_rasa_init_project_to_a_handoff(project: Reader, api: 
             rasa.stop()
         emulator.stop()
     if api == "virtual_agent":
-        assert "not_configured" not in emulator.output()
+        assert "va_callback_url is not set" not in emulator.output()
     project.timings[f"{api}: total"] = time.monotonic() - started  # type: ignore[attr-defined]
 
 

@@ -50,7 +50,7 @@ async def check_callback(settings: ServiceNowSettings) -> List[Finding]:
     url = emulator.get("va_callback_url")
     if not url:
         return [problem(TOPIC, "The emulator has no va_callback_url: it never delivers the agent's messages (its log "
-                               "says 'not_configured' for each).",
+                               "warns that va_callback_url is not set; each push is only recorded as 'not_configured').",
                         "Start it with --set va_callback_url=http://127.0.0.1:5005/webhooks/servicenow/callback "
                         "--set 'va_callback_auth={\"X-Webhook-Secret\": \"<webhook_secret>\"}' (" + SETUP + ").")]
     found: List[Finding] = []
