@@ -30,7 +30,8 @@ run-replicas: $(STAMP) $(MODEL)
 test: $(STAMP) $(MODEL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run.
+# Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run,
+# BENCH_ARGS="--baseline <commit>" to measure that commit side by side (set up under build/baseline/).
 bench: $(STAMP) $(MODEL)
 	$(PY) -m bench $(BENCH_ARGS)
 
