@@ -210,8 +210,8 @@ def _advice(settings: ServiceNowSettings) -> List[Finding]:
     if not settings.callback_url:
         found.append(ok(TOPIC, "No callback_url: agent replies reach users through the /stream endpoint only."))
     if not settings.attachment_hosts:
-        found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at public addresses only "
-                               "(loopback, private and metadata addresses are refused; docs/security.md)."))
+        found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at public addresses and at the "
+                               "instance only (loopback, private and metadata addresses are refused; docs/security.md)."))
     else:
         found.append(ok(TOPIC, f"attachment_hosts: users' file URLs may point at {', '.join(settings.attachment_hosts)} "
                                "only, wherever those hosts are."))
