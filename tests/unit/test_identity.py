@@ -23,10 +23,9 @@ def test_a_valid_token_gives_its_claims():
 
 
 @pytest.mark.parametrize(
-    "raw, problem",
-    # Made when the test runs, not when pytest collects it: a token that
-    # expires in a minute must not have expired by then in a long run.
+    "make, problem",
     [
+        # Made when the test runs, not when it is collected: a token's times are relative to now.
         (lambda: None, "needs"),
         (lambda: "", "needs"),
         (lambda: "not-a-jwt", "not valid"),
@@ -40,9 +39,9 @@ def test_a_valid_token_gives_its_claims():
         (lambda: jwt.encode({"sub": "u1"}, None, algorithm="none"), "not valid"),
     ],
 )
-def test_missing_forged_expired_or_subjectless_tokens_are_refused(raw, problem):
+def test_missing_forged_expired_or_subjectless_tokens_are_refused(make, problem):
     with pytest.raises(Unauthenticated, match=problem):
-        verify_token(raw(), KEY, "HS256")
+        verify_token(make(), KEY, "HS256")
 
 
 def test_the_longest_lifetime_is_an_option():
