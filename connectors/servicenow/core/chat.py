@@ -8,6 +8,7 @@ late pollers and callbacks check, the chat's poller.
 """
 
 import asyncio
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
@@ -40,8 +41,9 @@ class LiveChat:
     #: The task polling the chat (Connect), stopped when the chat ends here.
     poller: "Optional[asyncio.Task[None]]" = field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def ref(self) -> ChatRef:
+        """The chat as ServiceNow calls name it (made once: its fields never change)."""
         return ChatRef(self.chat_id, self.sender_id, self.user)
 
     @property
