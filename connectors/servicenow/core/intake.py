@@ -158,12 +158,7 @@ class Dispatcher:
             if isinstance(event, AgentJoined):
                 self._observe.agent_joined(chat.sender_id, chat.chat_id)
                 batch.joined = True
-                batch.outgoing.append(
-                    status_item(
-                        chat.sender_id, active=True, chat_id=chat.chat_id, api=self._backend.api,
-                        agent_joined=True, agent_name=event.agent_name,
-                    )
-                )
+                batch.outgoing.append(self._joined(chat, event.agent_name))
                 continue
             if not polled and event.message_id in chat.seen_ids:
                 self._observe.duplicate_dropped("message")
@@ -182,6 +177,10 @@ class Dispatcher:
                 batch.estimate = str(event.details["wait_time"])
         if isinstance(event, AgentMessage):
             self._observe.agent_joined(chat.sender_id, chat.chat_id)
+            if not batch.joined:
+                # The agent's first word is their arrival where ServiceNow
+                # announced none (Connect): the stream hears it first.
+                batch.outgoing.append(self._joined(chat, event.agent_name))
             batch.joined = True
         message = user_message(chat.sender_id, event)
         batch.queued.append(len(batch.outgoing))
@@ -189,6 +188,11 @@ class Dispatcher:
         batch.records.append(bot_uttered(message))
         if not polled:
             batch.noted.append((event.message_id, event.timestamp))
+
+    def _joined(self, chat: LiveChat, agent_name: Optional[str]) -> Outgoing:
+        return status_item(
+            chat.sender_id, active=True, chat_id=chat.chat_id, api=self._backend.api, agent_joined=True, agent_name=agent_name
+        )
 
     def _move_on(self, chat: LiveChat, batch: _Batch, cursor: Optional[Cursor]) -> bool:
         """Once its events are on their way, the chat moves on; True when it
