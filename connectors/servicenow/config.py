@@ -20,6 +20,7 @@ from connectors.servicenow.attachments import (
 )
 from connectors.servicenow.egress import endpoint_of
 from connectors.servicenow.errors import ConfigurationError
+from connectors.servicenow.signing import secret_key
 from connectors.servicenow.texts import UserTexts
 
 CONNECT_API = "connect"
@@ -57,6 +58,8 @@ class ServiceNowSettings:
     client_secret: Optional[str] = field(default=None, repr=False)
     queue_id: Optional[str] = None
     callback_url: Optional[str] = None
+    #: Signs every POST to ``callback_url`` (``whsec_<base64>``, Standard Webhooks; signing.py).
+    callback_secret: Optional[str] = field(default=None, repr=False)
     #: Seconds between polls of an active Connect chat.
     poll_interval: float = 1.0
     #: Seconds between polls once a chat has been quiet for ``idle_after``.
@@ -321,6 +324,12 @@ def _jwt_method(value: Any) -> str:
     return method
 
 
+def _callback_secret(value: Any) -> str:
+    secret = _text(value)
+    secret_key(secret)  # ValueError, without the value, when it is not one
+    return secret
+
+
 def _redis_url(value: Any) -> str:
     url = _text(value)
     parsed = urlparse(url)
@@ -389,6 +398,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "client_secret": _text,
     "queue_id": _text,
     "callback_url": _url,
+    "callback_secret": _callback_secret,
     "poll_interval": _positive_number,
     "idle_poll_interval": _positive_number,
     "idle_after": _non_negative_number,

@@ -133,6 +133,17 @@ async def test_an_invalid_secret_value_is_reported_without_the_value(tmp_path, i
     assert all("a-list-password" not in f.message for f in findings)
 
 
+async def test_the_doctor_says_whether_posts_to_callback_url_are_signed(tmp_path, instance):
+    signed = await run(tmp_path, connect_options(instance))
+    one(oks(signed, "options"), "callback_secret is set")
+    unsigned = await run(tmp_path, connect_options(instance, callback_secret=None))
+    fix = next(f.fix for f in unsigned if "callback_url without callback_secret" in f.message)
+    assert "python -m connectors.servicenow.signing" in fix
+    bad = await run(tmp_path, connect_options(instance, callback_secret="not-a-whsec-secret"))
+    one(problems(bad, "options"), "Invalid value for 'callback_secret'")
+    assert all("not-a-whsec-secret" not in f.message for f in bad)
+
+
 async def test_virtual_agent_without_a_webhook_secret_is_a_problem(tmp_path, instance):
     findings = await run(tmp_path, va_options(instance, webhook_secret=None))
     one(problems(findings, "options"), "'api: virtual_agent' needs the callback secured")

@@ -12,6 +12,8 @@ from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, wait_for
 
 BACKENDS = ("connect", "virtual_agent")
 WEBHOOK_SECRET = "e2e-callback-secret"
+#: Signs the channel's POSTs to the callback receiver, which verifies each (docs/http-api.md#signed-callbacks).
+CALLBACK_SECRET = "whsec_ZTJlLWNhbGxiYWNrLXNpZ25pbmcta2V5LTAxMjM0NTY3"
 TEXTS = UserTexts()
 
 # Fast enough for tests, slow enough to be realistic: polls every 0.2 s, a
@@ -30,6 +32,7 @@ FAST_CHANNEL = {
     "chat_page": True,
     # The tests' file server and the emulator's files are on loopback: allowed by name, as `make run` does.
     "attachment_hosts": ["127.0.0.1"],
+    "callback_secret": CALLBACK_SECRET,
 }
 
 
@@ -124,7 +127,7 @@ def emulator(e2e_dir) -> Iterator[Emulator]:
 
 @pytest.fixture(scope="session")
 def callback() -> Iterator[CallbackReceiver]:
-    receiver = CallbackReceiver()
+    receiver = CallbackReceiver(secret=CALLBACK_SECRET)
     yield receiver
     receiver.stop()
 

@@ -161,3 +161,12 @@ def test_redis_options_are_read_and_a_bad_url_is_refused_without_echoing_it():
     with pytest.raises(ConfigurationError) as refused:
         ServiceNowSettings.from_credentials({**REDIS_OPTIONS, "redis_url": "http://:s3cret@redis:6379"})
     assert "s3cret" not in str(refused.value)
+
+
+def test_callback_secret_is_a_standard_webhooks_secret_and_never_shown():
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    settings = ServiceNowSettings.from_credentials({**BASIC, "callback_url": "https://frontend.example.com/cb", "callback_secret": secret})
+    assert settings.callback_secret == secret and secret not in repr(settings)
+    with pytest.raises(ConfigurationError, match="callback_secret") as refused:
+        ServiceNowSettings.from_credentials({**BASIC, "callback_secret": "hunter2-not-base64"})
+    assert "hunter2" not in str(refused.value)

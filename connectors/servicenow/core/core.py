@@ -127,6 +127,7 @@ class Core:
             max_open_streams=settings.max_open_streams,
             on_taken=self.reports.taken,
             on_delivered=self.observe.reached_sink if counting else None,
+            callback_secret=settings.callback_secret,
         )
         self.pending = PendingWrites(self.slots)
         #: Every text the user hears goes through here (domain response, ``messages``, default).

@@ -16,6 +16,7 @@ import aiohttp
 
 from connectors.servicenow.config import RetryPolicy
 from connectors.servicenow.retry import backoff_delay
+from connectors.servicenow.signing import CallbackSigner, delivery_id
 from connectors.servicenow.store import NewEntry, OutboxEntry
 
 logger = logging.getLogger(__name__)
@@ -104,22 +105,30 @@ class StreamLimitReached(Exception):
 async def post_with_retries(
     session: aiohttp.ClientSession,
     url: str,
-    payload: Mapping[str, Any],
-    kind: str,
+    entry: OutboxEntry,
     recipient_id: str,
     *,
+    signer: Optional[CallbackSigner] = None,
     may_retry: Optional[Callable[[], Awaitable[bool]]] = None,
 ) -> bool:
-    """POST one item to the callback URL, retried with backoff; True once it
-    answered below 400. ``may_retry`` is asked before each retry (the poster
-    checks that it still holds the conversation)."""
+    """POST one entry to the callback URL, retried with backoff; True once it
+    answered below 400. Every attempt carries the entry's delivery id and, with
+    ``signer`` signing, a signature over the exact body (signing.py).
+    ``may_retry`` is asked before each retry (the poster checks that it still
+    holds the conversation)."""
     problem = ""
+    kind = entry.kind
+    body = json.dumps(dict(entry.payload), separators=(",", ":")).encode()
+    webhook_id = delivery_id(recipient_id, entry.entry_id)
+    signer = signer or CallbackSigner(None)
     for attempt in range(1, CALLBACK_RETRY.attempts + 1):
         if attempt > 1 and may_retry is not None and not await may_retry():
             problem = "another replica took over"
             break
+        # A fresh timestamp (and signature) per attempt, the same id.
+        headers = {"Content-Type": "application/json", **signer.headers(webhook_id, body)}
         try:
-            async with session.post(url, json=dict(payload)) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 if response.status < 400:
                     return True
                 problem = f"HTTP {response.status}"

@@ -63,6 +63,7 @@ class Outbox:
         max_open_streams: int = 1000,
         on_taken: Optional[OnTaken] = None,
         on_delivered: Optional[OnDelivered] = None,
+        callback_secret: Optional[str] = None,
     ) -> None:
         """``owner``: this replica, as the holder of callback leases.
         ``on_taken``: called when the callback answered (or gave up on) an
@@ -78,7 +79,7 @@ class Outbox:
         self.callback = (
             CallbackPoster(
                 store, callback_url, owner=owner, request_timeout=request_timeout,
-                on_taken=on_taken, on_delivered=on_delivered,
+                on_taken=on_taken, on_delivered=on_delivered, secret=callback_secret,
             )
             if callback_url
             else None
