@@ -467,7 +467,8 @@ _RETRY_FIELDS = {
 #: Events of the protocol itself; the configurable ones may not take these names.
 RESERVED_EVENTS = frozenset(
     {"connect", "disconnect", "connect_error", "session_request", "session_confirm",
-     "servicenow_handoff", "servicenow_typing", "servicenow_error", "servicenow_user_typing"}
+     "servicenow_handoff", "servicenow_typing", "servicenow_error", "servicenow_user_typing",
+     "servicenow_refused_input"}
 )
 #: Rasa's socketio options and their defaults (rasa/core/channels/socketio.py).
 SOCKETIO_DEFAULTS: Dict[str, Any] = {

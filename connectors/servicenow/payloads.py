@@ -85,6 +85,15 @@ def decode_json(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError(400, "InvalidEncoding", "The request body must be UTF-8 encoded JSON.") from None
+    return decode_json_text(text)
+
+
+def decode_json_text(text: str, *, max_bytes: Optional[int] = None) -> Any:
+    """JSON text already decoded from its bytes (a socket.io packet, a
+    metadata string) by the same rules as a body: depth, numbers, lone
+    surrogates; a ``PayloadError`` for anything else."""
+    if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise PayloadError(413, "PayloadTooLarge", f"The message is larger than {max_bytes} bytes.")
     try:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:

@@ -19,18 +19,18 @@ docs/socketio.md.
 """
 
 import asyncio
-import json
 import logging
 import uuid
 from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
 from sanic import Blueprint, Sanic
 from socketio import AsyncRedisManager
+from socketio.exceptions import ConnectionRefusedError
 
 from connectors.servicenow.config import SOCKETIO_DEFAULTS, ServiceNowSettings, SocketIOSettings
 from connectors.servicenow.core.core import SHUTDOWN_TIMEOUT_S, Core
 from connectors.servicenow.doors.routes import HTTPRoutes
-from connectors.servicenow.doors.socket_server import SocketServer
+from connectors.servicenow.doors.socket_server import REFUSED_AUTH, REFUSED_INPUT_EVT, SocketServer, refused_input
 from connectors.servicenow.doors.shapes import AGENT_TYPING_EVT, HANDOFF_STATUS_EVT, socketio_events, socketio_messages
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.identity import Claims, Unauthenticated, verify_token
@@ -38,7 +38,7 @@ from connectors.servicenow.logsafe import escape_log_arguments, redact_access_lo
 from connectors.servicenow.ops.logs import use_json_logs
 from connectors.servicenow.outbox.base import OutboundItem, StreamLimitReached
 from connectors.servicenow.outbox.sinks.socketio import SessionReader
-from connectors.servicenow.payloads import PayloadError, is_valid_sender, parse_user_message
+from connectors.servicenow.payloads import MAX_BODY_BYTES, PayloadError, decode_json_text, is_valid_sender, parse_user_message
 from connectors.servicenow.rasa_glue.channels import InputChannel, OutputChannel, SocketBlueprint
 from connectors.servicenow.rasa_glue.output import OnNewMessage
 from connectors.servicenow.store import Store
@@ -124,6 +124,7 @@ class ServiceNowSocketIOInput(InputChannel):
         sio.on("disconnect", namespace=namespace)(self._disconnect)
         sio.on("session_request", namespace=namespace)(self._session_request)
         sio.on(USER_TYPING_EVT, namespace=namespace)(self._user_typing)
+        sio.on(REFUSED_INPUT_EVT, namespace=namespace)(self._refused_input)
 
         @sio.on(self.socket.user_message_evt, namespace=namespace)
         async def handle_message(sid: str, data: Any = None) -> None:
@@ -134,6 +135,10 @@ class ServiceNowSocketIOInput(InputChannel):
     # -- socket events -----------------------------------------------------------
 
     async def _connect(self, sid: str, _environ: Dict[str, Any], auth: Optional[Dict[str, Any]] = None) -> bool:
+        if isinstance(auth, dict) and REFUSED_AUTH in auth:
+            refusal = auth[REFUSED_AUTH]
+            logger.info("Refused a socket.io connection: its auth data failed the checks (%s).", refusal["reason"])
+            raise ConnectionRefusedError(refusal["message"], refusal)
         if self.settings.jwt_key:
             claims = self._verify(auth)
             if claims is None:
@@ -159,6 +164,10 @@ class ServiceNowSocketIOInput(InputChannel):
             # confirmed id is new, and the replay must come after that.
             await self.sio.enter_room(sid, session_id, namespace=namespace)
             await self._join(sid, session_id)
+
+    async def _refused_input(self, sid: str, data: Any = None) -> None:
+        """A packet that failed the webhook's checks (socket_server.ScreenedPacket)."""
+        await self._refuse(sid, refused_input(data) or PayloadError(400, "InvalidMessage", "The message was refused."))
 
     async def _user_typing(self, sid: str, data: Any = None) -> None:
         sender = self._sender_of(sid, data if isinstance(data, dict) else {})
@@ -276,10 +285,10 @@ class ServiceNowSocketIOInput(InputChannel):
         if isinstance(metadata, str):
             # Rasa's channel accepts metadata as a JSON string too.
             try:
-                data = {**data, self.socket.metadata_key: json.loads(metadata)}
-            except ValueError:
+                data = {**data, self.socket.metadata_key: decode_json_text(metadata, max_bytes=MAX_BODY_BYTES)}
+            except PayloadError as error:
                 await self._refuse(
-                    sid, PayloadError(400, "InvalidMetadata", f"'{self.socket.metadata_key}' is not valid JSON.")
+                    sid, PayloadError(400, "InvalidMetadata", f"'{self.socket.metadata_key}': {error.message}")
                 )
                 return
         try:
