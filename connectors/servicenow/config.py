@@ -140,6 +140,10 @@ class ServiceNowSettings:
     #: Open ``/stream`` connections per conversation (429 beyond) and in total (503 beyond).
     max_streams_per_sender: int = 5
     max_open_streams: int = 1000
+    #: Seconds a request body may take to arrive in all (408 and the connection closed beyond).
+    body_read_timeout: float = 10.0
+    #: Request bodies read at once by a door (503 with ``Retry-After`` beyond).
+    max_body_reads: int = 256
     #: Live chats at once in this process (0: no limit); beyond it ``messages.handoff_busy``.
     max_live_chats: int = 0
     #: Handoff starts per conversation per minute (0: no limit); beyond it ``messages.handoff_rate_limited``.
@@ -436,6 +440,8 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "report_delivery": _boolean,
     "max_streams_per_sender": _positive_int,
     "max_open_streams": _positive_int,
+    "body_read_timeout": _positive_number,
+    "max_body_reads": _positive_int,
     "max_live_chats": _non_negative_int,
     "handoff_starts_per_minute": _non_negative_int,
     "jwt_key": _text,

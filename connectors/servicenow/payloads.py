@@ -45,11 +45,13 @@ _MESSAGE_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 class PayloadError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: Optional[int] = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        #: Seconds after which the same request may succeed (a ``Retry-After`` header).
+        self.retry_after = retry_after
 
     def body(self) -> Dict[str, Any]:
         # The shape of Rasa's own HTTP API errors.

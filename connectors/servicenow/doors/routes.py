@@ -31,15 +31,14 @@ from sanic.response import HTTPResponse
 from connectors.servicenow.core.core import SHUTDOWN_TIMEOUT_S, Core
 from connectors.servicenow.doors.chat_page import add_chat_page
 from connectors.servicenow.doors.http import (
+    BodyReads,
     MalformedRequest,
     body_routes,
     callback_authorized,
     check_framing,
-    discard_body,
     error_response,
     log_unanswered_turn,
     malformed_request_response,
-    read_body,
     retry_later,
     stream_limit_error,
 )
@@ -79,6 +78,8 @@ class HTTPRoutes:
         self.open_streams = OpenStreams()
         self.prefix = f"/webhooks/{door}"
         self.settings = core.settings
+        #: Request bodies being read, each within ``body_read_timeout``, at most ``max_body_reads`` at once.
+        self.body_reads = BodyReads(core.settings.max_body_reads, core.settings.body_read_timeout)
 
     def add(self, blueprint: Blueprint, on_new_message: OnNewMessage) -> None:
         self._add_lifecycle(blueprint)
@@ -173,7 +174,7 @@ class HTTPRoutes:
         try:
             # The body is read (within its cap) before a 401 too: an unread
             # body would be left to Sanic's clean-up.
-            body = await read_body(request, MAX_BODY_BYTES)
+            body = await self.body_reads.read(request, MAX_BODY_BYTES)
             claims = self.authenticate(request)
             payload = parse_user_payload(body, max_message_length=self.settings.max_message_length)
             self.authorize(claims, payload.sender)
@@ -202,7 +203,7 @@ class HTTPRoutes:
 
     async def typing(self, request: Request) -> HTTPResponse:
         try:
-            body = await read_body(request, MAX_BODY_BYTES)
+            body = await self.body_reads.read(request, MAX_BODY_BYTES)
             claims = self.authenticate(request)
             payload = parse_typing_payload(body)
             self.authorize(claims, payload.sender)
@@ -218,16 +219,16 @@ class HTTPRoutes:
 
     async def servicenow_callback(self, request: Request) -> HTTPResponse:
         if self.core.backend.pulls:
-            await discard_body(request, MAX_CALLBACK_BYTES)
+            await self.body_reads.discard(request, MAX_CALLBACK_BYTES)
             error = PayloadError(404, "NotEnabled", "Callbacks are used with 'api: virtual_agent' only.")
             return response.json(error.body(), status=404)
         if not callback_authorized(self.settings, request.headers):
             self.core.observe.callback_unauthorized()
-            await discard_body(request, MAX_CALLBACK_BYTES)
+            await self.body_reads.discard(request, MAX_CALLBACK_BYTES)
             error = PayloadError(401, "Unauthorized", "Missing or wrong callback credentials.")
             return response.json(error.body(), status=401)
         try:
-            body = await read_body(request, MAX_CALLBACK_BYTES)
+            body = await self.body_reads.read(request, MAX_CALLBACK_BYTES)
             payload = parse_json_object(body, '{"clientSessionId": "...", "body": []}', max_bytes=MAX_CALLBACK_BYTES)
             callback = self.core.backend.parse_callback(payload)
         except PayloadError as error:
