@@ -139,15 +139,20 @@ class ServiceNowSettings:
     # -- limits and authentication of the user-facing routes (docs/security.md)
     #: Open ``/stream`` connections per conversation (429 beyond) and in total (503 beyond).
     max_streams_per_sender: int = 5
+    #: Open streams and sockets per client address (429 beyond).
+    max_streams_per_client: int = 50
     max_open_streams: int = 1000
     #: Seconds a request body may take to arrive in all (408 and the connection closed beyond).
     body_read_timeout: float = 10.0
     #: Request bodies read at once by a door (503 with ``Retry-After`` beyond).
     max_body_reads: int = 256
-    #: Live chats at once in this process (0: no limit); beyond it ``messages.handoff_busy``.
-    max_live_chats: int = 0
+    #: Live chats at once in the deployment (0: no limit); beyond it ``messages.handoff_busy``.
+    max_live_chats: int = 100
     #: Handoff starts per conversation per minute (0: no limit); beyond it ``messages.handoff_rate_limited``.
     handoff_starts_per_minute: int = 3
+    #: Handoff starts per minute in the deployment, on average (0: no limit), and at once; beyond, ``messages.handoff_busy``.
+    deployment_handoff_starts_per_minute: int = 60
+    deployment_handoff_start_burst: int = 20
     #: Key that verifies the users' JWTs (HS* secret or RS*/ES* public key); unset: no authentication.
     jwt_key: Optional[str] = field(default=None, repr=False)
     jwt_method: str = DEFAULT_JWT_METHOD
@@ -439,11 +444,14 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "history_turns": _non_negative_int,
     "report_delivery": _boolean,
     "max_streams_per_sender": _positive_int,
+    "max_streams_per_client": _positive_int,
     "max_open_streams": _positive_int,
     "body_read_timeout": _positive_number,
     "max_body_reads": _positive_int,
     "max_live_chats": _non_negative_int,
     "handoff_starts_per_minute": _non_negative_int,
+    "deployment_handoff_starts_per_minute": _non_negative_int,
+    "deployment_handoff_start_burst": _positive_int,
     "jwt_key": _text,
     "jwt_method": _jwt_method,
     "jwt_max_lifetime": _positive_number,

@@ -108,7 +108,9 @@ def test_invalid_virtual_agent_options(change, complaint):
 def test_limits_and_authentication_options_have_safe_defaults_and_parse_from_strings():
     defaults = ServiceNowSettings.from_credentials(BASIC)
     assert (defaults.max_streams_per_sender, defaults.max_open_streams) == (5, 1000)
-    assert (defaults.max_live_chats, defaults.handoff_starts_per_minute) == (0, 3)
+    assert (defaults.max_live_chats, defaults.handoff_starts_per_minute) == (100, 3)  # safe, finite (issue 22)
+    assert (defaults.deployment_handoff_starts_per_minute, defaults.deployment_handoff_start_burst) == (60, 20)
+    assert defaults.max_streams_per_client == 50
     assert defaults.jwt_key is None and defaults.jwt_method == "HS256"
     assert defaults.trust_frontend_metadata is False
     settings = ServiceNowSettings.from_credentials(

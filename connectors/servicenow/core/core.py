@@ -124,6 +124,7 @@ class Core:
             owner=self.replica_id,
             request_timeout=settings.request_timeout,
             max_streams_per_sender=settings.max_streams_per_sender,
+            max_streams_per_client=settings.max_streams_per_client,
             max_open_streams=settings.max_open_streams,
             on_taken=self.reports.taken,
             on_delivered=self.observe.reached_sink if counting else None,
@@ -255,6 +256,7 @@ class Core:
         if self.timers.enabled:
             self.timer_loop.start()
         self._tasks.spawn(self._housekeeping(), name="servicenow-housekeeping")
+        self._tasks.spawn(self.outbox.capacity.renew_forever(), name="servicenow-stream-slots")
 
     async def stop(self) -> None:
         """When the server stops (the first door to ask stops it): turns and
@@ -265,6 +267,7 @@ class Core:
         self._stopped = True
         self._tasks.cancel()
         await self.shutdown(SHUTDOWN_TIMEOUT_S)
+        await self.outbox.capacity.release_all(SHUTDOWN_TIMEOUT_S)
         await self.http.aclose()
         await self.outbox.aclose()
         if self._metrics_port is not None:

@@ -16,7 +16,7 @@ from sanic.response import HTTPResponse
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ConversationBusy
-from connectors.servicenow.outbox.base import PER_SENDER, StreamLimitReached
+from connectors.servicenow.outbox.base import PER_CLIENT, PER_SENDER, StreamLimitReached
 from connectors.servicenow.payloads import MAX_CALLBACK_BYTES, PayloadError
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,29 @@ def error_response(error: PayloadError, headers: Optional[Dict[str, str]] = None
     return response.json(error.body(), status=error.status, headers=extra or None)
 
 
-def stream_limit_error(limit: StreamLimitReached) -> PayloadError:
+def stream_limit_error(limit: StreamLimitReached, retry_after: int) -> PayloadError:
+    """The refusal of a stream or socket beyond a cap (``outbox/capacity.py``)."""
     if limit.scope == PER_SENDER:
         return PayloadError(
-            429, "TooManyStreams", f"This conversation has {limit.limit} open streams already; close one first."
+            429, "TooManyStreams", f"This conversation has {limit.limit} open streams already; close one first.",
+            retry_after=retry_after,
         )
-    return PayloadError(503, "StreamCapacityReached", "The server has no room for another stream; try again shortly.")
+    if limit.scope == PER_CLIENT:
+        return PayloadError(
+            429, "TooManyClientStreams", f"This client has {limit.limit} open streams already; close one first.",
+            retry_after=retry_after,
+        )
+    return PayloadError(
+        503, "StreamCapacityReached", "The server has no room for another stream; try again shortly.",
+        retry_after=retry_after,
+    )
+
+
+def client_address(request: Request) -> str:
+    """The client's address as Sanic reads it: the one a trusted proxy
+    reports (Sanic's ``PROXIES_COUNT``, ``REAL_IP_HEADER``, ``FORWARDED_SECRET``),
+    else the peer's."""
+    return str(request.remote_addr or request.ip or "unknown")
 
 
 def retry_later(error: Exception) -> HTTPResponse:

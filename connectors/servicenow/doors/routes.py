@@ -36,6 +36,7 @@ from connectors.servicenow.doors.http import (
     body_routes,
     callback_authorized,
     check_framing,
+    client_address,
     error_response,
     log_unanswered_turn,
     malformed_request_response,
@@ -47,6 +48,7 @@ from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, verify_token
 from connectors.servicenow.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from connectors.servicenow.outbox.base import StreamLimitReached
+from connectors.servicenow.outbox.capacity import SOCKETIO, SSE
 from connectors.servicenow.payloads import (
     MAX_BODY_BYTES,
     MAX_CALLBACK_BYTES,
@@ -165,7 +167,10 @@ class HTTPRoutes:
                 "live_chats": len(self.core.registry),
                 # Per-conversation state the channel holds: flat under anonymous traffic.
                 "mailboxes": outbox.mailbox_count,
+                # SSE streams and socket.io sockets open on this replica (each holds a slot of the caps).
                 "open_streams": outbox.open_streams,
+                "socketio_sockets": outbox.capacity.open_by_kind[SOCKETIO],
+                "socketio_readers": outbox.readers,
             }
         )
 
@@ -258,10 +263,16 @@ class HTTPRoutes:
         except PayloadError as error:
             return error_response(error)
         last_event_id = request.headers.get("last-event-id") or request.args.get("last_event_id")
+        capacity = self.core.outbox.capacity
         try:
-            subscription = self.core.outbox.subscribe(sender, last_event_id)
+            # Counted for the deployment before anything is set up for it.
+            slot = await capacity.open_slot(SSE, client=client_address(request), sender=sender)
         except StreamLimitReached as limit:
-            return error_response(stream_limit_error(limit), headers={"Retry-After": str(STREAM_RETRY_AFTER_S)})
+            logger.info("Refused a stream of conversation %s: %s.", sender, limit)
+            return error_response(stream_limit_error(limit, STREAM_RETRY_AFTER_S))
+        except StoreUnavailable as error:
+            return retry_later(error)
+        subscription = self.core.outbox.subscribe(sender, last_event_id)
         observe = self.core.observe
         try:
             stream_response = await request.respond(
@@ -285,6 +296,7 @@ class HTTPRoutes:
             logger.warning("Closing a stream of conversation %s: %s", sender, error)
         finally:
             subscription.close()
+            capacity.close(slot)
         return None
 
     async def metrics_route(self, _: Request) -> HTTPResponse:

@@ -30,6 +30,7 @@ RETAINED_PER_USER = 200
 CALLBACK_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=4.0)
 
 PER_SENDER = "sender"
+PER_CLIENT = "client"
 IN_TOTAL = "total"
 
 #: Told when a sink took an entry: (recipient, entry, delivered). Runs on the
@@ -93,11 +94,12 @@ def status_item(
 
 
 class StreamLimitReached(Exception):
-    """A new stream would exceed a cap on open streams."""
+    """A new stream or socket would exceed a cap on open ones."""
 
     def __init__(self, scope: str, limit: int) -> None:
-        super().__init__(f"{limit} open stream(s) {'for this conversation' if scope == PER_SENDER else 'in total'}")
-        #: ``PER_SENDER`` or ``IN_TOTAL``.
+        where = {PER_SENDER: "for this conversation", PER_CLIENT: "from this client"}.get(scope, "in total")
+        super().__init__(f"{limit} open stream(s) {where}")
+        #: ``PER_SENDER``, ``PER_CLIENT`` or ``IN_TOTAL``.
         self.scope = scope
         self.limit = limit
 
