@@ -37,6 +37,7 @@ from connectors.servicenow.ops.metrics import HandoffMetrics, MetricsPort
 from connectors.servicenow.ops.observe import Observer
 from connectors.servicenow.outbox.base import Outgoing
 from connectors.servicenow.outbox.stream import Outbox
+from connectors.servicenow.outbox.capacity import SOCKETIO, SSE
 from connectors.servicenow.rasa_glue.channels import Agent
 from connectors.servicenow.rasa_glue.handback import HandBackTurn
 from connectors.servicenow.rasa_glue.nlg import Speech
@@ -99,6 +100,10 @@ class Core:
         if self.metrics is not None:
             self.metrics.read_live_chats(lambda: len(self.registry))
             self.metrics.read_outbox_backlog(lambda: self.outbox.callback_backlog)
+            capacity = self.outbox.capacity
+            self.metrics.read_open_streams(
+                lambda kind: capacity.open_by_kind[kind], (SSE, SOCKETIO), lambda: self.outbox.readers
+            )
         self._started = False
         self._stopped = False
 
