@@ -33,6 +33,12 @@ FAST_CHANNEL = {
     # The tests' file server and the emulator's files are on loopback: allowed by name, as `make run` does.
     "attachment_hosts": ["127.0.0.1"],
     "callback_secret": CALLBACK_SECRET,
+    # The shared servers start hundreds of chats over a session, and many
+    # tests leave theirs open: room for all of them. The defaults (100 live,
+    # 60 starts a minute) are proven in test_guard.py.
+    "max_live_chats": 2000,
+    "deployment_handoff_starts_per_minute": 6000,
+    "deployment_handoff_start_burst": 1000,
 }
 
 
