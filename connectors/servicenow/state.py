@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from rasa.core.agent import Agent
-from rasa.core.tracker_store import FailSafeTrackerStore, TrackerStore
 from rasa.shared.core.events import BotUttered, Event, SlotSet, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
+from connectors.servicenow.rasa_glue.versions import FailSafeTrackerStore, TrackerStore
 
 logger = logging.getLogger(__name__)
 

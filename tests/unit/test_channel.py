@@ -9,8 +9,8 @@ from unittest.mock import AsyncMock
 import aiohttp
 import pytest
 from aioresponses import aioresponses
-from rasa.core.agent import load_agent
 
+from tests.assistant import demo_agent
 from connectors.servicenow import ServiceNowInput
 from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.texts import UserTexts
@@ -25,7 +25,7 @@ TEXTS = UserTexts()
 
 @pytest.fixture
 async def agent(demo_model):
-    return await load_agent(model_path=str(demo_model))
+    return await demo_agent(demo_model)
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from unittest.mock import AsyncMock
 import pytest
 from aioresponses import aioresponses
 from aiohttp.client import URL
-from rasa.core.agent import load_agent
 
+from tests.assistant import demo_agent
 from connectors.servicenow import ServiceNowInput
 from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.texts import UserTexts
@@ -20,7 +20,7 @@ TEXTS = UserTexts()
 
 @pytest.fixture
 async def agent(demo_model):
-    return await load_agent(model_path=str(demo_model))
+    return await demo_agent(demo_model)
 
 
 def opened(mock):

@@ -8,14 +8,14 @@ from typing import Any, Dict, List
 import pytest
 from aioresponses import aioresponses
 from rasa.core.actions.action import RemoteAction
-from rasa.core.agent import load_agent
-from rasa.core.processor import MessageProcessor
+import rasa.core.processor
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import UserUttered
 from rasa.utils.endpoints import EndpointConfig
 from rasa_sdk import Action
 from rasa_sdk.executor import ActionExecutor, CollectingDispatcher
 
+from tests.assistant import demo_agent
 from connectors.servicenow import ServiceNowInput
 from connectors.servicenow.channel import OutOfBandOutput
 from connectors.servicenow.frontdoor import TurnCollector
@@ -37,7 +37,7 @@ MINIMAL = {"instance_url": BASE, "queue_id": "q", "username": "u", "password": "
 
 @pytest.fixture
 async def agent(demo_model):
-    return await load_agent(model_path=str(demo_model))
+    return await demo_agent(demo_model)
 
 
 def make_channel(agent, **options):
@@ -90,6 +90,12 @@ class ActionEndHandoff(Action):
         return []
 
 
+# Rasa Pro keeps it on the shared base of its processors.
+send_bot_messages = getattr(
+    rasa.core.processor, "BaseMessageProcessor", rasa.core.processor.MessageProcessor
+)._send_bot_messages
+
+
 async def run_custom_action(agent, action: Action, output, sender="u1", mock=None):
     """A custom action as Rasa runs it: rasa_sdk's executor makes the action
     server's answer, Rasa's RemoteAction reads it, and the processor sends its
@@ -101,6 +107,8 @@ async def run_custom_action(agent, action: Action, output, sender="u1", mock=Non
     answer = await executor.run(
         {"next_action": action.name(), "sender_id": sender, "tracker": tracker.current_state(), "domain": agent.domain.as_dict(), "version": "3.6.2"}
     )
+    if hasattr(answer, "model_dump"):  # rasa_sdk 3.21 answers with a pydantic model
+        answer = answer.model_dump(by_alias=True)
     if mock is None:
         with aioresponses() as own:
             own.post(ACTIONS, payload=answer)
@@ -108,7 +116,7 @@ async def run_custom_action(agent, action: Action, output, sender="u1", mock=Non
     else:
         mock.post(ACTIONS, payload=answer)
         events = await remote.run(output, agent.processor.nlg, tracker, agent.domain)
-    await MessageProcessor._send_bot_messages(events, tracker, output)
+    await send_bot_messages(events, tracker, output)
 
 
 async def test_a_custom_actions_json_message_is_the_handoff_payload(agent):
@@ -230,7 +238,7 @@ def test_the_new_options_have_their_defaults():
 
 async def test_the_optional_slots_are_written_only_when_the_domain_declares_them(caplog):
     from rasa.core.lock_store import InMemoryLockStore
-    from rasa.core.tracker_store import InMemoryTrackerStore
+    from connectors.servicenow.rasa_glue.versions import InMemoryTrackerStore
 
     from connectors.servicenow.handback import ended_events
     from connectors.servicenow.state import TrackerSlots, cleared_slot_events

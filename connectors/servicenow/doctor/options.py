@@ -125,13 +125,13 @@ def _socketio_options(section: Any) -> List[Finding]:
 
 def _read(path: Path, found: List[Finding]) -> Optional[Mapping[str, Any]]:
     from rasa.shared.exceptions import RasaException
-    import rasa.shared.utils.io
+    from connectors.servicenow.rasa_glue.versions import read_config_file
 
     if not path.is_file():
         found.append(problem("credentials", f"{path} does not exist.", "Pass --credentials with the file rasa run uses."))
         return None
     try:
-        credentials = rasa.shared.utils.io.read_config_file(path)
+        credentials = read_config_file(path)
     except RasaException as error:
         # Also what rasa run says for a ${VAR} that is not set.
         found.append(problem("credentials", f"rasa run cannot read {path}: {error}",

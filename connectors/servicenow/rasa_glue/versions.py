@@ -1,0 +1,180 @@
+"""Which Rasa runs the channel, and every difference between the Rasas it
+supports: Rasa Open Source 3.6 (PyPI ``rasa``) and Rasa Pro 3.16 and later
+(PyPI ``rasa-pro``, newest tested 3.21). Both distributions install the
+module ``rasa``; the rest of the connector imports what differs from here,
+never with a try/except of its own.
+
+Each difference names where it is in the installed source (docs/rasa-pro.md
+has the table):
+
+- ``TrackerStore``, ``FailSafeTrackerStore``, ``InMemoryTrackerStore``:
+  ``rasa/core/tracker_store.py`` in 3.6, ``rasa/core/tracker_stores/
+  tracker_store.py`` from Rasa Pro 3.13 (no alias left behind).
+- ``read_config_file``: ``rasa/shared/utils/io.py`` in 3.6,
+  ``rasa/shared/utils/yaml.py`` from Rasa Pro 3.8.
+- ``lock_lifetime()``: ``_get_lock_lifetime`` in 3.6, ``get_lock_lifetime``
+  from Rasa Pro 3.14 (``rasa/core/lock_store.py``).
+- ``train()``: ``rasa.model_training.train`` is synchronous in 3.6 and a
+  coroutine from Rasa Pro 3.8.
+- ``prepare_to_load_agent()``: Rasa Pro 3.21 reads the process-wide
+  ``rasa.core.config.configuration.Configuration`` while it loads and runs a
+  model; ``rasa run`` initialises it, a program that loads an agent itself
+  must too.
+- ``nlg_output_channel()``: ``NaturalLanguageGenerator.generate(utter_action,
+  tracker, output_channel)`` takes the output channel's name in 3.6
+  (``rasa/core/nlg/generator.py``) and the ``OutputChannel`` itself in Rasa
+  Pro (it calls ``output_channel.name()``: ``rasa/core/nlg/response.py``;
+  the same in 3.16).
+- ``BUILTIN_LANGUAGE_SLOT``: Rasa Pro (3.12 on) adds a ``language`` slot to
+  every domain and refuses a domain that declares its own
+  (``rasa/shared/importers/importer.py``, ``LanguageImporter``).
+"""
+
+import sys
+from importlib import metadata
+from typing import Any, Callable, Optional, Tuple
+
+#: The version this connector needs at least, per distribution.
+OLDEST_RASA = (3, 6)
+OLDEST_RASA_PRO = (3, 16)
+
+INSTALL_HINT = (
+    "connectors.servicenow is a Rasa channel and needs Rasa in the same environment. Install it with the "
+    "Rasa you run: pip install 'rasa-servicenow-handoff[rasa]' for Rasa 3.6 (Python 3.8-3.10), or "
+    "pip install 'rasa-servicenow-handoff[rasa-pro]' for Rasa Pro 3.16 or later (Python 3.10+); "
+    "an environment that has Rasa already needs neither extra (docs/install.md)."
+)
+
+
+class RasaNotInstalled(ImportError):
+    """Neither ``rasa`` nor ``rasa-pro`` is installed where the channel is imported."""
+
+
+def _distribution() -> Tuple[str, str]:
+    """(distribution name, version) of the installed Rasa."""
+    for name in ("rasa-pro", "rasa"):
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    # A source checkout on the path: only the module says which Rasa it is.
+    try:
+        from rasa.version import __version__
+    except ImportError:
+        raise RasaNotInstalled(INSTALL_HINT) from None
+    return ("rasa-pro" if _numbers(__version__) >= (3, 7) else "rasa"), __version__
+
+
+def _numbers(version: str) -> Tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+DISTRIBUTION, RASA_VERSION = _distribution()
+#: The (major, minor) of the installed Rasa.
+RASA_MINOR: Tuple[int, ...] = _numbers(RASA_VERSION)
+IS_RASA_PRO = DISTRIBUTION == "rasa-pro"
+#: For logs and the doctor: "Rasa Pro 3.21.0" or "Rasa 3.6.21".
+RASA_NAME = f"{'Rasa Pro' if IS_RASA_PRO else 'Rasa'} {RASA_VERSION}"
+
+
+def supported() -> bool:
+    """Whether the installed Rasa is one this connector is made and tested for."""
+    if IS_RASA_PRO:
+        return RASA_MINOR >= OLDEST_RASA_PRO and RASA_MINOR[0] == 3
+    return RASA_MINOR == OLDEST_RASA
+
+
+try:
+    import rasa  # noqa: F401  (the distribution is there; its module must be too)
+except ImportError as error:  # pragma: no cover - a broken install
+    raise RasaNotInstalled(f"{DISTRIBUTION} {RASA_VERSION} is installed but 'import rasa' fails: {error}") from error
+
+#: Where each moved name lives, per Rasa: imported on first use (``from
+#: ...versions import TrackerStore``), so that reading which Rasa is installed
+#: loads none of it (the doctor and the emulator stay light).
+_TRACKER_STORES = (
+    "rasa.core.tracker_stores.tracker_store" if IS_RASA_PRO and RASA_MINOR >= (3, 13) else "rasa.core.tracker_store"
+)
+_MOVED = {
+    "TrackerStore": _TRACKER_STORES,
+    "FailSafeTrackerStore": _TRACKER_STORES,
+    "InMemoryTrackerStore": _TRACKER_STORES,
+    "read_config_file": "rasa.shared.utils.yaml" if IS_RASA_PRO else "rasa.shared.utils.io",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+#: The slot Rasa Pro declares in every domain itself.
+BUILTIN_LANGUAGE_SLOT: Optional[str] = "language" if IS_RASA_PRO and RASA_MINOR >= (3, 12) else None
+
+
+def nlg_output_channel(name: str) -> Any:
+    """The ``output_channel`` argument of ``NaturalLanguageGenerator.generate``
+    for a channel called ``name`` (its ``channel:`` response variations)."""
+    if not IS_RASA_PRO:
+        return name
+    from rasa.core.channels.channel import OutputChannel
+
+    class NamedOutput(OutputChannel):
+        """Stands for the channel in the NLG's call; it is never sent through."""
+
+        @classmethod
+        def name(cls) -> str:
+            return name
+
+    return NamedOutput()
+
+
+def lock_lifetime() -> int:
+    """How long Rasa holds a conversation's lock (``TICKET_LOCK_LIFETIME``), in seconds."""
+    from rasa.core import lock_store
+
+    read: Callable[[], int] = getattr(lock_store, "get_lock_lifetime", None) or getattr(lock_store, "_get_lock_lifetime")
+    return read()
+
+
+async def train(**arguments: Any) -> Any:
+    """``rasa.model_training.train`` awaited where it is a coroutine (Rasa Pro),
+    run in a thread where it is not (3.6, which starts its own event loop)."""
+    import asyncio
+    import inspect
+
+    from rasa.model_training import train as rasa_train
+
+    if inspect.iscoroutinefunction(rasa_train):
+        return await rasa_train(**arguments)
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: rasa_train(**arguments))
+
+
+def prepare_to_load_agent(endpoints: Any = None) -> None:
+    """Do what ``rasa run`` does before it loads a model: Rasa Pro 3.21's
+    processor reads its endpoints from the process-wide ``Configuration``."""
+    if not IS_RASA_PRO:
+        return
+    try:
+        from rasa.core.config.configuration import Configuration
+    except ImportError:  # a Rasa Pro without the process-wide configuration
+        return
+    if endpoints is None:
+        from rasa.core.config.available_endpoints import AvailableEndpoints
+
+        endpoints = AvailableEndpoints()
+    Configuration.initialise_endpoints_from_object(endpoints)
+
+
+def python_version() -> str:
+    return ".".join(str(part) for part in sys.version_info[:3])
