@@ -22,8 +22,15 @@ run: $(STAMP) $(MODEL)
 run-replicas: $(STAMP) $(MODEL)
 	scripts/run-replicas.sh
 
+# Two suites: Rasa 3.6 in .venv, then Rasa Pro in .venv-pro (scripts/test-pro.sh
+# makes it; docs/rasa-pro.md). Both run even when the first fails; either failing fails.
+# PYTEST_ARGS selects within the Rasa 3.6 suite, PRO_PYTEST_ARGS within the Rasa Pro one;
+# RASA=pro or RASA=3.6 runs one suite only.
 test: $(STAMP) $(MODEL)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@status=0; \
+	if [ "$(RASA)" != pro ]; then $(VENV)/bin/pytest $(PYTEST_ARGS) || status=$$?; fi; \
+	if [ "$(RASA)" != 3.6 ]; then scripts/test-pro.sh || status=$$?; fi; \
+	exit $$status
 
 # Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run.
 bench: $(STAMP) $(MODEL)
@@ -47,4 +54,4 @@ $(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) models .rasa .pytest_cache *.egg-info build test-output
+	rm -rf $(VENV) .venv-pro models .rasa .pytest_cache *.egg-info build test-output

@@ -60,3 +60,19 @@ def _let_aioresponses_build_aiohttp_3_14_responses() -> None:
 
 
 _let_aioresponses_build_aiohttp_3_14_responses()
+
+
+def pytest_report_header(config):
+    from connectors.servicenow.rasa_glue.versions import RASA_NAME, python_version
+
+    return f"suite: {RASA_NAME} on Python {python_version()}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say which Rasa this suite ran on (make test runs one suite per Rasa)."""
+    from connectors.servicenow.rasa_glue.versions import RASA_NAME
+
+    counts = {kind: len(terminalreporter.stats.get(kind, [])) for kind in ("passed", "skipped", "failed", "error")}
+    parts = [f"{counts['passed']} passed", f"{counts['skipped']} skipped"]
+    parts += [f"{counts[kind]} {kind if kind == 'failed' else 'errors'}" for kind in ("failed", "error") if counts[kind]]
+    terminalreporter.write_line(f"{RASA_NAME} suite: {', '.join(parts)}")

@@ -1,0 +1,71 @@
+"""A server process for the tests, built the way ``rasa run`` builds one but
+without Rasa's licensed CLI: a Sanic app whose channel routes come from
+Rasa's own ``rasa.core.channels.channel.register`` (the function ``rasa run``
+mounts every input channel with, under ``/webhooks/``), the demo assistant as
+``app.ctx.agent`` (tests/assistant.py), run by Sanic's own runner.
+
+``python -m tests.pro.serve --port N --channel CLASS --options JSON [--model PATH]``
+prints ``serving on <url>`` once it answers. One route of its own,
+``GET /test/slots/<sender>``, shows a conversation's slots to the tests.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from rasa.core.channels.channel import register
+from rasa.shared.utils.common import class_from_module_path
+from sanic import Sanic, response
+
+from tests.assistant import demo_agent
+
+
+def build(channel_path: str, options: dict, model: Optional[Path], port: int) -> Sanic:
+    channel_class: Any = class_from_module_path(channel_path)
+    channel = channel_class.from_credentials(options)
+    app = Sanic("servicenow_test_server")
+    register([channel], app, route="/webhooks/")
+
+    @app.listener("before_server_start")
+    async def load(app: Sanic, *_: Any) -> None:
+        app.ctx.agent = await demo_agent(model)
+
+    @app.listener("after_server_start")
+    async def announce(app: Sanic, *_: Any) -> None:
+        print(f"serving on http://127.0.0.1:{port}", flush=True)
+
+    @app.get("/test/slots/<sender>")
+    async def slots(_request: Any, sender: str) -> Any:
+        tracker = await app.ctx.agent.tracker_store.retrieve(sender)
+        return response.json(tracker.current_slot_values() if tracker is not None else None)
+
+    @app.get("/test/routes")
+    async def routes(_request: Any) -> Any:
+        return response.json(sorted({"/" + route.path.lstrip("/") for route in app.router.routes}))
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--channel", default="connectors.servicenow.ServiceNowInput")
+    parser.add_argument("--options", required=True, help="the channel's credentials.yml section, as JSON")
+    parser.add_argument("--model")
+    arguments = parser.parse_args()
+    options = json.loads(arguments.options)
+    app = build(arguments.channel, options, Path(arguments.model) if arguments.model else None, arguments.port)
+    run: Any = {"host": "127.0.0.1", "port": arguments.port, "access_log": False, "workers": 1}
+    try:
+        from sanic.application.constants import ServerStage  # noqa: F401  (sanic 22+)
+
+        run["single_process"] = True
+    except ImportError:
+        pass
+    app.run(**run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
