@@ -79,6 +79,7 @@ from connectors.servicenow.payloads import (
     parse_typing_payload,
     parse_user_payload,
 )
+from connectors.servicenow.rasa_glue.workers import check_workers
 from connectors.servicenow.rasa_tuning import cache_event_class_lookup, freeze_startup_heap
 from connectors.servicenow.shared_delivery import CALLBACK_LEASE_PREFIX, SharedOutbox
 from connectors.servicenow.store import Store, open_store
@@ -127,6 +128,7 @@ class ServiceNowInput(InputChannel):
         if not credentials:
             cls.raise_missing_credentials_exception()
         settings = ServiceNowSettings.from_credentials(credentials)
+        check_workers(settings.redis_url)
         if settings.log_format == "json":
             use_json_logs()
         return cls(settings)

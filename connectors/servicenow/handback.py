@@ -13,6 +13,11 @@ end reason as the entity ``handoff_end_reason``; a domain slot of that name
 with a ``from_entity`` mapping makes it visible to rules. A domain without the
 intent skips the turn (logged once), so bots written before this keep working.
 
+In a CALM assistant (Rasa Pro) an external intent starts no flow: the turn
+is then the intent's payload, ``/handoff_ended{"handoff_end_reason": ...}``,
+handled as a button's payload is, so the flow whose ``nlu_trigger`` lists the
+intent starts (docs/rasa-pro.md).
+
 The turn's output channel decides where its replies go: collected into the
 webhook's answer when the end happened in a request, else through the outbox
 (callback URL and streams), after the end notice.
@@ -22,10 +27,11 @@ import logging
 from typing import Any, Callable, Dict, List, Optional
 
 from rasa.core.agent import Agent
-from rasa.core.channels.channel import OutputChannel
+from rasa.core.channels.channel import OutputChannel, UserMessage
 from rasa.shared.core.constants import ACTION_LISTEN_NAME
 from rasa.shared.core.events import ActionExecuted, Event, SlotSet, UserUttered
 
+from connectors.servicenow.rasa_glue.versions import intent_payload, is_calm_assistant
 from connectors.servicenow.state import LOCK_POLL_S, SLOT_END_REASON, SLOT_STATUS
 
 logger = logging.getLogger(__name__)
@@ -103,6 +109,15 @@ class HandBackTurn:
             return False
         entities: List[Dict[str, Any]] = [{"entity": END_REASON_ENTITY, "value": reason}]
         try:
+            if is_calm_assistant(agent):
+                # A flow reacts through its nlu_trigger: the intent goes in as a
+                # button's payload would (Rasa takes the conversation's lock).
+                text = intent_payload(self.intent, {END_REASON_ENTITY: reason})
+                await agent.handle_message(
+                    UserMessage(text, output, sender_id, input_channel=output.name(), metadata={"handoff": {"ended": reason}})
+                )
+                logger.info("Ran the hand-back turn '%s' (%s) for conversation %s.", self.intent, reason, sender_id)
+                return True
             async with agent.lock_store.lock(sender_id, wait_time_in_seconds=LOCK_POLL_S):
                 tracker = await agent.processor.fetch_tracker_and_update_session(sender_id, output)
                 if tracker.latest_action_name != ACTION_LISTEN_NAME:

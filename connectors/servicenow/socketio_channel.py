@@ -38,6 +38,7 @@ from connectors.servicenow.identity import Claims, Unauthenticated, verify_token
 from connectors.servicenow.logs import use_json_logs
 from connectors.servicenow.markdown import escape_text, web_url
 from connectors.servicenow.payloads import PayloadError, is_valid_sender, parse_user_message
+from connectors.servicenow.rasa_glue.workers import check_workers
 from connectors.servicenow.socket_sink import SessionPointers, SessionReader
 from connectors.servicenow.store import Store
 
@@ -73,6 +74,7 @@ class ServiceNowSocketIOInput(ServiceNowInput):
         settings = ServiceNowSettings.from_credentials(
             {key: value for key, value in credentials.items() if key not in SOCKETIO_DEFAULTS}
         )
+        check_workers(settings.redis_url)
         if settings.log_format == "json":
             use_json_logs()
         return cls(settings, socket)

@@ -24,6 +24,7 @@ from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.handback import END_REASON_ENTITY, HandBackTurn, user_message_event
 from connectors.servicenow.handoff import EndReason
 from connectors.servicenow.payloads import UserPayload
+from connectors.servicenow.rasa_glue.versions import IS_RASA_PRO
 from connectors.servicenow.texts import UserTexts
 
 BASE = "https://acme.service-now.com"
@@ -253,3 +254,14 @@ async def test_the_optional_slots_are_written_only_when_the_domain_declares_them
     tracker = await store.retrieve("u1")
     assert [(e.key, e.value) for e in tracker.events] == [("handoff_active", False)]
     assert not [r for r in caplog.records if "non existent slot" in r.getMessage()]
+
+
+@pytest.mark.skipif(not IS_RASA_PRO, reason="CALM assistants are Rasa Pro's")
+async def test_a_calm_assistant_gets_the_hand_back_as_an_intent_payload(channel, agent):
+    # What Rasa Pro's processor reports for a model whose graph runs the FlowPolicy.
+    agent.processor.is_calm_assistant = True
+    replies = await channel.handoffs.hand_back("u1", EndReason.AGENT_CLOSED, in_request=True)
+    assert [reply["text"] for reply in replies] == ["How was your chat with the agent?"]
+    tracker = await agent.tracker_store.retrieve("u1")
+    assert tracker.latest_message.text == '/handoff_ended{"handoff_end_reason":"agent_closed"}'
+    assert tracker.latest_message.intent["name"] == "handoff_ended"

@@ -32,7 +32,7 @@ has the table):
 
 import sys
 from importlib import metadata
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 #: The version this connector needs at least, per distribution.
 OLDEST_RASA = (3, 6)
@@ -137,6 +137,25 @@ def nlg_output_channel(name: str) -> Any:
             return name
 
     return NamedOutput()
+
+
+def is_calm_assistant(agent: Any) -> bool:
+    """Whether the loaded model is a CALM assistant (Rasa Pro: its graph runs
+    the ``FlowPolicy``; ``MessageProcessor.is_calm_assistant`` in 3.16 to 3.21)."""
+    return IS_RASA_PRO and bool(getattr(getattr(agent, "processor", None), "is_calm_assistant", False))
+
+
+def intent_payload(intent: str, entities: Dict[str, Any]) -> str:
+    """``/intent{"entity": "value"}``: the message a button sends. In a CALM
+    assistant it is the way for an intent to start a flow: Rasa Pro reads the
+    payload without running NLU and its ``NLUCommandAdapter`` turns the
+    intent into a start-flow command for the flow whose ``nlu_trigger`` lists
+    it (``MessageProcessor._parse_message_with_commands_and_intents`` and
+    ``_nlu_to_commands``, rasa/core/processor.py). An external intent
+    (``trigger_intent``) brings no command, so it starts no flow there."""
+    import json
+
+    return f"/{intent}{json.dumps(entities, separators=(',', ':'))}" if entities else f"/{intent}"
 
 
 def lock_lifetime() -> int:
