@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
+from connectors.servicenow.rasa_glue.versions import expand_deferred_variables
 from connectors.servicenow.availability import BusinessHours
 from connectors.servicenow.attachments import (
     DEFAULT_ATTACHMENT_TYPES,
@@ -171,6 +172,7 @@ class ServiceNowSettings:
 
     @classmethod
     def from_credentials(cls, credentials: Mapping[str, Any]) -> "ServiceNowSettings":
+        credentials = expand_deferred_variables(dict(credentials))
         options = {key: value for key, value in credentials.items() if not _is_unset(value)}
         unknown = sorted(set(options) - set(_PARSERS))
         if unknown:

@@ -11,6 +11,7 @@ import yaml
 
 from connectors.servicenow.doctor import Paths, diagnose, exit_code
 from connectors.servicenow.doctor.findings import Finding, Severity
+from connectors.servicenow.rasa_glue.versions import IS_RASA_PRO
 
 from .conftest import (
     CHANNEL,
@@ -322,7 +323,9 @@ def test_cli_with_the_shipped_files(instance):
     }
     for name in ("CLIENT_ID", "CLIENT_SECRET", "CALLBACK_URL", "POLL_INTERVAL", "WEBHOOK_SECRET", "CHAT_PAGE", "LOG_FORMAT", "REDIS_URL"):
         env[f"SERVICENOW_{name}"] = ""
-    result = doctor(cwd=ROOT, env=env)
+    # The shipped project of the installed Rasa: the NLU-based demo, or on Rasa Pro the CALM example.
+    project = ROOT / "examples" / "calm" if IS_RASA_PRO else ROOT
+    result = doctor(cwd=project, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Response(s) that start a handoff: utter_handoff" in result.stdout
 

@@ -25,14 +25,25 @@ has the table):
   (``rasa/core/nlg/generator.py``) and the ``OutputChannel`` itself in Rasa
   Pro (it calls ``output_channel.name()``: ``rasa/core/nlg/response.py``;
   the same in 3.16).
+- ``expand_deferred_variables()``: reading ``credentials.yml``, Rasa 3.6
+  expands every ``${VAR}``; Rasa Pro leaves it as written for the keys it
+  deems sensitive or resolves later (``SENSITIVE_DATA`` and
+  ``DEFERRED_RESOLUTION_KEYS`` in ``rasa/shared/constants.py``, read by
+  ``_env_var_constructor`` in ``rasa/shared/utils/yaml.py``), which include
+  the channel's ``client_id`` and ``client_secret``.
+- ``slot_mapping_types()``: a slot's ``mappings`` are dicts in 3.6 and
+  pydantic ``SlotMapping`` objects in Rasa Pro (``rasa/shared/core/
+  slot_mappings.py``), where ``custom`` is deprecated for ``controlled``.
 - ``BUILTIN_LANGUAGE_SLOT``: Rasa Pro (3.12 on) adds a ``language`` slot to
   every domain and refuses a domain that declares its own
   (``rasa/shared/importers/importer.py``, ``LanguageImporter``).
 """
 
+import os
+import re
 import sys
 from importlib import metadata
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 #: The version this connector needs at least, per distribution.
 OLDEST_RASA = (3, 6)
@@ -156,6 +167,45 @@ def intent_payload(intent: str, entities: Dict[str, Any]) -> str:
     import json
 
     return f"/{intent}{json.dumps(entities, separators=(',', ':'))}" if entities else f"/{intent}"
+
+
+def expand_deferred_variables(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The channel's options with the ``${VAR}`` Rasa Pro left unexpanded
+    expanded as Rasa 3.6 expands them (an unset variable is an error, as it
+    is there)."""
+    if not IS_RASA_PRO:
+        return options
+    from rasa.shared import constants
+
+    deferred = set(getattr(constants, "SENSITIVE_DATA", ())) | set(getattr(constants, "DEFERRED_RESOLUTION_KEYS", ()))
+    expanded = dict(options)
+    for key in deferred & set(options):
+        value = options[key]
+        if not isinstance(value, str) or "${" not in value:
+            continue
+        # Rasa's pattern: ${NAME} (a `$` alone, as in a password, is kept).
+        unset = [name for name in re.findall(r"\$\{(\w+)\}", value) if name not in os.environ]
+        if unset:
+            from connectors.servicenow.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"'{key}' names the environment variable(s) {', '.join(unset)}, which are not set."
+            )
+        expanded[key] = re.sub(r"\$\{(\w+)\}", lambda match: os.environ[match.group(1)], value)
+    return expanded
+
+
+#: The mapping types that leave a slot to the channel (no NLU or LLM fills it).
+CHANNEL_OWNED_MAPPINGS = ("custom", "controlled")
+
+
+def slot_mapping_types(slot: Any) -> List[str]:
+    """The ``type`` of each of a domain slot's mappings, as written."""
+    types = []
+    for mapping in getattr(slot, "mappings", None) or []:
+        kind = mapping.get("type") if isinstance(mapping, dict) else getattr(mapping, "type", None)
+        types.append(str(getattr(kind, "value", kind)))
+    return types
 
 
 def lock_lifetime() -> int:
