@@ -15,8 +15,15 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 # SERVICENOW_FRONTEND=socketio make run: the socket.io flavour, with the stock
 # rasa-webchat widget (fetched from the npm registry) on http://127.0.0.1:8080/.
+# RASA=pro make run: the same with Rasa Pro and the CALM example (examples/calm);
+# needs RASA_LICENSE (docs/rasa-pro.md).
+ifeq ($(RASA),pro)
+run:
+	scripts/run-pro.sh
+else
 run: $(STAMP) $(MODEL)
 	scripts/run.sh
+endif
 
 # Two replicas as one deployment, with redis-server and the emulator; see docs/deployment.md.
 run-replicas: $(STAMP) $(MODEL)

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = ROOT / "constraints.txt"
 WHEELHOUSES = ROOT / "build" / "install-test"
 QUEUE_ID = "3f5a6a4c9b1e4d2f8c7e6b5a4d3c2b1a"
+RASA_36 = "rasa==3.6.21"
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(2400)]
 
@@ -122,7 +123,7 @@ def wheelhouse_for(wheel: Path) -> Path:
     if not (wheelhouse / ".complete").exists():
         wheelhouse.mkdir(parents=True, exist_ok=True)
         # pip wheel, not pip download: sdists are built once, here, where the index is at hand.
-        run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CONSTRAINTS), "-w", str(wheelhouse), str(wheel)],
+        run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CONSTRAINTS), "-w", str(wheelhouse), RASA_36, str(wheel)],
             cwd=ROOT, timeout=1800)
         (wheelhouse / ".complete").touch()
     return wheelhouse
@@ -154,7 +155,11 @@ def test_the_wheel_holds_the_connector_and_the_emulator_and_nothing_of_the_demo(
                    "connectors/servicenow/emulator/console/index.html", "connectors/servicenow/doctor/__main__.py"):
         assert needed in names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
-    assert re.search(r"^Requires-Dist: rasa ?<3\.7,>=3\.6$", metadata, re.M), metadata
+    # No Rasa of its own: the project's Rasa stays; an extra for each Rasa.
+    requirements = re.findall(r"^Requires-Dist: (.*)$", metadata, re.M)
+    assert not [r for r in requirements if re.match(r"rasa", r) and "extra ==" not in r], requirements
+    assert re.search(r"^Requires-Dist: rasa ?<3\.7,>=3\.6 ?; extra == .rasa.$", metadata, re.M), metadata
+    assert re.search(r"^Requires-Dist: rasa-pro ?<4,>=3\.16 ?; extra == .rasa-pro.$", metadata, re.M), metadata
 
 
 def test_installed_into_a_fresh_project_it_hands_a_conversation_over(wheel, tmp_path):
@@ -167,8 +172,11 @@ def test_installed_into_a_fresh_project_it_hands_a_conversation_over(wheel, tmp_
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, timeout=300)
     python, rasa = str(venv / "bin" / "python"), str(venv / "bin" / "rasa")
+    # A Rasa 3.6 project first, then the connector into it.
     run([python, "-m", "pip", "install", "-q", "--no-compile", "--no-index", "--find-links", str(wheelhouse), "-c", str(CONSTRAINTS),
-         str(wheel)], cwd=tmp_path, timeout=1800)
+         RASA_36], cwd=tmp_path, timeout=1800)
+    run([python, "-m", "pip", "install", "-q", "--no-compile", "--no-index", "--find-links", str(wheelhouse), "-c", str(CONSTRAINTS),
+         str(wheel)], cwd=tmp_path, timeout=600)
     run([python, "-m", "pip", "check"], cwd=tmp_path, timeout=120)
     timings["install"] = time.monotonic() - mark
 
