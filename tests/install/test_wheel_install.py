@@ -148,6 +148,7 @@ def test_the_wheel_holds_the_connector_and_the_emulator_and_nothing_of_the_demo(
         "connectors/servicenow/doctor",
         "connectors/servicenow/emulator",
         "connectors/servicenow/emulator/console",
+        "connectors/servicenow/rasa_glue",
         "connectors/servicenow/store",
         "connectors/servicenow/webchat",
     }

@@ -41,6 +41,12 @@ def build(channel_path: str, options: dict, model: Optional[Path], port: int) ->
         tracker = await app.ctx.agent.tracker_store.retrieve(sender)
         return response.json(tracker.current_slot_values() if tracker is not None else None)
 
+    @app.get("/test/version")
+    async def version(_request: Any) -> Any:
+        from connectors.servicenow.rasa_glue.versions import RASA_NAME, python_version
+
+        return response.json({"rasa": RASA_NAME, "python": python_version()})
+
     @app.get("/test/routes")
     async def routes(_request: Any) -> Any:
         return response.json(sorted({"/" + route.path.lstrip("/") for route in app.router.routes}))
