@@ -43,14 +43,24 @@ FALLBACK_RESPONSE = "utter_default"
 INTENT_PAYLOAD = re.compile(r"^/(?P<intent>[\w-]+)(?P<entities>\{.*\})?$", re.DOTALL)
 
 
-async def demo_agent(demo_model: Optional[Path]) -> Agent:
-    """The demo assistant on the installed Rasa (see the module's docstring)."""
+async def demo_agent(demo_model: Optional[Path], endpoints: Optional[Dict[str, Any]] = None) -> Agent:
+    """The demo assistant on the installed Rasa (see the module's docstring);
+    ``endpoints``: the ``tracker_store`` and ``lock_store`` of endpoints.yml."""
+    from rasa.core.lock_store import LockStore
+    from rasa.utils.endpoints import EndpointConfig
+
+    configs = {key: EndpointConfig.from_dict(value) for key, value in (endpoints or {}).items() if value}
     if not IS_RASA_PRO:
         from rasa.core.agent import load_agent
+        from rasa.core.utils import AvailableEndpoints
 
-        return await load_agent(model_path=str(demo_model))
+        available = AvailableEndpoints(tracker_store=configs.get("tracker_store"), lock_store=configs.get("lock_store"))
+        return await load_agent(model_path=str(demo_model), endpoints=available)
     prepare_to_load_agent()
-    return DemoAssistant.from_project(ROOT)
+    stores: Dict[str, Any] = {}
+    if "lock_store" in configs:
+        stores["lock_store"] = LockStore.create(configs["lock_store"])
+    return DemoAssistant.from_project(ROOT, tracker_config=configs.get("tracker_store"), **stores)
 
 
 class DemoScript:
@@ -213,9 +223,13 @@ class DemoAssistant(Agent):
     """Rasa's ``Agent`` with the demo's domain and the scripted processor."""
 
     @classmethod
-    def from_project(cls, root: Path, **stores: Any) -> "DemoAssistant":
+    def from_project(cls, root: Path, tracker_config: Any = None, **stores: Any) -> "DemoAssistant":
+        from connectors.servicenow.rasa_glue.versions import TrackerStore
+
         written = yaml.safe_load((root / "domain.yml").read_text())
         domain = Domain.from_dict(pro_domain(written) if IS_RASA_PRO else written)
+        if tracker_config is not None:
+            stores["tracker_store"] = TrackerStore.create(tracker_config, domain=domain)
         agent = cls(domain=domain, **stores)
         script = DemoScript(
             yaml.safe_load((root / "data" / "nlu.yml").read_text()),

@@ -16,12 +16,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from bench.cluster import RASA_CPU, ROOT, Service, pinned, start_emulator, wait_until_up
-from bench.fixtures import EMULATOR_CPU, Context, channel_for, emulator_config, start_chats
+from bench.cluster import ROOT, Service, free_port, pinned, start_emulator, wait_until_up
+from bench.fixtures import EMULATOR_CPU, RASA_CPU, Context, channel_for, emulator_config, start_chats
 from bench.load import Stats, get_json, post_json
 from bench.scenarios.agent_latency import measure
 from bench.scenarios.handoff_messages import forward_times
-from bench.cluster import free_port
 
 #: (label, the virtualenv's python)
 RASAS = (("rasa-3.6", ROOT / ".venv" / "bin" / "python"), ("rasa-pro", ROOT / ".venv-pro" / "bin" / "python"))

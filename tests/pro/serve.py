@@ -10,6 +10,7 @@ prints ``serving on <url>`` once it answers. One route of its own,
 """
 
 import argparse
+import logging
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from sanic import Sanic, response
 from tests.assistant import demo_agent
 
 
-def build(channel_path: str, options: dict, model: Optional[Path], port: int) -> Sanic:
+def build(channel_path: str, options: dict, model: Optional[Path], port: int, endpoints: Optional[dict] = None) -> Sanic:
     channel_class: Any = class_from_module_path(channel_path)
     channel = channel_class.from_credentials(options)
     app = Sanic("servicenow_test_server")
@@ -30,7 +31,7 @@ def build(channel_path: str, options: dict, model: Optional[Path], port: int) ->
 
     @app.listener("before_server_start")
     async def load(app: Sanic, *_: Any) -> None:
-        app.ctx.agent = await demo_agent(model)
+        app.ctx.agent = await demo_agent(model, endpoints)
 
     @app.listener("after_server_start")
     async def announce(app: Sanic, *_: Any) -> None:
@@ -60,9 +61,17 @@ def main() -> None:
     parser.add_argument("--channel", default="connectors.servicenow.ServiceNowInput")
     parser.add_argument("--options", required=True, help="the channel's credentials.yml section, as JSON")
     parser.add_argument("--model")
+    parser.add_argument("--endpoints", help="tracker_store and lock_store as in endpoints.yml, as JSON")
     arguments = parser.parse_args()
+    # What `rasa run` sets up (INFO by default); here WARNING, as the tests and the
+    # bench read no log line. Without it Rasa Pro's structlog prints every debug event.
+    logging.basicConfig(level=logging.WARNING)
+    from rasa.utils.log_utils import configure_structlog
+
+    configure_structlog(logging.WARNING)
     options = json.loads(arguments.options)
-    app = build(arguments.channel, options, Path(arguments.model) if arguments.model else None, arguments.port)
+    endpoints = json.loads(arguments.endpoints) if arguments.endpoints else None
+    app = build(arguments.channel, options, Path(arguments.model) if arguments.model else None, arguments.port, endpoints)
     run: Any = {"host": "127.0.0.1", "port": arguments.port, "access_log": False, "workers": 1}
     try:
         from sanic.application.constants import ServerStage  # noqa: F401  (sanic 22+)

@@ -16,6 +16,7 @@ class ServedChannel:
     def __init__(
         self, log_path: Path, options: Dict[str, Any], model: Optional[Path],
         channel: str = "connectors.servicenow.ServiceNowInput", env: Optional[Dict[str, str]] = None,
+        endpoints: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -24,6 +25,8 @@ class ServedChannel:
                    "--options", json.dumps(options)]
         if model is not None:
             command += ["--model", str(model)]
+        if endpoints:
+            command += ["--endpoints", json.dumps(endpoints)]
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
