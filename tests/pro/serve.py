@@ -23,10 +23,15 @@ from sanic import Sanic, response
 from tests.assistant import demo_agent
 
 
-def build(channel_path: str, options: dict, model: Optional[Path], port: int, endpoints: Optional[dict] = None) -> Sanic:
+def build(
+    channel_path: str, options: dict, model: Optional[Path], port: int, endpoints: Optional[dict] = None,
+    cors: Optional[str] = None,
+) -> Sanic:
     channel_class: Any = class_from_module_path(channel_path)
     channel = channel_class.from_credentials(options)
     app = Sanic("servicenow_test_server")
+    if cors:
+        _allow_origin(app, cors)
     register([channel], app, route="/webhooks/")
 
     @app.listener("before_server_start")
@@ -55,6 +60,15 @@ def build(channel_path: str, options: dict, model: Optional[Path], port: int, en
     return app
 
 
+def _allow_origin(app: Sanic, origin: str) -> None:
+    """What ``rasa run --cors ORIGIN`` does, with Rasa's own helper."""
+    try:
+        from rasa.utils.cors import configure_cors  # Rasa Pro
+    except ImportError:
+        from rasa.server import configure_cors  # Rasa 3.6
+    configure_cors(app, origin)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -62,6 +76,7 @@ def main() -> None:
     parser.add_argument("--options", required=True, help="the channel's credentials.yml section, as JSON")
     parser.add_argument("--model")
     parser.add_argument("--endpoints", help="tracker_store and lock_store as in endpoints.yml, as JSON")
+    parser.add_argument("--cors", help="the origin allowed, as rasa run --cors")
     arguments = parser.parse_args()
     # What `rasa run` sets up (INFO by default); here WARNING, as the tests and the
     # bench read no log line. Without it Rasa Pro's structlog prints every debug event.
@@ -71,7 +86,7 @@ def main() -> None:
     configure_structlog(logging.WARNING)
     options = json.loads(arguments.options)
     endpoints = json.loads(arguments.endpoints) if arguments.endpoints else None
-    app = build(arguments.channel, options, Path(arguments.model) if arguments.model else None, arguments.port, endpoints)
+    app = build(arguments.channel, options, Path(arguments.model) if arguments.model else None, arguments.port, endpoints, arguments.cors)
     run: Any = {"host": "127.0.0.1", "port": arguments.port, "access_log": False, "workers": 1}
     try:
         from sanic.application.constants import ServerStage  # noqa: F401  (sanic 22+)

@@ -16,17 +16,20 @@ class ServedChannel:
     def __init__(
         self, log_path: Path, options: Dict[str, Any], model: Optional[Path],
         channel: str = "connectors.servicenow.ServiceNowInput", env: Optional[Dict[str, str]] = None,
-        endpoints: Optional[Dict[str, Any]] = None,
+        endpoints: Optional[Dict[str, Any]] = None, python: str = sys.executable, cors: Optional[str] = None,
+        port: Optional[int] = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        command = [sys.executable, "-m", "tests.pro.serve", "--port", str(self.port), "--channel", channel,
+        command = [python, "-m", "tests.pro.serve", "--port", str(self.port), "--channel", channel,
                    "--options", json.dumps(options)]
         if model is not None:
             command += ["--model", str(model)]
         if endpoints:
             command += ["--endpoints", json.dumps(endpoints)]
+        if cors:
+            command += ["--cors", cors]
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
