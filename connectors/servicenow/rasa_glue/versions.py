@@ -12,10 +12,6 @@ has the table):
   tracker_store.py`` from Rasa Pro 3.13 (no alias left behind).
 - ``read_config_file``: ``rasa/shared/utils/io.py`` in 3.6,
   ``rasa/shared/utils/yaml.py`` from Rasa Pro 3.8.
-- ``lock_lifetime()``: ``_get_lock_lifetime`` in 3.6, ``get_lock_lifetime``
-  from Rasa Pro 3.14 (``rasa/core/lock_store.py``).
-- ``train()``: ``rasa.model_training.train`` is synchronous in 3.6 and a
-  coroutine from Rasa Pro 3.8.
 - ``prepare_to_load_agent()``: Rasa Pro 3.21 reads the process-wide
   ``rasa.core.config.configuration.Configuration`` while it loads and runs a
   model; ``rasa run`` initialises it, a program that loads an agent itself
@@ -43,7 +39,7 @@ import os
 import re
 import sys
 from importlib import metadata
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 #: The version this connector needs at least, per distribution.
 OLDEST_RASA = (3, 6)
@@ -206,27 +202,6 @@ def slot_mapping_types(slot: Any) -> List[str]:
         kind = mapping.get("type") if isinstance(mapping, dict) else getattr(mapping, "type", None)
         types.append(str(getattr(kind, "value", kind)))
     return types
-
-
-def lock_lifetime() -> int:
-    """How long Rasa holds a conversation's lock (``TICKET_LOCK_LIFETIME``), in seconds."""
-    from rasa.core import lock_store
-
-    read: Callable[[], int] = getattr(lock_store, "get_lock_lifetime", None) or getattr(lock_store, "_get_lock_lifetime")
-    return read()
-
-
-async def train(**arguments: Any) -> Any:
-    """``rasa.model_training.train`` awaited where it is a coroutine (Rasa Pro),
-    run in a thread where it is not (3.6, which starts its own event loop)."""
-    import asyncio
-    import inspect
-
-    from rasa.model_training import train as rasa_train
-
-    if inspect.iscoroutinefunction(rasa_train):
-        return await rasa_train(**arguments)
-    return await asyncio.get_running_loop().run_in_executor(None, lambda: rasa_train(**arguments))
 
 
 def prepare_to_load_agent(endpoints: Any = None) -> None:
