@@ -77,6 +77,8 @@ if [ "$SERVICENOW_API" = "virtual_agent" ]; then
                   --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
                   --set "va_callback_retries=3")
 fi
+# The control plane's token: the console link below carries it (docs/emulator.md, "Control-plane security").
+export EMULATOR_CONTROL_TOKEN=${EMULATOR_CONTROL_TOKEN:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))')}
 "$VENV/bin/python" -m connectors.servicenow.emulator --host 127.0.0.1 --port "$EMULATOR_PORT" \
   "${emulator_args[@]+"${emulator_args[@]}"}" >"$work/emulator.log" 2>&1 &
 pids+=($!)
@@ -113,7 +115,7 @@ cat <<MSG
   Two replicas of one deployment ($SERVICENOW_API API), sharing redis-server on port $REDIS_PORT:
   Replica A:      http://$HOST:$PORT_A/webhooks/servicenow/chat
   Replica B:      http://$HOST:$PORT_B/webhooks/servicenow/chat   (ServiceNow's callbacks go here)
-  Agent console:  http://127.0.0.1:$EMULATOR_PORT/__emu/console
+  Agent console:  http://127.0.0.1:$EMULATOR_PORT/__emu/console#token=$EMULATOR_CONTROL_TOKEN
   Logs:           $work/rasa-$PORT_A.log, $work/rasa-$PORT_B.log (tail -f them)
   Start a handoff on A, answer in the console, open the same sender on B.
 

@@ -86,6 +86,8 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
                     --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
                     --set "va_callback_retries=3")
   fi
+  # The control plane's token: the console link below carries it (docs/emulator.md, "Control-plane security").
+  export EMULATOR_CONTROL_TOKEN=${EMULATOR_CONTROL_TOKEN:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))')}
   log=$(mktemp)
   "$VENV/bin/python" -m connectors.servicenow.emulator --host "$EMULATOR_HOST" --port "$EMULATOR_PORT" \
     "${emulator_args[@]+"${emulator_args[@]}"}" >"$log" 2>&1 &
@@ -105,7 +107,7 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
     export SERVICENOW_QUEUE_ID=${SERVICENOW_QUEUE_ID:-$("$VENV/bin/python" -c 'from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID; print(DEFAULT_QUEUE_SYS_ID)')}
   fi
   target="the bundled ServiceNow emulator at $SERVICENOW_INSTANCE_URL"
-  console="  Agent console:     http://$EMULATOR_HOST:$EMULATOR_PORT/__emu/console   (play the human agent)"
+  console="  Agent console:     http://$EMULATOR_HOST:$EMULATOR_PORT/__emu/console#token=$EMULATOR_CONTROL_TOKEN   (play the human agent)"
 else
   target="ServiceNow at $SERVICENOW_INSTANCE_URL"
 fi

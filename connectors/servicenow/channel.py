@@ -64,7 +64,7 @@ from connectors.servicenow.frontdoor import (
 from connectors.servicenow.handback import HandBackTurn
 from connectors.servicenow.handoff import HandoffManager
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, verify_token
-from connectors.servicenow.logsafe import escape_log_arguments
+from connectors.servicenow.logsafe import escape_log_arguments, redact_access_log_tokens
 from connectors.servicenow.logs import use_json_logs
 from connectors.servicenow.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from connectors.servicenow.metrics import HandoffMetrics
@@ -143,6 +143,7 @@ class ServiceNowInput(InputChannel):
         ``redis_url`` names, or an in-process one without it."""
         # Sender and chat ids reach many log lines; none may forge one.
         escape_log_arguments("connectors.servicenow")
+        redact_access_log_tokens()
         self.settings = settings
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
@@ -532,7 +533,10 @@ class ServiceNowInput(InputChannel):
         if not self.settings.jwt_key:
             return None
         try:
-            return verify_token(bearer_token(request.headers, query_token), self.settings.jwt_key, self.settings.jwt_method)
+            return verify_token(
+                bearer_token(request.headers, query_token), self.settings.jwt_key, self.settings.jwt_method,
+                max_lifetime_s=self.settings.jwt_max_lifetime,
+            )
         except Unauthenticated as problem:
             raise PayloadError(401, "Unauthorized", str(problem)) from None
 

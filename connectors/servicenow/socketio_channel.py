@@ -182,7 +182,7 @@ class ServiceNowSocketIOInput(ServiceNowInput):
             token = token[7:].strip()  # Rasa's decode_jwt takes either
         try:
             assert self.settings.jwt_key is not None
-            return verify_token(token, self.settings.jwt_key, self.settings.jwt_method)
+            return verify_token(token, self.settings.jwt_key, self.settings.jwt_method, max_lifetime_s=self.settings.jwt_max_lifetime)
         except Unauthenticated as problem:
             logger.info("Refused a socket.io connection: %s", problem)
             return None

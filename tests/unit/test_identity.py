@@ -13,7 +13,8 @@ KEY = "a-test-key-of-at-least-32-bytes-length"
 
 
 def token(claims, key=KEY, algorithm="HS256"):
-    return jwt.encode(claims, key, algorithm=algorithm)
+    """A token that expires in ten minutes unless the claims say otherwise."""
+    return jwt.encode({"exp": int(time.time()) + 600, **claims}, key, algorithm=algorithm)
 
 
 def test_a_valid_token_gives_its_claims():
@@ -29,7 +30,10 @@ def test_a_valid_token_gives_its_claims():
         ("not-a-jwt", "not valid"),
         (token({"sub": "u1"}, key="another-key-of-at-least-32-bytes-long"), "not valid"),
         (token({"sub": "u1", "exp": int(time.time()) - 10}), "expired"),
-        (token({"email": "no-subject@example.com"}), "not valid"),
+        (token({"email": "no-subject@example.com"}), "no 'sub' claim"),
+        (jwt.encode({"sub": "u1"}, KEY, algorithm="HS256"), "no 'exp' claim"),
+        (token({"sub": "u1", "exp": int(time.time()) + 2 * 86400}), "lives longer than 86400 s"),
+        (token({"sub": "u1", "iat": int(time.time()) - 3 * 86400, "exp": int(time.time()) + 60}), "lives longer"),
         (token({"sub": "u1"}, algorithm="HS512"), "not valid"),  # not the configured method
         (jwt.encode({"sub": "u1"}, None, algorithm="none"), "not valid"),
     ],
@@ -37,6 +41,13 @@ def test_a_valid_token_gives_its_claims():
 def test_missing_forged_expired_or_subjectless_tokens_are_refused(raw, problem):
     with pytest.raises(Unauthenticated, match=problem):
         verify_token(raw, KEY, "HS256")
+
+
+def test_the_longest_lifetime_is_an_option():
+    year = token({"sub": "u1", "iat": int(time.time()), "exp": int(time.time()) + 365 * 86400})
+    assert verify_token(year, KEY, "HS256", max_lifetime_s=366 * 86400)["sub"] == "u1"
+    with pytest.raises(Unauthenticated, match="lives longer than 3600 s"):
+        verify_token(token({"sub": "u1", "exp": int(time.time()) + 7200}), KEY, "HS256", max_lifetime_s=3600)
 
 
 def test_a_token_speaks_for_its_subject_only():

@@ -20,6 +20,7 @@ import aiohttp
 
 from connectors.servicenow.backends.auth import Auth, TransientAuthError, auth_from_settings
 from connectors.servicenow.config import RetryPolicy, ServiceNowSettings
+from connectors.servicenow.egress import file_session
 from connectors.servicenow.errors import (
     AuthenticationFailed,
     ServiceNowRejected,
@@ -64,6 +65,8 @@ class ServiceNowHTTP:
         self._verify_tls = settings.verify_tls
         self._sleep = sleep
         self._session: Optional[aiohttp.ClientSession] = None
+        self._files_policy = settings.attachment_policy
+        self._files: Optional[aiohttp.ClientSession] = None
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use so it belongs to the loop that serves requests.
@@ -77,14 +80,19 @@ class ServiceNowHTTP:
         return self._session
 
     def fetch_session(self) -> aiohttp.ClientSession:
-        """The pooled session, for requests outside ServiceNow (a user's file
-        URL): it carries no ServiceNow credentials, those are added per request."""
-        return self._client()
+        """The session for requests outside ServiceNow (a user's file URL): its
+        own pool, without ServiceNow's credentials, and without a host list
+        (``attachment_hosts``) it reaches public addresses only (egress.py)."""
+        if self._files is None or self._files.closed:
+            self._files = file_session(self._files_policy.timeout, public_only=self._files_policy.public_only)
+        return self._files
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        for session in (self._session, self._files):
+            if session is not None and not session.closed:
+                await session.close()
         self._session = None
+        self._files = None
 
     async def request(
         self,

@@ -208,8 +208,11 @@ def _advice(settings: ServiceNowSettings) -> List[Finding]:
     if not settings.callback_url:
         found.append(ok(TOPIC, "No callback_url: agent replies reach users through the /stream endpoint only."))
     if not settings.attachment_hosts:
-        found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at any host the channel can reach "
-                               "(set it to your upload storage in production; docs/security.md)."))
+        found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at public addresses only "
+                               "(loopback, private and metadata addresses are refused; docs/security.md)."))
+    else:
+        found.append(ok(TOPIC, f"attachment_hosts: users' file URLs may point at {', '.join(settings.attachment_hosts)} "
+                               "only, wherever those hosts are."))
     found.extend(_waiting_advice(settings))
     return found
 
