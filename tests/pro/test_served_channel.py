@@ -53,7 +53,7 @@ def logs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module", params=("connect", "virtual_agent"))
 def served(request, emulator, callback, demo_model, logs) -> Iterator[ServedChannel]:
     backend = request.param
-    options = channel_options(emulator, callback, backend)
+    options = channel_options(emulator, callback, backend, metrics=True)
     server = ServedChannel(logs / f"{backend}.log", options, demo_model).wait_until_serving()
     if backend == "virtual_agent":
         emulator.configure(
@@ -139,6 +139,12 @@ def test_the_stream_delivers_agent_replies(served, emulator, callback):
     wait_for(lambda: any(item.get("text") == "streamed hello" for item in received), what="the streamed reply")
     stream.close()
     say(served, sender, "/end_chat")
+
+
+def test_metrics_count_the_handoffs(served):
+    body = requests.get(f"{served.url}/webhooks/servicenow/metrics", timeout=10).text
+    started = [line for line in body.splitlines() if line.startswith("servicenow_handoff_handoffs_started_total")]
+    assert started and any(float(line.rsplit(" ", 1)[1]) >= 1 for line in started), body[:2000]
 
 
 def test_the_user_ending_gets_the_notice_in_the_answer(served, emulator, callback):
