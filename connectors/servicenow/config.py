@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
-from connectors.servicenow.rasa_glue.versions import expand_deferred_variables
 from connectors.servicenow.availability import BusinessHours
 from connectors.servicenow.attachments import (
     DEFAULT_ATTACHMENT_TYPES,
@@ -20,6 +19,7 @@ from connectors.servicenow.attachments import (
     parse_types,
 )
 from connectors.servicenow.errors import ConfigurationError
+from connectors.servicenow.rasa_glue.versions import expand_deferred_variables
 from connectors.servicenow.texts import UserTexts
 
 CONNECT_API = "connect"

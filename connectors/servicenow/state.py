@@ -153,6 +153,16 @@ def bot_uttered(message: Dict[str, Any]) -> BotUttered:
     return BotUttered(text=message.get("text"), data=data, metadata=message.get("metadata") or {})
 
 
+def _not_typed(event: Event) -> bool:
+    """A user turn nobody typed: Rasa's external intents (the hand-back turn,
+    reminders) and the hand-back payload a CALM assistant gets (handback.py)."""
+    metadata = getattr(event, "metadata", None) or {}
+    handoff = metadata.get("handoff")
+    return isinstance(event, UserUttered) and (
+        bool(metadata.get("is_external")) or (isinstance(handoff, dict) and "ended" in handoff)
+    )
+
+
 class TrackerSlots:
     """Reads and writes the handoff slots in the tracker store, failing loudly."""
 
@@ -207,7 +217,7 @@ class TrackerSlots:
         turns = [
             (event.text, isinstance(event, BotUttered), event.timestamp * 1000)
             for event in tracker.events
-            if isinstance(event, (UserUttered, BotUttered)) and event.text
+            if isinstance(event, (UserUttered, BotUttered)) and event.text and not _not_typed(event)
         ]
         return turns[-limit:]
 

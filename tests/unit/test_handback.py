@@ -265,3 +265,18 @@ async def test_a_calm_assistant_gets_the_hand_back_as_an_intent_payload(channel,
     tracker = await agent.tracker_store.retrieve("u1")
     assert tracker.latest_message.text == '/handoff_ended{"handoff_end_reason":"agent_closed"}'
     assert tracker.latest_message.intent["name"] == "handoff_ended"
+
+
+async def test_the_agent_gets_no_hand_back_turn_as_the_users_history(channel, agent):
+    """The next handoff's history (context for the agent) holds what the user
+    and the bot said, not the turns the channel ran for the bot."""
+    from connectors.servicenow.state import TrackerSlots
+
+    await say(channel, agent, "hi", sender="u5")
+    await channel.handoffs.hand_back("u5", EndReason.AGENT_CLOSED, in_request=True)
+    if IS_RASA_PRO:  # and the payload a CALM assistant gets
+        agent.processor.is_calm_assistant = True
+        await channel.handoffs.hand_back("u5", EndReason.USER_ENDED, in_request=True)
+    texts = [text for text, _from_bot, _at in await TrackerSlots(lambda: agent).history("u5", 20)]
+    assert texts[0] == "hi" and "How was your chat with the agent?" in texts
+    assert not [text for text in texts if "handoff_ended" in text], texts
