@@ -12,7 +12,7 @@ has the table):
   tracker_store.py`` from Rasa Pro 3.13 (no alias left behind).
 - ``read_config_file``: ``rasa/shared/utils/io.py`` in 3.6,
   ``rasa/shared/utils/yaml.py`` from Rasa Pro 3.8.
-- ``prepare_to_load_agent()``: Rasa Pro 3.21 reads the process-wide
+- ``prepare_to_load_agent()``: Rasa Pro (3.16 to 3.21) reads the process-wide
   ``rasa.core.config.configuration.Configuration`` while it loads and runs a
   model; ``rasa run`` initialises it, a program that loads an agent itself
   must too.
@@ -204,20 +204,17 @@ def slot_mapping_types(slot: Any) -> List[str]:
     return types
 
 
-def prepare_to_load_agent(endpoints: Any = None) -> None:
-    """Do what ``rasa run`` does before it loads a model: Rasa Pro 3.21's
-    processor reads its endpoints from the process-wide ``Configuration``."""
+def prepare_to_load_agent() -> None:
+    """Do what ``rasa run`` does before it loads a model: Rasa Pro's processor
+    reads its endpoints from the process-wide ``Configuration`` (3.16 to 3.21:
+    ``initialise_empty_endpoints``, when they come from the caller's stores)."""
     if not IS_RASA_PRO:
         return
     try:
         from rasa.core.config.configuration import Configuration
     except ImportError:  # a Rasa Pro without the process-wide configuration
         return
-    if endpoints is None:
-        from rasa.core.config.available_endpoints import AvailableEndpoints
-
-        endpoints = AvailableEndpoints()
-    Configuration.initialise_endpoints_from_object(endpoints)
+    Configuration.initialise_empty_endpoints()
 
 
 def python_version() -> str:
