@@ -160,7 +160,7 @@ def test_the_wheel_holds_the_connector_and_the_emulator_and_nothing_of_the_demo(
     requirements = re.findall(r"^Requires-Dist: (.*)$", metadata, re.M)
     assert not [r for r in requirements if re.match(r"rasa", r) and "extra ==" not in r], requirements
     assert re.search(r"^Requires-Dist: rasa ?<3\.7,>=3\.6 ?; extra == .rasa.$", metadata, re.M), metadata
-    assert re.search(r"^Requires-Dist: rasa-pro ?<4,>=3\.16 ?; extra == .rasa-pro.$", metadata, re.M), metadata
+    assert re.search(r"^Requires-Dist: rasa-pro ?<4,>=3\.18 ?; extra == .rasa-pro.$", metadata, re.M), metadata
 
 
 def test_installed_into_a_fresh_project_it_hands_a_conversation_over(wheel, tmp_path):

@@ -14,7 +14,7 @@ def check_rasa() -> Finding:
         return problem(TOPIC, str(error))
     found = f"{versions.RASA_NAME} on Python {versions.python_version()}"
     if not versions.supported():
-        return warning(TOPIC, f"{found}: not a Rasa this connector is made for (Rasa 3.6, Rasa Pro 3.16 or later).",
+        return warning(TOPIC, f"{found}: not a Rasa this connector is made for (Rasa 3.6, Rasa Pro 3.18 or later).",
                        "Use one of those (docs/install.md).")
     if versions.IS_RASA_PRO and not (os.environ.get("RASA_LICENSE") or os.environ.get("RASA_PRO_LICENSE")):
         return warning(TOPIC, f"{found}; RASA_LICENSE is not set here, and rasa run refuses to start without it.",

@@ -1,5 +1,5 @@
 """Which Rasa runs the channel, and every difference between the Rasas it
-supports: Rasa Open Source 3.6 (PyPI ``rasa``) and Rasa Pro 3.16 and later
+supports: Rasa Open Source 3.6 (PyPI ``rasa``) and Rasa Pro 3.18 and later
 (PyPI ``rasa-pro``, newest tested 3.21). Both distributions install the
 module ``rasa``; the rest of the connector imports what differs from here,
 never with a try/except of its own.
@@ -43,12 +43,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 #: The version this connector needs at least, per distribution.
 OLDEST_RASA = (3, 6)
-OLDEST_RASA_PRO = (3, 16)
+OLDEST_RASA_PRO = (3, 18)
 
 INSTALL_HINT = (
     "connectors.servicenow is a Rasa channel and needs Rasa in the same environment. Install it with the "
     "Rasa you run: pip install 'rasa-servicenow-handoff[rasa]' for Rasa 3.6 (Python 3.8-3.10), or "
-    "pip install 'rasa-servicenow-handoff[rasa-pro]' for Rasa Pro 3.16 or later (Python 3.10+); "
+    "pip install 'rasa-servicenow-handoff[rasa-pro]' for Rasa Pro 3.18 or later (Python 3.10+); "
     "an environment that has Rasa already needs neither extra (docs/install.md)."
 )
 
