@@ -1,4 +1,4 @@
-"""9. The channel on Rasa 3.6 and on Rasa Pro, side by side in one run.
+"""10. The channel on Rasa 3.6 and on Rasa Pro, side by side in one run.
 
 ``rasa run`` on Rasa Pro needs a licence, so both Rasas serve the channel the
 same licence-free way: tests/pro/serve.py, a Sanic app whose routes come from

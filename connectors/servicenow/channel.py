@@ -46,6 +46,7 @@ from sanic.exceptions import InvalidUsage, PayloadTooLarge, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from connectors.servicenow import webchat
 from connectors.servicenow.backends.base import Backend, Requester
 from connectors.servicenow.backends.connect import ConnectBackend
 from connectors.servicenow.backends.http import ServiceNowHTTP
@@ -69,6 +70,7 @@ from connectors.servicenow.logs import use_json_logs
 from connectors.servicenow.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from connectors.servicenow.metrics import HandoffMetrics
 from connectors.servicenow.observe import STREAM_SINK, Observer, callback_backlog
+from connectors.servicenow.open_streams import OpenStreams
 from connectors.servicenow.payloads import (
     MAX_BODY_BYTES,
     MAX_CALLBACK_BYTES,
@@ -147,6 +149,7 @@ class ServiceNowInput(InputChannel):
         self.settings = settings
         self._app: Optional[Sanic] = None
         self._background: Set["asyncio.Task[Any]"] = set()
+        self.open_streams = OpenStreams()
         key = core_key(settings)
         owner = self._core_owners.get(key) if store is None else None
         #: Whether this door runs the core's background work (start, resume, shutdown).
@@ -297,6 +300,7 @@ class ServiceNowInput(InputChannel):
 
         @blueprint.listener("before_server_stop")
         async def finish_turns(_app: Sanic, _loop: Any) -> None:
+            await self.open_streams.close(SHUTDOWN_TIMEOUT_S)
             if self._background:
                 await asyncio.wait(list(self._background), timeout=SHUTDOWN_TIMEOUT_S)
 
@@ -326,6 +330,7 @@ class ServiceNowInput(InputChannel):
 
         @blueprint.listener("before_server_stop")
         async def stop_background_work(app: Sanic, _loop: Any) -> None:
+            await self.open_streams.close(SHUTDOWN_TIMEOUT_S)
             await app.cancel_task("servicenow-housekeeping", raise_exception=False)
             if self.store.shared:
                 await app.cancel_task("servicenow-takeover", raise_exception=False)
@@ -502,11 +507,15 @@ class ServiceNowInput(InputChannel):
                 # Heartbeats keep proxies and Sanic's response timeout from
                 # closing a stream that waits a long time for an agent.
                 await stream_response.send("retry: 2000\n: connected\n\n")
-                while True:
-                    item = await subscription.next(STREAM_HEARTBEAT_S)
-                    await stream_response.send(": keep-alive\n\n" if item is None else item.sse())
-                    if item is not None:
-                        self.observe.reached_sink(item.event_id, STREAM_SINK)
+                with self.open_streams.track():
+                    while True:
+                        item = await subscription.next(STREAM_HEARTBEAT_S)
+                        await stream_response.send(": keep-alive\n\n" if item is None else item.sse())
+                        if item is not None:
+                            self.observe.reached_sink(item.event_id, STREAM_SINK)
+            except asyncio.CancelledError:
+                if not self.open_streams.closing:
+                    raise  # the client went away
             except StoreUnavailable as error:
                 # The browser reconnects (retry: 2000) with its Last-Event-ID and misses nothing.
                 logger.warning("Closing a stream of conversation %s: %s", sender, error)
@@ -737,7 +746,7 @@ async def chat_asset(name: str) -> HTTPResponse:
         error = PayloadError(404, "NotFound", "No such file.")
         return response.json(error.body(), status=404)
     body = (CHAT_PAGE_DIR / name).read_bytes()
-    return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
+    return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache", **webchat.HEADERS})
 
 
 class OutOfBandOutput(HandoffAwareOutput):

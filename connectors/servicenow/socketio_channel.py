@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 from rasa.core.channels.channel import InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketBlueprint
 from sanic import Blueprint, Sanic
-from socketio import AsyncRedisManager, AsyncServer
+from socketio import AsyncRedisManager
 
-from connectors.servicenow.channel import OutOfBandOutput, ServiceNowInput
+from connectors.servicenow.channel import SHUTDOWN_TIMEOUT_S, OutOfBandOutput, ServiceNowInput
 from connectors.servicenow.config import SOCKETIO_DEFAULTS, ServiceNowSettings, SocketIOSettings
 from connectors.servicenow.delivery import HANDOFF_EVENT, TYPING_EVENT, OutboundItem
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
@@ -39,6 +39,7 @@ from connectors.servicenow.logs import use_json_logs
 from connectors.servicenow.markdown import escape_text, web_url
 from connectors.servicenow.payloads import PayloadError, is_valid_sender, parse_user_message
 from connectors.servicenow.rasa_glue.workers import check_workers
+from connectors.servicenow.socket_server import SocketServer
 from connectors.servicenow.socket_sink import SessionPointers, SessionReader
 from connectors.servicenow.store import Store
 
@@ -84,7 +85,7 @@ class ServiceNowSocketIOInput(ServiceNowInput):
     ) -> None:
         super().__init__(settings, store)
         self.socket = socket or SocketIOSettings()
-        self.sio: Optional[AsyncServer] = None
+        self.sio: Optional[SocketServer] = None
         self.pointers = SessionPointers()
         #: This replica's sockets: sid -> session, session -> sids.
         self._session_of: Dict[str, str] = {}
@@ -94,13 +95,13 @@ class ServiceNowSocketIOInput(ServiceNowInput):
 
     # -- the server ----------------------------------------------------------
 
-    def _server(self) -> AsyncServer:
+    def _server(self) -> SocketServer:
         manager = None
         if self.settings.redis_url:
             # Emits to a session's room reach its sockets on every replica.
             manager = AsyncRedisManager(self.settings.redis_url, channel=f"{self.settings.redis_prefix}socketio")
         # cors_allowed_origins=[]: as Rasa's channel, no Origin check here (python-socketio#205).
-        return AsyncServer(async_mode="sanic", cors_allowed_origins=[], client_manager=manager)
+        return SocketServer(async_mode="sanic", cors_allowed_origins=[], client_manager=manager)
 
     def new_blueprint(self, name: str) -> Blueprint:
         assert self.sio is not None
@@ -121,7 +122,7 @@ class ServiceNowSocketIOInput(ServiceNowInput):
             for _reader, task in list(self._readers.values()):
                 task.cancel()
             # python-socketio's own advice: stop its background tasks (pings) before the web server.
-            await sio.shutdown()
+            await sio.close(SHUTDOWN_TIMEOUT_S)
 
         @sio.on("connect", namespace=namespace)
         async def connect(sid: str, _environ: Dict, auth: Optional[Dict] = None) -> bool:

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from tests.install.test_wheel_install import QUEUE_ID, ROOT, clean_env, run, wheel  # noqa: F401  (the wheel fixture)
+from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID as QUEUE_ID
+from tests.install.conftest import ROOT, clean_env, run
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(2400)]
 
@@ -52,7 +53,7 @@ def installed(python: str, cwd: Path) -> Dict[str, str]:
     return dict(line.split("==", 1) for line in lines if "==" in line)
 
 
-def test_in_a_rasa_pro_project_the_wheel_keeps_rasa_pro_and_the_doctor_runs(wheel, tmp_path):  # noqa: F811
+def test_in_a_rasa_pro_project_the_wheel_keeps_rasa_pro_and_the_doctor_runs(wheel, tmp_path):
     python = fresh_venv(tmp_path / "venv")
     constraints = constraints_for(python, tmp_path)
     pip = [python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
@@ -95,7 +96,7 @@ def test_in_a_rasa_pro_project_the_wheel_keeps_rasa_pro_and_the_doctor_runs(whee
         emulator.wait(timeout=30)
 
 
-def test_without_any_rasa_the_import_says_what_to_install(wheel, tmp_path):  # noqa: F811
+def test_without_any_rasa_the_import_says_what_to_install(wheel, tmp_path):
     python = fresh_venv(tmp_path / "venv")
     run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], cwd=tmp_path, timeout=600)
     failed = subprocess.run([python, "-c", "from connectors.servicenow import ServiceNowInput"], cwd=tmp_path,

@@ -84,7 +84,10 @@ class ServiceNowHTTP:
         own pool, without ServiceNow's credentials, and without a host list
         (``attachment_hosts``) it reaches public addresses only (egress.py)."""
         if self._files is None or self._files.closed:
-            self._files = file_session(self._files_policy.timeout, public_only=self._files_policy.public_only)
+            self._files = file_session(
+                self._files_policy.timeout, public_only=self._files_policy.public_only,
+                trusted=self._files_policy.trusted,
+            )
         return self._files
 
     async def aclose(self) -> None:
