@@ -365,4 +365,6 @@ def test_cli_prints_the_report_and_nothing_else(tmp_path, instance):
     (tmp_path / "endpoints.yml").write_text("# This file contains the different endpoints your bot can use.\n")
     result = doctor("--offline", cwd=tmp_path)
     assert result.stderr == ""
-    assert result.stdout.startswith("ok       credentials"), result.stdout[:300]
+    # The report's first line says which Rasa it found; the second is the first file it read.
+    first, second = result.stdout.splitlines()[:2]
+    assert first.startswith("ok       rasa ") and second.startswith("ok       credentials"), result.stdout[:300]
