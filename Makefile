@@ -11,7 +11,7 @@ export RASA_TELEMETRY_ENABLED := false
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run run-replicas test bench install model clean
+.PHONY: run run-replicas test typecheck bench install model clean
 
 # In a terminal, the script gets the terminal to itself (bash -m runs it as a
 # job of its own): Ctrl-C then reaches the script, which stops everything and
@@ -41,12 +41,16 @@ run-replicas: $(STAMP) $(MODEL)
 # .venv-pro comes first: the Rasa 3.6 suite's browser test of rasa-webchat also runs
 # against a Rasa Pro server (tests/e2e/test_browser_webchat_pro.py). Its failures
 # are reported by scripts/test-pro.sh, which runs it again.
-test: $(STAMP) $(MODEL)
+test: typecheck $(STAMP) $(MODEL)
 	@status=0; \
 	if [ "$(RASA)" != 3.6 ]; then scripts/venv-pro.sh || true; fi; \
 	if [ "$(RASA)" != pro ]; then $(VENV)/bin/pytest $(PYTEST_ARGS) || status=$$?; fi; \
 	if [ "$(RASA)" != 3.6 ]; then scripts/test-pro.sh || status=$$?; fi; \
 	exit $$status
+
+# mypy over connectors/servicenow, at the strictness pyproject.toml states.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 # Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run,
 # BENCH_ARGS="--baseline <commit>" to measure that commit side by side (set up under build/baseline/).
@@ -74,4 +78,4 @@ $(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .venv-pro models examples/calm/models .rasa .pytest_cache *.egg-info build test-output logs .rasa-token
+	rm -rf $(VENV) .venv-pro models examples/calm/models .rasa .pytest_cache .mypy_cache *.egg-info build test-output logs .rasa-token

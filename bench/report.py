@@ -71,7 +71,6 @@ def targets(results: Dict[str, Any]) -> List[Row]:
     rows += _channel_options(scenarios.get("channel_options", {}))
     rows += _shared_store(scenarios)
     rows += _channel_level(scenarios.get("channel_level", {}))
-    rows += _rasa_versions(scenarios.get("rasa_versions", {}))
     return rows
 
 
@@ -89,38 +88,6 @@ def _channel_level(data: Dict[str, Any]) -> List[Row]:
                 "(reported)",
                 None,
             ))
-    return rows
-
-
-def _rasa_versions(data: Dict[str, Any]) -> List[Row]:
-    """The channel's own paths on each Rasa, served the same way (scenario 10)."""
-    rows: List[Row] = []
-    for label, runs in data.items():
-        if "skipped" in runs:
-            rows.append((f"10. {label}", f"skipped: {runs['skipped']}", "", None))
-            continue
-        for backend, run in runs.items():
-            forward, agent = run["forward_ms"], run["agent_to_user_ms"]
-            rows.append((
-                f"10. {run['rasa']}, {backend}: forward a message, server-side",
-                f"median {forward['median']:.2f} ms, p99 {forward['p99']:.2f} ms",
-                "median < 2 ms",
-                forward["median"] < 2.0,
-            ))
-            if backend == "virtual_agent":
-                rows.append((
-                    f"10. {run['rasa']}, {backend}: agent to user",
-                    f"p99 {agent['p99']:.1f} ms (median {agent['median']:.1f}, n={agent['count']})",
-                    "p99 < 10 ms",
-                    agent["p99"] < 10,
-                ))
-            else:
-                rows.append((
-                    f"10. {run['rasa']}, {backend}: agent to user (poll 1 s)",
-                    f"median {agent['median']:.0f} ms, p99 {agent['p99']:.0f} ms (n={agent['count']})",
-                    "(reported)",
-                    None,
-                ))
     return rows
 
 

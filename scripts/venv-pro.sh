@@ -26,7 +26,7 @@ if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11)
   # The frozen set is resolved on 3.11 (scipy and numpy pins differ per Python):
   # elsewhere only rasa-pro and the test tools are pinned.
   constraints=$VENV/constraints-direct.txt
-  grep -E '^(rasa-pro|rasa-sdk|pytest|pytest-asyncio|pytest-timeout|aioresponses|fakeredis|prometheus_client)==' \
+  grep -E '^(rasa-pro|rasa-sdk|pytest|pytest-asyncio|pytest-timeout|aioresponses|fakeredis|prometheus_client|mypy)==' \
     constraints-pro.txt > "$constraints"
 fi
 echo "Installing Rasa Pro into $VENV (about 2 minutes the first time)"

@@ -20,7 +20,6 @@ from connectors.servicenow.attachments import (
 )
 from connectors.servicenow.egress import endpoint_of
 from connectors.servicenow.errors import ConfigurationError
-from connectors.servicenow.rasa_glue.versions import expand_deferred_variables
 from connectors.servicenow.texts import UserTexts
 
 CONNECT_API = "connect"
@@ -102,7 +101,7 @@ class ServiceNowSettings:
     #: Also (or instead) serve them on a port of their own, on ``metrics_host``; 0: no such port.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
-    # -- waiting and availability (waiting.py, availability.py) --------------
+    # -- waiting and availability (core/timers.py, availability.py) ----------
     #: Seconds a chat waits for an agent to accept before it is left (``no_agent``); 0: forever.
     agent_wait_timeout: float = 0.0
     #: Seconds between "still waiting" notices while no agent has joined; 0: none.
@@ -179,7 +178,6 @@ class ServiceNowSettings:
 
     @classmethod
     def from_credentials(cls, credentials: Mapping[str, Any]) -> "ServiceNowSettings":
-        credentials = expand_deferred_variables(dict(credentials))
         options = {key: value for key, value in credentials.items() if not _is_unset(value)}
         unknown = sorted(set(options) - set(_PARSERS))
         if unknown:

@@ -17,11 +17,16 @@ def test_the_wheel_holds_the_connector_and_the_emulator_and_nothing_of_the_demo(
     assert packages == {
         "connectors",
         "connectors/servicenow",
-        "connectors/servicenow/backends",
+        "connectors/servicenow/core",
         "connectors/servicenow/doctor",
+        "connectors/servicenow/doors",
         "connectors/servicenow/emulator",
         "connectors/servicenow/emulator/console",
+        "connectors/servicenow/ops",
+        "connectors/servicenow/outbox",
+        "connectors/servicenow/outbox/sinks",
         "connectors/servicenow/rasa_glue",
+        "connectors/servicenow/servicenow",
         "connectors/servicenow/store",
         "connectors/servicenow/webchat",
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from connectors.servicenow.rasa_glue.versions import IS_RASA_PRO
-from connectors.servicenow.state import HANDOFF_SLOTS
+from connectors.servicenow.rasa_glue.slots import HANDOFF_SLOTS
 
 pytestmark = pytest.mark.skipif(not IS_RASA_PRO, reason="a CALM project needs Rasa Pro")
 

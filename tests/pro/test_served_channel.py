@@ -8,6 +8,7 @@ base classes, tracker and lock stores)."""
 
 import asyncio
 import json
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -152,6 +153,30 @@ def test_the_user_ending_gets_the_notice_in_the_answer(served, emulator, callbac
     start_live(served, emulator, callback, sender)
     assert [reply["text"] for reply in say(served, sender, "/end_chat")] == [TEXTS.user_ended]
     assert slots(served, sender)["handoff_end_reason"] == "user_ended"
+
+
+def raw_post(server: ServedChannel, framing: List[str]) -> Dict[str, Any]:
+    """A POST to the webhook with these framing headers, and its answer (status and JSON body)."""
+    head = ["POST /webhooks/servicenow/webhook HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+            "Connection: close", *framing]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b'{"sender": "u", "message": "hi"}')
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return {"status": int(status_line.split()[1]), "body": json.loads(rest.partition(b"\r\n\r\n")[2] or b"null")}
+
+
+@pytest.mark.parametrize("framing, status, reason", [
+    (["Transfer-Encoding: gzip"], 400, "InvalidHeaders"),
+    (["Content-Length: 99999999999"], 413, "PayloadTooLarge"),
+])
+def test_a_body_framed_as_the_channel_refuses_gets_its_error_envelope(served, framing, status, reason):
+    # The doors' MalformedRequest is Sanic's InvalidUsage, whose arguments changed in sanic 25.
+    answer = raw_post(served, framing)
+    assert answer["status"] == status, answer
+    assert answer["body"]["status"] == "failure" and answer["body"]["reason"] == reason, answer
 
 
 @pytest.fixture(scope="module")

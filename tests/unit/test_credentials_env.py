@@ -4,6 +4,7 @@ client_secret: its SENSITIVE_DATA)."""
 
 import pytest
 
+from connectors.servicenow import ServiceNowInput
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.rasa_glue.versions import read_config_file
@@ -22,7 +23,8 @@ connectors.servicenow.ServiceNowInput:
 def settings_from(tmp_path) -> ServiceNowSettings:
     path = tmp_path / "credentials.yml"
     path.write_text(SECTION)
-    return ServiceNowSettings.from_credentials(read_config_file(path)["connectors.servicenow.ServiceNowInput"])
+    # The door expands what Rasa Pro left as written, before the settings read the options.
+    return ServiceNowInput.from_credentials(read_config_file(path)["connectors.servicenow.ServiceNowInput"]).settings
 
 
 def test_variables_are_expanded_for_every_option(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from rasa.core.channels.channel import OutputChannel
 
 from connectors.servicenow import ServiceNowInput
-from connectors.servicenow.frontdoor import TurnCollector
+from connectors.servicenow.rasa_glue.output import TurnCollector
 
 OPTIONS = {"instance_url": "https://acme.service-now.com", "username": "u", "password": "p", "queue_id": "q"}
 

@@ -6,6 +6,7 @@ import pytest
 from connectors.servicenow import ServiceNowInput, ServiceNowSocketIOInput
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.rasa_glue.workers import requested_workers
+from connectors.servicenow.store.redis import RedisStore
 
 OPTIONS = {"instance_url": "https://acme.service-now.com", "username": "u", "password": "p", "queue_id": "q"}
 
@@ -23,7 +24,7 @@ def test_several_workers_without_redis_url_refuse_to_start(door, monkeypatch):
 def test_several_workers_with_redis_url_start_as_replicas(door, monkeypatch):
     monkeypatch.setenv("SANIC_WORKERS", "2")
     channel = door.from_credentials({**OPTIONS, "redis_url": "redis://127.0.0.1:1/0"})
-    assert channel.store.shared
+    assert isinstance(channel.core.store, RedisStore)
 
 
 @pytest.mark.parametrize("value, workers", [(None, 1), ("1", 1), ("3", 3), ("0", 1), ("-2", 1), ("many", 1)])
