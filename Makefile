@@ -48,7 +48,10 @@ test: typecheck $(STAMP) $(MODEL)
 	if [ "$(RASA)" != 3.6 ]; then scripts/test-pro.sh || status=$$?; fi; \
 	exit $$status
 
-# mypy over connectors/servicenow, at the strictness pyproject.toml states.
+# mypy over connectors/servicenow, at the strictness pyproject.toml states, once:
+# under .venv (Python 3.10, Rasa 3.6's pins). Rasa itself has no type hints in
+# either Rasa; under .venv-pro mypy also reads the hints of redis-py 8, aiohttp 3.14
+# and sanic 25, which differ from 4.6's, 3.9's and 21.12's (docs/rasa-pro.md, "Tests").
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
