@@ -220,6 +220,13 @@ def message_auth_headers(settings: ServiceNowSettings, body: Mapping[str, Any]) 
     return headers
 
 
+def item_events(item: Mapping[str, Any], *, agent_chat: bool, fallback_id: str, arrived: float) -> List[AgentEvent]:
+    """The events of one ``body`` item, exactly as a push with this ``agentChat``
+    gives them; also for an item read back from its ``sys_cs_message`` record
+    (va_records.py), so a recovered message is the message the push carried."""
+    return list(_item_events(item, agent_chat, fallback_id, arrived))
+
+
 def _item_events(item: Mapping[str, Any], agent_chat: bool, fallback_id: str, arrived: float) -> Iterable[AgentEvent]:
     ui_type = item.get("uiType")
     message_id = _str_or_none(item.get("messageId")) or fallback_id
