@@ -3,13 +3,13 @@ port (the records a real chat leaves, read with the channel's own HTTP client an
 aioresponses for answers the emulator does not give (foreign records, odd payloads)."""
 
 import logging
+import re
 from typing import Any, AsyncIterator, Dict, List, Optional
 
-import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from connectors.servicenow.backends.base import AgentJoined, AgentMessage, ChatClosed, CloseReason, HandoffRequest, SystemNotice
+from connectors.servicenow.backends.base import AgentJoined, AgentMessage, ChatClosed, CloseReason
 from connectors.servicenow.backends.http import ServiceNowHTTP
 from connectors.servicenow.backends.va_records import (
     ACCESS_RECHECK_S,
@@ -17,92 +17,10 @@ from connectors.servicenow.backends.va_records import (
     NoReadAccess,
     RecordCursor,
 )
-from connectors.servicenow.backends.virtual_agent import VirtualAgentBackend
 from connectors.servicenow.config import ServiceNowSettings
-from connectors.servicenow.emulator import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    DEFAULT_PASSWORD,
-    DEFAULT_USER,
-    RunningEmulator,
-    start_emulator,
-)
 from connectors.servicenow.errors import ServiceNowUnavailable
 
-TABLE = "/api/now/table/"
-
-
-async def no_sleep(_delay: float) -> None:
-    return None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Instance:
-    """The emulator, the channel's HTTP client and Virtual Agent client on it, and the agent's side (control plane)."""
-
-    def __init__(self, emulator: RunningEmulator, control: aiohttp.ClientSession, oauth: bool = False) -> None:
-        self.emulator = emulator
-        self.control_http = control
-        credentials: Dict[str, Any] = {
-            "instance_url": emulator.url, "api": "virtual_agent", "webhook_secret": "s3cret",
-            "username": DEFAULT_USER, "password": DEFAULT_PASSWORD, "retry_attempts": 3,
-        }
-        if oauth:
-            credentials.update(client_id=DEFAULT_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET)
-        self.settings = ServiceNowSettings.from_credentials(credentials)
-        self.http = ServiceNowHTTP(self.settings, sleep=no_sleep)
-        self.backend = VirtualAgentBackend(self.settings, self.http)
-        self.clock = Clock()
-        self.records = ConversationRecords(self.http, clock=self.clock)
-
-    async def control(self, path: str, body: Any = None, method: str = "POST") -> Any:
-        async with self.control_http.request(method, f"{self.emulator.url}/__emu/{path}", json=body) as response:
-            answer = await response.json()
-            assert response.status == 200, (path, answer)
-            return answer
-
-    async def open_chat(self, sender: str = "user-1") -> str:
-        opened = await self.backend.open_chat(HandoffRequest(sender_id=sender, text="I need a human"))
-        return opened.chat_id
-
-    async def agent(self, what: str, chat_id: str, **body: Any) -> List[Dict[str, Any]]:
-        """An agent operation; the pushes it made."""
-        answer = await self.control(f"agent/{what}", {"session": chat_id, **body})
-        return list(answer.get("callbacks") or [])
-
-    def table_requests(self) -> int:
-        return sum(1 for r in self.emulator.state.requests if r.path.startswith(TABLE))
-
-    def events_of(self, pushes: List[Dict[str, Any]]) -> List[Any]:
-        return [event for push in pushes for event in self.backend.parse_callback(push).events]
-
-
-@pytest.fixture
-async def instance() -> AsyncIterator[Instance]:
-    emulator = await start_emulator()
-    async with aiohttp.ClientSession() as control:
-        made = Instance(emulator, control)
-        yield made
-        await made.http.aclose()
-    await emulator.close()
-
-
-def same(event: Any) -> Any:
-    """An event without its arrival time (a read and a push arrive at different times)."""
-    if isinstance(event, AgentMessage):
-        return ("AgentMessage", event.message_id, event.text, event.agent_name, dict(event.rich))
-    if isinstance(event, SystemNotice):
-        return ("SystemNotice", event.message_id, event.text, event.kind, dict(event.details))
-    if isinstance(event, ChatClosed):
-        return ("ChatClosed", event.reason, event.text, event.message_id)
-    return event
+from .va_instance import TABLE, Instance, instance, no_sleep, same  # noqa: F401 (instance is a fixture)
 
 
 def flat(catch_up: Any) -> List[Any]:
@@ -326,8 +244,6 @@ async def mocked() -> AsyncIterator[ConversationRecords]:
 
 
 def route(table: str) -> Any:
-    import re
-
     return re.compile(rf"^{BASE}{TABLE}{table}\?.*$")
 
 
