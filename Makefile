@@ -11,7 +11,7 @@ export RASA_TELEMETRY_ENABLED := false
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run run-replicas test bench install model clean
+.PHONY: run run-replicas test typecheck bench install model clean
 
 # SERVICENOW_FRONTEND=socketio make run: the socket.io flavour, with the stock
 # rasa-webchat widget (fetched from the npm registry) on http://127.0.0.1:8080/.
@@ -22,8 +22,12 @@ run: $(STAMP) $(MODEL)
 run-replicas: $(STAMP) $(MODEL)
 	scripts/run-replicas.sh
 
-test: $(STAMP) $(MODEL)
+test: typecheck $(STAMP) $(MODEL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# mypy over connectors/servicenow, at the strictness pyproject.toml states.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 # Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run.
 bench: $(STAMP) $(MODEL)
@@ -47,4 +51,4 @@ $(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) models .rasa .pytest_cache *.egg-info build test-output
+	rm -rf $(VENV) models .rasa .pytest_cache .mypy_cache *.egg-info build test-output

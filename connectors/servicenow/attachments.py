@@ -215,7 +215,7 @@ def refusal_placeholders(attachment: UserAttachment, settings: Any) -> Dict[str,
 
 
 def is_image(content_type: Optional[str]) -> bool:
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower().startswith("image/")
+    return content_type is not None and content_type.split(";", 1)[0].strip().lower().startswith("image/")
 
 
 def agent_file_fields(url: str, content_type: Optional[str], name: Optional[str]) -> Tuple[str, Dict[str, Any]]:

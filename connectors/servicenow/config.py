@@ -102,7 +102,7 @@ class ServiceNowSettings:
     #: Also (or instead) serve them on a port of their own, on ``metrics_host``; 0: no such port.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
-    # -- waiting and availability (waiting.py, availability.py) --------------
+    # -- waiting and availability (core/timers.py, availability.py) ----------
     #: Seconds a chat waits for an agent to accept before it is left (``no_agent``); 0: forever.
     agent_wait_timeout: float = 0.0
     #: Seconds between "still waiting" notices while no agent has joined; 0: none.

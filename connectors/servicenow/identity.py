@@ -13,12 +13,12 @@ is the user and nothing else is claimed.
 """
 
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jwt
 
-from connectors.servicenow.backends.base import Requester
 from connectors.servicenow.config import DEFAULT_MAX_TOKEN_LIFETIME_S
+from connectors.servicenow.servicenow.base import Requester
 
 BEARER_PREFIX = "bearer "
 #: Clocks of the token's issuer and of this machine may differ this much.
@@ -90,7 +90,7 @@ def requester_of(
 ) -> Requester:
     """Claims first; then, per field, metadata when the frontend is trusted;
     otherwise the sender id as the user and no email or name."""
-    sources = []
+    sources: List[Tuple[Mapping[str, Any], Tuple[str, ...], Tuple[str, ...], Tuple[str, ...]]] = []
     if claims:
         sources.append((claims, USER_ID_CLAIMS, EMAIL_CLAIMS, NAME_CLAIMS))
     if trust_metadata:

@@ -6,7 +6,7 @@ import time
 import jwt
 import pytest
 
-from connectors.servicenow.backends.base import Requester
+from connectors.servicenow.servicenow.base import Requester
 from connectors.servicenow.identity import Unauthenticated, bearer_token, check_subject, requester_of, verify_token
 
 KEY = "a-test-key-of-at-least-32-bytes-length"

@@ -25,13 +25,13 @@ def test_non_strings_are_shown_as_text():
 def test_the_installed_filter_escapes_every_text_argument_of_the_connectors_loggers(caplog):
     import logging
 
-    from connectors.servicenow import handoff  # noqa: F401 (creates its logger)
+    from connectors.servicenow.core import ending  # noqa: F401 (creates its logger)
     from connectors.servicenow.logsafe import escape_log_arguments
 
     escape_log_arguments("connectors.servicenow")
     escape_log_arguments("connectors.servicenow")  # idempotent: escaped once, not twice
-    with caplog.at_level(logging.INFO, logger="connectors.servicenow.handoff"):
-        logging.getLogger("connectors.servicenow.handoff").info("chat %s of %s (%d)", "c1\nFORGED", "u\x1b[2J", 3)
+    with caplog.at_level(logging.INFO, logger="connectors.servicenow.core.ending"):
+        logging.getLogger("connectors.servicenow.core.ending").info("chat %s of %s (%d)", "c1\nFORGED", "u\x1b[2J", 3)
     assert caplog.records[-1].getMessage() == "chat c1\\nFORGED of u\\x1b[2J (3)"
     # A logger made after the call (a module imported later, as store.redis was) escapes too.
     late = "connectors.servicenow.made_later_%d" % id(caplog)

@@ -102,8 +102,8 @@ def _same_core(credentials: Mapping[str, Any]) -> bool:
     if not all(isinstance(section, dict) for section in sections):
         return True  # reported as an empty section
     webhook, socket = ({k: v for k, v in s.items() if k not in SOCKETIO_DEFAULTS and not config._is_unset(v)}
-                       for s in sections)
-    return webhook == socket or all(not config._is_unset(s.get("redis_url")) for s in sections)
+                       for s in sections if isinstance(s, dict))
+    return webhook == socket or all(isinstance(s, dict) and not config._is_unset(s.get("redis_url")) for s in sections)
 
 
 def _socketio_options(section: Any) -> List[Finding]:

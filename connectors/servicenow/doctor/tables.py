@@ -1,12 +1,12 @@
-"""Whether reconciliation (backends/va_records.py) can read what it needs: one
+"""Whether reconciliation (servicenow/va_records.py) can read what it needs: one
 Table API read per table, as the integration user, asking for nothing that
 exists (a chat id no chat has), so that the answer says who may read and
 whether the instance knows the field, and shows no conversation."""
 
 from typing import Dict, List
 
-from connectors.servicenow.backends.http import ServiceNowHTTP, result_of
-from connectors.servicenow.backends.va_records import INTERACTION_TABLE, MESSAGE_TABLE, READ_ROLE, TABLE_PATH, TABLES
+from connectors.servicenow.servicenow.http import ServiceNowHTTP, result_of
+from connectors.servicenow.servicenow.va_records import INTERACTION_TABLE, MESSAGE_TABLE, READ_ROLE, TABLE_PATH, TABLES
 from connectors.servicenow.doctor.findings import Finding, ok, warning
 from connectors.servicenow.errors import AuthenticationFailed, ServiceNowError, ServiceNowRejected
 
