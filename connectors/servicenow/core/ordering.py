@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from connectors.servicenow.servicenow.base import AgentEvent, AgentMessage, ChatClosed, SystemNotice
+from connectors.servicenow.servicenow.base import AgentEvent, AgentJoined, AgentMessage, ChatClosed, SystemNotice
 from connectors.servicenow.servicenow.va_records import ConversationRecords, RecordCursor, Seen
 from connectors.servicenow.errors import ServiceNowError
 
@@ -43,8 +43,8 @@ class Arranged:
     events: Tuple[AgentEvent, ...]
     #: Where the chat's records were read to (unchanged when they were not read).
     cursor: RecordCursor
-    #: Messages taken from the records that this push did not carry.
-    recovered: int
+    #: Ids of the messages taken from the records that this push did not carry.
+    recovered: Tuple[str, ...]
     #: False when the push is delivered as it came (no read, or the read failed or took too long).
     ordered: bool
     #: Seconds the push waited for the read.
@@ -53,7 +53,7 @@ class Arranged:
 
 def message_id_of(event: AgentEvent) -> Optional[str]:
     """The ``sys_cs_message`` id an event came from, when it has one."""
-    if isinstance(event, (AgentMessage, SystemNotice, ChatClosed)):
+    if isinstance(event, (AgentMessage, SystemNotice, ChatClosed, AgentJoined)):
         return event.message_id
     return None
 
@@ -71,7 +71,7 @@ class PushOrder:
         self, chat_id: str, cursor: RecordCursor, seen: Seen, events: Sequence[AgentEvent]
     ) -> Arranged:
         pushed = [message_id for message_id in map(message_id_of, events) if message_id]
-        as_came = Arranged(tuple(events), cursor, 0, False, 0.0)
+        as_came = Arranged(tuple(events), cursor, (), False, 0.0)
         if self._wait <= 0 or not any(not seen(message_id) for message_id in pushed) or not self._records.readable():
             return as_came
         carried = set(pushed)
@@ -86,15 +86,15 @@ class PushOrder:
         except asyncio.TimeoutError:
             waited = self._clock() - started
             logger.info("The records of chat %s did not answer within %.1f s: its push is shown as it came.", chat_id, waited)
-            return Arranged(tuple(events), cursor, 0, False, waited)
+            return Arranged(tuple(events), cursor, (), False, waited)
         except ServiceNowError as error:
             waited = self._clock() - started
             logger.info("Could not read the records of chat %s (%s): its push is shown as it came.", chat_id, error)
-            return Arranged(tuple(events), cursor, 0, False, waited)
+            return Arranged(tuple(events), cursor, (), False, waited)
         waited = self._clock() - started
         arranged: List[AgentEvent] = []
         placed = False
-        recovered = 0
+        recovered: List[str] = []
         for record in catch_up.recovered:
             if record.message_id in carried:
                 # The push's events go where its first message is; those
@@ -104,12 +104,14 @@ class PushOrder:
                     placed = True
             elif not seen(record.message_id):
                 arranged.extend(record.events)
-                recovered += 1
+                recovered.append(record.message_id)
         if not placed:
             # Its messages are not in the records yet (or are not kept): after what is.
             arranged.extend(events)
         if catch_up.closed is not None:
             arranged.append(catch_up.closed)
         if recovered:
-            logger.info("A push of chat %s came with %d message(s) it did not carry, delivered in order.", chat_id, recovered)
-        return Arranged(tuple(arranged), catch_up.cursor, recovered, True, waited)
+            logger.info(
+                "A push of chat %s came with %d message(s) it did not carry, delivered in order.", chat_id, len(recovered)
+            )
+        return Arranged(tuple(arranged), catch_up.cursor, tuple(recovered), True, waited)

@@ -3,6 +3,10 @@ active, slower once it has been quiet for a while, with a periodic check of
 the session state in place of a poll. What a poll finds goes through the
 same path as a push (intake.py).
 
+The same loop, under the same lease, reads a Virtual Agent chat's record
+back every ``reconcile_interval`` (reconcile.py), at once when this replica
+takes the chat up, and soon after a push it refused.
+
 A chat is polled by one replica at a time, under its lease (store/keys.py
 ``poll:<chat id>``): a loop that finds the lease held elsewhere stops, and a
 replica that stops releases its leases so another takes its chats over at
@@ -13,14 +17,16 @@ expire.
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.core.intake import Dispatcher
+from connectors.servicenow.core.reconcile import Reconciler, ReconcileSchedule
 from connectors.servicenow.core.records import lease_time
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.servicenow.base import Backend, PollResult
+from connectors.servicenow.servicenow.va_records import NoReadAccess
 from connectors.servicenow.store import Store
 from connectors.servicenow.store.keys import poll_lease
 from connectors.servicenow.tasks import TaskSet
@@ -69,10 +75,14 @@ class PollSchedule:
 
 
 class _Poller:
-    def __init__(self, schedule: PollSchedule, chat: LiveChat) -> None:
+    def __init__(self, schedule: Union[PollSchedule, ReconcileSchedule], chat: LiveChat, *, now: bool = False) -> None:
         self.schedule = schedule
         self.chat = chat
         self.wake = asyncio.Event()
+        #: The first tick comes at once (a chat this replica takes up).
+        self.now = now
+        #: A reconciliation failure was logged for this chat (said once, until a read works).
+        self.said_failure = False
         self._last_tick = time.monotonic()
 
     async def sleep(self) -> None:
@@ -118,9 +128,14 @@ class Polling:
         owner: str,
         on_failed: OnFailed,
         on_cursor: OnCursor,
+        reconciler: Optional[Reconciler] = None,
     ) -> None:
-        """``owner``: this replica, as a lease holder."""
+        """``owner``: this replica, as a lease holder. ``reconciler``: Virtual
+        Agent chats are read back from ServiceNow's record (``reconcile``)."""
         self._settings = settings
+        self._reconciler = reconciler
+        #: Whether live chats are watched by a loop under a lease at all.
+        self.watches = backend.pulls or reconciler is not None
         self._backend = backend
         self._store = store
         self._dispatcher = dispatcher
@@ -132,11 +147,16 @@ class Polling:
         # Lease calls under way: a stop waits for them before letting go.
         self._lease_calls = TaskSet()
 
-    def watch(self, chat: LiveChat) -> None:
-        """Start polling the chat (pull backends). Idempotent."""
-        if not self._backend.pulls or chat.ended or self.is_watching(chat):
+    def watch(self, chat: LiveChat, *, catch_up: bool = True) -> None:
+        """Start polling the chat (pull backends), or reading its record back
+        (reconciliation; ``catch_up``: the first read comes at once, for a chat
+        this replica takes up rather than opens). Idempotent."""
+        if not self.watches or chat.ended or self.is_watching(chat):
             return
-        poller = _Poller(PollSchedule(self._settings), chat)
+        if self._backend.pulls:
+            poller = _Poller(PollSchedule(self._settings), chat)
+        else:
+            poller = _Poller(ReconcileSchedule(self._settings.reconcile_interval), chat, now=catch_up)
         chat.poller = asyncio.create_task(self._poll_loop(poller), name=f"servicenow-poll-{chat.sender_id}")
         self._pollers[chat.sender_id] = poller
 
@@ -147,6 +167,15 @@ class Polling:
     @property
     def watched(self) -> int:
         return len(self._pollers)
+
+    def soon(self, chat_id: str) -> bool:
+        """Read the chat's record now rather than at its next tick (a push of
+        it was refused); False when this replica does not watch it."""
+        poller = next((p for p in self._pollers.values() if p.chat.chat_id == chat_id), None)
+        if poller is None or self._reconciler is None:
+            return False
+        poller.wake.set()
+        return True
 
     def note_activity(self, chat: LiveChat) -> None:
         """The user wrote: an answer is likely soon, so poll at the fast rate."""
@@ -185,9 +214,15 @@ class Polling:
         chat = poller.chat
         try:
             while not chat.ended:
-                await poller.sleep()
+                if poller.now:
+                    poller.now = False
+                else:
+                    await poller.sleep()
                 if chat.ended or not await self._hold_lease(poller):
                     return
+                if self._reconciler is not None:
+                    await self._reconcile_once(poller, self._reconciler)
+                    continue
                 before = chat.cursor
                 try:
                     result = await self._poll_once(poller)
@@ -208,6 +243,40 @@ class Polling:
                 del self._pollers[chat.sender_id]
             if chat.poller is asyncio.current_task():
                 chat.poller = None
+
+    async def _reconcile_once(self, poller: _Poller, reconciler: Reconciler) -> None:
+        """One tick of a Virtual Agent chat: what its record holds that no push
+        brought goes out through the same path. A failure never ends the
+        chat: pushes still work, and the next tick tries again."""
+        chat = poller.chat
+        if not reconciler.readable():
+            return
+        before = chat.records
+        try:
+            found = await reconciler.read(chat, state_only=poller.schedule.state_check_due())
+        except NoReadAccess:
+            return  # said once by the reader
+        except ServiceNowError as error:
+            if not poller.said_failure:
+                poller.said_failure = True
+                logger.warning("Could not read ServiceNow's record of chat %s (tried again every %.0f s): %s",
+                               chat.chat_id, poller.schedule.delay(), error)
+            return
+        except Exception:
+            logger.exception("Unexpected error while reading ServiceNow's record of chat %s; trying again.", chat.chat_id)
+            return
+        poller.said_failure = False
+        if found.events or found.cursor != before:
+            # Shielded, as a poll's delivery: a shutdown must not cut it off half-way.
+            delivery = self._dispatcher.dispatch(chat, found.events, records=found.cursor, recovered=found.recovered)
+            try:
+                await asyncio.shield(self._work.spawn(delivery))
+            except StoreUnavailable as error:
+                # Nothing stored, the cursor stays: the next tick delivers it.
+                logger.warning("Could not store what ServiceNow's record of chat %s holds: %s", chat.chat_id, error)
+                return
+        if not chat.ended and chat.records != before:
+            await self._on_cursor(chat)
 
     async def _poll_once(self, poller: _Poller) -> Optional[PollResult]:
         chat = poller.chat

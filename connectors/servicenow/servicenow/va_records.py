@@ -87,6 +87,13 @@ class RecordCursor:
     conversation_id: Optional[str] = None
     sequence: int = 0
 
+    def after(self, other: "RecordCursor") -> bool:
+        """Whether this cursor is further on than ``other``: a later sequence
+        of the same conversation, or another conversation found since."""
+        if self.conversation_id != other.conversation_id:
+            return self.conversation_id is not None
+        return self.sequence > other.sequence
+
     def to_dict(self) -> Dict[str, Any]:
         return {"conversation_id": self.conversation_id, "sequence": self.sequence}
 

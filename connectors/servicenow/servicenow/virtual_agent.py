@@ -262,7 +262,9 @@ def _action_events(item: Mapping[str, Any], message_id: str, arrived: float) -> 
         yield AgentTyping(False)
     elif action == "SwitchToLiveAgent":
         agent = item.get("agentInfo")
-        yield AgentJoined(_str_or_none(agent.get("agentName")) if isinstance(agent, dict) else None)
+        name = _str_or_none(agent.get("agentName")) if isinstance(agent, dict) else None
+        # Only a messageId ServiceNow gave: it names the message's record (va_records.py).
+        yield AgentJoined(name, _str_or_none(item.get("messageId")))
     elif action == "SwitchToVirtualAgent":
         yield ChatClosed(CloseReason.AGENT_CLOSED, None, message_id, arrived)
     elif action == "System":
