@@ -79,8 +79,8 @@ class _Batch:
     records: List[TrackerEvent] = field(default_factory=list)
     #: Message ids and times a push moves the cursor past.
     noted: List[Tuple[str, Optional[float]]] = field(default_factory=list)
-    #: Ids of other kept events (an agent's arrival) the chat has now seen.
-    marked: List[str] = field(default_factory=list)
+    #: Every message id (and an agent's arrival's) the chat has now seen, in order.
+    seen: List[Tuple[str, Optional[float]]] = field(default_factory=list)
     joined: bool = False
     estimate: Optional[str] = None
     closed: Optional[ChatClosed] = None
@@ -200,7 +200,7 @@ class Dispatcher:
                 )
                 batch.keys.append(self._key(chat, event.message_id))
                 if event.message_id:
-                    batch.marked.append(event.message_id)
+                    batch.seen.append((event.message_id, None))
                 continue
             if not polled and event.message_id in chat.seen_ids:
                 self._observe.duplicate_dropped("message")
@@ -227,6 +227,7 @@ class Dispatcher:
         batch.records.append(bot_uttered(message))
         if not polled:
             batch.noted.append((event.message_id, event.timestamp))
+            batch.seen.append((event.message_id, event.timestamp))
 
     def _move_on(self, chat: LiveChat, batch: _Batch, cursor: Optional[Cursor]) -> bool:
         """Once its events are on their way, the chat moves on; True when it
@@ -235,10 +236,8 @@ class Dispatcher:
         status = agent_joined_events() if batch.joined and not chat.agent_joined else []
         progressed = batch.joined != chat.agent_joined or batch.estimate != chat.wait_estimate
         chat.agent_joined, chat.wait_estimate = batch.joined, batch.estimate
-        for message_id, timestamp in batch.noted:
+        for message_id, timestamp in batch.seen:
             chat.note_message(message_id, timestamp)
-        for message_id in batch.marked:
-            chat.note_message(message_id, None)
         if cursor is not None:
             chat.move_to(cursor)
         if batch.records or status:
