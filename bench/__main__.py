@@ -21,7 +21,7 @@ from bench import report
 from bench.cluster import ROOT, demo_model, pin_this_process
 from bench.fixtures import EMULATOR_CPU, Context, Sizes
 from bench.load import Receiver, client
-from bench.scenarios import agent_latency, bot_turns, channel_options, handoff_messages, handoff_start, replicas, scale
+from bench.scenarios import agent_latency, bot_turns, channel_options, handoff_messages, handoff_start, reconcile, replicas, scale
 
 SCENARIOS: Dict[str, Callable[[Context], Awaitable[Dict[str, Any]]]] = {
     "bot_turns": bot_turns.run,
@@ -32,6 +32,7 @@ SCENARIOS: Dict[str, Callable[[Context], Awaitable[Dict[str, Any]]]] = {
     "channel_options": channel_options.run,
     "redis_memory": replicas.run_memory,
     "replicas": replicas.run_replicas,
+    "reconcile": reconcile.run,
 }
 
 

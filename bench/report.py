@@ -66,6 +66,33 @@ def targets(results: Dict[str, Any]) -> List[Row]:
         rows.append((f"5. handoff start, {backend}", f"median {start['median']:.1f} ms, p95 {start['p95']:.1f} ms", "(reported)", None))
     rows += _channel_options(scenarios.get("channel_options", {}))
     rows += _shared_store(scenarios)
+    rows += _reconcile(scenarios.get("reconcile", {}))
+    return rows
+
+
+def _reconcile(data: Dict[str, Any]) -> List[Row]:
+    """What reading the chat's record back costs (9)."""
+    rows: List[Row] = []
+    order = data.get("order")
+    if order:
+        latency = order["agent_to_user_ms"]
+        base, ordered = latency["as_they_come"], latency["ordered"]
+        rows.append((
+            "9. pushes in ServiceNow's order: agent to user, virtual_agent",
+            f"p99 {ordered['p99']:.1f} vs {base['p99']:.1f} ms ({latency['p99_difference_ms']:+.1f} ms; "
+            f"median {ordered['median']:.1f} vs {base['median']:.1f}, n={ordered['count']})",
+            "(reported: one Table API read on loopback)",
+            None,
+        ))
+    steady = data.get("steady")
+    if steady:
+        per_interval = steady["requests_per_chat_per_interval"]
+        rows.append((
+            f"9. reconciliation, {steady['live_chats']} quiet VA chats: ServiceNow requests",
+            f"{per_interval:.3f} per chat per reconcile_interval ({steady['table_requests']} in {steady['intervals']} intervals)",
+            "<= 1 per chat per interval",
+            round(per_interval, 2) <= 1.0,
+        ))
     return rows
 
 
