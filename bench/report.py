@@ -80,7 +80,8 @@ def _reconcile(data: Dict[str, Any]) -> List[Row]:
         rows.append((
             "9. pushes in ServiceNow's order: agent to user, virtual_agent",
             f"p99 {ordered['p99']:.1f} vs {base['p99']:.1f} ms ({latency['p99_difference_ms']:+.1f} ms; "
-            f"median {ordered['median']:.1f} vs {base['median']:.1f}, n={ordered['count']})",
+            f"median {ordered['median']:.1f} vs {base['median']:.1f}, n={ordered['count']}; "
+            f"the emulator's read: median {order['servicenow_read_ms']['median']:.1f}, p99 {order['servicenow_read_ms']['p99']:.1f})",
             "(reported: one Table API read on loopback)",
             None,
         ))
@@ -89,7 +90,8 @@ def _reconcile(data: Dict[str, Any]) -> List[Row]:
         per_interval = steady["requests_per_chat_per_interval"]
         rows.append((
             f"9. reconciliation, {steady['live_chats']} quiet VA chats: ServiceNow requests",
-            f"{per_interval:.3f} per chat per reconcile_interval ({steady['table_requests']} in {steady['intervals']} intervals)",
+            f"{per_interval:.3f} per chat per reconcile_interval ({steady['table_requests']} in {steady['intervals']} intervals, "
+            f"{steady['of_which_interaction']} of them state reads)",
             "<= 1 per chat per interval",
             round(per_interval, 2) <= 1.0,
         ))
