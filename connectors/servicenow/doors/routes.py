@@ -292,7 +292,10 @@ class HTTPRoutes:
         if not self.settings.jwt_key:
             return None
         try:
-            return verify_token(bearer_token(request.headers, query_token), self.settings.jwt_key, self.settings.jwt_method)
+            return verify_token(
+                bearer_token(request.headers, query_token), self.settings.jwt_key, self.settings.jwt_method,
+                max_lifetime_s=self.settings.jwt_max_lifetime,
+            )
         except Unauthenticated as problem:
             raise PayloadError(401, "Unauthorized", str(problem)) from None
 

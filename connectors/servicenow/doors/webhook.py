@@ -17,7 +17,7 @@ from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.core import Core
 from connectors.servicenow.doors.routes import HTTPRoutes
 from connectors.servicenow.identity import Claims
-from connectors.servicenow.logsafe import escape_log_arguments
+from connectors.servicenow.logsafe import escape_log_arguments, redact_access_log_tokens
 from connectors.servicenow.ops.logs import use_json_logs
 from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.rasa_glue.channels import InputChannel, OutputChannel
@@ -45,6 +45,7 @@ class ServiceNowInput(InputChannel):
         socket.io door of the same options)."""
         # Sender and chat ids reach many log lines; none may forge one.
         escape_log_arguments("connectors.servicenow")
+        redact_access_log_tokens()
         self.settings = settings
         self.core = Core(settings, store) if store is not None else Core.for_door(settings, self.name())
         self.routes = HTTPRoutes(self.core, self.name())
