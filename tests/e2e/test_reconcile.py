@@ -16,6 +16,7 @@ from tests.e2e.conftest import TEXTS, Handoff, channel_options, point_emulator_a
 from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
 from tests.e2e.test_handback import RATING_QUESTION, hand_back_events
 from tests.e2e.test_replicas import Stream, redis, start_replicas  # noqa: F401 (redis: the module's fixture)
+from connectors.servicenow.emulator.config import TABLE_NAMES
 
 #: A steady pass this far apart cannot be what delivers within ``START_DEADLINE_S`` of a restart.
 LONG_INTERVAL_S = 30.0
@@ -225,3 +226,33 @@ def test_two_replicas_deliver_each_missed_message_once(replicas, emulator, callb
             stream.close()
 
 
+
+
+
+@pytest.fixture
+def refused(e2e_dir, demo_model, emulator, callback) -> Iterator[RasaServer]:
+    """A deployment whose integration user may not read the conversation tables (its own process: the channel
+    remembers a refusal for ten minutes)."""
+    options = channel_options(emulator, callback, "virtual_agent", reconcile_interval=SHORT_INTERVAL_S)
+    server = RasaServer(e2e_dir, demo_model, options, name="reconcile-refused").start()
+    emulator.configure(table_read_access=["sys_user"])
+    yield server
+    emulator.configure(table_read_access=list(TABLE_NAMES))
+    server.stop()
+
+
+def test_without_read_access_pushes_alone_are_relayed_and_the_log_says_so_once(refused, emulator, callback):
+    no_retries(emulator, refused)
+    asked_before = len(emulator.get("requests")["requests"])
+    sender = new_sender()
+    chat = Handoff("virtual_agent", refused, emulator, callback).start_live(sender)
+    for text in ("one", "two"):
+        emulator.say(chat, text)
+    wait_for(lambda: agent_said(callback, sender) == ["one", "two"], PASS_DEADLINE_S, what="the pushed messages")
+    tables = [
+        e for e in emulator.get("requests")["requests"][asked_before:] if e["path"].startswith("/api/now/table/")
+    ]
+    assert tables and all(e["status"] == 403 for e in tables)
+    # Refused once, then left alone: not one request per push or per tick.
+    assert len(tables) <= 2
+    assert refused.log_path.read_text().count("The integration user may not read") == 1

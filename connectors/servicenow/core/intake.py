@@ -158,7 +158,7 @@ class Dispatcher:
                 item = items[index]
                 if item is not None:
                     self._observe.agent_message_queued(item.event_id, arrived)
-            self._count_recovered(batch, items, from_records, pushed=dedupe_key is not None)
+            self._count_recovered(chat, batch, items, from_records, pushed=dedupe_key is not None)
             batch.records = [record for record, index in zip(batch.records, batch.queued) if items[index] is not None]
             progressed = self._move_on(chat, batch, cursor)
             if records is not None and records.after(chat.records):
@@ -292,7 +292,7 @@ class Dispatcher:
         return stored
 
     def _count_recovered(
-        self, batch: _Batch, items: Sequence[Optional[OutboundItem]], recovered: Set[str], *, pushed: bool
+        self, chat: LiveChat, batch: _Batch, items: Sequence[Optional[OutboundItem]], recovered: Set[str], *, pushed: bool
     ) -> None:
         """Messages stored from the record, not from a push: by a push's
         ordering read (``push``) or by a reconciliation pass (``pass``)."""
@@ -303,7 +303,10 @@ class Dispatcher:
             if message_id in recovered and items[index] is not None
         )
         if count:
-            self._observe.messages_reconciled("push" if pushed else "pass", count)
+            how = "push" if pushed else "pass"
+            self._observe.messages_reconciled(how, count)
+            # Stored here first for the whole deployment: their push was lost (or is still on its way).
+            logger.info("Recovered %d message(s) of chat %s from ServiceNow's record (%s).", count, chat.chat_id, how)
 
     async def _close_after_grace(self, chat: LiveChat, closed: ChatClosed) -> None:
         await asyncio.sleep(END_GRACE_S)

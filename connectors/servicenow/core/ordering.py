@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from connectors.servicenow.servicenow.base import AgentEvent, AgentJoined, AgentMessage, ChatClosed, SystemNotice
-from connectors.servicenow.servicenow.va_records import ConversationRecords, RecordCursor, Seen
+from connectors.servicenow.servicenow.va_records import ConversationRecords, NoReadAccess, RecordCursor, Seen
 from connectors.servicenow.errors import ServiceNowError
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,9 @@ class PushOrder:
             waited = self._clock() - started
             logger.info("The records of chat %s did not answer within %.1f s: its push is shown as it came.", chat_id, waited)
             return Arranged(tuple(events), cursor, (), False, waited)
+        except NoReadAccess:
+            # Said once by the reader; pushes go as they come until access is back.
+            return Arranged(tuple(events), cursor, (), False, self._clock() - started)
         except ServiceNowError as error:
             waited = self._clock() - started
             logger.info("Could not read the records of chat %s (%s): its push is shown as it came.", chat_id, error)
@@ -111,7 +114,5 @@ class PushOrder:
         if catch_up.closed is not None:
             arranged.append(catch_up.closed)
         if recovered:
-            logger.info(
-                "A push of chat %s came with %d message(s) it did not carry, delivered in order.", chat_id, len(recovered)
-            )
+            logger.debug("A push of chat %s comes with %d message(s) it did not carry.", chat_id, len(recovered))
         return Arranged(tuple(arranged), catch_up.cursor, tuple(recovered), True, waited)

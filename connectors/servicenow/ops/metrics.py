@@ -184,8 +184,9 @@ class HandoffMetrics:
         )
         self.messages_reconciled = Counter(
             PREFIX + "messages_reconciled",
-            "Virtual Agent messages no push brought, read back from ServiceNow's record and queued for the user, "
-            "by how (push: with a later push, in its place; pass: by a reconciliation pass).",
+            "Virtual Agent messages queued for the user from ServiceNow's record before (or instead of) their own push, "
+            "by how (push: a push's ordering read, for messages it overtook or that follow it; pass: a reconciliation "
+            "pass, for messages whose push is lost).",
             ["how"],
             registry=r,
         )

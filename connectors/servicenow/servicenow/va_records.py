@@ -255,7 +255,7 @@ class ConversationRecords:
             cursor = RecordCursor(cursor.conversation_id, records[-1].sequence)
         closed = interaction.closed() if interaction is not None else None
         if unseen:
-            logger.info("Read %d message(s) of chat %s that no push brought.", unseen, chat_id)
+            logger.debug("Read %d message(s) of chat %s not seen here.", unseen, chat_id)
         return CatchUp(recovered, cursor, closed, unseen, requests)
 
     async def _read(self, table: str, params: Dict[str, str]) -> List[Mapping[str, Any]]:
