@@ -29,6 +29,7 @@ from connectors.servicenow.core.opening import Opening
 from connectors.servicenow.core.ordering import PushOrder
 from connectors.servicenow.core.polling import Polling
 from connectors.servicenow.core.reconcile import Reconciler
+from connectors.servicenow.core.reconciling import ReconcileLoop
 from connectors.servicenow.core.records import Records
 from connectors.servicenow.core.router import Router
 from connectors.servicenow.core.timeouts import Timeouts
@@ -171,10 +172,18 @@ class Core:
             order=PushOrder(reconciler.records, settings.order_wait) if reconciler is not None else None,
             keyed=reconciler is not None,
         )
+        reconciling = (
+            ReconcileLoop(
+                reconciler, self.store, self.dispatcher, self.work,
+                owner=self.replica_id, interval=settings.reconcile_interval, on_cursor=self.records.save,
+            )
+            if reconciler is not None
+            else None
+        )
         self.polling = Polling(
             settings, self.backend, self.store, self.dispatcher, self.work,
             owner=self.replica_id, on_failed=self.ending.failed_in_background, on_cursor=self.records.save,
-            reconciler=reconciler,
+            reconciling=reconciling,
         )
         self.chats = Chats(
             self.store, self.registry, self.in_flight, self.records, self.unsaved, self.pending, self.polling, self.timers

@@ -1,11 +1,9 @@
 """Polling Connect chats: one loop per live chat, fast while the chat is
 active, slower once it has been quiet for a while, with a periodic check of
 the session state in place of a poll. What a poll finds goes through the
-same path as a push (intake.py).
-
-The same loop, under the same lease, reads a Virtual Agent chat's record
-back every ``reconcile_interval`` (reconcile.py), at once when this replica
-takes the chat up, and soon after a push it refused.
+same path as a push (intake.py). Virtual Agent chats, which ServiceNow
+pushes, are watched too when they are reconciled: by one loop for all of
+them (reconciling.py), under the same leases.
 
 A chat is polled by one replica at a time, under its lease (store/keys.py
 ``poll:<chat id>``): a loop that finds the lease held elsewhere stops, and a
@@ -17,16 +15,15 @@ expire.
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.core.intake import Dispatcher
-from connectors.servicenow.core.reconcile import Reconciler, ReconcileSchedule
+from connectors.servicenow.core.reconciling import ReconcileLoop
 from connectors.servicenow.core.records import lease_time
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.servicenow.base import Backend, PollResult
-from connectors.servicenow.servicenow.va_records import NoReadAccess
 from connectors.servicenow.store import Store
 from connectors.servicenow.store.keys import poll_lease
 from connectors.servicenow.tasks import TaskSet
@@ -75,14 +72,10 @@ class PollSchedule:
 
 
 class _Poller:
-    def __init__(self, schedule: Union[PollSchedule, ReconcileSchedule], chat: LiveChat, *, now: bool = False) -> None:
+    def __init__(self, schedule: PollSchedule, chat: LiveChat) -> None:
         self.schedule = schedule
         self.chat = chat
         self.wake = asyncio.Event()
-        #: The first tick comes at once (a chat this replica takes up).
-        self.now = now
-        #: A reconciliation failure was logged for this chat (said once, until a read works).
-        self.said_failure = False
         self._last_tick = time.monotonic()
 
     async def sleep(self) -> None:
@@ -128,14 +121,15 @@ class Polling:
         owner: str,
         on_failed: OnFailed,
         on_cursor: OnCursor,
-        reconciler: Optional[Reconciler] = None,
+        reconciling: Optional[ReconcileLoop] = None,
     ) -> None:
-        """``owner``: this replica, as a lease holder. ``reconciler``: Virtual
-        Agent chats are read back from ServiceNow's record (``reconcile``)."""
+        """``owner``: this replica, as a lease holder. ``reconciling``: the
+        Virtual Agent chats are watched too, by reading them back from
+        ServiceNow's record (reconciling.py), under the same leases."""
         self._settings = settings
-        self._reconciler = reconciler
-        #: Whether live chats are watched by a loop under a lease at all.
-        self.watches = backend.pulls or reconciler is not None
+        self._reconciling = reconciling
+        #: Whether live chats are watched under a lease at all (polled or reconciled).
+        self.watches = backend.pulls or reconciling is not None
         self._backend = backend
         self._store = store
         self._dispatcher = dispatcher
@@ -148,34 +142,32 @@ class Polling:
         self._lease_calls = TaskSet()
 
     def watch(self, chat: LiveChat, *, catch_up: bool = True) -> None:
-        """Start polling the chat (pull backends), or reading its record back
-        (reconciliation; ``catch_up``: the first read comes at once, for a chat
-        this replica takes up rather than opens). Idempotent."""
-        if not self.watches or chat.ended or self.is_watching(chat):
+        """Start polling the chat (pull backends), or reading it back from
+        ServiceNow's record (``catch_up``: at once, for a chat this replica
+        takes up rather than opens). Idempotent."""
+        if self._reconciling is not None and not self._backend.pulls:
+            self._reconciling.watch(chat, catch_up=catch_up)
             return
-        if self._backend.pulls:
-            poller = _Poller(PollSchedule(self._settings), chat)
-        else:
-            poller = _Poller(ReconcileSchedule(self._settings.reconcile_interval), chat, now=catch_up)
+        if not self._backend.pulls or chat.ended or self.is_watching(chat):
+            return
+        poller = _Poller(PollSchedule(self._settings), chat)
         chat.poller = asyncio.create_task(self._poll_loop(poller), name=f"servicenow-poll-{chat.sender_id}")
         self._pollers[chat.sender_id] = poller
 
     def is_watching(self, chat: LiveChat) -> bool:
+        if self._reconciling is not None and not self._backend.pulls:
+            return self._reconciling.is_watching(chat)
         poller = self._pollers.get(chat.sender_id)
         return poller is not None and poller.chat is chat and chat.poller is not None and not chat.ended
 
     @property
     def watched(self) -> int:
-        return len(self._pollers)
+        return len(self._pollers) + (self._reconciling.watched if self._reconciling is not None else 0)
 
     def soon(self, chat_id: str) -> bool:
-        """Read the chat's record now rather than at its next tick (a push of
+        """Read a Virtual Agent chat back soon, not at its next tick (a push of
         it was refused); False when this replica does not watch it."""
-        poller = next((p for p in self._pollers.values() if p.chat.chat_id == chat_id), None)
-        if poller is None or self._reconciler is None:
-            return False
-        poller.wake.set()
-        return True
+        return self._reconciling.soon(chat_id) if self._reconciling is not None else False
 
     def note_activity(self, chat: LiveChat) -> None:
         """The user wrote: an answer is likely soon, so poll at the fast rate."""
@@ -196,7 +188,8 @@ class Polling:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-        return [poller.chat for poller in pollers]
+        reconciled = await self._reconciling.stop(timeout) if self._reconciling is not None else []
+        return [poller.chat for poller in pollers] + reconciled
 
     async def release(self, chats: List[LiveChat], timeout: float = 10.0) -> None:
         """Give up the chats' polling leases, so another replica takes them
@@ -214,15 +207,9 @@ class Polling:
         chat = poller.chat
         try:
             while not chat.ended:
-                if poller.now:
-                    poller.now = False
-                else:
-                    await poller.sleep()
+                await poller.sleep()
                 if chat.ended or not await self._hold_lease(poller):
                     return
-                if self._reconciler is not None:
-                    await self._reconcile_once(poller, self._reconciler)
-                    continue
                 before = chat.cursor
                 try:
                     result = await self._poll_once(poller)
@@ -243,40 +230,6 @@ class Polling:
                 del self._pollers[chat.sender_id]
             if chat.poller is asyncio.current_task():
                 chat.poller = None
-
-    async def _reconcile_once(self, poller: _Poller, reconciler: Reconciler) -> None:
-        """One tick of a Virtual Agent chat: what its record holds that no push
-        brought goes out through the same path. A failure never ends the
-        chat: pushes still work, and the next tick tries again."""
-        chat = poller.chat
-        if not reconciler.readable():
-            return
-        before = chat.records
-        try:
-            found = await reconciler.read(chat, state_only=poller.schedule.state_check_due())
-        except NoReadAccess:
-            return  # said once by the reader
-        except ServiceNowError as error:
-            if not poller.said_failure:
-                poller.said_failure = True
-                logger.warning("Could not read ServiceNow's record of chat %s (tried again every %.0f s): %s",
-                               chat.chat_id, poller.schedule.delay(), error)
-            return
-        except Exception:
-            logger.exception("Unexpected error while reading ServiceNow's record of chat %s; trying again.", chat.chat_id)
-            return
-        poller.said_failure = False
-        if found.events or found.cursor != before:
-            # Shielded, as a poll's delivery: a shutdown must not cut it off half-way.
-            delivery = self._dispatcher.dispatch(chat, found.events, records=found.cursor, recovered=found.recovered)
-            try:
-                await asyncio.shield(self._work.spawn(delivery))
-            except StoreUnavailable as error:
-                # Nothing stored, the cursor stays: the next tick delivers it.
-                logger.warning("Could not store what ServiceNow's record of chat %s holds: %s", chat.chat_id, error)
-                return
-        if not chat.ended and chat.records != before:
-            await self._on_cursor(chat)
 
     async def _poll_once(self, poller: _Poller) -> Optional[PollResult]:
         chat = poller.chat

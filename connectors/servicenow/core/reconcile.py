@@ -4,8 +4,8 @@ holds that no push brought, found by reading the record back
 (intake.py: dedupe by message id, the outbox, every sink).
 
 A live chat is read by one replica at a time, under the same lease as a
-polled Connect chat (polling.py runs the loop): at once when a replica takes
-it up (a start, a takeover), after a push it refused, and every
+polled Connect chat (reconciling.py schedules the reads): at once when a
+replica takes it up (a start, a takeover), after a push it refused, and every
 ``reconcile_interval``. Each tick costs one request: the messages after the
 chat's cursor, or, every ``STATE_EVERY`` ticks, the interaction instead, for
 an end that left no message behind (a read that finds a message no push
@@ -42,27 +42,6 @@ class Pass:
     cursor: RecordCursor
     #: Message ids among ``events`` that came from the record.
     recovered: Tuple[str, ...]
-
-
-class ReconcileSchedule:
-    """A fixed interval (the poll schedule's interface, for polling.py)."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self.ticks = 0
-
-    def note_activity(self) -> None:
-        return None
-
-    def is_active(self) -> bool:
-        return True
-
-    def delay(self) -> float:
-        return self._interval
-
-    def state_check_due(self) -> bool:
-        self.ticks += 1
-        return self.ticks % STATE_EVERY == 0
 
 
 class Reconciler:

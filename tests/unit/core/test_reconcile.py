@@ -9,8 +9,8 @@ from typing import List
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
-from connectors.servicenow.core.polling import Polling
-from connectors.servicenow.core.reconcile import STATE_EVERY, ReconcileSchedule, Reconciler, after_delivered
+from connectors.servicenow.core.reconcile import Reconciler, after_delivered
+from connectors.servicenow.core.reconciling import ReconcileLoop
 from connectors.servicenow.servicenow.base import AgentJoined, AgentMessage, AgentTyping, ChatClosed, CloseReason
 from connectors.servicenow.servicenow.va_records import Recovered, RecordCursor
 from connectors.servicenow.store import MemoryStore
@@ -37,13 +37,6 @@ def test_without_a_cursor_the_seen_ids_say_where_delivery_got_to():
     assert [r.message_id for r in after_delivered(records, ("e", "c"))] == ["d", "f"]
     assert [r.message_id for r in after_delivered(records, ("z",))] == ["a", "b", "c", "d", "e", "f"]
     assert after_delivered(records, ("f", "a")) == [r for r in records if r.message_id in ("b", "c", "d", "e")]
-
-
-def test_every_tenth_tick_reads_the_state_instead():
-    schedule = ReconcileSchedule(60)
-    checks = [schedule.state_check_due() for _ in range(3 * STATE_EVERY)]
-    assert checks.count(True) == 3 and checks[STATE_EVERY - 1]
-    assert schedule.delay() == 60
 
 
 # -- one tick, against the emulator --------------------------------------------------------------------------------
@@ -149,22 +142,18 @@ async def test_a_cursor_never_moves_back():
 # -- the loop ------------------------------------------------------------------------------------------------------
 
 
-def reading(instance: Instance, store, owner: str):
-    failed: List[Exception] = []
-
-    async def on_failed(chat, error):
-        failed.append(error)
+def reading(instance: Instance, store, owner: str, interval: float = 0.05):
+    cursors: List[LiveChat] = []
 
     async def on_cursor(chat):
-        pass
+        cursors.append(chat)
 
     settings = dataclasses.replace(SETTINGS, instance_url=instance.emulator.url)
     relay = Relay(PushBackend(), settings, RecordingSlots(), Recorder(), store=store, keyed=True)
-    polling = Polling(
-        settings, PushBackend(), store, relay.dispatcher, TaskSet(), owner=owner, on_failed=on_failed,
-        on_cursor=on_cursor, reconciler=Reconciler(instance.records),
+    loop = ReconcileLoop(
+        Reconciler(instance.records), store, relay.dispatcher, TaskSet(), owner=owner, interval=interval, on_cursor=on_cursor
     )
-    return polling, relay, failed
+    return loop, relay, cursors
 
 
 async def wait_until(condition, timeout=10.0):
@@ -190,18 +179,19 @@ async def test_a_chat_taken_up_is_read_at_once_under_its_lease_and_a_failing_rea
     chat_id = await instance.open_chat()
     await instance.agent("accept", chat_id)
     await instance.agent("message", chat_id, text="while nobody listened")
-    polling, relay, failed = reading(instance, store, "replica-a")
+    loop, relay, cursors = reading(instance, store, "replica-a")
     chat = LiveChat(sender_id="u1", chat_id=chat_id)
-    polling.watch(chat)
+    loop.watch(chat)
     await wait_until(lambda: chat.records.sequence > 0)
     assert "while nobody listened" in await texts_of(store)
     assert await store.lease_owner(poll_lease(chat_id)) == "replica-a"
+    assert cursors and cursors[0] is chat  # the moved cursor is saved
 
-    # ServiceNow fails every read for a while: the chat goes on.
+    # ServiceNow fails every read for a while: the chat goes on, and is read again once it answers.
     await instance.control("faults", {"match": {"api": "table"}, "respond": {"status": 503}, "times": None})
     reads = instance.table_requests()
     await wait_until(lambda: instance.table_requests() >= reads + 3)
-    assert failed == [] and not chat.ended
+    assert not chat.ended and loop.is_watching(chat)
     await instance.control("faults", None, "DELETE")
     await instance.agent("message", chat_id, text="after the outage")
 
@@ -210,12 +200,82 @@ async def test_a_chat_taken_up_is_read_at_once_under_its_lease_and_a_failing_rea
 
     await wait_until(recovered_after_the_outage)
 
-    # Another replica that watches the chat finds the lease held and reads nothing.
-    other, _, _ = reading(instance, store, "replica-b")
-    before = instance.table_requests()
-    other.watch(LiveChat(sender_id="u1", chat_id=chat_id))
-    await wait_until(lambda: not other._pollers)
-    await polling.release(await polling.stop_polling(timeout=1), timeout=1)
-    assert instance.table_requests() - before <= 2  # only the lease holder's ticks meanwhile
+    # Another replica that watches the chat finds the lease held and stops watching it.
+    other, other_relay, _ = reading(instance, store, "replica-b")
+    elsewhere = LiveChat(sender_id="u1", chat_id=chat_id)
+    other.watch(elsewhere)
+    await wait_until(lambda: not other.is_watching(elsewhere))
+    assert await store.lease_owner(poll_lease(chat_id)) == "replica-a"
+    assert [c.chat_id for c in await loop.stop(timeout=1)] == [chat_id]
+    await other.stop(timeout=1)
+    for each in (relay, other_relay):
+        await each.stop()
+
+
+async def test_many_chats_are_read_by_one_loop_each_once_per_interval():
+    """The schedule alone: 200 chats, no task of their own, each read at its cadence."""
+
+    class CountingReconciler:
+        def __init__(self):
+            self.reads: List[str] = []
+
+        def readable(self):
+            return True
+
+        async def read(self, chat, *, state_only=False):
+            self.reads.append(chat.chat_id)
+            from connectors.servicenow.core.reconcile import Pass
+
+            return Pass((), chat.records, ())
+
+    async def on_cursor(chat):
+        pass
+
+    reconciler = CountingReconciler()
+    store = MemoryStore()
+    relay = Relay(PushBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store, keyed=True)
+    loop = ReconcileLoop(reconciler, store, relay.dispatcher, TaskSet(), owner="r", interval=0.2, on_cursor=on_cursor)
+    tasks_before = len(asyncio.all_tasks())
+    chats = [LiveChat(sender_id=f"u{n}", chat_id=f"c{n}") for n in range(200)]
+    for chat in chats:
+        loop.watch(chat, catch_up=False)
+    assert len(asyncio.all_tasks()) - tasks_before == 1  # one loop, not a task per chat
+    await wait_until(lambda: len(reconciler.reads) >= 600, timeout=20)
+    counts = {chat.chat_id: reconciler.reads.count(chat.chat_id) for chat in chats}
+    assert max(counts.values()) - min(counts.values()) <= 2  # each at its cadence, none starved
+    # A chat that ends is read no more.
+    chats[0].ended = True
+    settled = len(reconciler.reads)
+    await wait_until(lambda: len(reconciler.reads) >= settled + 400, timeout=20)
+    assert not loop.is_watching(chats[0])
+    await loop.stop(timeout=1)
     await relay.stop()
 
+
+async def test_a_refused_push_has_its_chat_read_soon_not_at_the_next_tick(monkeypatch):
+    monkeypatch.setattr("connectors.servicenow.core.reconciling.SOON_S", 0.01)
+    reads: List[str] = []
+
+    class Counting:
+        def readable(self):
+            return True
+
+        async def read(self, chat, *, state_only=False):
+            from connectors.servicenow.core.reconcile import Pass
+
+            reads.append(chat.chat_id)
+            return Pass((), chat.records, ())
+
+    async def on_cursor(chat):
+        pass
+
+    store = MemoryStore()
+    relay = Relay(PushBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store, keyed=True)
+    loop = ReconcileLoop(Counting(), store, relay.dispatcher, TaskSet(), owner="r", interval=3600, on_cursor=on_cursor)
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    loop.watch(chat, catch_up=False)  # opened here: nothing to catch up on, next read in an hour
+    assert not loop.soon("unknown-chat")
+    assert loop.soon("c1")
+    await wait_until(lambda: reads == ["c1"])
+    await loop.stop(timeout=1)
+    await relay.stop()
