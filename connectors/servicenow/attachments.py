@@ -22,12 +22,12 @@ import contextlib
 import fnmatch
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Dict, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Dict, FrozenSet, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from connectors.servicenow.egress import EgressRefused, open_url, resolve_public
+from connectors.servicenow.egress import EgressRefused, Endpoint, open_url, resolve_public
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ class AttachmentRefused(Exception):
 class AttachmentPolicy:
     types: Tuple[str, ...] = DEFAULT_ATTACHMENT_TYPES
     max_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES
-    #: Host names the URL may point at (``*`` wildcards); empty: any host.
+    #: Host names the URL may point at (``*`` wildcards), wherever they are; empty: public addresses.
     hosts: Tuple[str, ...] = ()
+    #: Without ``hosts``: endpoints allowed besides public addresses (the ServiceNow instance's own).
+    trusted: FrozenSet[Endpoint] = frozenset()
     timeout: float = 10.0
 
     @property
@@ -127,7 +129,7 @@ class AttachmentPolicy:
         self.check_declared(attachment)
         if self.public_only:
             try:
-                await resolve_public(attachment.url)
+                await resolve_public(attachment.url, self.trusted)
             except EgressRefused as error:
                 raise _refused_address(attachment, error) from None
             except OSError as error:
@@ -176,6 +178,7 @@ class AttachmentPolicy:
             answer = await open_url(
                 session, method, attachment.url, public_only=self.public_only,
                 follow_redirects=self.follows_redirects, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                trusted=self.trusted,
             )
         except EgressRefused as error:
             raise _refused_address(attachment, error) from None
@@ -194,7 +197,7 @@ class AttachmentPolicy:
 def _refused_address(attachment: UserAttachment, error: EgressRefused) -> AttachmentRefused:
     # The host only, never the whole URL: a signed upload URL is a credential.
     logger.warning(
-        "Refused a user's file on %s: %s (set attachment_hosts to allow internal hosts).",
+        "Refused a user's file on %s: %s (attachment_hosts allows internal hosts).",
         urlsplit(attachment.url).hostname, error,
     )
     return AttachmentRefused("the file's address is not on the public internet")

@@ -18,6 +18,7 @@ from connectors.servicenow.attachments import (
     parse_hosts,
     parse_types,
 )
+from connectors.servicenow.egress import endpoint_of
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.texts import UserTexts
 
@@ -183,6 +184,8 @@ class ServiceNowSettings:
             types=self.attachment_types,
             max_bytes=self.max_attachment_bytes,
             hosts=self.attachment_hosts,
+            # The instance the channel talks to anyway (in `make run`, the emulator on loopback).
+            trusted=frozenset({endpoint_of(self.instance_url)}),
             timeout=self.request_timeout,
         )
 

@@ -15,12 +15,15 @@ followed here, one hop at a time, with the same checks.
 
 With ``attachment_hosts``, the operator vouches for the listed hosts, wherever
 they are (an internal upload store is a common case), and no redirect is
-followed (``AttachmentPolicy.follows_redirects``).
+followed (``AttachmentPolicy.follows_redirects``). The ServiceNow
+instance the channel talks to anyway (``instance_url``: its host and port,
+nothing else there) is allowed too: in ``make run`` that is the emulator on
+loopback.
 """
 
 import ipaddress
 import socket
-from typing import Any, Dict, List, Optional, Union
+from typing import AbstractSet, Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -28,6 +31,8 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+#: A host (lower case, no brackets) and a port.
+Endpoint = Tuple[str, int]
 
 #: Hops followed for one file; a longer chain is refused.
 MAX_REDIRECTS = 5
@@ -76,6 +81,13 @@ def is_public_address(address: Union[str, IPAddress]) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def endpoint_of(url: str) -> Endpoint:
+    """The host and port a URL connects to (the scheme's port when none is given)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    return ((parts.hostname or "").lower().strip("[]"), port)
+
+
 def literal_address(host: str) -> Optional[IPAddress]:
     """The IP address a URL's host spells out, or None for a name."""
     try:
@@ -88,11 +100,14 @@ class PublicAddressResolver(AbstractResolver):
     """Resolves as usual, then keeps only public addresses: what aiohttp
     connects to is what was checked."""
 
-    def __init__(self, inner: Optional[AbstractResolver] = None) -> None:
+    def __init__(self, inner: Optional[AbstractResolver] = None, trusted: AbstractSet[Endpoint] = frozenset()) -> None:
         self._inner = inner if inner is not None else DefaultResolver()
+        self._trusted = trusted
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> List[Dict[str, Any]]:
         found = await self._inner.resolve(host, port, family)
+        if (host.lower(), port) in self._trusted:
+            return found
         public = [entry for entry in found if is_public_address(str(entry.get("host", "")))]
         if not public:
             raise NonPublicAddress(f"{host} resolves to no public address")
@@ -102,10 +117,12 @@ class PublicAddressResolver(AbstractResolver):
         await self._inner.close()
 
 
-def check_literal(url: str) -> None:
+def check_literal(url: str, trusted: AbstractSet[Endpoint] = frozenset()) -> None:
     """Raise ``NonPublicAddress`` for a URL whose host is a literal non-public IP
-    (a zone id, ``fe80::1%eth0``, is never public)."""
+    (a zone id, ``fe80::1%eth0``, is never public), unless it is a ``trusted`` endpoint."""
     host = urlsplit(url).hostname or ""
+    if endpoint_of(url) in trusted:
+        return
     if "%" in host:
         raise NonPublicAddress("the host carries an IPv6 zone")
     address = literal_address(host)
@@ -113,11 +130,11 @@ def check_literal(url: str) -> None:
         raise NonPublicAddress("the host is not a public address")
 
 
-def file_session(timeout: float, *, public_only: bool) -> aiohttp.ClientSession:
+def file_session(timeout: float, *, public_only: bool, trusted: AbstractSet[Endpoint] = frozenset()) -> aiohttp.ClientSession:
     """A session for user-given URLs, with no proxy from the environment and no
     cookies kept between users' files; ``public_only`` (no ``attachment_hosts``):
-    it connects to public addresses only."""
-    resolver: AbstractResolver = PublicAddressResolver() if public_only else DefaultResolver()
+    it connects to public addresses only, and to ``trusted`` endpoints."""
+    resolver: AbstractResolver = PublicAddressResolver(trusted=trusted) if public_only else DefaultResolver()
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(resolver=resolver, limit=20),
         timeout=aiohttp.ClientTimeout(total=timeout),
@@ -127,13 +144,14 @@ def file_session(timeout: float, *, public_only: bool) -> aiohttp.ClientSession:
     )
 
 
-async def resolve_public(url: str) -> None:
+async def resolve_public(url: str, trusted: AbstractSet[Endpoint] = frozenset()) -> None:
     """Raise ``NonPublicAddress`` unless the URL's host is, or resolves to, a
-    public address (for a URL that ServiceNow, not the channel, will fetch)."""
-    check_literal(url)
+    public address, or it is a ``trusted`` endpoint (for a URL that
+    ServiceNow, not the channel, will fetch)."""
+    check_literal(url, trusted)
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if literal_address(host) is not None:
+    if literal_address(host) is not None or endpoint_of(url) in trusted:
         return
     resolver = PublicAddressResolver()
     try:
@@ -144,13 +162,13 @@ async def resolve_public(url: str) -> None:
 
 async def open_url(
     session: aiohttp.ClientSession, method: str, url: str, *, public_only: bool, follow_redirects: bool,
-    timeout: aiohttp.ClientTimeout,
+    timeout: aiohttp.ClientTimeout, trusted: AbstractSet[Endpoint] = frozenset(),
 ) -> aiohttp.ClientResponse:
     """``method url``, following redirects (when asked) one hop at a time, each
     hop checked like the first. The caller releases the answer."""
     for _ in range(MAX_REDIRECTS + 1):
         if public_only:
-            check_literal(url)
+            check_literal(url, trusted)
         answer = await session.request(method, url, allow_redirects=False, timeout=timeout)
         location = answer.headers.get("Location")
         if not follow_redirects or answer.status not in REDIRECT_STATUSES or not location:

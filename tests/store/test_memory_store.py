@@ -148,3 +148,14 @@ async def test_the_import_at_start_up_brings_back_live_handoffs_but_not_ones_end
     assert (await store.handoff_by_chat("live-chat")).sender_id == "u-live"
     assert await store.get_handoff("u-ended") is None
     assert await MemoryStore().import_handoffs() == []  # no mirror: nothing to bring back
+
+
+async def test_making_room_says_so_when_it_drops_an_entry_nobody_took(caplog):
+    store = MemoryStore(retained=2)
+    await store.append("user-1", [NewEntry({"n": 1}), NewEntry({"n": 2})])
+    [taken] = await store.read("user-1", limit=1)
+    await store.advance_sink("user-1", "stream", taken.entry_id)
+    await store.append("user-1", [NewEntry({"n": 3})])  # drops n=1, which a stream took: quiet
+    assert "undelivered" not in caplog.text
+    await store.append("user-1", [NewEntry({"n": 4})])  # drops n=2, which nobody took
+    assert "Dropping an undelivered item for user-1" in caplog.text

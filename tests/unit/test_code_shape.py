@@ -3,6 +3,7 @@ by hand (issue 18): small classes and functions, one place that knows which
 store runs, one place that knows Rasa."""
 
 import ast
+import functools
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
@@ -17,10 +18,15 @@ def modules(*skipped: str) -> Iterator[Path]:
             yield path
 
 
+@functools.lru_cache(maxsize=None)
+def parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
+
+
 def oversized() -> List[Tuple[str, int]]:
     found = []
     for path in modules():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parsed(path)):
             size = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
             if isinstance(node, ast.ClassDef) and size > MAX_CLASS_LINES:
                 found.append((f"class {path.relative_to(PACKAGE)}:{node.name}", size))
@@ -44,7 +50,7 @@ def test_only_the_store_package_knows_which_store_runs():
     # The core runs the same code on the memory store and on Redis: no
     # branch on the kind of store (``.shared`` was the flag) outside store/.
     for path in modules("store"):
-        tree = ast.parse(path.read_text())
+        tree = parsed(path)
         flags = [
             node for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and node.attr == "shared"
@@ -64,7 +70,7 @@ def test_only_rasa_glue_imports_rasa():
     for path in modules("rasa_glue", "doctor"):
         if path == PACKAGE / "errors.py":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parsed(path)):
             if isinstance(node, ast.Import):
                 assert not any(alias.name.split(".")[0] == "rasa" for alias in node.names), path
             if isinstance(node, ast.ImportFrom) and node.module:
@@ -81,7 +87,7 @@ def test_packages_import_downwards_only():
     imports = {}
     for path in modules():
         here = unit("connectors.servicenow." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parsed(path)):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("connectors.servicenow."):
                 there = unit(node.module)
                 if there != here:

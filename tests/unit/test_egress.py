@@ -149,3 +149,27 @@ async def test_resolve_public_checks_literals_and_names():
         with pytest.raises(OSError):
             await resolve_public(url)
     await resolve_public("https://93.184.216.34/x")
+
+
+async def test_the_instance_itself_is_allowed_besides_public_addresses(loopback_files):
+    """In make run the instance is the emulator on loopback: its endpoint works, nothing else there."""
+    port = int(loopback_files.split(":")[1])
+    policy = AttachmentPolicy(trusted=frozenset({("127.0.0.1", port)}))
+    session = file_session(5, public_only=policy.public_only, trusted=policy.trusted)
+    try:
+        assert await policy.download(text_file(f"http://127.0.0.1:{port}/file"), session) == b"internal secret"
+        await policy.check_size(text_file(f"http://127.0.0.1:{port}/file", size=3), session)
+        for other in (f"http://localhost:{port}/file", f"http://127.0.0.1:{port + 1}/file"):
+            with pytest.raises(AttachmentRefused, match="not on the public internet"):
+                await policy.download(text_file(other), session)
+    finally:
+        await session.close()
+
+
+def test_the_instance_endpoint_comes_from_instance_url():
+    from connectors.servicenow.config import ServiceNowSettings
+
+    settings = ServiceNowSettings.from_credentials(
+        {"instance_url": "http://127.0.0.1:8181", "username": "u", "password": "p", "queue_id": "q"}
+    )
+    assert settings.attachment_policy.trusted == frozenset({("127.0.0.1", 8181)})

@@ -8,6 +8,7 @@ late pollers and callbacks check, the chat's poller.
 """
 
 import asyncio
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
@@ -44,8 +45,9 @@ class LiveChat:
     #: Virtual Agent: how far ServiceNow's record of the chat was read (va_records.py).
     records: RecordCursor = field(default_factory=RecordCursor)
 
-    @property
+    @functools.cached_property
     def ref(self) -> ChatRef:
+        """The chat as ServiceNow calls name it (made once: its fields never change)."""
         return ChatRef(self.chat_id, self.sender_id, self.user)
 
     @property

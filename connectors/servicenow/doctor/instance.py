@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 from connectors.servicenow.servicenow.http import ServiceNowHTTP, result_of
 from connectors.servicenow.config import CONNECT_API, RetryPolicy, ServiceNowSettings
+from connectors.servicenow.doctor.callback import check_callback
 from connectors.servicenow.doctor.findings import Finding, Severity, ok, problem, warning
 from connectors.servicenow.errors import AuthenticationFailed, ServiceNowRejected, ServiceNowUnavailable
 
@@ -48,6 +49,8 @@ async def check_instance(settings: ServiceNowSettings, extra_queues: Sequence[st
     # The first finding says whether the instance answered the probe at all.
     if found and found[0].severity is Severity.OK:
         found.append(_rate_limit(headers, settings))
+        if settings.api != CONNECT_API:
+            found += await check_callback(settings)
     return found
 
 

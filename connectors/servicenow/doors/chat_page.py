@@ -7,6 +7,7 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from connectors.servicenow import webchat
 from connectors.servicenow.payloads import PayloadError
 
 CHAT_PAGE_DIR = Path(__file__).resolve().parent.parent / "webchat"
@@ -24,7 +25,7 @@ async def chat_asset(name: str) -> HTTPResponse:
         error = PayloadError(404, "NotFound", "No such file.")
         return response.json(error.body(), status=404)
     body = (CHAT_PAGE_DIR / name).read_bytes()
-    return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
+    return response.raw(body, content_type=content_type, headers={"Cache-Control": "no-cache", **webchat.HEADERS})
 
 
 def add_chat_page(blueprint: Blueprint) -> None:

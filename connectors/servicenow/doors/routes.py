@@ -28,7 +28,7 @@ from sanic import Blueprint, Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from connectors.servicenow.core.core import Core
+from connectors.servicenow.core.core import SHUTDOWN_TIMEOUT_S, Core
 from connectors.servicenow.doors.chat_page import add_chat_page
 from connectors.servicenow.doors.http import (
     MalformedRequest,
@@ -43,6 +43,7 @@ from connectors.servicenow.doors.http import (
     retry_later,
     stream_limit_error,
 )
+from connectors.servicenow.doors.open_streams import OpenStreams
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, verify_token
 from connectors.servicenow.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -74,6 +75,8 @@ class HTTPRoutes:
     def __init__(self, core: Core, door: str) -> None:
         self.core = core
         self.door = door
+        #: This door's open ``/stream`` handlers, ended when the server stops.
+        self.open_streams = OpenStreams()
         self.prefix = f"/webhooks/{door}"
         self.settings = core.settings
 
@@ -120,6 +123,7 @@ class HTTPRoutes:
 
         @blueprint.listener("before_server_stop")
         async def stop_core(_app: Sanic, _loop: Any) -> None:
+            await self.open_streams.close(SHUTDOWN_TIMEOUT_S)
             await core.stop()
 
     def _add_guards(self, blueprint: Blueprint) -> None:
@@ -268,11 +272,15 @@ class HTTPRoutes:
             # Heartbeats keep proxies and Sanic's response timeout from
             # closing a stream that waits a long time for an agent.
             await stream_response.send("retry: 2000\n: connected\n\n")
-            while True:
-                item = await subscription.next(STREAM_HEARTBEAT_S)
-                await stream_response.send(": keep-alive\n\n" if item is None else item.sse())
-                if item is not None:
-                    observe.reached_sink(item.event_id, STREAM_SINK)
+            with self.open_streams.track():
+                while True:
+                    item = await subscription.next(STREAM_HEARTBEAT_S)
+                    await stream_response.send(": keep-alive\n\n" if item is None else item.sse())
+                    if item is not None:
+                        observe.reached_sink(item.event_id, STREAM_SINK)
+        except asyncio.CancelledError:
+            if not self.open_streams.closing:
+                raise  # the client went away
         except StoreUnavailable as error:
             # The browser reconnects (retry: 2000) with its Last-Event-ID and misses nothing.
             logger.warning("Closing a stream of conversation %s: %s", sender, error)

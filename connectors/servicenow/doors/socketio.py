@@ -25,15 +25,16 @@ import uuid
 from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
 from sanic import Blueprint, Sanic
-from socketio import AsyncRedisManager, AsyncServer
+from socketio import AsyncRedisManager
 
 from connectors.servicenow.config import SOCKETIO_DEFAULTS, ServiceNowSettings, SocketIOSettings
-from connectors.servicenow.core.core import Core
+from connectors.servicenow.core.core import SHUTDOWN_TIMEOUT_S, Core
 from connectors.servicenow.doors.routes import HTTPRoutes
+from connectors.servicenow.doors.socket_server import SocketServer
 from connectors.servicenow.doors.shapes import AGENT_TYPING_EVT, HANDOFF_STATUS_EVT, socketio_events, socketio_messages
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.identity import Claims, Unauthenticated, verify_token
-from connectors.servicenow.logsafe import escape_log_arguments
+from connectors.servicenow.logsafe import escape_log_arguments, redact_access_log_tokens
 from connectors.servicenow.ops.logs import use_json_logs
 from connectors.servicenow.outbox.base import OutboundItem, StreamLimitReached
 from connectors.servicenow.outbox.sinks.socketio import SessionReader
@@ -78,6 +79,8 @@ class ServiceNowSocketIOInput(InputChannel):
         self, settings: ServiceNowSettings, socket: Optional[SocketIOSettings] = None, store: Optional[Store] = None
     ) -> None:
         escape_log_arguments("connectors.servicenow")
+        # A stream's JWT may ride in its query string; the access log must not keep it.
+        redact_access_log_tokens()
         self.settings = settings
         self.socket = socket or SocketIOSettings()
         self.core = Core(settings, store) if store is not None else Core.for_door(settings, self.name())
@@ -89,13 +92,13 @@ class ServiceNowSocketIOInput(InputChannel):
         self._claims: Dict[str, Claims] = {}
         self._readers: Dict[str, Tuple[SessionReader, "asyncio.Task[None]"]] = {}
 
-    def _server(self) -> AsyncServer:
+    def _server(self) -> SocketServer:
         manager = None
         if self.settings.redis_url:
             # Emits to a session's room reach its sockets on every replica.
             manager = AsyncRedisManager(self.settings.redis_url, channel=f"{self.settings.redis_prefix}{SOCKETIO_MANAGER}")
         # cors_allowed_origins=[]: as Rasa's channel, no Origin check here (python-socketio#205).
-        return AsyncServer(async_mode="sanic", cors_allowed_origins=[], client_manager=manager)
+        return SocketServer(async_mode="sanic", cors_allowed_origins=[], client_manager=manager)
 
     def bind(self, app: Any) -> None:
         self.core.bind(app)
@@ -115,7 +118,7 @@ class ServiceNowSocketIOInput(InputChannel):
             for _reader, task in list(self._readers.values()):
                 task.cancel()
             # python-socketio's own advice: stop its background tasks (pings) before the web server.
-            await sio.shutdown()
+            await sio.close(SHUTDOWN_TIMEOUT_S)
 
         sio.on("connect", namespace=namespace)(self._connect)
         sio.on("disconnect", namespace=namespace)(self._disconnect)

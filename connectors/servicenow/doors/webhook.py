@@ -45,6 +45,7 @@ class ServiceNowInput(InputChannel):
         socket.io door of the same options)."""
         # Sender and chat ids reach many log lines; none may forge one.
         escape_log_arguments("connectors.servicenow")
+        # A stream's JWT may ride in its query string; the access log must not keep it.
         redact_access_log_tokens()
         self.settings = settings
         self.core = Core(settings, store) if store is not None else Core.for_door(settings, self.name())

@@ -72,7 +72,9 @@ class ServiceNowHTTP:
             )
         )
         files = settings.attachment_policy
-        self._files = LazySession(lambda: file_session(files.timeout, public_only=files.public_only))
+        self._files = LazySession(
+            lambda: file_session(files.timeout, public_only=files.public_only, trusted=files.trusted)
+        )
 
     def fetch_session(self) -> aiohttp.ClientSession:
         """The session for requests outside ServiceNow (a user's file URL): its

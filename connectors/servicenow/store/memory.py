@@ -18,6 +18,7 @@ once per conversation, not once per message.
 
 import asyncio
 import heapq
+import logging
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -34,6 +35,8 @@ from connectors.servicenow.store.base import (
     entry_id_after,
     parse_entry_id,
 )
+
+logger = logging.getLogger(__name__)
 
 #: How often idle streams are looked for (seconds).
 SWEEP_INTERVAL_S = 60.0
@@ -249,6 +252,7 @@ class MemoryStore(Store):
         if dedupe_key is not None and not self._claim(dedupe_key, dedupe_ttl):
             return None
         kept = self._live_stream(stream) or self._new_stream(stream)
+        self._warn_if_undelivered_drop(stream, kept, len(entries))
         added = []
         for entry in entries:
             entry_id = self._new_id()
@@ -260,6 +264,17 @@ class MemoryStore(Store):
             kept.appended.set()
             kept.appended = None
         return added
+
+    def _warn_if_undelivered_drop(self, name: str, kept: _Stream, appending: int) -> None:
+        """Say so when making room drops an entry no sink has taken (nobody
+        streams this conversation and no callback took it)."""
+        overflow = len(kept.entries) + appending - self.retained
+        if overflow <= 0 or not kept.entries:
+            return
+        newest_dropped = kept.ids[min(overflow, len(kept.ids)) - 1]
+        taken = [parse_entry_id(pointer) for pointer in kept.sinks.values()]
+        if not any(pointer is not None and pointer >= newest_dropped for pointer in taken):
+            logger.warning("Dropping an undelivered item for %s: nobody is streaming its messages.", name)
 
     async def read(
         self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
