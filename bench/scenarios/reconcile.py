@@ -1,4 +1,4 @@
-"""9. What reconciliation costs (issue 19), Virtual Agent backend:
+"""10. What reconciliation costs (issue 19), Virtual Agent backend:
 
 * ``order``: agent message to user with pushes put in ServiceNow's order
   (``order_wait: 1``, the default: a push with a new message waits for one
