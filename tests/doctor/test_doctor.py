@@ -156,7 +156,7 @@ async def test_an_unknown_provider_application_is_a_problem(tmp_path, instance):
 async def test_tables_reconciliation_may_not_read_are_a_warning_that_names_the_role(tmp_path, instance):
     instance.configure(table_read_access=["sys_user", "interaction"])
     findings = await run(tmp_path, va_options(instance), endpoints={"tracker_store": {"type": "sql"}})
-    assert problems(findings) == []
+    assert problems(findings, "instance") == []
     message = one(warnings_(findings, "instance"), "may not read sys_cs_message (HTTP 403)")
     assert "interaction and" not in message
     fix = next(f.fix for f in findings if f.message == message)
