@@ -41,7 +41,7 @@ SOON_S = 1.0
 OnCursor = Callable[[LiveChat], Awaitable[Any]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Watch:
     chat: LiveChat
     due: float

@@ -79,7 +79,7 @@ class NoReadAccess(ServiceNowRejected):
         self.table = table
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecordCursor:
     """How far a chat's records were read: its conversation, once found, and
     the last outbound ``sequence`` handled."""
