@@ -18,13 +18,15 @@ from tests.e2e.test_socketio import CHANNEL, bot_texts, connected, socket_option
 
 #: Sockets one client address may hold open (``max_streams_per_client``).
 CLIENT_SOCKETS = 3
+#: Sockets (tabs) of one session (``max_streams_per_sender``).
+SESSION_SOCKETS = 2
 #: Another loopback address: another client, as far as the server can tell.
 OTHER_CLIENT = "127.0.0.2"
 
 
 @pytest.fixture(scope="module")
 def sio_guarded(e2e_dir, demo_model, emulator, callback) -> Iterator[RasaServer]:
-    options = socket_options(emulator, callback, max_streams_per_client=CLIENT_SOCKETS)
+    options = socket_options(emulator, callback, max_streams_per_client=CLIENT_SOCKETS, max_streams_per_sender=SESSION_SOCKETS)
     server = RasaServer(e2e_dir, demo_model, options, name="rasa-socketio-guard", channel=CHANNEL)
     server.start()
     yield server
@@ -165,3 +167,27 @@ async def test_an_agents_message_for_a_session_without_a_socket_waits_for_its_ne
     finally:
         for other in others:
             await other.disconnect()
+
+
+async def test_a_session_over_its_socket_cap_is_told_why_and_disconnected(sio_guarded):
+    await no_sockets(sio_guarded)
+    tabs = [await connected(sio_guarded)]
+    session = tabs[0].session_id
+    try:
+        tabs.append(await connected(sio_guarded, session))
+        extra = SocketUser(sio_guarded.url)
+        await extra.connect()  # the session is not known at connect: counted for the client only
+        await extra.client.emit("session_request", {"session_id": session})
+        await extra.wait(lambda: extra.of("servicenow_error"), what="the refusal")
+        refusal = extra.of("servicenow_error")[0]
+        assert refusal["reason"] == "TooManyStreams" and refusal["retry_after"] > 0, refusal
+        assert not extra.of("session_confirm")
+        await until(lambda: not extra.client.connected, what="the server to disconnect the extra tab")
+        await extra.disconnect()
+        await until(lambda: sio_health(sio_guarded)["open_streams"] == SESSION_SOCKETS, what="the extra tab counted out")
+        # The session's own tabs go on.
+        await tabs[1].say("hello")
+        await tabs[1].wait_for_text(lambda text: text.startswith("Hello!"))
+    finally:
+        for tab in tabs:
+            await tab.disconnect()
