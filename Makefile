@@ -27,8 +27,12 @@ run: $(STAMP) $(MODEL)
 run-replicas: $(STAMP) $(MODEL)
 	@$(call FOREGROUND,scripts/run-replicas.sh)
 
+# TEST_WORKERS: pytest-xdist workers (most tests wait on servers and timers, so
+# more workers than the 2 cores help; docs/testing.md). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 4
+
 test: typecheck $(STAMP) $(MODEL)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # mypy over connectors/servicenow, at the strictness pyproject.toml states.
 typecheck: $(STAMP)
