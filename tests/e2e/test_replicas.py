@@ -7,7 +7,6 @@ Without ``redis-server`` these tests are skipped with a reason, unless
 ``REQUIRE_REDIS_TEST=1`` makes that a failure."""
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ import redis as redis_client
 import requests
 
 from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
-from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
+from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, close_stream, new_sender, wait_for
 from tests.store.conftest import RedisServer, require_redis_server
 
 
@@ -94,15 +93,7 @@ class Stream:
         return next(item["id"] for item in self.items if item.get("text") == text)
 
     def close(self) -> None:
-        # Shut the socket first: a plain close waits for the reader thread,
-        # which sits in recv() until the next heartbeat (15 s).
-        sock = getattr(getattr(self._response.raw, "_connection", None), "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already gone
-        self._response.close()
+        close_stream(self._response)
 
 
 @pytest.fixture(scope="module")
