@@ -3,13 +3,16 @@ needs, so an install into a fresh virtual environment is ``--no-index``: a
 dependency the wheel does not declare is then missing as it would be for a
 user, and nothing comes from the internet at test time after the first run."""
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -33,6 +36,24 @@ def run(command: List[str], cwd: Path, timeout: float, env: Optional[Dict[str, s
     return done.stdout
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Held by one test worker (or run) at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def in_tree_build() -> "contextlib.AbstractContextManager[None]":
+    """One build of this checkout at a time: pip builds a local directory in
+    place (its build/ and *.egg-info), and another worker may be building it."""
+    return file_lock(WHEELHOUSES / ".build.lock")
+
+
 def declared_dependencies() -> str:
     text = (ROOT / "pyproject.toml").read_text()
     return re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M).group(1)
@@ -45,19 +66,77 @@ def wheelhouse_for(wheel: Path) -> Path:
         CONSTRAINTS.read_bytes() + declared_dependencies().encode() + " ".join(BUILD_REQUIREMENTS).encode()
     ).hexdigest()[:12]
     wheelhouse = WHEELHOUSES / f"wheelhouse-{key}"
-    if not (wheelhouse / ".complete").exists():
-        wheelhouse.mkdir(parents=True, exist_ok=True)
-        # pip wheel, not pip download: sdists are built once, here, where the index is at hand.
-        run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CONSTRAINTS), "-w", str(wheelhouse), str(wheel),
-             *BUILD_REQUIREMENTS], cwd=ROOT, timeout=1800)
-        (wheelhouse / ".complete").touch()
+    with file_lock(wheelhouse.with_name(wheelhouse.name + ".lock")):
+        if not (wheelhouse / ".complete").exists():
+            wheelhouse.mkdir(parents=True, exist_ok=True)
+            # pip wheel, not pip download: sdists are built once, here, where the index is at hand.
+            run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CONSTRAINTS), "-w", str(wheelhouse), str(wheel),
+                 *BUILD_REQUIREMENTS], cwd=ROOT, timeout=1800)
+            (wheelhouse / ".complete").touch()
     return wheelhouse
+
+
+#: The Rasa a reader's project has before the guide begins.
+PROJECT_RASA = "rasa>=3.6,<3.7"
+
+
+def rasa_venv(where: Path) -> Path:
+    """A new virtual environment at ``where`` with Rasa 3.6 installed: the
+    reader's starting point, before step 1 of the guide.
+
+    Installing Rasa is no step of the guide, and it was most of the test's time
+    (over 2 GB to unpack: 5 to 7 minutes on a loaded 2-core machine). So it is
+    installed once, pinned by constraints.txt, into a template kept under
+    build/install-test/ while those pins stay the same, and each run gets a
+    copy whose scripts are pointed at the copy. The guide's own steps (pip
+    wheel, pip install from the wheelhouse, pip check, rasa train) still run in
+    the copy, with nothing of this checkout on the path."""
+    key = hashlib.sha256(
+        CONSTRAINTS.read_bytes() + PROJECT_RASA.encode() + sys.version.encode()
+    ).hexdigest()[:12]
+    template = WHEELHOUSES / f"rasa-venv-{key}"
+    with file_lock(template.with_name(template.name + ".lock")):
+        if not (template / ".complete").exists():
+            shutil.rmtree(template, ignore_errors=True)
+            run([sys.executable, "-m", "venv", str(template)], cwd=ROOT, timeout=300)
+            # From the package index, as `make install` installs .venv: on a first run pip's cache has the files.
+            run([str(template / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
+                 "--disable-pip-version-check", "-c", str(CONSTRAINTS), PROJECT_RASA], cwd=ROOT, timeout=1800)
+            named = subprocess.run(["grep", "-rlF", "--exclude-dir=__pycache__", str(template), str(template)],
+                                   capture_output=True, text=True).stdout.split()
+            outside = [path for path in named if Path(path).parent != template / "bin"]
+            assert not outside, f"{outside} name the environment's folder: relocate() would leave them pointing there"
+            (template / ".complete").touch()
+        # cp -a: links, modes and times as they are.
+        run(["cp", "-a", str(template), str(where)], cwd=ROOT, timeout=600)
+    (where / ".complete").unlink()
+    relocate(where, template)
+    return where
+
+
+def relocate(venv: Path, was: Path) -> None:
+    """Point a copied virtual environment at its new place: its scripts'
+    ``#!`` lines and the activate scripts name its folder, and nothing else
+    does (rasa_venv checks that when it makes the template)."""
+    old, new = str(was).encode(), str(venv).encode()
+    for script in (venv / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        text = script.read_bytes()
+        if old in text:
+            script.write_bytes(text.replace(old, new))
 
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-        cwd=ROOT, timeout=300)
+    """Built once per run: under pytest-xdist the workers share the run's
+    temporary folder (the parent of each worker's own), so the first install
+    test to need the wheel builds it and the others on other workers take it."""
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "wheel"
+    with in_tree_build():
+        if not list(out.glob("rasa_servicenow_handoff-*.whl")):
+            run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                 str(ROOT)], cwd=ROOT, timeout=300)
     (built,) = out.glob("rasa_servicenow_handoff-*.whl")
     return built
