@@ -60,8 +60,10 @@ def declared_dependencies() -> str:
 
 
 def wheelhouse_for(wheel: Path) -> Path:
-    """Wheels of every dependency (and of the build requirements), kept between
-    runs while constraints and dependencies stay the same."""
+    """Wheels of every dependency the wheel declares (and of the build
+    requirements), kept between runs while constraints and dependencies stay
+    the same. No Rasa: the wheel requires none, and the project has its own
+    (rasa_venv), so a dependency the wheel forgets to declare is missing."""
     key = hashlib.sha256(
         CONSTRAINTS.read_bytes() + declared_dependencies().encode() + " ".join(BUILD_REQUIREMENTS).encode()
     ).hexdigest()[:12]

@@ -19,16 +19,18 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
+from connectors.servicenow.core.ordering import PushOrder
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.ops.observe import Observer
-from connectors.servicenow.outbox.base import TYPING_EVENT, Outgoing, status_item
+from connectors.servicenow.outbox.base import TYPING_EVENT, OutboundItem, Outgoing, status_item
 from connectors.servicenow.outbox.stream import Outbox
 from connectors.servicenow.rasa_glue.pending import PendingWrites
 from connectors.servicenow.rasa_glue.slots import TrackerEvent, agent_joined_events, bot_uttered, cursor_events
+from connectors.servicenow.servicenow.va_records import RecordCursor
 from connectors.servicenow.servicenow.base import (
     AgentEvent,
     AgentJoined,
@@ -70,11 +72,15 @@ class _Batch:
     """What one dispatch puts in the outbox and changes about the chat."""
 
     outgoing: List[Outgoing] = field(default_factory=list)
+    #: Per item of ``outgoing``: the dedupe key of the message it carries (keyed delivery), or None.
+    keys: List[Optional[str]] = field(default_factory=list)
     #: Where the messages (not typing or status) are in ``outgoing``.
     queued: List[int] = field(default_factory=list)
     records: List[TrackerEvent] = field(default_factory=list)
     #: Message ids and times a push moves the cursor past.
     noted: List[Tuple[str, Optional[float]]] = field(default_factory=list)
+    #: Every message id (and an agent's arrival's) the chat has now seen, in order.
+    seen: List[Tuple[str, Optional[float]]] = field(default_factory=list)
     joined: bool = False
     estimate: Optional[str] = None
     closed: Optional[ChatClosed] = None
@@ -93,7 +99,13 @@ class Dispatcher:
         *,
         on_closed: OnClosed,
         on_progress: OnProgress,
+        order: Optional[PushOrder] = None,
+        keyed: bool = False,
     ) -> None:
+        """``order``: pushes are put in ServiceNow's order first (Virtual Agent
+        with reconciliation). ``keyed``: each message is stored with its own
+        dedupe key, so a push, a read of the record and another replica
+        deliver it once between them."""
         self._settings = settings
         self._backend = backend
         self._store = store
@@ -103,6 +115,8 @@ class Dispatcher:
         self._work = work
         self._on_closed = on_closed
         self._on_progress = on_progress
+        self._order = order
+        self._keyed = keyed
 
     async def dispatch(
         self,
@@ -112,6 +126,8 @@ class Dispatcher:
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        records: Optional[RecordCursor] = None,
+        recovered: Sequence[str] = (),
     ) -> bool:
         """Deliver events in order, at most once each, then move the cursor
         (a poll's ``cursor``; a push moves it past its own messages).
@@ -120,18 +136,33 @@ class Dispatcher:
         in one step with the key, before this returns, and an end of the
         chat is handled in the background: False when the key was seen before
         (a repeat, dropped); ``StoreUnavailable`` when nothing could be stored
-        (nothing changed, the push may come again)."""
+        (nothing changed, the push may come again).
+
+        ``records``: where a read of the chat's record got to (reconciliation),
+        with the ids of the messages it ``recovered``; the chat's record
+        cursor moves there once the events are stored."""
         arrived = time.monotonic()
         async with chat.dispatch_lock:
             if chat.ended:
                 return True
+            from_records = set(recovered)
+            if self._order is not None and dedupe_key is not None:
+                arranged = await self._order.arrange(chat.chat_id, chat.records, chat.has_seen, events)
+                self._observe.push_ordered(arranged.waited, arranged.ordered)
+                events, records, from_records = arranged.events, arranged.cursor, set(arranged.recovered)
             batch = await self._sort(chat, events, polled=cursor is not None)
-            items = await self._outbox.put(chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+            items = await self._store_batch(chat, batch, dedupe_key, dedupe_ttl)
             if items is None:
                 return False
             for index in batch.queued:
-                self._observe.agent_message_queued(items[index].event_id, arrived)
+                item = items[index]
+                if item is not None:
+                    self._observe.agent_message_queued(item.event_id, arrived)
+            self._count_recovered(chat, batch, items, from_records, pushed=dedupe_key is not None)
+            batch.records = [record for record, index in zip(batch.records, batch.queued) if items[index] is not None]
             progressed = self._move_on(chat, batch, cursor)
+            if records is not None and records.after(chat.records):
+                chat.records = records
         if progressed and not chat.ended:
             await self._on_progress(chat)
         closed = batch.closed
@@ -154,8 +185,11 @@ class Dispatcher:
                 break
             if isinstance(event, AgentTyping):
                 batch.outgoing.append(Outgoing({"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT))
+                batch.keys.append(None)
                 continue
             if isinstance(event, AgentJoined):
+                if event.message_id and chat.has_seen(event.message_id):
+                    continue
                 self._observe.agent_joined(chat.sender_id, chat.chat_id)
                 batch.joined = True
                 batch.outgoing.append(
@@ -164,6 +198,9 @@ class Dispatcher:
                         agent_joined=True, agent_name=event.agent_name,
                     )
                 )
+                batch.keys.append(self._key(chat, event.message_id))
+                if event.message_id:
+                    batch.seen.append((event.message_id, None))
                 continue
             if not polled and event.message_id in chat.seen_ids:
                 self._observe.duplicate_dropped("message")
@@ -186,9 +223,11 @@ class Dispatcher:
         message = user_message(chat.sender_id, event)
         batch.queued.append(len(batch.outgoing))
         batch.outgoing.append(Outgoing(message))
+        batch.keys.append(self._key(chat, event.message_id))
         batch.records.append(bot_uttered(message))
         if not polled:
             batch.noted.append((event.message_id, event.timestamp))
+            batch.seen.append((event.message_id, event.timestamp))
 
     def _move_on(self, chat: LiveChat, batch: _Batch, cursor: Optional[Cursor]) -> bool:
         """Once its events are on their way, the chat moves on; True when it
@@ -197,7 +236,7 @@ class Dispatcher:
         status = agent_joined_events() if batch.joined and not chat.agent_joined else []
         progressed = batch.joined != chat.agent_joined or batch.estimate != chat.wait_estimate
         chat.agent_joined, chat.wait_estimate = batch.joined, batch.estimate
-        for message_id, timestamp in batch.noted:
+        for message_id, timestamp in batch.seen:
             chat.note_message(message_id, timestamp)
         if cursor is not None:
             chat.move_to(cursor)
@@ -206,6 +245,68 @@ class Dispatcher:
         if batch.records:
             logger.info("Relayed %d agent message(s) to conversation %s.", len(batch.records), chat.sender_id)
         return progressed
+
+    async def _store_batch(
+        self, chat: LiveChat, batch: _Batch, dedupe_key: Optional[str], dedupe_ttl: float
+    ) -> Optional[Sequence[Optional[OutboundItem]]]:
+        if self._keyed:
+            return await self._put_keyed(chat, batch, dedupe_key, dedupe_ttl)
+        return await self._outbox.put(chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+
+    def _key(self, chat: LiveChat, message_id: Optional[str]) -> Optional[str]:
+        return message_dedupe(chat.chat_id, message_id) if self._keyed and message_id else None
+
+    async def _put_keyed(
+        self, chat: LiveChat, batch: _Batch, push_key: Optional[str], push_ttl: float
+    ) -> Optional[List[Optional[OutboundItem]]]:
+        """Store each message with its own dedupe key, in order; what has no
+        key (typing, an agent's arrival without an id) goes with the message
+        after it, or the last one, or alone under the push's key. Per item of
+        ``batch.outgoing``: what was stored, None for a repeat; None in all
+        when nothing was stored and everything was a repeat."""
+        groups: List[Tuple[List[int], Optional[str], float]] = []
+        waiting: List[int] = []
+        for index, key in enumerate(batch.keys):
+            waiting.append(index)
+            if key is not None:
+                groups.append((waiting, key, MESSAGE_DEDUPE_TTL_S))
+                waiting = []
+        if waiting and groups:
+            groups[-1][0].extend(waiting)
+        elif waiting:
+            groups.append((waiting, push_key, push_ttl))
+        stored: List[Optional[OutboundItem]] = [None] * len(batch.outgoing)
+        repeats = 0
+        for indices, key, ttl in groups:
+            put = await self._outbox.put(
+                chat.sender_id, [batch.outgoing[i] for i in indices], dedupe_key=key, dedupe_ttl=ttl
+            )
+            if put is None:
+                repeats += 1
+                self._observe.duplicate_dropped("message")
+                continue
+            for index, item in zip(indices, put):
+                stored[index] = item
+        if groups and repeats == len(groups):
+            return None
+        return stored
+
+    def _count_recovered(
+        self, chat: LiveChat, batch: _Batch, items: Sequence[Optional[OutboundItem]], recovered: Set[str], *, pushed: bool
+    ) -> None:
+        """Messages stored from the record, not from a push: by a push's
+        ordering read (``push``) or by a reconciliation pass (``pass``)."""
+        if not recovered:
+            return
+        count = sum(
+            1 for (message_id, _), index in zip(batch.noted, batch.queued)
+            if message_id in recovered and items[index] is not None
+        )
+        if count:
+            how = "push" if pushed else "pass"
+            self._observe.messages_reconciled(how, count)
+            # Stored here first for the whole deployment: their push was lost (or is still on its way).
+            logger.info("Recovered %d message(s) of chat %s from ServiceNow's record (%s).", count, chat.chat_id, how)
 
     async def _close_after_grace(self, chat: LiveChat, closed: ChatClosed) -> None:
         await asyncio.sleep(END_GRACE_S)
@@ -228,7 +329,9 @@ class Dispatcher:
         transcript = records if self._settings.record_transcript else []
         # Connect reads from its cursor after a restart; a Virtual Agent chat
         # keeps seen ids only to drop a push ServiceNow repeats across one.
-        if self._backend.pulls or transcript:
+        # With reconciliation the seen ids tell, after a restart of a store
+        # that forgets, where delivery got to (reconcile.py).
+        if self._backend.pulls or self._keyed or transcript:
             return transcript + cursor_events(chat.last_updated, chat.seen_ids)
         return []
 
