@@ -78,35 +78,57 @@ def wheelhouse_for(wheel: Path) -> Path:
     return wheelhouse
 
 
+@contextlib.contextmanager
+def rasa_training_cache() -> Iterator[Path]:
+    """A folder for Rasa's own training cache (RASA_CACHE_DIRECTORY, by
+    default the project's .rasa/cache), kept between runs and used by one run
+    at a time. Rasa keys each cached result by the component, its settings and
+    its inputs, so a guide whose domain, data or config changed is trained
+    again; an unchanged one is trained from the cache, as a reader's second
+    ``rasa train`` is."""
+    cache = WHEELHOUSES / "rasa-training-cache"
+    with file_lock(WHEELHOUSES / "rasa-training-cache.lock"):
+        yield cache
+
+
 #: The Rasa a reader's project has before the guide begins.
 PROJECT_RASA = "rasa>=3.6,<3.7"
 
 
 def rasa_venv(where: Path) -> Path:
     """A new virtual environment at ``where`` with Rasa 3.6 installed: the
-    reader's starting point, before step 1 of the guide.
+    reader's starting point, before step 1 of the guide."""
+    return venv_with(where, PROJECT_RASA, CONSTRAINTS)
 
-    Installing Rasa is no step of the guide, and it was most of the test's time
-    (over 2 GB to unpack: 5 to 7 minutes on a loaded 2-core machine). So it is
-    installed once, pinned by constraints.txt, into a template kept under
-    build/install-test/ while those pins stay the same, and each run gets a
-    copy whose scripts are pointed at the copy. The guide's own steps (pip
-    wheel, pip install from the wheelhouse, pip check, rasa train) still run in
-    the copy, with nothing of this checkout on the path."""
+
+def venv_with(where: Path, requirement: str, constraints: Path, python: str = sys.executable) -> Path:
+    """A new virtual environment at ``where``, made by ``python``, with
+    ``requirement`` installed under ``constraints``: a project's Rasa, there
+    before the steps a test follows.
+
+    Installing a Rasa is no step of what the install tests prove, and it was
+    most of their time (over 2 GB to unpack: about 7 minutes of the guide
+    test's 13 on a loaded 2-core machine). So it is installed once, from the
+    package index as `make install` installs .venv, into a template under
+    build/install-test/ kept while the requirement, the constraints and the
+    Python stay the same; each test gets a copy pointed at its new place. The
+    steps the tests follow (pip wheel, pip install, pip check, rasa train, the
+    doctor) still run in the copy, with nothing of this checkout on the path."""
+    version = run([python, "-c", "import sys; print(sys.version)"], cwd=ROOT, timeout=60).strip()
     key = hashlib.sha256(
-        CONSTRAINTS.read_bytes() + PROJECT_RASA.encode() + sys.version.encode()
+        constraints.read_bytes() + requirement.encode() + version.encode()
     ).hexdigest()[:12]
-    template = WHEELHOUSES / f"rasa-venv-{key}"
+    template = WHEELHOUSES / f"{re.split(r'[<>=!~ ]', requirement)[0]}-venv-{key}"
     with file_lock(template.with_name(template.name + ".lock")):
         if not (template / ".complete").exists():
             shutil.rmtree(template, ignore_errors=True)
-            run([sys.executable, "-m", "venv", str(template)], cwd=ROOT, timeout=300)
-            # From the package index, as `make install` installs .venv: on a first run pip's cache has the files.
+            run([python, "-m", "venv", str(template)], cwd=ROOT, timeout=300)
             run([str(template / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
-                 "--disable-pip-version-check", "-c", str(CONSTRAINTS), PROJECT_RASA], cwd=ROOT, timeout=1800)
+                 "--disable-pip-version-check", "-c", str(constraints), requirement], cwd=ROOT, timeout=1800)
             named = subprocess.run(["grep", "-rlF", "--exclude-dir=__pycache__", str(template), str(template)],
                                    capture_output=True, text=True).stdout.split()
-            outside = [path for path in named if Path(path).parent != template / "bin"]
+            outside = [path for path in named if Path(path).parent != template / "bin"
+                       and Path(path) != template / "pyvenv.cfg"]
             assert not outside, f"{outside} name the environment's folder: relocate() would leave them pointing there"
             (template / ".complete").touch()
         # cp -a: links, modes and times as they are.
@@ -118,15 +140,16 @@ def rasa_venv(where: Path) -> Path:
 
 def relocate(venv: Path, was: Path) -> None:
     """Point a copied virtual environment at its new place: its scripts'
-    ``#!`` lines and the activate scripts name its folder, and nothing else
-    does (rasa_venv checks that when it makes the template)."""
+    ``#!`` lines, the activate scripts and (from Python 3.11) pyvenv.cfg's
+    ``command`` name its folder, and nothing else does (venv_with checks that
+    when it makes the template)."""
     old, new = str(was).encode(), str(venv).encode()
-    for script in (venv / "bin").iterdir():
-        if script.is_symlink() or not script.is_file():
+    for path in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
+        if path.is_symlink() or not path.is_file():
             continue
-        text = script.read_bytes()
+        text = path.read_bytes()
         if old in text:
-            script.write_bytes(text.replace(old, new))
+            path.write_bytes(text.replace(old, new))
 
 
 @pytest.fixture(scope="session")

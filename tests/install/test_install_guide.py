@@ -16,7 +16,8 @@ project's Rasa 3.6, there before the guide begins, is a copy of a template
 installed on the first run; the guide's installs are ``--no-index`` from the
 wheelhouse (tests/install/conftest.py), so the test never reaches the
 internet after the first run. The project is what ``rasa init --no-prompt``
-creates, without the training that command adds: the guide trains it.
+creates, without the training that command adds: the guide trains it (with
+Rasa's training cache kept between runs, tests/install/conftest.py).
 """
 
 import json
@@ -36,7 +37,9 @@ import yaml
 
 from connectors.servicenow.texts import UserTexts
 from tests.e2e.harness import close_stream, free_port, wait_for
-from tests.install.conftest import CONSTRAINTS, ROOT, clean_env, in_tree_build, rasa_venv, run, wheelhouse_for
+from tests.install.conftest import (
+    CONSTRAINTS, ROOT, clean_env, in_tree_build, rasa_training_cache, rasa_venv, run, wheelhouse_for,
+)
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(3600)]
 
@@ -197,7 +200,9 @@ def project(wheel, tmp_path_factory) -> Iterator[Reader]:
     merge_domain(project / "domain.yml", yaml.safe_load(steps["domain"]))
     (project / "data" / "handoff.yml").write_text(steps["data data/handoff.yml"])
     mark = time.monotonic()
-    reader.shell(steps["train"], timeout=1800)
+    with rasa_training_cache() as cache:
+        reader.shell(steps["train"], timeout=1800, env={**reader.env, "RASA_CACHE_DIRECTORY": str(cache)})
+    assert list((project / "models").glob("*.tar.gz")), "rasa train made no model"
     timings["guide: train"] = time.monotonic() - mark
     reader.init_credentials = (project / "credentials.yml").read_text()  # type: ignore[attr-defined]
     reader.timings = timings  # type: ignore[attr-defined]
