@@ -48,6 +48,21 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def prune(kind: str, keep: Path) -> None:
+    """Remove the other folders of this kind (``wheelhouse``, ``rasa-venv``...):
+    made for constraints that changed since, a GB or more each. One that
+    another run holds the lock of is left alone."""
+    for other in WHEELHOUSES.glob(f"{kind}-*"):
+        if other == keep or not other.is_dir() or not re.fullmatch(rf"{re.escape(kind)}-[0-9a-f]{{12}}", other.name):
+            continue
+        with open(other.with_name(other.name + ".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def in_tree_build() -> "contextlib.AbstractContextManager[None]":
     """One build of this checkout at a time: pip builds a local directory in
     place (its build/ and *.egg-info), and another worker may be building it."""
@@ -75,6 +90,7 @@ def wheelhouse_for(wheel: Path) -> Path:
             run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CONSTRAINTS), "-w", str(wheelhouse), str(wheel),
                  *BUILD_REQUIREMENTS], cwd=ROOT, timeout=1800)
             (wheelhouse / ".complete").touch()
+            prune("wheelhouse", keep=wheelhouse)
     return wheelhouse
 
 
@@ -131,6 +147,7 @@ def venv_with(where: Path, requirement: str, constraints: Path, python: str = sy
                        and Path(path) != template / "pyvenv.cfg"]
             assert not outside, f"{outside} name the environment's folder: relocate() would leave them pointing there"
             (template / ".complete").touch()
+            prune(template.name.rsplit("-", 1)[0], keep=template)
         # cp -a: links, modes and times as they are.
         run(["cp", "-a", str(template), str(where)], cwd=ROOT, timeout=600)
     (where / ".complete").unlink()
