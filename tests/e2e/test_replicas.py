@@ -213,6 +213,39 @@ def test_the_hand_back_turn_runs_once_when_both_replicas_see_the_end(va_replicas
     assert texts.index(TEXTS.agent_closed) < texts.index(question)
 
 
+# -- capacity counted for the deployment (issue 22 item 4) ------------------------
+
+
+def test_a_clients_stream_cap_counts_the_streams_of_both_replicas(va_replicas):
+    """Each replica counted its own streams: one client could hold the cap on every replica."""
+    from connectors.servicenow.config import ServiceNowSettings
+
+    a, b = va_replicas
+    per_client = ServiceNowSettings(instance_url="https://x").max_streams_per_client
+    url = "{}/webhooks/servicenow/stream"
+    opened = []
+    try:
+        for n in range(per_client // 5):
+            sender = new_sender()
+            replica = a if n % 2 else b
+            opened += [requests.get(url.format(replica.url), params={"sender": sender}, stream=True, timeout=30) for _ in range(5)]
+        assert [stream.status_code for stream in opened] == [200] * per_client
+        for replica in (a, b):
+            refused = requests.get(url.format(replica.url), params={"sender": new_sender()}, stream=True, timeout=30)
+            assert refused.status_code == 429 and refused.json()["reason"] == "TooManyClientStreams", refused.text
+        counts = [requests.get(f"{replica.url}/webhooks/servicenow/", timeout=10).json()["open_streams"] for replica in (a, b)]
+        assert sum(counts) == per_client and min(counts) > 0, counts
+    finally:
+        for stream in opened:
+            stream.close()
+
+    def room_again() -> bool:
+        with requests.get(url.format(a.url), params={"sender": new_sender()}, stream=True, timeout=30) as stream:
+            return stream.status_code == 200
+
+    wait_for(room_again, what="the closed streams counted out of Redis")
+
+
 # -- Connect: one poller per chat, and a takeover when it dies --------------------
 
 

@@ -6,12 +6,17 @@ store runs."""
 from typing import Optional
 
 from connectors.servicenow.store.base import (
+    REFUSED_BUSY,
+    REFUSED_DEPLOYMENT_RATE,
+    REFUSED_SENDER_RATE,
+    Cap,
     HandoffMirror,
     HandoffRecord,
     NewEntry,
     OutboxEntry,
     Store,
     StoreError,
+    StartLimits,
     StoreUnavailable,
     Taken,
     TimerClaim,
@@ -22,11 +27,16 @@ from connectors.servicenow.store.base import (
 from connectors.servicenow.store.memory import MemoryStore
 
 __all__ = [
+    "REFUSED_BUSY",
+    "REFUSED_DEPLOYMENT_RATE",
+    "REFUSED_SENDER_RATE",
+    "Cap",
     "HandoffMirror",
     "HandoffRecord",
     "MemoryStore",
     "NewEntry",
     "OutboxEntry",
+    "StartLimits",
     "Store",
     "StoreError",
     "StoreUnavailable",

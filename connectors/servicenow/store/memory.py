@@ -25,6 +25,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+from connectors.servicenow.store.memory_counts import MemoryCounts
 from connectors.servicenow.store.base import (
     HandoffMirror,
     HandoffRecord,
@@ -60,7 +61,7 @@ class _Stream:
     waiting: int = 0
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryCounts, Store):
     def __init__(
         self,
         *,
@@ -103,6 +104,7 @@ class MemoryStore(Store):
         return True
 
     def _file(self, record: HandoffRecord) -> None:
+        self._filed(record.sender_id)
         self._inactive.pop(record.sender_id, None)
         self._handoffs[record.sender_id] = record
         self._by_chat[record.chat_id] = record.sender_id
