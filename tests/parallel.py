@@ -5,11 +5,11 @@ runs on one worker, in collection order:
 
 * A test that uses a session-scoped server named in ``SHARED_SESSION_FIXTURES``
   (``rasa``: one ``rasa run`` per ServiceNow backend) joins the group of that
-  instance, e.g. ``rasa(connect)``: every test of every module that talks to
+  instance, e.g. ``rasa(backend=connect)``: every test of every module that talks to
   the Connect server runs on the worker that started it, once.
 * Otherwise a test that uses module- or class-scoped fixtures joins the group of
   its module (or class) and those fixtures' parameters, e.g.
-  ``tests/e2e/test_waiting.py::waiting(connect)``: a module's own server starts
+  ``tests/e2e/test_waiting.py::waiting(waiting=connect)``: a module's own server starts
   once, and the same module's other servers can start on another worker.
 * Any other test is scheduled on its own.
 
