@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import requests
 import yaml
 
+from tests.ports import free_port  # noqa: F401 (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 RASA = str(Path(PYTHON).with_name("rasa"))
@@ -40,10 +42,18 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: floa
         time.sleep(interval)  # wait-ok: polling interval of a condition with a deadline
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def close_stream(response: requests.Response) -> None:
+    """Close a streamed response at once, as a browser closes an EventSource.
+
+    Shut the socket first: a plain close waits for a thread reading the
+    stream, which sits in recv() until the server's next heartbeat (15 s)."""
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+    response.close()
 
 
 class Emulator:

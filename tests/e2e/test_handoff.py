@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import TEXTS, Handoff
-from tests.e2e.harness import new_sender, wait_for
+from tests.e2e.harness import close_stream, new_sender, wait_for
 
 
 # -- 1. start -------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_agent_replies_are_streamed_to_a_browser(handoff: Handoff):
     handoff.emulator.accept(chat)
     handoff.emulator.say(chat, "streamed hello")
     wait_for(lambda: any(item.get("text") == "streamed hello" for item in received), what="the streamed reply")
-    stream.close()
+    close_stream(stream)
     assert received[0]["event"] == "handoff" and received[0]["handoff"]["active"] is True
     assert [item["text"] for item in received if item["event"] == "message"][-1] == "streamed hello"
 

@@ -7,7 +7,6 @@ Without ``redis-server`` these tests are skipped with a reason, unless
 ``REQUIRE_REDIS_TEST=1`` makes that a failure."""
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ import redis as redis_client
 import requests
 
 from tests.e2e.conftest import TEXTS, channel_options, point_emulator_at
-from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
+from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, close_stream, new_sender, wait_for
 from tests.store.conftest import RedisServer, require_redis_server
 
 
@@ -94,15 +93,7 @@ class Stream:
         return next(item["id"] for item in self.items if item.get("text") == text)
 
     def close(self) -> None:
-        # Shut the socket first: a plain close waits for the reader thread,
-        # which sits in recv() until the next heartbeat (15 s).
-        sock = getattr(getattr(self._response.raw, "_connection", None), "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already gone
-        self._response.close()
+        close_stream(self._response)
 
 
 @pytest.fixture(scope="module")
@@ -279,12 +270,15 @@ def test_a_connect_chat_is_polled_once_per_interval_and_taken_over_after_kill_9(
     callback.wait_for_text(sender, lambda text: text.startswith("Thank you for contacting support"))
     assert b.say(sender, "hello from B") == []  # B knows the chat now, but A holds its lease
 
-    # The whole deployment polls the chat once per poll_interval (0.2 s), not once per replica.
+    # The whole deployment polls the chat once per poll_interval (0.2 s), not once per replica:
+    # one poller makes 5 a second, two make 10. A loaded machine only slows a poller down (2.8 a
+    # second was seen with 4 test workers beside others' runs on 2 cores), so the floor is only
+    # far above the idle pace (idle_poll_interval 5 s: 0.2 a second).
     wait_for(lambda: polls_of(emulator, chat) > 0)
     first, started = polls_of(emulator, chat), time.monotonic()
     wait_for(lambda: time.monotonic() - started >= 3.0, interval=0.1)
     rate = (polls_of(emulator, chat) - first) / (time.monotonic() - started)
-    assert 3.0 <= rate <= 6.5, f"{rate:.1f} polls per second; one poller at 0.2 s makes 5"
+    assert 1.0 <= rate <= 6.5, f"{rate:.1f} polls per second; one poller at 0.2 s makes 5"
 
     emulator.say(chat, "before the crash")
     callback.wait_for_text(sender, lambda text: text == "before the crash")

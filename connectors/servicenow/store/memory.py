@@ -36,6 +36,7 @@ from connectors.servicenow.store.base import (
     entry_id_after,
     parse_entry_id,
 )
+from connectors.servicenow.tasks import event_within
 
 logger = logging.getLogger(__name__)
 
@@ -295,9 +296,8 @@ class MemoryStore(MemoryCounts, Store):
         appended = kept.appended
         kept.waiting += 1
         try:
-            await asyncio.wait_for(appended.wait(), timeout=block)
-        except asyncio.TimeoutError:
-            return []
+            if not await event_within(appended, block):
+                return []
         finally:
             kept.waiting -= 1
             if not kept.waiting and not kept.entries and not kept.sinks and self._streams.get(stream) is kept:

@@ -90,6 +90,7 @@ from connectors.servicenow.store.base import (
     dump_payload,
     parse_entry_id,
 )
+from connectors.servicenow.tasks import event_within
 
 logger = logging.getLogger(__name__)
 
@@ -530,9 +531,7 @@ class RedisStore(RedisCounts, Store):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
-                try:
-                    await asyncio.wait_for(notice.wait(), remaining)
-                except asyncio.TimeoutError:
+                if not await event_within(notice, remaining):
                     return []
             # A notice (or a broken notice connection): read again.
             entries = await self._read_now(key, after, limit)
@@ -774,10 +773,8 @@ class _Notices:
             async with self._lock:
                 pubsub = await self._connected()
                 await _unavailable_on_error(pubsub.subscribe(channel), self._timeout)
-            try:
-                await asyncio.wait_for(listener.subscribed.wait(), self._timeout)
-            except asyncio.TimeoutError as error:
-                raise StoreUnavailable("Redis did not confirm a subscription in time") from error
+            if not await event_within(listener.subscribed, self._timeout):
+                raise StoreUnavailable("Redis did not confirm a subscription in time")
             yield listener.notice
         finally:
             state.listeners.discard(listener)
