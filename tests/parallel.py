@@ -135,6 +135,24 @@ def make_scheduler(config: pytest.Config, log: Any) -> Any:
                 return
             super()._reschedule(node)
 
+        def remove_node(self, node: Any) -> Optional[str]:
+            # xdist's scope schedulers put a crashed worker's unfinished group
+            # back in the queue with the test it was running, so a test that
+            # ends its worker (a hang stopped by pytest-timeout) ran again on
+            # every replacement until xdist gave up. It fails once; the rest of
+            # its group runs elsewhere.
+            workload = self.assigned_work.get(node, {})
+            crashed = next(
+                (nodeid for unit in workload.values() for nodeid, done in unit.items() if not done), None
+            )
+            for unit in workload.values():
+                if crashed in unit:
+                    unit[crashed] = True
+            for scope in [scope for scope, unit in workload.items() if all(unit.values())]:
+                del workload[scope]
+            super().remove_node(node)
+            return crashed
+
     return LongestFirst(config, log)
 
 
