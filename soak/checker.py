@@ -25,6 +25,8 @@ TEXTS = UserTexts()
 TAG = re.compile(r"^([ua])\.([a-z]{2}-\d{4})\.(\d+)\.(\d+)\b")
 LAST_MARK = "(last)"
 SINKS = ("sse", "callback")
+#: An answer slower than this is reported (not a loss: the user waited).
+SLOW_S = 10.0
 
 #: Causes that make a loss, a double or a reordering what the docs promise, with the line that says so.
 ALLOWED: Dict[str, str] = {
@@ -285,7 +287,7 @@ class Checker:
             if end is not None and acked >= end - 0.5:
                 return "raced_user_end" if self._user_ended(events) else "raced_chat_end"
         else:
-            if any(e["what"] == "ended" and e["detail"] in FAILURE_ENDS for e in events):
+            if any(e["what"] in ("ended", "notice") and e["detail"] in FAILURE_ENDS for e in events):
                 return "ended_by_servicenow_failures"
             end = self._end_of(user, session, sent.get("chat"))
             if end is not None and sent["t"] >= end - self._race_window(sent["t"], end):
@@ -484,8 +486,19 @@ class Checker:
                     pushes["502 (load balancer: no replica answered)"] += 1
                 else:
                     tally.add("against_docs", route="callback", status=status, t=attempt.get("at"))
+        slow: Counter = Counter()
+        slowest: Dict[str, Any] = {}
+        for send in self.h.get("sends") or []:
+            for attempt in send.get("attempts") or []:
+                took = (attempt.get("done") or attempt["t"]) - attempt["t"]
+                if attempt.get("status") == 200 and took > SLOW_S:
+                    slow[send.get("kind")] += 1
+                    if took > slowest.get("seconds", 0):
+                        slowest = {"seconds": round(took, 1), "user": send["user"], "kind": send.get("kind"),
+                                   "t": attempt["t"]}
         return {
             "answers": answers,
+            "slow_answers": {"over_s": SLOW_S, "by_kind": dict(sorted(slow.items())), "slowest": slowest},
             "documented_503": dict(sorted(documented.items())),
             "push_answers_5xx": dict(sorted(pushes.items())),
             "other_5xx": tally.as_dict(),

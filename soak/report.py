@@ -13,6 +13,7 @@ def markdown(result: Dict[str, Any], meta: Dict[str, Any]) -> str:
     cpu = meta.get("cpu") or {}
     wall = cpu.get("wall") or 0
     cpu_total = sum(v for k, v in cpu.items() if k != "wall")
+    during = meta.get("cpu_during_load") or {}
     lines += [
         f"Seed {meta.get('seed')}, {load['seconds']:.0f} s of load, {load['users']} users "
         f"({', '.join(API_NAMES.get(a, a) for a in load.get('apis') or [])}), {load['replicas']} replicas per API. "
@@ -26,10 +27,16 @@ def markdown(result: Dict[str, Any], meta: Dict[str, Any]) -> str:
         f"| webhook requests (incl. resends) | {load['webhook_requests']} ({load['webhook_requests_per_s']}/s) |",
         f"| SSE connections (reconnects included) / items received | {load['sse_connections']} / {load['items_received']} |",
     ]
-    if cpu_total and wall:
-        lines.append(f"| CPU used (all processes) | {cpu_total:.0f} s in {wall:.0f} s: {cpu_total / wall:.2f} cores |")
+    if during.get("wall"):
+        used = sum(v for k, v in during.items() if k != "wall")
+        lines.append(f"| CPU used by all processes during the load (restarts included) | {used:.0f} s in "
+                     f"{during['wall']:.0f} s: {used / during['wall']:.2f} cores |")
+    elif cpu_total and wall:
+        lines.append(f"| CPU used (all processes, start-up included) | {cpu_total:.0f} s in {wall:.0f} s: "
+                     f"{cpu_total / wall:.2f} cores |")
     lines += ["", "| messages | checked | delivered | lost (against docs) | lost (allowed) | doubled (against) | "
-              "doubled (allowed) | out of order (against) | out of order (allowed) |", "|---|---|---|---|---|---|---|---|---|"]
+              "doubled (allowed) | out of order (against) | out of order (allowed) | after the end was shown |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for sink, row in result["agent_to_user"].items():
         lines.append(_message_row(f"agent to user, {'SSE stream' if sink == 'sse' else 'callback_url'}", row))
     lines.append(_message_row("user to agent", result["user_to_agent"]))
@@ -39,6 +46,8 @@ def markdown(result: Dict[str, Any], meta: Dict[str, Any]) -> str:
         f"Users left in a handoff whose chat ended: during the run {_counts(stuck['during_run']['counts'])}; "
         f"at the end {_counts(stuck['at_end']['counts'])}.",
         f"HTTP answers to users: {http['answers']}; documented 503s {_counts(http['documented_503']) or 'none'}; "
+        f"answers slower than {http['slow_answers']['over_s']:.0f} s {_counts(http['slow_answers']['by_kind']) or 'none'}"
+        f"{_slowest(http['slow_answers']['slowest'])}; "
         f"other 5xx {_counts(http['other_5xx']['counts']) or 'none'}; pushes answered 5xx "
         f"{_counts(http['push_answers_5xx']) or 'none'}.",
         "",
@@ -81,12 +90,16 @@ def summary(result: Dict[str, Any]) -> str:
 
 def _message_row(name: str, row: Dict[str, Any]) -> str:
     lost, doubled, order = row["lost"]["counts"], row["doubled"]["counts"], row["out_of_order"]["counts"]
-    after_end = row.get("after_end", {}).get("counts", {}).get("against_docs", 0)
-    against_order = order.get("against_docs", 0) + after_end
+    after_end = row["after_end"]["counts"].get("against_docs", 0) if "after_end" in row else "-"
     return (
         f"| {name} | {row['checked']} | {row['delivered']} | {lost.get('against_docs', 0)} | {_allowed(lost)} | "
-        f"{doubled.get('against_docs', 0)} | {_allowed(doubled)} | {against_order} | {_allowed(order)} |"
+        f"{doubled.get('against_docs', 0)} | {_allowed(doubled)} | {order.get('against_docs', 0)} | {_allowed(order)} | "
+        f"{after_end} |"
     )
+
+
+def _slowest(slowest: Dict[str, Any]) -> str:
+    return f" (slowest {slowest['seconds']:.0f} s, a {slowest['kind']} request)" if slowest else ""
 
 
 def _allowed(counts: Dict[str, int]) -> str:

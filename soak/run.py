@@ -86,6 +86,7 @@ async def soak(args: Arguments, say: Any = print) -> "tuple[Dict[str, Any], Dict
         desk = AgentDesk(cluster.emulator.url, http, recorder, args.seed)
         load_started = time.time()
         meta["load_started"] = load_started
+        cpu_at_start = {**cluster.cpu(), "load generator": _own_cpu()}
         injector = FaultInjector(cluster, receiver, recorder, schedule, http, load_started, args.duration)
         loop = asyncio.get_running_loop()
         user_tasks = [loop.create_task(user.run()) for user in users.values()]
@@ -95,6 +96,9 @@ async def soak(args: Arguments, say: Any = print) -> "tuple[Dict[str, Any], Dict
 
         await asyncio.sleep(args.duration)  # wait-ok: the length of the load is the run's parameter
         meta["load_seconds"] = time.time() - load_started
+        cpu_now = {**cluster.cpu(), "load generator": _own_cpu()}
+        meta["cpu_during_load"] = {name: round(cpu_now[name] - cpu_at_start.get(name, 0.0), 1) for name in cpu_now}
+        meta["cpu_during_load"]["wall"] = round(meta["load_seconds"], 1)
         say("soak: load over; users finish their chats ...")
         shared.finishing.set()
         desk.finishing.set()

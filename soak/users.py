@@ -262,7 +262,9 @@ class User:
                 self._stream_caught_up.set()
                 self._mark_ended(self._last_notice or "handoff_event")
         elif event == "message" and end_notice(text):
+            # The stream shows the end (the handoff event) first and the notice right after it.
             self._last_notice = end_notice(text) or ""
+            self.shared.recorder.user_event(self.uid, "notice", self.session, self._last_notice)
 
     def _read_replies(self, replies: Optional[List[Dict[str, Any]]]) -> None:
         for reply in replies or []:
