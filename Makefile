@@ -11,7 +11,7 @@ export RASA_TELEMETRY_ENABLED := false
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run run-replicas test bench install model clean
+.PHONY: run run-replicas test bench soak install model clean
 
 # SERVICENOW_FRONTEND=socketio make run: the socket.io flavour, with the stock
 # rasa-webchat widget (fetched from the npm registry) on http://127.0.0.1:8080/.
@@ -28,6 +28,11 @@ test: $(STAMP) $(MODEL)
 # Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run.
 bench: $(STAMP) $(MODEL)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Faults under load, checked from outside: three replicas per API, redis-server, the emulator, a few
+# hundred users; see docs/reliability.md, "Soak". SOAK_ARGS="--duration 120 --seed 7 --users 60 --faults kill9,redis".
+soak: $(STAMP) $(MODEL)
+	$(PY) -m soak $(SOAK_ARGS)
 
 install: $(STAMP)
 

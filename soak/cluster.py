@@ -71,17 +71,21 @@ class Process:
     def cpu(self) -> float:
         return self.cpu_before + (cpu_seconds(self.process.pid) if self.running and self.process else 0.0)
 
-    def signal(self, signum: int, wait: float = 60.0) -> None:
-        """Send ``signum`` and wait for the exit (SIGKILL afterwards if it does not come)."""
+    def signal(self, signum: int, wait: float = 60.0) -> float:
+        """Send ``signum`` and wait for the exit (SIGKILL afterwards if it does not come); returns when the signal
+        was sent."""
+        sent = time.time()
         if not self.running or self.process is None:
-            return
+            return sent
         self.cpu_before += cpu_seconds(self.process.pid)
+        sent = time.time()
         self.process.send_signal(signum)
         try:
             self.process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        return sent
 
     def note(self, text: str) -> None:
         with open(self.log_path, "a") as log:

@@ -63,8 +63,9 @@ class FaultInjector:
                 return
             replica = deployment.replicas[fault.replica or 0]
             replica.note(f"{kind} (soak fault)")
-            record["started"] = time.time()
-            await asyncio.to_thread(replica.signal, signal.SIGKILL if kind == "kill9" else signal.SIGTERM, 60.0)
+            record["started"] = await asyncio.to_thread(
+                replica.signal, signal.SIGKILL if kind == "kill9" else signal.SIGTERM, 90.0
+            )
             record["stopped"] = time.time()
             if fault.duration:
                 await asyncio.sleep(fault.duration)  # wait-ok: the down time the fault plans
@@ -73,8 +74,7 @@ class FaultInjector:
             return
         if kind == "redis":
             redis = self.cluster.redis
-            record["started"] = time.time()
-            await asyncio.to_thread(redis.signal, signal.SIGTERM, 60.0)
+            record["started"] = await asyncio.to_thread(redis.signal, signal.SIGTERM, 60.0)
             record["stopped"] = time.time()
             await asyncio.sleep(fault.duration)  # wait-ok: the down time the fault plans
             await redis.start_and_wait()

@@ -27,6 +27,9 @@ FAULT_KINDS: Tuple[str, ...] = (
 #: Faults that need the Virtual Agent deployment (they act on pushes).
 PUSH_FAULTS = ("push_drop", "push_repeat", "push_reorder")
 RESTART_FAULTS = ("kill9", "sigterm")
+#: Seconds a fault usually needs after its planned duration before it is lifted, on a busy two-core machine: a
+#: replica's start (about 10 s), and for a graceful stop the 15 s Sanic waits for open streams first.
+RECOVERY_BUDGET = {"kill9": 15.0, "sigterm": 35.0, "redis": 3.0}
 APIS = ("virtual_agent", "connect")
 SHORT_API = {"virtual_agent": "va", "connect": "cn"}
 
@@ -157,10 +160,10 @@ def fault_schedule(seed: int, duration: float, kinds: Sequence[str], apis: Seque
             rng.shuffle(order)
         kind = order.pop(0)
         fault = _one_fault(rng, kind, at, scale, apis, replicas)
-        if fault.at + fault.duration > duration - tail:
+        if fault.at + fault.duration + RECOVERY_BUDGET.get(kind, 0.0) > duration - tail:
             break
         planned.append(fault)
-        at = fault.at + fault.duration + rng.uniform(12.0, 30.0) * scale
+        at = fault.at + fault.duration + RECOVERY_BUDGET.get(kind, 0.0) + rng.uniform(12.0, 30.0) * scale
     return planned
 
 
