@@ -443,7 +443,13 @@ class Checker:
                 cause = None
             at_end.add(cause or "against_docs", user=user, state=state, after_remedy=after)
         against = during.counts["against_docs"] + at_end.counts["against_docs"]
-        return {"during_run": during.as_dict(), "at_end": at_end.as_dict(), "against_docs": against}
+        behind = Tally()
+        for (user, session), events in self.events.items():
+            for event in events:
+                if event["what"] == "stream_behind":
+                    behind.add("end_not_on_stream", user=user, session=session, t=event["t"])
+        return {"during_run": during.as_dict(), "at_end": at_end.as_dict(), "stream_never_showed_the_end": behind.as_dict(),
+                "against_docs": against}
 
     def _why_stuck(self, user: str, session: int) -> Optional[str]:
         chat = self.chat_of.get((user, session))
@@ -528,9 +534,7 @@ class Checker:
         """``(sent, delivered or None, direction)`` for every checked message."""
         result: List[Tuple[float, Optional[float], str]] = []
         for sent in self.agent_sent:
-            first = next((i["t"] for i in self.seen[(sent["user"], "sse")] if i.get("event") == "message"
-                          and _tag_key(i.get("text")) == _tag_key(sent["text"])), None)
-            result.append((sent["t"], first, "agent_to_user"))
+            result.append((sent["t"], self._first_seen(sent), "agent_to_user"))
         for send in self.h.get("sends") or []:
             if send.get("kind") != "handoff" or not send.get("attempts"):
                 continue
@@ -645,14 +649,33 @@ class Checker:
         return any(e["what"] == "end_requested" for e in events)
 
     def _race_window(self, sent: float, end: float) -> float:
-        """A Connect message races the end when no poll could have fetched it before: two poll intervals, longer
-        while ServiceNow was failing polls (each retry waits)."""
-        window = self.settings.race_s
+        """A Connect message races the end when no poll could have fetched it before: two poll intervals, or twice
+        the p99 of Connect's delivery time in this run when the machine was slower than that; longer while
+        ServiceNow was failing polls (each retry waits)."""
+        window = max(self.settings.race_s, self._connect_p99() * 2)
         for fault in self.faults:
             if fault.get("kind", "").startswith("sn_") and fault.get("started") is not None:
                 if fault["started"] <= end and (fault.get("lifted") or end) >= sent - 30:
                     window = max(window, 30.0)
         return window
+
+    def _connect_p99(self) -> float:
+        if not hasattr(self, "_p99"):
+            latencies = []
+            for sent in self.agent_sent:
+                if sent["api"] != "connect":
+                    continue
+                first = self._first_seen(sent)
+                if first is not None:
+                    latencies.append(first - sent["t"])
+            latencies.sort()
+            self._p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
+        return self._p99
+
+    def _first_seen(self, sent: Dict[str, Any]) -> Optional[float]:
+        key = _tag_key(sent["text"])
+        return next((i["t"] for i in self.seen[(sent["user"], "sse")] if i.get("event") == "message"
+                     and _tag_key(i.get("text")) == key), None)
 
     def _all_seen(self, user: str) -> List[Dict[str, Any]]:
         return [item for sink in SINKS for item in self.seen[(user, sink)]]
