@@ -27,6 +27,8 @@ LAST_MARK = "(last)"
 SINKS = ("sse", "callback")
 #: An answer slower than this is reported (not a loss: the user waited).
 SLOW_S = 10.0
+#: A user whose message goes to a chat the agent closed this long before is left in a dead handoff.
+STUCK_AFTER_S = 30.0
 
 #: Causes that make a loss, a double or a reordering what the docs promise, with the line that says so.
 ALLOWED: Dict[str, str] = {
@@ -192,6 +194,13 @@ class Checker:
             if chat.get("user") is not None:
                 self.chat_of[(chat["user"], chat["session"])] = chat["chat"]
         self.closes = {c["chat"]: c for c in h.get("agent_closes") or [] if c.get("status") == 200}
+        # When the channel stored the end of a chat: the Redis entry id (``<ms>-<n>``) of its handoff event.
+        self.end_entry: Dict[str, float] = {}
+        for item in h.get("received") or []:
+            if item.get("event") == "handoff" and item.get("active") is False and item.get("chat_id"):
+                stored = _entry_time(item.get("event_id"))
+                if stored is not None:
+                    self.end_entry.setdefault(item["chat_id"], stored)
         # Where each user message landed at the agent: tag -> [(chat, seconds)].
         self.at_agent: Dict[str, List[Tuple[str, float]]] = defaultdict(list)
         self.chat_end_event: Dict[str, float] = {}
@@ -428,8 +437,15 @@ class Checker:
             for event in events:
                 if event["what"] != "stuck":
                     continue
+                # Stuck: a message sent well after the agent closed the chat still went to the chat.
+                chat = self.chat_of.get((user, session))
+                close = self.closes.get(chat) if chat else None
+                if close is None or close["t"] > event["t"] - STUCK_AFTER_S:
+                    during.add("not_closed_long_enough", user=user, session=session, t=event["t"])
+                    continue
                 cause = self._why_stuck(user, session)
-                during.add(cause or "against_docs", user=user, session=session, t=event["t"], detail=event["detail"])
+                during.add(cause or "against_docs", user=user, session=session, t=event["t"], detail=event["detail"],
+                           closed_s_before=round(event["t"] - close["t"], 1))
         at_end = Tally()
         remedied = {r["user"]: r for r in self.h.get("remedied") or []}
         for user, state in sorted((self.h.get("final") or {}).items()):
@@ -638,6 +654,8 @@ class Checker:
         """The earliest moment either side ended the chat: the user's end command, the agent's close, ServiceNow's
         record of an END/FAULT_CONVERSATION, or the user being shown the end."""
         times = [e["t"] for e in self.events[(user, session)] if e["what"] in ("end_requested", "ended")]
+        if chat is not None and chat in self.end_entry:
+            times.append(self.end_entry[chat])
         if chat is not None:
             if chat in self.closes:
                 times.append(self.closes[chat]["t"])
@@ -699,6 +717,12 @@ class Checker:
         for result in results:
             walk(result)
         return causes
+
+
+def _entry_time(event_id: Optional[str]) -> Optional[float]:
+    """The time in a Redis stream entry id (``<ms>-<n>``), in seconds; ``None`` for other ids."""
+    head = (event_id or "").split("-", 1)[0]
+    return int(head) / 1000.0 if head.isdigit() and len(head) >= 12 else None
 
 
 def _tag_key(text: Optional[str]) -> str:

@@ -90,6 +90,12 @@ class Balancer:
             except aiohttp.ClientConnectorError:
                 self.up[index] = False
                 continue
+            except aiohttp.ServerTimeoutError as error:
+                if str(error).startswith("Connection timeout"):
+                    # Never connected, so never sent: the next replica may have it (nginx's proxy_connect_timeout).
+                    self.up[index] = False
+                    continue
+                return _bad_gateway("UpstreamFailed", f"replica {index}: no answer in time", index)
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 return _bad_gateway("UpstreamFailed", f"replica {index}: {type(error).__name__}", index)
             try:

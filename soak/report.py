@@ -34,6 +34,10 @@ def markdown(result: Dict[str, Any], meta: Dict[str, Any]) -> str:
     elif cpu_total and wall:
         lines.append(f"| CPU used (all processes, start-up included) | {cpu_total:.0f} s in {wall:.0f} s: "
                      f"{cpu_total / wall:.2f} cores |")
+    loads = meta.get("load_average") or []
+    if loads:
+        lines.append(f"| the machine's load average during the run (all users of the machine; 2 cores) | "
+                     f"median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f} |")
     lines += ["", "| messages | checked | delivered | lost (against docs) | lost (allowed) | doubled (against) | "
               "doubled (allowed) | out of order (against) | out of order (allowed) | after the end was shown |",
               "|---|---|---|---|---|---|---|---|---|---|"]

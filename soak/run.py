@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import resource
 import time
@@ -92,6 +93,7 @@ async def soak(args: Arguments, say: Any = print) -> "tuple[Dict[str, Any], Dict
         user_tasks = [loop.create_task(user.run()) for user in users.values()]
         desk_task = loop.create_task(desk.run())
         fault_task = loop.create_task(injector.run())
+        meta["load_average"] = []
         progress = loop.create_task(_progress(say, recorder, load_started, args.duration, injector))
 
         await asyncio.sleep(args.duration)  # wait-ok: the length of the load is the run's parameter
@@ -132,6 +134,8 @@ async def _progress(say: Any, recorder: Recorder, started: float, duration: floa
     while True:
         await asyncio.sleep(30)  # wait-ok: how often progress is printed
         h = recorder.history
+        # The machine's load (other people's work included): the run's timings mean little without it.
+        h["meta"]["load_average"].append(round(os.getloadavg()[0], 2))
         say(f"soak: {time.time() - started:4.0f}/{duration:.0f} s  handoffs "
             f"{sum(1 for e in h['user_events'] if e['what'] == 'handoff_started')}  user msgs "
             f"{sum(1 for s in h['sends'] if s['kind'] == 'handoff')}  agent msgs {len(h['agent_sends'])}  "

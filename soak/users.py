@@ -157,10 +157,13 @@ class User:
     async def _wait_for_the_agent_to_end(self, number: int) -> None:
         if await self._wait(self.ended, END_WAIT_S):
             return
-        # The agent closed (or will never): the user is still in a handoff that may be dead. It writes once more,
-        # and then leaves with the end command, as the docs tell a user in this state to do.
-        self.shared.recorder.user_event(self.uid, "stuck", number, "no end after the last message")
+        # No end yet: the agent may be slow, or the chat may have ended without the user being told. The user
+        # writes once more; if that still goes to the chat (an empty answer), the checker compares it with the
+        # agent's close. Then the user leaves with the end command, as the docs tell a user in this state to do.
         replies = await self.say("is anyone there", "remedy")
+        routed_to_chat = replies == []
+        self.shared.recorder.user_event(self.uid, "stuck" if routed_to_chat else "waited", number,
+                                        "still routed to the chat" if routed_to_chat else "the bot answered")
         self._read_replies(replies)
         if not self.ended.is_set():
             replies = await self.say("/end_chat", "end")

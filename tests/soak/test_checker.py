@@ -18,7 +18,7 @@ class Run:
 
     def __init__(self, callback: bool = True) -> None:
         self.h = empty_history(poll_interval=1.0, request_timeout=5.0, callback=callback, users=1, load_seconds=60)
-        self.t = 1000.0
+        self.t = 1_796_000_000.0  # wall-clock seconds, as the run records them
 
     def tick(self, seconds: float = 1.0) -> float:
         self.t += seconds
@@ -350,3 +350,41 @@ def test_tags_and_end_notices_are_recognised():
     assert end_notice(TEXTS.agent_closed) == "agent_closed"
     assert end_notice(TEXTS.connection_lost.format(chat_id="x", last_message_at="y")) == "connection_lost"
     assert end_notice("a.va-0001.0.0 let me check") is None
+
+
+def test_a_user_whose_message_still_goes_to_a_chat_the_agent_closed_long_ago_is_stuck():
+    run = Run()
+    user, chat = "cn-0012", "g12"
+    run.start(user, CONNECT, 0, chat)
+    run.h["agent_closes"].append({"chat": chat, "api": CONNECT, "user": user, "session": 0, "t": run.tick(), "status": 200})
+    run.tick(60)
+    run.event(user, "stuck", 0, "still routed to the chat")
+    report = check(run.h)
+    assert report["stuck"]["during_run"]["counts"] == {"against_docs": 1}
+    assert not report["ok"]
+
+
+def test_a_user_who_only_waited_for_a_slow_agent_is_not_stuck():
+    run = Run()
+    user, chat = "cn-0013", "g13"
+    run.start(user, CONNECT, 0, chat)
+    run.tick(90)
+    run.event(user, "stuck", 0, "still routed to the chat")  # the agent had not closed yet
+    run.h["agent_closes"].append({"chat": chat, "api": CONNECT, "user": user, "session": 0, "t": run.tick(), "status": 200})
+    report = check(run.h)
+    assert report["stuck"]["during_run"]["counts"] == {"not_closed_long_enough": 1}
+    assert report["ok"], report
+
+
+def test_a_push_acknowledged_after_the_channel_stored_the_end_may_be_dropped():
+    run = Run()
+    user, chat = "va-0014", "c14"
+    run.start(user, VA, 0, chat)
+    sent = run.agent_says(user, VA, 0, 0, chat, ack_at=run.t + 20)  # ServiceNow's push came late
+    stored_end_ms = int((sent["t"] + 10) * 1000)
+    run.tick(30)
+    run.see(user, "sse", event="handoff", active=False, chat_id=chat, event_id=f"{stored_end_ms}-0")
+    run.event(user, "ended", 0, "connection_lost")
+    report = check(run.h)
+    assert report["agent_to_user"]["sse"]["lost"]["counts"] == {"raced_chat_end": 1}
+    assert report["ok"], report
