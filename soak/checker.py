@@ -62,6 +62,10 @@ ALLOWED: Dict[str, str] = {
         "docs/deployment.md, Limits that remain: a replica that crashes between posting to callback_url and moving "
         "the pointer: another replica posts that entry again (at least once in a crash)"
     ),
+    "callback_repost_after_store_outage": (
+        "docs/deployment.md, Limits that remain: an entry posted to callback_url just before Redis stopped "
+        "answering is posted again once it is back (its pointer could not be moved): at least once"
+    ),
     "servicenow_retry": (
         "docs/limits.md, 'Retries can duplicate': a message POST that timed out may have reached ServiceNow; it is "
         "sent again, so the agent may see it twice"
@@ -295,8 +299,12 @@ class Checker:
             end = self._end_of(user, session, sent.get("chat"))
             if end is not None and acked >= end - 0.5:
                 return "raced_user_end" if self._user_ended(events) else "raced_chat_end"
+            if end is not None and self._failure_end(events) and acked >= end - self._leave_window():
+                # The replica that gave up on ServiceNow stops taking the chat's pushes at once, and stores the end
+                # only after its own attempts to leave the failing chat.
+                return "raced_chat_end"
         else:
-            if any(e["what"] in ("ended", "notice") and e["detail"] in FAILURE_ENDS for e in events):
+            if self._failure_end(events):
                 return "ended_by_servicenow_failures"
             end = self._end_of(user, session, sent.get("chat"))
             if end is not None and sent["t"] >= end - self._race_window(sent["t"], end):
@@ -313,6 +321,10 @@ class Checker:
         for fault in self._faults("kill9", sent["api"]):
             if first - window <= fault["started"] <= last:
                 return "callback_repost_after_crash"
+        for fault in self._faults("redis"):
+            # Posted, then the pointer could not be moved: posted again once Redis is back.
+            if first - window <= fault["started"] and fault.get("lifted", last) <= last + 1.0:
+                return "callback_repost_after_store_outage"
         return None
 
     def _order(self, user: str, sink: str, items: List[Dict[str, Any]], tally: Tally) -> None:
@@ -448,24 +460,30 @@ class Checker:
                            closed_s_before=round(event["t"] - close["t"], 1))
         at_end = Tally()
         remedied = {r["user"]: r for r in self.h.get("remedied") or []}
+        mirror = Tally()
         for user, state in sorted((self.h.get("final") or {}).items()):
             if not (state.get("record") or state.get("slot")):
                 continue
             after = (remedied.get(user) or {}).get("after") or {}
+            if not state.get("record") and not after.get("record"):
+                # Routed to the bot (the record is the routing truth), but the tracker still says "in handoff".
+                if after.get("slot"):
+                    mirror.add("against_docs", user=user, state=state, after_remedy=after)
+                continue
             sessions = sorted({s for (u, s) in self.events if u == user})
             cause = self._why_stuck(user, sessions[-1]) if sessions else None
             if after.get("record") or after.get("slot"):
                 # Still in a handoff after another message and an end command: nothing explains that.
                 cause = None
             at_end.add(cause or "against_docs", user=user, state=state, after_remedy=after)
-        against = during.counts["against_docs"] + at_end.counts["against_docs"]
+        against = during.counts["against_docs"] + at_end.counts["against_docs"] + mirror.counts["against_docs"]
         behind = Tally()
         for (user, session), events in self.events.items():
             for event in events:
                 if event["what"] == "stream_behind":
                     behind.add("end_not_on_stream", user=user, session=session, t=event["t"])
-        return {"during_run": during.as_dict(), "at_end": at_end.as_dict(), "stream_never_showed_the_end": behind.as_dict(),
-                "against_docs": against}
+        return {"during_run": during.as_dict(), "at_end": at_end.as_dict(), "tracker_mirror_stale": mirror.as_dict(),
+                "stream_never_showed_the_end": behind.as_dict(), "against_docs": against}
 
     def _why_stuck(self, user: str, session: int) -> Optional[str]:
         chat = self.chat_of.get((user, session))
@@ -662,6 +680,14 @@ class Checker:
             if chat in self.chat_end_event:
                 times.append(self.chat_end_event[chat])
         return min(times) if times else None
+
+    def _failure_end(self, events: List[Dict[str, Any]]) -> bool:
+        return any(e["what"] in ("ended", "notice") and e["detail"] in FAILURE_ENDS for e in events)
+
+    def _leave_window(self) -> float:
+        """How long a replica may spend leaving a failing chat: every attempt (request_timeout each) and the
+        backoff between them (backends/http.py defaults: 5 attempts, at most 0.5 + 1 + 2 + 4 s)."""
+        return 5 * self.settings.request_timeout + 8.0
 
     def _user_ended(self, events: List[Dict[str, Any]]) -> bool:
         return any(e["what"] == "end_requested" for e in events)

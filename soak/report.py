@@ -47,8 +47,9 @@ def markdown(result: Dict[str, Any], meta: Dict[str, Any]) -> str:
     stuck, http = result["stuck"], result["http"]
     lines += [
         "",
-        f"Users left in a handoff whose chat ended: during the run {_counts(stuck['during_run']['counts'])}; "
-        f"at the end {_counts(stuck['at_end']['counts'])}.",
+        f"Users left in a handoff whose chat ended: during the run {_counts(stuck['during_run']['counts']) or 'none'}; "
+        f"at the end {_counts(stuck['at_end']['counts']) or 'none'}; tracker slot still 'in handoff' after the "
+        f"end (routing record gone) {_counts(stuck['tracker_mirror_stale']['counts']) or 'none'}.",
         f"HTTP answers to users: {http['answers']}; documented 503s {_counts(http['documented_503']) or 'none'}; "
         f"answers slower than {http['slow_answers']['over_s']:.0f} s {_counts(http['slow_answers']['by_kind']) or 'none'}"
         f"{_slowest(http['slow_answers']['slowest'])}; "

@@ -388,3 +388,24 @@ def test_a_push_acknowledged_after_the_channel_stored_the_end_may_be_dropped():
     report = check(run.h)
     assert report["agent_to_user"]["sse"]["lost"]["counts"] == {"raced_chat_end": 1}
     assert report["ok"], report
+
+
+def test_a_tracker_slot_left_in_handoff_after_the_end_is_reported_apart_from_a_dead_handoff():
+    run = a_clean_session()
+    run.h["final"] = {"va-0000": {"record": False, "slot": True}}
+    run.h["remedied"] = [{"user": "va-0000", "before": {"record": False, "slot": True},
+                          "after": {"record": False, "slot": True}}]
+    report = check(run.h)
+    assert report["stuck"]["tracker_mirror_stale"]["counts"] == {"against_docs": 1}
+    assert report["stuck"]["at_end"]["counts"] == {}
+
+
+def test_a_callback_posted_again_after_a_redis_outage_is_the_documented_at_least_once():
+    run = a_clean_session()
+    posted = run.t
+    run.fault("redis", None, posted + 0.5, posted + 8)
+    run.tick(10)
+    run.see("va-0000", "callback", agent_text("va-0000", 0, 2))
+    report = check(run.h)
+    assert report["agent_to_user"]["callback"]["doubled"]["counts"] == {"callback_repost_after_store_outage": 1}
+    assert report["ok"], report
