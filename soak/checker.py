@@ -449,15 +449,23 @@ class Checker:
             for event in events:
                 if event["what"] != "stuck":
                     continue
-                # Stuck: a message sent well after the agent closed the chat still went to the chat.
+                # Stuck: a message sent well after the channel was told that the agent closed the chat still went
+                # to the chat. Told: Connect, by the close (the next poll sees it); Virtual Agent, when the close's
+                # push was first acknowledged (ServiceNow's pushes of one chat go out one after another, so a
+                # slow replica delays it).
                 chat = self.chat_of.get((user, session))
                 close = self.closes.get(chat) if chat else None
-                if close is None or close["t"] > event["t"] - STUCK_AFTER_S:
-                    during.add("not_closed_long_enough", user=user, session=session, t=event["t"])
+                told = close["t"] if close else None
+                if close is not None and self.api_of_user.get(user) == "virtual_agent":
+                    acks = [a["at"] for a in self.close_pushes.get(chat, []) if a.get("outcome") == "delivered"]
+                    if acks or self.close_pushes.get(chat):
+                        told = min(acks) if acks else close["t"]
+                if told is None or told > event["t"] - STUCK_AFTER_S:
+                    during.add("close_not_told_long_enough_before", user=user, session=session, t=event["t"])
                     continue
                 cause = self._why_stuck(user, session)
                 during.add(cause or "against_docs", user=user, session=session, t=event["t"], detail=event["detail"],
-                           closed_s_before=round(event["t"] - close["t"], 1))
+                           told_s_before=round(event["t"] - told, 1))
         at_end = Tally()
         remedied = {r["user"]: r for r in self.h.get("remedied") or []}
         mirror = Tally()
@@ -512,8 +520,10 @@ class Checker:
                                route=send.get("kind"), user=send["user"])
         for stream in self.h.get("streams") or []:
             answers += 1
+            # A stream's answer is in flight from its request until it closed.
+            attempt = {**stream, "done": stream.get("closed") or stream["t"]}
             self._classify(stream.get("status"), stream.get("reason"), self.api_of_user.get(stream["user"], ""),
-                           stream, tally, documented, route="stream", user=stream["user"])
+                           attempt, tally, documented, route="stream", user=stream["user"])
         pushes: Counter = Counter()
         for attempt in self.h.get("callbacks") or []:
             status = attempt.get("status")

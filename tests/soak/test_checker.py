@@ -372,7 +372,7 @@ def test_a_user_who_only_waited_for_a_slow_agent_is_not_stuck():
     run.event(user, "stuck", 0, "still routed to the chat")  # the agent had not closed yet
     run.h["agent_closes"].append({"chat": chat, "api": CONNECT, "user": user, "session": 0, "t": run.tick(), "status": 200})
     report = check(run.h)
-    assert report["stuck"]["during_run"]["counts"] == {"not_closed_long_enough": 1}
+    assert report["stuck"]["during_run"]["counts"] == {"close_not_told_long_enough_before": 1}
     assert report["ok"], report
 
 
@@ -409,3 +409,19 @@ def test_a_callback_posted_again_after_a_redis_outage_is_the_documented_at_least
     report = check(run.h)
     assert report["agent_to_user"]["callback"]["doubled"]["counts"] == {"callback_repost_after_store_outage": 1}
     assert report["ok"], report
+
+
+def test_a_virtual_agent_user_is_stuck_only_long_after_the_close_was_pushed():
+    run = Run()
+    user, chat = "va-0015", "c15"
+    run.start(user, VA, 0, chat)
+    closed = run.tick()
+    run.h["agent_closes"].append({"chat": chat, "api": VA, "user": user, "session": 0, "t": closed, "status": 200})
+    close_push = {"callback_id": "close", "session": chat, "attempt": 1, "outcome": "delivered", "status": 200,
+                  "at": closed + 50, "fault": None, "duplicate": False, "message_ids": [], "actions": ["SwitchToVirtualAgent"]}
+    run.h["callbacks"].append(close_push)
+    run.tick(60)
+    run.event(user, "stuck", 0, "still routed to the chat")  # 60 s after the close, 10 s after its push
+    assert check(run.h)["stuck"]["during_run"]["counts"] == {"close_not_told_long_enough_before": 1}
+    close_push["at"] = closed + 5
+    assert check(run.h)["stuck"]["during_run"]["counts"] == {"against_docs": 1}
