@@ -37,6 +37,14 @@ ALLOWED: Dict[str, str] = {
         "attempt failed, was refused or dropped) reaches the user only if ServiceNow retries it; issue 19 "
         "(reconciliation) closes this"
     ),
+    "push_still_queued_at_end": (
+        "not a loss by the channel: ServiceNow (the emulator) had not finished pushing it when the run stopped "
+        "waiting (its pushes of one chat go out one at a time; see the run's push timeouts)"
+    ),
+    "end_push_still_queued_at_end": (
+        "not a loss by the channel: the push that closes the chat was still in ServiceNow's queue when the run "
+        "stopped waiting"
+    ),
     "raced_user_end": (
         "docs/reliability.md, Races: an agent message that races the user's end arrives before the farewell or never"
     ),
@@ -128,6 +136,8 @@ class Settings:
     callback: bool = True
     #: Seconds before the end of a chat within which an agent message may race it.
     race_s: float = 3.0
+    #: Extra attempts ServiceNow (the emulator) makes per push.
+    push_retries: int = 3
 
     @classmethod
     def of(cls, meta: Dict[str, Any]) -> "Settings":
@@ -137,6 +147,7 @@ class Settings:
             request_timeout=float(meta.get("request_timeout", 5.0)),
             callback=bool(meta.get("callback", True)),
             race_s=2 * poll + 1.0,
+            push_retries=int(meta.get("push_retries", 3)),
         )
 
 
@@ -295,7 +306,7 @@ class Checker:
         if sent["api"] == "virtual_agent":
             acked = self._first_ack(sent.get("message_id"))
             if acked is None:
-                return "push_not_acknowledged"
+                return "push_not_acknowledged" if self._push_gave_up(sent.get("message_id")) else "push_still_queued_at_end"
             end = self._end_of(user, session, sent.get("chat"))
             if end is not None and acked >= end - 0.5:
                 return "raced_user_end" if self._user_ended(events) else "raced_chat_end"
@@ -499,6 +510,8 @@ class Checker:
             return None
         attempts = self.close_pushes.get(chat) or []
         acked = [a["at"] for a in attempts if a.get("outcome") == "delivered"]
+        if chat in self.closes and not acked and len({a["attempt"] for a in attempts}) < 1 + self.settings.push_retries:
+            return "end_push_still_queued_at_end"
         if attempts and not acked:
             return "end_push_not_acknowledged"
         for at in acked:
@@ -671,6 +684,12 @@ class Checker:
             if fault.get("kind") == kind and fault.get("started") is not None:
                 if deployment is None or fault.get("deployment") in (None, deployment):
                     yield fault
+
+    def _push_gave_up(self, message_id: Optional[str]) -> bool:
+        """ServiceNow made every attempt it makes for this push (1 + its retries) and none was acknowledged. Fewer
+        attempts, or none at all, means the push was still in ServiceNow's queue when the run ended."""
+        attempts = {a["attempt"] for a in self.pushes_by_message.get(message_id or "", [])}
+        return len(attempts) >= 1 + self.settings.push_retries
 
     def _first_ack(self, message_id: Optional[str]) -> Optional[float]:
         if not message_id:

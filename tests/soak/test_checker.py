@@ -50,10 +50,14 @@ class Run:
                 "message_id": f"m-{user}-{session}-{index}"}
         self.h["agent_sends"].append(sent)
         if api == VA:
-            outcome = "delivered" if acked else "error"
-            self.h["callbacks"].append({"callback_id": f"cb-{index}", "session": chat, "attempt": 1, "outcome": outcome,
-                                        "status": 200 if acked else None, "at": ack_at or self.t + 0.05, "fault": None,
-                                        "duplicate": False, "message_ids": [sent["message_id"]], "actions": []})
+            # Acknowledged at the first attempt, or refused at every attempt ServiceNow makes (1 + 3 retries).
+            for attempt in range(1, 2 if acked else 5):
+                self.h["callbacks"].append({
+                    "callback_id": f"cb-{index}", "session": chat, "attempt": attempt,
+                    "outcome": "delivered" if acked else "error", "status": 200 if acked else None,
+                    "at": ack_at or self.t + 0.05 * attempt, "fault": None, "duplicate": False,
+                    "message_ids": [sent["message_id"]], "actions": [],
+                })
         return sent
 
     def see(self, user: str, sink: str, text: Optional[str] = None, event: str = "message", **extra: Any) -> None:
@@ -309,9 +313,10 @@ def test_a_user_left_in_a_handoff_at_the_end_is_caught_unless_the_end_push_was_n
     report = check(run.h)
     assert report["stuck"]["at_end"]["counts"] == {"against_docs": 1}
     assert not report["ok"]
-    run.h["callbacks"].append({"callback_id": "close", "session": "c1", "attempt": 1, "outcome": "error", "status": None,
-                               "at": run.t, "fault": None, "duplicate": False, "message_ids": [],
-                               "actions": ["System", "SwitchToVirtualAgent"]})
+    for attempt in range(1, 5):
+        run.h["callbacks"].append({"callback_id": "close", "session": "c1", "attempt": attempt, "outcome": "error",
+                                   "status": None, "at": run.t, "fault": None, "duplicate": False, "message_ids": [],
+                                   "actions": ["System", "SwitchToVirtualAgent"]})
     report = check(run.h)
     assert report["stuck"]["at_end"]["counts"] == {"end_push_not_acknowledged": 1}
     assert report["ok"], report
@@ -425,3 +430,12 @@ def test_a_virtual_agent_user_is_stuck_only_long_after_the_close_was_pushed():
     assert check(run.h)["stuck"]["during_run"]["counts"] == {"close_not_told_long_enough_before": 1}
     close_push["at"] = closed + 5
     assert check(run.h)["stuck"]["during_run"]["counts"] == {"against_docs": 1}
+
+
+def test_a_push_still_in_servicenows_queue_at_the_end_is_told_apart_from_one_it_gave_up_on():
+    run = a_clean_session(ended=False)
+    sent = run.agent_says("va-0000", VA, 0, 3, "c1", acked=False)
+    run.h["callbacks"] = [a for a in run.h["callbacks"] if a["attempt"] <= 2 or sent["message_id"] not in a["message_ids"]]
+    end(run, "va-0000", "c1")
+    report = check(run.h)
+    assert report["agent_to_user"]["sse"]["lost"]["counts"] == {"push_still_queued_at_end": 1}
