@@ -711,7 +711,12 @@ class Checker:
         return min(times) if times else None
 
     def _failure_end(self, events: List[Dict[str, Any]]) -> bool:
-        return any(e["what"] in ("ended", "notice") and e["detail"] in FAILURE_ENDS for e in events)
+        """The chat ended because ServiceNow kept failing: the user was shown the summary (on the stream, or in the
+        answer to the message that could not be delivered)."""
+        return any(
+            (e["what"] in ("ended", "notice") and e["detail"] in FAILURE_ENDS) or e["what"] == "told_not_delivered"
+            for e in events
+        )
 
     def _leave_window(self) -> float:
         """How long a replica may spend leaving a failing chat: every attempt (request_timeout each) and the

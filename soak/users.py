@@ -276,6 +276,7 @@ class User:
                 self.shared.recorder.user_event(self.uid, "told_not_delivered", self.session)
             notice = end_notice(text)
             if notice:
+                self.shared.recorder.user_event(self.uid, "notice", self.session, notice)
                 self._mark_ended(notice)
         if replies and not any(end_notice(r.get("text")) for r in replies if isinstance(r, dict)) and self.in_handoff:
             # The bot answered a message meant for the agent: as far as the channel knows, the handoff is over.
