@@ -241,6 +241,7 @@ async def _snapshot(cluster: Cluster, recorder: Recorder, http: aiohttp.ClientSe
         recorder.add(
             "callbacks", callback_id=attempt["callback_id"], session=attempt["session"], attempt=attempt["attempt"],
             outcome=attempt["outcome"], status=attempt["status"], at=attempt["at_ms"] / 1000.0,
+            latency_ms=attempt.get("latency_ms"),
             fault=attempt.get("fault"), duplicate=attempt.get("duplicate"),
             message_ids=[item["messageId"] for item in body if isinstance(item, dict) and item.get("messageId")],
             actions=[item.get("actionType") for item in body if isinstance(item, dict) and item.get("actionType")],

@@ -439,3 +439,13 @@ def test_a_push_still_in_servicenows_queue_at_the_end_is_told_apart_from_one_it_
     end(run, "va-0000", "c1")
     report = check(run.h)
     assert report["agent_to_user"]["sse"]["lost"]["counts"] == {"push_still_queued_at_end": 1}
+
+
+def test_a_push_whose_every_attempt_timed_out_is_told_apart_from_one_refused():
+    run = a_clean_session(ended=False)
+    sent = run.agent_says("va-0000", VA, 0, 3, "c1", acked=False)
+    for attempt in run.h["callbacks"]:
+        if sent["message_id"] in attempt["message_ids"]:
+            attempt["outcome"] = "timeout"
+    end(run, "va-0000", "c1")
+    assert check(run.h)["agent_to_user"]["sse"]["lost"]["counts"] == {"push_timed_out": 1}
