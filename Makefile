@@ -11,21 +11,31 @@ export RASA_TELEMETRY_ENABLED := false
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run run-replicas test bench soak install model clean
+.PHONY: run run-replicas test typecheck bench soak install model clean
+
+# In a terminal, the script gets the terminal to itself (bash -m runs it as a
+# job of its own): Ctrl-C then reaches the script, which stops everything and
+# exits 0, and not make, which would report an error whatever the script did.
+FOREGROUND = if [ -t 0 ]; then exec bash -mc '"$$0" "$$@"; exit $$?' $(1); else exec $(1); fi
 
 # SERVICENOW_FRONTEND=socketio make run: the socket.io flavour, with the stock
 # rasa-webchat widget (fetched from the npm registry) on http://127.0.0.1:8080/.
 run: $(STAMP) $(MODEL)
-	scripts/run.sh
+	@$(call FOREGROUND,scripts/run.sh)
 
 # Two replicas as one deployment, with redis-server and the emulator; see docs/deployment.md.
 run-replicas: $(STAMP) $(MODEL)
-	scripts/run-replicas.sh
+	@$(call FOREGROUND,scripts/run-replicas.sh)
 
-test: $(STAMP) $(MODEL)
+test: typecheck $(STAMP) $(MODEL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run.
+# mypy over connectors/servicenow, at the strictness pyproject.toml states.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# Measure against the local emulator; see docs/benchmarks.md. BENCH_ARGS=--quick for a short run,
+# BENCH_ARGS="--baseline <commit>" to measure that commit side by side (set up under build/baseline/).
 bench: $(STAMP) $(MODEL)
 	$(PY) -m bench $(BENCH_ARGS)
 
@@ -46,10 +56,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $@
 
-# Rasa keeps the old file when nothing changed, hence the touch.
+# Rasa keeps the old file when nothing changed, hence the touch. --quiet: no
+# progress bars or INFO lines; quiet_rasa.py: no third-party deprecation notices.
 $(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
-	$(VENV)/bin/rasa train --fixed-model-name demo --out models --skip-validation
+	@echo "Training the demo model into $@ (about a minute)"
+	@PYTHONWARNINGS=ignore::DeprecationWarning $(PY) scripts/quiet_rasa.py train --quiet \
+		--fixed-model-name $(patsubst %.tar.gz,%,$(notdir $@)) --out $(dir $@) --skip-validation
 	@touch $@
 
 clean:
-	rm -rf $(VENV) models .rasa .pytest_cache *.egg-info build test-output
+	rm -rf $(VENV) models .rasa .pytest_cache .mypy_cache *.egg-info build test-output

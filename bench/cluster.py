@@ -14,10 +14,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import aiohttp
 import yaml
+
+if TYPE_CHECKING:
+    from bench.builds import Build
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -128,14 +131,34 @@ class RasaSetup:
     extra_channels: Dict[str, Any] = field(default_factory=lambda: {"rest": None})
 
 
-async def start_rasa(workdir: Path, model: Path, setup: RasaSetup, cpu: Optional[int], name: str = "rasa") -> Service:
+#: Channel options a build may refuse without its numbers changing meaning:
+#: they only keep a failing call from stretching a measurement.
+OPTIONAL_CHANNEL_OPTIONS = frozenset({"retry_attempts", "retry_backoff"})
+
+
+async def start_rasa(
+    workdir: Path, model: Optional[Path], setup: RasaSetup, cpu: Optional[int], name: str = "rasa",
+    build: Optional["Build"] = None,
+) -> Service:
+    """``rasa run`` of ``build`` (this checkout when None), with its own model
+    unless ``model`` is given, in the build's checkout."""
+    rasa, cwd = (RASA, ROOT) if build is None else (str(build.rasa), build.cwd)
+    channel = setup.channel
+    if build is not None:
+        from bench.builds import Unsupported
+
+        if not build.runs_rasa:
+            raise Unsupported(f"build {build.name} has no `rasa run` with a demo model (channel-level scenarios only)")
+        model = build.model if model is None else model
+        channel = build.channel_options(channel, optional=OPTIONAL_CHANNEL_OPTIONS)
+    assert model is not None
     port = free_port()
     credentials = workdir / f"{name}-credentials.yml"
     credentials.write_text(
-        yaml.safe_dump({**setup.extra_channels, "connectors.servicenow.ServiceNowInput": setup.channel})
+        yaml.safe_dump({**setup.extra_channels, "connectors.servicenow.ServiceNowInput": channel})
     )
     command = [
-        RASA, "run", "--model", str(model), "--enable-api", "--credentials", str(credentials),
+        rasa, "run", "--model", str(model), "--enable-api", "--credentials", str(credentials),
         "--interface", "127.0.0.1", "--port", str(port),
     ]
     stores = {key: value for key, value in (("tracker_store", setup.tracker_store), ("lock_store", setup.lock_store)) if value}
@@ -144,12 +167,41 @@ async def start_rasa(workdir: Path, model: Path, setup: RasaSetup, cpu: Optional
         endpoints.write_text(yaml.safe_dump(stores))
         command += ["--endpoints", str(endpoints)]
     log_path = workdir / f"{name}.log"
+    env = {**os.environ, **QUIET_ENV} if build is None else build.env(QUIET_ENV)
     process = subprocess.Popen(
-        pinned(command, cpu), cwd=ROOT, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
-        env={**os.environ, **QUIET_ENV},
+        pinned(command, cpu), cwd=cwd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env,
     )
     service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
     await wait_until_up(f"{service.url}/status", service)
+    return service
+
+
+CHANNEL_HOST = Path(__file__).with_name("channel_host.py")
+
+
+async def start_channel_host(
+    workdir: Path, build: "Build", channel: Dict[str, Any], cpu: Optional[int], name: str = "channel"
+) -> Service:
+    """The channel alone in a Sanic app as Rasa builds it (``channel_host.py``),
+    run with the build's Python in its checkout: the channel-level scenarios'
+    server, on any Rasa."""
+    channel = build.channel_options(channel, optional=OPTIONAL_CHANNEL_OPTIONS)
+    port = free_port()
+    options_path = workdir / f"{name}-channel.json"
+    options_path.write_text(json.dumps(channel))
+    domain = build.source / "domain.yml" if build.source is not None and (build.source / "domain.yml").exists() else ROOT / "domain.yml"
+    log_path = workdir / f"{name}.log"
+    command = [
+        str(build.python), str(CHANNEL_HOST), "--port", str(port), "--channel", str(options_path),
+        "--domain", str(domain),
+    ]
+    process = subprocess.Popen(
+        pinned(command, cpu), cwd=build.cwd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+        env=build.env(QUIET_ENV),
+    )
+    service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
+    # The channel's health check answers once the server is up.
+    await wait_until_up(f"{service.url}/webhooks/servicenow/", service)
     return service
 
 

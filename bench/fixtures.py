@@ -11,12 +11,15 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Optional, Set
 
 import aiohttp
 
-from bench.cluster import RasaSetup, Service, start_emulator, start_rasa
+from bench.cluster import RasaSetup, Service, start_channel_host, start_emulator, start_rasa
 from bench.load import Receiver, gather_limited, get_json, post_json
+
+if TYPE_CHECKING:
+    from bench.builds import Build
 
 # Rasa gets core 0 to itself; the emulator and the load generator (this process) share core 1.
 RASA_CPU = 0
@@ -61,6 +64,9 @@ class Context:
     http: aiohttp.ClientSession
     #: Record every Rasa process with py-spy into this folder (``--profile``).
     profile_dir: Optional[Path] = None
+    #: The build whose channel is measured (None: this checkout, as ``model``
+    #: says); the emulator and the load generator are always this checkout's.
+    build: Optional["Build"] = None
 
 
 def channel_for(backend: str, emulator: Service, receiver: Receiver, **overrides: Any) -> Dict[str, Any]:
@@ -111,10 +117,12 @@ async def servicenow_and_rasa(
     rasa: Optional[Service] = None
     try:
         setup = RasaSetup(channel=channel_for(backend, servicenow, ctx.receiver, **(channel or {})), tracker_store=tracker_store)
-        rasa = await start_rasa(workdir, ctx.model, setup, RASA_CPU, name=name)
+        model = ctx.model if ctx.build is None else None  # a build brings its own
+        rasa = await start_rasa(workdir, model, setup, RASA_CPU, name=name, build=ctx.build)
         if backend == "virtual_agent":
             await post_json(ctx.http, f"{servicenow.url}/__emu/config", {"va_callback_url": f"{rasa.url}/webhooks/servicenow/callback"})
-        profiler = _profile(rasa, ctx.profile_dir / f"{name}.svg") if ctx.profile_dir else None
+        suffix = f"-{ctx.build.name}" if ctx.build is not None and ctx.build.name != "this" else ""
+        profiler = _profile(rasa, ctx.profile_dir / f"{name}{suffix}.svg") if ctx.profile_dir else None
         try:
             yield servicenow, rasa
         finally:
@@ -124,6 +132,37 @@ async def servicenow_and_rasa(
     finally:
         if rasa is not None:
             rasa.stop()
+        servicenow.stop()
+
+
+@contextlib.asynccontextmanager
+async def servicenow_and_channel(
+    ctx: Context, backend: str, *, channel: Optional[Dict[str, Any]] = None, name: str = "channel"
+) -> AsyncIterator["tuple[Service, Service]"]:
+    """The emulator and the channel of ``ctx.build`` hosted without a model
+    (``bench/channel_host.py``), on Rasa's core."""
+    from bench.builds import Unsupported
+
+    if ctx.build is None:
+        raise Unsupported("channel-level scenarios need a build")
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=ctx.workdir))
+    servicenow = start_emulator(workdir, EMULATOR_CPU, **emulator_config())
+    host: Optional[Service] = None
+    try:
+        options = channel_for(backend, servicenow, ctx.receiver, **(channel or {}))
+        host = await start_channel_host(workdir, ctx.build, options, RASA_CPU, name=name)
+        if backend == "virtual_agent":
+            await post_json(ctx.http, f"{servicenow.url}/__emu/config", {"va_callback_url": f"{host.url}/webhooks/servicenow/callback"})
+        profiler = _profile(host, ctx.profile_dir / f"{name}-{ctx.build.name}.svg") if ctx.profile_dir else None
+        try:
+            yield servicenow, host
+        finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(timeout=60)
+    finally:
+        if host is not None:
+            host.stop()
         servicenow.stop()
 
 

@@ -4,6 +4,7 @@ fixed concurrency, and a callback receiver that timestamps what reaches the
 monotonic elsewhere."""
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -114,13 +115,40 @@ async def gather_limited(calls: Sequence[Callable[[], Awaitable[Any]]], concurre
     return await asyncio.gather(*(run(call) for call in calls))
 
 
-class Receiver:
-    """The user's frontend: a callback URL that notes when each text arrived."""
+class Arrivals:
+    """When each text first reached the user, and waiters for texts to come."""
 
     def __init__(self) -> None:
         self.arrivals: Dict[str, float] = {}
         self.counts: Dict[str, int] = {}
         self._waiters: Dict[str, asyncio.Future] = {}
+
+    def arrived(self, text: Any, at: float) -> None:
+        if not isinstance(text, str):
+            return
+        self.counts[text] = self.counts.get(text, 0) + 1
+        self.arrivals.setdefault(text, at)
+        waiter = self._waiters.pop(text, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(at)
+
+    async def wait_for(self, text: str, timeout: float = 30.0) -> float:
+        if text in self.arrivals:
+            return self.arrivals[text]
+        waiter = self._waiters.setdefault(text, asyncio.get_running_loop().create_future())
+        return await asyncio.wait_for(waiter, timeout)
+
+    def reset(self) -> None:
+        """Forget what arrived (between runs that reuse texts)."""
+        self.arrivals.clear()
+        self.counts.clear()
+
+
+class Receiver(Arrivals):
+    """The user's frontend: a callback URL that notes when each text arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self._runner: Optional[web.AppRunner] = None
         self.url = ""
 
@@ -138,24 +166,59 @@ class Receiver:
     async def _receive(self, request: web.Request) -> web.Response:
         arrived = time.time()
         item = await request.json()
-        text = item.get("text")
-        if isinstance(text, str):
-            self.counts[text] = self.counts.get(text, 0) + 1
-            self.arrivals.setdefault(text, arrived)
-            waiter = self._waiters.pop(text, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(arrived)
+        self.arrived(item.get("text"), arrived)
         return web.Response(status=200)
-
-    async def wait_for(self, text: str, timeout: float = 30.0) -> float:
-        if text in self.arrivals:
-            return self.arrivals[text]
-        waiter = self._waiters.setdefault(text, asyncio.get_running_loop().create_future())
-        return await asyncio.wait_for(waiter, timeout)
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class StreamReader(Arrivals):
+    """The user's browser on the channel's Server-Sent Events stream
+    (``GET .../stream?sender=``): notes when each item's text arrived."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        super().__init__()
+        self._session = session
+        self._url = url
+        self._task: Optional["asyncio.Task[None]"] = None
+        self._open = asyncio.Event()
+        self._error: Optional[BaseException] = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Open the stream; returns once the channel has answered it."""
+        self._task = asyncio.ensure_future(self._read())
+        await asyncio.wait_for(self._open.wait(), timeout)
+        if self._error is not None:
+            raise RuntimeError(f"GET {self._url} failed: {self._error}")
+
+    async def _read(self) -> None:
+        try:
+            async with self._session.get(self._url, timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:
+                response.raise_for_status()
+                self._open.set()
+                await self._lines(response)
+        except Exception as error:  # the stream's end is the scenario's concern: it waits for texts
+            self._error = error
+            self._open.set()
+
+    async def _lines(self, response: aiohttp.ClientResponse) -> None:
+        async for raw in response.content:
+            arrived = time.time()
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line.startswith("data:"):
+                try:
+                    item = json.loads(line[5:].strip())
+                except ValueError:
+                    continue
+                if isinstance(item, dict):
+                    self.arrived(item.get("text"), arrived)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def jitter(low: float, high: float) -> float:

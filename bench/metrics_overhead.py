@@ -12,8 +12,8 @@ import asyncio
 import timeit
 from types import SimpleNamespace
 
-from connectors.servicenow.metrics import HandoffMetrics
-from connectors.servicenow.observe import Observer
+from connectors.servicenow.ops.metrics import HandoffMetrics
+from connectors.servicenow.ops.observe import Observer
 
 GROUP = "0123456789abcdef0123456789abcdef"
 NUMBER = 200_000

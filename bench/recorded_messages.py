@@ -22,7 +22,7 @@ from rasa.core.agent import Agent
 from rasa.core.channels.channel import CollectingOutputChannel
 from rasa.shared.core.events import ActionExecuted, BotUttered, Event, SlotSet, UserUttered
 
-from connectors.servicenow.handback import user_message_event
+from connectors.servicenow.rasa_glue.slots import user_message_event
 
 #: (recorded user messages, agent messages) per variant.
 VARIANTS: Tuple[Tuple[int, int], ...] = ((0, 50), (50, 50), (0, 100), (200, 50), (0, 250))

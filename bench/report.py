@@ -1,7 +1,11 @@
 """The results as a table of targets, and as a PNG for the docs."""
 
+import json
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from bench import compare
 
 Row = Tuple[str, str, str, Optional[bool]]
 
@@ -66,6 +70,24 @@ def targets(results: Dict[str, Any]) -> List[Row]:
         rows.append((f"5. handoff start, {backend}", f"median {start['median']:.1f} ms, p95 {start['p95']:.1f} ms", "(reported)", None))
     rows += _channel_options(scenarios.get("channel_options", {}))
     rows += _shared_store(scenarios)
+    rows += _channel_level(scenarios.get("channel_level", {}))
+    return rows
+
+
+def _channel_level(data: Dict[str, Any]) -> List[Row]:
+    """The channel alone, without a model (scenario 9): reported, and
+    compared between builds in the side-by-side table."""
+    rows: List[Row] = []
+    for backend, result in data.items():
+        forward = result["forward_ms"]
+        rows.append((f"9. channel level, forward, {backend}: server-side", f"median {forward['median']:.2f} ms, p99 {forward['p99']:.2f} ms", "(reported)", None))
+        for sink, stats in result.get("agent_to_user_ms", {}).items():
+            rows.append((
+                f"9. channel level, agent to user, {backend} via {sink}",
+                f"median {stats['median']:.1f} ms, p99 {stats['p99']:.1f} ms (n={stats['count']})",
+                "(reported)",
+                None,
+            ))
     return rows
 
 
@@ -174,6 +196,69 @@ def table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _columns(rows: Sequence[Sequence[str]]) -> List[str]:
+    widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def side_by_side(results: Dict[str, Any]) -> str:
+    """The builds measured in one run: who they were, each measure per build
+    with its spread, the ratios, what was skipped, and issue 18's checks."""
+    comparison = results["comparison"]
+    meta = results["meta"]
+    builds: List[str] = comparison["builds"]
+    described = meta.get("builds", {})
+    lines = [
+        f"Side by side: {comparison['runs_per_build']} run(s) per build and scenario, the order flipping every round; "
+        "a value is the median of a build's runs (lowest-highest run), a ratio is this / other (lowest-highest round)."
+    ]
+    for name in builds:
+        info = described.get(name, {})
+        commit = (info.get("commit") or "")[:7] + ("+dirty" if info.get("dirty") else "")
+        rasa = f"rasa-pro {info['rasa_pro']}" if info.get("rasa_pro") else f"rasa {info.get('rasa')}"
+        where = info.get("source") or info.get("python") or ""
+        lines.append(f"  {name:<10} {commit or '-':<14} {rasa}, Python {info.get('python', '?')}  {where}")
+    load = meta.get("load", {})
+    if load:
+        per_run = [
+            value
+            for by_build in comparison.get("runs", {}).values()
+            for records in by_build.values()
+            for record in records
+            for value in record.get("load_average_1min", [])
+        ]
+        line = (
+            f"  load average (1 min): {load['before']['load_average'][0]:.2f} before, "
+            f"{load['after']['load_average'][0]:.2f} after, on {load['before']['cpus']} CPUs"
+        )
+        if per_run:
+            line += f"; during the runs {min(per_run):.2f}-{max(per_run):.2f}"
+        lines.append(line)
+    found = [compare.Measure.from_dict(data) for data in comparison["measures"]]
+    if found:
+        lines.append("")
+        lines += _columns(compare.table(found, builds))
+    skipped = comparison.get("skipped", {})
+    if skipped:
+        lines.append("")
+        lines.append("Skipped:")
+        for scenario, reasons in skipped.items():
+            for build, reason in reasons.items():
+                lines.append(f"  {scenario} [{build}]: {reason}")
+    checks = comparison.get("checks", [])
+    if checks:
+        lines.append("")
+        lines.append("Checks (issue 18: back to the speed of the first build)")
+        rows = [["Measure", "Result", "Target", "Met"]]
+        for check in checks:
+            met = check["met"]
+            rows.append([check["measure"], check["result"], check["target"], "yes" if met else ("no" if met is False else "")])
+        lines += _columns(rows)
+    return "\n".join(lines)
+
+
 def markdown(results: Dict[str, Any]) -> str:
     lines = ["| Measure | Result | Target | Met |", "|---|---|---|---|"]
     for measure, result, target, met in targets(results):
@@ -272,3 +357,19 @@ def _scale(axis: Any, data: Dict[str, Any]) -> None:
     axis.set_ylabel("process memory per live chat (KB)")
     axis.set_title("4. Scale: memory per live chat")
     axis.legend(fontsize=8)
+
+
+def main(paths: Sequence[str]) -> int:
+    """``python -m bench.report [RESULTS.json ...]``: print a results file's tables."""
+    for name in paths or [str(Path(__file__).with_name("results") / "latest.json")]:
+        results = json.loads(Path(name).read_text())
+        print(f"{name}:")
+        print(table(results))
+        if "comparison" in results:
+            print()
+            print(side_by_side(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,13 @@ version, against the integrity recorded here), and keeps its browser bundle
 
 ``serve`` serves that page on its own origin, as a team's website would: the
 widget talks socket.io to Rasa, which is another origin (``make run`` passes
-``--cors``). Nothing in the page knows about ServiceNow."""
+``--cors``). Nothing in the page knows about ServiceNow.
+
+The one change to the bundle as served: its stylesheets ``@import`` the
+"Inter" web font from fonts.googleapis.com, a request to the outside world
+on every page load that fails offline. ``serve`` drops those rules (the
+widget then uses the browser's sans-serif), so the page asks nothing of any
+host but its own and Rasa's. The cached file stays as published."""
 
 import argparse
 import base64
@@ -20,6 +26,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import signal
 import sys
 import tarfile
 import threading
@@ -44,6 +52,8 @@ BUNDLE_MEMBER = "package/lib/index.js"
 LICENSE_MEMBER = "package/LICENSE"
 CACHE_DIR = ROOT / "build" / PACKAGE
 PAGE = Path(__file__).with_name("rasa_webchat.html")
+#: A stylesheet rule that loads CSS from another host (the widget's web font).
+REMOTE_IMPORT = re.compile(rb"@import url\(\s*[\"']?(?:https?:)?//[^)]*\);?")
 TIMEOUT = 30
 
 
@@ -126,6 +136,11 @@ def fetch(version: str = VERSION, cache_dir: Path = CACHE_DIR, registry: str = R
     return Bundle(version, directory / "index.js", integrity)
 
 
+def offline_bundle(script: bytes) -> bytes:
+    """The widget's bundle without the stylesheet rules that fetch from other hosts."""
+    return REMOTE_IMPORT.sub(b"", script)
+
+
 def render_page(widget: Dict[str, Any], title: str = "rasa-webchat with the ServiceNow handoff") -> bytes:
     """The demo page, with the widget's options (rasa-webchat's props) filled in."""
     # "</" inside an inline script would end it early.
@@ -156,7 +171,7 @@ class PageServer:
 
     def __init__(self, bundle: Bundle, widget: Dict[str, Any], host: str = "127.0.0.1", port: int = 0) -> None:
         page = render_page(widget)
-        script = bundle.path.read_bytes()
+        script = offline_bundle(bundle.path.read_bytes())
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -209,6 +224,7 @@ def main(argv: Optional[list] = None) -> int:
     serve_cmd.add_argument("--storage", choices=("local", "session"), default="local")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8080)
+    serve_cmd.add_argument("--quiet", action="store_true", help="do not print the page's address")
     args = parser.parse_args(argv)
 
     try:
@@ -221,12 +237,21 @@ def main(argv: Optional[list] = None) -> int:
         print(bundle.path)
         return 0
     server = PageServer(bundle, widget_options(args.rasa_url, args.socketio_path, args.storage), args.host, args.port)
-    print(f"rasa-webchat {bundle.version} page listening on {server.url}", flush=True)
+    if not args.quiet:
+        print(f"rasa-webchat {bundle.version} page listening on {server.url}", flush=True)
+    # SIGTERM (how scripts/run.sh stops it) ends the loop as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server._server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        server._server.server_close()
     return 0
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

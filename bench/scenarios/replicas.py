@@ -78,7 +78,8 @@ async def _deployment(ctx: Context, url: str) -> AsyncIterator[Tuple[Service, Li
             lock_store={"type": "redis", "url": "127.0.0.1", "port": port, "db": 1},
         )
         for name in ("replica-a", "replica-b"):
-            replicas.append(await start_rasa(workdir, ctx.model, setup, RASA_CPU, name=name))
+            model = ctx.model if ctx.build is None else None  # a build brings its own
+            replicas.append(await start_rasa(workdir, model, setup, RASA_CPU, name=name, build=ctx.build))
         yield servicenow, replicas
     finally:
         for replica in replicas:

@@ -9,16 +9,19 @@ Load the channel from ``credentials.yml``::
       password: ${SERVICENOW_PASSWORD}
       queue_id: ${SERVICENOW_QUEUE_ID}
 
-Where things live:
+Where things live (docs/how-it-works.md draws it):
 
-``channel``     the Rasa input/output channel (webhook, stream, output channels)
-``socketio_channel``  the socket.io front door (``ServiceNowSocketIOInput``)
-``frontdoor``   the core both doors hand a user's message to
-``handoff``     starting, forwarding and ending a handoff
-``state``       the handoff slots and their transitions
-``relay``       carrying agent messages to the user (polling, ordering, dedupe)
-``delivery``    out-of-band delivery: callback URL and Server-Sent Events
-``backends``    the ServiceNow API clients, one module per API
+``doors``       the front doors: webhook (``ServiceNowInput``), socket.io
+                (``ServiceNowSocketIOInput``), the chat page
+``core``        what both doors hand a message to: routing, opening and ending
+                handoffs, taking in ServiceNow's pushes and polls, timers, the hand-back
+``outbox``      delivery to the user: one store-backed outbox and its sinks
+                (callback URL, Server-Sent Events, socket.io)
+``store``       where state lives: in the process, or in Redis (``redis_url``)
+``servicenow``  the ServiceNow API clients, one module per API
+``rasa_glue``   the one place that knows Rasa: tracker slots, the hand-back
+                turn, NLG, output channels
+``ops``         metrics, logs; ``doctor`` checks a setup
 ``emulator``    a local ServiceNow for the demo and the tests
 """
 
@@ -31,11 +34,11 @@ def __getattr__(name: str) -> Any:
     # Imported on first use, so ``python -m connectors.servicenow.emulator``
     # starts without loading Rasa (and TensorFlow with it).
     if name == "ServiceNowInput":
-        from connectors.servicenow.channel import ServiceNowInput
+        from connectors.servicenow.doors.webhook import ServiceNowInput
 
         return ServiceNowInput
     if name == "ServiceNowSocketIOInput":
-        from connectors.servicenow.socketio_channel import ServiceNowSocketIOInput
+        from connectors.servicenow.doors.socketio import ServiceNowSocketIOInput
 
         return ServiceNowSocketIOInput
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,13 +18,16 @@ types) or ``attachment`` (anything else, the file name as text) message fields.
 """
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Dict, FrozenSet, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from connectors.servicenow.egress import EgressRefused, Endpoint, open_url, resolve_public
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +88,10 @@ class AttachmentRefused(Exception):
 class AttachmentPolicy:
     types: Tuple[str, ...] = DEFAULT_ATTACHMENT_TYPES
     max_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES
-    #: Host names the URL may point at (``*`` wildcards); empty: any host.
+    #: Host names the URL may point at (``*`` wildcards), wherever they are; empty: public addresses.
     hosts: Tuple[str, ...] = ()
+    #: Without ``hosts``: endpoints allowed besides public addresses (the ServiceNow instance's own).
+    trusted: FrozenSet[Endpoint] = frozenset()
     timeout: float = 10.0
 
     @property
@@ -113,18 +118,31 @@ class AttachmentPolicy:
         if attachment.size is not None and attachment.size > self.max_bytes:
             raise AttachmentRefused(f"{attachment.size} bytes is over the limit of {self.max_bytes}")
 
+    @property
+    def public_only(self) -> bool:
+        """Without a host list, only public addresses may be asked (egress.py)."""
+        return not self.hosts
+
+    async def check_target(self, attachment: UserAttachment) -> None:
+        """Type, host, declared size, and without a host list that the URL's host
+        is on the public internet: for a file ServiceNow fetches itself."""
+        self.check_declared(attachment)
+        if self.public_only:
+            try:
+                await resolve_public(attachment.url, self.trusted)
+            except EgressRefused as error:
+                raise _refused_address(attachment, error) from None
+            except OSError as error:
+                raise AttachmentRefused(f"the file's host could not be resolved ({type(error).__name__})") from None
+
     async def check_size(self, attachment: UserAttachment, session: aiohttp.ClientSession) -> int:
         """The file's size: declared, else the ``Content-Length`` of a HEAD; refused when over the limit or unknown."""
-        self.check_declared(attachment)
         if attachment.size is not None:
+            await self.check_target(attachment)
             return attachment.size
-        try:
-            async with session.head(
-                attachment.url, allow_redirects=self.follows_redirects, timeout=aiohttp.ClientTimeout(total=self.timeout)
-            ) as answer:
-                length = answer.headers.get("Content-Length") if answer.status < 400 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
-            raise AttachmentRefused(f"the file could not be reached ({type(error).__name__})") from None
+        self.check_declared(attachment)
+        async with self._open(session, "HEAD", attachment) as answer:
+            length = answer.headers.get("Content-Length") if answer.status < 400 else None
         if length is None or not length.isdigit():
             raise AttachmentRefused("the file's size is unknown")
         size = int(length)
@@ -135,24 +153,54 @@ class AttachmentPolicy:
     async def download(self, attachment: UserAttachment, session: aiohttp.ClientSession) -> bytes:
         """The file's bytes, read no further than the limit (Connect uploads them)."""
         self.check_declared(attachment)
-        try:
-            async with session.get(
-                attachment.url, allow_redirects=self.follows_redirects, timeout=aiohttp.ClientTimeout(total=self.timeout)
-            ) as answer:
-                if answer.status >= 400:
-                    raise AttachmentRefused(f"the file could not be fetched (HTTP {answer.status})")
-                length = answer.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                    raise AttachmentRefused(f"{length} bytes is over the limit of {self.max_bytes}")
-                data = bytearray()
+        async with self._open(session, "GET", attachment) as answer:
+            if answer.status >= 400:
+                raise AttachmentRefused(f"the file could not be fetched (HTTP {answer.status})")
+            length = answer.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                raise AttachmentRefused(f"{length} bytes is over the limit of {self.max_bytes}")
+            data = bytearray()
+            try:
                 # Chunk by chunk: one read returns what has arrived, not what was asked for.
                 async for chunk in answer.content.iter_chunked(64 * 1024):
                     data += chunk
                     if len(data) > self.max_bytes:
                         raise AttachmentRefused(f"the file is over the limit of {self.max_bytes} bytes")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
-            raise AttachmentRefused(f"the file could not be fetched ({type(error).__name__})") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+                raise AttachmentRefused(f"the file could not be fetched ({type(error).__name__})") from None
         return bytes(data)
+
+    @contextlib.asynccontextmanager
+    async def _open(self, session: aiohttp.ClientSession, method: str, attachment: UserAttachment) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The answer to ``method`` on the file's URL, every refusal and failure
+        turned into ``AttachmentRefused``."""
+        try:
+            answer = await open_url(
+                session, method, attachment.url, public_only=self.public_only,
+                follow_redirects=self.follows_redirects, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                trusted=self.trusted,
+            )
+        except EgressRefused as error:
+            raise _refused_address(attachment, error) from None
+        except aiohttp.ClientConnectorError as error:
+            if isinstance(error.os_error, EgressRefused):
+                raise _refused_address(attachment, error.os_error) from None
+            raise AttachmentRefused(f"the file could not be reached ({type(error).__name__})") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+            raise AttachmentRefused(f"the file could not be reached ({type(error).__name__})") from None
+        try:
+            yield answer
+        finally:
+            answer.release()
+
+
+def _refused_address(attachment: UserAttachment, error: EgressRefused) -> AttachmentRefused:
+    # The host only, never the whole URL: a signed upload URL is a credential.
+    logger.warning(
+        "Refused a user's file on %s: %s (attachment_hosts allows internal hosts).",
+        urlsplit(attachment.url).hostname, error,
+    )
+    return AttachmentRefused("the file's address is not on the public internet")
 
 
 def human_size(size: int) -> str:
@@ -170,7 +218,7 @@ def refusal_placeholders(attachment: UserAttachment, settings: Any) -> Dict[str,
 
 
 def is_image(content_type: Optional[str]) -> bool:
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower().startswith("image/")
+    return content_type is not None and content_type.split(";", 1)[0].strip().lower().startswith("image/")
 
 
 def agent_file_fields(url: str, content_type: Optional[str], name: Optional[str]) -> Tuple[str, Dict[str, Any]]:

@@ -11,7 +11,7 @@ The ``business_hours`` option of ``credentials.yml``::
 
 Times are wall-clock times in ``timezone``, so a span keeps its hours across
 daylight-saving changes. ``24:00`` ends a span at midnight. Outside every span
-no chat is opened (``handoff.py`` refuses with ``outside_hours``).
+no chat is opened (``core/opening.py`` refuses with ``outside_hours``).
 """
 
 import datetime

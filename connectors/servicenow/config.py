@@ -18,6 +18,7 @@ from connectors.servicenow.attachments import (
     parse_hosts,
     parse_types,
 )
+from connectors.servicenow.egress import endpoint_of
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.texts import UserTexts
 
@@ -26,6 +27,8 @@ VIRTUAL_AGENT_API = "virtual_agent"
 SUPPORTED_APIS = (CONNECT_API, VIRTUAL_AGENT_API)
 DEFAULT_WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 DEFAULT_JWT_METHOD = "HS256"
+#: A day: a chat session's token outlives any chat, and a stolen one dies soon.
+DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600.0
 DEFAULT_REDIS_PREFIX = "snow:"
 #: What PyJWT verifies without extra packages, "none" never.
 JWT_METHODS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
@@ -98,7 +101,7 @@ class ServiceNowSettings:
     #: Also (or instead) serve them on a port of their own, on ``metrics_host``; 0: no such port.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
-    # -- waiting and availability (waiting.py, availability.py) --------------
+    # -- waiting and availability (core/timers.py, availability.py) ----------
     #: Seconds a chat waits for an agent to accept before it is left (``no_agent``); 0: forever.
     agent_wait_timeout: float = 0.0
     #: Seconds between "still waiting" notices while no agent has joined; 0: none.
@@ -141,6 +144,8 @@ class ServiceNowSettings:
     #: Key that verifies the users' JWTs (HS* secret or RS*/ES* public key); unset: no authentication.
     jwt_key: Optional[str] = field(default=None, repr=False)
     jwt_method: str = DEFAULT_JWT_METHOD
+    #: Seconds a token may live from its ``iat`` (or from now); every token needs an ``exp``.
+    jwt_max_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME_S
     #: Take ``userId``, ``emailId`` and ``userName`` from webhook metadata (only for a frontend that authenticates users itself).
     trust_frontend_metadata: bool = False
     # -- attachments (connectors/servicenow/attachments.py) -------------------
@@ -166,6 +171,8 @@ class ServiceNowSettings:
             types=self.attachment_types,
             max_bytes=self.max_attachment_bytes,
             hosts=self.attachment_hosts,
+            # The instance the channel talks to anyway (in `make run`, the emulator on loopback).
+            trusted=frozenset({endpoint_of(self.instance_url)}),
             timeout=self.request_timeout,
         )
 
@@ -423,6 +430,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "handoff_starts_per_minute": _non_negative_int,
     "jwt_key": _text,
     "jwt_method": _jwt_method,
+    "jwt_max_lifetime": _positive_number,
     "trust_frontend_metadata": _boolean,
     "redis_url": _redis_url,
     "agent_wait_timeout": _non_negative_number,

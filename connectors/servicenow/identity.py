@@ -12,13 +12,17 @@ the frontend is trusted (``trust_frontend_metadata``). Otherwise the sender id
 is the user and nothing else is claimed.
 """
 
-from typing import Any, Dict, Mapping, Optional
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jwt
 
-from connectors.servicenow.backends.base import Requester
+from connectors.servicenow.config import DEFAULT_MAX_TOKEN_LIFETIME_S
+from connectors.servicenow.servicenow.base import Requester
 
 BEARER_PREFIX = "bearer "
+#: Clocks of the token's issuer and of this machine may differ this much.
+CLOCK_LEEWAY_S = 60.0
 #: Claims that say who the user is; the first present one wins per field.
 USER_ID_CLAIMS = ("preferred_username", "sub")
 EMAIL_CLAIMS = ("email",)
@@ -46,19 +50,32 @@ def bearer_token(headers: Mapping[str, str], query_token: Optional[str] = None) 
     return query_token or None
 
 
-def verify_token(token: Optional[str], key: str, algorithm: str) -> Dict[str, Any]:
-    """The token's claims, once its signature, expiry and subject are checked."""
+def verify_token(
+    token: Optional[str], key: str, algorithm: str, *, max_lifetime_s: float = DEFAULT_MAX_TOKEN_LIFETIME_S,
+    now: Optional[float] = None,
+) -> Dict[str, Any]:
+    """The token's claims, once its signature, subject and expiry are checked.
+
+    A token must expire (``exp``), and within ``max_lifetime_s`` of when it was
+    issued (``iat``, else of now): a token that never expires, or in a year,
+    is a password a leaked log line or browser history gives away for good."""
     if not token:
         raise Unauthenticated("This route needs 'Authorization: Bearer <token>'.")
     try:
-        claims = jwt.decode(token, key, algorithms=[algorithm], options={"require": ["sub"]})
+        claims = jwt.decode(token, key, algorithms=[algorithm], options={"require": ["sub", "exp"]})
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("The token has expired.") from None
+    except jwt.MissingRequiredClaimError as error:
+        raise Unauthenticated(f"The token has no '{error.claim}' claim.") from None
     except jwt.PyJWTError:
         # Which check failed (signature, algorithm, format) is not the caller's business.
         raise Unauthenticated("The token is not valid.") from None
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise Unauthenticated("The token has no subject.")
+    issued = claims.get("iat")
+    start = issued if isinstance(issued, (int, float)) and not isinstance(issued, bool) else (time.time() if now is None else now)
+    if claims["exp"] - start > max_lifetime_s + CLOCK_LEEWAY_S:
+        raise Unauthenticated(f"The token lives longer than {max_lifetime_s:g} s (jwt_max_lifetime).")
     return claims
 
 
@@ -73,7 +90,7 @@ def requester_of(
 ) -> Requester:
     """Claims first; then, per field, metadata when the frontend is trusted;
     otherwise the sender id as the user and no email or name."""
-    sources = []
+    sources: List[Tuple[Mapping[str, Any], Tuple[str, ...], Tuple[str, ...], Tuple[str, ...]]] = []
     if claims:
         sources.append((claims, USER_ID_CLAIMS, EMAIL_CLAIMS, NAME_CLAIMS))
     if trust_metadata:

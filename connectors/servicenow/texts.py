@@ -69,7 +69,7 @@ class UserTexts:
         "of up to {max_size}."
     )
 
-    # -- waiting for an agent, and a user who walked away (waiting.py) --------
+    # -- waiting for an agent, and a user who walked away (core/timeouts.py) -
     #: Every ``waiting_notice_interval`` while no agent has joined, when ServiceNow tells nothing about the queue.
     waiting: str = "Thanks for waiting. All our agents are still busy; one will be with you as soon as possible."
     #: The same, when ServiceNow gives the place in the queue (Connect); ``{wait_time}`` works here too.

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = "connectors.servicenow.ServiceNowInput"
 PASSWORD = "secret"
 OAUTH_SECRET = "rasa-connector-secret"
+VA_WEBHOOK_SECRET = "a-long-webhook-secret-0123456789"
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +89,7 @@ def va_options(emulator: Emulator, **overrides: Any) -> Dict[str, Any]:
         "api": "virtual_agent",
         "client_id": "rasa-connector",
         "client_secret": OAUTH_SECRET,
-        "webhook_secret": "a-long-webhook-secret-0123456789",
+        "webhook_secret": VA_WEBHOOK_SECRET,
     }
     options.update(overrides)
     return {key: value for key, value in options.items() if value is not None}

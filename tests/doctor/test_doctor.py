@@ -16,6 +16,7 @@ from .conftest import (
     CHANNEL,
     PASSWORD,
     ROOT,
+    VA_WEBHOOK_SECRET,
     connect_options,
     demo_domain,
     va_options,
@@ -69,14 +70,17 @@ async def test_a_good_connect_setup_has_no_problem(tmp_path, instance):
 
 
 async def test_a_good_virtual_agent_setup_with_oauth_and_message_auth(tmp_path, instance):
+    callback = f"http://127.0.0.1:{free_port()}/webhooks/servicenow/callback"
     instance.configure(va_hash_secret="hash-secret-xyz", va_static_token="static-token-xyz",
-                       va_provider_applications={"rasa-bot": "Rasa bot provider"})
+                       va_provider_applications={"rasa-bot": "Rasa bot provider"},
+                       va_callback_url=callback, va_callback_auth={"X-Webhook-Secret": VA_WEBHOOK_SECRET})
     options = va_options(instance, message_hash_secret="hash-secret-xyz", message_token="static-token-xyz",
                          app_inbound_id="rasa-bot")
     findings = await run(tmp_path, options, endpoints={"tracker_store": {"type": "sql"}})
     assert problems(findings) == [], findings
     one(oks(findings, "instance"), "accepted the Message Auth token/signature and the OAuth token")
     one(oks(findings, "instance"), "Provider application 'Rasa bot provider' has the Inbound Id rasa-bot")
+    one(oks(findings, "callback"), f"sends Virtual Agent messages to {callback} with headers the channel accepts")
     # The probe started no conversation.
     assert instance.get("sessions")["sessions"] == []
 
@@ -348,3 +352,14 @@ def test_a_domain_without_the_hand_back_intent_gets_a_warning_not_a_problem(tmp_
     [finding] = [f for f in findings if "handback_intent" in f.message]
     assert finding.severity.value == "warning"
     assert "no turn when a handoff ends" in finding.message
+
+
+def test_cli_prints_the_report_and_nothing_else(tmp_path, instance):
+    """A new user's first line was a DeprecationWarning, in a ``rasa init``
+    project: its endpoints.yml (all comments) makes the doctor import Rasa's
+    stores, after Sanic has turned every DeprecationWarning back on."""
+    write_credentials(tmp_path, va_options(instance))
+    (tmp_path / "endpoints.yml").write_text("# This file contains the different endpoints your bot can use.\n")
+    result = doctor("--offline", cwd=tmp_path)
+    assert result.stderr == ""
+    assert result.stdout.startswith("ok       credentials"), result.stdout[:300]

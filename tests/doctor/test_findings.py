@@ -26,3 +26,9 @@ def test_render_aligns_topics_and_prints_what_to_do_then_a_summary():
 def test_only_a_problem_fails():
     assert exit_code([ok("a", "x"), warning("b", "y")]) == 0
     assert exit_code([ok("a", "x"), problem("b", "y")]) == 1
+
+
+def test_redaction_masks_a_secret_that_stands_alone_not_one_inside_a_word():
+    # The emulator's password is "secret"; the option message_hash_secret keeps its name.
+    (finding,) = redact([ok("options", "No message_hash_secret; user:secret@host refused 'secret'")], ["secret"])
+    assert finding.message == "No message_hash_secret; user:***@host refused '***'"

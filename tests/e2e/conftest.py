@@ -28,6 +28,8 @@ FAST_CHANNEL = {
     "retry_backoff": 0.05,
     "retry_max_backoff": 0.2,
     "chat_page": True,
+    # The tests' file server and the emulator's files are on loopback: allowed by name, as `make run` does.
+    "attachment_hosts": ["127.0.0.1"],
 }
 
 

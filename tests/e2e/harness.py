@@ -51,25 +51,30 @@ class Emulator:
 
     def __init__(self, log_path: Path) -> None:
         self._log = open(log_path, "w")
+        # The control plane's token (docs/emulator.md): the harness sends it, as a browser page must.
+        self.token = uuid.uuid4().hex
         self.process = subprocess.Popen(
             [PYTHON, "-m", "connectors.servicenow.emulator", "--port", "0", "--quiet"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            env={**os.environ, "EMULATOR_CONTROL_TOKEN": self.token},
         )
         line = self.process.stdout.readline()
         if "listening on" not in line:
             raise RuntimeError(f"the emulator did not start: {line!r} (see {log_path})")
         self.url = line.strip().rsplit(" ", 1)[-1]
+        self.console_url = f"{self.url}/__emu/console#token={self.token}"
+        self._headers = {"X-Emulator-Token": self.token}
         from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID
 
         self.queue_id = DEFAULT_QUEUE_SYS_ID
 
     def control(self, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
-        response = requests.post(f"{self.url}/__emu/{path}", json=body or {}, timeout=10)
+        response = requests.post(f"{self.url}/__emu/{path}", json=body or {}, headers=self._headers, timeout=10)
         response.raise_for_status()
         return response.json()
 
     def get(self, path: str) -> Any:
-        response = requests.get(f"{self.url}/__emu/{path}", timeout=10)
+        response = requests.get(f"{self.url}/__emu/{path}", headers=self._headers, timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -193,6 +198,8 @@ class RasaServer:
             self.endpoints.write_text(yaml.safe_dump(endpoints))
         self.log_path = workdir / f"{name}.log"
         self.process: Optional[subprocess.Popen] = None
+        #: More environment for ``rasa run`` (e.g. ``LOG_LEVEL_LIBRARIES`` for Sanic's access log).
+        self.extra_env: Dict[str, str] = {}
 
     def start(self, timeout: float = 120.0) -> "RasaServer":
         command = [
@@ -203,7 +210,7 @@ class RasaServer:
             command += ["--endpoints", str(self.endpoints)]
         command += list(self.extra_args)
         log = open(self.log_path, "a")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV})
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV, **self.extra_env})
         log.close()
 
         def ready() -> bool:

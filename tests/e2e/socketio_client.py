@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import aiohttp
 import socketio
 
-from connectors.servicenow.socketio_channel import AGENT_TYPING_EVT, ERROR_EVT, HANDOFF_STATUS_EVT
+from connectors.servicenow.doors.socketio import AGENT_TYPING_EVT, ERROR_EVT, HANDOFF_STATUS_EVT
 
 
 if not hasattr(aiohttp, "ClientWSTimeout"):

@@ -93,11 +93,14 @@ def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
     user_says, user_sees = chat_page_actions(user)
 
     user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
+    # A new conversation starts with the bot's greeting, as rasa-webchat's initPayload does.
+    user_sees("bot", "Hello! I'm the virtual assistant")
+    assert user.locator('[data-testid="message"][data-author="user"]').count() == 0
     # Another browser, open all along: it has its own conversation and must see none of this one.
     stranger = browser.new_context().new_page()
     stranger.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
     user_says("hi")
-    user_sees("bot", "Hello! I'm the virtual assistant")
+    user.locator('[data-testid="message"][data-author="bot"]', has_text="Hello! I'm the virtual assistant").nth(1).wait_for()
 
     user_says("talk to live agent")
     user_sees("bot", TEXTS.connecting)
@@ -118,9 +121,18 @@ def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
 
     user_says("My VPN stopped working this morning.")
     agent.locator('[data-testid="message"][data-author="user"]', has_text="My VPN stopped working").wait_for()
+    # The same conversation in another browser, by ?sender= (as make run-replicas shows it on
+    # the other replica): no greeting of its own, which would reach the agent; the agent's next message shows.
+    same = browser.new_context().new_page()
+    same.set_default_timeout(TIMEOUT_MS)
+    same.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat?sender={sender}")
     agent.get_by_test_id("reply-input").fill("Let me reset your VPN profile, one moment.")
     agent.get_by_test_id("send").click()
     user_sees("agent", "Let me reset your VPN profile")
+    same.locator('[data-testid="message"][data-author="agent"]', has_text="Let me reset your VPN profile").wait_for()
+    assert same.locator('[data-testid="message"][data-author="bot"]').count() == 0
+    assert "/greet" not in [message["message"] for message in handoff.emulator.transcript(chat)]
+    same.context.close()
 
     # The agent sends an image from the console; the user's page shows it, loaded.
     agent.get_by_test_id("attach").set_input_files(
@@ -148,11 +160,13 @@ def test_a_full_handoff_in_the_browser(browser, handoff: Handoff):
     user.get_by_test_id("live-marker").wait_for(state="hidden")
 
     user_says("hi")
-    user.locator('[data-testid="message"][data-author="bot"]', has_text="Hello! I'm the virtual assistant").nth(1).wait_for()
+    user.locator('[data-testid="message"][data-author="bot"]', has_text="Hello! I'm the virtual assistant").nth(2).wait_for()
     assert handoff.rasa.slots(sender)["handoff_active"] is False
 
     assert stranger.evaluate("sessionStorage.getItem('servicenow-webchat-sender')") != sender
-    assert stranger.locator('[data-testid="message"]').count() == 0
+    # Its own greeting, nothing of the other conversation.
+    assert stranger.locator('[data-testid="message"]').count() == 1
+    assert stranger.locator('[data-testid="message"][data-author="bot"]', has_text="Hello! I'm the virtual assistant").count() == 1
 
 
 def test_a_german_conversation_in_the_browser(browser, handoff: Handoff):
@@ -166,8 +180,7 @@ def test_a_german_conversation_in_the_browser(browser, handoff: Handoff):
     user_says, user_sees = chat_page_actions(user)
 
     user.goto(f"{handoff.rasa.url}/webhooks/servicenow/chat")
-    user_says("hi")
-    user_sees("bot", "Hello! I'm the virtual assistant")
+    user_sees("bot", "Hello! I'm the virtual assistant")  # the greeting the page asks for
     user.get_by_role("button", name="Deutsch").click()  # the greeting's button: /speak_german
     user_sees("bot", "Alles klar, ich antworte auf Deutsch.")
 

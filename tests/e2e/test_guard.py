@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import TEXTS, WEBHOOK_SECRET, channel_options, point_emulator_at
-from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
+from tests.e2e.harness import CallbackReceiver, Emulator, FileServer, RasaServer, new_sender, wait_for
 
 JWT_KEY = "e2e-jwt-key-that-is-long-enough-for-hs256"
 BUSY = "Every agent is busy (e2e)."
@@ -44,8 +44,13 @@ def guarded(e2e_dir, demo_model, emulator: Emulator, callback: CallbackReceiver)
         max_live_chats=LIVE_CHATS,
         handoff_starts_per_minute=STARTS_PER_MINUTE,
         messages={"handoff_busy": BUSY, "handoff_rate_limited": RATE_LIMITED},
+        # The default: users' file URLs may reach public addresses only.
+        attachment_hosts=None,
     )
-    server = RasaServer(e2e_dir, demo_model, options, name="rasa-guarded").start()
+    server = RasaServer(e2e_dir, demo_model, options, name="rasa-guarded")
+    # Sanic's access log at INFO, as an operator who wants request lines would run it.
+    server.extra_env = {"LOG_LEVEL_LIBRARIES": "INFO"}
+    server.start()
     yield server
     server.stop()
 
@@ -119,10 +124,15 @@ def test_a_stream_takes_its_token_from_the_header_or_the_query(guard: RasaServer
     assert_unauthorized(open_stream(guard, sender))
     assert_unauthorized(open_stream(guard, sender, token=token_for("someone-else")))
     assert_unauthorized(open_stream(guard, sender, token="garbage"))
-    for stream in (open_stream(guard, sender, token=token_for(sender)), open_stream(guard, sender, bearer(token_for(sender)))):
+    query_token = token_for(sender)
+    for stream in (open_stream(guard, sender, token=query_token), open_stream(guard, sender, bearer(token_for(sender)))):
         assert stream.status_code == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
         stream.close()
     wait_for(lambda: health(guard)["open_streams"] == 0, what="the streams to close")
+    # Sanic's access log shows the request line; the token in it is redacted (issue 22).
+    wait_for(lambda: f"sender={sender}&token=[redacted]" in guard.log_path.read_text(errors="replace"),
+             what="the stream's access log line")
+    assert query_token not in guard.log_path.read_text(errors="replace")
 
 
 # -- caps on streams -----------------------------------------------------------
@@ -257,6 +267,40 @@ def test_a_conversation_asking_again_and_again_is_rate_limited(guard: RasaServer
     other = new_sender()  # the limit is per conversation
     assert say(guard, other, "talk to live agent") == [TEXTS.connecting]
     end(guard, other)
+
+
+# -- users' file URLs -----------------------------------------------------------
+
+
+def test_without_attachment_hosts_a_file_on_the_deployments_network_is_refused(guard: RasaServer, emulator: Emulator):
+    """Server-side request forgery (issue 20): a user's file URL aimed at
+    loopback, a private network or cloud metadata is refused with the reason
+    said, nothing is requested, and the agent gets nothing."""
+    files = FileServer({"/secret.txt": b"internal"})
+    sender = new_sender()
+    try:
+        assert say(guard, sender, "talk to live agent") == [TEXTS.connecting]
+        chat = guard.slots(sender)["live_chat_id"]
+        emulator.accept(chat)
+        port = files.url.rsplit(":", 1)[1]
+        for url in (f"{files.url}/secret.txt", f"http://localhost:{port}/secret.txt", f"http://[::ffff:127.0.0.1]:{port}/secret.txt",
+                    "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.txt"):
+            for size in (None, 8):
+                attachment = {"url": url, "content_type": "text/plain", "name": "secret.txt", **({"size": size} if size else {})}
+                answer = webhook(guard, sender, "", bearer(token_for(sender)), attachment=attachment)
+                assert answer.status_code == 200, answer.text
+                assert [reply.get("text") for reply in answer.json()] == [refusal("secret.txt")], url
+        assert files.requests == []
+        assert not [m for m in emulator.transcript(chat) if m.get("attachments")]
+    finally:
+        files.stop()
+        end(guard, sender)
+
+
+def refusal(name: str) -> str:
+    from connectors.servicenow.attachments import DEFAULT_MAX_ATTACHMENT_BYTES, human_size
+
+    return TEXTS.attachment_refused.format(name=name, max_size=human_size(DEFAULT_MAX_ATTACHMENT_BYTES))
 
 
 # -- memory: anonymous streams leave nothing -----------------------------------

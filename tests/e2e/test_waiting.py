@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from connectors.servicenow.speech import fill
+from connectors.servicenow.rasa_glue.nlg import fill
 from tests.e2e.conftest import BACKENDS, TEXTS, Handoff, channel_options, point_emulator_at
 from tests.e2e.harness import RasaServer, new_sender, wait_for
 

@@ -56,7 +56,7 @@ async def processes() -> AsyncIterator[List[asyncio.subprocess.Process]]:
 async def test_cli_serves_on_a_free_port_and_stops_on_sigterm(processes, tmp_path):
     config_file = tmp_path / "emulator.json"
     config_file.write_text(json.dumps({"connect_page_size": 2, "greeting_text": None}))
-    process = await spawn("--port", "0", "--config", str(config_file), "--set", "token_ttl_s=60")
+    process = await spawn("--port", "0", "--config", str(config_file), "--set", "token_ttl_s=60", "--verbose")
     processes.append(process)
     url = await listening_url(process)
 
@@ -98,3 +98,36 @@ async def test_cli_rejects_a_bad_override(processes):
     assert process.returncode == 2
     assert stdout == b""
     assert "connect_page_size" in stderr.decode()
+
+
+async def test_the_default_log_shows_the_chats_progress_not_their_polls(processes):
+    """Issue 21 item 4: ``make run``'s terminal showed every Connect poll. At INFO now: a chat opened, the agent joined,
+    the message count, the end; the polls, and any message text, only at DEBUG (``--verbose``) or not at all."""
+    process = await spawn("--port", "0")
+    processes.append(process)
+    url = await listening_url(process)
+    api = {"Accept": "application/json", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/now/connect/support/queues/{DEFAULT_QUEUE_SYS_ID}/sessions",
+                             json={"message": "my password is hunter2"}, auth=BASIC, headers=api) as response:
+            group = (await response.json())["result"]["group"]
+        async with http.post(f"{url}/__emu/agent/accept", json={"session": group}) as response:
+            assert response.status == 200
+        for _ in range(5):
+            async with http.get(f"{url}/api/now/connect/conversations/{group}/messages", auth=BASIC, headers=api) as response:
+                assert response.status == 200
+        async with http.post(f"{url}/__emu/agent/close", json={"session": group}) as response:
+            assert response.status == 200
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    lines = stderr.decode().splitlines()
+    assert not [line for line in lines if "/messages" in line], "polls are DEBUG"
+    assert "hunter2" not in stderr.decode()
+    events = [line.split(": ", 1)[1] for line in lines if "emulator.connect:" in line]
+    assert events == [
+        f"Connect chat CHAT0010001 opened in IT Support (group {group})",
+        "Connect chat CHAT0010001: Beth Anglin joined",
+        "Connect chat CHAT0010001: agent message (2 messages)",
+        "Connect chat CHAT0010001 closed: state 3 closed_complete (2 messages)",
+        "Connect chat CHAT0010001: system message (3 messages)",
+    ]

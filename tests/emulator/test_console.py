@@ -121,7 +121,9 @@ async def test_console_polls_are_logged_at_debug(client, caplog):
     caplog.set_level(logging.INFO, logger="connectors.servicenow.emulator")
     async with client.http.get(client.url + "/__emu/inbox", headers=POLL) as response:
         assert response.status == 200
+    await client.ok("GET", "inbox")
     assert "/__emu/inbox" not in caplog.text
+    caplog.set_level(logging.DEBUG, logger="connectors.servicenow.emulator")
     await client.ok("GET", "inbox")
     assert "GET /__emu/inbox -> 200" in caplog.text
 
@@ -326,4 +328,51 @@ async def test_inbox_is_read_only(client):
     assert await client.ok("GET", "sessions") == before
     status = await client.control("POST", "inbox", {})
     assert status.status == 405
+
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# How the console names the user (issue 21 item 5)
+
+SENDER = "3f2a9c1b-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.mark.parametrize(
+    "extra, user, label, named",
+    [
+        # What the connector sends for a user it knows by name: the user turns of the handoff's history.
+        ({"history": [{"displayName": "Virtual Agent", "isBotMessage": True, "value": "Hi"},
+                      {"displayName": "Ada Lovelace", "isBotMessage": False, "value": "help"}]},
+         SENDER, "Ada Lovelace", True),
+        ({"emailId": "ada@example.com"}, SENDER, "ada@example.com", True),
+        ({"contextVariables": {"user_name": "Grace Hopper"}}, SENDER, "Grace Hopper", True),
+        # A verified user id (a token's preferred_username) is not the conversation id: it names the user.
+        ({}, "ada.lovelace", "ada.lovelace", True),
+        # The connector's placeholder names nobody; neither does an anonymous sender id.
+        ({"history": [{"displayName": "User", "isBotMessage": False, "value": "help"}]}, SENDER,
+         "Conversation 3f2a9c1b…", False),
+        ({}, SENDER, "Conversation 3f2a9c1b…", False),
+    ],
+)
+async def test_the_console_names_a_virtual_agent_user_by_name_else_by_conversation(client, extra, user, label, named):
+    va = VaClient(client, None)
+    await va.send("agent", action="AGENT", user=user, clientVariables={"rasa_sender_id": SENDER}, **extra)
+    chat = _chat(await _inbox(client), "chat-1")
+    assert (chat["user_label"], chat["user_named"], chat["conversation_id"]) == (label, named, SENDER)
+
+
+async def test_without_a_sender_variable_the_user_id_is_the_conversation(client):
+    va = VaClient(client, None)
+    await va.send("agent", action="AGENT", user="anonymous-42")
+    chat = _chat(await _inbox(client), "chat-1")
+    assert (chat["user_label"], chat["user_named"], chat["conversation_id"]) == (
+        "Conversation anonymous-42", False, "anonymous-42")
+
+
+async def test_a_connect_chat_is_named_by_its_number_not_by_the_integration_user(client):
+    group = (await client.create_session("hello"))["group"]
+    chat = _chat(await _inbox(client), group)
+    assert (chat["user_label"], chat["user_named"], chat["conversation_id"]) == (
+        "Conversation CHAT0010001", False, "CHAT0010001")
+    assert chat["requester_name"] == "Rasa Integration"  # still there: the console shows it as "via ..."
 

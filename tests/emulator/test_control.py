@@ -76,8 +76,12 @@ async def test_unknown_control_route_is_404_json(client):
 
 
 async def test_control_plane_rejects_non_json_bodies(client):
-    reply = await client.request("POST", "/__emu/agent/accept", data=b"[1, 2]")
+    reply = await client.request(
+        "POST", "/__emu/agent/accept", data=b"[1, 2]", headers={"Content-Type": "application/json"}
+    )
     assert reply.status == 400
+    # Not JSON at all is refused before any handler (test_control_security.py has the cross-site cases).
+    assert (await client.request("POST", "/__emu/agent/accept", data=b"[1, 2]")).status == 415
 
 
 def test_loopback_detection():

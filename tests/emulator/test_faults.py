@@ -166,7 +166,7 @@ async def test_delete_clears_rules(client):
 
 async def test_bad_rules_are_rejected(client):
     for bad in (
-        {"match": {"api": "table"}},
+        {"match": {"api": "incident"}},
         {"respond": {"status": 42}},
         {"match": {"path_regex": "("}},
         {"times": 0},

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Mapping, Optional
 
 import aiohttp
 from aiohttp import web
@@ -55,6 +55,9 @@ class CallbackReceiver:
         self._changed = asyncio.Condition()
         self._runner: Optional[web.AppRunner] = None
         self.url = ""
+        #: Runs on each callback after it is recorded and before it is answered: what the emulator's state is while
+        #: its push is on the wire.
+        self.on_receive: Optional[Callable[[Received], Awaitable[None]]] = None
 
     async def start(self) -> None:
         app = web.Application()
@@ -83,8 +86,11 @@ class CallbackReceiver:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            received = Received(request.path_qs, request.headers, raw, json.loads(raw))
+            if self.on_receive is not None:
+                await self.on_receive(received)
             async with self._changed:
-                self.received.append(Received(request.path_qs, request.headers, raw, json.loads(raw)))
+                self.received.append(received)
                 self._changed.notify_all()
             if answer.hold is not None:
                 await answer.hold.wait()

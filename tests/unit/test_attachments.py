@@ -16,15 +16,15 @@ from connectors.servicenow.attachments import (
     human_size,
     refusal_placeholders,
 )
-from connectors.servicenow.backends.base import AgentMessage
-from connectors.servicenow.backends.connect import ConnectBackend
-from connectors.servicenow.backends.http import ServiceNowHTTP
-from connectors.servicenow.backends.virtual_agent import VirtualAgentBackend
+from connectors.servicenow.servicenow.base import AgentMessage
+from connectors.servicenow.servicenow.connect import ConnectBackend
+from connectors.servicenow.servicenow.http import ServiceNowHTTP
+from connectors.servicenow.servicenow.virtual_agent import VirtualAgentBackend
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ConfigurationError
 from connectors.servicenow.payloads import PayloadError, parse_user_payload
-from connectors.servicenow.state import LiveChat
-from connectors.servicenow.speech import fill
+from connectors.servicenow.core.chat import LiveChat
+from connectors.servicenow.rasa_glue.nlg import fill
 from connectors.servicenow.texts import UserTexts
 
 BASE = "https://acme.service-now.com"
@@ -165,7 +165,7 @@ async def test_virtual_agent_sends_message_attachment_in_the_api_shape():
         with aioresponses() as mock:
             mock.head(FILE_URL, headers={"Content-Length": "68"})
             mock.post(url, payload={"status": "success"})
-            await backend.send_attachment(chat(), "", PNG, config.attachment_policy)
+            await backend.send_attachment(chat().ref, "", PNG, config.attachment_policy)
             body = json.loads(mock.requests[("POST", aiohttp.client.URL(url))][0].kwargs["data"])
     finally:
         await http.aclose()
@@ -200,7 +200,7 @@ async def test_connect_uploads_the_file_then_posts_a_message_with_its_sys_id():
             mock.get(FILE_URL, body=b"PNGDATA")
             mock.post(upload, status=201, payload={"result": {"sys_id": "a" * 32, "file_name": "shot.png"}})
             mock.post(messages, payload={"result": {"sys_id": "m" * 32, "timestamp": 5}})
-            sent = await ConnectBackend(config, http).send_attachment(chat(), "", PNG, config.attachment_policy)
+            sent = await ConnectBackend(config, http).send_attachment(chat().ref, "", PNG, config.attachment_policy)
             (upload_key,) = [key for key in mock.requests if key[0] == "POST" and "attachment" in str(key[1])]
             upload_call = mock.requests[upload_key][0]
             message_body = json.loads(mock.requests[("POST", aiohttp.client.URL(messages))][0].kwargs["data"])
@@ -220,7 +220,7 @@ async def test_connect_refuses_a_download_over_the_limit_and_uploads_nothing():
         with aioresponses() as mock:
             mock.get(FILE_URL, body=b"12345")
             with pytest.raises(AttachmentRefused):
-                await ConnectBackend(config, http).send_attachment(chat(), "", PNG, config.attachment_policy)
+                await ConnectBackend(config, http).send_attachment(chat().ref, "", PNG, config.attachment_policy)
             assert all(key[0] == "GET" for key in mock.requests)
     finally:
         await http.aclose()

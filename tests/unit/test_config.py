@@ -4,6 +4,7 @@ from connectors.servicenow.config import RetryPolicy, ServiceNowSettings
 from connectors.servicenow.errors import ConfigurationError
 
 BASIC = {"instance_url": "https://acme.service-now.com/", "username": "bot", "password": "pw", "queue_id": "q1"}
+REDIS_OPTIONS = BASIC
 
 
 def test_basic_settings_with_defaults():
@@ -148,3 +149,15 @@ def test_metrics_are_off_by_default_and_their_options_are_checked():
     for bad in ({"metrics_port": 70000}, {"metrics_port": -1}, {"metrics_port": "nine"}, {"metrics_host": "a b"}, {"metrics": "maybe"}):
         with pytest.raises(ConfigurationError, match=next(iter(bad))):
             ServiceNowSettings.from_credentials({**BASIC, **bad})
+
+
+def test_redis_options_are_read_and_a_bad_url_is_refused_without_echoing_it():
+    settings = ServiceNowSettings.from_credentials({**REDIS_OPTIONS, "redis_url": "rediss://:s3cret@redis:6380/2", "redis_prefix": "bot1:"})
+    assert settings.redis_url == "rediss://:s3cret@redis:6380/2" and settings.redis_prefix == "bot1:"
+    assert "s3cret" not in repr(settings)
+    assert ServiceNowSettings.from_credentials(REDIS_OPTIONS).redis_prefix == "snow:"
+    from connectors.servicenow.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as refused:
+        ServiceNowSettings.from_credentials({**REDIS_OPTIONS, "redis_url": "http://:s3cret@redis:6379"})
+    assert "s3cret" not in str(refused.value)

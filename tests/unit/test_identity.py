@@ -6,14 +6,15 @@ import time
 import jwt
 import pytest
 
-from connectors.servicenow.backends.base import Requester
+from connectors.servicenow.servicenow.base import Requester
 from connectors.servicenow.identity import Unauthenticated, bearer_token, check_subject, requester_of, verify_token
 
 KEY = "a-test-key-of-at-least-32-bytes-length"
 
 
 def token(claims, key=KEY, algorithm="HS256"):
-    return jwt.encode(claims, key, algorithm=algorithm)
+    """A token that expires in ten minutes unless the claims say otherwise."""
+    return jwt.encode({"exp": int(time.time()) + 600, **claims}, key, algorithm=algorithm)
 
 
 def test_a_valid_token_gives_its_claims():
@@ -22,21 +23,32 @@ def test_a_valid_token_gives_its_claims():
 
 
 @pytest.mark.parametrize(
-    "raw, problem",
+    "make, problem",
     [
-        (None, "needs"),
-        ("", "needs"),
-        ("not-a-jwt", "not valid"),
-        (token({"sub": "u1"}, key="another-key-of-at-least-32-bytes-long"), "not valid"),
-        (token({"sub": "u1", "exp": int(time.time()) - 10}), "expired"),
-        (token({"email": "no-subject@example.com"}), "not valid"),
-        (token({"sub": "u1"}, algorithm="HS512"), "not valid"),  # not the configured method
-        (jwt.encode({"sub": "u1"}, None, algorithm="none"), "not valid"),
+        # Made when the test runs, not when it is collected: a token's times are relative to now.
+        (lambda: None, "needs"),
+        (lambda: "", "needs"),
+        (lambda: "not-a-jwt", "not valid"),
+        (lambda: token({"sub": "u1"}, key="another-key-of-at-least-32-bytes-long"), "not valid"),
+        (lambda: token({"sub": "u1", "exp": int(time.time()) - 10}), "expired"),
+        (lambda: token({"email": "no-subject@example.com"}), "no 'sub' claim"),
+        (lambda: jwt.encode({"sub": "u1"}, KEY, algorithm="HS256"), "no 'exp' claim"),
+        (lambda: token({"sub": "u1", "exp": int(time.time()) + 2 * 86400}), "lives longer than 86400 s"),
+        (lambda: token({"sub": "u1", "iat": int(time.time()) - 3 * 86400, "exp": int(time.time()) + 60}), "lives longer"),
+        (lambda: token({"sub": "u1"}, algorithm="HS512"), "not valid"),  # not the configured method
+        (lambda: jwt.encode({"sub": "u1"}, None, algorithm="none"), "not valid"),
     ],
 )
-def test_missing_forged_expired_or_subjectless_tokens_are_refused(raw, problem):
+def test_missing_forged_expired_or_subjectless_tokens_are_refused(make, problem):
     with pytest.raises(Unauthenticated, match=problem):
-        verify_token(raw, KEY, "HS256")
+        verify_token(make(), KEY, "HS256")
+
+
+def test_the_longest_lifetime_is_an_option():
+    year = token({"sub": "u1", "iat": int(time.time()), "exp": int(time.time()) + 365 * 86400})
+    assert verify_token(year, KEY, "HS256", max_lifetime_s=366 * 86400)["sub"] == "u1"
+    with pytest.raises(Unauthenticated, match="lives longer than 3600 s"):
+        verify_token(token({"sub": "u1", "exp": int(time.time()) + 7200}), KEY, "HS256", max_lifetime_s=3600)
 
 
 def test_a_token_speaks_for_its_subject_only():

@@ -1,5 +1,6 @@
 """What the doctor found: one ``Finding`` per check, and how they are shown."""
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable, List, Sequence, TextIO
@@ -37,10 +38,13 @@ def redact(findings: Iterable[Finding], secrets: Iterable[str]) -> List[Finding]
     """The findings with every secret value masked. The checks never quote a
     secret on purpose; this catches one that slips in through an error text."""
     values = sorted({value for value in secrets if value and len(value) >= 3}, key=len, reverse=True)
+    # A secret that stands alone, not one inside a word: the emulator's password
+    # "secret" must not turn the option name message_hash_secret into message_hash_***.
+    patterns = [re.compile(rf"(?<![A-Za-z0-9_]){re.escape(value)}(?![A-Za-z0-9_])") for value in values]
 
     def scrub(text: str) -> str:
-        for value in values:
-            text = text.replace(value, "***")
+        for pattern in patterns:
+            text = pattern.sub("***", text)
         return text
 
     return [Finding(f.severity, f.topic, scrub(f.message), scrub(f.fix)) for f in findings]

@@ -10,8 +10,9 @@ import warnings
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping, Sequence
 
-from connectors.servicenow.backends.http import ServiceNowHTTP, result_of
+from connectors.servicenow.servicenow.http import ServiceNowHTTP, result_of
 from connectors.servicenow.config import CONNECT_API, RetryPolicy, ServiceNowSettings
+from connectors.servicenow.doctor.callback import check_callback
 from connectors.servicenow.doctor.findings import Finding, Severity, ok, problem, warning
 from connectors.servicenow.errors import AuthenticationFailed, ServiceNowRejected, ServiceNowUnavailable
 
@@ -48,6 +49,8 @@ async def check_instance(settings: ServiceNowSettings, extra_queues: Sequence[st
     # The first finding says whether the instance answered the probe at all.
     if found and found[0].severity is Severity.OK:
         found.append(_rate_limit(headers, settings))
+        if settings.api != CONNECT_API:
+            found += await check_callback(settings)
     return found
 
 
@@ -129,7 +132,7 @@ async def _check_virtual_agent(http: ServiceNowHTTP, settings: ServiceNowSetting
     # Imported here: the backend's module loads Rasa's agent (and TensorFlow, and
     # Sanic, which turns all deprecation warnings back on); Connect needs none of it.
     with warnings.catch_warnings(record=True):  # recorded and dropped, whatever Sanic's filter says
-        from connectors.servicenow.backends.virtual_agent import INTEGRATION_PATH, message_auth_headers
+        from connectors.servicenow.servicenow.virtual_agent import INTEGRATION_PATH, message_auth_headers
 
     # No userId: ServiceNow refuses the call (400) after authenticating it, so
     # no conversation starts. The Message Auth headers go along, as on real calls.

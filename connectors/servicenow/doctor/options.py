@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from connectors.servicenow import config
 from connectors.servicenow.config import SOCKETIO_DEFAULTS, VIRTUAL_AGENT_API, ServiceNowSettings, SocketIOSettings
+from connectors.servicenow.doctor.channels import check_channels
 from connectors.servicenow.doctor.findings import Finding, ok, problem, warning
 from connectors.servicenow.errors import ConfigurationError
 
@@ -78,6 +79,7 @@ def check_credentials(path: Path) -> ChannelOptions:
                              "Give at least instance_url, the credentials and api (docs/configuration.md)."))
         return result
     found.append(ok("credentials", f"{path} read as rasa run reads it (${{ENV}} variables expanded)."))
+    found.extend(check_channels(credentials))
     result.raw = {name: value for name, value in section.items() if key == CHANNEL_KEY or name not in SOCKETIO_DEFAULTS}
     if SOCKETIO_CHANNEL_KEY in credentials:
         found.extend(_socketio_options(credentials[SOCKETIO_CHANNEL_KEY]))
@@ -102,8 +104,8 @@ def _same_core(credentials: Mapping[str, Any]) -> bool:
     if not all(isinstance(section, dict) for section in sections):
         return True  # reported as an empty section
     webhook, socket = ({k: v for k, v in s.items() if k not in SOCKETIO_DEFAULTS and not config._is_unset(v)}
-                       for s in sections)
-    return webhook == socket or all(not config._is_unset(s.get("redis_url")) for s in sections)
+                       for s in sections if isinstance(s, dict))
+    return webhook == socket or all(isinstance(s, dict) and not config._is_unset(s.get("redis_url")) for s in sections)
 
 
 def _socketio_options(section: Any) -> List[Finding]:
@@ -208,8 +210,11 @@ def _advice(settings: ServiceNowSettings) -> List[Finding]:
     if not settings.callback_url:
         found.append(ok(TOPIC, "No callback_url: agent replies reach users through the /stream endpoint only."))
     if not settings.attachment_hosts:
-        found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at any host the channel can reach "
-                               "(set it to your upload storage in production; docs/security.md)."))
+        found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at public addresses and at the "
+                               "instance only (loopback, private and metadata addresses are refused; docs/security.md)."))
+    else:
+        found.append(ok(TOPIC, f"attachment_hosts: users' file URLs may point at {', '.join(settings.attachment_hosts)} "
+                               "only, wherever those hosts are."))
     found.extend(_waiting_advice(settings))
     return found
 

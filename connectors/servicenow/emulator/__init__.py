@@ -15,12 +15,14 @@ Running it
 From a shell (``--port 0`` picks a free port)::
 
     python -m connectors.servicenow.emulator --host 127.0.0.1 --port 8181 \\
-        [--config emulator.json] [--set key=value ...] [--quiet]
+        [--config emulator.json] [--set key=value ...] [--control-token TOKEN] [--quiet | --verbose]
 
-It prints exactly one line to stdout once it listens, ``ServiceNow emulator listening on http://HOST:PORT``, logs
-one line per request to stderr (never credentials; ``--quiet`` turns that off) and stops cleanly on SIGTERM or
-SIGINT. ``--set`` values are JSON (``--set connect_page_size=5``, ``--set greeting_text=null``); text that is not
-JSON is taken as a string.
+Once it listens it prints ``ServiceNow emulator listening on http://HOST:PORT`` (the first line, which scripts wait
+for) and ``Agent console: http://HOST:PORT/__emu/console#token=TOKEN`` to stdout. On stderr it logs each chat's
+progress at INFO (opened, agent joined, message counts, closed; never message text or credentials), every request at
+DEBUG (``--verbose``), warnings only with ``--quiet``; it stops cleanly on SIGTERM or SIGINT. ``--set`` values are
+JSON (``--set connect_page_size=5``, ``--set greeting_text=null``); text that is not JSON is taken as a string. The
+control token is ``--control-token``, else ``$EMULATOR_CONTROL_TOKEN``, else new for each run.
 
 From Python, inside a running event loop::
 
@@ -60,8 +62,14 @@ Configuration keys (:class:`EmulatorConfig`)
 ``strict_headers``              400 without ``Accept: application/json`` / JSON ``Content-Type`` on /api (true)
 ``log_requests``                keep the request log of ``GET /__emu/requests`` (true)
 ``request_log_limit``           newest entries kept in that log (1000)
-``random_seed``                 seed for fault ``probability`` draws (null: random)
-``control_plane_loopback_only`` refuse ``/__emu/`` calls from non-loopback addresses (true)
+``random_seed``                 seed for fault ``probability`` draws (null: a random one, shown by ``GET /__emu/faults``)
+``faults``                      fault rules in force from the start and after a reset ([]); set at runtime: replaced
+``control_plane_loopback_only`` refuse ``/__emu/`` calls from non-loopback addresses (true; start-up only)
+``control_plane_hosts``         host names, besides loopback names and IP literals, the control plane answers to ([];
+                                start-up only)
+``control_plane_require_token`` every control-plane call needs the token, not only browsers' (false; start-up only)
+``table_read_access``           tables the integration user may read over the Table API (all five); others 403
+``table_invalid_query_returns_no_rows``  an invalid query part returns no rows instead of being ignored (false)
 ``va_callback_url``             the connector's webhook for VA callbacks, may carry ``?secret=`` (null: callbacks are
                                 only logged, outcome ``not_configured``)
 ``va_callback_auth``            ``"none"``, ``"basic:user:pass"``, ``"bearer:<token>"`` or ``{header: value}`` (at
@@ -179,15 +187,20 @@ answer, a timeout (``va_callback_timeout_ms``; the connector may still have got 
 ``va_callback_retries`` times after ``va_callback_retry_delay_ms`` with the same bytes, before the next callback of
 that conversation goes out.
 
-Control plane (no auth; JSON bodies; ``session`` is a Connect ``group`` or a VA ``clientSessionId``)
--------------------------------------------------------------------------------------------------
+Control plane (JSON bodies; ``session`` is a Connect ``group`` or a VA ``clientSessionId``)
+-----------------------------------------------------------------------------------------
 A VA session can also be named by its ``interactionId`` (needed when several users share a ``clientSessionId``).
+Every call must come from loopback, name this emulator in ``Host`` (an IP literal, ``localhost`` or a name of
+``control_plane_hosts``), carry no foreign ``Origin`` and send JSON (415 otherwise); browsers (requests with
+``Origin`` or ``Sec-Fetch-*``) also need the control token in ``X-Emulator-Token``, except for the console page and
+an address the user typed. See middleware.control_guard and docs/emulator.md, "Control-plane security".
 
 ``POST /__emu/reset``
     Forget sessions, tokens, faults, callbacks (queued ones are cancelled), the request and callback logs and clock
     changes; restore the config the app started with.
 ``GET /__emu/config``, ``POST /__emu/config``
-    Read the config, or patch top-level keys at runtime: ``{"connect_page_size": 2, "greeting_text": null}``.
+    Read the config, or patch top-level keys at runtime: ``{"connect_page_size": 2, "greeting_text": null}``. The
+    start-up-only keys answer 403 when a patch would change them.
 ``GET /__emu/sessions``
     Every session of both APIs, oldest first. Connect: ``api: "connect"``, numeric ``state``, queue, requester,
     agent, message count. VA: ``api: "va"``, ``state`` ``"VA"|"QUEUED"|"LIVE"|"CLOSED"``, ``clientSessionId``,
@@ -243,15 +256,15 @@ A VA session can also be named by its ``interactionId`` (needed when several use
     ``now_ms`` freezes the clock (several messages then share a timestamp), ``null`` returns to real time,
     ``advance_ms`` moves it (tokens expire, idle sessions time out).
 ``GET /__emu/faults``, ``POST /__emu/faults`` (one rule or a list, appended), ``DELETE /__emu/faults``
-    List, add or clear fault rules (below).
+    List (with ``seed``, the draws' seed), add or clear fault rules (below).
 
 Without ``session``, ``agent/message``, ``agent/typing``, ``agent/transfer`` and ``timeout`` act on the most
 recently accepted live session and ``agent/close`` on the most recently accepted one not yet closed by the agent (of
 either API), so a demo can be driven with short curl calls::
 
-    curl -s -XPOST localhost:8181/__emu/agent/accept
-    curl -s -XPOST localhost:8181/__emu/agent/message -d '{"text": "Hi, I am Beth"}'
-    curl -s -XPOST localhost:8181/__emu/agent/close
+    curl -s --json '{}' localhost:8181/__emu/agent/accept
+    curl -s --json '{"text": "Hi, I am Beth"}' localhost:8181/__emu/agent/message
+    curl -s --json '{}' localhost:8181/__emu/agent/close
 
 Agent operations answer ``{"session": <summary>, "messages": [<messages posted by this call>]}``, for a VA session
 plus ``"callbacks": [<payloads created>]``; errors are ``{"error": "<text>"}`` with 400, 404 (no such session) or 409
@@ -271,12 +284,14 @@ a Virtual Agent chat the console sends ``agent/typing`` on and, after 2 s withou
 The page is static HTML, CSS and JavaScript from ``console/`` (served under ``/__emu/console/...``; no build step,
 nothing loaded from outside the emulator). It polls ``GET /__emu/inbox`` and the selected chat's
 ``GET /__emu/transcript/{session}`` every 700 ms and acts through ``POST /__emu/agent/accept|message|typing|close``,
-so it answers loopback clients only, like the rest of the control plane. Its polls carry ``X-Emulator-Console:
-poll`` and are logged at DEBUG, so they do not flood the request log on stderr.
+so it answers loopback clients only, like the rest of the control plane. Its calls carry the control token, which the
+page takes from its address (``#token=``) or, when the user typed the address, from the page itself. Users are
+named as the channel named them (``user_label``, see agent_console.user_of), else ``Conversation <id>``.
 
 ``GET /__emu/inbox`` answers ``{"now_ms", "agent": {"user_name", "name"}, "chats": [...]}``: each chat is the
 ``/__emu/sessions`` summary plus ``id`` (stable), ``ref`` (the ``session`` to name it by in control-plane calls),
-``status`` (``waiting``, ``live`` or ``closed``), ``requester_name``, ``started_ms`` (Connect: created; VA: entered
+``status`` (``waiting``, ``live`` or ``closed``), ``requester_name``, ``user_label``, ``user_named``,
+``conversation_id``, ``started_ms`` (Connect: created; VA: entered
 the queue), ``updated_ms`` (last message or state change), ``last_message`` (``{"author": "user"|"agent"|"system"|
 "note", "text", "sender_name", "timestamp"}`` or null) and ``user_messages``; in queue order. Virtual Agent
 conversations that never asked for a live agent are left out.
@@ -292,11 +307,11 @@ Fault rules
 -----------
 ::
 
-    {"match": {"api": "connect|va|oauth|callback", "method": "POST",
+    {"match": {"api": "connect|va|oauth|table|attachment|callback", "method": "POST",
                "path_regex": "/messages$", "session": "<group>|<clientSessionId>|*",
                "body_regex": "..."},
      "respond": {"status": 429, "headers": {"Retry-After": "2"}, "body": null,
-                 "delay_ms": 0, "drop_connection": false, "duplicate": false},
+                 "delay_ms": 0, "drop_connection": false, "duplicate": false, "hold": false},
      "times": 1, "probability": 1.0}
 
 Every ``match`` field is optional; ``body_regex`` is searched in the request body (or the callback JSON). A matching
@@ -312,10 +327,25 @@ error envelope). Without ``status`` the rule only delays the request.
 ``path_regex`` applies to the webhook URL's path, ``body_regex`` to the payload JSON), on each attempt: ``status``
 fails the attempt without sending it (logged as ``fault``, retried like any failure), ``drop_connection`` loses it
 (``dropped``), ``duplicate: true`` sends it twice, and ``delay_ms`` holds it back; on a first attempt without holding
-up the conversation's later callbacks, which therefore overtake it. A rule without ``api`` never matches a callback.
+up the conversation's later callbacks, which therefore overtake it. ``hold: true`` keeps the push until the
+conversation's next push has gone out (or ``delay_ms``, 10 s by default), so the two swap places. A rule without
+``api`` never matches a callback. Shorthand for pushes: ``{"push": "drop" | "fail" | "duplicate" | "hold" | "delay",
+"session"?, "times"?, "probability"?, "delay_ms"?, "status"?}``. A rule's ``probability`` draws are seeded by
+``random_seed`` (or the seed ``GET /__emu/faults`` shows) and by the rule's place, so a replay repeats them.
+
+Table API (table.py, records.py)
+--------------------------------
+``GET /api/now/table/{sys_cs_conversation|interaction|sys_cs_message|sys_user|sys_cs_provider_application}[/{sys_id}]``
+with ServiceNow's ``sysparm_query`` (``^``, ``^OR``, ``^NQ``, ``=``, ``!=``, ``>``, ``>=``, ``<``, ``<=``, ``LIKE``,
+``STARTSWITH``, ``ENDSWITH``, ``IN``, ``ISEMPTY``, ``ORDERBY``, ``ORDERBYDESC``), ``sysparm_fields``,
+``sysparm_limit``, ``sysparm_offset``, ``sysparm_display_value``, ``sysparm_exclude_reference_link``. Every Virtual
+Agent message (both ways) is a ``sys_cs_message`` with a per-conversation ``sequence``, made before its push leaves,
+whose ``sys_id`` is the push item's ``messageId``; ``interaction`` (sys_id = ``interactionId``) maps
+``client_session_id`` to the ``sys_cs_conversation`` and records how the conversation ended. See docs/emulator.md.
 """
 
 from .app import RunningEmulator, create_app, start_emulator
+from .middleware import TOKEN_HEADER
 from .config import (
     DEFAULT_AGENT,
     DEFAULT_CLIENT_ID,
@@ -337,6 +367,7 @@ __all__ = [
     "DEFAULT_USER",
     "EmulatorConfig",
     "RunningEmulator",
+    "TOKEN_HEADER",
     "create_app",
     "start_emulator",
 ]

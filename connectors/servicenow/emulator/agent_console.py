@@ -12,7 +12,12 @@ chat list shows and ``/__emu/sessions`` does not have (when it started and last 
 message, how many messages the user wrote), plus the emulator clock and the default agent. Virtual Agent
 conversations that never asked for a live agent are not in it: an agent never sees them.
 
-Like the whole control plane, these routes answer loopback clients only (``control_plane_loopback_only``).
+Like the whole control plane, these routes answer loopback clients only (``control_plane_loopback_only``), under this
+emulator's own names and origin (middleware.control_guard). The page's calls carry the control token
+(``X-Emulator-Token``), which the page gets either from its address's fragment (``#token=...``, the link the emulator
+and ``make run`` print; a fragment never reaches a server or a log) or, when the user typed the address (a navigation
+only the user can start, ``Sec-Fetch-Site: none``), from a ``<meta name="emulator-control-token">`` the server fills
+in. A page of another site can read neither: it cannot read this origin's pages, its address or its storage.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from aiohttp import web
 
-from . import control
+from . import control, middleware
 from .config import DEFAULT_AGENT
 from .responses import control_error
 from .state import STATE_KEY, ConnectSession, EmulatorState, Message, QueueEntryState, VaSession, VaState, display_name
@@ -50,6 +55,15 @@ _HEADERS = {
 
 AnySession = Union[ConnectSession, VaSession]
 
+#: Where the connector puts the Rasa sender id in a Virtual Agent call (``clientVariables``), as every callback echoes.
+SENDER_VARIABLE = "rasa_sender_id"
+#: Keys a channel may name the user by in ``contextVariables`` or ``clientVariables``.
+NAME_VARIABLES = ("displayName", "display_name", "userName", "user_name", "name")
+#: ``history`` display names that stand for nobody in particular (the connector's defaults).
+PLACEHOLDER_NAMES = {"", "user", "virtual agent", "guest"}
+#: Ids longer than this are shortened in the label (a UUID reads badly in a list); the full one is in the details.
+SHORT_ID = 8
+
 
 def add_routes(app: web.Application) -> None:
     r = app.router
@@ -63,8 +77,18 @@ def add_routes(app: web.Application) -> None:
 # The page and its assets
 
 
+#: The page's placeholder for the token (index.html); filled only for a navigation the user started.
+TOKEN_META = '<meta name="emulator-control-token" content="">'
+
+
 async def page(request: web.Request) -> web.Response:
-    return _serve("index.html")
+    body = (ASSET_DIR / "index.html").read_text(encoding="utf-8")
+    if middleware.user_navigation(request):
+        token = request.app[middleware.TOKEN_KEY]
+        body = body.replace(TOKEN_META, f'<meta name="emulator-control-token" content="{token}">')
+    # Never cached: the page may carry the token.
+    headers = {**_HEADERS, "Cache-Control": "no-store"}
+    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def page_slash(request: web.Request) -> web.Response:
@@ -99,7 +123,12 @@ async def inbox(request: web.Request) -> web.Response:
     * ``ref``: what to pass as ``session`` to the other control-plane routes (``session``, or the VA
       ``interactionId`` when several VA chats share a ``clientSessionId``);
     * ``status``: ``"waiting"`` (Connect 1, VA QUEUED), ``"live"`` (Connect 2, VA LIVE) or ``"closed"``;
-    * ``requester_name``; ``started_ms`` (Connect: created; VA: entered the queue); ``updated_ms`` (the last message
+    * ``requester_name`` (the account that opened the chat: for Connect always the integration user);
+    * ``user_label``: who the user is, as the console names them: the name the channel sent (see :func:`user_of`),
+      else ``Conversation <id>``; ``user_named`` says which; ``conversation_id``: the channel's id of the
+      conversation (Virtual Agent: the Rasa sender id of ``clientVariables.rasa_sender_id``, else ``userId``;
+      Connect: the chat number, as the channel sends nothing about the user);
+    * ``started_ms`` (Connect: created; VA: entered the queue); ``updated_ms`` (the last message
       or state change);
     * ``last_message``: ``{"author": "user"|"agent"|"system"|"note", "text", "sender_name", "timestamp"}`` or null;
     * ``user_messages``: how many messages the user has written (the console's unread marker compares it).
@@ -135,6 +164,59 @@ def author_kind(message: Message, requester: str) -> str:
     if message.is_work_note:
         return "note"
     return "user" if message.author.user_name == requester else "agent"
+
+
+def user_of(session: AnySession) -> Dict[str, Any]:
+    """How the console names the user: ``{"user_label", "user_named", "conversation_id"}``.
+
+    Virtual Agent, first found: a user turn's ``displayName`` in the ``history`` the channel sent with the handoff
+    (the user's name when the channel knows it), a name in ``contextVariables`` or ``clientVariables``, the
+    ``emailId``, the ``userId`` when it is not the conversation id (a verified user id); else ``Conversation <id>``
+    with the Rasa sender id. Connect carries nothing about the user (every chat is the integration user's), so it is
+    ``Conversation <chat number>``.
+    """
+    if isinstance(session, ConnectSession):
+        return {"user_label": f"Conversation {session.number}", "user_named": False, "conversation_id": session.number}
+    user_id = session.key[1]
+    variables = session.client_variables if isinstance(session.client_variables, dict) else {}
+    sender = variables.get(SENDER_VARIABLE)
+    conversation_id = sender if isinstance(sender, str) and sender else user_id
+    name = _history_name(session.history) or _variable_name(session.context_variables) or _variable_name(variables)
+    if name is None:
+        name = _latest(session, "emailId")
+    if name is None and user_id != conversation_id:
+        name = user_id
+    if name is not None:
+        return {"user_label": name, "user_named": True, "conversation_id": conversation_id}
+    short = conversation_id if len(conversation_id) <= SHORT_ID + 4 else conversation_id[:SHORT_ID] + "…"
+    return {"user_label": f"Conversation {short}", "user_named": False, "conversation_id": conversation_id}
+
+
+def _history_name(history: List[Any]) -> Optional[str]:
+    for entry in history:
+        if isinstance(entry, dict) and not entry.get("isBotMessage"):
+            name = entry.get("displayName")
+            if isinstance(name, str) and name.strip().lower() not in PLACEHOLDER_NAMES:
+                return name.strip()
+    return None
+
+
+def _variable_name(variables: Any) -> Optional[str]:
+    if not isinstance(variables, dict):
+        return None
+    for key in NAME_VARIABLES:
+        value = variables.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _latest(session: VaSession, key: str) -> Optional[str]:
+    for request in reversed(session.requests):
+        value = request.get("body", {}).get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def _chat(state: EmulatorState, session: AnySession, shared: Dict[str, int]) -> Dict[str, Any]:
@@ -173,6 +255,7 @@ def _chat(state: EmulatorState, session: AnySession, shared: Dict[str, int]) -> 
         "ref": ref,
         "status": status,
         "requester_name": requester_name,
+        **user_of(session),
         "started_ms": started,
         "updated_ms": changed,
         "last_message": last_message,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from types import TracebackType
 from typing import Optional, Type
 
@@ -12,14 +13,19 @@ from .config import EmulatorConfig
 from .state import STATE_KEY, EmulatorState
 
 
-def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
-    """A fresh emulator application with its own state (``app[STATE_KEY]``)."""
+def new_control_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def create_app(config: Optional[EmulatorConfig] = None, control_token: Optional[str] = None) -> web.Application:
+    """A fresh emulator application with its own state (``app[STATE_KEY]``) and control token
+    (``app[middleware.TOKEN_KEY]``; generated unless given)."""
     app = web.Application(
         client_max_size=files.MAX_REQUEST_BYTES,
         middlewares=[
             middleware.request_log,
             middleware.housekeeping,
-            middleware.faults({"connect": connect.session_of, "va": va.session_of}),
+            middleware.faults({"connect": connect.session_of, "va": va.session_of, "table": table.session_of}),
             middleware.errors,
             middleware.control_guard,
             middleware.auth,
@@ -28,6 +34,7 @@ def create_app(config: Optional[EmulatorConfig] = None) -> web.Application:
         ]
     )
     state = app[STATE_KEY] = EmulatorState(config or EmulatorConfig())
+    app[middleware.TOKEN_KEY] = control_token or new_control_token()
     oauth.add_routes(app)
     connect.add_routes(app)
     va.add_routes(app)
@@ -61,6 +68,16 @@ class RunningEmulator:
     def state(self) -> EmulatorState:
         return self.app[STATE_KEY]
 
+    @property
+    def control_token(self) -> str:
+        """The control token (header ``X-Emulator-Token``); browsers need it for the control plane."""
+        return self.app[middleware.TOKEN_KEY]
+
+    @property
+    def console_url(self) -> str:
+        """The agent console with the token in its fragment (never sent to a server, read by the page)."""
+        return f"{self.url}/__emu/console#token={self.control_token}"
+
     async def close(self) -> None:
         await self._runner.cleanup()
 
@@ -77,11 +94,11 @@ class RunningEmulator:
 
 
 async def start_emulator(
-    config: Optional[EmulatorConfig] = None, host: str = "127.0.0.1", port: int = 0
+    config: Optional[EmulatorConfig] = None, host: str = "127.0.0.1", port: int = 0, control_token: Optional[str] = None
 ) -> RunningEmulator:
     """Serve a new emulator on ``host:port`` in the running event loop; ``port=0`` picks a free port."""
     # aiohttp's access log is off: the request_log middleware logs one line per request, without credentials.
-    runner = web.AppRunner(create_app(config), access_log=None)
+    runner = web.AppRunner(create_app(config, control_token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

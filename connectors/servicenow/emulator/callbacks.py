@@ -14,7 +14,9 @@ connector's webhook, the way ServiceNow's "VA Bot to Bot" REST step does.
 * Fault rules with ``match.api: "callback"`` (see ``faults.py``) are checked on every attempt: ``status`` fails the
   attempt without sending anything (the connector's answer would not matter), ``drop_connection`` loses it,
   ``duplicate`` sends it twice, and ``delay_ms`` holds the callback back: on a first attempt without blocking the
-  later callbacks of the session (so they overtake it), on a retry in place.
+  later callbacks of the session (so they overtake it), on a retry in place. ``hold`` (first attempts only) keeps the
+  callback until the session's next callback has been delivered (or failed), then sends it: the two swap places.
+  With nothing behind it, a held callback goes out after ``delay_ms`` (default 10 s).
 
 Every attempt is kept for ``GET /__emu/callbacks`` with the credentials redacted.
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 import uuid
 from collections import deque
@@ -36,7 +37,7 @@ import aiohttp
 
 from .clock import Clock
 from .config import EmulatorConfig, callback_auth_headers
-from .faults import FaultRule, RequestFacts, pick_fault
+from .faults import DEFAULT_HOLD_MS, FaultRule, RequestFacts, pick_fault
 
 log = logging.getLogger("connectors.servicenow.emulator.callbacks")
 
@@ -56,7 +57,7 @@ class DeliveryContext(Protocol):
     config: EmulatorConfig
     clock: Clock
     faults: List[FaultRule]
-    rng: random.Random
+    fault_seed: int
 
 
 @dataclass
@@ -111,6 +112,9 @@ class CallbackDispatcher:
         self._workers: Dict[str, "asyncio.Task[None]"] = {}
         self._tasks: Set["asyncio.Task[None]"] = set()
         self._unfinished: Set[str] = set()
+        self._said_not_configured = False
+        #: Per outbox, the held callbacks waiting for the next delivery (``hold`` faults).
+        self._held: Dict[str, List[Tuple[asyncio.Event, "asyncio.Task[None]"]]] = {}
         self.log: Deque[DeliveryRecord] = deque(maxlen=log_limit)
 
     @property
@@ -136,6 +140,7 @@ class CallbackDispatcher:
         self._workers.clear()
         self._outboxes.clear()
         self._unfinished.clear()
+        self._held.clear()
         self.log = deque(maxlen=log_limit)
 
     def resize_log(self, log_limit: int) -> None:
@@ -163,39 +168,70 @@ class CallbackDispatcher:
             while queue:
                 callback = queue.popleft()
                 rule = self._fault(callback)
+                if rule is not None and rule.respond.hold:
+                    # Waits for the next delivery of this outbox, which therefore goes first.
+                    released = asyncio.Event()
+                    task = self._spawn(self._deliver_held(callback, rule, released))
+                    self._held.setdefault(outbox, []).append((released, task))
+                    continue
                 if rule is not None and rule.respond.delay_ms:
                     # Held back on its own, so the session's later callbacks overtake it.
                     self._spawn(self._deliver(callback, rule))
                 else:
                     await self._deliver(callback, rule)
+                # The held ones go right after this one, before anything later: the two have swapped places.
+                held = self._held.pop(outbox, [])
+                for released, _ in held:
+                    released.set()
+                for _, task in held:
+                    await asyncio.shield(task)
         finally:
             # No await between the empty check and this: enqueue() either saw this worker or starts a new one.
             if self._workers.get(outbox) is asyncio.current_task():
                 del self._workers[outbox]
                 self._outboxes.pop(outbox, None)
 
-    async def _deliver(self, callback: Callback, first_rule: Optional[FaultRule]) -> None:
+    async def _deliver_held(self, callback: Callback, rule: FaultRule, released: asyncio.Event) -> None:
+        limit_s = (rule.respond.delay_ms or DEFAULT_HOLD_MS) / 1000
+        try:
+            await asyncio.wait_for(released.wait(), limit_s)
+        except asyncio.TimeoutError:
+            log.debug("held callback %s sent after %.1f s without a later one", callback.id, limit_s)
+        # Its own fault has been applied (the hold); the attempt itself goes out clean.
+        await self._deliver(callback, None, hold_rule=rule)
+        for outbox, held in list(self._held.items()):
+            held[:] = [entry for entry in held if entry[0] is not released]
+            if not held:
+                del self._held[outbox]
+
+    async def _deliver(
+        self, callback: Callback, first_rule: Optional[FaultRule], hold_rule: Optional[FaultRule] = None
+    ) -> None:
         try:
             attempts = 1 + int(self._context.config.va_callback_retries)
             for attempt in range(1, attempts + 1):
-                rule = first_rule if attempt == 1 else self._fault(callback)
+                rule = first_rule if attempt == 1 else self._fault(callback, retry=True)
                 if rule is not None and rule.respond.delay_ms:
                     await asyncio.sleep(rule.respond.delay_ms / 1000)
-                if await self._attempt(callback, attempt, rule):
+                if await self._attempt(callback, attempt, rule, hold_rule if attempt == 1 else None):
                     return
                 if attempt < attempts:
                     await asyncio.sleep(self._context.config.va_callback_retry_delay_ms / 1000)
         finally:
             self._unfinished.discard(callback.id)
 
-    def _fault(self, callback: Callback) -> Optional[FaultRule]:
+    def _fault(self, callback: Callback, retry: bool = False) -> Optional[FaultRule]:
         url = self._context.config.va_callback_url
         if url is None or not self._context.faults:
             return None
         facts = RequestFacts("callback", "POST", urlsplit(url).path or "/", callback.session, callback.data.decode())
-        return pick_fault(self._context.faults, facts, self._context.rng)
+        # A retry goes out on its own schedule: there is no "next push" to swap it with.
+        rules = [r for r in self._context.faults if not r.respond.hold] if retry else self._context.faults
+        return pick_fault(rules, facts, self._context.fault_seed)
 
-    async def _attempt(self, callback: Callback, attempt: int, rule: Optional[FaultRule]) -> bool:
+    async def _attempt(
+        self, callback: Callback, attempt: int, rule: Optional[FaultRule], held_by: Optional[FaultRule] = None
+    ) -> bool:
         """One attempt; True when the callback needs no retry (delivered, or there is nowhere to send it)."""
         config = self._context.config
         url = config.va_callback_url
@@ -221,13 +257,12 @@ class CallbackDispatcher:
                     outcome=outcome,
                     status=status,
                     latency_ms=latency_ms,
-                    fault=rule.id if rule is not None else None,
+                    fault=(rule or held_by).id if (rule or held_by) is not None else None,
                     error=error,
                     at_ms=self._context.clock.now_ms(),
                 )
             )
-            level = logging.INFO if outcome in (DELIVERED, NOT_CONFIGURED) else logging.WARNING
-            log.log(level, "callback %s attempt %d -> %s %s", callback.id, attempt, outcome, status or "")
+            self._log_attempt(callback, attempt, outcome, status)
 
         if url is None:
             record(NOT_CONFIGURED)
@@ -245,6 +280,25 @@ class CallbackDispatcher:
             record(outcome, status, latency_ms, duplicate=copy > 0, error=error)
             delivered = delivered or outcome == DELIVERED
         return delivered
+
+    def _log_attempt(self, callback: Callback, attempt: int, outcome: str, status: Optional[int]) -> None:
+        """One line per attempt, at the level a person watching needs: deliveries are routine (DEBUG), injected faults
+        are what the test asked for (INFO), real failures are WARNING; a missing ``va_callback_url`` is said once."""
+        if outcome == NOT_CONFIGURED:
+            if not self._said_not_configured:
+                self._said_not_configured = True
+                log.warning(
+                    "va_callback_url is not set: Virtual Agent pushes are only logged (GET /__emu/callbacks), "
+                    "not sent; start with --set va_callback_url=http://127.0.0.1:5005/webhooks/servicenow/callback"
+                )
+            level = logging.DEBUG
+        elif outcome == DELIVERED:
+            level = logging.DEBUG
+        elif outcome in (FAULT, DROPPED):
+            level = logging.INFO
+        else:
+            level = logging.WARNING
+        log.log(level, "callback %s attempt %d -> %s %s", callback.id, attempt, outcome, status or "")
 
     async def _send(
         self, url: str, headers: Dict[str, str], data: bytes, config: EmulatorConfig

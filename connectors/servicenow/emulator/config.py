@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
+from .faults import parse_rules
+
 #: sys_id of the default Connect Support queue "IT Support". Fixed so that a connector's config can name it.
 DEFAULT_QUEUE_SYS_ID = "3f5a6a4c9b1e4d2f8c7e6b5a4d3c2b1a"
 #: The integration account a connector authenticates as; it is the Connect requester of every chat [I 1.1].
@@ -47,6 +49,10 @@ DEFAULT_ATTACHMENT_TYPES = (
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
 )
 DEFAULT_ESCALATION_TEXTS = ("agent", "live agent", "Live Agent Support.")
+#: The tables the Table API serves (table.py); by default the integration user may read them all.
+TABLE_NAMES = ("sys_cs_conversation", "interaction", "sys_cs_message", "sys_user", "sys_cs_provider_application")
+#: Settings that guard the control plane: fixed at start, so no control-plane request can loosen them.
+START_UP_ONLY = ("control_plane_loopback_only", "control_plane_hosts", "control_plane_require_token")
 VA_BATCHING = ("separate", "batched")
 VA_VALIDATION = ("strict", "lenient")
 CLOSE_STYLES = ("switch", "completed")
@@ -102,8 +108,16 @@ class EmulatorConfig:
     request_log_limit: int = 1000
     #: Seed for fault-rule ``probability`` draws; ``None`` seeds from the OS.
     random_seed: Optional[int] = None
-    #: Refuse control-plane calls that do not come from a loopback address (spec 5.5: "loopback only").
+    #: Refuse control-plane calls that do not come from a loopback address (spec 5.5: "loopback only"). Start-up only.
     control_plane_loopback_only: bool = True
+    #: Host names (besides loopback names and IP literals) the control plane answers to: the names a container or a
+    #: proxy reaches the emulator by. Any other ``Host`` is refused (DNS rebinding). Start-up only.
+    control_plane_hosts: List[str] = field(default_factory=list)
+    #: Every control-plane call needs the control token, not only those a browser makes. Start-up only.
+    control_plane_require_token: bool = False
+    #: Fault rules in force from the start and after every reset (the bodies ``POST /__emu/faults`` takes);
+    #: setting it at runtime replaces the rules.
+    faults: List[Dict[str, Any]] = field(default_factory=list)
 
     # Virtual Agent Bot Integration API (reference 5.4) --------------------------------------------------------------
     #: The connector's webhook that receives the VA callbacks (may carry ``?secret=``); ``None``: callbacks are only
@@ -142,6 +156,14 @@ class EmulatorConfig:
     #: Inbound Id to name of the ``sys_cs_provider_application`` records the Table API shows (what ``appInboundId``
     #: selects) [V table and field role, I that the column is ``inbound_id``]. Inbound calls accept any id regardless.
     va_provider_applications: Dict[str, str] = field(default_factory=dict)
+
+    # Table API (table.py) ------------------------------------------------------------------------------------------
+    #: Tables the integration user may read (its roles' read ACLs); a table left out answers 403 as on an instance
+    #: without the role [I: sys_cs_message/sys_cs_conversation need e.g. virtual_agent_admin or interaction_agent].
+    table_read_access: List[str] = field(default_factory=lambda: list(TABLE_NAMES))
+    #: Like ``glide.invalid_query.returns_no_rows``: a query with an invalid part returns no rows instead of ignoring
+    #: that part (the instance's default) [V c_TableAPI.md].
+    table_invalid_query_returns_no_rows: bool = False
 
     # Attachments (files.py) -----------------------------------------------------------------------------------------
     #: MIME types the instance takes (``image/*`` allowed), like ``glide.attachment.extensions``; a Connect upload of
@@ -216,8 +238,22 @@ def _validate(config: EmulatorConfig) -> None:
         "control_plane_loopback_only",
         "va_silent_token_failure",
         "va_long_action_names",
+        "control_plane_require_token",
+        "table_invalid_query_returns_no_rows",
     ):
         flag(name)
+    access = config.table_read_access
+    if not isinstance(access, list) or not set(access) <= set(TABLE_NAMES) or not all(isinstance(t, str) for t in access):
+        raise ValueError(f"table_read_access must be a list drawn from {TABLE_NAMES}")
+    hosts = config.control_plane_hosts
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() and "/" not in h for h in hosts):
+        raise ValueError("control_plane_hosts must be a list of host names")
+    if not isinstance(config.faults, list):
+        raise ValueError("faults must be a list of fault rules")
+    try:
+        parse_rules(config.faults)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"faults: {exc}") from None
     choices_by_key = {"va_batching": VA_BATCHING, "va_validation": VA_VALIDATION, "close_style": CLOSE_STYLES}
     for name, choices in choices_by_key.items():
         if getattr(config, name) not in choices:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -22,6 +23,8 @@ from . import files
 from .clock import format_glide_datetime
 from .responses import NO_RECORD, connect_forbidden, result, sn_error
 from .state import STATE_KEY, ConnectSession, EmulatorState, Message, QueueEntryState, UserRecord, new_sys_id
+
+log = logging.getLogger("connectors.servicenow.emulator.connect")
 
 BASE = "/api/now/connect"
 REFLECTED_FIELDS = ("comments", "work_notes")
@@ -144,6 +147,8 @@ def open_session(state: EmulatorState, queue_id: str, requester: UserRecord, tex
     )
     state.sessions[session.group] = session
     add_message(state, session, text, requester)
+    queue = state.config.connect_queues.get(queue_id, {}).get("name", queue_id)
+    log.info("Connect chat %s opened in %s (group %s)", session.number, queue, session.group)
     return session
 
 
@@ -173,7 +178,18 @@ def add_message(
     else:
         session.messages.append(message)
     session.last_activity_ms = now
+    if len(session.messages) > 1:
+        # Who wrote, and how many messages the chat has: never the text (logs carry no message bodies).
+        log.info("Connect chat %s: %s (%d messages)", session.number, _kind(session, message), len(session.messages))
     return message
+
+
+def _kind(session: ConnectSession, message: Message) -> str:
+    if message.author is None:
+        return "system message"
+    if message.is_work_note:
+        return "work note"
+    return "user message" if message.author.user_name == session.requester.user_name else "agent message"
 
 
 def _thread_order(message: Message) -> Tuple[int, int]:
@@ -187,6 +203,7 @@ def accept(state: EmulatorState, session: ConnectSession, agent: UserRecord) -> 
     session.agent = agent
     session.accept_seq = state.next_seq()
     session.work_start_ms = session.updated_ms = session.last_activity_ms = now
+    log.info("Connect chat %s: %s joined", session.number, agent.name)
     posted = []
     if state.config.join_message:
         posted.append(add_message(state, session, f"{agent.name} has joined the support session", None))
@@ -231,6 +248,7 @@ def transfer(state: EmulatorState, session: ConnectSession, to: UserRecord, anno
     previous = session.agent
     now = state.clock.now_ms()
     session.agent = to
+    log.info("Connect chat %s: transferred from %s to %s", session.number, previous.name, to.name)
     session.transfer_state = "accepted"
     session.transfer_from, session.transfer_to = previous.sys_id, to.sys_id
     session.transfer_updated_ms = session.updated_ms = session.last_activity_ms = now
@@ -261,6 +279,10 @@ def sweep_idle(state: EmulatorState) -> None:
 
 def _close(state: EmulatorState, session: ConnectSession, new_state: QueueEntryState) -> None:
     now = state.clock.now_ms()
+    log.info(
+        "Connect chat %s closed: state %d %s (%d messages)",
+        session.number, int(new_state), new_state.name.lower(), len(session.messages),
+    )
     session.state = new_state
     session.updated_ms = now
     if session.work_end_ms is None:

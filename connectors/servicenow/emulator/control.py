@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from aiohttp import web
 
 from . import connect, files, va
-from .config import DEFAULT_AGENT
-from .faults import FaultRule, parse_rules
+from .config import DEFAULT_AGENT, START_UP_ONLY
+from .faults import parse_rules
 from .oauth import expire_tokens
 from .responses import ApiError, control_error
 from .state import (
@@ -82,10 +82,17 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def patch_config(request: web.Request) -> web.Response:
-    """Replace the given top-level keys, e.g. ``{"connect_page_size": 2, "greeting_text": null}``."""
+    """Replace the given top-level keys, e.g. ``{"connect_page_size": 2, "greeting_text": null}``. The settings that
+    guard the control plane itself (``START_UP_ONLY``) are fixed at start: a request cannot loosen them."""
     state = request.app[STATE_KEY]
+    changes = await _body(request)
+    fixed = sorted(k for k in changes if k in START_UP_ONLY and changes[k] != getattr(state.config, k))
+    if fixed:
+        raise control_error(
+            403, f"{', '.join(fixed)}: start-up setting(s); restart the emulator with --set to change them"
+        )
     try:
-        state.apply_config(state.config.patched(await _body(request)))
+        state.apply_config(state.config.patched(changes))
     except ValueError as exc:
         raise control_error(400, str(exc)) from None
     return web.json_response(state.config.to_dict())
@@ -385,7 +392,13 @@ async def set_clock(request: web.Request) -> web.Response:
 
 
 async def list_faults(request: web.Request) -> web.Response:
-    return _faults_result(request.app[STATE_KEY])
+    """The rules, the rate limit and ``seed``: the seed of the probability draws, to replay a run with
+    ``random_seed``."""
+    state = request.app[STATE_KEY]
+    rate_limit = state.rate_limit.to_dict() if state.rate_limit else None
+    return web.json_response(
+        {"faults": [r.to_dict() for r in state.faults], "rate_limit": rate_limit, "seed": state.fault_seed}
+    )
 
 
 async def add_faults(request: web.Request) -> web.Response:
@@ -395,11 +408,7 @@ async def add_faults(request: web.Request) -> web.Response:
         rules = parse_rules(json.loads(await request.read() or b"null"))
     except (ValueError, TypeError) as exc:
         raise control_error(400, f"bad fault rule: {exc}") from None
-    for rule in rules:
-        if isinstance(rule, FaultRule):
-            state.faults.append(rule)
-        else:
-            state.rate_limit = rule
+    state.add_faults(rules)
     return _faults_result(state)
 
 

@@ -6,9 +6,16 @@ the instance would reject it: a faulted request has no side effect on the emulat
 ``status`` (and without ``drop_connection``) only delays the request and then lets it through.
 
 Rules with ``match.api: "callback"`` act on the other direction, the emulator's outbound Virtual Agent callbacks
-(applied in ``callbacks.py``): ``status`` fails the attempt without sending it, ``drop_connection`` loses it,
-``delay_ms`` holds that one callback back and ``duplicate`` sends it twice. A rule without ``api`` matches inbound
-requests of every API but never a callback, so an inbound fault cannot eat a callback by accident.
+(pushes; applied in ``callbacks.py``): ``status`` fails the attempt without sending it, ``drop_connection`` loses it,
+``delay_ms`` holds that one callback back, ``hold`` sends the conversation's next push first and ``duplicate`` sends
+it twice. A rule without ``api`` matches inbound requests of every API but never a callback, so an inbound fault
+cannot eat a callback by accident. ``{"push": "drop" | "fail" | "duplicate" | "hold" | "delay", ...}`` is a shorthand
+for such a rule (see :func:`parse_rule`).
+
+Probability draws are seeded for replay: the n-th request (or push) a rule sees draws from a generator seeded with
+``(seed, the rule's place in the list, n)``, so the same seed gives the same decisions for the same sequence of
+matching requests whatever else runs meanwhile. The seed is ``random_seed``, or one the emulator picks at start and
+shows in ``GET /__emu/faults``.
 
 This module is pure logic (parsing, matching, building responses); the middleware that applies it lives in
 ``middleware.py``.
@@ -29,14 +36,25 @@ from multidict import CIMultiDict
 from .responses import NO_RECORD, NOT_AUTHENTICATED, envelope
 
 #: Which API a rule targets. ``callback`` is the emulator's outbound webhook delivery (Virtual Agent style).
-APIS = ("connect", "va", "oauth", "callback")
-RATE_LIMIT_SCOPES = ("connect", "va", "all")
+APIS = ("connect", "va", "oauth", "table", "attachment", "callback")
+RATE_LIMIT_SCOPES = ("connect", "va", "table", "all")
+#: What the ``push`` shorthand of a rule stands for (``respond`` of a ``match.api: "callback"`` rule).
+PUSH_FAULTS = ("drop", "fail", "duplicate", "hold", "delay")
+#: How long a ``hold`` waits for the conversation's next push before it sends the held one anyway.
+DEFAULT_HOLD_MS = 10_000
 #: sys_id reported in ``X-RateLimit-Rule`` (a ``sys_rate_limit_rules`` record on a real instance) [V 4.2].
 RATE_LIMIT_RULE_SYS_ID = "7c0e5b2d4a9f4e1b8d6c3a2f1e0d9c8b"
 #: Per-hour limit reported by injected 429s unless the rule's headers say otherwise (the doc's example value) [V].
 DEFAULT_FAULT_LIMIT = 100
 #: REST API names used in the 429 detail text ("Rate limit of 100 requests per hour for Table API exceeded") [I].
-API_NAMES = {"connect": "Connect Support API", "va": "VA Bot Integration API", "oauth": "OAuth API"}
+API_NAMES = {
+    "connect": "Connect Support API",
+    "va": "VA Bot Integration API",
+    "oauth": "OAuth API",
+    "table": "Table API",
+    "attachment": "Attachment API",
+}
+_TABLE_PATH = re.compile(r"^/api/now/(?:v[0-9]+/)?table/")
 
 
 def api_of(path: str) -> Optional[str]:
@@ -47,6 +65,10 @@ def api_of(path: str) -> Optional[str]:
         return "connect"
     if path.startswith("/api/sn_va_as_service/"):
         return "va"
+    if _TABLE_PATH.match(path):
+        return "table"
+    if path.startswith("/api/now/attachment/") or path == "/sys_attachment.do":
+        return "attachment"
     return None
 
 
@@ -96,6 +118,9 @@ class FaultResponse:
     drop_connection: bool = False
     #: Callbacks only: deliver the callback twice (same payload), as a retry after a lost answer would.
     duplicate: bool = False
+    #: Callbacks only: hold this push until the conversation's next push has been sent (or ``delay_ms``, by default
+    #: :data:`DEFAULT_HOLD_MS`, has passed), so the two arrive in swapped order.
+    hold: bool = False
 
 
 @dataclass
@@ -107,6 +132,10 @@ class FaultRule:
     times: Optional[int] = 1
     probability: float = 1.0
     fired: int = 0
+    #: The rule's place in the list when it was added; part of its draws' seed.
+    ordinal: int = 0
+    #: Matching requests seen so far (fired or not); numbers the draws.
+    seen: int = 0
 
     @property
     def exhausted(self) -> bool:
@@ -129,6 +158,7 @@ class FaultRule:
                 "delay_ms": self.respond.delay_ms,
                 "drop_connection": self.respond.drop_connection,
                 "duplicate": self.respond.duplicate,
+                "hold": self.respond.hold,
             },
             "times": self.times,
             "probability": self.probability,
@@ -180,11 +210,13 @@ def parse_rule(data: Mapping[str, Any]) -> Union[FaultRule, RateLimitRule]:
         raise ValueError("a fault rule must be a JSON object")
     if "per_user_per_hour" in data:
         return _parse_rate_limit(data)
+    if "push" in data:
+        return parse_rule(_push_rule(data))
     _only(data, {"match", "respond", "times", "probability"}, "rule")
     match = data.get("match") or {}
     respond = data.get("respond") or {}
     _only(match, {"api", "method", "path_regex", "session", "body_regex"}, "match")
-    _only(respond, {"status", "headers", "body", "delay_ms", "drop_connection", "duplicate"}, "respond")
+    _only(respond, {"status", "headers", "body", "delay_ms", "drop_connection", "duplicate", "hold"}, "respond")
 
     api = match.get("api")
     if api is not None and api not in APIS:
@@ -207,8 +239,13 @@ def parse_rule(data: Mapping[str, Any]) -> Union[FaultRule, RateLimitRule]:
     if times is not None and (not isinstance(times, int) or times < 1):
         raise ValueError("times must be a positive integer or null (no limit)")
     probability = data.get("probability", 1.0)
-    if not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
         raise ValueError("probability must be between 0 and 1")
+    for flag in ("drop_connection", "duplicate", "hold"):
+        if not isinstance(respond.get(flag, False), bool):
+            raise ValueError(f"respond.{flag} must be true or false")
+    if respond.get("hold") and api != "callback":
+        raise ValueError('respond.hold applies to pushes only (match.api "callback")')
 
     return FaultRule(
         id=uuid.uuid4().hex,
@@ -226,10 +263,44 @@ def parse_rule(data: Mapping[str, Any]) -> Union[FaultRule, RateLimitRule]:
             delay_ms=int(delay_ms),
             drop_connection=bool(respond.get("drop_connection", False)),
             duplicate=bool(respond.get("duplicate", False)),
+            hold=bool(respond.get("hold", False)),
         ),
         times=times,
         probability=float(probability),
     )
+
+
+def _push_rule(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """The shorthand for a push fault, as a full rule::
+
+        {"push": "drop"}                        lose the next push (with va_callback_retries 0: for good)
+        {"push": "fail", "status": 503}         count the next attempt as failed (retried like any failure)
+        {"push": "duplicate"}                   send the next push twice
+        {"push": "hold"}                        send the conversation's next push first, then this one
+        {"push": "delay", "delay_ms": 3000}     send the next push 3 s late (later pushes overtake it)
+
+    plus optional ``session`` (a clientSessionId), ``times`` (1; null: every push) and ``probability`` (1.0).
+    """
+    _only(data, {"push", "session", "times", "probability", "delay_ms", "status"}, "push rule")
+    kind = data["push"]
+    if kind not in PUSH_FAULTS:
+        raise ValueError(f"push must be one of {PUSH_FAULTS}")
+    respond: Dict[str, Any] = {
+        "drop": {"drop_connection": True},
+        "fail": {"status": data.get("status", 503)},
+        "duplicate": {"duplicate": True},
+        "hold": {"hold": True},
+        "delay": {"delay_ms": data.get("delay_ms", 1000)},
+    }[kind]
+    if kind == "hold" and "delay_ms" in data:
+        respond["delay_ms"] = data["delay_ms"]
+    rule: Dict[str, Any] = {"match": {"api": "callback"}, "respond": respond}
+    if data.get("session") is not None:
+        rule["match"]["session"] = data["session"]
+    for key in ("times", "probability"):
+        if key in data:
+            rule[key] = data[key]
+    return rule
 
 
 def _parse_rate_limit(data: Mapping[str, Any]) -> RateLimitRule:
@@ -260,16 +331,24 @@ def _only(data: Any, allowed: set, what: str) -> None:
         raise ValueError(f"unknown {what} field(s): {', '.join(unknown)}")
 
 
-def pick_fault(rules: List[FaultRule], facts: RequestFacts, rng: random.Random) -> Optional[FaultRule]:
+def pick_fault(rules: List[FaultRule], facts: RequestFacts, seed: int) -> Optional[FaultRule]:
     """The first live rule that matches ``facts`` and wins its probability draw; counts it as fired."""
     for rule in rules:
         if rule.exhausted or not rule.match.matches(facts):
             continue
-        if rule.probability < 1.0 and rng.random() >= rule.probability:
+        draw = rule.seen
+        rule.seen += 1
+        if rule.probability < 1.0 and _draw(seed, rule.ordinal, draw) >= rule.probability:
             continue
         rule.fired += 1
         return rule
     return None
+
+
+def _draw(seed: int, ordinal: int, draw: int) -> float:
+    """The ``draw``-th number in [0, 1) of the rule at ``ordinal``: depends on nothing else, so a replay with the same
+    seed makes the same decisions even when other rules' requests interleave differently."""
+    return random.Random(f"{seed}:{ordinal}:{draw}").random()
 
 
 def fault_response(rule: FaultRule, facts: RequestFacts, now_ms: int) -> web.Response:

@@ -17,6 +17,7 @@ import binascii
 import fnmatch
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -198,8 +199,16 @@ async def download(request: web.Request) -> web.Response:
     stored = state.files.get(sys_id)
     if stored is None:
         raise sn_error(404, *NO_RECORD)
-    return web.Response(
-        body=stored.data,
-        content_type=stored.content_type,
-        headers={"Content-Disposition": 'inline; filename="{}"'.format(stored.file_name.replace('"', "'"))},
-    )
+    return web.Response(body=stored.data, content_type=stored.content_type, headers=download_headers(stored.file_name))
+
+
+def download_headers(file_name: str) -> Dict[str, str]:
+    """A download, never a page of the emulator's origin (where the console and its secrets live): saved rather than
+    shown, its type not second-guessed, and, should a browser render it anyway, in a sandbox with no script and no
+    fetches of its own. An ``<img>`` still shows an image: these headers govern navigation, not embedding."""
+    safe = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in file_name)
+    return {
+        "Content-Disposition": f'attachment; filename="{safe}"; filename*=UTF-8\'\'{quote(file_name, safe="")}',
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+    }

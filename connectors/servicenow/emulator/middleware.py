@@ -1,11 +1,12 @@
 """The request pipeline every call goes through, outermost first:
 
-1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted; the agent
-   console's polls at DEBUG);
+1. ``request_log``: records the request for ``GET /__emu/requests`` and logs one line (credentials redacted; at DEBUG
+   unless it failed or a fault answered it);
 2. ``housekeeping``: lets idle Connect and VA sessions time out on the emulator clock;
 3. ``faults``: applies injected fault rules (before anything else can have a side effect);
 4. ``errors``: turns :class:`ApiError` and router misses into ServiceNow-shaped responses;
-5. ``control_guard``: keeps the unauthenticated control plane on loopback;
+5. ``control_guard``: keeps the control plane to loopback clients, to this emulator's own names (``Host``) and origin
+   (``Origin``), to JSON bodies, and, for browsers, to holders of the control token (see :func:`control_guard`);
 6. ``auth``: Basic or Bearer on ``/api/**``;
 7. ``rate_limit``: the optional per-user-per-hour rule;
 8. ``strict_headers``: ``Accept``/``Content-Type`` checks on ``/api/**``.
@@ -14,12 +15,13 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import logging
 import time
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 
@@ -47,6 +49,15 @@ _SECRET_HEADERS = {"token"}
 _SECRET_JSON_FIELDS = {"token"}
 #: A status that is never sent: a dropped request's response is discarded with its closed connection.
 _DROPPED_STATUS = 499
+#: The request header that carries the control token.
+TOKEN_HEADER = "X-Emulator-Token"
+#: The per-run control token of an app (``create_app``).
+TOKEN_KEY = web.AppKey("servicenow_emulator_control_token", str)
+#: What the console page and its files are: loadable without the token (the page is how a browser gets it).
+CONSOLE_PREFIX = "/__emu/console"
+_BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+#: The content types a page may POST cross-site without a CORS preflight (HTML forms, ``fetch`` "simple" requests).
+_FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 
 
 @web.middleware
@@ -68,8 +79,10 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
     finally:
         dropped = bool(request.get("dropped"))
         user = request.get("user")
-        # The agent console polls twice a second and says so: those lines would drown the rest.
-        level = logging.DEBUG if request.headers.get(CONSOLE_POLL_HEADER) == "poll" else logging.INFO
+        # Routine traffic (Connect polls every second per chat, the console twice a second, every answered call) is
+        # DEBUG; what went wrong or was injected stays visible. The chats' progress is logged by connect.py and va.py.
+        routine = status is not None and status < 400 and not dropped and not request.get("fault")
+        level = logging.DEBUG if routine or request.headers.get(CONSOLE_POLL_HEADER) == "poll" else logging.INFO
         log.log(
             level,
             "%s %s -> %s%s%s",
@@ -118,7 +131,7 @@ def faults(session_extractors: Mapping[str, SessionExtractor]) -> Callable[..., 
         extractor = session_extractors.get(api)
         session = extractor(request, raw) if extractor else None
         facts = RequestFacts(api, request.method, request.path, session, raw.decode("utf-8", errors="replace"))
-        rule = pick_fault(state.faults, facts, state.rng)
+        rule = pick_fault(state.faults, facts, state.fault_seed)
         if rule is None:
             return await handler(request)
         request["fault"] = rule.id
@@ -157,14 +170,120 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def control_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    if (
-        request.path.startswith(CONTROL_PREFIX)
-        and state.config.control_plane_loopback_only
-        and not _is_loopback(request.remote)
-    ):
+    """What a control-plane request must show, in this order (all refusals are JSON ``{"error"}``):
+
+    1. a loopback client address (``control_plane_loopback_only``), 403;
+    2. a ``Host`` this emulator answers to: an IP literal, ``localhost`` (or ``*.localhost``) or a name of
+       ``control_plane_hosts``, with any port; any other name is a DNS-rebinding page's, 403;
+    3. no ``Origin``, or this emulator's own origin (a cross-site page's requests carry theirs), 403;
+    4. a JSON body: a body that is not ``application/json``, or a form content type (``text/plain``, urlencoded,
+       multipart) even without a body, is 415, so a cross-site form never reaches a handler and a cross-site ``fetch``
+       with JSON needs a CORS preflight, which the emulator never grants;
+    5. the control token (header ``X-Emulator-Token``) from browsers: any request with ``Origin`` or ``Sec-Fetch-*``
+       headers, except the console page and its files and an address the user typed (``Sec-Fetch-Site: none``,
+       ``Sec-Fetch-Mode: navigate``); from every client with ``control_plane_require_token``. A token that is sent
+       must be right, 403 otherwise.
+
+    Non-browser clients on loopback (curl, the test harness) therefore need no token, only JSON: no browser page can
+    send what they send. The settings this reads are fixed at start (``config.START_UP_ONLY``).
+    """
+    if not request.path.startswith(CONTROL_PREFIX):
+        return await handler(request)
+    config = request.app[STATE_KEY].config
+    if config.control_plane_loopback_only and not _is_loopback(request.remote):
         raise control_error(403, "the control plane only answers loopback clients (control_plane_loopback_only)")
+    host = request.headers.get("Host")
+    if host is not None and not _known_host(host, config.control_plane_hosts):
+        raise control_error(
+            403, f"Host {host!r} is not a name of this emulator; add it to control_plane_hosts at start to allow it"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_origin(origin, request.scheme, host):
+        raise control_error(403, f"cross-site request from {origin!r} refused")
+    if request.method in _BODY_METHODS:
+        raw = await request.read()
+        content_type = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if content_type in _FORM_TYPES or (raw and content_type != "application/json"):
+            raise control_error(
+                415, "control-plane bodies are JSON: send 'Content-Type: application/json' (curl: --json '{...}')"
+            )
+    given = request.headers.get(TOKEN_HEADER)
+    if given is not None:
+        if not hmac.compare_digest(given.encode("utf-8"), request.app[TOKEN_KEY].encode("utf-8")):
+            raise control_error(403, f"wrong {TOKEN_HEADER}")
+    elif _needs_token(request, config.control_plane_require_token):
+        raise control_error(
+            403,
+            f"this request needs the control token ({TOKEN_HEADER}); open the agent console from the link the "
+            "emulator printed at start, or type its address in the address bar",
+        )
     return await handler(request)
+
+
+def _needs_token(request: web.Request, always: bool) -> bool:
+    if request.path == CONSOLE_PREFIX or request.path.startswith(CONSOLE_PREFIX + "/"):
+        return False
+    if always:
+        return True
+    headers = request.headers
+    from_browser = "Origin" in headers or any(name.lower().startswith("sec-fetch-") for name in headers)
+    return from_browser and not user_navigation(request)
+
+
+def user_navigation(request: web.Request) -> bool:
+    """A page load the user started (address bar, bookmark): no other page can make a browser say so [Fetch
+    Metadata: ``Sec-Fetch-Site: none``]."""
+    headers = request.headers
+    return (
+        request.method in ("GET", "HEAD")
+        and headers.get("Sec-Fetch-Site") == "none"
+        and headers.get("Sec-Fetch-Mode") == "navigate"
+        and "Origin" not in headers
+    )
+
+
+def _known_host(host: str, configured: Any) -> bool:
+    """An IP literal (no DNS, so nothing to rebind), ``localhost`` and its subdomains, or a configured name."""
+    name = _host_name(host)
+    if name is None:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    name = name.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or name in {h.lower().rstrip(".") for h in configured}
+
+
+def _host_name(host: str) -> Optional[str]:
+    """The name of a ``Host`` value without its port (``[::1]:8181`` gives ``::1``); ``None`` when malformed."""
+    try:
+        parsed = urlsplit(f"//{host}")
+        parsed.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return None
+    return parsed.hostname or None
+
+
+def _same_origin(origin: str, scheme: str, host: Optional[str]) -> bool:
+    if host is None or origin == "null":
+        return False
+    try:
+        parsed = urlsplit(origin)
+        own = urlsplit(f"{scheme}://{host}")
+        return (
+            parsed.scheme == own.scheme
+            and (parsed.hostname or "") == (own.hostname or "")
+            and (parsed.port or _default_port(parsed.scheme)) == (own.port or _default_port(own.scheme))
+            and parsed.path in ("", "/")
+        )
+    except ValueError:
+        return False
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
 
 
 @web.middleware

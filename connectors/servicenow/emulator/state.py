@@ -13,14 +13,19 @@ import random
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from aiohttp import web
 
 from .callbacks import CallbackDispatcher
 from .clock import Clock
 from .config import EmulatorConfig
-from .faults import FaultRule, RateLimitRule
+from .faults import FaultRule, RateLimitRule, parse_rules
+
+
+def _seed(configured: Optional[int]) -> int:
+    """The fault draws' seed: the configured one, or a fresh one (shown by ``GET /__emu/faults`` for a replay)."""
+    return configured if configured is not None else random.SystemRandom().randrange(2**31)
 
 
 def new_sys_id() -> str:
@@ -136,6 +141,8 @@ class VaSession:
     uid: str
     #: The end user as the transcript shows it (``created_by`` = ``userId``).
     user: UserRecord
+    #: The current conversation's ``interaction`` sys_id (pushed as ``interactionId``); new when a closed
+    #: conversation starts again (records.py).
     interaction_id: str
     created_ms: int
     seq: int
@@ -169,10 +176,93 @@ class VaSession:
     delivery_status: Dict[str, str] = field(default_factory=dict)
     #: Callbacks created so far.
     callback_count: int = 0
+    #: The current conversation's ``sys_cs_conversation`` sys_id (records.py).
+    conversation_id: str = ""
 
     @property
     def client_session_id(self) -> str:
         return self.key[2]
+
+
+#: ``sys_cs_conversation.state`` values [I, see records.py].
+CONVERSATION_OPEN = "open"
+CONVERSATION_COMPLETED = "completed"
+CONVERSATION_CANCELED = "canceled"
+CONVERSATION_FAULTED = "faulted"
+#: ``interaction.state`` while the conversation lasts.
+INTERACTION_IN_PROGRESS = "work_in_progress"
+
+
+@dataclass
+class CsConversation:
+    """A ``sys_cs_conversation`` record."""
+
+    sys_id: str
+    created_ms: int
+    updated_ms: int
+    state: str = CONVERSATION_OPEN
+    completed_ms: Optional[int] = None
+    live_agent_transfer_ms: Optional[int] = None
+    #: The last ``sequence`` given to one of its messages.
+    last_sequence: int = 0
+
+
+@dataclass
+class InteractionRecord:
+    """An ``interaction`` record of a bot-to-bot conversation."""
+
+    sys_id: str
+    number: str
+    conversation: str
+    client_session_id: str
+    user_id: str
+    opened_ms: int
+    updated_ms: int
+    state: str = INTERACTION_IN_PROGRESS
+    state_reason: str = ""
+    agent_chat: bool = False
+    assigned_to: Optional[UserRecord] = None
+    closed_ms: Optional[int] = None
+
+    @property
+    def active(self) -> bool:
+        return self.closed_ms is None
+
+
+@dataclass
+class CsMessage:
+    """A ``sys_cs_message`` record."""
+
+    sys_id: str
+    conversation: str
+    sequence: int
+    #: ``inbound`` (from the user, through the connector) or ``outbound`` (to the user, pushed).
+    direction: str
+    is_agent: bool
+    is_bot_message: bool
+    #: Who sent it: the ``userId``, the agent's user name, ``system`` or ``virtual_agent`` [I values].
+    sender: str
+    #: The message as JSON text: the pushed body item, or the inbound ``message`` object.
+    payload: str
+    created_ms: int
+    updated_ms: int
+    #: The delivery status the connector reported with UPDATE_MESSAGES (``sent_to_user``, ``external_error``).
+    external_chat_status: str = ""
+
+
+@dataclass
+class ConversationTables:
+    """The three tables of one emulator."""
+
+    conversations: Dict[str, CsConversation] = field(default_factory=dict)
+    interactions: Dict[str, InteractionRecord] = field(default_factory=dict)
+    #: In creation order, which is also ``sequence`` order within a conversation.
+    messages: List[CsMessage] = field(default_factory=list)
+    messages_by_id: Dict[str, CsMessage] = field(default_factory=dict)
+    _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1001))
+
+    def next_number(self) -> str:
+        return f"IMS{next(self._numbers):07d}"
 
 
 @dataclass
@@ -238,11 +328,14 @@ class EmulatorState:
         self.access_tokens: Dict[str, Token] = {}
         self.refresh_grants: Dict[str, RefreshGrant] = {}
         self.faults: List[FaultRule] = []
+        self.rate_limit: Optional[RateLimitRule] = None
+        self.set_faults(self.config.faults)
         #: ``sys_attachment`` records with their bytes, by sys_id (files.py).
         self.files: Dict[str, Any] = {}
-        self.rate_limit: Optional[RateLimitRule] = None
+        #: The Virtual Agent conversations as ServiceNow's tables hold them (records.py, table.py).
+        self.va_tables = ConversationTables()
         self.requests: Deque[RequestRecord] = deque(maxlen=self.config.request_log_limit)
-        self.rng = random.Random(self.config.random_seed)
+        self.fault_seed = _seed(self.config.random_seed)
         self._seq = itertools.count()
         self._chat_numbers = itertools.count(10001)
         self.callbacks.reset(self.config.request_log_limit)
@@ -253,8 +346,25 @@ class EmulatorState:
             self.requests = deque(self.requests, maxlen=config.request_log_limit)
             self.callbacks.resize_log(config.request_log_limit)
         if config.random_seed != self.config.random_seed:
-            self.rng = random.Random(config.random_seed)
+            self.fault_seed = _seed(config.random_seed)
+        if config.faults != self.config.faults:
+            self.set_faults(config.faults)
         self.config = config
+
+    def add_faults(self, rules: List[Union[FaultRule, RateLimitRule]]) -> None:
+        """Append fault rules (a rate-limit rule replaces the current one); each keeps its place for its draws."""
+        for rule in rules:
+            if isinstance(rule, FaultRule):
+                rule.ordinal = len(self.faults)
+                self.faults.append(rule)
+            else:
+                self.rate_limit = rule
+
+    def set_faults(self, specs: List[Dict[str, Any]]) -> None:
+        """Replace every fault rule with ``specs`` (the ``faults`` config key); they were validated with the config."""
+        self.faults = []
+        self.rate_limit = None
+        self.add_faults(parse_rules(specs))
 
     def next_seq(self) -> int:
         return next(self._seq)

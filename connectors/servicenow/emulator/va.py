@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from aiohttp import web
 
-from . import connect, files
+from . import connect, files, records
 from .callbacks import Callback
 from .responses import ApiError, sn_error
 from .state import STATE_KEY, EmulatorState, Message, UserRecord, VaKey, VaSession, VaState, new_sys_id
@@ -114,6 +114,11 @@ def action_msg(action_type: str, **fields: Any) -> Dict[str, Any]:
     return {"uiType": "ActionMsg", "actionType": action_type, **fields}
 
 
+def system_msg(text: str) -> Dict[str, Any]:
+    """An ``ActionMsg`` ``System`` with its ``messageId`` (the ``sys_cs_message`` sys_id, as for every kept message)."""
+    return action_msg("System", message=text, messageId=new_sys_id())
+
+
 def agent_info(session: VaSession, agent: UserRecord) -> Dict[str, Any]:
     """``agentInfo`` [V va-features-v2.md]; ``agentId`` is the agent's live_profile sys_id (3.14.3+) [V]. The avatar
     is an ``.iix`` image URL on the instance, here the URL the connector reached the emulator at (not served)."""
@@ -186,6 +191,9 @@ def emit(
     The envelope echoes the session's latest ``requestId`` and ``clientVariables`` and the triggering inbound
     ``message`` (for agent-side events: the latest user message) [V fields, I for agent-originated pushes].
     """
+    # Every message gets its sys_cs_message record (and sequence) before any push of it can leave [records.py].
+    for item in items:
+        records.add_outbound(state, session, item)
     batched = state.config.va_batching == "batched"
     bodies = [items] if batched or not items else [[item] for item in items]
     echo = dict(message) if message is not None else session.last_message
@@ -247,6 +255,12 @@ def add_message(
     )
     session.messages.append(message)
     session.last_activity_ms = now
+    if session.state.is_open:
+        # Who wrote, and how many messages the chat has: never the text (logs carry no message bodies).
+        kind = "system message" if author is None else "work note" if message.is_work_note else (
+            "user message" if author is session.user else "agent message"
+        )
+        log.info("VA chat %s: %s (%d messages)", session.client_session_id, kind, len(session.messages))
     return message
 
 
@@ -262,6 +276,8 @@ def escalate(state: EmulatorState, session: VaSession, message: Optional[Mapping
     session.queued_seq = state.next_seq()
     session.queued_ms = state.clock.now_ms()
     session.agent = None
+    records.queued(state, session)
+    log.info("VA chat %s asks for a live agent", session.client_session_id)
     items = [
         output_text(STAND_BY),
         action_msg("StartSpinner", spinnerType="wait_time", message=ROUTING, **_wait_time(state)),
@@ -276,13 +292,15 @@ def accept(state: EmulatorState, session: VaSession, agent: UserRecord) -> Outco
     session.state = VaState.LIVE
     session.agent = agent
     session.accept_seq = state.next_seq()
-    entered = entered_text(agent.name)
-    posted = [add_message(state, session, entered, None)]
+    records.assigned(state, session, agent)
+    log.info("VA chat %s: %s joined", session.client_session_id, agent.name)
+    entered = system_msg(entered_text(agent.name))
+    posted = [add_message(state, session, entered["message"], None, sys_id=entered["messageId"])]
     items = [
         action_msg("EndSpinner", spinnerType="wait_time"),
         action_msg("SubscribeToChatPresence"),
         action_msg("SwitchToLiveAgent"),
-        action_msg("System", message=entered),
+        entered,
     ]
     greeting = state.config.greeting_text
     if greeting:
@@ -296,10 +314,9 @@ def agent_message(state: EmulatorState, session: VaSession, text: str, work_note
     """An agent text (OutputText with ``agentInfo``), a work note (transcript only: never shown to the user [I]) or a
     system message (ActionMsg System)."""
     if system:
-        posted = [add_message(state, session, text, None)]
-        return posted, emit(
-            state, session, [action_msg("System", message=text)], agent_chat=session.state.is_open
-        )
+        item = system_msg(text)
+        posted = [add_message(state, session, text, None, sys_id=item["messageId"])]
+        return posted, emit(state, session, [item], agent_chat=session.state.is_open)
     assert session.agent is not None
     if work_note:
         return [add_message(state, session, text, session.agent, reflected_field="work_notes")], []
@@ -350,11 +367,12 @@ def transfer(state: EmulatorState, session: VaSession, to: UserRecord, announce:
     assert session.agent is not None
     previous, session.agent = session.agent, to
     session.last_activity_ms = state.clock.now_ms()
+    records.assigned(state, session, to)
+    log.info("VA chat %s: transferred from %s to %s", session.client_session_id, previous.name, to.name)
     if not announce:
         return [], []
-    texts = [left_text(previous.name), entered_text(to.name)]
-    posted = [add_message(state, session, text, None) for text in texts]
-    items = [action_msg("System", message=text) for text in texts]
+    items = [system_msg(left_text(previous.name)), system_msg(entered_text(to.name))]
+    posted = [add_message(state, session, item["message"], None, sys_id=item["messageId"]) for item in items]
     return posted, emit(state, session, items, agent_chat=True)
 
 
@@ -365,11 +383,16 @@ def agent_close(state: EmulatorState, session: VaSession, announce: bool) -> Out
     [I]. ``announce=False`` leaves out the System text (SwitchToVirtualAgent remains the only end signal)."""
     assert session.agent is not None
     completed = state.config.close_style == "completed"
+    if completed:
+        records.ended(state, session, records.INTERACTION_CLOSED_COMPLETE, records.AGENT_ENDED)
+    else:
+        records.assigned(state, session, None)
+        log.info("VA chat %s: the agent closed it, back to the Virtual Agent", session.client_session_id)
     posted, items = [], []
     if announce:
-        text = closed_text(session.agent.name)
-        posted.append(add_message(state, session, text, None))
-        items.append(action_msg("System", message=text))
+        item = system_msg(closed_text(session.agent.name))
+        posted.append(add_message(state, session, item["message"], None, sys_id=item["messageId"]))
+        items.append(item)
     items.append(action_msg("SwitchToVirtualAgent"))
     payloads = emit(state, session, items, agent_chat=True, completed=completed)
     session.state = VaState.CLOSED if completed else VaState.VA
@@ -381,6 +404,10 @@ def end_conversation(
     state: EmulatorState, session: VaSession, message: Optional[Mapping[str, Any]] = None
 ) -> List[Dict[str, Any]]:
     """The user (connector) ends the conversation: "The conversation has ended ..." with ``completed: true`` [V]."""
+    if session.state is VaState.QUEUED:
+        records.ended(state, session, records.INTERACTION_CLOSED_ABANDONED, records.LEFT_BEFORE_ENGAGEMENT)
+    else:
+        records.ended(state, session, records.INTERACTION_CLOSED_COMPLETE, records.USER_ENDED)
     session.state = VaState.CLOSED
     return emit(state, session, [output_text(CONVERSATION_ENDED)], completed=True, message=message)
 
@@ -389,21 +416,28 @@ def timeout(state: EmulatorState, session: VaSession) -> Outcome:
     """Idle timeout (or ``/__emu/timeout``): System "The conversation with a live agent has timed out." [I text,
     V meaning] with ``takeControl: true`` [V va-features-v3: sent on idle timeout]; the conversation is over."""
     was_live = session.state.is_open
+    if session.state is VaState.QUEUED:
+        records.ended(state, session, records.INTERACTION_CLOSED_ABANDONED, records.NO_ACTIVITY)
+    else:
+        records.ended(state, session, records.INTERACTION_CLOSED_COMPLETE, records.NO_USER_RESPONSE)
     session.state = VaState.CLOSED
-    posted = [add_message(state, session, TIMED_OUT, None)]
-    payloads = emit(state, session, [action_msg("System", message=TIMED_OUT)], agent_chat=was_live, take_control=True)
+    item = system_msg(TIMED_OUT)
+    posted = [add_message(state, session, TIMED_OUT, None, sys_id=item["messageId"])]
+    payloads = emit(state, session, [item], agent_chat=was_live, take_control=True)
     return posted, payloads
 
 
 def no_agents(state: EmulatorState, session: VaSession) -> Outcome:
     """Nobody can take the queued chat: the Virtual Agent says so and hands control back (``takeControl``) [I text;
     Kore matches "There are no agents"]."""
+    records.ended(state, session, records.INTERACTION_CLOSED_ABANDONED, records.NO_AGENT_AVAILABLE)
     session.state = VaState.CLOSED
     return [], emit(state, session, [output_text(NO_AGENTS)], take_control=True)
 
 
 def fault(state: EmulatorState, session: VaSession, message: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """FAULT_CONVERSATION: ``{"body": [], "takeControl": true, "score": 0}`` [V example]; the conversation is over."""
+    records.ended(state, session, records.INTERACTION_FAULTED, records.ERROR)
     session.state = VaState.CLOSED
     return emit(state, session, [], take_control=True, score=0, message=message)
 
@@ -557,11 +591,12 @@ def handle_inbound(state: EmulatorState, instance_url: str, body: Mapping[str, A
             uid=new_sys_id(),
             # Not registered in state.users: end users are not ServiceNow agents.
             user=UserRecord(body["userId"], body["userId"]),
-            interaction_id=new_sys_id(),
+            interaction_id="",
             created_ms=now,
             seq=state.next_seq(),
             instance_url=instance_url,
         )
+        records.open_conversation(state, session)
     session.last_activity_ms = now
     action = body.get("action")
     if body.get("requestId"):
@@ -588,6 +623,7 @@ def handle_inbound(state: EmulatorState, instance_url: str, body: Mapping[str, A
             for status in message if isinstance(message, list) else [message]:
                 if isinstance(status, dict) and isinstance(status.get("id"), str):
                     session.delivery_status[status["id"]] = str(status.get("status"))
+                    records.delivery_reported(state, status["id"], str(status.get("status")))
         return
     if action == "END_CONVERSATION":
         end_conversation(state, session, message)
@@ -601,7 +637,7 @@ def handle_inbound(state: EmulatorState, instance_url: str, body: Mapping[str, A
         # "If you need help again, type hi": a new conversation (new interaction) for the same key [I].
         session.state = VaState.VA
         session.agent = None
-        session.interaction_id = new_sys_id()
+        records.open_conversation(state, session)
         session.events.append({"action": "NEW_CONVERSATION", "timestamp": now, "requestId": body.get("requestId")})
     message = message if isinstance(message, dict) else {}
     text = message.get("text") or ""
@@ -614,7 +650,8 @@ def handle_inbound(state: EmulatorState, instance_url: str, body: Mapping[str, A
                 {"action": "ATTACHMENT_DROPPED", "timestamp": now, "contentType": item.get("contentType"), "fileName": item.get("fileName")}
             )
     if text.strip() or kept:
-        add_message(state, session, text, session.user, attachments=kept)
+        posted = add_message(state, session, text, session.user, attachments=kept)
+        records.add_inbound(state, session, message, posted.sys_id)
         session.last_message = dict(message)
     if session.state is not VaState.VA:
         # QUEUED/LIVE: the agent sees the text in the transcript, no callback [I 2.5 step 6]. A second AGENT while
@@ -626,7 +663,7 @@ def handle_inbound(state: EmulatorState, instance_url: str, body: Mapping[str, A
     elif action == "CREATE_CONVERSATION":
         item = action_msg(
             "CreateConversation",
-            conversationId=new_sys_id(),
+            conversationId=session.conversation_id,
             interactionId=session.interaction_id,
             messageId=new_sys_id(),
         )

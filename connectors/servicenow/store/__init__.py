@@ -1,9 +1,12 @@
-"""Where the connector keeps shared, durable state: see ``base`` for the
-interface, ``memory`` for the embedded default, ``redis`` for ``redis_url``."""
+"""Where the connector keeps its state: see ``base`` for the interface,
+``memory`` for one replica (no ``redis_url``), ``redis`` for ``redis_url``,
+``keys`` for every name given to state. The only package that knows which
+store runs."""
 
 from typing import Optional
 
 from connectors.servicenow.store.base import (
+    HandoffMirror,
     HandoffRecord,
     NewEntry,
     OutboxEntry,
@@ -19,6 +22,7 @@ from connectors.servicenow.store.base import (
 from connectors.servicenow.store.memory import MemoryStore
 
 __all__ = [
+    "HandoffMirror",
     "HandoffRecord",
     "MemoryStore",
     "NewEntry",
@@ -42,12 +46,14 @@ def open_store(
     retained: int = 200,
     stream_ttl: float = 3600.0,
     operation_timeout: float = 5.0,
+    mirror: Optional[HandoffMirror] = None,
 ) -> Store:
     """The Redis store for ``redis_url`` (``redis://`` or ``rediss://``), or
-    the in-process one when it is None. Connects lazily: call ``ping()`` to
-    find out at start-up whether Redis answers."""
+    the in-process one when it is None, which reads what it lost at the last
+    exit from ``mirror`` (the tracker slots). Connects lazily: call ``ping()``
+    to find out at start-up whether Redis answers."""
     if not redis_url:
-        return MemoryStore(retained=retained, stream_ttl=stream_ttl)
+        return MemoryStore(retained=retained, stream_ttl=stream_ttl, mirror=mirror)
     # Imported here so the embedded default never loads redis-py.
     from connectors.servicenow.store.redis import RedisStore
 

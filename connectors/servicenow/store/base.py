@@ -19,16 +19,28 @@ Five kinds of state, each with the guarantee the core builds on:
 * **Timers**: due times kept in the store; a due timer is claimed by one
   replica, and comes back if that replica dies before finishing it.
 
-``memory.MemoryStore`` keeps all of it in the process (the embedded default);
-``redis.RedisStore`` keeps it in Redis for a deployment of many replicas. Both
-pass the same contract tests (``tests/store/test_contract.py``).
+``memory.MemoryStore`` keeps all of it in the process (no ``redis_url``: a
+deployment of one replica); ``redis.RedisStore`` keeps it in Redis for a
+deployment of many replicas. The core runs the same code on both, and both
+pass the same contract tests (``tests/store/test_contract.py``). What differs
+is what outlives the process, and that is the store's business alone:
+
+* ``find_handoff`` and ``import_handoffs`` read the tracker slots (the
+  durable mirror, ``HandoffMirror``) where the store itself forgets at exit
+  (the memory store); Redis remembers, and never reads them.
+* ``timer_rescan_s``: how long a timer loop may sleep without looking, since
+  only a shared store can get timers from another process.
+
+Every name a caller gives (leases, dedupe keys, timers, streams, sinks) is
+spelled in ``keys.py``.
 """
 
 import abc
 import json
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from connectors.servicenow import errors
 
@@ -53,9 +65,9 @@ class StoreUnavailable(StoreError, errors.StoreUnavailable):
 
 @dataclass(frozen=True)
 class HandoffRecord:
-    """One conversation in handoff: the routing truth when the store is shared.
+    """One conversation in handoff: the routing truth.
 
-    The tracker slots stay the Rasa-visible mirror of the first five fields."""
+    The tracker slots stay the Rasa-visible, durable mirror of the first five fields."""
 
     sender_id: str
     chat_id: str
@@ -173,6 +185,17 @@ def entry_id_after(a: str, b: Optional[str]) -> bool:
 Taken = Tuple[Optional[str], List[OutboxEntry]]
 
 
+class HandoffMirror(Protocol):
+    """Where live handoffs are also kept, durably: the tracker slots. A store
+    that forgets at exit reads its handoffs back from here."""
+
+    async def load_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
+        """The sender's handoff as the mirror has it; ``StoreUnavailable`` when it cannot say."""
+
+    def live_handoffs(self) -> AsyncIterator[HandoffRecord]:
+        """Every handoff the mirror holds as live; ``StoreUnavailable`` when it cannot list them."""
+
+
 # -- the interface ----------------------------------------------------------
 
 
@@ -185,8 +208,14 @@ class Store(abc.ABC):
     caller-chosen strings; the store keeps namespaces apart by method.
     """
 
-    #: Whether state outlives the process and is shared with other replicas.
-    shared: bool = False
+    #: The longest a timer loop may sleep without looking at the store: a
+    #: timer another process set (or one whose claimer died) is found at most
+    #: this late. Infinite where no other process sets timers.
+    timer_rescan_s: float = math.inf
+
+    def describe(self) -> str:
+        """Where the state lives, for the start-up log line."""
+        return "in this process"
 
     # -- handoff records ----------------------------------------------------
 
@@ -214,6 +243,20 @@ class Store(abc.ABC):
     async def end_handoff(self, sender_id: str, chat_id: str) -> Optional[HandoffRecord]:
         """Remove the handoff if it is still chat ``chat_id``, and return its
         last state. None when it had already ended: ending runs once."""
+
+    async def find_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
+        """The sender's live handoff wherever the deployment keeps it: the
+        store, or the mirror where the store may have forgotten it (a restart
+        of a store that lives in the process). The route of a user's message
+        asks this; ``get_handoff`` is for those that must not read the
+        mirror (typing, delivery reports)."""
+        return await self.get_handoff(sender_id)
+
+    async def import_handoffs(self) -> List[HandoffRecord]:
+        """At start-up: bring back the live handoffs a store that forgets at
+        exit lost, from the mirror, and return them (their timers and pollers
+        start again). Nothing to do where the store itself remembers."""
+        return []
 
     @abc.abstractmethod
     def handoffs(self) -> AsyncIterator[HandoffRecord]:

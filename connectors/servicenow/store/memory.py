@@ -1,22 +1,32 @@
 """The embedded store: everything in this process, nothing survives it.
 
-The default when no ``redis_url`` is set: one process, behaviour as before the
-store (trackers remain what a restart resumes from). It keeps the same
-semantics as ``RedisStore`` within the process, so the core cannot tell them
-apart: atomic steps (there is no ``await`` inside one), blocking reads woken by
-appends, expiry, and bounded memory (streams keep ``retained`` entries and
-expire when idle; dedupe marks expire and are capped; expired leases are
-swept).
+The default when no ``redis_url`` is set: a deployment of one replica. It
+keeps the semantics of ``RedisStore`` within the process, so the core runs the
+same code on both: atomic steps (there is no ``await`` inside one), blocking
+reads woken by appends, expiry, and bounded memory (streams keep ``retained``
+entries and expire when idle, and a stream nobody wrote to is dropped when its
+last reader goes; dedupe marks expire and are capped; expired leases are swept).
+
+What does not survive the process is read back from the tracker slots, the
+durable mirror (``HandoffMirror``): every live handoff at start-up
+(``import_handoffs``), and before that, or for a tracker the scan could not
+read, the one handoff a message or callback asks about (``find_handoff``).
+Senders the mirror said are not in handoff are remembered (up to
+``inactive_capacity``, least recently asked first out), so the mirror is read
+once per conversation, not once per message.
 """
 
 import asyncio
 import heapq
+import logging
+import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from connectors.servicenow.store.base import (
+    HandoffMirror,
     HandoffRecord,
     NewEntry,
     OutboxEntry,
@@ -26,22 +36,30 @@ from connectors.servicenow.store.base import (
     parse_entry_id,
 )
 
+logger = logging.getLogger(__name__)
+
 #: How often idle streams are looked for (seconds).
 SWEEP_INTERVAL_S = 60.0
+
+
+EntryId = Tuple[int, int]
 
 
 @dataclass
 class _Stream:
     entries: Deque[OutboxEntry]
+    #: The parsed id of each entry, in step with ``entries``: reads compare
+    #: tuples instead of parsing ids again.
+    ids: Deque[EntryId]
     expires_at: float
     sinks: Dict[str, str] = field(default_factory=dict)
     #: Set on the next append; created only while someone waits.
     appended: Optional[asyncio.Event] = None
+    #: Readers blocked on ``appended``.
+    waiting: int = 0
 
 
 class MemoryStore(Store):
-    shared = False
-
     def __init__(
         self,
         *,
@@ -49,18 +67,25 @@ class MemoryStore(Store):
         stream_ttl: float = 3600.0,
         max_dedupe_keys: int = 1_000_000,
         clock: Callable[[], float] = time.time,
+        mirror: Optional[HandoffMirror] = None,
+        inactive_capacity: int = 100_000,
     ) -> None:
         self.retained = retained
         self.stream_ttl = stream_ttl
         self._clock = clock
+        self._mirror = mirror
         self._handoffs: Dict[str, HandoffRecord] = {}
         self._by_chat: Dict[str, str] = {}
+        #: Senders known not to be in handoff (the mirror said so, or their
+        #: handoff ended here), least recently asked first.
+        self._inactive: "OrderedDict[str, None]" = OrderedDict()
+        self._inactive_capacity = inactive_capacity
         # Key -> expiry, oldest first; callers use a few fixed ttls, so the
         # front is (nearly) always the next to expire.
         self._dedupe: "OrderedDict[str, float]" = OrderedDict()
         self._max_dedupe_keys = max_dedupe_keys
         self._streams: Dict[str, _Stream] = {}
-        self._last_id: Tuple[int, int] = (0, 0)
+        self._last_id: EntryId = (0, secrets.randbelow(1 << 40))
         self._next_sweep = clock() + SWEEP_INTERVAL_S
         self._lease_jobs: Dict[str, float] = {}
         self._leases: Dict[str, Tuple[str, float]] = {}
@@ -73,9 +98,54 @@ class MemoryStore(Store):
         current = self._handoffs.get(record.sender_id)
         if current is not None:
             return current.chat_id == record.chat_id
+        self._file(record)
+        return True
+
+    def _file(self, record: HandoffRecord) -> None:
+        self._inactive.pop(record.sender_id, None)
         self._handoffs[record.sender_id] = record
         self._by_chat[record.chat_id] = record.sender_id
-        return True
+
+    def _mark_inactive(self, sender_id: str) -> None:
+        self._inactive[sender_id] = None
+        self._inactive.move_to_end(sender_id)
+        while len(self._inactive) > self._inactive_capacity:
+            self._inactive.popitem(last=False)
+
+    def known_inactive(self, sender_id: str) -> bool:
+        """Whether the sender is known not to be in handoff (no mirror read needed)."""
+        if sender_id in self._inactive:
+            self._inactive.move_to_end(sender_id)
+            return True
+        return False
+
+    async def find_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
+        record = self._handoffs.get(sender_id)
+        if record is not None or self._mirror is None or self.known_inactive(sender_id):
+            return record
+        # Raises StoreUnavailable when the mirror cannot say: nothing is remembered then.
+        loaded = await self._mirror.load_handoff(sender_id)
+        record = self._handoffs.get(sender_id)
+        if record is not None or sender_id in self._inactive:
+            return record  # decided here while the mirror was read: that is newer
+        if loaded is None:
+            self._mark_inactive(sender_id)
+            return None
+        self._file(loaded)
+        return loaded
+
+    async def import_handoffs(self) -> List[HandoffRecord]:
+        if self._mirror is None:
+            return []
+        imported: List[HandoffRecord] = []
+        async for loaded in self._mirror.live_handoffs():
+            current = self._handoffs.get(loaded.sender_id)
+            if current is None and loaded.sender_id not in self._inactive:
+                self._file(loaded)
+                current = loaded
+            if current is not None and current.chat_id == loaded.chat_id:
+                imported.append(current)
+        return imported
 
     async def get_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
         return self._handoffs.get(sender_id)
@@ -98,6 +168,7 @@ class MemoryStore(Store):
         del self._handoffs[sender_id]
         if self._by_chat.get(chat_id) == sender_id:
             del self._by_chat[chat_id]
+        self._mark_inactive(sender_id)
         return current
 
     async def handoffs(self) -> AsyncIterator[HandoffRecord]:
@@ -135,10 +206,11 @@ class MemoryStore(Store):
     def _drop_stream(self, name: str, stream: _Stream) -> None:
         # Someone waiting keeps the stream object; it stays reachable for
         # them and the next append wakes them.
-        if stream.appended is None:
+        if stream.waiting == 0:
             del self._streams[name]
         else:
             stream.entries.clear()
+            stream.ids.clear()
             stream.sinks.clear()
 
     def _sweep(self) -> None:
@@ -153,11 +225,20 @@ class MemoryStore(Store):
             if expires <= now:
                 del self._leases[name]
 
-    def _new_id(self) -> str:
+    def _new_id(self) -> EntryId:
+        # ``<ms>-<n>`` as Redis gives them, with ``n`` counting on from a
+        # random start for each process: an id a process gave out before a
+        # restart names no entry of this one (a Last-Event-ID from before the
+        # restart is foreign, even if the clock stepped back meanwhile).
         ms = int(self._clock() * 1000)
         last_ms, last_n = self._last_id
-        self._last_id = (ms, 0) if ms > last_ms else (last_ms, last_n + 1)
-        return f"{self._last_id[0]}-{self._last_id[1]}"
+        self._last_id = (max(ms, last_ms), last_n + 1)
+        return self._last_id
+
+    def _new_stream(self, name: str) -> _Stream:
+        stream = _Stream(deque(maxlen=self.retained), deque(maxlen=self.retained), self._clock() + self.stream_ttl)
+        self._streams[name] = stream
+        return stream
 
     async def append(
         self,
@@ -170,10 +251,13 @@ class MemoryStore(Store):
         self._sweep()
         if dedupe_key is not None and not self._claim(dedupe_key, dedupe_ttl):
             return None
-        kept = self._live_stream(stream)
-        if kept is None:
-            kept = self._streams.setdefault(stream, _Stream(deque(maxlen=self.retained), 0.0))
-        added = [OutboxEntry(self._new_id(), entry.kind, entry.payload, entry.to_callback) for entry in entries]
+        kept = self._live_stream(stream) or self._new_stream(stream)
+        self._warn_if_undelivered_drop(stream, kept, len(entries))
+        added = []
+        for entry in entries:
+            entry_id = self._new_id()
+            added.append(OutboxEntry(f"{entry_id[0]}-{entry_id[1]}", entry.kind, entry.payload, entry.to_callback))
+            kept.ids.append(entry_id)
         kept.entries.extend(added)
         kept.expires_at = self._clock() + self.stream_ttl
         if kept.appended is not None and added:
@@ -181,37 +265,59 @@ class MemoryStore(Store):
             kept.appended = None
         return added
 
+    def _warn_if_undelivered_drop(self, name: str, kept: _Stream, appending: int) -> None:
+        """Say so when making room drops an entry no sink has taken (nobody
+        streams this conversation and no callback took it)."""
+        overflow = len(kept.entries) + appending - self.retained
+        if overflow <= 0 or not kept.entries:
+            return
+        newest_dropped = kept.ids[min(overflow, len(kept.ids)) - 1]
+        taken = [parse_entry_id(pointer) for pointer in kept.sinks.values()]
+        if not any(pointer is not None and pointer >= newest_dropped for pointer in taken):
+            logger.warning("Dropping an undelivered item for %s: nobody is streaming its messages.", name)
+
     async def read(
         self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
     ) -> List[OutboxEntry]:
-        if after is not None and parse_entry_id(after) is None:
-            raise ValueError(f"not a stream entry id: {after!r}")
-        found = self._entries_after(stream, after, limit)
+        bound = None
+        if after is not None:
+            bound = parse_entry_id(after)
+            if bound is None:
+                raise ValueError(f"not a stream entry id: {after!r}")
+        found = self._entries_after(stream, bound, limit)
         if found or not block or block <= 0:
             return found
-        kept = self._live_stream(stream)
-        if kept is None:
-            kept = self._streams.setdefault(stream, _Stream(deque(maxlen=self.retained), self._clock() + self.stream_ttl))
+        kept = self._live_stream(stream) or self._new_stream(stream)
         if kept.appended is None:
             kept.appended = asyncio.Event()
         appended = kept.appended
+        kept.waiting += 1
         try:
             await asyncio.wait_for(appended.wait(), timeout=block)
         except asyncio.TimeoutError:
             return []
-        return self._entries_after(stream, after, limit)
+        finally:
+            kept.waiting -= 1
+            if not kept.waiting and not kept.entries and not kept.sinks and self._streams.get(stream) is kept:
+                # Nobody wrote to it and nobody waits: a quiet conversation's
+                # stream request leaves nothing behind.
+                del self._streams[stream]
+        return self._entries_after(stream, bound, limit)
 
-    def _entries_after(self, stream: str, after: Optional[str], limit: int) -> List[OutboxEntry]:
+    def _entries_after(self, stream: str, bound: Optional[EntryId], limit: int) -> List[OutboxEntry]:
         kept = self._live_stream(stream)
-        if kept is None:
+        if kept is None or not kept.entries:
             return []
-        found: List[OutboxEntry] = []
-        for entry in kept.entries:
-            if entry_id_after(entry.entry_id, after):
-                found.append(entry)
-                if len(found) >= limit:
-                    break
-        return found
+        ids = kept.ids
+        start = len(ids)
+        if bound is None:
+            start = 0
+        else:
+            # Ids grow: walk back from the newest to the first one after ``bound``.
+            while start > 0 and ids[start - 1] > bound:
+                start -= 1
+        entries = kept.entries
+        return [entries[index] for index in range(start, min(len(entries), start + limit))]
 
     async def sink_position(self, stream: str, sink: str) -> Optional[str]:
         kept = self._live_stream(stream)
@@ -220,9 +326,7 @@ class MemoryStore(Store):
     async def advance_sink(self, stream: str, sink: str, entry_id: str) -> bool:
         if parse_entry_id(entry_id) is None:
             raise ValueError(f"not a stream entry id: {entry_id!r}")
-        kept = self._live_stream(stream)
-        if kept is None:
-            kept = self._streams.setdefault(stream, _Stream(deque(maxlen=self.retained), 0.0))
+        kept = self._live_stream(stream) or self._new_stream(stream)
         if not entry_id_after(entry_id, kept.sinks.get(sink)):
             return False
         kept.sinks[sink] = entry_id

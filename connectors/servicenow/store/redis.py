@@ -76,6 +76,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from connectors.servicenow.store import keys as key_names
 from connectors.servicenow.store.base import (
     HandoffRecord,
     NewEntry,
@@ -308,7 +309,8 @@ return 1
 
 
 class RedisStore(Store):
-    shared = True
+    #: Another replica's timer (or one whose claimer died) fires at most this late.
+    timer_rescan_s = 5.0
 
     def __init__(
         self,
@@ -340,7 +342,10 @@ class RedisStore(Store):
         self._let_go = client.register_script(_LET_GO)
         self._claim_timers = client.register_script(_CLAIM_TIMERS)
         self._finish_timer = client.register_script(_FINISH_TIMER)
-        self._notices = _Notices(client, operation_timeout, self._key("notices"))
+        self._notices = _Notices(client, operation_timeout, self._key(key_names.NOTICES))
+
+    def describe(self) -> str:
+        return f"shared through Redis (prefix {self.prefix!r})"
 
     @classmethod
     def from_url(
@@ -402,14 +407,14 @@ class RedisStore(Store):
     async def create_handoff(self, record: HandoffRecord) -> bool:
         created = await self._run(
             self._create_handoff(
-                keys=[self._key("h:", record.sender_id), self._key("c:", record.chat_id)],
+                keys=[self._key(key_names.HANDOFF, record.sender_id), self._key(key_names.CHAT_INDEX, record.chat_id)],
                 args=[_header(record.chat_id), _stored(record), record.sender_id],
             )
         )
         return bool(created)
 
     async def get_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
-        stored = await self._run(self._redis.get(self._key("h:", sender_id)))
+        stored = await self._run(self._redis.get(self._key(key_names.HANDOFF, sender_id)))
         return _record(sender_id, stored)
 
     async def handoff_by_chat(self, chat_id: str) -> Optional[HandoffRecord]:
@@ -417,7 +422,7 @@ class RedisStore(Store):
         # who has moved on to another chat: the script checks the record is
         # this chat's.
         found = await self._run(
-            self._handoff_by_chat(keys=[self._key("c:", chat_id)], args=[self._key("h:"), _header(chat_id)])
+            self._handoff_by_chat(keys=[self._key(key_names.CHAT_INDEX, chat_id)], args=[self._key(key_names.HANDOFF), _header(chat_id)])
         )
         if not found:
             return None
@@ -426,21 +431,21 @@ class RedisStore(Store):
 
     async def update_handoff(self, record: HandoffRecord) -> bool:
         updated = await self._run(
-            self._update_handoff(keys=[self._key("h:", record.sender_id)], args=[_header(record.chat_id), _stored(record)])
+            self._update_handoff(keys=[self._key(key_names.HANDOFF, record.sender_id)], args=[_header(record.chat_id), _stored(record)])
         )
         return bool(updated)
 
     async def end_handoff(self, sender_id: str, chat_id: str) -> Optional[HandoffRecord]:
         stored = await self._run(
             self._end_handoff(
-                keys=[self._key("h:", sender_id), self._key("c:", chat_id)], args=[_header(chat_id), sender_id]
+                keys=[self._key(key_names.HANDOFF, sender_id), self._key(key_names.CHAT_INDEX, chat_id)], args=[_header(chat_id), sender_id]
             )
         )
         return _record(sender_id, stored)
 
     async def handoffs(self) -> AsyncIterator[HandoffRecord]:
-        pattern = _glob_escape(self._key("h:")) + "*"
-        start = len(self._key("h:").encode())
+        pattern = _glob_escape(self._key(key_names.HANDOFF)) + "*"
+        start = len(self._key(key_names.HANDOFF).encode())
         cursor = 0
         while True:
             cursor, keys = await self._run(self._redis.scan(cursor, match=pattern, count=500))
@@ -456,7 +461,7 @@ class RedisStore(Store):
     # -- exactly once -------------------------------------------------------
 
     async def claim_once(self, key: str, ttl: float) -> bool:
-        claimed = await self._run(self._claim_once(keys=[self._key("d:", key)], args=[_token(), _ms(ttl)]))
+        claimed = await self._run(self._claim_once(keys=[self._key(key_names.DEDUPE, key)], args=[_token(), _ms(ttl)]))
         return bool(claimed)
 
     # -- outbox streams -----------------------------------------------------
@@ -469,9 +474,9 @@ class RedisStore(Store):
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
     ) -> Optional[List[OutboxEntry]]:
-        keys = [self._key("o:", stream), self._key("s:", stream)]
+        keys = [self._key(key_names.OUTBOX, stream), self._key(key_names.SINKS, stream)]
         if dedupe_key is not None:
-            keys.append(self._key("d:", dedupe_key))
+            keys.append(self._key(key_names.DEDUPE, dedupe_key))
         args: List[Any] = [
             self.retained,
             _ms(self.stream_ttl),
@@ -497,7 +502,7 @@ class RedisStore(Store):
     ) -> List[OutboxEntry]:
         if after is not None and parse_entry_id(after) is None:
             raise ValueError(f"not a stream entry id: {after!r}")
-        key = self._key("o:", stream)
+        key = self._key(key_names.OUTBOX, stream)
         entries = await self._read_now(key, after, limit)
         if entries or not block or block <= 0:
             return entries
@@ -529,7 +534,7 @@ class RedisStore(Store):
         return [_entry(entry_id, fields) for entry_id, fields in reply[0][1]]
 
     async def sink_position(self, stream: str, sink: str) -> Optional[str]:
-        position = await self._run(self._redis.hget(self._key("s:", stream), sink))
+        position = await self._run(self._redis.hget(self._key(key_names.SINKS, stream), sink))
         return position.decode().partition(" ")[0] if position is not None else None
 
     async def advance_sink(self, stream: str, sink: str, entry_id: str) -> bool:
@@ -537,7 +542,7 @@ class RedisStore(Store):
             raise ValueError(f"not a stream entry id: {entry_id!r}")
         moved = await self._run(
             self._advance_sink(
-                keys=[self._key("s:", stream), self._key("o:", stream)], args=[sink, entry_id, _ms(self.stream_ttl), _token()]
+                keys=[self._key(key_names.SINKS, stream), self._key(key_names.OUTBOX, stream)], args=[sink, entry_id, _ms(self.stream_ttl), _token()]
             )
         )
         return bool(moved)
@@ -545,18 +550,18 @@ class RedisStore(Store):
     # -- leases -------------------------------------------------------------
 
     async def register_lease(self, name: str) -> None:
-        await self._run(self._redis.zadd(self._key("leases"), {name: 0}, nx=True))
+        await self._run(self._redis.zadd(self._key(key_names.LEASES), {name: 0}, nx=True))
 
     async def unregister_lease(self, name: str) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        pipe.zrem(self._key("leases"), name)
-        pipe.delete(self._key("l:", name))
+        pipe.zrem(self._key(key_names.LEASES), name)
+        pipe.delete(self._key(key_names.LEASE, name))
         await self._run(pipe.execute())
 
     async def _hold(self, name: str, owner: str, ttl: float, renew_only: bool) -> bool:
         held = await self._run(
             self._acquire_lease(
-                keys=[self._key("l:", name), self._key("leases")],
+                keys=[self._key(key_names.LEASE, name), self._key(key_names.LEASES)],
                 args=[owner, _ms(ttl), _now_ms(), name, "1" if renew_only else "0"],
             )
         )
@@ -570,16 +575,16 @@ class RedisStore(Store):
 
     async def release_lease(self, name: str, owner: str) -> bool:
         released = await self._run(
-            self._release_lease(keys=[self._key("l:", name), self._key("leases")], args=[owner, name])
+            self._release_lease(keys=[self._key(key_names.LEASE, name), self._key(key_names.LEASES)], args=[owner, name])
         )
         return bool(released)
 
     async def lease_owner(self, name: str) -> Optional[str]:
-        holder = await self._run(self._redis.get(self._key("l:", name)))
+        holder = await self._run(self._redis.get(self._key(key_names.LEASE, name)))
         return holder.decode() if holder is not None else None
 
     async def free_leases(self, limit: int = 100) -> List[str]:
-        names = await self._run(self._free_leases(keys=[self._key("leases")], args=[_now_ms(), limit, self._key("l:")]))
+        names = await self._run(self._free_leases(keys=[self._key(key_names.LEASES)], args=[_now_ms(), limit, self._key(key_names.LEASE)]))
         return [name.decode() for name in names]
 
     async def take_job(
@@ -605,9 +610,9 @@ class RedisStore(Store):
                 stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl,
                 lease=lease, owner=owner, ttl=ttl, sink=sink, limit=limit,
             )
-        keys = [self._key("o:", stream), self._key("s:", stream), self._key("l:", lease), self._key("leases")]
+        keys = [self._key(key_names.OUTBOX, stream), self._key(key_names.SINKS, stream), self._key(key_names.LEASE, lease), self._key(key_names.LEASES)]
         if dedupe_key is not None:
-            keys.append(self._key("d:", dedupe_key))
+            keys.append(self._key(key_names.DEDUPE, dedupe_key))
         args: List[Any] = [
             self.retained,
             _ms(self.stream_ttl),
@@ -634,7 +639,7 @@ class RedisStore(Store):
             raise ValueError(f"not a stream entry id: {entry_id!r}")
         reply = await self._run(
             self._advance_and_next(
-                keys=[self._key("s:", stream), self._key("o:", stream), self._key("l:", lease), self._key("leases")],
+                keys=[self._key(key_names.SINKS, stream), self._key(key_names.OUTBOX, stream), self._key(key_names.LEASE, lease), self._key(key_names.LEASES)],
                 args=[sink, entry_id, _ms(self.stream_ttl), _token(), owner, _ms(ttl), _now_ms(), lease, limit],
             )
         )
@@ -653,7 +658,7 @@ class RedisStore(Store):
         """``take_job`` and ``let_go`` touch the same keys with the same arguments."""
         taken = await self._run(
             script(
-                keys=[self._key("l:", lease), self._key("leases"), self._key("s:", stream), self._key("o:", stream)],
+                keys=[self._key(key_names.LEASE, lease), self._key(key_names.LEASES), self._key(key_names.SINKS, stream), self._key(key_names.OUTBOX, stream)],
                 args=[owner, _ms(ttl), _now_ms(), lease, sink, limit],
             )
         )
@@ -662,27 +667,27 @@ class RedisStore(Store):
     # -- timers -------------------------------------------------------------
 
     async def schedule_timer(self, name: str, due_at: float) -> None:
-        await self._run(self._redis.zadd(self._key("timers"), {name: int(due_at * 1000)}))
+        await self._run(self._redis.zadd(self._key(key_names.TIMERS), {name: int(due_at * 1000)}))
 
     async def cancel_timer(self, name: str) -> bool:
-        return bool(await self._run(self._redis.zrem(self._key("timers"), name)))
+        return bool(await self._run(self._redis.zrem(self._key(key_names.TIMERS), name)))
 
     async def timer_due_at(self, name: str) -> Optional[float]:
-        score = await self._run(self._redis.zscore(self._key("timers"), name))
+        score = await self._run(self._redis.zscore(self._key(key_names.TIMERS), name))
         return score / 1000 if score is not None else None
 
     async def next_timer_due(self) -> Optional[float]:
-        first = await self._run(self._redis.zrange(self._key("timers"), 0, 0, withscores=True))
+        first = await self._run(self._redis.zrange(self._key(key_names.TIMERS), 0, 0, withscores=True))
         return first[0][1] / 1000 if first else None
 
     async def claim_due_timers(self, *, hold: float = 30.0, limit: int = 100) -> List[TimerClaim]:
         now = _now_ms()
         held_until = now + _ms(hold)
-        names = await self._run(self._claim_timers(keys=[self._key("timers")], args=[now, held_until, limit]))
+        names = await self._run(self._claim_timers(keys=[self._key(key_names.TIMERS)], args=[now, held_until, limit]))
         return [TimerClaim(name.decode(), held_until) for name in names]
 
     async def finish_timer(self, claim: TimerClaim) -> bool:
-        finished = await self._run(self._finish_timer(keys=[self._key("timers")], args=[claim.name, claim.held_until]))
+        finished = await self._run(self._finish_timer(keys=[self._key(key_names.TIMERS)], args=[claim.name, claim.held_until]))
         return bool(finished)
 
     # -- lifecycle ----------------------------------------------------------

@@ -16,9 +16,17 @@
   const token = window.SERVICENOW_CHAT_TOKEN || new URLSearchParams(window.location.hash.slice(1)).get("token");
   const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
 
+  // The conversation: the token's subject; else `?sender=<id>` in the URL (to
+  // open a given conversation, e.g. the same one on another replica); else
+  // the one this tab already has; else a new one, which the bot greets.
   const senderKey = "servicenow-webchat-sender";
-  const sender = (token && subjectOf(token)) || sessionStorage.getItem(senderKey) || newSenderId();
+  const requested = new URLSearchParams(window.location.search).get("sender");
+  const known = (token && subjectOf(token)) || requested || sessionStorage.getItem(senderKey);
+  const sender = known || newSenderId();
   sessionStorage.setItem(senderKey, sender);
+  // What a new conversation starts with, as rasa-webchat's `initPayload`: the
+  // bot speaks first. `window.SERVICENOW_CHAT_INIT_PAYLOAD = ""` turns it off.
+  const initPayload = window.SERVICENOW_CHAT_INIT_PAYLOAD ?? "/greet";
 
   const ui = {
     root: document.querySelector(".chat"),
@@ -151,9 +159,12 @@
 
   // -- talking to the channel -----------------------------------------------
 
+  // `shown` null: nothing is shown for the user (the greeting's payload).
   async function say(text, shown = text, attachment = null) {
     if (!text.trim() && !attachment) return;
-    render("user", attachment ? { text: shown || attachment.name, attachment: attachment.url } : { text: shown });
+    if (shown !== null) {
+      render("user", attachment ? { text: shown || attachment.name, attachment: attachment.url } : { text: shown });
+    }
     stopUserTyping();
     ui.send.disabled = true;
     try {
@@ -243,5 +254,6 @@
   });
 
   listen();
+  if (!known && initPayload) say(initPayload, null);
   ui.input.focus();
 })();

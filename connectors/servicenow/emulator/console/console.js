@@ -11,10 +11,17 @@
   const TYPING_IDLE_MS = 2000;
   const ERROR_MS = 6000;
   const SEEN_KEY = "servicenow-emulator-console:seen";
+  const TOKEN_KEY = "servicenow-emulator-console:token";
+  // The control token: from the page's address (#token=..., the link the emulator prints), from the page itself when
+  // the user typed its address, or from this tab's earlier load. It goes with every call (X-Emulator-Token).
+  const TOKEN = readToken();
   // Marks the console's polling GETs so the emulator logs them at DEBUG instead of INFO.
-  const POLL_HEADERS = { "X-Emulator-Console": "poll" };
+  const POLL_HEADERS = { "X-Emulator-Console": "poll", "X-Emulator-Token": TOKEN };
   const API_LABEL = { connect: "Connect", va: "Virtual Agent" };
   const STATUS_LABEL = { waiting: "Waiting", live: "Live", closed: "Closed" };
+  const UNREACHABLE_TEXT = "Emulator not reachable, retrying…";
+  const NO_TOKEN_TEXT =
+    "No control token: open the console from the link the emulator printed (…/__emu/console#token=…), or type its address.";
 
   const byId = (id) => document.getElementById(id);
   const el = {
@@ -138,6 +145,28 @@
 
   // ---- Talking to the emulator --------------------------------------------------------------------------------
 
+  function readToken() {
+    const fromHash = new URLSearchParams(window.location.hash.slice(1)).get("token");
+    if (fromHash) {
+      // Out of the address bar (and of what a screen share shows); this tab keeps it.
+      window.history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    const meta = document.querySelector('meta[name="emulator-control-token"]');
+    let stored = "";
+    try {
+      stored = window.sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (_) {
+      stored = "";
+    }
+    const token = fromHash || (meta && meta.content) || stored;
+    try {
+      if (token) window.sessionStorage.setItem(TOKEN_KEY, token);
+    } catch (_) {
+      // Without storage the token lasts for this page only.
+    }
+    return token;
+  }
+
   async function getJSON(path) {
     const response = await fetch(BASE + path, { headers: POLL_HEADERS, cache: "no-store" });
     if (!response.ok) {
@@ -153,7 +182,7 @@
     try {
       response = await fetch(`${BASE}/${path}`, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-Emulator-Token": TOKEN },
         body: JSON.stringify(body),
       });
     } catch (_) {
@@ -206,7 +235,9 @@
     let inbox;
     try {
       inbox = await getJSON("/inbox");
-    } catch (_) {
+    } catch (error) {
+      // 403: the emulator wants the control token this page did not get.
+      el.connection.textContent = error.status === 403 ? NO_TOKEN_TEXT : UNREACHABLE_TEXT;
       show(el.connection, true);
       return;
     }
@@ -322,8 +353,9 @@
     const isSelected = chat.id === app.selectedId;
     item.li.classList.toggle("is-selected", isSelected);
     setAttr(item.button, "aria-current", isSelected ? "true" : "false");
-    setText(item.avatar, initials(chat.requester_name));
-    setText(item.name, chat.requester_name);
+    setText(item.avatar, avatarText(chat));
+    setText(item.name, userName(chat));
+    setAttr(item.name, "title", chat.conversation_id ? `Conversation ${chat.conversation_id}` : "");
     setText(item.api, API_LABEL[chat.api] || chat.api);
     setText(item.ident, identifier(chat));
 
@@ -341,6 +373,15 @@
     const unread = !isSelected && chat.status !== "closed" && chat.user_messages > (app.seen.get(chat.id) || 0);
     item.li.classList.toggle("is-unread", unread);
     show(item.dot, unread);
+  }
+
+  // The user as a person expects to see them: the name the channel sent, else the conversation's id.
+  function userName(chat) {
+    return chat.user_label || chat.requester_name || "User";
+  }
+
+  function avatarText(chat) {
+    return chat.user_named === false ? "#" : initials(userName(chat));
   }
 
   function identifier(chat) {
@@ -387,12 +428,16 @@
     show(el.conversation, Boolean(chat));
     if (!chat) return;
 
-    setText(el.convInitials, initials(chat.requester_name));
-    setText(el.convTitle, chat.requester_name);
+    setText(el.convInitials, avatarText(chat));
+    setText(el.convTitle, userName(chat));
     setText(el.convApi, API_LABEL[chat.api] || chat.api);
     setText(el.convStatus, STATUS_LABEL[chat.status] || chat.status);
     setAttr(el.convStatus, "class", `status status--${chat.status}`);
-    const details = [identifier(chat), `started ${clock(chat.started_ms)}`];
+    const details = [identifier(chat)];
+    // The full id when the title shows a name or a shortened one; for Connect, who opened the chat on the user's behalf.
+    if (chat.conversation_id && chat.conversation_id !== identifier(chat)) details.push(`conversation ${chat.conversation_id}`);
+    if (chat.api === "connect" && chat.requester_name) details.push(`via ${chat.requester_name}`);
+    details.push(`started ${clock(chat.started_ms)}`);
     if (chat.agent && chat.agent.name) details.push(`agent ${chat.agent.name}`);
     setText(el.convDetail, details.join(" · "));
 
@@ -501,7 +546,7 @@
       li.append(line);
       return entry;
     }
-    const name = author === "user" ? chat.requester_name : message.sender_name || "Agent";
+    const name = author === "user" ? userName(chat) : message.sender_name || "Agent";
     li.setAttribute("data-name", String(name));
     li.setAttribute("data-time", clock(message.timestamp));
     const attachments = Array.isArray(message.attachments) ? message.attachments : [];

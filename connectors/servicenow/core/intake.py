@@ -1,0 +1,276 @@
+"""What ServiceNow says, pushed (Virtual Agent callbacks) or polled
+(Connect), taken in one way: ``Dispatcher.dispatch``.
+
+Per chat and in order, ``dispatch`` drops what was already handled, puts
+messages, typing and status in the outbox, moves the chat's cursor (saved
+to the tracker a moment later, coalesced, with a record of the delivered
+messages: rasa_glue/pending.py), and reports the end of the chat. Each agent
+message is delivered once per deployment: a pushed callback is stored with
+its dedupe key in one step before ServiceNow hears 200, and a polled message
+id is claimed in the store, so a poller that took over from a stale cursor
+does not repeat it.
+
+Pushes reach it through callbacks.py, polls through polling.py.
+``DeliveryReports`` tells ServiceNow an agent message reached the user
+(``report_delivery``).
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+
+from connectors.servicenow.config import ServiceNowSettings
+from connectors.servicenow.core.chat import LiveChat
+from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
+from connectors.servicenow.ops.observe import Observer
+from connectors.servicenow.outbox.base import TYPING_EVENT, Outgoing, status_item
+from connectors.servicenow.outbox.stream import Outbox
+from connectors.servicenow.rasa_glue.pending import PendingWrites
+from connectors.servicenow.rasa_glue.slots import TrackerEvent, agent_joined_events, bot_uttered, cursor_events
+from connectors.servicenow.servicenow.base import (
+    AgentEvent,
+    AgentJoined,
+    AgentMessage,
+    AgentTyping,
+    Backend,
+    ChatClosed,
+    ChatRef,
+    Cursor,
+    SystemNotice,
+)
+from connectors.servicenow.store import OutboxEntry, Store
+from connectors.servicenow.store.keys import message_dedupe
+from connectors.servicenow.tasks import TaskSet
+
+logger = logging.getLogger(__name__)
+
+# Pushed callbacks can overtake each other. The end of a chat waits this long
+# so that an agent's last message, pushed just before the close, still
+# reaches the user before the "chat ended" notice.
+END_GRACE_S = 0.5
+#: How long an agent message id is remembered across the deployment to
+#: deliver it once: longer than any cursor can lag behind.
+MESSAGE_DEDUPE_TTL_S = 3600.0
+#: How long a pushed callback is remembered to drop ServiceNow's repeats of
+#: it (its retries come within seconds; a mark costs about 100 bytes).
+CALLBACK_DEDUPE_TTL_S = 600.0
+# Fields of a Rasa bot message a rich ServiceNow item can map to.
+RASA_MESSAGE_FIELDS = ("image", "buttons", "attachment", "custom")
+
+#: The chat ended on ServiceNow's side.
+OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
+#: The chat moved on while queued: an agent joined, or a new wait estimate came.
+OnProgress = Callable[[LiveChat], Awaitable[Any]]
+
+
+@dataclass
+class _Batch:
+    """What one dispatch puts in the outbox and changes about the chat."""
+
+    outgoing: List[Outgoing] = field(default_factory=list)
+    #: Where the messages (not typing or status) are in ``outgoing``.
+    queued: List[int] = field(default_factory=list)
+    records: List[TrackerEvent] = field(default_factory=list)
+    #: Message ids and times a push moves the cursor past.
+    noted: List[Tuple[str, Optional[float]]] = field(default_factory=list)
+    joined: bool = False
+    estimate: Optional[str] = None
+    closed: Optional[ChatClosed] = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: ServiceNowSettings,
+        backend: Backend,
+        store: Store,
+        outbox: Outbox,
+        pending: PendingWrites,
+        observe: Observer,
+        work: TaskSet,
+        *,
+        on_closed: OnClosed,
+        on_progress: OnProgress,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._store = store
+        self._outbox = outbox
+        self._pending = pending
+        self._observe = observe
+        self._work = work
+        self._on_closed = on_closed
+        self._on_progress = on_progress
+
+    async def dispatch(
+        self,
+        chat: LiveChat,
+        events: Sequence[AgentEvent],
+        cursor: Optional[Cursor] = None,
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+    ) -> bool:
+        """Deliver events in order, at most once each, then move the cursor
+        (a poll's ``cursor``; a push moves it past its own messages).
+
+        With ``dedupe_key`` (a pushed callback) what the events say is stored
+        in one step with the key, before this returns, and an end of the
+        chat is handled in the background: False when the key was seen before
+        (a repeat, dropped); ``StoreUnavailable`` when nothing could be stored
+        (nothing changed, the push may come again)."""
+        arrived = time.monotonic()
+        async with chat.dispatch_lock:
+            if chat.ended:
+                return True
+            batch = await self._sort(chat, events, polled=cursor is not None)
+            items = await self._outbox.put(chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+            if items is None:
+                return False
+            for index in batch.queued:
+                self._observe.agent_message_queued(items[index].event_id, arrived)
+            progressed = self._move_on(chat, batch, cursor)
+        if progressed and not chat.ended:
+            await self._on_progress(chat)
+        closed = batch.closed
+        if closed is not None:
+            if dedupe_key is not None:
+                # The push is stored: acknowledge it now, end the chat after.
+                self._work.spawn(self._close_after_grace(chat, closed))
+            else:
+                if not self._backend.pulls:
+                    await asyncio.sleep(END_GRACE_S)
+                await self._on_closed(chat, closed)
+        return True
+
+    async def _sort(self, chat: LiveChat, events: Sequence[AgentEvent], *, polled: bool) -> _Batch:
+        """Turn events into outbox items, dropping what is handled already."""
+        batch = _Batch(joined=chat.agent_joined, estimate=chat.wait_estimate)
+        for event in events:
+            if isinstance(event, ChatClosed):
+                batch.closed = event
+                break
+            if isinstance(event, AgentTyping):
+                batch.outgoing.append(Outgoing({"recipient_id": chat.sender_id, "typing": event.typing}, TYPING_EVENT))
+                continue
+            if isinstance(event, AgentJoined):
+                self._observe.agent_joined(chat.sender_id, chat.chat_id)
+                batch.joined = True
+                batch.outgoing.append(
+                    status_item(
+                        chat.sender_id, active=True, chat_id=chat.chat_id, api=self._backend.api,
+                        agent_joined=True, agent_name=event.agent_name,
+                    )
+                )
+                continue
+            if not polled and event.message_id in chat.seen_ids:
+                self._observe.duplicate_dropped("message")
+                continue
+            if polled and event.message_id and not await self._first_delivery(chat, event.message_id):
+                continue
+            self._add_message(chat, batch, event, polled=polled)
+        return batch
+
+    def _add_message(self, chat: LiveChat, batch: _Batch, event: AgentEvent, *, polled: bool) -> None:
+        assert isinstance(event, (AgentMessage, SystemNotice))
+        if isinstance(event, SystemNotice) and event.kind == "wait":
+            if batch.joined:
+                return  # a queue notice overtaken by the agent's arrival
+            if event.details.get("wait_time"):
+                batch.estimate = str(event.details["wait_time"])
+        if isinstance(event, AgentMessage):
+            self._observe.agent_joined(chat.sender_id, chat.chat_id)
+            batch.joined = True
+        message = user_message(chat.sender_id, event)
+        batch.queued.append(len(batch.outgoing))
+        batch.outgoing.append(Outgoing(message))
+        batch.records.append(bot_uttered(message))
+        if not polled:
+            batch.noted.append((event.message_id, event.timestamp))
+
+    def _move_on(self, chat: LiveChat, batch: _Batch, cursor: Optional[Cursor]) -> bool:
+        """Once its events are on their way, the chat moves on; True when it
+        progressed (an agent joined, a new wait estimate)."""
+        # The tracker shows the agent's arrival (``handoff_status``).
+        status = agent_joined_events() if batch.joined and not chat.agent_joined else []
+        progressed = batch.joined != chat.agent_joined or batch.estimate != chat.wait_estimate
+        chat.agent_joined, chat.wait_estimate = batch.joined, batch.estimate
+        for message_id, timestamp in batch.noted:
+            chat.note_message(message_id, timestamp)
+        if cursor is not None:
+            chat.move_to(cursor)
+        if batch.records or status:
+            self._pending.save_later(chat.sender_id, self._to_save(batch.records, chat) + status)
+        if batch.records:
+            logger.info("Relayed %d agent message(s) to conversation %s.", len(batch.records), chat.sender_id)
+        return progressed
+
+    async def _close_after_grace(self, chat: LiveChat, closed: ChatClosed) -> None:
+        await asyncio.sleep(END_GRACE_S)
+        await self._on_closed(chat, closed)
+
+    async def _first_delivery(self, chat: LiveChat, message_id: str) -> bool:
+        """Whether no replica delivered this message before (a poller that
+        took over from a stale cursor). When the store cannot say, yes: a
+        repeat beats a loss."""
+        try:
+            return await self._store.claim_once(message_dedupe(chat.chat_id, message_id), MESSAGE_DEDUPE_TTL_S)
+        except StoreUnavailable as error:
+            logger.warning("Could not check message %s for a repeat (delivering it): %s", message_id, error)
+            return True
+
+    def _to_save(self, records: List[TrackerEvent], chat: LiveChat) -> List[TrackerEvent]:
+        """What a delivery leaves in the tracker. Only deliveries are saved: a
+        cursor that moved over the user's own messages needs no save, since
+        after a restart those are read again and filtered again."""
+        transcript = records if self._settings.record_transcript else []
+        # Connect reads from its cursor after a restart; a Virtual Agent chat
+        # keeps seen ids only to drop a push ServiceNow repeats across one.
+        if self._backend.pulls or transcript:
+            return transcript + cursor_events(chat.last_updated, chat.seen_ids)
+        return []
+
+
+def user_message(recipient_id: str, event: AgentEvent) -> Dict[str, Any]:
+    """The bot message that carries an agent message or a ServiceNow notice to the user."""
+    if isinstance(event, AgentMessage):
+        metadata: Dict[str, Any] = {"source": "agent", "agent_name": event.agent_name, "message_id": event.message_id}
+        return {"recipient_id": recipient_id, "text": event.text, **event.rich, "metadata": metadata}
+    assert isinstance(event, SystemNotice)
+    metadata = {"source": "system", "kind": event.kind, "message_id": event.message_id}
+    fields = {key: value for key, value in event.details.items() if key in RASA_MESSAGE_FIELDS}
+    metadata.update({key: value for key, value in event.details.items() if key not in RASA_MESSAGE_FIELDS})
+    return {"recipient_id": recipient_id, "text": event.text, **fields, "metadata": metadata}
+
+
+class DeliveryReports:
+    """Tells ServiceNow whether an agent message reached the user
+    (``report_delivery``), from whichever replica's sink took it: the
+    outbox's ``on_taken``."""
+
+    def __init__(self, settings: ServiceNowSettings, store: Store, backend: Backend, work: TaskSet) -> None:
+        self._enabled = settings.report_delivery
+        self._store = store
+        self._backend = backend
+        self._work = work
+
+    def taken(self, sender_id: str, entry: OutboxEntry, delivered: bool) -> None:
+        metadata = entry.payload.get("metadata") or {}
+        if not self._enabled or metadata.get("source") != "agent" or not metadata.get("message_id"):
+            return
+        self._work.spawn(self._report(sender_id, str(metadata["message_id"]), delivered))
+
+    async def _report(self, sender_id: str, message_id: str, delivered: bool) -> None:
+        try:
+            record = await self._store.get_handoff(sender_id)
+        except StoreUnavailable as error:
+            logger.warning("Could not report delivery of message %s: %s", message_id, error)
+            return
+        if record is None:
+            return  # the chat is over: nobody to report to
+        try:
+            await self._backend.report_delivery(ChatRef(record.chat_id, sender_id, record.user), message_id, delivered)
+        except ServiceNowError as error:
+            logger.warning("Could not report delivery of message %s to ServiceNow: %s", message_id, error)

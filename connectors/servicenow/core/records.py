@@ -1,0 +1,132 @@
+"""Writing handoff records, the routing truth: filed when a chat opens,
+updated as its cursor moves, removed when it ends.
+
+A record whose removal fails is removed again in the background until it
+lands; until then the conversation's next message waits (``finish_removal``)
+rather than be routed by a record of a chat that is over.
+"""
+
+import asyncio
+import logging
+from typing import Dict, Optional, Tuple
+
+from connectors.servicenow.core.chat import LiveChat
+from connectors.servicenow.retry import STORE_RECOVERY
+from connectors.servicenow.store import Store, StoreUnavailable
+from connectors.servicenow.store.keys import poll_lease
+
+logger = logging.getLogger(__name__)
+
+
+def lease_time(delay: float) -> float:
+    """A polling lease outlives one missed renewal, no more: a dead poller's
+    chats are free again two intervals after its last poll."""
+    return 2 * delay + 0.5
+
+
+class Records:
+    def __init__(self, store: Store, api: str, *, pulls: bool, owner: str, poll_interval: float) -> None:
+        """``pulls``: chats are polled (Connect), so each is a job under a
+        lease that ``owner`` (this replica) holds from the start."""
+        self._store = store
+        self._api = api
+        self._pulls = pulls
+        self._owner = owner
+        self._poll_interval = poll_interval
+        # Removals that failed, by sender: the chat id and the task retrying.
+        self._removals: Dict[str, Tuple[str, "asyncio.Task[None]"]] = {}
+        self.pauses = STORE_RECOVERY
+
+    async def file(self, chat: LiveChat, started_at: float) -> bool:
+        """File the record of a chat being started. False when another
+        chat of the sender was filed first (another replica's start);
+        ``StoreUnavailable`` when the store cannot say."""
+        if not await self._store.create_handoff(chat.record(self._api, started_at)):
+            return False
+        if self._pulls:
+            name = poll_lease(chat.chat_id)
+            try:
+                await self._store.register_lease(name)
+                # Held from the start, so no other replica's takeover scan sees it free.
+                await self._store.acquire_lease(name, self._owner, lease_time(self._poll_interval))
+            except StoreUnavailable as error:
+                # The starting replica polls it anyway; only a takeover needs the name.
+                logger.warning("Could not register the polling of chat %s for takeover: %s", chat.chat_id, error)
+        return True
+
+    async def save(self, chat: LiveChat, started_at: Optional[float] = None) -> None:
+        """Write the chat's cursor and state to its record; a failure is
+        logged: the tracker mirror and this process still have it."""
+        try:
+            await self._store.update_handoff(chat.record(self._api, started_at))
+        except StoreUnavailable as error:
+            logger.warning("Could not update the handoff record of chat %s: %s", chat.chat_id, error)
+
+    async def remove(self, sender_id: str, chat_id: str) -> bool:
+        """Remove the record. True when this call ended it; False when it
+        was gone already or the store is down (then the removal is retried in
+        the background until it lands: ``is_removing``)."""
+        try:
+            ended = await self._store.end_handoff(sender_id, chat_id)
+        except StoreUnavailable as error:
+            logger.error(
+                "Could not remove the handoff record of conversation %s (chat %s); retrying: %s", sender_id, chat_id, error
+            )
+            if sender_id not in self._removals:
+                retry = asyncio.ensure_future(self._remove_later(sender_id, chat_id))
+                self._removals[sender_id] = (chat_id, retry)
+            return False
+        if ended is not None:
+            await self.unregister_poll(chat_id)
+        return ended is not None
+
+    def is_removing(self, sender_id: str) -> bool:
+        return sender_id in self._removals
+
+    async def finish_removal(self, sender_id: str) -> None:
+        """Remove a record whose removal failed before, ahead of anything that
+        reads it (it would bring the ended chat back); ``StoreUnavailable``
+        while the store still fails."""
+        pending = self._removals.get(sender_id)
+        if pending is None:
+            return
+        chat_id, retry = pending
+        await self._store.end_handoff(sender_id, chat_id)
+        retry.cancel()
+        self._removals.pop(sender_id, None)
+
+    async def _remove_later(self, sender_id: str, chat_id: str) -> None:
+        attempt = 0
+        try:
+            while True:
+                await self.pauses.sleep(attempt)
+                attempt += 1
+                try:
+                    await self._store.end_handoff(sender_id, chat_id)
+                except StoreUnavailable as error:
+                    logger.warning("Still cannot remove the handoff record of conversation %s: %s", sender_id, error)
+                    continue
+                logger.info("Removed the handoff record of conversation %s after all.", sender_id)
+                return
+        finally:
+            pending = self._removals.get(sender_id)
+            if pending is not None and pending[1] is asyncio.current_task():
+                del self._removals[sender_id]
+
+    async def unregister_poll(self, chat_id: str) -> None:
+        if not self._pulls:
+            return
+        try:
+            await self._store.unregister_lease(poll_lease(chat_id))
+        except StoreUnavailable as error:
+            # A stale name is dropped by the takeover scan, which finds no record.
+            logger.warning("Could not unregister the polling of chat %s: %s", chat_id, error)
+
+    async def stop(self) -> None:
+        """Try the removals still pending once more (a graceful shutdown)."""
+        for sender_id, (chat_id, retry) in list(self._removals.items()):
+            retry.cancel()
+            try:
+                await self._store.end_handoff(sender_id, chat_id)
+            except StoreUnavailable as error:
+                logger.error("Stopping with the handoff record of conversation %s not removed: %s", sender_id, error)

@@ -1,0 +1,330 @@
+"""The HTTP routes every door serves, under ``/webhooks/<door name>/``:
+
+``GET  /``         health check.
+``POST /webhook``  a user message, ``{"sender", "message", "metadata"?}``; the
+                   answer is the list of messages for this turn, as Rasa's REST
+                   channel answers.
+``GET  /stream``   ``?sender=<id>``: Server-Sent Events with everything said to
+                   the user outside a request (agent replies, notices, typing).
+``POST /typing``   ``{"sender", "typing": true|false}``: the user's typing
+                   state, shown to the agent where the API can.
+``POST /callback`` ServiceNow's Virtual Agent pushes (authenticated).
+``GET  /chat``     a reference chat page for the end user (``chat_page: true``).
+``GET  /metrics``  Prometheus metrics (``metrics: true``; docs/metrics.md).
+
+While a conversation is in handoff its messages never reach Rasa: they go to
+ServiceNow and the answer is an empty list. When the store cannot say whether
+it is, the answer is 503 (``Retry-After``) rather than a guess; a
+conversation's messages are handled one at a time, in arrival order, and a
+handled message runs to the end even if the client hangs up.
+"""
+
+import asyncio
+import json
+import logging
+from typing import Any, List, Optional
+
+from sanic import Blueprint, Sanic, response
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+from connectors.servicenow.core.core import SHUTDOWN_TIMEOUT_S, Core
+from connectors.servicenow.doors.chat_page import add_chat_page
+from connectors.servicenow.doors.http import (
+    MalformedRequest,
+    body_routes,
+    callback_authorized,
+    check_framing,
+    discard_body,
+    error_response,
+    log_unanswered_turn,
+    malformed_request_response,
+    read_body,
+    retry_later,
+    stream_limit_error,
+)
+from connectors.servicenow.doors.open_streams import OpenStreams
+from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
+from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, verify_token
+from connectors.servicenow.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from connectors.servicenow.outbox.base import StreamLimitReached
+from connectors.servicenow.payloads import (
+    MAX_BODY_BYTES,
+    MAX_CALLBACK_BYTES,
+    PayloadError,
+    UserPayload,
+    parse_json_object,
+    parse_sender,
+    parse_typing_payload,
+    parse_user_payload,
+)
+from connectors.servicenow.rasa_glue.output import OnNewMessage
+from connectors.servicenow.servicenow.virtual_agent import CallbackError
+from connectors.servicenow.store.keys import STREAM_SINK
+
+logger = logging.getLogger(__name__)
+
+STREAM_HEARTBEAT_S = 15.0
+#: Retry-After of a stream refused by a cap: EventSource's own reconnect delay is 2 s.
+STREAM_RETRY_AFTER_S = 5
+
+
+class HTTPRoutes:
+    """The routes of the door named ``door`` on its core."""
+
+    def __init__(self, core: Core, door: str) -> None:
+        self.core = core
+        self.door = door
+        #: This door's open ``/stream`` handlers, ended when the server stops.
+        self.open_streams = OpenStreams()
+        self.prefix = f"/webhooks/{door}"
+        self.settings = core.settings
+
+    def add(self, blueprint: Blueprint, on_new_message: OnNewMessage) -> None:
+        self._add_lifecycle(blueprint)
+        self._add_guards(blueprint)
+
+        # Functions, not bound methods: Sanic marks its handlers with attributes.
+        @blueprint.route("/", methods=["GET"])
+        async def health(request: Request) -> HTTPResponse:
+            return await self.health(request)
+
+        @blueprint.route("/webhook", methods=["POST"], stream=True)
+        async def receive(request: Request) -> HTTPResponse:
+            return await self.receive(request, on_new_message)
+
+        @blueprint.route("/typing", methods=["POST"], stream=True)
+        async def typing(request: Request) -> HTTPResponse:
+            return await self.typing(request)
+
+        @blueprint.route("/callback", methods=["POST"], stream=True)
+        async def servicenow_callback(request: Request) -> HTTPResponse:
+            return await self.servicenow_callback(request)
+
+        @blueprint.route("/stream", methods=["GET"])
+        async def stream(request: Request) -> Optional[HTTPResponse]:
+            return await self.stream(request)
+
+        if self.core.metrics is not None and self.settings.metrics:
+
+            @blueprint.route("/metrics", methods=["GET"])
+            async def metrics_route(request: Request) -> HTTPResponse:
+                return await self.metrics_route(request)
+
+        if self.settings.chat_page:
+            add_chat_page(blueprint)
+
+    def _add_lifecycle(self, blueprint: Blueprint) -> None:
+        core = self.core
+
+        @blueprint.listener("after_server_start")
+        async def start_core(app: Sanic, _loop: Any) -> None:
+            await core.start(app)
+
+        @blueprint.listener("before_server_stop")
+        async def stop_core(_app: Sanic, _loop: Any) -> None:
+            await self.open_streams.close(SHUTDOWN_TIMEOUT_S)
+            await core.stop()
+
+    def _add_guards(self, blueprint: Blueprint) -> None:
+        routes_with_body = body_routes(self.prefix)
+        prefix = self.prefix
+
+        @blueprint.listener("before_server_start")
+        async def answer_malformed_requests_in_json(app: Sanic, _loop: Any) -> None:
+            # Raised before Sanic has routed the request, so only an app-level
+            # handler sees it; it is this channel's own exception class, so no
+            # other route's errors change.
+            app.error_handler.add(MalformedRequest, self._malformed_request_response)
+
+        # Sanic reads the request framing itself, before any route runs, and
+        # answers a non-numeric Content-Length or a Transfer-Encoding other
+        # than chunked with a 500; this hook refuses them first, for this
+        # channel's routes only.
+        @blueprint.signal("http.lifecycle.request")
+        async def refuse_malformed_framing(request: Request, **_: Any) -> None:
+            if request.path == prefix or request.path.startswith(prefix + "/"):
+                check_framing(request, routes_with_body)
+
+        if self.core.metrics is not None:
+
+            @blueprint.middleware("response")
+            async def count_rejected_input(request: Request, answer: HTTPResponse) -> None:
+                if answer is not None and answer.status >= 400:
+                    self._count_rejection(request.path, answer)
+
+    # -- the routes ----------------------------------------------------------------
+
+    async def health(self, _: Request) -> HTTPResponse:
+        outbox = self.core.outbox
+        return response.json(
+            {
+                "status": "ok",
+                "api": self.settings.api,
+                "live_chats": len(self.core.registry),
+                # Per-conversation state the channel holds: flat under anonymous traffic.
+                "mailboxes": outbox.mailbox_count,
+                "open_streams": outbox.open_streams,
+            }
+        )
+
+    async def receive(self, request: Request, on_new_message: OnNewMessage) -> HTTPResponse:
+        self.core.bind(request.app)
+        try:
+            # The body is read (within its cap) before a 401 too: an unread
+            # body would be left to Sanic's clean-up.
+            body = await read_body(request, MAX_BODY_BYTES)
+            claims = self.authenticate(request)
+            payload = parse_user_payload(body, max_message_length=self.settings.max_message_length)
+            self.authorize(claims, payload.sender)
+        except PayloadError as error:
+            return error_response(error)
+        agent = self.core.agent()
+        if agent is None or not agent.is_ready():
+            not_ready = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
+            return response.json(not_ready.body(), status=503)
+        # A task of its own, so that a client hanging up (Sanic then
+        # cancels this handler) cannot cut a handoff's start or end in half.
+        turn = self.core.work.spawn(self.handle(payload, on_new_message, claims))
+        try:
+            replies = await asyncio.shield(turn)
+        except asyncio.CancelledError:
+            turn.add_done_callback(log_unanswered_turn)
+            raise
+        except (StoreUnavailable, ConversationBusy) as error:
+            logger.warning("Answering 503 to a message of conversation %s: %s", payload.sender, error)
+            return retry_later(error)
+        return response.json(replies)
+
+    async def handle(self, payload: UserPayload, on_new_message: OnNewMessage, claims: Optional[Claims] = None) -> List[Any]:
+        """What the door does with a valid message (``Router.handle``)."""
+        return await self.core.router.handle(payload, on_new_message, claims, self.door)
+
+    async def typing(self, request: Request) -> HTTPResponse:
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+            claims = self.authenticate(request)
+            payload = parse_typing_payload(body)
+            self.authorize(claims, payload.sender)
+        except PayloadError as error:
+            return error_response(error)
+        self.core.bind(request.app)
+        try:
+            # The chat may have started on another replica: the store says.
+            await self.core.router.user_typing(payload.sender, payload.typing)
+        except StoreUnavailable as error:
+            return retry_later(error)
+        return response.json({"status": "accepted"}, status=202)
+
+    async def servicenow_callback(self, request: Request) -> HTTPResponse:
+        if self.core.backend.pulls:
+            await discard_body(request, MAX_CALLBACK_BYTES)
+            error = PayloadError(404, "NotEnabled", "Callbacks are used with 'api: virtual_agent' only.")
+            return response.json(error.body(), status=404)
+        if not callback_authorized(self.settings, request.headers):
+            self.core.observe.callback_unauthorized()
+            await discard_body(request, MAX_CALLBACK_BYTES)
+            error = PayloadError(401, "Unauthorized", "Missing or wrong callback credentials.")
+            return response.json(error.body(), status=401)
+        try:
+            body = await read_body(request, MAX_CALLBACK_BYTES)
+            payload = parse_json_object(body, '{"clientSessionId": "...", "body": []}', max_bytes=MAX_CALLBACK_BYTES)
+            callback = self.core.backend.parse_callback(payload)
+        except PayloadError as error:
+            return response.json(error.body(), status=error.status)
+        except CallbackError as error:
+            return response.json(PayloadError(400, "InvalidCallback", str(error)).body(), status=400)
+        self.core.bind(request.app)
+        intake = self.core.callbacks
+        try:
+            await intake.find_chat(callback)
+            # Stored (and deduplicated) before the 200: acknowledged means durable.
+            await asyncio.shield(self.core.work.spawn(intake.receive(callback)))
+        except (StoreUnavailable, ConversationBusy) as error:
+            # Refused, not acknowledged and dropped: ServiceNow retries.
+            logger.warning("Answering 503 to a callback for chat %s: %s", callback.chat_id, error)
+            return retry_later(error)
+        return response.json({"status": "success"})
+
+    async def stream(self, request: Request) -> Optional[HTTPResponse]:
+        try:
+            sender = parse_sender(request.args.get("sender"))
+        except PayloadError as error:
+            error.message += " Give the conversation as '?sender=<id>'."
+            return error_response(error)
+        try:
+            self.authorize(self.authenticate(request, query_token=request.args.get("token")), sender)
+        except PayloadError as error:
+            return error_response(error)
+        last_event_id = request.headers.get("last-event-id") or request.args.get("last_event_id")
+        try:
+            subscription = self.core.outbox.subscribe(sender, last_event_id)
+        except StreamLimitReached as limit:
+            return error_response(stream_limit_error(limit), headers={"Retry-After": str(STREAM_RETRY_AFTER_S)})
+        observe = self.core.observe
+        try:
+            stream_response = await request.respond(
+                content_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+            # Heartbeats keep proxies and Sanic's response timeout from
+            # closing a stream that waits a long time for an agent.
+            await stream_response.send("retry: 2000\n: connected\n\n")
+            with self.open_streams.track():
+                while True:
+                    item = await subscription.next(STREAM_HEARTBEAT_S)
+                    await stream_response.send(": keep-alive\n\n" if item is None else item.sse())
+                    if item is not None:
+                        observe.reached_sink(item.event_id, STREAM_SINK)
+        except asyncio.CancelledError:
+            if not self.open_streams.closing:
+                raise  # the client went away
+        except StoreUnavailable as error:
+            # The browser reconnects (retry: 2000) with its Last-Event-ID and misses nothing.
+            logger.warning("Closing a stream of conversation %s: %s", sender, error)
+        finally:
+            subscription.close()
+        return None
+
+    async def metrics_route(self, _: Request) -> HTTPResponse:
+        assert self.core.metrics is not None
+        return response.raw(self.core.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    # -- who is calling --------------------------------------------------------------
+
+    def authenticate(self, request: Request, query_token: Optional[str] = None) -> Optional[Claims]:
+        """The caller's verified JWT claims; None when ``jwt_key`` is not set
+        (then a sender id is the identity, as with Rasa's REST channel)."""
+        if not self.settings.jwt_key:
+            return None
+        try:
+            return verify_token(
+                bearer_token(request.headers, query_token), self.settings.jwt_key, self.settings.jwt_method,
+                max_lifetime_s=self.settings.jwt_max_lifetime,
+            )
+        except Unauthenticated as problem:
+            raise PayloadError(401, "Unauthorized", str(problem)) from None
+
+    @staticmethod
+    def authorize(claims: Optional[Claims], sender_id: str) -> None:
+        if claims is not None:
+            try:
+                check_subject(claims, sender_id)
+            except Unauthenticated as problem:
+                raise PayloadError(401, "Unauthorized", str(problem)) from None
+
+    # -- counting refusals -------------------------------------------------------------
+
+    def _count_rejection(self, path: str, answer: HTTPResponse) -> None:
+        """Count an error answer by the reason in its envelope (4xx and 503 alike)."""
+        try:
+            reason = json.loads(answer.body or b"{}").get("reason")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(reason, str):
+            self.core.observe.input_rejected(path, reason)
+
+    async def _malformed_request_response(self, request: Request, exception: MalformedRequest) -> HTTPResponse:
+        # Raised before routing, so the blueprint's response middleware never sees it.
+        self.core.observe.input_rejected(request.path, exception.error.reason)
+        return await malformed_request_response(request, exception)

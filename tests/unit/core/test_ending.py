@@ -1,0 +1,131 @@
+"""Every way a handoff ends, under failing stores and racing agent messages:
+a user's end is saved first or changes nothing, an end from ServiceNow is an
+end whatever the stores say and is saved later, and nothing of the chat is
+delivered after the farewell."""
+
+import asyncio
+
+import pytest
+from aioresponses import aioresponses
+
+from connectors.servicenow.errors import StoreUnavailable
+from connectors.servicenow.retry import Pauses
+from connectors.servicenow.servicenow.base import AgentMessage, PollResult
+from tests.unit.core.helpers import HeldLeave, agent_push, receive_close, start_live, transcript
+from tests.unit.support import (
+    GROUP,
+    LEAVE,
+    MESSAGES,
+    TEXTS,
+    close,
+    delivered_texts,
+    new_channel,
+    requests_to,
+    say,
+    slots,
+    wait_until,
+)
+
+
+async def test_a_users_end_that_cannot_be_saved_changes_nothing_and_says_so(channels, rasa_turn, store, agent):
+    channel = channels()
+    with aioresponses() as mock:
+        await start_live(channel, rasa_turn, mock)
+        rasa_turn.reset_mock()
+        store.broken = True
+        for command in ("/end_chat", "/restart"):
+            assert [reply["text"] for reply in await say(channel, rasa_turn, command)] == [TEXTS.end_failed]
+        assert not requests_to(mock, "POST", LEAVE)  # the agent still has the user
+        rasa_turn.assert_not_awaited()
+        mock.post(MESSAGES, payload={"result": {"sys_id": "m1", "timestamp": 1}})
+        assert await say(channel, rasa_turn, "still there?") == []  # and the chat goes on
+
+        store.broken = False
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        assert [reply["text"] for reply in await say(channel, rasa_turn, "/end_chat")] == [TEXTS.user_ended]
+        assert len(requests_to(mock, "POST", LEAVE)) == 1
+    assert (await slots(agent))["handoff_active"] is False
+
+async def test_an_end_from_servicenow_that_cannot_be_saved_holds_the_next_message_until_it_is(
+    channels, rasa_turn, store, agent
+):
+    channel = channels()
+    with aioresponses() as mock:
+        await start_live(channel, rasa_turn, mock)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        store.broken = True
+        await receive_close(channel)
+    assert await delivered_texts(channel) == [TEXTS.agent_closed]  # the user is told all the same
+    assert channel.core.registry.get("u1") is None
+
+    rasa_turn.reset_mock()
+    with pytest.raises(StoreUnavailable):  # the bot must not answer on a tracker that says "in handoff"
+        await say(channel, rasa_turn, "hi")
+    rasa_turn.assert_not_awaited()
+
+    store.broken = False
+    assert (await say(channel, rasa_turn, "hi"))[0]["text"].startswith("Hello!")
+    values = await slots(agent)
+    assert values["handoff_active"] is False and values["live_chat_id"] is None
+    tracker = await agent.tracker_store.retrieve("u1")
+    texts = [event.text for event in tracker.events if event.type_name in ("user", "bot")]
+    assert texts.index(TEXTS.agent_closed) < texts.index("hi")  # the end is saved before the next turn
+
+async def test_an_unsaved_end_is_saved_in_the_background_once_the_store_is_back(channels, rasa_turn, store, agent, monkeypatch):
+    channel = channels()
+    monkeypatch.setattr(channel.core.unsaved, "pauses", Pauses((0.05,)))
+    with aioresponses() as mock:
+        await start_live(channel, rasa_turn, mock)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        store.broken = True
+        await receive_close(channel)
+    failures = store.failures
+    await wait_until(lambda: store.failures > failures)  # retried while it fails
+    store.broken = False
+    await wait_until(lambda: not channel.core.unsaved)
+    assert (await slots(agent))["handoff_active"] is False
+
+async def test_an_agent_message_pushed_while_the_user_ends_is_delivered_before_the_farewell_or_not_at_all(
+    channels, rasa_turn, agent
+):
+    channel = channels()
+    with aioresponses() as mock:
+        await start_live(channel, rasa_turn, mock)
+        await channel.core.callbacks.receive(agent_push("before the end", "m1"))
+        held = HeldLeave(channel)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        ending = asyncio.ensure_future(say(channel, rasa_turn, "/end_chat"))
+        await held.called.wait()
+        await channel.core.callbacks.find_chat(agent_push("during the end", "m2"))  # acknowledged
+        await channel.core.callbacks.receive(agent_push("during the end", "m2"))
+        held.release.set()
+        assert [reply["text"] for reply in await ending] == [TEXTS.user_ended]
+    assert await delivered_texts(channel) == ["before the end"]
+    texts = await transcript(agent)
+    assert "during the end" not in texts
+    assert texts.index("before the end") < texts.index(TEXTS.user_ended)
+
+async def test_a_connect_poll_in_flight_when_the_user_ends_delivers_nothing_after_the_farewell(agent, rasa_turn, monkeypatch):
+    channel = new_channel(agent, poll_interval=0.01)
+    polling, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_poll(chat, cursor):
+        polling.set()
+        await answer.wait()
+        return PollResult([AgentMessage("m9", "too late", "Beth", 9)], 9, ("m9",))
+
+    channel.core.backend.poll = slow_poll
+    try:
+        with aioresponses() as mock:
+            await start_live(channel, rasa_turn, mock)
+            await polling.wait()
+            poller = channel.core.registry.get("u1").poller
+            mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+            assert [reply["text"] for reply in await say(channel, rasa_turn, "/end_chat")] == [TEXTS.user_ended]
+            answer.set()
+            await asyncio.wait([poller], timeout=5)
+            assert poller.cancelled()  # the poll in flight was dropped, its messages stay unread in ServiceNow
+        assert await delivered_texts(channel) == []
+        assert "too late" not in await transcript(agent)
+    finally:
+        await close(channel)

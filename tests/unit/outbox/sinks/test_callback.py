@@ -1,0 +1,143 @@
+"""The callback sink: each item POSTed once per deployment, in order, with
+retries; a callback that stays down does not block later items; the replica
+that posts reports each answer and its backlog."""
+
+import asyncio
+
+import aiohttp
+from aioresponses import aioresponses
+
+from connectors.servicenow.config import RetryPolicy
+from connectors.servicenow.outbox.base import HANDOFF_EVENT, status_item
+from connectors.servicenow.store.keys import CALLBACK_SINK
+from tests.unit.outbox.conftest import CALLBACK, message
+
+
+def posted(mock):
+    return [call.kwargs["json"].get("text") for call in mock.requests.get(("POST", aiohttp.client.URL(CALLBACK)), [])]
+
+
+async def posters_done(*outboxes):
+    await asyncio.wait_for(asyncio.gather(*(worker for outbox in outboxes for worker in outbox.callback.workers())), 5)
+
+
+async def test_callbacks_are_posted_in_order_and_retried(outboxes, monkeypatch):
+    monkeypatch.setattr("connectors.servicenow.outbox.base.CALLBACK_RETRY", RetryPolicy(attempts=3, backoff=0.0, max_backoff=0.0))
+    outbox = outboxes(callback_url=CALLBACK)
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=503)
+        mock.post(CALLBACK, status=200, repeat=True)
+        await outbox.put("u1", [message(f"m{n}") for n in range(3)])
+        await outbox.put("u1", [status_item("u1", active=True, chat_id="c", api="connect")])
+        await outbox.drain(timeout=5)
+        sent = posted(mock)
+    assert sent == ["m0", "m0", "m1", "m2"]  # m0 twice: the 503, then its retry
+
+
+async def test_a_callback_that_stays_down_does_not_block_later_items(outboxes, monkeypatch):
+    monkeypatch.setattr("connectors.servicenow.outbox.base.CALLBACK_RETRY", RetryPolicy(attempts=2, backoff=0.0, max_backoff=0.0))
+    outbox = outboxes(callback_url=CALLBACK)
+    with aioresponses() as mock:
+        mock.post(CALLBACK, exception=aiohttp.ClientConnectionError())
+        mock.post(CALLBACK, exception=aiohttp.ClientConnectionError())
+        mock.post(CALLBACK, status=200)
+        await outbox.put("u1", [message("m0")])
+        await outbox.put("u1", [message("m1")])
+        await outbox.drain(timeout=5)
+        sent = posted(mock)
+    assert sent == ["m0", "m0", "m1"]
+
+
+async def test_the_callback_gets_each_item_once_in_order_whichever_replica_put_it(replicas):
+    a, b = replicas(CALLBACK), replicas(CALLBACK)
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200, repeat=True)
+        await a.put("u1", [message("one")])
+        await b.put("u1", [message("two"), status_item("u1", active=True, chat_id="c", api="va")])
+        await a.put("u1", [message("three")])
+        stored = await b.put("u1", [message("four")])
+
+        async def caught_up():
+            while await a.store.sink_position("u1", CALLBACK_SINK) != stored[-1].event_id:
+                await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+
+        await asyncio.wait_for(caught_up(), 5)
+        await posters_done(a, b)
+        sent = posted(mock)
+    assert sent == ["one", "two", "three", "four"]  # the status event is for streams only
+    assert await a.store.free_leases() == []  # nothing left for a takeover
+
+
+async def test_with_a_callback_the_poster_reports_what_the_frontend_answered(replicas):
+    taken = []
+    a = replicas(CALLBACK, on_taken=lambda recipient, entry, delivered: taken.append((entry.payload["text"], delivered)))
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200)
+        await a.put("u1", [message("one"), status_item("u1", active=True, chat_id="c", api="va")])
+        await posters_done(a)
+    assert taken == [("one", True)]  # the status event is not the callback's
+
+
+async def test_the_replica_that_posts_reports_each_answered_callback_and_its_backlog(replicas):
+    delivered = []
+    a = replicas(CALLBACK, on_delivered=lambda event_id, sink: delivered.append(("a", event_id, sink)))
+    b = replicas(CALLBACK, on_delivered=lambda event_id, sink: delivered.append(("b", event_id, sink)))
+    answer = asyncio.Event()
+
+    async def held(url, **kwargs):
+        await answer.wait()
+
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200, repeat=True, callback=held)
+        stored = await a.put("u1", [message("one"), message("two"), status_item("u1", active=True, chat_id="c", api="va")])
+        stored += await b.put("u1", [message("three")])
+
+        async def owed(count):
+            while a.callback_backlog + b.callback_backlog != count:
+                await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+
+        # a took the lease with its append and its first POST hangs: it owes
+        # the two messages it read (the status event is not the callback's);
+        # b appended behind a's lease and owes none: a reads "three" after
+        # its batch.
+        await asyncio.wait_for(owed(2), 5)
+        assert b.callback_backlog == 0 and not b.callback.workers()
+        answer.set()
+        await asyncio.wait_for(owed(0), 5)
+        await posters_done(a, b)
+    messages = [item.event_id for item in stored if item.kind != HANDOFF_EVENT]
+    assert delivered == [("a", event_id, "callback") for event_id in messages]
+
+
+async def test_a_refused_callback_leaves_the_backlog_without_a_delivery(replicas, monkeypatch):
+    monkeypatch.setattr("connectors.servicenow.outbox.base.CALLBACK_RETRY", RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.01))
+    delivered = []
+    a = replicas(CALLBACK, on_delivered=lambda event_id, sink: delivered.append(event_id))
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=400, repeat=True)
+        await a.put("u1", [message("one")])
+        await posters_done(a)
+    assert delivered == [] and a.callback_backlog == 0
+
+
+async def test_the_backlog_counts_callback_posts_not_yet_answered(outboxes):
+    outbox = outboxes(callback_url=CALLBACK)
+    answer = asyncio.Event()
+
+    async def held(url, **kwargs):
+        await answer.wait()
+
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200, repeat=True, callback=held)
+        assert outbox.callback_backlog == 0
+        await outbox.put("u1", [message("one"), message("two")])
+        await outbox.put("u2", [message("three", "u2")])
+
+        async def owed(count):
+            while outbox.callback_backlog != count:
+                await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+
+        await asyncio.wait_for(owed(3), 5)
+        answer.set()
+        await asyncio.wait_for(owed(0), 5)
+        await posters_done(outbox)
