@@ -157,6 +157,7 @@ class Core:
         self.dispatcher = Dispatcher(
             settings, self.backend, self.store, self.outbox, self.pending, self.observe, self.work,
             on_closed=self.ending.closed_by_servicenow, on_progress=self.timers.progressed,
+            on_gone=self.ending.ended_elsewhere,
         )
         self.polling = Polling(
             settings, self.backend, self.store, self.dispatcher, self.work,

@@ -313,6 +313,10 @@ class Ending:
         except StoreUnavailable:
             return False
 
+    def ended_elsewhere(self, chat: LiveChat) -> None:
+        """The chat's record is gone: another replica ended it (and told the user)."""
+        drop_ended_elsewhere(self._registry, self._pending, chat)
+
     async def closed_by_servicenow(self, chat: LiveChat, closed: ChatClosed) -> None:
         logger.info("ServiceNow chat %s ended (%s).", chat.chat_id, closed.reason.value)
         if closed.reason is CloseReason.NOT_FOUND:

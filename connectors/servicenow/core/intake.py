@@ -7,8 +7,11 @@ to the tracker a moment later, coalesced, with a record of the delivered
 messages: rasa_glue/pending.py), and reports the end of the chat. Each agent
 message is delivered once per deployment: a pushed callback is stored with
 its dedupe key in one step before ServiceNow hears 200, and a polled message
-id is claimed in the store, so a poller that took over from a stale cursor
-does not repeat it.
+is stored with its message id's mark in one step, so a poller that took
+over from a stale cursor does not repeat it and one killed in between does
+not lose it. Either append is guarded (``store.Guard``): only while the
+chat is live, so no replica shows an agent's words after another ended the
+chat, and for a poll only while its poller holds the chat's lease.
 
 Pushes reach it through callbacks.py, polls through polling.py.
 ``DeliveryReports`` tells ServiceNow an agent message reached the user
@@ -19,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
@@ -40,8 +43,8 @@ from connectors.servicenow.servicenow.base import (
     Cursor,
     SystemNotice,
 )
-from connectors.servicenow.store import OutboxEntry, Store
-from connectors.servicenow.store.keys import message_dedupe
+from connectors.servicenow.store import AlreadyStored, ChatNotLive, Guard, OutboxEntry, Store
+from connectors.servicenow.store.keys import message_dedupe, poll_lease
 from connectors.servicenow.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ RASA_MESSAGE_FIELDS = ("image", "buttons", "attachment", "custom")
 OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
 #: The chat moved on while queued: an agent joined, or a new wait estimate came.
 OnProgress = Callable[[LiveChat], Awaitable[Any]]
+#: The chat ended on another replica (its record is gone): drop it here.
+OnGone = Callable[[LiveChat], None]
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Dispatcher:
         *,
         on_closed: OnClosed,
         on_progress: OnProgress,
+        on_gone: OnGone,
     ) -> None:
         self._settings = settings
         self._backend = backend
@@ -103,6 +109,7 @@ class Dispatcher:
         self._work = work
         self._on_closed = on_closed
         self._on_progress = on_progress
+        self._on_gone = on_gone
 
     async def dispatch(
         self,
@@ -112,6 +119,7 @@ class Dispatcher:
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        poller: Optional[str] = None,
     ) -> bool:
         """Deliver events in order, at most once each, then move the cursor
         (a poll's ``cursor``; a push moves it past its own messages).
@@ -120,13 +128,36 @@ class Dispatcher:
         in one step with the key, before this returns, and an end of the
         chat is handled in the background: False when the key was seen before
         (a repeat, dropped); ``StoreUnavailable`` when nothing could be stored
-        (nothing changed, the push may come again)."""
+        (nothing changed, the push may come again). ``poller``: the owner of
+        the chat's polling lease that found ``events``; when it holds the
+        lease no more, ``LeaseLost`` and nothing delivered or moved (the new
+        holder polls from the saved cursor). A poll whose events cannot be
+        stored raises ``StoreUnavailable`` the same way: it is made again."""
         arrived = time.monotonic()
+        polled = cursor is not None
+        guard = Guard(
+            chat.sender_id, chat.chat_id, lease=poll_lease(chat.chat_id) if poller else None, owner=poller,
+            once_ttl=MESSAGE_DEDUPE_TTL_S,
+        )
         async with chat.dispatch_lock:
             if chat.ended:
                 return True
-            batch = await self._sort(chat, events, polled=cursor is not None)
-            items = await self._outbox.put(chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+            stored_before: AbstractSet[str] = frozenset()
+            while True:
+                batch = self._sort(chat, events, polled=polled, stored_before=stored_before)
+                try:
+                    items = await self._outbox.put(
+                        chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard
+                    )
+                    break
+                except AlreadyStored as stored:
+                    # Another poller of this chat stored these (this one took
+                    # over from a cursor saved before them): the rest go on.
+                    stored_before = stored_before | stored.keys
+                except ChatNotLive:
+                    logger.info("Dropping what ServiceNow chat %s said after it ended on another replica.", chat.chat_id)
+                    self._on_gone(chat)
+                    return True
             if items is None:
                 return False
             for index in batch.queued:
@@ -145,8 +176,9 @@ class Dispatcher:
                 await self._on_closed(chat, closed)
         return True
 
-    async def _sort(self, chat: LiveChat, events: Sequence[AgentEvent], *, polled: bool) -> _Batch:
-        """Turn events into outbox items, dropping what is handled already."""
+    def _sort(self, chat: LiveChat, events: Sequence[AgentEvent], *, polled: bool, stored_before: AbstractSet[str]) -> _Batch:
+        """Turn events into outbox items, dropping what is handled already
+        (``stored_before``: the once keys of polled messages another poller stored)."""
         batch = _Batch(joined=chat.agent_joined, estimate=chat.wait_estimate)
         for event in events:
             if isinstance(event, ChatClosed):
@@ -168,12 +200,16 @@ class Dispatcher:
             if not polled and event.message_id in chat.seen_ids:
                 self._observe.duplicate_dropped("message")
                 continue
-            if polled and event.message_id and not await self._first_delivery(chat, event.message_id):
+            once_key = message_dedupe(chat.chat_id, event.message_id) if polled and event.message_id else None
+            if once_key is not None and once_key in stored_before:
+                self._observe.duplicate_dropped("message")
                 continue
-            self._add_message(chat, batch, event, polled=polled)
+            self._add_message(chat, batch, event, polled=polled, once_key=once_key)
         return batch
 
-    def _add_message(self, chat: LiveChat, batch: _Batch, event: AgentEvent, *, polled: bool) -> None:
+    def _add_message(
+        self, chat: LiveChat, batch: _Batch, event: AgentEvent, *, polled: bool, once_key: Optional[str]
+    ) -> None:
         assert isinstance(event, (AgentMessage, SystemNotice))
         if isinstance(event, SystemNotice) and event.kind == "wait":
             if batch.joined:
@@ -185,7 +221,7 @@ class Dispatcher:
             batch.joined = True
         message = user_message(chat.sender_id, event)
         batch.queued.append(len(batch.outgoing))
-        batch.outgoing.append(Outgoing(message))
+        batch.outgoing.append(Outgoing(message, once_key=once_key))
         batch.records.append(bot_uttered(message))
         if not polled:
             batch.noted.append((event.message_id, event.timestamp))
@@ -210,16 +246,6 @@ class Dispatcher:
     async def _close_after_grace(self, chat: LiveChat, closed: ChatClosed) -> None:
         await asyncio.sleep(END_GRACE_S)
         await self._on_closed(chat, closed)
-
-    async def _first_delivery(self, chat: LiveChat, message_id: str) -> bool:
-        """Whether no replica delivered this message before (a poller that
-        took over from a stale cursor). When the store cannot say, yes: a
-        repeat beats a loss."""
-        try:
-            return await self._store.claim_once(message_dedupe(chat.chat_id, message_id), MESSAGE_DEDUPE_TTL_S)
-        except StoreUnavailable as error:
-            logger.warning("Could not check message %s for a repeat (delivering it): %s", message_id, error)
-            return True
 
     def _to_save(self, records: List[TrackerEvent], chat: LiveChat) -> List[TrackerEvent]:
         """What a delivery leaves in the tracker. Only deliveries are saved: a

@@ -6,8 +6,13 @@ store runs."""
 from typing import Optional
 
 from connectors.servicenow.store.base import (
+    AlreadyStored,
+    AppendRefused,
+    ChatNotLive,
+    Guard,
     HandoffMirror,
     HandoffRecord,
+    LeaseLost,
     NewEntry,
     OutboxEntry,
     Store,
@@ -22,8 +27,13 @@ from connectors.servicenow.store.base import (
 from connectors.servicenow.store.memory import MemoryStore
 
 __all__ = [
+    "AlreadyStored",
+    "AppendRefused",
+    "ChatNotLive",
+    "Guard",
     "HandoffMirror",
     "HandoffRecord",
+    "LeaseLost",
     "MemoryStore",
     "NewEntry",
     "OutboxEntry",

@@ -26,8 +26,12 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from connectors.servicenow.store.base import (
+    AlreadyStored,
+    ChatNotLive,
+    Guard,
     HandoffMirror,
     HandoffRecord,
+    LeaseLost,
     NewEntry,
     OutboxEntry,
     Store,
@@ -180,10 +184,13 @@ class MemoryStore(Store):
     async def claim_once(self, key: str, ttl: float) -> bool:
         return self._claim(key, ttl)
 
+    def _claimed(self, key: str) -> bool:
+        expires = self._dedupe.get(key)
+        return expires is not None and expires > self._clock()
+
     def _claim(self, key: str, ttl: float) -> bool:
         now = self._clock()
-        expires = self._dedupe.get(key)
-        if expires is not None and expires > now:
+        if self._claimed(key):
             return False
         self._dedupe.pop(key, None)
         self._dedupe[key] = now + ttl
@@ -247,10 +254,15 @@ class MemoryStore(Store):
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        guard: Optional[Guard] = None,
     ) -> Optional[List[OutboxEntry]]:
         self._sweep()
-        if dedupe_key is not None and not self._claim(dedupe_key, dedupe_ttl):
+        if dedupe_key is not None and self._claimed(dedupe_key):
             return None
+        if guard is not None:
+            self._check(guard, entries)
+        if dedupe_key is not None:
+            self._claim(dedupe_key, dedupe_ttl)
         kept = self._live_stream(stream) or self._new_stream(stream)
         self._warn_if_undelivered_drop(stream, kept, len(entries))
         added = []
@@ -264,6 +276,20 @@ class MemoryStore(Store):
             kept.appended.set()
             kept.appended = None
         return added
+
+    def _check(self, guard: Guard, entries: Sequence[NewEntry]) -> None:
+        """Raise the guard's refusal, or claim the entries' once keys."""
+        record = self._handoffs.get(guard.sender_id)
+        if record is None or record.chat_id != guard.chat_id:
+            raise ChatNotLive(f"chat {guard.chat_id} of {guard.sender_id} is not live")
+        if guard.lease is not None and self._holder(guard.lease) != guard.owner:
+            raise LeaseLost(f"lease {guard.lease} is not {guard.owner}'s")
+        keys = [entry.once_key for entry in entries if entry.once_key is not None]
+        stored = [key for key in keys if self._claimed(key)]
+        if stored:
+            raise AlreadyStored(stored)
+        for key in keys:
+            self._claim(key, guard.once_ttl)
 
     def _warn_if_undelivered_drop(self, name: str, kept: _Stream, appending: int) -> None:
         """Say so when making room drops an entry no sink has taken (nobody
