@@ -228,13 +228,16 @@ def pollers(backend, store, owner):
         pass
 
     relay = Relay(backend, REPLICA_SETTINGS, RecordingSlots(), Recorder(), store=store)
-    return Polling(
+    polling = Polling(
         REPLICA_SETTINGS, backend, store, relay.dispatcher, TaskSet(), owner=owner, on_failed=failed, on_cursor=cursor_moved
     )
+    polling.relay = relay  # type: ignore[attr-defined]
+    return polling
 
 
 async def stop(polling):
     await polling.release(await polling.stop_polling(timeout=1), timeout=1)
+    await polling.relay.stop()
 
 
 class CountingPullBackend(PullBackend):

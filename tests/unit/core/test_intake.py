@@ -18,8 +18,8 @@ from connectors.servicenow.servicenow.base import (
     PollResult,
     SystemNotice,
 )
-from connectors.servicenow.errors import StoreUnavailable
-from connectors.servicenow.store import HandoffRecord, LeaseLost
+
+from connectors.servicenow.store import HandoffRecord, LeaseLost, StoreUnavailable
 from connectors.servicenow.store.keys import poll_lease
 from tests.unit.core.helpers import PullBackend, PushBackend, Recorder, RecordingSlots, Relay, make_relay, streamed, two_stores
 
