@@ -100,7 +100,7 @@ ALLOWED: Dict[str, str] = {
         "crash; the frontend sends the message again)"
     ),
 }
-DOCUMENTED_503 = ("StoreUnavailable", "ConversationBusy", "StreamCapacityReached", "AgentNotReady")
+DOCUMENTED_503 = ("StoreUnavailable", "ConversationBusy", "StreamCapacityReached", "AgentNotReady", "ShuttingDown")
 END_NOTICES = {
     "agent_closed": TEXTS.agent_closed,
     "chat_ended": TEXTS.chat_ended,
@@ -554,7 +554,7 @@ class Checker:
                 continue  # the emulator's own fault: nothing reached the channel
             if status is not None and status >= 500:
                 if status == 503:
-                    pushes["503 (refused while Redis was down)"] += 1
+                    pushes["503 (refused: Redis down, or the replica stopping)"] += 1
                 elif status == 502:
                     pushes["502 (load balancer: no replica answered)"] += 1
                 else:
