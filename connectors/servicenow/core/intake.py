@@ -28,7 +28,7 @@ from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.ops.observe import Observer
-from connectors.servicenow.outbox.base import TYPING_EVENT, Outgoing, status_item
+from connectors.servicenow.outbox.base import TYPING_EVENT, OutboundItem, Outgoing, status_item
 from connectors.servicenow.outbox.stream import Outbox
 from connectors.servicenow.rasa_glue.pending import PendingWrites
 from connectors.servicenow.rasa_glue.slots import TrackerEvent, agent_joined_events, bot_uttered, cursor_events
@@ -135,29 +135,15 @@ class Dispatcher:
         stored raises ``StoreUnavailable`` the same way: it is made again."""
         arrived = time.monotonic()
         polled = cursor is not None
-        guard = Guard(
-            chat.sender_id, chat.chat_id, lease=poll_lease(chat.chat_id) if poller else None, owner=poller,
-            once_ttl=MESSAGE_DEDUPE_TTL_S,
-        )
         async with chat.dispatch_lock:
             if chat.ended:
                 return True
-            stored_before: AbstractSet[str] = frozenset()
-            while True:
-                batch = self._sort(chat, events, polled=polled, stored_before=stored_before)
-                try:
-                    items = await self._outbox.put(
-                        chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard
-                    )
-                    break
-                except AlreadyStored as stored:
-                    # Another poller of this chat stored these (this one took
-                    # over from a cursor saved before them): the rest go on.
-                    stored_before = stored_before | stored.keys
-                except ChatNotLive:
-                    logger.info("Dropping what ServiceNow chat %s said after it ended on another replica.", chat.chat_id)
-                    self._on_gone(chat)
-                    return True
+            try:
+                batch, items = await self._put(chat, events, polled, poller, dedupe_key, dedupe_ttl)
+            except ChatNotLive:
+                logger.info("Dropping what ServiceNow chat %s said after it ended on another replica.", chat.chat_id)
+                self._on_gone(chat)
+                return True
             if items is None:
                 return False
             for index in batch.queued:
@@ -175,6 +161,34 @@ class Dispatcher:
                     await asyncio.sleep(END_GRACE_S)
                 await self._on_closed(chat, closed)
         return True
+
+    async def _put(
+        self,
+        chat: LiveChat,
+        events: Sequence[AgentEvent],
+        polled: bool,
+        poller: Optional[str],
+        dedupe_key: Optional[str],
+        dedupe_ttl: float,
+    ) -> Tuple[_Batch, Optional[List[OutboundItem]]]:
+        """Put what the events say in the outbox under the chat's guard: the
+        batch, and the stored items (None: a repeated push)."""
+        guard = Guard(
+            chat.sender_id, chat.chat_id, lease=poll_lease(chat.chat_id) if poller else None, owner=poller,
+            once_ttl=MESSAGE_DEDUPE_TTL_S,
+        )
+        stored_before: AbstractSet[str] = frozenset()
+        while True:
+            batch = self._sort(chat, events, polled=polled, stored_before=stored_before)
+            try:
+                items = await self._outbox.put(
+                    chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard
+                )
+                return batch, items
+            except AlreadyStored as stored:
+                # Another poller of this chat stored these (this one took
+                # over from a cursor saved before them): the rest go on.
+                stored_before = stored_before | stored.keys
 
     def _sort(self, chat: LiveChat, events: Sequence[AgentEvent], *, polled: bool, stored_before: AbstractSet[str]) -> _Batch:
         """Turn events into outbox items, dropping what is handled already

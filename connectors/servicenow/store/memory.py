@@ -185,8 +185,7 @@ class MemoryStore(Store):
         return self._claim(key, ttl)
 
     def _claimed(self, key: str) -> bool:
-        expires = self._dedupe.get(key)
-        return expires is not None and expires > self._clock()
+        return self._dedupe.get(key, 0.0) > self._clock()
 
     def _claim(self, key: str, ttl: float) -> bool:
         now = self._clock()
@@ -285,9 +284,8 @@ class MemoryStore(Store):
         if guard.lease is not None and self._holder(guard.lease) != guard.owner:
             raise LeaseLost(f"lease {guard.lease} is not {guard.owner}'s")
         keys = [entry.once_key for entry in entries if entry.once_key is not None]
-        stored = [key for key in keys if self._claimed(key)]
-        if stored:
-            raise AlreadyStored(stored)
+        if any(self._claimed(key) for key in keys):
+            raise AlreadyStored([key for key in keys if self._claimed(key)])
         for key in keys:
             self._claim(key, guard.once_ttl)
 

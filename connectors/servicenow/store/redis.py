@@ -525,7 +525,7 @@ class RedisStore(Store):
         ids = await self._run(self._append(keys=keys, args=args))
         if ids is None:
             return None
-        return self._appended(ids, entries)
+        return _appended(ids, entries, self._key(key_names.DEDUPE))
 
     def _append_args(self, dedupe_key: Optional[str], dedupe_ttl: float, guard: Optional[Guard]) -> List[Any]:
         """The arguments every append script starts with (see _APPEND_FUNCTION)."""
@@ -544,23 +544,6 @@ class RedisStore(Store):
             once = self._key(key_names.DEDUPE, entry.once_key) if guard is not None and entry.once_key else ""
             args += [entry.kind, "1" if entry.to_callback else "0", dump_payload(entry.payload), once]
         return args
-
-    def _appended(self, ids: Sequence[Any], entries: Sequence[NewEntry]) -> List[OutboxEntry]:
-        """The stored entries, or the guard's refusal raised."""
-        if ids and isinstance(ids[0], int):
-            raise self._refusal(ids)
-        return [
-            OutboxEntry(entry_id.decode(), entry.kind, entry.payload, entry.to_callback)
-            for entry_id, entry in zip(ids, entries)
-        ]
-
-    def _refusal(self, reply: Sequence[Any]) -> AppendRefused:
-        if reply[0] == 0:
-            return ChatNotLive("the chat is not live")
-        if reply[0] == 1:
-            return LeaseLost("the lease is another's")
-        start = len(self._key(key_names.DEDUPE).encode())
-        return AlreadyStored([key[start:].decode() for key in reply[1:]])
 
     async def read(
         self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
@@ -685,9 +668,9 @@ class RedisStore(Store):
         if reply is None:
             return None
         if reply and isinstance(reply[0], int):
-            raise self._refusal(reply)
+            raise _refusal(reply, self._key(key_names.DEDUPE))
         ids, taken = reply
-        return self._appended(ids, entries), (_taken(taken) if taken else None)
+        return _appended(ids, entries, self._key(key_names.DEDUPE)), (_taken(taken) if taken else None)
 
     async def advance_and_next(
         self, stream: str, sink: str, entry_id: str, lease: str, owner: str, ttl: float, limit: int = 100
@@ -954,6 +937,25 @@ def _entry(entry_id: bytes, fields: Dict[bytes, bytes]) -> OutboxEntry:
         payload=json.loads(fields[b"p"]),
         to_callback=fields[b"c"] == b"1",
     )
+
+
+def _appended(ids: Sequence[Any], entries: Sequence[NewEntry], dedupe_prefix: str) -> List[OutboxEntry]:
+    """The stored entries, or the guard's refusal raised."""
+    if ids and isinstance(ids[0], int):
+        raise _refusal(ids, dedupe_prefix)
+    return [
+        OutboxEntry(entry_id.decode(), entry.kind, entry.payload, entry.to_callback)
+        for entry_id, entry in zip(ids, entries)
+    ]
+
+
+def _refusal(reply: Sequence[Any], dedupe_prefix: str) -> AppendRefused:
+    """What a guarded append script's refusal ({0}, {1} or {2, keys...}) means."""
+    if reply[0] == 0:
+        return ChatNotLive("the chat is not live")
+    if reply[0] == 1:
+        return LeaseLost("the lease is another's")
+    return AlreadyStored([key[len(dedupe_prefix.encode()) :].decode() for key in reply[1:]])
 
 
 def _taken(reply: Sequence[Any]) -> Taken:
