@@ -26,6 +26,7 @@ from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID
 from soak.plan import SHORT_API
 
 WEBHOOK_SECRET = "soak-callback-secret"
+LOCK_STORE = "connectors.servicenow.rasa_glue.lock_store.AtomicRedisLockStore"
 REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -275,7 +276,8 @@ class Cluster:
             tracker_db = self.workdir / f"{SHORT_API[api]}-trackers.db"
             endpoints = {
                 "tracker_store": {"type": "SQL", "dialect": "sqlite", "db": str(tracker_db)},
-                "lock_store": {"type": "redis", "url": "127.0.0.1", "port": self.redis.port, "db": 1 + number,
+                # The connector's race-free lock store (docs/deployment.md); Rasa's loses tickets across replicas.
+                "lock_store": {"type": LOCK_STORE, "url": "127.0.0.1", "port": self.redis.port, "db": 1 + number,
                                "key_prefix": SHORT_API[api]},
             }
             plans[api] = [
