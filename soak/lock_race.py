@@ -1,7 +1,9 @@
 """``python -m soak.lock_race``: Rasa's ``RedisLockStore`` is not safe across replicas (finding 6 of the soak,
 docs/reliability.md). Two stores on one Redis, one conversation: B issues its ticket (read, add, write) while A
 cleans up after its turn; B's write puts A's finished ticket back, and B waits for it until it expires (60 s).
-Needs ``redis-server``; starts a throwaway one on a free port."""
+Needs ``redis-server``; starts a throwaway one on a free port. The connector's ``AtomicRedisLockStore``
+(connectors/servicenow/rasa_glue/lock_store.py) has no such window; tests/store/test_lock_store.py puts the same
+step inside each class's ticket issue and clean-up."""
 
 import shutil
 import socket
