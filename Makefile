@@ -20,17 +20,38 @@ FOREGROUND = if [ -t 0 ]; then exec bash -mc '"$$0" "$$@"; exit $$?' $(1); else 
 
 # SERVICENOW_FRONTEND=socketio make run: the socket.io flavour, with the stock
 # rasa-webchat widget (fetched from the npm registry) on http://127.0.0.1:8080/.
+# RASA=pro make run: the same with Rasa Pro and the CALM example (examples/calm);
+# needs RASA_LICENSE (docs/rasa-pro.md).
+ifeq ($(RASA),pro)
+run:
+	@$(call FOREGROUND,scripts/run-pro.sh)
+else
 run: $(STAMP) $(MODEL)
 	@$(call FOREGROUND,scripts/run.sh)
+endif
 
 # Two replicas as one deployment, with redis-server and the emulator; see docs/deployment.md.
 run-replicas: $(STAMP) $(MODEL)
 	@$(call FOREGROUND,scripts/run-replicas.sh)
 
+# Two suites: Rasa 3.6 in .venv, then Rasa Pro in .venv-pro (scripts/test-pro.sh
+# makes it; docs/rasa-pro.md). Both run even when the first fails; either failing fails.
+# PYTEST_ARGS selects within the Rasa 3.6 suite, PRO_PYTEST_ARGS within the Rasa Pro one;
+# RASA=pro or RASA=3.6 runs one suite only.
+# .venv-pro comes first: the Rasa 3.6 suite's browser test of rasa-webchat also runs
+# against a Rasa Pro server (tests/e2e/test_browser_webchat_pro.py). Its failures
+# are reported by scripts/test-pro.sh, which runs it again.
 test: typecheck $(STAMP) $(MODEL)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@status=0; \
+	if [ "$(RASA)" != 3.6 ]; then scripts/venv-pro.sh || true; fi; \
+	if [ "$(RASA)" != pro ]; then $(VENV)/bin/pytest $(PYTEST_ARGS) || status=$$?; fi; \
+	if [ "$(RASA)" != 3.6 ]; then scripts/test-pro.sh || status=$$?; fi; \
+	exit $$status
 
-# mypy over connectors/servicenow, at the strictness pyproject.toml states.
+# mypy over connectors/servicenow, at the strictness pyproject.toml states, once:
+# under .venv (Python 3.10, Rasa 3.6's pins). Rasa itself has no type hints in
+# either Rasa; under .venv-pro mypy also reads the hints of redis-py 8, aiohttp 3.14
+# and sanic 25, which differ from 4.6's, 3.9's and 21.12's (docs/rasa-pro.md, "Tests").
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
@@ -53,7 +74,7 @@ $(STAMP): pyproject.toml constraints.txt
 	if [ ! -x $(PY) ] || ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then \
 		echo "Creating $(VENV) with $$python"; rm -rf $(VENV); "$$python" -m venv $(VENV) || exit 1; \
 	fi
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[rasa,test,browser]'
 	@touch $@
 
 # Rasa keeps the old file when nothing changed, hence the touch. --quiet: no
@@ -65,4 +86,4 @@ $(MODEL): $(STAMP) config.yml domain.yml $(wildcard data/*.yml)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) models .rasa .pytest_cache .mypy_cache *.egg-info build test-output
+	rm -rf $(VENV) .venv-pro models examples/calm/models .rasa .pytest_cache .mypy_cache *.egg-info build test-output logs .rasa-token

@@ -30,7 +30,7 @@ from bench.cluster import PYTHON, ROOT, demo_model, pin_this_process
 from bench.fixtures import EMULATOR_CPU, Context, Sizes
 from bench.load import Receiver, client
 from bench.scenarios import (
-    agent_latency, bot_turns, channel_level, channel_options, handoff_messages, handoff_start, replicas, scale,
+    agent_latency, bot_turns, channel_level, channel_options, handoff_messages, handoff_start, reconcile, replicas, scale,
 )
 
 
@@ -52,6 +52,7 @@ SCENARIOS: Dict[str, Scenario] = {
     "redis_memory": Scenario(replicas.run_memory, any_build=False),
     "replicas": Scenario(replicas.run_replicas),
     "channel_level": Scenario(channel_level.run),
+    "reconcile": Scenario(reconcile.run),
 }
 #: What a side-by-side run measures unless --only says otherwise: issue 18's
 #: targets (forward, agent to user, bot turns) and the channel alone.

@@ -71,6 +71,7 @@ def targets(results: Dict[str, Any]) -> List[Row]:
     rows += _channel_options(scenarios.get("channel_options", {}))
     rows += _shared_store(scenarios)
     rows += _channel_level(scenarios.get("channel_level", {}))
+    rows += _reconcile(scenarios.get("reconcile", {}))
     return rows
 
 
@@ -88,6 +89,34 @@ def _channel_level(data: Dict[str, Any]) -> List[Row]:
                 "(reported)",
                 None,
             ))
+    return rows
+
+
+def _reconcile(data: Dict[str, Any]) -> List[Row]:
+    """What reading the chat's record back costs (10)."""
+    rows: List[Row] = []
+    order = data.get("order")
+    if order:
+        latency = order["agent_to_user_ms"]
+        base, ordered = latency["as_they_come"], latency["ordered"]
+        rows.append((
+            "10. pushes in ServiceNow's order: agent to user, virtual_agent",
+            f"p99 {ordered['p99']:.1f} vs {base['p99']:.1f} ms ({latency['p99_difference_ms']:+.1f} ms; "
+            f"median {ordered['median']:.1f} vs {base['median']:.1f}, n={ordered['count']}; "
+            f"the emulator's read: median {order['servicenow_read_ms']['median']:.1f}, p99 {order['servicenow_read_ms']['p99']:.1f})",
+            "(reported: one Table API read on loopback)",
+            None,
+        ))
+    steady = data.get("steady")
+    if steady:
+        per_interval = steady["requests_per_chat_per_interval"]
+        rows.append((
+            f"10. reconciliation, {steady['live_chats']} quiet VA chats: ServiceNow requests",
+            f"{per_interval:.3f} per chat per reconcile_interval ({steady['table_requests']} in {steady['intervals']} intervals, "
+            f"{steady['of_which_interaction']} of them state reads)",
+            "<= 1 per chat per interval",
+            round(per_interval, 2) <= 1.0,
+        ))
     return rows
 
 

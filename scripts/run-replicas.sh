@@ -70,8 +70,8 @@ emulator_args=()
 if [ "$SERVICENOW_API" = "virtual_agent" ]; then
   # ServiceNow pushes to replica B only: what A's users see came through Redis.
   emulator_args+=(--set "va_callback_url=http://$HOST:$PORT_B/webhooks/servicenow/callback"
-                  --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
-                  --set "va_callback_retries=3")
+                  --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}")
+  # No push retries, as ServiceNow documents none: reconciliation recovers missed pushes.
 fi
 # The control plane's token: the console link below carries it (docs/emulator.md, "Control-plane security").
 export EMULATOR_CONTROL_TOKEN=${EMULATOR_CONTROL_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}

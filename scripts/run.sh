@@ -98,8 +98,9 @@ if [ -z "${SERVICENOW_INSTANCE_URL:-}" ]; then
     # The emulator pushes Virtual Agent callbacks to this Rasa, with a shared secret.
     export SERVICENOW_WEBHOOK_SECRET=${SERVICENOW_WEBHOOK_SECRET:-$("$PY" -c 'import secrets; print(secrets.token_hex(16))')}
     emulator_args+=(--set "va_callback_url=http://$RASA_HOST:$RASA_PORT/webhooks/$channel_route/callback"
-                    --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}"
-                    --set "va_callback_retries=3")
+                    --set "va_callback_auth={\"X-Webhook-Secret\": \"$SERVICENOW_WEBHOOK_SECRET\"}")
+    # No push retries, as ServiceNow documents none: a push Rasa missed comes
+    # back through reconciliation (docs/reliability.md).
   fi
   # The control plane's token: the console link below carries it (docs/emulator.md, "Control-plane security").
   export EMULATOR_CONTROL_TOKEN=${EMULATOR_CONTROL_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}

@@ -33,6 +33,9 @@ __all__ = ["ServiceNowInput", "ServiceNowSocketIOInput"]
 def __getattr__(name: str) -> Any:
     # Imported on first use, so ``python -m connectors.servicenow.emulator``
     # starts without loading Rasa (and TensorFlow with it).
+    if name in __all__:
+        # Without rasa or rasa-pro this raises RasaNotInstalled, which says what to install.
+        from connectors.servicenow.rasa_glue import versions  # noqa: F401
     if name == "ServiceNowInput":
         from connectors.servicenow.doors.webhook import ServiceNowInput
 

@@ -30,6 +30,8 @@ DEFAULT_JWT_METHOD = "HS256"
 #: A day: a chat session's token outlives any chat, and a stolen one dies soon.
 DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600.0
 DEFAULT_REDIS_PREFIX = "snow:"
+#: The longest ``order_wait``: a second of room under ServiceNow's 5 s timeout on a push.
+MAX_ORDER_WAIT_S = 4.0
 #: What PyJWT verifies without extra packages, "none" never.
 JWT_METHODS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 
@@ -133,6 +135,17 @@ class ServiceNowSettings:
     history_turns: int = 20
     #: Report each agent message back with ``UPDATE_MESSAGES``.
     report_delivery: bool = False
+    #: Read what the agent's side said back from ServiceNow's tables (Table API,
+    #: ``interaction`` and ``sys_cs_message``): recovers messages whose push was
+    #: lost and puts pushes that overtook each other in order (docs/reliability.md).
+    reconcile: bool = True
+    #: Seconds between two reads of a live chat's records, for the whole
+    #: deployment (one request per chat per interval, under a per-chat lease).
+    reconcile_interval: float = 60.0
+    #: Longest a push waits for the read that puts it in ServiceNow's order, in
+    #: seconds; 0 shows pushes as they arrive. Keep it well under ServiceNow's
+    #: 5 s timeout on its pushes.
+    order_wait: float = 1.0
     # -- limits and authentication of the user-facing routes (docs/security.md)
     #: Open ``/stream`` connections per conversation (429 beyond) and in total (503 beyond).
     max_streams_per_sender: int = 5
@@ -337,6 +350,14 @@ def _redis_prefix(value: Any) -> str:
     return prefix
 
 
+def _order_wait(value: Any) -> float:
+    seconds = _non_negative_number(value)
+    # ServiceNow gives up on a push after 5 s; a push held longer would count as failed there.
+    if seconds > MAX_ORDER_WAIT_S:
+        raise ValueError(f"must be at most {MAX_ORDER_WAIT_S:g} seconds (ServiceNow waits 5 s for a push's answer)")
+    return seconds
+
+
 def _api(value: Any) -> str:
     return _text(value).lower()
 
@@ -424,6 +445,9 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "app_inbound_id": _text,
     "history_turns": _non_negative_int,
     "report_delivery": _boolean,
+    "reconcile": _boolean,
+    "reconcile_interval": _positive_number,
+    "order_wait": _order_wait,
     "max_streams_per_sender": _positive_int,
     "max_open_streams": _positive_int,
     "max_live_chats": _non_negative_int,

@@ -11,6 +11,7 @@ import yaml
 
 from connectors.servicenow.doctor import Paths, diagnose, exit_code
 from connectors.servicenow.doctor.findings import Finding, Severity
+from connectors.servicenow.rasa_glue.versions import IS_RASA_PRO
 
 from .conftest import (
     CHANNEL,
@@ -80,6 +81,7 @@ async def test_a_good_virtual_agent_setup_with_oauth_and_message_auth(tmp_path, 
     assert problems(findings) == [], findings
     one(oks(findings, "instance"), "accepted the Message Auth token/signature and the OAuth token")
     one(oks(findings, "instance"), "Provider application 'Rasa bot provider' has the Inbound Id rasa-bot")
+    one(oks(findings, "instance"), "Reconciliation can read interaction and sys_cs_message")
     one(oks(findings, "callback"), f"sends Virtual Agent messages to {callback} with headers the channel accepts")
     # The probe started no conversation.
     assert instance.get("sessions")["sessions"] == []
@@ -150,6 +152,30 @@ async def test_an_unknown_provider_application_is_a_problem(tmp_path, instance):
     instance.configure(va_provider_applications={"rasa-bot": "Rasa bot provider"})
     findings = await run(tmp_path, va_options(instance, app_inbound_id="other-bot"))
     one(problems(findings, "instance"), "No provider application has the Inbound Id other-bot")
+
+
+async def test_tables_reconciliation_may_not_read_are_a_warning_that_names_the_role(tmp_path, instance):
+    instance.configure(table_read_access=["sys_user", "interaction"])
+    findings = await run(tmp_path, va_options(instance), endpoints={"tracker_store": {"type": "sql"}})
+    assert problems(findings, "instance") == []
+    message = one(warnings_(findings, "instance"), "may not read sys_cs_message (HTTP 403)")
+    assert "interaction and" not in message
+    fix = next(f.fix for f in findings if f.message == message)
+    assert "interaction_agent" in fix and "reconcile: false" in fix
+    assert not [m for m in oks(findings, "instance") if "Reconciliation" in m]
+
+
+async def test_with_reconciliation_off_the_tables_are_not_checked(tmp_path, instance):
+    instance.configure(table_read_access=["sys_user"])
+    findings = await run(tmp_path, va_options(instance, reconcile=False))
+    assert not [f for f in findings if "sys_cs_message" in f.message]
+
+
+async def test_a_tight_rate_limit_for_reconciliation_is_a_warning(tmp_path, instance):
+    instance.fault(per_user_per_hour=100, scope="all")
+    findings = await run(tmp_path, va_options(instance, reconcile_interval=30))
+    message = one(warnings_(findings, "instance"), "A rate-limit rule covers this user: 100 requests per hour")
+    assert "Reconciling every 30 s costs at least 120 requests per hour per live chat" in message
 
 
 async def test_an_unreachable_instance_is_a_problem(tmp_path, instance):
@@ -326,7 +352,9 @@ def test_cli_with_the_shipped_files(instance):
     }
     for name in ("CLIENT_ID", "CLIENT_SECRET", "CALLBACK_URL", "POLL_INTERVAL", "WEBHOOK_SECRET", "CHAT_PAGE", "LOG_FORMAT", "REDIS_URL"):
         env[f"SERVICENOW_{name}"] = ""
-    result = doctor(cwd=ROOT, env=env)
+    # The shipped project of the installed Rasa: the NLU-based demo, or on Rasa Pro the CALM example.
+    project = ROOT / "examples" / "calm" if IS_RASA_PRO else ROOT
+    result = doctor(cwd=project, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Response(s) that start a handoff: utter_handoff" in result.stdout
 
@@ -362,7 +390,9 @@ def test_cli_prints_the_report_and_nothing_else(tmp_path, instance):
     (tmp_path / "endpoints.yml").write_text("# This file contains the different endpoints your bot can use.\n")
     result = doctor("--offline", cwd=tmp_path)
     assert result.stderr == ""
-    assert result.stdout.startswith("ok       credentials"), result.stdout[:300]
+    # The report's first line says which Rasa it found; the second is the first file it read.
+    first, second = result.stdout.splitlines()[:2]
+    assert first.startswith("ok       rasa ") and second.startswith("ok       credentials"), result.stdout[:300]
 
 
 async def test_replicas_on_rasas_redis_lock_store_are_warned_and_the_atomic_one_is_ok(tmp_path, instance, redis_server):

@@ -371,3 +371,17 @@ async def test_two_emulators_keep_their_own_records():
             assert len(await rows(first, "sys_cs_message")) == 2  # "hi" and the Virtual Agent's greeting
             assert await rows(second, "sys_cs_message") == []
 
+
+
+async def test_a_query_on_one_conversation_or_session_reads_its_index_and_answers_the_same(va, chat, receiver):
+    """Reads of one conversation's messages (or one client session's interactions) take only its records; the
+    answer is what a full scan gives (an OR with a value nothing has forces the scan)."""
+    await va.live("chat-2")
+    await va.client.ok("POST", "agent/message", {"session": "chat-2", "text": "elsewhere"})
+    conversation = chat["channel_metadata_document"]
+    for table_name, condition in (("sys_cs_message", f"conversation={conversation}"),
+                                  ("interaction", "client_session_id=chat-1")):
+        indexed = await rows(va.client, table_name, sysparm_query=condition)
+        scanned = await rows(va.client, table_name, sysparm_query=f"{condition}^OR{condition.split('=')[0]}=none")
+        assert indexed == scanned and indexed
+    assert len(await rows(va.client, "sys_cs_message", sysparm_query=f"conversation={conversation}")) == 13

@@ -48,7 +48,8 @@ def wheelhouse_for(wheel: Path) -> Path:
     if not (wheelhouse / ".complete").exists():
         wheelhouse.mkdir(parents=True, exist_ok=True)
         # pip wheel, not pip download: sdists are built once, here, where the index is at hand.
-        run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CONSTRAINTS), "-w", str(wheelhouse), str(wheel),
+        # The wheel requires no Rasa; its [rasa] extra brings the Rasa 3.6 a project installs first.
+        run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(CONSTRAINTS), "-w", str(wheelhouse), f"{wheel}[rasa]",
              *BUILD_REQUIREMENTS], cwd=ROOT, timeout=1800)
         (wheelhouse / ".complete").touch()
     return wheelhouse

@@ -35,6 +35,8 @@ def test_the_wheel_holds_the_connector_and_the_emulator_and_nothing_of_the_demo(
         assert needed in names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
     required = sorted(re.findall(r"^Requires-Dist: ([\w-]+)(?!.*extra ==)", metadata, re.M))
-    # docs/install.md, "Install", names each.
-    assert required == ["prometheus-client", "rasa"], metadata
-    assert re.search(r"^Requires-Dist: rasa ?<3\.7,>=3\.6$", metadata, re.M), metadata
+    # docs/install.md, "Install", names each: no Rasa of its own (the project's stays), ...
+    assert required == ["prometheus-client"], metadata
+    # ... and an extra for each Rasa (docs/rasa-pro.md).
+    assert re.search(r"^Requires-Dist: rasa ?<3\.7,>=3\.6 ?; extra == .rasa.$", metadata, re.M), metadata
+    assert re.search(r"^Requires-Dist: rasa-pro ?<4,>=3\.18 ?; extra == .rasa-pro.$", metadata, re.M), metadata

@@ -3,14 +3,14 @@
 from unittest.mock import AsyncMock
 
 import pytest
-from rasa.core.agent import load_agent
 
+from tests.assistant import demo_agent
 from tests.unit.support import close, new_channel
 
 
 @pytest.fixture
 async def agent(demo_model):
-    return await load_agent(model_path=str(demo_model))
+    return await demo_agent(demo_model)
 
 
 @pytest.fixture

@@ -98,11 +98,24 @@ def test_virtual_agent_needs_no_queue_but_a_secured_callback():
         ({"webhook_username": "sn"}, "webhook_password"),
         ({"webhook_secret": "s", "context_variables": "queue=1"}, "context_variables"),
         ({"webhook_secret": "s", "history_turns": "-1"}, "history_turns"),
+        ({"webhook_secret": "s", "reconcile": "sometimes"}, "reconcile"),
+        ({"webhook_secret": "s", "reconcile_interval": "0"}, "reconcile_interval"),
+        ({"webhook_secret": "s", "order_wait": "-1"}, "order_wait"),
+        ({"webhook_secret": "s", "order_wait": "4.5"}, "order_wait.*5 s"),
     ],
 )
 def test_invalid_virtual_agent_options(change, complaint):
     with pytest.raises(ConfigurationError, match=complaint):
         ServiceNowSettings.from_credentials({**VIRTUAL_AGENT, **change})
+
+
+def test_reconciliation_is_on_by_default_slow_and_can_be_turned_off_or_tuned():
+    settings = ServiceNowSettings.from_credentials({**VIRTUAL_AGENT, "webhook_secret": "s"})
+    assert (settings.reconcile, settings.reconcile_interval, settings.order_wait) == (True, 60.0, 1.0)
+    tuned = ServiceNowSettings.from_credentials(
+        {**VIRTUAL_AGENT, "webhook_secret": "s", "reconcile": "false", "reconcile_interval": "0.5", "order_wait": "0"}
+    )
+    assert (tuned.reconcile, tuned.reconcile_interval, tuned.order_wait) == (False, 0.5, 0.0)
 
 
 def test_limits_and_authentication_options_have_safe_defaults_and_parse_from_strings():

@@ -11,6 +11,7 @@ from typing import Optional
 from connectors.servicenow.core.chat import LiveChat, OpensInFlight
 from connectors.servicenow.core.chats import Chats
 from connectors.servicenow.core.intake import CALLBACK_DEDUPE_TTL_S, Dispatcher
+from connectors.servicenow.core.polling import Polling
 from connectors.servicenow.ops.observe import Observer
 from connectors.servicenow.servicenow.base import Callback
 from connectors.servicenow.store.keys import push_dedupe
@@ -22,11 +23,21 @@ class CallbackIntake:
     """ServiceNow's pushes (Virtual Agent callbacks): each placed with its
     chat, stored once and delivered in arrival order."""
 
-    def __init__(self, chats: Chats, in_flight: OpensInFlight, dispatcher: Dispatcher, observe: Observer) -> None:
+    def __init__(
+        self, chats: Chats, in_flight: OpensInFlight, dispatcher: Dispatcher, observe: Observer, polling: Polling
+    ) -> None:
         self._chats = chats
         self._in_flight = in_flight
         self._dispatcher = dispatcher
         self._observe = observe
+        self._polling = polling
+
+    def refused(self, chat_id: str) -> None:
+        """A push of the chat was answered 503: ServiceNow sends it once, so
+        its record is read again soon (where this replica watches the chat;
+        elsewhere the watching replica's next tick finds it)."""
+        if self._polling.soon(chat_id):
+            logger.info("Reading ServiceNow's record of chat %s again after a refused callback.", chat_id)
 
     async def find_chat(self, callback: Callback) -> None:
         """Make sure the chat a callback is about is known here, so that

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
 
 from connectors.servicenow.servicenow.base import SEEN_IDS_KEPT, ChatRef, Cursor
+from connectors.servicenow.servicenow.va_records import RecordCursor
 from connectors.servicenow.store import HandoffRecord
 
 #: Failed opens remembered so that messages sent while one was opening get
@@ -38,8 +39,11 @@ class LiveChat:
     agent_joined: bool = False
     #: ServiceNow's latest wait estimate while queued (Virtual Agent's wait spinner).
     wait_estimate: Optional[str] = None
-    #: The task polling the chat (Connect), stopped when the chat ends here.
+    #: The task polling the chat (Connect) or reading its record back
+    #: (Virtual Agent reconciliation), stopped when the chat ends here.
     poller: "Optional[asyncio.Task[None]]" = field(default=None, repr=False)
+    #: Virtual Agent: how far ServiceNow's record of the chat was read (va_records.py).
+    records: RecordCursor = field(default_factory=RecordCursor)
 
     @functools.cached_property
     def ref(self) -> ChatRef:
@@ -52,6 +56,9 @@ class LiveChat:
 
     def move_to(self, cursor: Cursor) -> None:
         self.last_updated, self.seen_ids = cursor.last_updated, tuple(cursor.seen_ids)
+
+    def has_seen(self, message_id: str) -> bool:
+        return message_id in self.seen_ids
 
     def note_message(self, message_id: Optional[str], timestamp: Optional[float]) -> None:
         """Move the cursor past a message this side has seen (or written)."""
@@ -71,6 +78,8 @@ class LiveChat:
             agent_joined=self.agent_joined,
             started_at=started_at,
             wait_estimate=self.wait_estimate,
+            conversation=self.records.conversation_id,
+            sequence=self.records.sequence,
         )
 
     @classmethod
@@ -84,6 +93,7 @@ class LiveChat:
             seen_ids=record.seen_ids,
             agent_joined=record.agent_joined,
             wait_estimate=record.wait_estimate,
+            records=RecordCursor(record.conversation, record.sequence),
         )
 
 

@@ -20,6 +20,7 @@ from connectors.servicenow.core.records import Records
 from connectors.servicenow.core.timers import Timers
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.rasa_glue.pending import PendingWrites
+from connectors.servicenow.servicenow.va_records import RecordCursor
 from connectors.servicenow.store import HandoffRecord, Store
 from connectors.servicenow.store.keys import chat_of_poll_lease
 
@@ -77,10 +78,11 @@ class Chats:
         store or waiting for an opening chat (typing)."""
         return self.adopt(sender_id, await self._store.get_handoff(sender_id))
 
-    def adopt(self, sender_id: str, record: Optional[HandoffRecord]) -> Optional[LiveChat]:
+    def adopt(self, sender_id: str, record: Optional[HandoffRecord], *, fresh: bool = False) -> Optional[LiveChat]:
         """Bring the chats held here in line with the store's record of the
         sender: a chat ended elsewhere is dropped here without any end of its
-        own, one started elsewhere (or read back from the mirror) is taken in."""
+        own, one started elsewhere (or read back from the mirror) is taken in.
+        ``fresh``: a chat this replica has just opened (nothing to catch up on)."""
         local = self.registry.get(sender_id)
         if local is not None:
             if record is not None and local.chat_id == record.chat_id:
@@ -89,7 +91,7 @@ class Chats:
         if record is None:
             return None
         chat = self.registry.activate(LiveChat.of(record))
-        self._polling.watch(chat)
+        self._polling.watch(chat, catch_up=not fresh)
         return chat
 
     async def by_chat_id(self, chat_id: str) -> Optional[LiveChat]:
@@ -142,8 +144,9 @@ class Chats:
         return len(imported)
 
     async def take_over_free_chats(self, limit: int = 100) -> int:
-        """Start polling the Connect chats nobody polls: their replica stopped
-        or died, so their lease expired or was released. Returns how many this
+        """Start polling the Connect chats (or reading back the Virtual Agent
+        chats) nobody watches: their replica stopped or died, so their lease
+        expired or was released. Returns how many this
         replica now watches; the lease decides who polls."""
         taken = 0
         for name in await self._store.free_leases(limit):
@@ -162,6 +165,7 @@ class Chats:
                 # Polling goes on from the cursor the last poller saved, not
                 # from whatever this replica saw when it last looked.
                 chat.last_updated, chat.seen_ids = record.last_updated, record.seen_ids
+                chat.records = RecordCursor(record.conversation, record.sequence)
                 self._polling.watch(chat)  # a no-op when adopting started it
                 taken += 1
         if taken:

@@ -26,7 +26,10 @@ from connectors.servicenow.core.handback import Handback
 from connectors.servicenow.core.intake import DeliveryReports, Dispatcher
 from connectors.servicenow.core.notices import Notices
 from connectors.servicenow.core.opening import Opening
+from connectors.servicenow.core.ordering import PushOrder
 from connectors.servicenow.core.polling import Polling
+from connectors.servicenow.core.reconcile import Reconciler
+from connectors.servicenow.core.reconciling import ReconcileLoop
 from connectors.servicenow.core.records import Records
 from connectors.servicenow.core.router import Router
 from connectors.servicenow.core.timeouts import Timeouts
@@ -48,6 +51,7 @@ from connectors.servicenow.retry import STORE_RECOVERY
 from connectors.servicenow.servicenow.base import Backend
 from connectors.servicenow.servicenow.connect import ConnectBackend
 from connectors.servicenow.servicenow.http import ServiceNowHTTP
+from connectors.servicenow.servicenow.va_records import ConversationRecords
 from connectors.servicenow.servicenow.virtual_agent import VirtualAgentBackend
 from connectors.servicenow.store import Store, open_store
 from connectors.servicenow.store.keys import recipient_of_callback_lease
@@ -141,9 +145,16 @@ class Core:
         """The state of the handoffs and every way one ends."""
         self.registry = ChatRegistry()
         self.in_flight = OpensInFlight()
+        #: Virtual Agent chats read back from ServiceNow's record (reconcile.py), or None.
+        self.reconciler = (
+            Reconciler(ConversationRecords(self.http))
+            if settings.reconcile and settings.api == VIRTUAL_AGENT_API
+            else None
+        )
+        watched = self.backend.pulls or self.reconciler is not None
         self.records = Records(
-            self.store, self.backend.api, pulls=self.backend.pulls, owner=self.replica_id,
-            poll_interval=settings.poll_interval,
+            self.store, self.backend.api, pulls=watched, owner=self.replica_id,
+            poll_interval=settings.poll_interval if self.backend.pulls else settings.reconcile_interval,
         )
         self.unsaved = UnsavedEnds(self.slots)
         self.schedule = TimerSchedule(self.store)
@@ -158,19 +169,31 @@ class Core:
 
     def _build_routing(self, settings: ServiceNowSettings) -> None:
         """What ServiceNow says, and where a user's message goes."""
+        reconciler = self.reconciler
         self.dispatcher = Dispatcher(
             settings, self.backend, self.store, self.outbox, self.pending, self.observe, self.work,
             on_closed=self.ending.closed_by_servicenow, on_progress=self.timers.progressed,
             on_gone=self.ending.ended_elsewhere,
+            order=PushOrder(reconciler.records, settings.order_wait) if reconciler is not None else None,
+            keyed=reconciler is not None,
+        )
+        reconciling = (
+            ReconcileLoop(
+                reconciler, self.store, self.dispatcher, self.work,
+                owner=self.replica_id, interval=settings.reconcile_interval, on_cursor=self.records.save,
+            )
+            if reconciler is not None
+            else None
         )
         self.polling = Polling(
             settings, self.backend, self.store, self.dispatcher, self.work,
             owner=self.replica_id, on_failed=self.ending.failed_in_background, on_cursor=self.records.save,
+            reconciling=reconciling,
         )
         self.chats = Chats(
             self.store, self.registry, self.in_flight, self.records, self.unsaved, self.pending, self.polling, self.timers
         )
-        self.callbacks = CallbackIntake(self.chats, self.in_flight, self.dispatcher, self.observe)
+        self.callbacks = CallbackIntake(self.chats, self.in_flight, self.dispatcher, self.observe, self.polling)
         self.opening = Opening(
             settings, self.backend, self.chats, self.in_flight, self.records, self.slots, self.unsaved,
             self.notices, self.timers, self.handback, self.observe,
@@ -334,7 +357,7 @@ class Core:
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             try:
-                if self.backend.pulls:
+                if self.polling.watches:
                     await self.chats.take_over_free_chats()
                 if self.settings.callback_url:
                     for name in await self.store.free_leases():

@@ -290,7 +290,7 @@ class Opening:
             )
             await leave_quietly(self._backend, opened)
             return None, await self._notices.tell(sender, ["start_failed"], in_request=in_request, record=False)
-        chat = self._chats.adopt(sender, opened.record(self._backend.api))
+        chat = self._chats.adopt(sender, opened.record(self._backend.api), fresh=True)
         assert chat is not None
         await self._timers.opened(chat)
         await self._notices.status(sender, active=True, chat_id=chat.chat_id)

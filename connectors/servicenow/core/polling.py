@@ -1,7 +1,9 @@
 """Polling Connect chats: one loop per live chat, fast while the chat is
 active, slower once it has been quiet for a while, with a periodic check of
 the session state in place of a poll. What a poll finds goes through the
-same path as a push (intake.py).
+same path as a push (intake.py). Virtual Agent chats, which ServiceNow
+pushes, are watched too when they are reconciled: by one loop for all of
+them (reconciling.py), under the same leases.
 
 A chat is polled by one replica at a time, under its lease (store/keys.py
 ``poll:<chat id>``): a loop that finds the lease held elsewhere stops, and a
@@ -23,6 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.core.intake import Dispatcher
+from connectors.servicenow.core.reconciling import ReconcileLoop
 from connectors.servicenow.core.records import lease_time
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.servicenow.base import Backend, PollResult
@@ -123,9 +126,15 @@ class Polling:
         owner: str,
         on_failed: OnFailed,
         on_cursor: OnCursor,
+        reconciling: Optional[ReconcileLoop] = None,
     ) -> None:
-        """``owner``: this replica, as a lease holder."""
+        """``owner``: this replica, as a lease holder. ``reconciling``: the
+        Virtual Agent chats are watched too, by reading them back from
+        ServiceNow's record (reconciling.py), under the same leases."""
         self._settings = settings
+        self._reconciling = reconciling
+        #: Whether live chats are watched under a lease at all (polled or reconciled).
+        self.watches = backend.pulls or reconciling is not None
         self._backend = backend
         self._store = store
         self._dispatcher = dispatcher
@@ -137,8 +146,13 @@ class Polling:
         # Lease calls under way: a stop waits for them before letting go.
         self._lease_calls = TaskSet()
 
-    def watch(self, chat: LiveChat) -> None:
-        """Start polling the chat (pull backends). Idempotent."""
+    def watch(self, chat: LiveChat, *, catch_up: bool = True) -> None:
+        """Start polling the chat (pull backends), or reading it back from
+        ServiceNow's record (``catch_up``: at once, for a chat this replica
+        takes up rather than opens). Idempotent."""
+        if self._reconciling is not None and not self._backend.pulls:
+            self._reconciling.watch(chat, catch_up=catch_up)
+            return
         if not self._backend.pulls or chat.ended or self.is_watching(chat):
             return
         poller = _Poller(PollSchedule(self._settings), chat)
@@ -146,12 +160,19 @@ class Polling:
         self._pollers[chat.sender_id] = poller
 
     def is_watching(self, chat: LiveChat) -> bool:
+        if self._reconciling is not None and not self._backend.pulls:
+            return self._reconciling.is_watching(chat)
         poller = self._pollers.get(chat.sender_id)
         return poller is not None and poller.chat is chat and chat.poller is not None and not chat.ended
 
     @property
     def watched(self) -> int:
-        return len(self._pollers)
+        return len(self._pollers) + (self._reconciling.watched if self._reconciling is not None else 0)
+
+    def soon(self, chat_id: str) -> bool:
+        """Read a Virtual Agent chat back soon, not at its next tick (a push of
+        it was refused); False when this replica does not watch it."""
+        return self._reconciling.soon(chat_id) if self._reconciling is not None else False
 
     def note_activity(self, chat: LiveChat) -> None:
         """The user wrote: an answer is likely soon, so poll at the fast rate."""
@@ -172,7 +193,8 @@ class Polling:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-        return [poller.chat for poller in pollers]
+        reconciled = await self._reconciling.stop(timeout) if self._reconciling is not None else []
+        return [poller.chat for poller in pollers] + reconciled
 
     async def release(self, chats: List[LiveChat], timeout: float = 10.0) -> None:
         """Give up the chats' polling leases, so another replica takes them

@@ -32,8 +32,10 @@ async def diagnose(paths: Paths, *, offline: bool = False) -> List[Finding]:
     from connectors.servicenow.doctor.instance import check_instance
     from connectors.servicenow.doctor.stores import check_endpoints, check_redis_option
 
+    from connectors.servicenow.doctor.rasa import check_rasa
+
     channel = check_credentials(paths.credentials)
-    findings = list(channel.findings)
+    findings = [check_rasa(), *channel.findings]
     api = channel.settings.api if channel.settings else (channel.raw or {}).get("api")
     queues: List[str] = []
     if paths.domain is not None:

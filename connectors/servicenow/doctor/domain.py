@@ -8,6 +8,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from connectors.servicenow.config import CONNECT_API
 from connectors.servicenow.doctor.findings import Finding, ok, problem, warning
+from connectors.servicenow.rasa_glue.versions import (
+    BUILTIN_LANGUAGE_SLOT,
+    CHANNEL_OWNED_MAPPINGS,
+    RASA_NAME,
+    slot_mapping_types,
+)
 from connectors.servicenow.texts import RESPONSE_PREFIX, text_names
 
 TOPIC = "domain"
@@ -40,6 +46,11 @@ def check_domain(
     except (RasaException, OSError, ValueError) as error:
         return [problem(TOPIC, f"Rasa cannot load {path}: {error}")], []
     found = _check_slots(domain)
+    if BUILTIN_LANGUAGE_SLOT and any(slot.name == BUILTIN_LANGUAGE_SLOT for slot in domain.slots):
+        found.append(problem(
+            TOPIC, f"The domain declares a slot '{BUILTIN_LANGUAGE_SLOT}', which {RASA_NAME} refuses: it is a built-in slot.",
+            "Remove it; set config.yml's language (and additional_languages) instead (docs/rasa-pro.md).",
+        ))
     if not domain.session_config.carry_over_slots:
         found.append(warning(
             TOPIC,
@@ -121,7 +132,7 @@ def _check_slots(domain: Any) -> List[Finding]:
         if getattr(slot, "influence_conversation", False):
             found.append(warning(TOPIC, f"Slot '{name}' influences the conversation: the bot's predictions then "
                                         "depend on the handoff's bookkeeping.", "Set influence_conversation: false."))
-        kinds = sorted({str(mapping.get("type")) for mapping in slot.mappings or [] if isinstance(mapping, dict)} - {"custom"})
+        kinds = sorted(set(slot_mapping_types(slot)) - set(CHANNEL_OWNED_MAPPINGS))
         if kinds:
             found.append(problem(TOPIC, f"Slot '{name}' has mapping(s) {', '.join(kinds)}: Rasa would fill it from "
                                         "user messages, over the channel's state.", "Use mappings: [{type: custom}]."))

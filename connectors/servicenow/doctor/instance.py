@@ -167,6 +167,10 @@ async def _check_virtual_agent(http: ServiceNowHTTP, settings: ServiceNowSetting
                        f"{accepted}the {_auth_name(settings)} (answered in {elapsed_ms:.0f} ms).")]
     if settings.app_inbound_id:
         found.append(await _check_provider_application(http, settings.app_inbound_id))
+    if settings.reconcile:
+        from connectors.servicenow.doctor.tables import check_table_access
+
+        found += await check_table_access(http)
     return found
 
 
@@ -208,4 +212,12 @@ def _rate_limit(headers: Mapping[str, str], settings: ServiceNowSettings) -> Fin
             return warning(TOPIC, text + f" Polling every {settings.poll_interval:g} s costs {per_chat:.0f} requests "
                                          f"per hour per active chat: about {chats:.1f} chat-hours per hour.",
                            "Ask for a higher limit for the integration user, or raise poll_interval.")
+    elif settings.reconcile:
+        per_chat = SECONDS_PER_HOUR / settings.reconcile_interval
+        chats = per_hour / per_chat
+        if chats < 10:
+            return warning(TOPIC, text + f" Reconciling every {settings.reconcile_interval:g} s costs at least "
+                                         f"{per_chat:.0f} requests per hour per live chat: about {chats:.1f} "
+                                         "chat-hours per hour.",
+                           "Ask for a higher limit for the integration user, or raise reconcile_interval.")
     return ok(TOPIC, text)

@@ -127,15 +127,19 @@ def _socketio_options(section: Any) -> List[Finding]:
 
 def _read(path: Path, found: List[Finding]) -> Optional[Mapping[str, Any]]:
     from rasa.shared.exceptions import RasaException
-    import rasa.shared.utils.io
+    from connectors.servicenow.rasa_glue.versions import expand_deferred_variables, read_config_file
 
     if not path.is_file():
         found.append(problem("credentials", f"{path} does not exist.", "Pass --credentials with the file rasa run uses."))
         return None
     try:
-        credentials = rasa.shared.utils.io.read_config_file(path)
+        credentials = read_config_file(path)
+        # Rasa Pro leaves the ${VAR} of client_id and client_secret to the channel, which expands them.
+        for key in (CHANNEL_KEY, SOCKETIO_CHANNEL_KEY):
+            if isinstance(credentials.get(key), dict):
+                credentials[key] = expand_deferred_variables(credentials[key])
     except RasaException as error:
-        # Also what rasa run says for a ${VAR} that is not set.
+        # Also what rasa run says for a ${VAR} that is not set (on Rasa Pro, the channel's ConfigurationError).
         found.append(problem("credentials", f"rasa run cannot read {path}: {error}",
                              "Fix the YAML, or export the environment variables it names."))
         return None

@@ -57,16 +57,17 @@ RACY_LOCK_STORES = ("redis", "RedisLockStore", "rasa.core.lock_store.RedisLockSt
 def check_endpoints(path: Path, replicas: bool = False) -> List[Finding]:
     """``replicas``: the channel has ``redis_url``, so several Rasa processes
     share conversations and need a lock store that is safe across them."""
-    import rasa.shared.utils.io
     from rasa.shared.exceptions import RasaException
     from rasa.utils.endpoints import EndpointConfig
+
+    from connectors.servicenow.rasa_glue.versions import read_config_file
 
     topic = "endpoints"
     if not path.is_file():
         return [problem(topic, f"{path} does not exist.", "Pass --endpoints with the file rasa run uses.")]
     try:
         # What rasa run's AvailableEndpoints.read_endpoints reads, without importing the tracker stores (TensorFlow).
-        content = rasa.shared.utils.io.read_config_file(path)
+        content = read_config_file(path)
         tracker_store, lock_store = (
             EndpointConfig.from_dict(content[key]) if content.get(key) else None for key in ("tracker_store", "lock_store")
         )

@@ -83,7 +83,9 @@ class MalformedRequest(InvalidUsage):
     """A request to this channel's routes that Sanic would mis-handle; answered with ``error``."""
 
     def __init__(self, error: PayloadError) -> None:
-        super().__init__(error.message, status_code=error.status)
+        # sanic 25 (Rasa Pro) takes no status_code argument here: set it after.
+        super().__init__(error.message)
+        self.status_code = error.status
         self.error = error
 
 

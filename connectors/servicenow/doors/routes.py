@@ -263,8 +263,10 @@ class HTTPRoutes:
             # Stored (and deduplicated) before the 200: acknowledged means durable.
             await asyncio.shield(self.core.work.spawn(intake.receive(callback)))
         except (StoreUnavailable, ConversationBusy) as error:
-            # Refused, not acknowledged and dropped: ServiceNow retries.
+            # Refused, not acknowledged: ServiceNow does not send it again, the
+            # chat's record is read back instead (reconciliation).
             logger.warning("Answering 503 to a callback for chat %s: %s", callback.chat_id, error)
+            intake.refused(callback.chat_id)
             return retry_later(error)
         return response.json({"status": "success"})
 

@@ -41,6 +41,8 @@ from connectors.servicenow.outbox.sinks.socketio import SessionReader
 from connectors.servicenow.payloads import PayloadError, is_valid_sender, parse_user_message
 from connectors.servicenow.rasa_glue.channels import InputChannel, OutputChannel, SocketBlueprint
 from connectors.servicenow.rasa_glue.output import OnNewMessage
+from connectors.servicenow.rasa_glue.versions import expand_deferred_variables
+from connectors.servicenow.rasa_glue.workers import check_workers
 from connectors.servicenow.store import Store
 from connectors.servicenow.store.keys import SOCKETIO_MANAGER
 
@@ -66,11 +68,12 @@ class ServiceNowSocketIOInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> InputChannel:
         if not credentials:
             cls.raise_missing_credentials_exception()
-        credentials = credentials or {}
+        credentials = expand_deferred_variables(credentials or {})
         socket = SocketIOSettings.from_credentials(credentials)
         settings = ServiceNowSettings.from_credentials(
             {key: value for key, value in credentials.items() if key not in SOCKETIO_DEFAULTS}
         )
+        check_workers(settings.redis_url)
         if settings.log_format == "json":
             use_json_logs()
         return cls(settings, socket)

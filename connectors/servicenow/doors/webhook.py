@@ -22,6 +22,8 @@ from connectors.servicenow.ops.logs import use_json_logs
 from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.rasa_glue.channels import InputChannel, OutputChannel
 from connectors.servicenow.rasa_glue.output import OnNewMessage
+from connectors.servicenow.rasa_glue.versions import expand_deferred_variables
+from connectors.servicenow.rasa_glue.workers import check_workers
 from connectors.servicenow.store import Store
 
 
@@ -34,7 +36,8 @@ class ServiceNowInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> InputChannel:
         if not credentials:
             cls.raise_missing_credentials_exception()
-        settings = ServiceNowSettings.from_credentials(credentials or {})
+        settings = ServiceNowSettings.from_credentials(expand_deferred_variables(credentials or {}))
+        check_workers(settings.redis_url)
         if settings.log_format == "json":
             use_json_logs()
         return cls(settings)

@@ -95,6 +95,7 @@ def open_conversation(state: EmulatorState, session: VaSession) -> None:
     )
     store.conversations[conversation.sys_id] = conversation
     store.interactions[interaction.sys_id] = interaction
+    store.interactions_by_session.setdefault(interaction.client_session_id, []).append(interaction)
     session.conversation_id = conversation.sys_id
     session.interaction_id = interaction.sys_id
 
@@ -232,4 +233,5 @@ def _add(
     )
     store.messages.append(record)
     store.messages_by_id[record.sys_id] = record
+    store.messages_by_conversation.setdefault(record.conversation, []).append(record)
     return record

@@ -259,6 +259,9 @@ class ConversationTables:
     #: In creation order, which is also ``sequence`` order within a conversation.
     messages: List[CsMessage] = field(default_factory=list)
     messages_by_id: Dict[str, CsMessage] = field(default_factory=dict)
+    #: Indexes for the Table API: a query on one conversation or one client session reads only its records.
+    messages_by_conversation: Dict[str, List[CsMessage]] = field(default_factory=dict)
+    interactions_by_session: Dict[str, List[InteractionRecord]] = field(default_factory=dict)
     _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1001))
 
     def next_number(self) -> str:

@@ -58,6 +58,8 @@ ROUTES = frozenset({"health", "webhook", "typing", "callback", "stream", "chat",
 _FIXED_ENDPOINTS = frozenset(
     {
         "/api/sn_va_as_service/bot/integration",
+        "/api/now/table/interaction",
+        "/api/now/table/sys_cs_message",
         "/api/now/connect/support/sessions",
         "/api/now/connect/support/queues",
         "/oauth_token.do",
@@ -179,6 +181,22 @@ class HandoffMetrics:
         self.outbox_backlog = Gauge(
             PREFIX + "outbox_backlog",
             "Items waiting in the outbox: callback POSTs not yet answered.",
+            registry=r,
+        )
+        self.messages_reconciled = Counter(
+            PREFIX + "messages_reconciled",
+            "Virtual Agent messages queued for the user from ServiceNow's record before (or instead of) their own push, "
+            "by how (push: a push's ordering read, for messages it overtook or that follow it; pass: a reconciliation "
+            "pass, for messages whose push is lost).",
+            ["how"],
+            registry=r,
+        )
+        self.push_order_wait = Histogram(
+            PREFIX + "push_order_wait_seconds",
+            "How long a Virtual Agent push waited for the read that puts it in ServiceNow's order, by outcome "
+            "(ordered, or as_came when the read failed or took longer than order_wait).",
+            ["outcome"],
+            buckets=REQUEST_BUCKETS,
             registry=r,
         )
 

@@ -167,6 +167,16 @@ class Observer:
         if self.metrics is not None:
             self.metrics.duplicates_dropped.labels(kind).inc()
 
+    def messages_reconciled(self, how: str, count: int) -> None:
+        """``count`` messages no push brought were queued from the record: ``push`` or ``pass``."""
+        if self.metrics is not None:
+            self.metrics.messages_reconciled.labels(how).inc(count)
+
+    def push_ordered(self, waited: float, ordered: bool) -> None:
+        """A push waited ``waited`` seconds for its ordering read (0 when it needed none)."""
+        if self.metrics is not None and waited > 0:
+            self.metrics.push_order_wait.labels("ordered" if ordered else "as_came").observe(waited)
+
     # -- the edges: ServiceNow calls and our routes -------------------------
 
     def servicenow_attempt(self, method: str, path: str, status: Optional[int], seconds: float) -> None:

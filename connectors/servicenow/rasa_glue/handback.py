@@ -13,6 +13,11 @@ end reason as the entity ``handoff_end_reason``; a domain slot of that name
 with a ``from_entity`` mapping makes it visible to rules. A domain without the
 intent skips the turn (logged once), so bots written before this keep working.
 
+In a CALM assistant (Rasa Pro) an external intent starts no flow: the turn
+is then the intent's payload, ``/handoff_ended{"handoff_end_reason": ...}``,
+handled as a button's payload is, so the flow whose ``nlu_trigger`` lists the
+intent starts (docs/rasa-pro.md).
+
 The turn's output channel decides where its replies go: collected into the
 webhook's answer when the end happened in a request, else through the outbox
 (callback URL and streams), after the end notice.
@@ -24,8 +29,9 @@ from typing import Any, Dict, List, Optional
 from rasa.shared.core.constants import ACTION_LISTEN_NAME
 from rasa.shared.core.events import ActionExecuted
 
-from connectors.servicenow.rasa_glue.channels import Agent, AgentSource, OutputChannel
+from connectors.servicenow.rasa_glue.channels import Agent, AgentSource, OutputChannel, UserMessage
 from connectors.servicenow.rasa_glue.slots import LOCK_POLL_S
+from connectors.servicenow.rasa_glue.versions import intent_payload, is_calm_assistant
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +76,23 @@ class HandBackTurn:
             return False
         entities: List[Dict[str, Any]] = [{"entity": END_REASON_ENTITY, "value": reason}]
         try:
-            async with agent.lock_store.lock(sender_id, wait_time_in_seconds=LOCK_POLL_S):
-                tracker = await agent.processor.fetch_tracker_and_update_session(sender_id, output)
-                if tracker.latest_action_name != ACTION_LISTEN_NAME:
-                    # A turn Rasa ran outside a request (``/execute``, an
-                    # action that ended the handoff) may stop short of
-                    # listening. Rules expect a user turn after a listen;
-                    # without one the fallback reverts to the user's last
-                    # message, which asked for the agent: a new handoff.
-                    tracker.update(ActionExecuted(ACTION_LISTEN_NAME), agent.domain)
-                await agent.trigger_intent(self.intent, entities, output, tracker)
+            if is_calm_assistant(agent):
+                # A flow reacts through its nlu_trigger: the intent goes in as a
+                # button's payload would (Rasa takes the conversation's lock).
+                text = intent_payload(self.intent, {END_REASON_ENTITY: reason})
+                metadata = {"handoff": {"ended": reason}}
+                await agent.handle_message(UserMessage(text, output, sender_id, input_channel=output.name(), metadata=metadata))
+            else:
+                async with agent.lock_store.lock(sender_id, wait_time_in_seconds=LOCK_POLL_S):
+                    tracker = await agent.processor.fetch_tracker_and_update_session(sender_id, output)
+                    if tracker.latest_action_name != ACTION_LISTEN_NAME:
+                        # A turn Rasa ran outside a request (``/execute``, an
+                        # action that ended the handoff) may stop short of
+                        # listening. Rules expect a user turn after a listen;
+                        # without one the fallback reverts to the user's last
+                        # message, which asked for the agent: a new handoff.
+                        tracker.update(ActionExecuted(ACTION_LISTEN_NAME), agent.domain)
+                    await agent.trigger_intent(self.intent, entities, output, tracker)
         except Exception:
             logger.exception("The hand-back turn of conversation %s (%s) failed.", sender_id, reason)
             return False

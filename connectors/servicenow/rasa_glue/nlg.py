@@ -28,6 +28,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 
 from connectors.servicenow.markdown import is_inert
 from connectors.servicenow.rasa_glue.channels import Agent, AgentSource
+from connectors.servicenow.rasa_glue.versions import nlg_output_channel
 from connectors.servicenow.texts import UserTexts, response_name
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Speech:
     ) -> None:
         self.texts = texts
         self._agent = agent
-        self._channel = channel
+        self._channel = nlg_output_channel(channel)
         self._timeout_s = timeout_s
         self._known = frozenset(item.name for item in dataclasses.fields(texts))
         self._warned: Dict[str, float] = {}

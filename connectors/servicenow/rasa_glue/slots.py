@@ -40,12 +40,12 @@ import asyncio
 import logging
 from typing import Any, AsyncIterator, List, Mapping, Optional, Sequence, Tuple
 
-from rasa.core.tracker_store import FailSafeTrackerStore, TrackerStore
 from rasa.shared.core.events import BotUttered, Event, SlotSet, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
 from connectors.servicenow.errors import StoreUnavailable
 from connectors.servicenow.rasa_glue.channels import Agent, AgentSource
+from connectors.servicenow.rasa_glue.versions import FailSafeTrackerStore, TrackerStore
 from connectors.servicenow.retry import Pauses
 from connectors.servicenow.store import HandoffRecord
 
@@ -144,6 +144,16 @@ def user_message_event(text: str, chat_id: str, input_channel: str = "servicenow
     )
 
 
+def _not_typed(event: Event) -> bool:
+    """A user turn nobody typed: Rasa's external intents (the hand-back turn,
+    reminders) and the hand-back payload a CALM assistant gets (handback.py)."""
+    metadata = getattr(event, "metadata", None) or {}
+    handoff = metadata.get("handoff")
+    return isinstance(event, UserUttered) and (
+        bool(metadata.get("is_external")) or (isinstance(handoff, dict) and "ended" in handoff)
+    )
+
+
 def coalesced(events: Sequence[Event]) -> List[Event]:
     """The events in order, but only the last value of each slot."""
     last_slot = {event.key: index for index, event in enumerate(events) if isinstance(event, SlotSet)}
@@ -234,7 +244,7 @@ class TrackerSlots:
         turns = [
             (str(event.text), isinstance(event, BotUttered), event.timestamp * 1000)
             for event in tracker.events
-            if isinstance(event, (UserUttered, BotUttered)) and event.text
+            if isinstance(event, (UserUttered, BotUttered)) and event.text and not _not_typed(event)
         ]
         return turns[-limit:]
 

@@ -157,6 +157,8 @@ class AgentJoined:
     """A live agent accepted the chat (no text of its own)."""
 
     agent_name: Optional[str] = None
+    #: The ``SwitchToLiveAgent`` message's id, when ServiceNow gives one.
+    message_id: Optional[str] = None
 
 
 class CloseReason(str, Enum):

@@ -225,6 +225,13 @@ def message_auth_headers(settings: ServiceNowSettings, body: Mapping[str, Any]) 
     return headers
 
 
+def item_events(item: Mapping[str, Any], *, agent_chat: bool, fallback_id: str, arrived: float) -> List[AgentEvent]:
+    """The events of one ``body`` item, exactly as a push with this ``agentChat``
+    gives them; also for an item read back from its ``sys_cs_message`` record
+    (va_records.py), so a recovered message is the message the push carried."""
+    return list(_item_events(item, agent_chat, fallback_id, arrived))
+
+
 def _item_events(item: Mapping[str, Any], agent_chat: bool, fallback_id: str, arrived: float) -> Iterable[AgentEvent]:
     ui_type = item.get("uiType")
     message_id = _str_or_none(item.get("messageId")) or fallback_id
@@ -255,7 +262,9 @@ def _action_events(item: Mapping[str, Any], message_id: str, arrived: float) -> 
         yield AgentTyping(False)
     elif action == "SwitchToLiveAgent":
         agent = item.get("agentInfo")
-        yield AgentJoined(_str_or_none(agent.get("agentName")) if isinstance(agent, dict) else None)
+        name = _str_or_none(agent.get("agentName")) if isinstance(agent, dict) else None
+        # Only a messageId ServiceNow gave: it names the message's record (va_records.py).
+        yield AgentJoined(name, _str_or_none(item.get("messageId")))
     elif action == "SwitchToVirtualAgent":
         yield ChatClosed(CloseReason.AGENT_CLOSED, None, message_id, arrived)
     elif action == "System":

@@ -112,6 +112,10 @@ class HandoffRecord:
     started_at: Optional[float] = None
     #: ServiceNow's latest wait estimate while the chat is queued.
     wait_estimate: Optional[str] = None
+    #: Virtual Agent: the chat's conversation record and the last message
+    #: ``sequence`` read back from it (reconciliation's cursor).
+    conversation: Optional[str] = None
+    sequence: int = 0
 
     def to_json(self) -> str:
         """The record without the ids it is filed under, in short keys: there
@@ -129,6 +133,10 @@ class HandoffRecord:
             data["b"] = self.started_at
         if self.wait_estimate is not None:
             data["w"] = self.wait_estimate
+        if self.conversation is not None:
+            data["v"] = self.conversation
+        if self.sequence:
+            data["q"] = self.sequence
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -144,6 +152,8 @@ class HandoffRecord:
             agent_joined=bool(data.get("j")),
             started_at=data.get("b"),
             wait_estimate=data.get("w"),
+            conversation=data.get("v"),
+            sequence=int(data.get("q", 0)),
         )
 
 

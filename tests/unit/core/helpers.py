@@ -59,7 +59,7 @@ class Relay:
     """A dispatcher with what it needs: an outbox on the memory store, tracker
     writes recorded, the end of the chat recorded."""
 
-    def __init__(self, backend, settings, slots, recorder, store=None):
+    def __init__(self, backend, settings, slots, recorder, store=None, keyed=False, order=None):
         self.store = store if store is not None else MemoryStore()
         self.work = TaskSet()
         self.backend = backend
@@ -73,7 +73,7 @@ class Relay:
         self.gone = []
         self.dispatcher = Dispatcher(
             settings, backend, self.store, self.outbox, self.pending, Observer(), self.work,
-            on_closed=recorder.on_closed, on_progress=progressed, on_gone=self.gone.append,
+            on_closed=recorder.on_closed, on_progress=progressed, on_gone=self.gone.append, keyed=keyed, order=order,
         )
 
     async def dispatch(self, chat, *args, **kwargs):

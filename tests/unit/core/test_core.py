@@ -30,3 +30,19 @@ async def test_the_resume_after_a_restart_keeps_trying_until_the_store_is_back(c
     store.broken = False
     await asyncio.wait_for(resuming, timeout=5)
     assert restarted.core.registry.get("u1").chat_id == GROUP
+
+
+def test_virtual_agent_chats_are_reconciled_unless_turned_off():
+    virtual_agent = {
+        "instance_url": "https://acme.service-now.com", "api": "virtual_agent", "username": "u", "password": "p",
+        "webhook_secret": "s",
+    }
+    on = ServiceNowInput.from_credentials(virtual_agent).core
+    assert on.reconciler is not None and on.polling.watches
+    assert on.dispatcher._keyed and on.dispatcher._order is not None
+    off = ServiceNowInput.from_credentials({**virtual_agent, "reconcile": False}).core
+    assert off.reconciler is None and not off.polling.watches
+    assert not off.dispatcher._keyed and off.dispatcher._order is None
+    # Connect is polled, never reconciled.
+    connect = ServiceNowInput.from_credentials(OPTIONS).core
+    assert connect.reconciler is None and connect.polling.watches and not connect.dispatcher._keyed

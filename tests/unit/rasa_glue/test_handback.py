@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import pytest
 from aioresponses import aioresponses
 from rasa.core.actions.action import RemoteAction
-from rasa.core.processor import MessageProcessor
+import rasa.core.processor
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import UserUttered
 from rasa.utils.endpoints import EndpointConfig
@@ -22,6 +22,7 @@ from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.rasa_glue.handback import END_REASON_ENTITY, HandBackTurn
 from connectors.servicenow.rasa_glue.output import TurnCollector
 from connectors.servicenow.rasa_glue.slots import TrackerSlots, cleared_slot_events, ended_events, user_message_event
+from connectors.servicenow.rasa_glue.versions import IS_RASA_PRO
 from tests.unit.support import BASE, GROUP, LEAVE, SESSIONS, TEXTS, close, new_channel
 
 ACTIONS = "http://actions.test/webhook"
@@ -58,6 +59,12 @@ class ActionEndHandoff(Action):
         return []
 
 
+# Rasa Pro keeps it on the shared base of its processors.
+send_bot_messages = getattr(
+    rasa.core.processor, "BaseMessageProcessor", rasa.core.processor.MessageProcessor
+)._send_bot_messages
+
+
 async def run_custom_action(agent, action: Action, output, sender="u1", mock=None):
     """A custom action as Rasa runs it: rasa_sdk's executor makes the action
     server's answer, Rasa's RemoteAction reads it, and the processor sends its
@@ -69,6 +76,8 @@ async def run_custom_action(agent, action: Action, output, sender="u1", mock=Non
     answer = await executor.run(
         {"next_action": action.name(), "sender_id": sender, "tracker": tracker.current_state(), "domain": agent.domain.as_dict(), "version": "3.6.2"}
     )
+    if hasattr(answer, "model_dump"):  # rasa_sdk 3.21 answers with a pydantic model
+        answer = answer.model_dump(by_alias=True)
     if mock is None:
         with aioresponses() as own:
             own.post(ACTIONS, payload=answer)
@@ -76,7 +85,7 @@ async def run_custom_action(agent, action: Action, output, sender="u1", mock=Non
     else:
         mock.post(ACTIONS, payload=answer)
         events = await remote.run(output, agent.processor.nlg, tracker, agent.domain)
-    await MessageProcessor._send_bot_messages(events, tracker, output)
+    await send_bot_messages(events, tracker, output)
 
 
 async def test_a_custom_actions_json_message_is_the_handoff_payload(agent):
@@ -197,7 +206,7 @@ def test_the_new_options_have_their_defaults():
 
 async def test_the_optional_slots_are_written_only_when_the_domain_declares_them(caplog):
     from rasa.core.lock_store import InMemoryLockStore
-    from rasa.core.tracker_store import InMemoryTrackerStore
+    from connectors.servicenow.rasa_glue.versions import InMemoryTrackerStore
 
     domain = Domain.from_dict(
         {"slots": {"handoff_active": {"type": "bool", "influence_conversation": False, "mappings": [{"type": "custom"}]}}}
@@ -209,3 +218,27 @@ async def test_the_optional_slots_are_written_only_when_the_domain_declares_them
     tracker = await store.retrieve("u1")
     assert [(e.key, e.value) for e in tracker.events] == [("handoff_active", False)]
     assert not [r for r in caplog.records if "non existent slot" in r.getMessage()]
+
+
+@pytest.mark.skipif(not IS_RASA_PRO, reason="CALM assistants are Rasa Pro's")
+async def test_a_calm_assistant_gets_the_hand_back_as_an_intent_payload(channel, agent):
+    # What Rasa Pro's processor reports for a model whose graph runs the FlowPolicy.
+    agent.processor.is_calm_assistant = True
+    replies = await channel.core.handback.run("u1", EndReason.AGENT_CLOSED.value, in_request=True)
+    assert [reply["text"] for reply in replies] == ["How was your chat with the agent?"]
+    tracker = await agent.tracker_store.retrieve("u1")
+    assert tracker.latest_message.text == '/handoff_ended{"handoff_end_reason":"agent_closed"}'
+    assert tracker.latest_message.intent["name"] == "handoff_ended"
+
+
+async def test_the_agent_gets_no_hand_back_turn_as_the_users_history(channel, agent):
+    """The next handoff's history (context for the agent) holds what the user
+    and the bot said, not the turns the channel ran for the bot."""
+    await say(channel, agent, "hi", sender="u5")
+    await channel.core.handback.run("u5", EndReason.AGENT_CLOSED.value, in_request=True)
+    if IS_RASA_PRO:  # and the payload a CALM assistant gets
+        agent.processor.is_calm_assistant = True
+        await channel.core.handback.run("u5", EndReason.USER_ENDED.value, in_request=True)
+    texts = [text for text, _from_bot, _at in await TrackerSlots(lambda: agent, "connect").history("u5", 20)]
+    assert texts[0] == "hi" and "How was your chat with the agent?" in texts
+    assert not [text for text in texts if "handoff_ended" in text], texts

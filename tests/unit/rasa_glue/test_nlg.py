@@ -11,21 +11,25 @@ from typing import Any, Dict, List, Optional
 import pytest
 from aiohttp import web
 from rasa.core.nlg import CallbackNaturalLanguageGenerator, NaturalLanguageGenerator, TemplatedNaturalLanguageGenerator
-from rasa.core.tracker_store import InMemoryTrackerStore
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SlotSet
 from rasa.utils.endpoints import EndpointConfig
 
 from connectors.servicenow.rasa_glue.nlg import Line, Speech, fill
+from connectors.servicenow.rasa_glue.versions import BUILTIN_LANGUAGE_SLOT, InMemoryTrackerStore
 from connectors.servicenow.texts import UserTexts, response_name, text_names
 
+# Rasa Pro's `language` is its built-in slot (strict_categorical, from the
+# config's languages); Rasa 3.6 takes any slot of that name.
+LANGUAGE_SLOT = (
+    "{type: strict_categorical, values: [de, en], mappings: [], is_builtin: true}"
+    if BUILTIN_LANGUAGE_SLOT
+    else "{type: text, influence_conversation: false, mappings: [{type: custom}]}"
+)
 DOMAIN_YAML = """
 version: "3.1"
 slots:
-  language:
-    type: text
-    influence_conversation: false
-    mappings: [{type: custom}]
+  language: LANGUAGE_SLOT
 responses:
   utter_servicenow_agent_closed:
     - text: "The agent is gone."
@@ -38,7 +42,7 @@ responses:
         - {title: "Abbrechen", payload: "/end_chat"}
   utter_servicenow_connection_lost:
     - text: "Lost chat {chat_id} at {last_message_at} ({language})."
-"""
+""".replace("LANGUAGE_SLOT", LANGUAGE_SLOT)
 
 
 def domain() -> Domain:

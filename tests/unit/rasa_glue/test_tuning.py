@@ -4,7 +4,7 @@ heap, and the event class cache, which must answer exactly as Rasa does."""
 import gc
 
 import pytest
-from rasa.core.tracker_store import InMemoryTrackerStore
+from connectors.servicenow.rasa_glue.versions import InMemoryTrackerStore
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import ActionExecuted, BotUttered, Event, SlotSet, UserUttered
 from rasa.shared.utils.common import all_subclasses
