@@ -143,7 +143,8 @@ class Dispatcher:
         With ``dedupe_key`` (a pushed callback) what the events say is stored
         in one step with the key, before this returns, and an end of the
         chat is handled in the background: False when the key was seen before
-        (a repeat, dropped); ``StoreUnavailable`` when nothing could be stored
+        (a repeat, dropped; keyed, a push whose every message was stored
+        before still ends the chat it closes); ``StoreUnavailable`` when nothing could be stored
         (nothing changed, the push may come again). ``poller``: the owner of
         the chat's polling lease that found ``events``; when it holds the
         lease no more, ``LeaseLost`` and nothing delivered or moved (the new
@@ -169,7 +170,10 @@ class Dispatcher:
                 self._on_gone(chat)
                 return True
             if items is None:
-                return False
+                if batch.closed is None or not self._keyed:
+                    return False
+                # Its messages came another way (a read): the end is still news.
+                items = [None] * len(batch.outgoing)
             self._note_queued(batch, items, arrived)
             self._count_recovered(chat, batch, items, from_records, pushed=dedupe_key is not None)
             batch.records = [record for record, index in zip(batch.records, batch.queued) if items[index] is not None]

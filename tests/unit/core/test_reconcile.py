@@ -11,7 +11,14 @@ from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.core.reconcile import Reconciler, after_delivered
 from connectors.servicenow.core.reconciling import ReconcileLoop
-from connectors.servicenow.servicenow.base import AgentJoined, AgentMessage, AgentTyping, ChatClosed, CloseReason
+from connectors.servicenow.servicenow.base import (
+    AgentJoined,
+    AgentMessage,
+    AgentTyping,
+    ChatClosed,
+    CloseReason,
+    SystemNotice,
+)
 from connectors.servicenow.servicenow.va_records import Recovered, RecordCursor
 from connectors.servicenow.store import HandoffRecord, MemoryStore
 from connectors.servicenow.store.keys import poll_lease
@@ -146,6 +153,28 @@ async def test_a_read_or_a_push_for_a_chat_another_replica_ended_stores_nothing(
     assert b.gone == [read, pushed], "dropped here, without an end of its own"
     assert read.records != RecordCursor("conv", 7), "the cursor does not move past what was not stored"
     await b.stop()
+    await store_a.aclose()
+    await store_b.aclose()
+
+
+async def test_a_push_that_closes_the_chat_ends_it_even_when_its_messages_came_another_way(redis_server):
+    # Found by the soak after reconciliation was merged: the agent's closing
+    # text was stored by a read (on another replica, or a push's ordering
+    # read) before the push that carries it and the end arrived; every message
+    # of that push was then a repeat, the push was dropped as one, and its end
+    # with it: the user stayed in a handoff whose chat was over.
+    store_a, store_b = two_stores(redis_server)
+    recorder = Recorder()
+    a = Relay(PushBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store_a, keyed=True)
+    b = Relay(PushBackend(), SETTINGS, RecordingSlots(), recorder, store=store_b, keyed=True)
+    closing = SystemNotice("s9", "Beth has closed the chat.", 9)
+    await a.dispatch(LiveChat(sender_id="u1", chat_id="c1"), [closing], records=RecordCursor("conv", 9), recovered=("s9",))
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    await b.dispatcher.dispatch(chat, [closing, ChatClosed(CloseReason.AGENT_CLOSED)], dedupe_key="push:c1:f9", dedupe_ttl=600)
+    await b.stop()  # the end runs after END_GRACE_S, in the background
+    assert recorder.closed == [ChatClosed(CloseReason.AGENT_CLOSED)]
+    assert [entry.payload["text"] for entry in await store_a.read("u1")] == ["Beth has closed the chat."]
+    await a.stop()
     await store_a.aclose()
     await store_b.aclose()
 
