@@ -33,14 +33,15 @@ STUCK_AFTER_S = 30.0
 #: Causes that make a loss, a double or a reordering what the docs promise, with the line that says so.
 ALLOWED: Dict[str, str] = {
     "push_not_acknowledged": (
-        "docs/limits.md, 'Virtual Agent pushes made while Rasa is down': a push no replica acknowledged (every "
-        "attempt failed, was refused or dropped) reaches the user only if ServiceNow retries it; issue 19 "
-        "(reconciliation) closes this"
+        "docs/limits.md, 'Virtual Agent pushes are sent once and carry no sequence number', and docs/reliability.md, "
+        "'Messages whose push was lost': a push no replica acknowledged (every attempt failed, was refused or "
+        "dropped) is read back from ServiceNow's record at once when a later push's read finds the gap (a read slower "
+        "than order_wait, or failing, shows that push as it came), else within reconcile_interval; the chat ended "
+        "before either (with reconcile: false, pushes lost are lost)"
     ),
     "push_timed_out": (
-        "docs/limits.md, 'Virtual Agent pushes made while Rasa is down': every attempt of the push waited longer "
-        "than ServiceNow does (5 s) for the deployment's answer, so to ServiceNow the deployment was down (see the "
-        "soak's findings: the callback route under load); issue 19 (reconciliation) closes this"
+        "the same, for a push whose every attempt waited longer than ServiceNow does (5 s) for the deployment's "
+        "answer, so to ServiceNow the deployment was down (soak finding 8: the callback route on a starved machine)"
     ),
     "push_still_queued_at_end": (
         "not a loss by the channel: ServiceNow (the emulator) had not finished pushing it when the run stopped "
@@ -68,8 +69,9 @@ ALLOWED: Dict[str, str] = {
         "message could not be delivered' and is back with the bot"
     ),
     "pushes_overtook": (
-        "docs/limits.md, 'Virtual Agent pushes have no sequence number': two agent messages whose pushes overtake "
-        "each other are shown in arrival order"
+        "docs/limits.md, 'Virtual Agent pushes are sent once and carry no sequence number': pushes that overtake each "
+        "other are shown in ServiceNow's order when the read that orders them answers within order_wait (1 s); "
+        "otherwise (or with reconcile: false) in arrival order"
     ),
     "callback_repost_after_crash": (
         "docs/deployment.md, Limits that remain: a replica that crashes between posting to callback_url and moving "
@@ -88,8 +90,9 @@ ALLOWED: Dict[str, str] = {
         "from the load balancer when a replica died mid-request); the webhook has no idempotency key"
     ),
     "end_push_not_acknowledged": (
-        "docs/limits.md, 'Virtual Agent pushes made while Rasa is down' (issue 19): the push that closes the chat "
-        "was never acknowledged, so the user stays in the handoff until they end it"
+        "docs/reliability.md, 'Messages whose push was lost': the push that closes the chat was never acknowledged; "
+        "the end is read back from ServiceNow's record by a later pass (every tenth read of a chat asks whether it is "
+        "over), so until then the user stays in the handoff or ends it (with reconcile: false, until they end it)"
     ),
     "end_lost_in_crash": (
         "docs/deployment.md, Limits that remain: a replica that crashes after acknowledging the push that ends the "
@@ -143,6 +146,9 @@ class Settings:
     race_s: float = 3.0
     #: Extra attempts ServiceNow (the emulator) makes per push.
     push_retries: int = 3
+    #: The Virtual Agent deployment reads lost pushes back (``reconcile``), every ``reconcile_interval`` seconds.
+    reconcile: bool = False
+    reconcile_interval: float = 60.0
 
     @classmethod
     def of(cls, meta: Dict[str, Any]) -> "Settings":
@@ -153,6 +159,8 @@ class Settings:
             callback=bool(meta.get("callback", True)),
             race_s=2 * poll + 1.0,
             push_retries=int(meta.get("push_retries", 3)),
+            reconcile=bool(meta.get("reconcile", False)),
+            reconcile_interval=float(meta.get("reconcile_interval", 60.0)),
         )
 
 
@@ -314,6 +322,8 @@ class Checker:
                 if not self._push_gave_up(sent.get("message_id")):
                     return "push_still_queued_at_end"
                 attempts = self.pushes_by_message.get(sent.get("message_id") or "", [])
+                if self.settings.reconcile and not self._ended_before_a_pass(user, session, sent, attempts):
+                    return None  # a pass had the time to read it back
                 if all(a.get("outcome") == "timeout" for a in attempts):
                     return "push_timed_out"
                 return "push_not_acknowledged"
@@ -700,6 +710,15 @@ class Checker:
         attempts, or none at all, means the push was still in ServiceNow's queue when the run ended."""
         attempts = {a["attempt"] for a in self.pushes_by_message.get(message_id or "", [])}
         return len(attempts) >= 1 + self.settings.push_retries
+
+    def _ended_before_a_pass(self, user: str, session: int, sent: Dict[str, Any], attempts: List[Dict[str, Any]]) -> bool:
+        """With reconciliation a lost push is read back within one ``reconcile_interval`` (plus a read that may be
+        retried) unless the chat ended first; a chat that never ended had the run's quiet tail."""
+        gave_up = max([a["at"] for a in attempts] + [sent["t"]])
+        end = self._end_of(user, session, sent.get("chat"))
+        if end is None:
+            return False
+        return end - gave_up < self.settings.reconcile_interval + 2 * self.settings.request_timeout + 2.0
 
     def _first_ack(self, message_id: Optional[str]) -> Optional[float]:
         if not message_id:

@@ -215,6 +215,9 @@ class Options:
     #: Extra attempts of a Virtual Agent push (ServiceNow documents none; a retry policy can be set on the alias).
     push_retries: int = 3
     push_retry_delay_ms: int = 1000
+    #: Virtual Agent: lost pushes are read back from the emulator's records (the channel's default), this often: shorter
+    #: than the default 60 s so that a pass comes within the run's quiet tail (20 s) and within most chats.
+    reconcile_interval: float = 10.0
     extra_channel: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -241,6 +244,8 @@ def channel_options(api: str, emulator_url: str, redis_url: str, prefix: str, ca
     else:
         channel["webhook_secret"] = WEBHOOK_SECRET
         channel["report_delivery"] = True
+        channel["reconcile"] = True
+        channel["reconcile_interval"] = options.reconcile_interval
     return channel
 
 

@@ -57,7 +57,8 @@ async def soak(args: Arguments, say: Any = print) -> "tuple[Dict[str, Any], Dict
         "seed": args.seed, "duration": args.duration, "users": args.users, "replicas": args.replicas,
         "apis": args.apis, "faults_chosen": args.faults, "callback": args.callback,
         "poll_interval": args.options.poll_interval, "request_timeout": args.options.request_timeout,
-        "push_retries": args.options.push_retries, "schedule": [f.as_dict() for f in schedule],
+        "push_retries": args.options.push_retries, "reconcile": "virtual_agent" in args.apis,
+        "reconcile_interval": args.options.reconcile_interval, "schedule": [f.as_dict() for f in schedule],
         "workdir": str(args.workdir),
     }
     recorder = Recorder(meta)

@@ -449,3 +449,26 @@ def test_a_push_whose_every_attempt_timed_out_is_told_apart_from_one_refused():
             attempt["outcome"] = "timeout"
     end(run, "va-0000", "c1")
     assert check(run.h)["agent_to_user"]["sse"]["lost"]["counts"] == {"push_timed_out": 1}
+
+
+def test_with_reconciliation_a_lost_push_must_be_read_back_unless_the_chat_ended_first():
+    # docs/limits.md (after issue 19): a push no replica acknowledged is read back from ServiceNow's record within one
+    # reconcile_interval; only a chat that ended before a pass could come may lose it.
+    def lost_push(seconds_to_the_end: float) -> Dict[str, Any]:
+        run = a_clean_session(ended=False)
+        run.h["meta"].update(reconcile=True, reconcile_interval=10.0)
+        run.agent_says("va-0000", VA, 0, 3, "c1", acked=False)
+        run.tick(seconds_to_the_end - 20)  # end() waits 20 s itself
+        end(run, "va-0000", "c1")
+        return check(run.h)
+
+    soon = lost_push(seconds_to_the_end=21)
+    assert soon["ok"] and soon["agent_to_user"]["sse"]["lost"]["counts"] == {"push_not_acknowledged": 1}
+    late = lost_push(seconds_to_the_end=60)
+    assert not late["ok"] and late["agent_to_user"]["sse"]["lost"]["counts"] == {"against_docs": 1}
+    # Without reconciliation (reconcile: false) a lost push stays lost, as the docs say.
+    run = a_clean_session(ended=False)
+    run.agent_says("va-0000", VA, 0, 3, "c1", acked=False)
+    run.tick(40)
+    end(run, "va-0000", "c1")
+    assert check(run.h)["agent_to_user"]["sse"]["lost"]["counts"] == {"push_not_acknowledged": 1}
