@@ -34,6 +34,10 @@ endif
 run-replicas: $(STAMP) $(MODEL)
 	@$(call FOREGROUND,scripts/run-replicas.sh)
 
+# TEST_WORKERS: pytest-xdist workers per suite (most tests wait on servers and
+# timers, so more workers than the 2 cores help; docs/testing.md). 0: one process.
+TEST_WORKERS ?= 4
+
 # Two suites: Rasa 3.6 in .venv, then Rasa Pro in .venv-pro (scripts/test-pro.sh
 # makes it; docs/rasa-pro.md). Both run even when the first fails; either failing fails.
 # PYTEST_ARGS selects within the Rasa 3.6 suite, PRO_PYTEST_ARGS within the Rasa Pro one;
@@ -44,8 +48,8 @@ run-replicas: $(STAMP) $(MODEL)
 test: typecheck $(STAMP) $(MODEL)
 	@status=0; \
 	if [ "$(RASA)" != 3.6 ]; then scripts/venv-pro.sh || true; fi; \
-	if [ "$(RASA)" != pro ]; then $(VENV)/bin/pytest $(PYTEST_ARGS) || status=$$?; fi; \
-	if [ "$(RASA)" != 3.6 ]; then scripts/test-pro.sh || status=$$?; fi; \
+	if [ "$(RASA)" != pro ]; then $(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS) || status=$$?; fi; \
+	if [ "$(RASA)" != 3.6 ]; then TEST_WORKERS=$(TEST_WORKERS) scripts/test-pro.sh || status=$$?; fi; \
 	exit $$status
 
 # mypy over connectors/servicenow, at the strictness pyproject.toml states, once:

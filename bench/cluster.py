@@ -133,7 +133,7 @@ class RasaSetup:
 
 #: Channel options a build may refuse without its numbers changing meaning:
 #: they only keep a failing call from stretching a measurement.
-OPTIONAL_CHANNEL_OPTIONS = frozenset({"retry_attempts", "retry_backoff"})
+OPTIONAL_CHANNEL_OPTIONS = frozenset({"retry_attempts", "retry_backoff", "deployment_handoff_starts_per_minute"})
 
 
 async def start_rasa(

@@ -80,6 +80,10 @@ def channel_for(backend: str, emulator: Service, receiver: Receiver, **overrides
         # retries stretch the numbers, and failures are counted instead.
         "retry_attempts": 2,
         "retry_backoff": 0.1,
+        # A load of thousands of chats started at once is the point here, not
+        # something to refuse (the defaults are 100 live, 60 starts a minute).
+        "max_live_chats": 0,
+        "deployment_handoff_starts_per_minute": 0,
     }
     if backend == "connect":
         from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID

@@ -124,16 +124,24 @@ def fetch(version: str = VERSION, cache_dir: Path = CACHE_DIR, registry: str = R
             raise FetchError(f"{PACKAGE}@{version} has no {BUNDLE_MEMBER}") from error
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "LICENSE").write_bytes(license_text)
-    (directory / "index.js").write_bytes(bundle)
+    _write(directory / "LICENSE", license_text)
+    _write(directory / "index.js", bundle)
     # Written last: its presence says the bundle beside it is complete.
-    (directory / "integrity.json").write_text(json.dumps({
+    _write(directory / "integrity.json", (json.dumps({
         "package": f"{PACKAGE}@{version}",
         "tarball": tarball_url,
         "tarball_integrity": integrity,
         "bundle_sha256": hashlib.sha256(bundle).hexdigest(),
-    }, indent=2) + "\n")
+    }, indent=2) + "\n").encode())
     return Bundle(version, directory / "index.js", integrity)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Whole or not at all: another process (a test worker, a second make run)
+    may be serving the cached file, or fetching it too, at the same time."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def offline_bundle(script: bytes) -> bytes:

@@ -2,7 +2,8 @@
 # The Rasa Pro suite of `make test`: the channel-level tests against Rasa Pro's
 # own classes, in .venv-pro (scripts/venv-pro.sh makes it). Without a Python
 # 3.11+ the suite is skipped with the reason; with REQUIRE_RASA_PRO_TEST set
-# (.ci/run) that is a failure. PRO_PYTEST_ARGS replaces the default selection.
+# (.ci/run) that is a failure. PRO_PYTEST_ARGS replaces the default selection;
+# TEST_WORKERS (4 by default, 0: one process) is the number of pytest-xdist workers.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -30,4 +31,4 @@ fi
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 export RASA_TELEMETRY_ENABLED=false
 # shellcheck disable=SC2086 # PRO_PYTEST_ARGS is split into words on purpose
-exec "$VENV/bin/pytest" ${PRO_PYTEST_ARGS:-$DEFAULT_SELECTION}
+exec "$VENV/bin/pytest" -n "${TEST_WORKERS:-4}" ${PRO_PYTEST_ARGS:-$DEFAULT_SELECTION}

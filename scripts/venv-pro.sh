@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 VENV=${VENV_PRO:-.venv-pro}
 STAMP=$VENV/.installed
 
+# One maker at a time: another make in this checkout may be making it too (the
+# second waits, then finds it up to date). flock is util-linux's; without it, no lock.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$VENV.lock"
+  flock 9
+fi
+
 python=$(scripts/find-python-pro.sh) || exit 3
 
 if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))'; then
@@ -26,7 +33,7 @@ if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11)
   # The frozen set is resolved on 3.11 (scipy and numpy pins differ per Python):
   # elsewhere only rasa-pro and the test tools are pinned.
   constraints=$VENV/constraints-direct.txt
-  grep -E '^(rasa-pro|rasa-sdk|pytest|pytest-asyncio|pytest-timeout|aioresponses|fakeredis|prometheus_client|mypy)==' \
+  grep -E '^(rasa-pro|rasa-sdk|pytest|pytest-asyncio|pytest-timeout|pytest-xdist|execnet|aioresponses|fakeredis|prometheus_client|mypy)==' \
     constraints-pro.txt > "$constraints"
 fi
 echo "Installing Rasa Pro into $VENV (about 2 minutes the first time)"

@@ -235,6 +235,13 @@ def channel_options(api: str, emulator_url: str, redis_url: str, prefix: str, ca
         "request_timeout": options.request_timeout,
         "redis_url": redis_url,
         "redis_prefix": prefix,
+        # The deployment is sized for the soak's load. Every user comes from one address (the balancer's) and starts
+        # a handoff every 15-60 s: the per-address stream cap and the start limits, made for anonymous traffic on the
+        # internet, are lifted (their own tests are tests/unit/core/test_opening.py and the e2e stream cap tests).
+        "max_streams_per_client": 100_000,
+        "max_live_chats": 0,
+        "handoff_starts_per_minute": 0,
+        "deployment_handoff_starts_per_minute": 0,
         **options.extra_channel,
     }
     if callback_url:

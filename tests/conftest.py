@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+# Parallel runs: which tests share a worker, and in what order (tests/parallel.py).
+pytest_plugins = ["tests.parallel"]
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_INPUTS = [ROOT / "config.yml", ROOT / "domain.yml", *sorted((ROOT / "data").glob("*.yml"))]
 

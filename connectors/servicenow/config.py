@@ -20,6 +20,7 @@ from connectors.servicenow.attachments import (
 )
 from connectors.servicenow.egress import endpoint_of
 from connectors.servicenow.errors import ConfigurationError
+from connectors.servicenow.signing import secret_key
 from connectors.servicenow.texts import UserTexts
 
 CONNECT_API = "connect"
@@ -59,6 +60,8 @@ class ServiceNowSettings:
     client_secret: Optional[str] = field(default=None, repr=False)
     queue_id: Optional[str] = None
     callback_url: Optional[str] = None
+    #: Signs every POST to ``callback_url`` (``whsec_<base64>``, Standard Webhooks; signing.py).
+    callback_secret: Optional[str] = field(default=None, repr=False)
     #: Seconds between polls of an active Connect chat.
     poll_interval: float = 1.0
     #: Seconds between polls once a chat has been quiet for ``idle_after``.
@@ -149,11 +152,20 @@ class ServiceNowSettings:
     # -- limits and authentication of the user-facing routes (docs/security.md)
     #: Open ``/stream`` connections per conversation (429 beyond) and in total (503 beyond).
     max_streams_per_sender: int = 5
+    #: Open streams and sockets per client address (429 beyond).
+    max_streams_per_client: int = 50
     max_open_streams: int = 1000
-    #: Live chats at once in this process (0: no limit); beyond it ``messages.handoff_busy``.
-    max_live_chats: int = 0
+    #: Seconds a request body may take to arrive in all (408 and the connection closed beyond).
+    body_read_timeout: float = 10.0
+    #: Request bodies read at once by a door (503 with ``Retry-After`` beyond).
+    max_body_reads: int = 256
+    #: Live chats at once in the deployment (0: no limit); beyond it ``messages.handoff_busy``.
+    max_live_chats: int = 100
     #: Handoff starts per conversation per minute (0: no limit); beyond it ``messages.handoff_rate_limited``.
     handoff_starts_per_minute: int = 3
+    #: Handoff starts per minute in the deployment, on average (0: no limit), and at once; beyond, ``messages.handoff_busy``.
+    deployment_handoff_starts_per_minute: int = 60
+    deployment_handoff_start_burst: int = 20
     #: Key that verifies the users' JWTs (HS* secret or RS*/ES* public key); unset: no authentication.
     jwt_key: Optional[str] = field(default=None, repr=False)
     jwt_method: str = DEFAULT_JWT_METHOD
@@ -334,6 +346,12 @@ def _jwt_method(value: Any) -> str:
     return method
 
 
+def _callback_secret(value: Any) -> str:
+    secret = _text(value)
+    secret_key(secret)  # ValueError, without the value, when it is not one
+    return secret
+
+
 def _redis_url(value: Any) -> str:
     url = _text(value)
     parsed = urlparse(url)
@@ -410,6 +428,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "client_secret": _text,
     "queue_id": _text,
     "callback_url": _url,
+    "callback_secret": _callback_secret,
     "poll_interval": _positive_number,
     "idle_poll_interval": _positive_number,
     "idle_after": _non_negative_number,
@@ -449,9 +468,14 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "reconcile_interval": _positive_number,
     "order_wait": _order_wait,
     "max_streams_per_sender": _positive_int,
+    "max_streams_per_client": _positive_int,
     "max_open_streams": _positive_int,
+    "body_read_timeout": _positive_number,
+    "max_body_reads": _positive_int,
     "max_live_chats": _non_negative_int,
     "handoff_starts_per_minute": _non_negative_int,
+    "deployment_handoff_starts_per_minute": _non_negative_int,
+    "deployment_handoff_start_burst": _positive_int,
     "jwt_key": _text,
     "jwt_method": _jwt_method,
     "jwt_max_lifetime": _positive_number,
@@ -481,7 +505,8 @@ _RETRY_FIELDS = {
 #: Events of the protocol itself; the configurable ones may not take these names.
 RESERVED_EVENTS = frozenset(
     {"connect", "disconnect", "connect_error", "session_request", "session_confirm",
-     "servicenow_handoff", "servicenow_typing", "servicenow_error", "servicenow_user_typing"}
+     "servicenow_handoff", "servicenow_typing", "servicenow_error", "servicenow_user_typing",
+     "servicenow_refused_input"}
 )
 #: Rasa's socketio options and their defaults (rasa/core/channels/socketio.py).
 SOCKETIO_DEFAULTS: Dict[str, Any] = {

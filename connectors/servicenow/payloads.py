@@ -45,11 +45,13 @@ _MESSAGE_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 class PayloadError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: Optional[int] = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        #: Seconds after which the same request may succeed (a ``Retry-After`` header).
+        self.retry_after = retry_after
 
     def body(self) -> Dict[str, Any]:
         # The shape of Rasa's own HTTP API errors.
@@ -85,6 +87,15 @@ def decode_json(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError(400, "InvalidEncoding", "The request body must be UTF-8 encoded JSON.") from None
+    return decode_json_text(text)
+
+
+def decode_json_text(text: str, *, max_bytes: Optional[int] = None) -> Any:
+    """JSON text already decoded from its bytes (a socket.io packet, a
+    metadata string) by the same rules as a body: depth, numbers, lone
+    surrogates; a ``PayloadError`` for anything else."""
+    if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise PayloadError(413, "PayloadTooLarge", f"The message is larger than {max_bytes} bytes.")
     try:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:

@@ -36,3 +36,22 @@ class TaskSet:
     def cancel(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+
+async def event_within(event: asyncio.Event, timeout: Optional[float]) -> bool:
+    """Wait up to ``timeout`` seconds (None: no limit) for ``event``; True
+    when it is set.
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: before Python 3.12, when
+    the event is set in the same turn of the loop as the waiting task is
+    cancelled, wait_for returns and the cancel is lost (CPython gh-86296), so
+    a loop that runs until cancelled (a stream reader whose socket left, a
+    poller, the timer runner) runs on for ever."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)

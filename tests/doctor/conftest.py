@@ -17,6 +17,7 @@ CHANNEL = "connectors.servicenow.ServiceNowInput"
 PASSWORD = "secret"
 OAUTH_SECRET = "rasa-connector-secret"
 VA_WEBHOOK_SECRET = "a-long-webhook-secret-0123456789"
+CALLBACK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +79,7 @@ def connect_options(emulator: Emulator, **overrides: Any) -> Dict[str, Any]:
         "password": PASSWORD,
         "queue_id": emulator.queue_id,
         "callback_url": "http://127.0.0.1:9/callback",
+        "callback_secret": CALLBACK_SECRET,
     }
     options.update(overrides)
     return {key: value for key, value in options.items() if value is not None}

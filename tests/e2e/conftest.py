@@ -12,6 +12,8 @@ from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, wait_for
 
 BACKENDS = ("connect", "virtual_agent")
 WEBHOOK_SECRET = "e2e-callback-secret"
+#: Signs the channel's POSTs to the callback receiver, which verifies each (docs/http-api.md#signed-callbacks).
+CALLBACK_SECRET = "whsec_ZTJlLWNhbGxiYWNrLXNpZ25pbmcta2V5LTAxMjM0NTY3"
 TEXTS = UserTexts()
 
 # Fast enough for tests, slow enough to be realistic: polls every 0.2 s, a
@@ -30,6 +32,13 @@ FAST_CHANNEL = {
     "chat_page": True,
     # The tests' file server and the emulator's files are on loopback: allowed by name, as `make run` does.
     "attachment_hosts": ["127.0.0.1"],
+    "callback_secret": CALLBACK_SECRET,
+    # The shared servers start hundreds of chats over a session, and many
+    # tests leave theirs open: room for all of them. The defaults (100 live,
+    # 60 starts a minute) are proven in test_guard.py.
+    "max_live_chats": 2000,
+    "deployment_handoff_starts_per_minute": 6000,
+    "deployment_handoff_start_burst": 1000,
 }
 
 
@@ -124,7 +133,7 @@ def emulator(e2e_dir) -> Iterator[Emulator]:
 
 @pytest.fixture(scope="session")
 def callback() -> Iterator[CallbackReceiver]:
-    receiver = CallbackReceiver()
+    receiver = CallbackReceiver(secret=CALLBACK_SECRET)
     yield receiver
     receiver.stop()
 

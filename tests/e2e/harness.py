@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import requests
 import yaml
 
+from tests.ports import free_port  # noqa: F401 (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 RASA = str(Path(PYTHON).with_name("rasa"))
@@ -40,10 +42,18 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: floa
         time.sleep(interval)  # wait-ok: polling interval of a condition with a deadline
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def close_stream(response: requests.Response) -> None:
+    """Close a streamed response at once, as a browser closes an EventSource.
+
+    Shut the socket first: a plain close waits for a thread reading the
+    stream, which sits in recv() until the server's next heartbeat (15 s)."""
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+    response.close()
 
 
 class Emulator:
@@ -111,10 +121,40 @@ class Emulator:
         self._log.close()
 
 
-class CallbackReceiver:
-    """Stands in for a frontend's callback URL and records every POST."""
+def docs_snippet(marker: str, page: str = "docs/http-api.md") -> str:
+    """The code block that follows ``<!-- marker -->`` in a docs page: the
+    tests run what the docs show."""
+    text = (ROOT / page).read_text()
+    after = text[text.index(f"<!-- {marker} -->"):]
+    start = after.index("\n", after.index("```")) + 1
+    return after[start:after.index("```", start)]
 
-    def __init__(self) -> None:
+
+def _verify_callback() -> Callable[[str, Any, bytes], bool]:
+    namespace: Dict[str, Any] = {}
+    exec(docs_snippet("verify-callback-python"), namespace)  # noqa: S102 - the docs' own example
+    return namespace["verify_callback"]
+
+
+#: docs/http-api.md's example receiver check, as a frontend would copy it.
+verify_callback = _verify_callback()
+
+
+class CallbackReceiver:
+    """Stands in for a frontend's callback URL and records every POST. With
+    ``secret`` it verifies each POST as docs/http-api.md shows: a POST that
+    does not verify is refused with 401 and kept in ``refused``. Bodies are
+    recorded as they come (repeats included: the tests judge the channel, a
+    frontend would drop a ``webhook-id`` it took before)."""
+
+    def __init__(self, secret: Optional[str] = None) -> None:
+        self.secret = secret
+        #: The delivery id of every verified POST, in order.
+        self.deliveries: List[str] = []
+        #: Headers of the POSTs refused for a missing or wrong signature.
+        self.refused: List[Dict[str, str]] = []
+        #: Headers and exact body of every verified POST.
+        self.verified: List[Any] = []
         self.received: List[Dict[str, Any]] = []
         #: Recipients whose items the "frontend" refuses with a 500.
         self.refuse: set = set()
@@ -127,7 +167,12 @@ class CallbackReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"null")
+                raw = self.rfile.read(length)
+                if receiver.secret is not None and not receiver.taken(self.headers, raw):
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.loads(raw or b"null")
                 receiver.answering.wait(timeout=30)
                 refused = isinstance(body, dict) and body.get("recipient_id") in receiver.refuse
                 if not refused:
@@ -142,6 +187,18 @@ class CallbackReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/callback"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def taken(self, headers: Any, raw: bytes) -> bool:
+        """Verify a POST; False (refuse it) when it does not verify."""
+        assert self.secret is not None
+        if not verify_callback(self.secret, headers, raw):
+            with self._lock:
+                self.refused.append(dict(headers))
+            return False
+        with self._lock:
+            self.deliveries.append(headers["webhook-id"])
+            self.verified.append((dict(headers), raw))
+        return True
 
     def for_user(self, sender: str) -> List[Dict[str, Any]]:
         with self._lock:

@@ -18,10 +18,15 @@ if not hasattr(aiohttp, "ClientWSTimeout"):
 
 
 class SocketUser:
-    def __init__(self, url: str, socketio_path: str = "/socket.io") -> None:
+    def __init__(self, url: str, socketio_path: str = "/socket.io", source_address: Optional[str] = None) -> None:
+        """``source_address``: connect from this local address (another
+        loopback address stands for another client)."""
         self.url = url
         self.path = socketio_path
-        self.client = socketio.AsyncClient(reconnection=False)
+        self._http: Optional[aiohttp.ClientSession] = None
+        if source_address is not None:
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source_address, 0)))
+        self.client = socketio.AsyncClient(reconnection=False, http_session=self._http)
         #: Everything received, in order: (event, data).
         self.received: List[Tuple[str, Any]] = []
         self.session_id: Optional[str] = None
@@ -53,6 +58,8 @@ class SocketUser:
 
     async def disconnect(self) -> None:
         await self.client.disconnect()
+        if self._http is not None:
+            await self._http.close()
 
     def of(self, event: str) -> List[Any]:
         return [data for name, data in self.received if name == event]

@@ -29,6 +29,8 @@ from tests.pro.served import ServedChannel
 
 ROOT = Path(__file__).resolve().parents[2]
 PRO_PYTHON = ROOT / ".venv-pro" / "bin" / "python"
+#: Written by scripts/venv-pro.sh once the environment is complete: a half-made one counts as missing.
+PRO_READY = ROOT / ".venv-pro" / ".installed"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,8 +43,8 @@ def _screenshots_of_their_own():
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def webchat(request, webchat_bundle: Bundle, e2e_dir, emulator: Emulator, callback) -> Iterator[Tuple[ServedChannel, PageServer]]:  # noqa: F811
-    if not PRO_PYTHON.exists():
-        reason = "the Rasa Pro virtualenv .venv-pro is missing (make test makes it before the suites)"
+    if not PRO_READY.exists():
+        reason = "the Rasa Pro virtualenv .venv-pro is missing or incomplete (make test makes it before the suites)"
         if os.environ.get("REQUIRE_RASA_PRO_TEST"):
             pytest.fail(reason)
         pytest.skip(reason)

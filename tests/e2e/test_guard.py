@@ -4,6 +4,7 @@ on handoff starts, whose identity reaches ServiceNow, and that anonymous
 streams leave no per-conversation state behind."""
 
 import concurrent.futures
+import http.client
 import time
 import uuid
 from typing import Any, Dict, Iterator, List, Optional
@@ -321,3 +322,93 @@ def test_thousands_of_anonymous_streams_leave_no_per_conversation_state(rasa: Ra
     assert statuses == [200] * 3000
     wait_for(lambda: health(rasa)["open_streams"] == 0, what="every stream to close")
     assert health(rasa)["mailboxes"] <= before["mailboxes"]
+
+
+# -- the default limits on handoff starts (issue 22) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def with_defaults(e2e_dir, demo_model, emulator: Emulator, callback: CallbackReceiver) -> Iterator[RasaServer]:
+    """A Virtual Agent channel with the shipped limits on live chats and starts."""
+    options = channel_options(emulator, callback, "virtual_agent")
+    for option in ("max_live_chats", "deployment_handoff_starts_per_minute", "deployment_handoff_start_burst"):
+        del options[option]
+    server = RasaServer(e2e_dir, demo_model, options, name="rasa-defaults")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_200_anonymous_senders_asking_for_an_agent_do_not_open_200_chats(with_defaults: RasaServer, emulator: Emulator):
+    """The review's reproduction: 200 senders opened 200 ServiceNow chats in
+    2.7 s. By default the deployment starts 20 at once, then one a second,
+    and tells the others politely that every agent is busy."""
+    point_emulator_at(emulator, with_defaults)
+    from connectors.servicenow.config import ServiceNowSettings
+
+    defaults = ServiceNowSettings(instance_url="https://x")
+    sessions_before = len(emulator.get("sessions")["sessions"])
+    senders = [new_sender() for _ in range(200)]
+    started = time.monotonic()
+
+    def ask(sender: str) -> List[str]:
+        return [reply.get("text") for reply in with_defaults.say(sender, "talk to live agent")]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        answers = dict(zip(senders, pool.map(ask, senders)))
+    elapsed = time.monotonic() - started
+    connected = [sender for sender, texts in answers.items() if texts == [TEXTS.connecting]]
+    assert all(texts in ([TEXTS.connecting], [TEXTS.handoff_busy]) for texts in answers.values()), set(map(tuple, answers.values()))
+    allowed = defaults.deployment_handoff_start_burst + elapsed * defaults.deployment_handoff_starts_per_minute / 60 + 1
+    assert defaults.deployment_handoff_start_burst <= len(connected) <= allowed, (len(connected), elapsed)
+    assert len(emulator.get("sessions")["sessions"]) - sessions_before == len(connected)
+    refused = next(sender for sender, texts in answers.items() if texts == [TEXTS.handoff_busy])
+    assert with_defaults.slots(refused)["handoff_active"] is False
+    for sender in connected:
+        assert with_defaults.say(sender, "/end_chat")[0]["text"] == TEXTS.user_ended
+    # A real user a moment later is connected: the rate refills at one a second.
+    late = new_sender()
+    wait_for(lambda: ask(late) == [TEXTS.connecting], timeout=10, interval=0.5, what="a start once the rate allows")
+    with_defaults.say(late, "/end_chat")
+
+
+def stream_from(server: RasaServer, source: str, sender: str) -> http.client.HTTPConnection:
+    """A stream opened from the local address ``source`` (its answer is
+    ``.response``): another loopback address is another client, as far as
+    the server can tell."""
+    host, port = server.url.rsplit("/", 1)[-1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(source, 0))
+    connection.request("GET", f"/webhooks/servicenow/stream?sender={sender}")
+    connection.response = connection.getresponse()  # type: ignore[attr-defined]
+    return connection
+
+
+def test_one_client_cannot_use_up_the_streams_of_all(with_defaults: RasaServer):
+    """The review: 200 senders x 5 streams from one client pushed real users
+    to 503. By default a client address holds 50 at most, and is told why."""
+    from connectors.servicenow.config import ServiceNowSettings
+
+    per_client = ServiceNowSettings(instance_url="https://x").max_streams_per_client
+    wait_for(lambda: health(with_defaults)["open_streams"] == 0, what="no stream open")
+    senders = [new_sender() for _ in range(per_client // 5)]
+    opened = [open_stream(with_defaults, sender) for sender in senders for _ in range(5)]
+    real_user = None
+    try:
+        assert [stream.status_code for stream in opened] == [200] * per_client
+        refused = open_stream(with_defaults, new_sender())
+        assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+        body = refused.json()
+        assert body["status"] == "failure" and body["reason"] == "TooManyClientStreams", body
+        assert str(per_client) in body["message"]
+        real_user = stream_from(with_defaults, "127.0.0.2", new_sender())
+        answer = real_user.response  # type: ignore[attr-defined]
+        assert answer.status == 200 and answer.getheader("Content-Type", "").startswith("text/event-stream")
+        assert health(with_defaults)["open_streams"] == per_client + 1
+    finally:
+        for stream in opened:
+            stream.close()
+        if real_user is not None:
+            real_user.close()
+    wait_for(lambda: health(with_defaults)["open_streams"] == 0, what="every stream to close")
+    with open_stream(with_defaults, new_sender()) as again:
+        assert again.status_code == 200  # room again

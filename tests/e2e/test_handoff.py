@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import TEXTS, Handoff
-from tests.e2e.harness import new_sender, wait_for
+from tests.e2e.harness import close_stream, new_sender, wait_for
 
 
 # -- 1. start -------------------------------------------------------------
@@ -113,9 +113,50 @@ def test_agent_replies_are_streamed_to_a_browser(handoff: Handoff):
     handoff.emulator.accept(chat)
     handoff.emulator.say(chat, "streamed hello")
     wait_for(lambda: any(item.get("text") == "streamed hello" for item in received), what="the streamed reply")
-    stream.close()
+    close_stream(stream)
     assert received[0]["event"] == "handoff" and received[0]["handoff"]["active"] is True
     assert [item["text"] for item in received if item["event"] == "message"][-1] == "streamed hello"
+
+
+def test_the_stream_hears_the_agent_join_and_the_end_says_an_agent_had_joined(handoff: Handoff):
+    """Issue 21: Connect announced no agent on the stream, and both APIs
+    ended with ``agent_joined: false`` after an agent took the chat."""
+    sender = new_sender()
+    chat = handoff.start(sender)
+    received: List[dict] = []
+    stream = requests.get(
+        f"{handoff.rasa.url}/webhooks/servicenow/stream", params={"sender": sender}, stream=True, timeout=30
+    )
+
+    def read() -> None:
+        event = None
+        try:
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    received.append({"event": event, **json.loads(line[6:])})
+        except (requests.RequestException, AttributeError):
+            pass  # the test closed the stream under the reader
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        handoff.emulator.accept(chat)
+        handoff.emulator.say(chat, "joined hello")
+        wait_for(lambda: any(item.get("text") == "joined hello" for item in received), what="the agent's message")
+        handoff.rasa.say(sender, "/end_chat")
+        wait_for(lambda: any(not item["handoff"]["active"] for item in received if item["event"] == "handoff"),
+                 what="the end status")
+    finally:
+        stream.close()
+    statuses = [item["handoff"] for item in received if item["event"] == "handoff"]
+    joined = [status for status in statuses if status["active"] and status["agent_joined"]]
+    assert joined, statuses
+    if handoff.backend == "connect":
+        assert joined[0]["agent_name"], statuses  # the name of the agent's first message
+    first_agent_text = next(index for index, item in enumerate(received) if item.get("text") == "joined hello")
+    assert received.index(next(item for item in received if item.get("handoff") == joined[0])) < first_agent_text
+    assert statuses[-1] == {"active": False, "chat_id": chat, "api": handoff.backend, "agent_joined": True}
 
 
 # -- 4. the user ends the chat --------------------------------------------

@@ -1,9 +1,10 @@
 """The same wheel in a Rasa Pro project: a fresh Python 3.11+ virtualenv with
 ``rasa-pro==3.21.0`` (pinned with constraints-pro.txt, from the package
-index), then the wheel. Rasa Pro stays the one the project chose, ``pip
-check`` is clean, both doors import, and the doctor runs there against the
-emulator the wheel brings. Without any Rasa, importing a door says what to
-install. ``rasa run`` itself needs a licence (tests/pro/test_licensed.py).
+index; installed once and copied: tests/install/conftest.py), then the
+wheel. Rasa Pro stays the one the project chose, ``pip check`` is clean,
+both doors import, and the doctor runs there against the emulator the wheel
+brings. Without any Rasa, importing a door says what to install. ``rasa
+run`` itself needs a licence (tests/pro/test_licensed.py).
 """
 
 import os
@@ -15,7 +16,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID as QUEUE_ID
-from tests.install.conftest import ROOT, clean_env, run
+from tests.install.conftest import ROOT, clean_env, run, venv_with
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(2400)]
 
@@ -54,10 +55,10 @@ def installed(python: str, cwd: Path) -> Dict[str, str]:
 
 
 def test_in_a_rasa_pro_project_the_wheel_keeps_rasa_pro_and_the_doctor_runs(wheel, tmp_path):
-    python = fresh_venv(tmp_path / "venv")
-    constraints = constraints_for(python, tmp_path)
+    # The project's Rasa Pro, copied from a template made once (tests/install/conftest.py).
+    base = python_pro()
+    python = str(venv_with(tmp_path / "venv", RASA_PRO, constraints_for(base, tmp_path), python=base) / "bin" / "python")
     pip = [python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
-    run([*pip, "-c", str(constraints), RASA_PRO], cwd=tmp_path, timeout=1800)
     run([*pip, str(wheel)], cwd=tmp_path, timeout=600)
     versions = installed(python, tmp_path)
     assert versions["rasa-pro"] == "3.21.0" and "rasa" not in versions, versions

@@ -19,6 +19,7 @@ import pytest
 
 from connectors.servicenow.store import MemoryStore, Store
 from connectors.servicenow.store.redis import RedisStore
+from tests.ports import free_port
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -30,12 +31,6 @@ def require_redis_server() -> None:
     if os.environ.get("REQUIRE_REDIS_TEST") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:

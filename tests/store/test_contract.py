@@ -192,6 +192,19 @@ async def test_a_blocked_reader_of_a_new_stream_is_woken(make_stores):
     assert [entry.payload["text"] for entry in await asyncio.wait_for(reader, 5)] == ["first"]
 
 
+async def test_a_blocked_reader_cancelled_as_an_entry_comes_stops(make_stores):
+    # A reader is cancelled when its socket leaves; an append in that same
+    # turn of the loop must not swallow the cancel (the reader would read on
+    # for ever: asyncio.wait_for before Python 3.12, CPython gh-86296).
+    one, two = make_stores()
+    reader = asyncio.ensure_future(two.read("user-1", block=10))
+    await asyncio.sleep(0.1)  # wait-ok: gives the blocking read time to reach the store; the test passes either way
+    await one.append("user-1", [message("now")])
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(reader, 5)
+
+
 async def test_a_blocked_read_returns_nothing_when_nothing_comes(make_stores):
     one, _ = make_stores()
     began = time.monotonic()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from connectors.servicenow.store import HandoffRecord, NewEntry, StoreUnavailable, open_store
+from connectors.servicenow.store import Cap, HandoffRecord, StartLimits, NewEntry, StoreUnavailable, open_store
 from connectors.servicenow.store.memory import MemoryStore
 from connectors.servicenow.store.redis import RedisStore
 from tests.store.conftest import free_port, wait_until
@@ -146,8 +146,15 @@ async def test_the_key_layout_is_as_documented(redis_server):
         await store.register_lease("poll:chat-1")
         await store.acquire_lease("poll:chat-1", "a", 30)
         await store.schedule_timer("idle:user-1", time.time() + 60)
+        await store.take_slot("replica:sid", [Cap("streams", 10)], ttl=60)
+        await store.admit_handoff("user-2", StartLimits(max_live=5, per_sender=3, interval_s=1, burst=5))
         keys = {key.decode(): (await raw.type(key)).decode() for key in await raw.keys("layout:*")}
         assert keys == {
+            "layout:live": "set",
+            "layout:n:streams": "zset",
+            "layout:places": "zset",
+            "layout:r:user-2": "zset",
+            "layout:rate": "string",
             "layout:h:user-1": "string",
             "layout:c:chat-1": "string",
             "layout:o:user-1": "stream",
@@ -162,6 +169,9 @@ async def test_the_key_layout_is_as_documented(redis_server):
         assert 0 < await raw.pttl("layout:s:user-1") <= 600_000
         assert 0 < await raw.pttl("layout:d:m1") <= 60_000
         assert 0 < await raw.pttl("layout:l:poll:chat-1") <= 30_000
+        assert 0 < await raw.pttl("layout:n:streams") <= 60_000
+        assert 0 < await raw.pttl("layout:r:user-2") <= 60_000
+        assert 0 < await raw.pttl("layout:rate") <= 1_000
         assert await raw.pttl("layout:h:user-1") == -1
         assert await raw.pttl("layout:c:chat-1") == -1
     finally:

@@ -121,7 +121,9 @@ def test_reconciliation_is_on_by_default_slow_and_can_be_turned_off_or_tuned():
 def test_limits_and_authentication_options_have_safe_defaults_and_parse_from_strings():
     defaults = ServiceNowSettings.from_credentials(BASIC)
     assert (defaults.max_streams_per_sender, defaults.max_open_streams) == (5, 1000)
-    assert (defaults.max_live_chats, defaults.handoff_starts_per_minute) == (0, 3)
+    assert (defaults.max_live_chats, defaults.handoff_starts_per_minute) == (100, 3)  # safe, finite (issue 22)
+    assert (defaults.deployment_handoff_starts_per_minute, defaults.deployment_handoff_start_burst) == (60, 20)
+    assert defaults.max_streams_per_client == 50
     assert defaults.jwt_key is None and defaults.jwt_method == "HS256"
     assert defaults.trust_frontend_metadata is False
     settings = ServiceNowSettings.from_credentials(
@@ -174,3 +176,12 @@ def test_redis_options_are_read_and_a_bad_url_is_refused_without_echoing_it():
     with pytest.raises(ConfigurationError) as refused:
         ServiceNowSettings.from_credentials({**REDIS_OPTIONS, "redis_url": "http://:s3cret@redis:6379"})
     assert "s3cret" not in str(refused.value)
+
+
+def test_callback_secret_is_a_standard_webhooks_secret_and_never_shown():
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    settings = ServiceNowSettings.from_credentials({**BASIC, "callback_url": "https://frontend.example.com/cb", "callback_secret": secret})
+    assert settings.callback_secret == secret and secret not in repr(settings)
+    with pytest.raises(ConfigurationError, match="callback_secret") as refused:
+        ServiceNowSettings.from_credentials({**BASIC, "callback_secret": "hunter2-not-base64"})
+    assert "hunter2" not in str(refused.value)

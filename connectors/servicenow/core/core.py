@@ -40,6 +40,7 @@ from connectors.servicenow.ops.metrics import HandoffMetrics, MetricsPort
 from connectors.servicenow.ops.observe import Observer
 from connectors.servicenow.outbox.base import Outgoing
 from connectors.servicenow.outbox.stream import Outbox
+from connectors.servicenow.outbox.capacity import SOCKETIO, SSE
 from connectors.servicenow.rasa_glue.channels import Agent
 from connectors.servicenow.rasa_glue.handback import HandBackTurn
 from connectors.servicenow.rasa_glue.nlg import Speech
@@ -103,6 +104,10 @@ class Core:
         if self.metrics is not None:
             self.metrics.read_live_chats(lambda: len(self.registry))
             self.metrics.read_outbox_backlog(lambda: self.outbox.callback_backlog)
+            capacity = self.outbox.capacity
+            self.metrics.read_open_streams(
+                lambda kind: capacity.open_by_kind[kind], (SSE, SOCKETIO), lambda: self.outbox.readers
+            )
         self._started = False
         self._stopped = False
         #: Set when the server starts to stop: requests are refused from then
@@ -132,9 +137,11 @@ class Core:
             owner=self.replica_id,
             request_timeout=settings.request_timeout,
             max_streams_per_sender=settings.max_streams_per_sender,
+            max_streams_per_client=settings.max_streams_per_client,
             max_open_streams=settings.max_open_streams,
             on_taken=self.reports.taken,
             on_delivered=self.observe.reached_sink if counting else None,
+            callback_secret=settings.callback_secret,
         )
         self.pending = PendingWrites(self.slots)
         #: Every text the user hears goes through here (domain response, ``messages``, default).
@@ -282,6 +289,7 @@ class Core:
         if self.timers.enabled:
             self.timer_loop.start()
         self._tasks.spawn(self._housekeeping(), name="servicenow-housekeeping")
+        self._tasks.spawn(self.outbox.capacity.renew_forever(), name="servicenow-stream-slots")
 
     async def stop(self) -> None:
         """When the server starts to stop (the first door to ask stops it):
@@ -303,6 +311,8 @@ class Core:
             return
         self._closed = True
         self.stopping = True
+        # After Sanic's wait: no stream or socket of this replica is left to hold its slot.
+        await self.outbox.capacity.release_all(SHUTDOWN_TIMEOUT_S)
         await self.http.aclose()
         await self.outbox.aclose()
         if self._metrics_port is not None:

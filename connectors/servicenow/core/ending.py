@@ -238,7 +238,7 @@ class Ending:
             # No hand-back turn: it would run on a tracker still in handoff.
             saved = False
             self._unsaved.hold(chat, events, error)
-        await self._notices.status(chat.sender_id, active=False, chat_id=chat.chat_id)
+        await self._notices.status(chat.sender_id, active=False, chat_id=chat.chat_id, agent_joined=chat.agent_joined)
         self._observe.handoff_ended(chat.sender_id, chat.chat_id, reason.value)
         answer = await self._notices.deliver(chat.sender_id, messages, in_request=in_request)
         if saved:
@@ -268,7 +268,7 @@ class Ending:
         await self._records.unregister_poll(chat.chat_id)
         await self._timers.cancel(chat)
         await leave_quietly(self._backend, chat)
-        await self._notices.status(chat.sender_id, active=False, chat_id=chat.chat_id)
+        await self._notices.status(chat.sender_id, active=False, chat_id=chat.chat_id, agent_joined=chat.agent_joined)
         self._observe.handoff_ended(chat.sender_id, chat.chat_id, EndReason.USER_ENDED.value)
         if hand_back and saved:
             messages = messages + await self._handback.run(chat.sender_id, EndReason.USER_ENDED.value, in_request=True)

@@ -245,12 +245,7 @@ class Dispatcher:
                     continue
                 self._observe.agent_joined(chat.sender_id, chat.chat_id)
                 batch.joined = True
-                batch.outgoing.append(
-                    status_item(
-                        chat.sender_id, active=True, chat_id=chat.chat_id, api=self._backend.api,
-                        agent_joined=True, agent_name=event.agent_name,
-                    )
-                )
+                batch.outgoing.append(self._joined(chat, event.agent_name))
                 batch.keys.append(self._key(chat, event.message_id))
                 if event.message_id:
                     batch.seen.append((event.message_id, None))
@@ -276,6 +271,11 @@ class Dispatcher:
                 batch.estimate = str(event.details["wait_time"])
         if isinstance(event, AgentMessage):
             self._observe.agent_joined(chat.sender_id, chat.chat_id)
+            if not batch.joined:
+                # The agent's first word is their arrival where ServiceNow
+                # announced none (Connect): the stream hears it first.
+                batch.outgoing.append(self._joined(chat, event.agent_name))
+                batch.keys.append(None)  # goes with the message after it
             batch.joined = True
         message = user_message(chat.sender_id, event)
         batch.queued.append(len(batch.outgoing))
@@ -285,6 +285,11 @@ class Dispatcher:
         if not polled:
             batch.noted.append((event.message_id, event.timestamp))
             batch.seen.append((event.message_id, event.timestamp))
+
+    def _joined(self, chat: LiveChat, agent_name: Optional[str]) -> Outgoing:
+        return status_item(
+            chat.sender_id, active=True, chat_id=chat.chat_id, api=self._backend.api, agent_joined=True, agent_name=agent_name
+        )
 
     def _move_on(self, chat: LiveChat, batch: _Batch, cursor: Optional[Cursor]) -> bool:
         """Once its events are on their way, the chat moves on; True when it

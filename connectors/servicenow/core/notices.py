@@ -43,5 +43,6 @@ class Notices:
         await self._outbox.put(sender_id, [Outgoing(message) for message in messages])
         return []
 
-    async def status(self, sender_id: str, *, active: bool, chat_id: str) -> None:
-        await self._outbox.put(sender_id, [status_item(sender_id, active=active, chat_id=chat_id, api=self._api)])
+    async def status(self, sender_id: str, *, active: bool, chat_id: str, agent_joined: bool = False) -> None:
+        item = status_item(sender_id, active=active, chat_id=chat_id, api=self._api, agent_joined=agent_joined)
+        await self._outbox.put(sender_id, [item])

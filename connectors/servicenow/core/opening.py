@@ -28,11 +28,11 @@ from connectors.servicenow.core.notices import Messages, Notices
 from connectors.servicenow.core.records import Records
 from connectors.servicenow.core.timers import Timers
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
-from connectors.servicenow.limits import RateLimiter
 from connectors.servicenow.ops.observe import Observer
 from connectors.servicenow.rasa_glue.nlg import Line
 from connectors.servicenow.rasa_glue.slots import TrackerSlots, bot_uttered, handoff_slot_events, started_events
 from connectors.servicenow.servicenow.base import Backend, HandoffRequest, Requester, Turn
+from connectors.servicenow.store import REFUSED_BUSY, REFUSED_SENDER_RATE, StartLimits
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,24 @@ class Refusal:
     #: ``outside_hours``, ``no_agent_available``, ``busy`` or ``rate_limited``.
     reason: str
     line: Line
+
+
+#: How long an admitted start keeps its place among the live chats before
+#: its record is filed: longer than opening a chat with every retry takes.
+START_HOLD_S = 120.0
+
+
+def start_limits(settings: ServiceNowSettings) -> StartLimits:
+    """The limits on handoff starts, for the whole deployment (docs/configuration.md)."""
+    rate = settings.deployment_handoff_starts_per_minute
+    return StartLimits(
+        max_live=settings.max_live_chats,
+        per_sender=settings.handoff_starts_per_minute,
+        window_s=60.0,
+        interval_s=60.0 / rate if rate else 0.0,
+        burst=max(1, settings.deployment_handoff_start_burst),
+        hold_s=START_HOLD_S,
+    )
 
 
 def handoff_request(
@@ -101,7 +119,8 @@ class Opening:
         self._timers = timers
         self._handback = handback
         self._observe = observe
-        self.start_limiter = RateLimiter(settings.handoff_starts_per_minute, 60.0)
+        self._store = records.store
+        self.limits = start_limits(settings)
 
     async def start(self, request: HandoffRequest, *, in_request: bool, requested_at: Optional[float] = None) -> Messages:
         """Open a chat for the request. ``requested_at`` (loop time) is when the
@@ -111,13 +130,18 @@ class Opening:
         if sender in self._in_flight.by_sender or await self._still_live(sender) or sender in self._in_flight.by_sender:
             logger.info("Conversation %s asked for a live agent again while already connected.", sender)
             return []
-        refusal = self._refusal(sender)
+        try:
+            refusal = self._outside_hours(sender) or await self._admission(sender)
+        except StoreUnavailable as error:
+            logger.error("Not opening a chat for conversation %s: the store is unavailable: %s", sender, error)
+            return await self._notices.tell(sender, ["start_failed"], in_request=in_request, record=False)
         if refusal is not None:
             return await self._refuse(sender, refusal, in_request=in_request)
         loop = asyncio.get_running_loop()
         requested_at = loop.time() if requested_at is None else requested_at
         opening: "asyncio.Future[Optional[LiveChat]]" = loop.create_future()
         self._in_flight.by_sender[sender] = opening
+        chat: Optional[LiveChat] = None
         try:
             return await self._start(request, in_request)
         finally:
@@ -125,6 +149,7 @@ class Opening:
             chat = self._registry.get(sender)
             if chat is None:
                 self._in_flight.failed(sender, requested_at, loop.time())
+                await self._give_place_back(sender)
             opening.set_result(chat)
             if chat is not None:
                 self._observe.handoff_started(sender, chat.chat_id, loop.time() - requested_at)
@@ -140,28 +165,48 @@ class Opening:
         except StoreUnavailable:
             return False  # filing the record fails the same way, and says so
 
-    def _refusal(self, sender: str) -> Optional[Refusal]:
-        """Why a new handoff may not start (business hours, a limit); None
-        when it may. The busy check comes before the rate limit so that a
-        refusal for lack of room does not use up the conversation's own allowance."""
+    def _outside_hours(self, sender: str) -> Optional[Refusal]:
         hours = self._settings.business_hours
-        if hours is not None:
-            now = datetime.datetime.now(datetime.timezone.utc)
-            if not hours.is_open(now):
-                logger.info("Refused a handoff for conversation %s: outside business hours.", sender)
-                return Refusal("outside_hours", Line("outside_hours", {"next_opening": hours.describe_opening(now)}))
-        limit = self._settings.max_live_chats
-        if limit and len(self._registry) + len(self._in_flight) >= limit:
-            logger.warning("Refused a handoff for conversation %s: %d live chats is the limit (max_live_chats).", sender, limit)
-            return Refusal("busy", Line("handoff_busy"))
-        if not self.start_limiter.allow(sender):
+        if hours is None:
+            return None
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if hours.is_open(now):
+            return None
+        logger.info("Refused a handoff for conversation %s: outside business hours.", sender)
+        return Refusal("outside_hours", Line("outside_hours", {"next_opening": hours.describe_opening(now)}))
+
+    async def _admission(self, sender: str) -> Optional[Refusal]:
+        """Whether the deployment has room for one more chat, and the
+        conversation and the deployment may start one now: decided in the
+        store for every replica at once (``Store.admit_handoff``), which
+        holds the chat's place until its record is filed. A refusal counts
+        nothing against either rate."""
+        refused = await self._store.admit_handoff(sender, self.limits)
+        if refused is None:
+            return None
+        if refused == REFUSED_SENDER_RATE:
             # INFO: one conversation's own retries must not flood the operator's warnings.
             logger.info(
                 "Refused a handoff for conversation %s: more than %d starts in a minute (handoff_starts_per_minute).",
-                sender, self._settings.handoff_starts_per_minute,
+                sender, self.limits.per_sender,
             )
             return Refusal("rate_limited", Line("handoff_rate_limited"))
-        return None
+        if refused == REFUSED_BUSY:
+            logger.warning("Refused a handoff for conversation %s: %d live chats is the limit (max_live_chats).",
+                           sender, self.limits.max_live)
+        else:
+            logger.warning(
+                "Refused a handoff for conversation %s: the deployment started %d chats in a burst "
+                "(deployment_handoff_starts_per_minute, deployment_handoff_start_burst).", sender, self.limits.burst,
+            )
+        return Refusal("busy", Line("handoff_busy"))
+
+    async def _give_place_back(self, sender: str) -> None:
+        """A start that filed no record frees its place at once (else it expires)."""
+        try:
+            await self._store.release_admission(sender)
+        except StoreUnavailable as error:
+            logger.warning("Could not give back the place of conversation %s's failed start (it expires): %s", sender, error)
 
     async def _unavailable(self, request: HandoffRequest) -> Optional[Refusal]:
         """Whether ServiceNow says nobody can take a chat now (Connect: the

@@ -31,7 +31,7 @@ from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.servicenow.base import Backend, PollResult
 from connectors.servicenow.store import LeaseLost, Store
 from connectors.servicenow.store.keys import poll_lease
-from connectors.servicenow.tasks import TaskSet
+from connectors.servicenow.tasks import TaskSet, event_within
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,7 @@ class _Poller:
             remaining = self.schedule.delay() - (time.monotonic() - self._last_tick)
             if remaining <= 0:
                 break
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=remaining)
-            except asyncio.TimeoutError:
+            if not await event_within(self.wake, remaining):
                 break
             if self.wake.is_set():
                 self._last_tick = time.monotonic()

@@ -29,7 +29,7 @@ from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.servicenow.va_records import NoReadAccess
 from connectors.servicenow.store import Store
 from connectors.servicenow.store.keys import poll_lease
-from connectors.servicenow.tasks import TaskSet
+from connectors.servicenow.tasks import TaskSet, event_within
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +160,7 @@ class ReconcileLoop:
                 self._ticks.spawn(self._tick(watch))
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
+            await event_within(self._wake, wait)
 
     # -- one tick ------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ class Records:
         """``pulls``: chats are polled (Connect), so each is a job under a
         lease that ``owner`` (this replica) holds from the start."""
         self._store = store
+        #: Where the records are (shared with the start's admission).
+        self.store = store
         self._api = api
         self._pulls = pulls
         self._owner = owner

@@ -58,6 +58,7 @@ class Timeouts:
             # An agent took it (no sign of it reached this side yet, or the
             # chat was resumed after a restart): the idle count starts.
             chat.agent_joined = True
+            await self._notices.status(chat.sender_id, active=True, chat_id=chat.chat_id, agent_joined=True)
             await self._timers.progressed(chat)
             return
         if kind == NO_AGENT_TIMER:

@@ -35,7 +35,7 @@ from connectors.servicenow.retry import Pauses
 from connectors.servicenow.servicenow.base import Backend, QueueStatus
 from connectors.servicenow.store import Store, StoreUnavailable, TimerClaim
 from connectors.servicenow.store.keys import IDLE_TIMER, NO_AGENT_TIMER, TIMER_KINDS, WAITING_TIMER, timer_name
-from connectors.servicenow.tasks import TaskSet
+from connectors.servicenow.tasks import TaskSet, event_within
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ class TimerLoop:
             schedule.next_look = time.time() + delay
             if delay <= 0:
                 continue
-            try:
-                await asyncio.wait_for(schedule.wake.wait(), None if math.isinf(delay) else delay)
-            except asyncio.TimeoutError:
-                pass
+            await event_within(schedule.wake, None if math.isinf(delay) else delay)
 
     async def _look(self) -> float:
         """Fire what is due; seconds until the next look."""

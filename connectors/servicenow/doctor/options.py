@@ -27,6 +27,7 @@ SECRET_OPTIONS = (
     "webhook_password",
     "message_token",
     "message_hash_secret",
+    "callback_secret",
 )
 SHORT_SECRET = 16
 BUSY_POLL_S = 0.5
@@ -213,6 +214,14 @@ def _advice(settings: ServiceNowSettings) -> List[Finding]:
                              "1 s is the default; the instance's rate limit counts these requests."))
     if not settings.callback_url:
         found.append(ok(TOPIC, "No callback_url: agent replies reach users through the /stream endpoint only."))
+    elif settings.callback_secret:
+        found.append(ok(TOPIC, "callback_secret is set: every POST to callback_url is signed (Standard Webhooks "
+                               "headers webhook-id, webhook-timestamp, webhook-signature; docs/http-api.md)."))
+    else:
+        found.append(warning(TOPIC, "callback_url without callback_secret: the frontend cannot tell the channel's POSTs "
+                                    "from forged ones (they carry a webhook-id, but no signature).",
+                             "Set callback_secret to the output of python -m connectors.servicenow.signing and verify "
+                             "the signature in the frontend (docs/http-api.md#signed-callbacks)."))
     if not settings.attachment_hosts:
         found.append(ok(TOPIC, "No attachment_hosts: users' file URLs may point at public addresses and at the "
                                "instance only (loopback, private and metadata addresses are refused; docs/security.md)."))

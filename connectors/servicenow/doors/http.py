@@ -16,19 +16,21 @@ from sanic.response import HTTPResponse
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.errors import ConversationBusy
-from connectors.servicenow.outbox.base import PER_SENDER, StreamLimitReached
+from connectors.servicenow.outbox.base import PER_CLIENT, PER_SENDER, StreamLimitReached
 from connectors.servicenow.payloads import MAX_CALLBACK_BYTES, PayloadError
 
 logger = logging.getLogger(__name__)
 
 #: ``Retry-After`` (seconds) of a 503 for a failing store or a busy conversation.
 RETRY_AFTER_S = 2
-#: The routes that take a request body (all POST, all read with ``read_body``).
+#: The routes that take a request body (all POST, all read with ``BodyReads``).
 BODY_ROUTE_NAMES = ("webhook", "typing", "callback")
 #: How much of a refused body is still read and thrown away so the client sees the answer.
 UNREAD_BODY_DRAINED = 1024 * 1024
 #: A ``Content-Length`` longer than this many digits is not a length any route accepts.
 MAX_CONTENT_LENGTH_DIGITS = 12
+#: ``Retry-After`` (seconds) of a 503 for a body refused because too many are being read.
+BUSY_RETRY_AFTER_S = 1
 
 
 def body_routes(prefix: str) -> FrozenSet[str]:
@@ -39,15 +41,34 @@ def error_response(error: PayloadError, headers: Optional[Dict[str, str]] = None
     extra = dict(headers or {})
     if error.status == 401:
         extra.setdefault("WWW-Authenticate", "Bearer")
+    if error.retry_after is not None:
+        extra.setdefault("Retry-After", str(error.retry_after))
     return response.json(error.body(), status=error.status, headers=extra or None)
 
 
-def stream_limit_error(limit: StreamLimitReached) -> PayloadError:
+def stream_limit_error(limit: StreamLimitReached, retry_after: int) -> PayloadError:
+    """The refusal of a stream or socket beyond a cap (``outbox/capacity.py``)."""
     if limit.scope == PER_SENDER:
         return PayloadError(
-            429, "TooManyStreams", f"This conversation has {limit.limit} open streams already; close one first."
+            429, "TooManyStreams", f"This conversation has {limit.limit} open streams already; close one first.",
+            retry_after=retry_after,
         )
-    return PayloadError(503, "StreamCapacityReached", "The server has no room for another stream; try again shortly.")
+    if limit.scope == PER_CLIENT:
+        return PayloadError(
+            429, "TooManyClientStreams", f"This client has {limit.limit} open streams already; close one first.",
+            retry_after=retry_after,
+        )
+    return PayloadError(
+        503, "StreamCapacityReached", "The server has no room for another stream; try again shortly.",
+        retry_after=retry_after,
+    )
+
+
+def client_address(request: Request) -> str:
+    """The client's address as Sanic reads it: the one a trusted proxy
+    reports (Sanic's ``PROXIES_COUNT``, ``REAL_IP_HEADER``, ``FORWARDED_SECRET``),
+    else the peer's."""
+    return str(request.remote_addr or request.ip or "unknown")
 
 
 def retry_later(error: Exception) -> HTTPResponse:
@@ -122,15 +143,67 @@ def check_framing(request: Request, routes_with_body: FrozenSet[str]) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class BodyReads:
+    """The request bodies being read now, each within a deadline, and at
+    most ``limit`` at once.
+
+    Sanic 21.12 times a request out only after a pause in what the client
+    sends (each byte starts its clock again), so a client sending a byte now
+    and then would hold a connection, a descriptor and a buffer for as long
+    as it likes; thousands of such clients hold thousands. Here a body has
+    ``deadline_s`` in all (then 408 and the connection is closed), and a
+    body beyond ``limit`` being read at once is not read at all (503 with
+    ``Retry-After``, the connection closed)."""
+
+    def __init__(self, limit: int, deadline_s: float) -> None:
+        self.limit = limit
+        self.deadline_s = deadline_s
+        self.active = 0
+
+    async def read(self, request: Request, limit: int) -> bytes:
+        stream = request.stream
+        if stream is None:
+            return request.body or b""
+        if self.active >= self.limit:
+            _close_after_answer(stream)
+            raise PayloadError(
+                503, "ServerBusy", "Too many requests are sending their body now; try again shortly.",
+                retry_after=BUSY_RETRY_AFTER_S,
+            )
+        self.active += 1
+        try:
+            return await asyncio.wait_for(_read_within(request, stream, limit), self.deadline_s)
+        except asyncio.TimeoutError:
+            logger.info("Closed a connection whose request body took longer than %.0f s.", self.deadline_s)
+            _close_after_answer(stream)
+            raise PayloadError(
+                408, "RequestTimeout", f"The request body did not arrive within {self.deadline_s:g} s."
+            ) from None
+        finally:
+            self.active -= 1
+
+    async def discard(self, request: Request, limit: int) -> None:
+        """Read and drop the body of a request refused before its body
+        mattered, so a malformed one ends here rather than in Sanic's clean-up."""
+        try:
+            await self.read(request, limit)
+        except PayloadError:
+            pass
+
+
+def _close_after_answer(stream: Any) -> None:
+    # Sanic would otherwise read away the rest of the body after the answer,
+    # without a deadline; the connection closes once the answer is sent.
+    stream.keep_alive = False
+    stream.request_body = None
+
+
+async def _read_within(request: Request, stream: Any, limit: int) -> bytes:
     """The body of a ``stream=True`` route, refused as soon as it passes
     ``limit`` bytes: neither a large Content-Length nor a long chunked body
     is buffered first."""
     too_large = PayloadError(413, "PayloadTooLarge", f"The request body is larger than {limit} bytes.")
     declared = request.headers.get("content-length")
-    stream = request.stream
-    if stream is None:
-        return request.body or b""
     # Sanic reads away (without keeping) what a route leaves unread, up to
     # this, so the client can read the 413; past it, it closes the connection.
     stream.request_max_size = limit + UNREAD_BODY_DRAINED
@@ -155,15 +228,6 @@ async def read_body(request: Request, limit: int) -> bytes:
         stream.request_body = None
         raise PayloadError(400, "InvalidBody", str(error) or "The request body is malformed.") from None
     return b"".join(chunks)
-
-
-async def discard_body(request: Request, limit: int) -> None:
-    """Read and drop the body of a request refused before its body mattered,
-    so a malformed one ends here rather than in Sanic's clean-up."""
-    try:
-        await read_body(request, limit)
-    except PayloadError:
-        pass
 
 
 def callback_authorized(settings: ServiceNowSettings, headers: Mapping[str, str]) -> bool:

@@ -31,15 +31,15 @@ from sanic.response import HTTPResponse
 from connectors.servicenow.core.core import SHUTDOWN_TIMEOUT_S, Core
 from connectors.servicenow.doors.chat_page import add_chat_page
 from connectors.servicenow.doors.http import (
+    BodyReads,
     MalformedRequest,
     body_routes,
     callback_authorized,
     check_framing,
-    discard_body,
+    client_address,
     error_response,
     log_unanswered_turn,
     malformed_request_response,
-    read_body,
     retry_later,
     shutting_down,
     stream_limit_error,
@@ -49,6 +49,7 @@ from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.identity import Claims, Unauthenticated, bearer_token, check_subject, verify_token
 from connectors.servicenow.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from connectors.servicenow.outbox.base import StreamLimitReached
+from connectors.servicenow.outbox.capacity import SOCKETIO, SSE
 from connectors.servicenow.payloads import (
     MAX_BODY_BYTES,
     MAX_CALLBACK_BYTES,
@@ -80,6 +81,8 @@ class HTTPRoutes:
         self.open_streams = OpenStreams()
         self.prefix = f"/webhooks/{door}"
         self.settings = core.settings
+        #: Request bodies being read, each within ``body_read_timeout``, at most ``max_body_reads`` at once.
+        self.body_reads = BodyReads(core.settings.max_body_reads, core.settings.body_read_timeout)
 
     def add(self, blueprint: Blueprint, on_new_message: OnNewMessage) -> None:
         self._add_lifecycle(blueprint)
@@ -179,7 +182,10 @@ class HTTPRoutes:
                 "live_chats": len(self.core.registry),
                 # Per-conversation state the channel holds: flat under anonymous traffic.
                 "mailboxes": outbox.mailbox_count,
+                # SSE streams and socket.io sockets open on this replica (each holds a slot of the caps).
                 "open_streams": outbox.open_streams,
+                "socketio_sockets": outbox.capacity.open_by_kind[SOCKETIO],
+                "socketio_readers": outbox.readers,
             },
             status=503 if self.core.stopping else 200,
         )
@@ -189,7 +195,7 @@ class HTTPRoutes:
         try:
             # The body is read (within its cap) before a 401 too: an unread
             # body would be left to Sanic's clean-up.
-            body = await read_body(request, MAX_BODY_BYTES)
+            body = await self.body_reads.read(request, MAX_BODY_BYTES)
             claims = self.authenticate(request)
             payload = parse_user_payload(body, max_message_length=self.settings.max_message_length)
             self.authorize(claims, payload.sender)
@@ -220,7 +226,7 @@ class HTTPRoutes:
 
     async def typing(self, request: Request) -> HTTPResponse:
         try:
-            body = await read_body(request, MAX_BODY_BYTES)
+            body = await self.body_reads.read(request, MAX_BODY_BYTES)
             claims = self.authenticate(request)
             payload = parse_typing_payload(body)
             self.authorize(claims, payload.sender)
@@ -238,16 +244,16 @@ class HTTPRoutes:
 
     async def servicenow_callback(self, request: Request) -> HTTPResponse:
         if self.core.backend.pulls:
-            await discard_body(request, MAX_CALLBACK_BYTES)
+            await self.body_reads.discard(request, MAX_CALLBACK_BYTES)
             error = PayloadError(404, "NotEnabled", "Callbacks are used with 'api: virtual_agent' only.")
             return response.json(error.body(), status=404)
         if not callback_authorized(self.settings, request.headers):
             self.core.observe.callback_unauthorized()
-            await discard_body(request, MAX_CALLBACK_BYTES)
+            await self.body_reads.discard(request, MAX_CALLBACK_BYTES)
             error = PayloadError(401, "Unauthorized", "Missing or wrong callback credentials.")
             return response.json(error.body(), status=401)
         try:
-            body = await read_body(request, MAX_CALLBACK_BYTES)
+            body = await self.body_reads.read(request, MAX_CALLBACK_BYTES)
             payload = parse_json_object(body, '{"clientSessionId": "...", "body": []}', max_bytes=MAX_CALLBACK_BYTES)
             callback = self.core.backend.parse_callback(payload)
         except PayloadError as error:
@@ -283,10 +289,16 @@ class HTTPRoutes:
         if self.core.stopping:
             return shutting_down()  # the browser reconnects, to another replica
         last_event_id = request.headers.get("last-event-id") or request.args.get("last_event_id")
+        capacity = self.core.outbox.capacity
         try:
-            subscription = self.core.outbox.subscribe(sender, last_event_id)
+            # Counted for the deployment before anything is set up for it.
+            slot = await capacity.open_slot(SSE, client=client_address(request), sender=sender)
         except StreamLimitReached as limit:
-            return error_response(stream_limit_error(limit), headers={"Retry-After": str(STREAM_RETRY_AFTER_S)})
+            logger.info("Refused a stream of conversation %s: %s.", sender, limit)
+            return error_response(stream_limit_error(limit, STREAM_RETRY_AFTER_S))
+        except StoreUnavailable as error:
+            return retry_later(error)
+        subscription = self.core.outbox.subscribe(sender, last_event_id)
         observe = self.core.observe
         try:
             stream_response = await request.respond(
@@ -310,6 +322,7 @@ class HTTPRoutes:
             logger.warning("Closing a stream of conversation %s: %s", sender, error)
         finally:
             subscription.close()
+            capacity.close(slot)
         return None
 
     async def metrics_route(self, _: Request) -> HTTPResponse:

@@ -1,4 +1,5 @@
-"""python-socketio's server, able to stop cleanly with the web server.
+"""python-socketio's server, able to stop cleanly with the web server, and
+reading what clients send by the webhook's rules.
 
 Each engine.io socket schedules its next ping as a task of its own that
 sleeps ``ping_interval`` (25 s), and python-socketio keeps no handle on it:
@@ -11,10 +12,62 @@ back), then stops those tasks.
 """
 
 import asyncio
-from typing import Any, Callable, Set
+import json
+from typing import Any, Callable, Dict, Optional, Set
 
 import engineio
-from socketio import AsyncServer
+from socketio import AsyncServer, packet
+
+from connectors.servicenow.payloads import MAX_BODY_BYTES, PayloadError, decode_json_text
+
+#: The event a packet that failed the checks becomes (``ScreenedPacket``); not one a client should send.
+REFUSED_INPUT_EVT = "servicenow_refused_input"
+#: The key the connect handler finds in place of auth data that failed the checks.
+REFUSED_AUTH = "servicenow_refused"
+
+
+class _WebhookRules:
+    """The JSON python-socketio decodes packets with: the webhook's rules
+    (payloads.py), so a packet nested 5,000 deep, a 1e999 or a lone
+    surrogate is refused before any handler (or Rasa) sees it."""
+
+    @staticmethod
+    def dumps(data: Any, **options: Any) -> str:
+        return json.dumps(data, **options)
+
+    @staticmethod
+    def loads(text: str) -> Any:
+        return decode_json_text(text, max_bytes=MAX_BODY_BYTES)
+
+
+class ScreenedPacket(packet.Packet):
+    """A socket.io packet decoded by the webhook's rules. A packet that fails
+    them becomes the event ``REFUSED_INPUT_EVT`` (the door answers the socket
+    with ``servicenow_error``), or, for a connect, auth data the connect
+    handler refuses: never an exception in python-socketio's dispatch."""
+
+    json = _WebhookRules
+
+    def decode(self, encoded_packet: Any) -> int:
+        try:
+            return int(super().decode(encoded_packet) or 0)
+        except PayloadError as error:
+            refusal: Dict[str, Any] = {"reason": error.reason, "message": error.message}
+            data: Any = [REFUSED_INPUT_EVT, refusal]
+            if getattr(self, "packet_type", None) == packet.CONNECT:
+                data = {REFUSED_AUTH: refusal}
+            else:
+                # A binary event's attachments would follow; it is not waited for.
+                self.packet_type = packet.EVENT
+            self.data = data
+            return 0
+
+
+def refused_input(data: Any) -> Optional[PayloadError]:
+    """The refusal a ``REFUSED_INPUT_EVT`` carries (None when a client sent that event itself)."""
+    if isinstance(data, dict) and isinstance(data.get("reason"), str) and isinstance(data.get("message"), str):
+        return PayloadError(400, data["reason"], data["message"])
+    return None
 
 
 class _EngineIOServer(engineio.AsyncServer):
@@ -30,6 +83,9 @@ class _EngineIOServer(engineio.AsyncServer):
 
 
 class SocketServer(AsyncServer):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(serializer=ScreenedPacket, **options)
+
     def _engineio_server_class(self) -> type:
         return _EngineIOServer
 

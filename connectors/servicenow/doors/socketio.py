@@ -19,26 +19,28 @@ docs/socketio.md.
 """
 
 import asyncio
-import json
 import logging
 import uuid
 from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
 from sanic import Blueprint, Sanic
 from socketio import AsyncRedisManager
+from socketio.exceptions import ConnectionRefusedError
 
 from connectors.servicenow.config import SOCKETIO_DEFAULTS, ServiceNowSettings, SocketIOSettings
 from connectors.servicenow.core.core import SHUTDOWN_TIMEOUT_S, Core
-from connectors.servicenow.doors.routes import HTTPRoutes
-from connectors.servicenow.doors.socket_server import SocketServer
+from connectors.servicenow.doors.http import RETRY_AFTER_S, client_address, stream_limit_error
+from connectors.servicenow.doors.routes import STREAM_RETRY_AFTER_S, HTTPRoutes
+from connectors.servicenow.doors.socket_server import REFUSED_AUTH, REFUSED_INPUT_EVT, SocketServer, refused_input
 from connectors.servicenow.doors.shapes import AGENT_TYPING_EVT, HANDOFF_STATUS_EVT, socketio_events, socketio_messages
 from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.identity import Claims, Unauthenticated, verify_token
 from connectors.servicenow.logsafe import escape_log_arguments, redact_access_log_tokens
 from connectors.servicenow.ops.logs import use_json_logs
 from connectors.servicenow.outbox.base import OutboundItem, StreamLimitReached
+from connectors.servicenow.outbox.capacity import SOCKETIO, Slot
 from connectors.servicenow.outbox.sinks.socketio import SessionReader
-from connectors.servicenow.payloads import PayloadError, is_valid_sender, parse_user_message
+from connectors.servicenow.payloads import MAX_BODY_BYTES, PayloadError, decode_json_text, is_valid_sender, parse_user_message
 from connectors.servicenow.rasa_glue.channels import InputChannel, OutputChannel, SocketBlueprint
 from connectors.servicenow.rasa_glue.output import OnNewMessage
 from connectors.servicenow.rasa_glue.versions import expand_deferred_variables
@@ -54,7 +56,6 @@ __all__ = ["AGENT_TYPING_EVT", "ERROR_EVT", "HANDOFF_STATUS_EVT", "ServiceNowSoc
 ERROR_EVT = "servicenow_error"
 #: From the client: the user's typing state (``{"session_id"?, "typing": true|false}``).
 USER_TYPING_EVT = "servicenow_user_typing"
-RETRY_AFTER_S = 2
 
 
 class ServiceNowSocketIOInput(InputChannel):
@@ -94,6 +95,8 @@ class ServiceNowSocketIOInput(InputChannel):
         self._sids_of: Dict[str, Set[str]] = {}
         self._claims: Dict[str, Claims] = {}
         self._readers: Dict[str, Tuple[SessionReader, "asyncio.Task[None]"]] = {}
+        #: Each socket's slot among the deployment's open streams and sockets.
+        self._slots: Dict[str, Slot] = {}
 
     def _server(self) -> SocketServer:
         manager = None
@@ -127,6 +130,7 @@ class ServiceNowSocketIOInput(InputChannel):
         sio.on("disconnect", namespace=namespace)(self._disconnect)
         sio.on("session_request", namespace=namespace)(self._session_request)
         sio.on(USER_TYPING_EVT, namespace=namespace)(self._user_typing)
+        sio.on(REFUSED_INPUT_EVT, namespace=namespace)(self._refused_input)
 
         @sio.on(self.socket.user_message_evt, namespace=namespace)
         async def handle_message(sid: str, data: Any = None) -> None:
@@ -136,32 +140,77 @@ class ServiceNowSocketIOInput(InputChannel):
 
     # -- socket events -----------------------------------------------------------
 
-    async def _connect(self, sid: str, _environ: Dict[str, Any], auth: Optional[Dict[str, Any]] = None) -> bool:
+    async def _connect(self, sid: str, environ: Dict[str, Any], auth: Optional[Dict[str, Any]] = None) -> bool:
+        if isinstance(auth, dict) and REFUSED_AUTH in auth:
+            refusal = auth[REFUSED_AUTH]
+            logger.info("Refused a socket.io connection: its auth data failed the checks (%s).", refusal["reason"])
+            raise ConnectionRefusedError(refusal["message"], refusal)
+        claims = None
         if self.settings.jwt_key:
             claims = self._verify(auth)
             if claims is None:
                 return False  # python-socketio refuses the connection (connect_error)
+        # A socket is counted for the deployment before it is accepted: one
+        # client cannot use up the sockets, sessions and readers of all.
+        sender = str(claims["sub"]) if claims is not None and self.socket.session_persistence else None
+        self._slots[sid] = await self._slot(environ, sender)
+        if claims is not None:
             self._claims[sid] = claims
         if not self.socket.session_persistence:
             # The socket is the conversation: its own room, its own outbox.
             await self._join(sid, sid)
         return True
 
+    async def _slot(self, environ: Dict[str, Any], sender: Optional[str]) -> Slot:
+        """This socket's slot, or ``ConnectionRefusedError`` with the reason the client receives."""
+        request = environ.get("sanic.request")
+        client = client_address(request) if request is not None else str(environ.get("REMOTE_ADDR", "unknown"))
+        try:
+            return await self.core.outbox.capacity.open_slot(SOCKETIO, client=client, sender=sender)
+        except StreamLimitReached as limit:
+            refusal = stream_limit_error(limit, STREAM_RETRY_AFTER_S)
+        except StoreUnavailable:
+            refusal = PayloadError(503, "StoreUnavailable", "The server cannot count connections now; try again shortly.",
+                                   retry_after=RETRY_AFTER_S)
+        logger.info("Refused a socket.io connection from %s: %s", client, refusal.message)
+        self.core.observe.input_rejected("/socketio", refusal.reason)
+        body = {"reason": refusal.reason, "message": refusal.message, "retry_after": refusal.retry_after}
+        raise ConnectionRefusedError(refusal.message, body)
+
     async def _disconnect(self, sid: str, *_: Any) -> None:
         self._claims.pop(sid, None)
         self._leave(sid)
+        slot = self._slots.pop(sid, None)
+        if slot is not None:
+            self.core.outbox.capacity.close(slot)
 
     async def _session_request(self, sid: str, data: Any = None) -> None:
         session_id = await self._session_for(sid, data)
         if session_id is None:
             return
         namespace = self.socket.namespace
+        slot = self._slots.get(sid)
+        if slot is not None and self.socket.session_persistence:
+            try:
+                await self.core.outbox.capacity.join(slot, session_id)
+            except (StreamLimitReached, StoreUnavailable) as error:
+                refusal = (
+                    stream_limit_error(error, STREAM_RETRY_AFTER_S) if isinstance(error, StreamLimitReached)
+                    else PayloadError(503, "StoreUnavailable", "The session could not be joined; try again shortly.")
+                )
+                await self._refuse(sid, refusal)
+                await self.sio.disconnect(sid, namespace=namespace)
+                return
         await self.sio.emit("session_confirm", session_id, room=sid, namespace=namespace)
         if self.socket.session_persistence:
             # After the confirm: rasa-webchat clears its history when the
             # confirmed id is new, and the replay must come after that.
             await self.sio.enter_room(sid, session_id, namespace=namespace)
             await self._join(sid, session_id)
+
+    async def _refused_input(self, sid: str, data: Any = None) -> None:
+        """A packet that failed the webhook's checks (socket_server.ScreenedPacket)."""
+        await self._refuse(sid, refused_input(data) or PayloadError(400, "InvalidMessage", "The message was refused."))
 
     async def _user_typing(self, sid: str, data: Any = None) -> None:
         sender = self._sender_of(sid, data if isinstance(data, dict) else {})
@@ -226,21 +275,27 @@ class ServiceNowSocketIOInput(InputChannel):
         self._session_of[sid] = session_id
         self._sids_of.setdefault(session_id, set()).add(sid)
         if session_id not in self._readers:
-            try:
-                reader = self.core.outbox.reader(session_id, lambda item: self._emit_item(session_id, item))
-            except StreamLimitReached as limit:
-                logger.warning("No outbox reader for socket.io session %s: %s.", session_id, limit)
-                return
-            task = asyncio.ensure_future(reader.run())
-            self._readers[session_id] = (reader, task)
-            task.add_done_callback(lambda done: self._reader_done(session_id, done))
+            self._start_reader(session_id)
+
+    def _start_reader(self, session_id: str) -> None:
+        # Every session with a socket here has a reader: its socket holds the slot.
+        reader = self.core.outbox.reader(session_id, lambda item: self._emit_item(session_id, item))
+        task = asyncio.ensure_future(reader.run())
+        self._readers[session_id] = (reader, task)
+        task.add_done_callback(lambda done: self._reader_done(session_id, done))
 
     def _reader_done(self, session_id: str, task: "asyncio.Task[None]") -> None:
         current = self._readers.get(session_id)
-        if current is not None and current[1] is task:
-            del self._readers[session_id]
+        if current is None or current[1] is not task:
+            return
+        del self._readers[session_id]
         if not task.cancelled() and task.exception() is not None:
             logger.error("The socket.io reader of session %s failed: %r", session_id, task.exception())
+        if not task.cancelled() and self._sids_of.get(session_id):
+            # A socket of the session joined while the reader was stopping
+            # (it found no socket a moment before): what comes must not wait
+            # for the next reload.
+            self._start_reader(session_id)
 
     def _leave(self, sid: str) -> None:
         session_id = self._session_of.pop(sid, None)
@@ -279,10 +334,10 @@ class ServiceNowSocketIOInput(InputChannel):
         if isinstance(metadata, str):
             # Rasa's channel accepts metadata as a JSON string too.
             try:
-                data = {**data, self.socket.metadata_key: json.loads(metadata)}
-            except ValueError:
+                data = {**data, self.socket.metadata_key: decode_json_text(metadata, max_bytes=MAX_BODY_BYTES)}
+            except PayloadError as error:
                 await self._refuse(
-                    sid, PayloadError(400, "InvalidMetadata", f"'{self.socket.metadata_key}' is not valid JSON.")
+                    sid, PayloadError(400, "InvalidMetadata", f"'{self.socket.metadata_key}': {error.message}")
                 )
                 return
         try:
@@ -315,7 +370,9 @@ class ServiceNowSocketIOInput(InputChannel):
         """Tell the socket its input was not handled: ``servicenow_error``
         for the frontend's code, and with ``notice`` a text the user reads."""
         body: Dict[str, Any] = {"reason": error.reason, "message": error.message}
-        if error.status == 503:
+        if error.retry_after is not None:
+            body["retry_after"] = error.retry_after
+        elif error.status == 503:
             body["retry_after"] = RETRY_AFTER_S
         # Counted under the route label ``socketio``.
         self.core.observe.input_rejected("/socketio", error.reason)

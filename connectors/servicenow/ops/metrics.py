@@ -11,7 +11,7 @@ in the name (``_seconds``), ``_total`` on counters. docs/metrics.md lists them.
 
 import logging
 import threading
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, Iterable, Optional, Set, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -46,6 +46,7 @@ REJECTION_REASONS = frozenset(
         "StoreUnavailable",
         "ShuttingDown",
         "StreamCapacityReached",
+        "TooManyClientStreams",
         "TooManyStreams",
         "Unauthorized",
         "UnexpectedBody",
@@ -183,6 +184,16 @@ class HandoffMetrics:
             "Items waiting in the outbox: callback POSTs not yet answered.",
             registry=r,
         )
+        self.open_streams = Gauge(
+            PREFIX + "open_streams",
+            "SSE streams (kind 'sse') and socket.io sockets ('socketio') open in this process; each holds a slot "
+            "of the deployment's caps.",
+            ["kind"],
+            registry=r,
+        )
+        self.socketio_readers = Gauge(
+            PREFIX + "socketio_readers", "socket.io sessions with an outbox reader in this process.", registry=r
+        )
         self.messages_reconciled = Counter(
             PREFIX + "messages_reconciled",
             "Virtual Agent messages queued for the user from ServiceNow's record before (or instead of) their own push, "
@@ -238,6 +249,12 @@ class HandoffMetrics:
 
     def read_outbox_backlog(self, count: Callable[[], int]) -> None:
         self.outbox_backlog.set_function(count)
+
+    def read_open_streams(self, count: Callable[[str], int], kinds: Iterable[str], readers: Callable[[], int]) -> None:
+        """Open streams and sockets of each kind, and socket.io readers, read at scrape time."""
+        for kind in kinds:
+            self.open_streams.labels(kind=kind).set_function(lambda kind=kind: count(kind))  # type: ignore[misc]
+        self.socketio_readers.set_function(readers)
 
     def render(self) -> bytes:
         """The text exposition format, for a scrape."""

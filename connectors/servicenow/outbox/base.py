@@ -16,6 +16,7 @@ import aiohttp
 
 from connectors.servicenow.config import RetryPolicy
 from connectors.servicenow.retry import backoff_delay
+from connectors.servicenow.signing import CallbackSigner, delivery_id
 from connectors.servicenow.store import NewEntry, OutboxEntry
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ RETAINED_PER_USER = 200
 CALLBACK_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=4.0)
 
 PER_SENDER = "sender"
+PER_CLIENT = "client"
 IN_TOTAL = "total"
 
 #: Told when a sink took an entry: (recipient, entry, delivered). Runs on the
@@ -94,11 +96,12 @@ def status_item(
 
 
 class StreamLimitReached(Exception):
-    """A new stream would exceed a cap on open streams."""
+    """A new stream or socket would exceed a cap on open ones."""
 
     def __init__(self, scope: str, limit: int) -> None:
-        super().__init__(f"{limit} open stream(s) {'for this conversation' if scope == PER_SENDER else 'in total'}")
-        #: ``PER_SENDER`` or ``IN_TOTAL``.
+        where = {PER_SENDER: "for this conversation", PER_CLIENT: "from this client"}.get(scope, "in total")
+        super().__init__(f"{limit} open stream(s) {where}")
+        #: ``PER_SENDER``, ``PER_CLIENT`` or ``IN_TOTAL``.
         self.scope = scope
         self.limit = limit
 
@@ -106,22 +109,30 @@ class StreamLimitReached(Exception):
 async def post_with_retries(
     session: aiohttp.ClientSession,
     url: str,
-    payload: Mapping[str, Any],
-    kind: str,
+    entry: OutboxEntry,
     recipient_id: str,
     *,
+    signer: Optional[CallbackSigner] = None,
     may_retry: Optional[Callable[[], Awaitable[bool]]] = None,
 ) -> bool:
-    """POST one item to the callback URL, retried with backoff; True once it
-    answered below 400. ``may_retry`` is asked before each retry (the poster
-    checks that it still holds the conversation)."""
+    """POST one entry to the callback URL, retried with backoff; True once it
+    answered below 400. Every attempt carries the entry's delivery id and, with
+    ``signer`` signing, a signature over the exact body (signing.py).
+    ``may_retry`` is asked before each retry (the poster checks that it still
+    holds the conversation)."""
     problem = ""
+    kind = entry.kind
+    body = json.dumps(dict(entry.payload), separators=(",", ":")).encode()
+    webhook_id = delivery_id(recipient_id, entry.entry_id)
+    signer = signer or CallbackSigner(None)
     for attempt in range(1, CALLBACK_RETRY.attempts + 1):
         if attempt > 1 and may_retry is not None and not await may_retry():
             problem = "another replica took over"
             break
+        # A fresh timestamp (and signature) per attempt, the same id.
+        headers = {"Content-Type": "application/json", **signer.headers(webhook_id, body)}
         try:
-            async with session.post(url, json=dict(payload)) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 if response.status < 400:
                     return True
                 problem = f"HTTP {response.status}"

@@ -13,20 +13,22 @@
   it is acknowledged (``dedupe_key``) fails instead (503, retried by
   ServiceNow), and so do an agent's words (``guard``), whose conditions only
   hold at the moment of the append (the poll is repeated).
-* Open streams and socket.io readers are capped per conversation and in
-  total, on this replica (``StreamLimitReached``).
+* Open streams and socket.io sockets hold slots counted in the store, for
+  the deployment (``capacity.py``); a subscription or a reader is made for
+  one that holds its slot.
 """
 
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.locks import ConversationLocks
 from connectors.servicenow.outbox.base import (
     IN_TOTAL,
+    PER_CLIENT,
     PER_SENDER,
     OnDelivered,
     OnTaken,
@@ -39,7 +41,7 @@ from connectors.servicenow.outbox.base import (
 from connectors.servicenow.outbox.sinks.callback import POST_BATCH, CallbackPoster
 from connectors.servicenow.outbox.sinks.socketio import Emit, SessionReader
 from connectors.servicenow.outbox.sinks.sse import StreamSubscription
-from connectors.servicenow.outbox.subscription import Caps
+from connectors.servicenow.outbox.capacity import StreamCapacity
 from connectors.servicenow.retry import STORE_WAIT
 from connectors.servicenow.store import Guard, NewEntry, OutboxEntry, Store, StoreUnavailable, Taken
 from connectors.servicenow.store.keys import CALLBACK_SINK, callback_lease, stream_of
@@ -61,9 +63,11 @@ class Outbox:
         owner: str,
         request_timeout: float = 10.0,
         max_streams_per_sender: int = 5,
+        max_streams_per_client: int = 50,
         max_open_streams: int = 1000,
         on_taken: Optional[OnTaken] = None,
         on_delivered: Optional[OnDelivered] = None,
+        callback_secret: Optional[str] = None,
     ) -> None:
         """``owner``: this replica, as the holder of callback leases.
         ``on_taken``: called when the callback answered (or gave up on) an
@@ -75,11 +79,17 @@ class Outbox:
         #: What a stream or socket that takes an entry reports: only without a
         #: callback (with one, the callback's answer is the report).
         self._stream_taken = on_taken if not callback_url else None
-        self.caps = Caps(max_streams_per_sender, max_open_streams)
+        self.capacity = StreamCapacity(
+            store, owner, per_sender=max_streams_per_sender, per_client=max_streams_per_client, total=max_open_streams
+        )
+        #: Conversations with a subscription or reader open here, and how many.
+        self._reading: "Counter[str]" = Counter()
+        #: socket.io sessions with a reader here.
+        self.readers = 0
         self.callback = (
             CallbackPoster(
                 store, callback_url, owner=owner, request_timeout=request_timeout,
-                on_taken=on_taken, on_delivered=on_delivered,
+                on_taken=on_taken, on_delivered=on_delivered, secret=callback_secret,
             )
             if callback_url
             else None
@@ -92,11 +102,12 @@ class Outbox:
     def mailbox_count(self) -> int:
         """Conversations this replica holds anything for (streams, waiting items, a poster)."""
         posting = self.callback.conversations if self.callback is not None else set()
-        return len(set(self.caps.conversations) | set(self._backlog) | posting)
+        return len(set(self._reading) | self.capacity.conversations | set(self._backlog) | posting)
 
     @property
     def open_streams(self) -> int:
-        return self.caps.open
+        """Streams and socket.io sockets open on this replica."""
+        return self.capacity.open
 
     @property
     def callback_backlog(self) -> int:
@@ -228,21 +239,33 @@ class Outbox:
     def subscribe(self, recipient_id: str, last_event_id: Optional[str] = None) -> StreamSubscription:
         """A Server-Sent Events stream of the conversation, starting after
         ``last_event_id`` when it is one of the conversation's entries, else
-        after what streams have taken. ``StreamLimitReached`` (nothing
-        changed) beyond the caps."""
-        self.caps.open_one(recipient_id)
+        after what streams have taken. The stream's slot is the door's
+        (``capacity``)."""
+        self._opened(recipient_id)
         return StreamSubscription(
             self.store, recipient_id, last_event_id,
-            on_taken=self._stream_taken, on_close=lambda: self.caps.close_one(recipient_id),
+            on_taken=self._stream_taken, on_close=lambda: self._closed(recipient_id),
         )
 
     def reader(self, session_id: str, emit: Emit) -> SessionReader:
         """A socket.io session's reader: emits what no socket of the session
-        was shown yet. ``StreamLimitReached`` beyond the caps."""
-        self.caps.open_one(session_id)
-        return SessionReader(
-            self.store, session_id, emit, on_taken=self._stream_taken, on_close=lambda: self.caps.close_one(session_id)
-        )
+        was shown yet. Its sockets hold the slots (``capacity``)."""
+        self._opened(session_id)
+        self.readers += 1
+
+        def closed() -> None:
+            self.readers -= 1
+            self._closed(session_id)
+
+        return SessionReader(self.store, session_id, emit, on_taken=self._stream_taken, on_close=closed)
+
+    def _opened(self, recipient_id: str) -> None:
+        self._reading[recipient_id] += 1
+
+    def _closed(self, recipient_id: str) -> None:
+        self._reading[recipient_id] -= 1
+        if self._reading[recipient_id] <= 0:
+            del self._reading[recipient_id]
 
     # -- stopping ------------------------------------------------------------
 
@@ -276,4 +299,4 @@ class Outbox:
             await self.callback.aclose()
 
 
-__all__ = ["Outbox", "PER_SENDER", "IN_TOTAL", "StreamLimitReached"]
+__all__ = ["Outbox", "PER_SENDER", "PER_CLIENT", "IN_TOTAL", "StreamLimitReached"]

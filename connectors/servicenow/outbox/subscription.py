@@ -1,47 +1,16 @@
 """The one way a sink reads the outbox: a ``Subscription`` reads one
 conversation's stream from a start point on, and moves the sink's
 delivered-up-to pointer past what the sink took, reporting each entry it was
-the first to take. ``Caps`` bounds how many are open on this replica."""
+the first to take. How many may be open is counted by ``capacity.py``."""
 
 import logging
-from collections import Counter
 from typing import Callable, List, Optional, Sequence
 
-from connectors.servicenow.outbox.base import IN_TOTAL, PER_SENDER, OnTaken, StreamLimitReached
+from connectors.servicenow.outbox.base import OnTaken
 from connectors.servicenow.store import OutboxEntry, Store
 from connectors.servicenow.store.keys import stream_of
 
 logger = logging.getLogger(__name__)
-
-
-class Caps:
-    """Open subscriptions on this replica: at most ``per_sender`` for one
-    conversation and ``total`` in all."""
-
-    def __init__(self, per_sender: int, total: int) -> None:
-        self.per_sender = per_sender
-        self.total = total
-        self._of: "Counter[str]" = Counter()
-        self.open = 0
-
-    @property
-    def conversations(self) -> List[str]:
-        return list(self._of)
-
-    def open_one(self, recipient_id: str) -> None:
-        """Count one more; ``StreamLimitReached`` (and nothing counted) beyond a cap."""
-        if self._of[recipient_id] >= self.per_sender:
-            raise StreamLimitReached(PER_SENDER, self.per_sender)
-        if self.open >= self.total:
-            raise StreamLimitReached(IN_TOTAL, self.total)
-        self._of[recipient_id] += 1
-        self.open += 1
-
-    def close_one(self, recipient_id: str) -> None:
-        self.open -= 1
-        self._of[recipient_id] -= 1
-        if self._of[recipient_id] <= 0:
-            del self._of[recipient_id]
 
 
 class Subscription:

@@ -29,6 +29,7 @@ from connectors.servicenow.attachments import (
 )
 from connectors.servicenow.servicenow.base import (
     AgentEvent,
+    AgentJoined,
     AgentMessage,
     SEEN_IDS_KEPT,
     Backend,
@@ -301,6 +302,10 @@ class ConnectBackend(Backend):
                 if END_OF_CHAT_TEXT.search(text) and not handed_over:
                     events.append(ChatClosed(CloseReason.AGENT_CLOSED, text, message_id, timestamp))
                     break
+                joined = JOINED_TEXT.search(text)
+                if joined:
+                    # "<Agent> has joined the support session": the agent's arrival, said to the stream too.
+                    events.append(AgentJoined(text[: joined.start()].strip() or None))
                 events.append(SystemNotice(message_id, text, timestamp))
             else:
                 agent = _str_or_none(message.get("sender_name")) or author

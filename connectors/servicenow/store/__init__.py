@@ -6,8 +6,12 @@ store runs."""
 from typing import Optional
 
 from connectors.servicenow.store.base import (
+    REFUSED_BUSY,
+    REFUSED_DEPLOYMENT_RATE,
+    REFUSED_SENDER_RATE,
     AlreadyStored,
     AppendRefused,
+    Cap,
     ChatNotLive,
     Guard,
     HandoffMirror,
@@ -17,6 +21,7 @@ from connectors.servicenow.store.base import (
     OutboxEntry,
     Store,
     StoreError,
+    StartLimits,
     StoreUnavailable,
     Taken,
     TimerClaim,
@@ -27,8 +32,12 @@ from connectors.servicenow.store.base import (
 from connectors.servicenow.store.memory import MemoryStore
 
 __all__ = [
+    "REFUSED_BUSY",
+    "REFUSED_DEPLOYMENT_RATE",
+    "REFUSED_SENDER_RATE",
     "AlreadyStored",
     "AppendRefused",
+    "Cap",
     "ChatNotLive",
     "Guard",
     "HandoffMirror",
@@ -37,6 +46,7 @@ __all__ = [
     "MemoryStore",
     "NewEntry",
     "OutboxEntry",
+    "StartLimits",
     "Store",
     "StoreError",
     "StoreUnavailable",

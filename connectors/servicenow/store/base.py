@@ -247,6 +247,39 @@ def entry_id_after(a: str, b: Optional[str]) -> bool:
 Taken = Tuple[Optional[str], List[OutboxEntry]]
 
 
+@dataclass(frozen=True)
+class Cap:
+    """A deployment-wide count of holders (``take_slot``), full at ``limit``
+    (0: counted, never full)."""
+
+    name: str
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class StartLimits:
+    """What ``admit_handoff`` checks before a handoff may start. 0 turns a
+    check off."""
+
+    #: Live handoffs (records, and starts admitted and not filed yet) at once.
+    max_live: int = 0
+    #: Starts of one conversation in any ``window_s`` seconds.
+    per_sender: int = 0
+    window_s: float = 60.0
+    #: Starts of the whole deployment: one every ``interval_s`` seconds on
+    #: average, ``burst`` at once (the generic cell rate algorithm).
+    interval_s: float = 0.0
+    burst: int = 1
+    #: How long an admitted start keeps its place before its record is filed
+    #: (a replica that dies while opening a chat holds it no longer).
+    hold_s: float = 120.0
+
+
+#: Why ``admit_handoff`` refused: live handoffs at ``max_live``; the
+#: conversation's own starts at ``per_sender``; the deployment's rate.
+REFUSED_BUSY, REFUSED_SENDER_RATE, REFUSED_DEPLOYMENT_RATE = "busy", "sender_rate", "deployment_rate"
+
+
 class HandoffMirror(Protocol):
     """Where live handoffs are also kept, durably: the tracker slots. A store
     that forgets at exit reads its handoffs back from here."""
@@ -509,6 +542,45 @@ class Store(abc.ABC):
     async def finish_timer(self, claim: TimerClaim) -> bool:
         """The claimed timer fired: remove it, unless it was rescheduled
         meanwhile (then the new due time stays). False when it was not held."""
+
+    # -- counted capacity ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def take_slot(self, holder: str, caps: Sequence[Cap], ttl: float) -> Optional[Cap]:
+        """Count ``holder`` in every cap, in one atomic step, unless one of
+        them is full (a holder counted there already does not make it full):
+        then nothing is counted and that cap is the answer. A slot lasts
+        ``ttl`` seconds unless renewed, so a replica that dies leaves nothing
+        counted for longer."""
+
+    @abc.abstractmethod
+    async def renew_slots(self, held: Mapping[str, Sequence[str]], ttl: float) -> None:
+        """Extend (or count again, after an outage longer than ``ttl``) the
+        slots held: holder -> the names of its caps."""
+
+    @abc.abstractmethod
+    async def release_slot(self, holder: str, names: Sequence[str]) -> None:
+        """Stop counting ``holder`` in these caps."""
+
+    @abc.abstractmethod
+    async def count_slots(self, names: Sequence[str]) -> List[int]:
+        """How many holders each cap counts now."""
+
+    @abc.abstractmethod
+    async def admit_handoff(self, sender_id: str, limits: StartLimits) -> Optional[str]:
+        """Whether a handoff of ``sender_id`` may start, decided for the
+        whole deployment in one atomic step: None, and its place among the
+        live handoffs held for ``limits.hold_s`` (``create_handoff`` turns it
+        into the record's), and the start counted in both rates; else the
+        reason (``REFUSED_*``), with nothing counted."""
+
+    @abc.abstractmethod
+    async def release_admission(self, sender_id: str) -> None:
+        """An admitted start that files no record (refused later, failed) gives its place back."""
+
+    @abc.abstractmethod
+    async def live_handoff_count(self) -> int:
+        """Live handoffs, and admitted starts that hold a place."""
 
     # -- lifecycle ----------------------------------------------------------
 

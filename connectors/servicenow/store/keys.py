@@ -36,6 +36,31 @@ TIMERS = "timers"
 NOTICES = "notices"
 #: The pub/sub channel of python-socketio's Redis manager (the socket.io door).
 SOCKETIO_MANAGER = "socketio"
+#: ``<cap name>``: the holders a cap counts, scored by when each slot expires.
+SLOTS = "n:"
+#: The senders with a handoff record (counted by ``max_live_chats``).
+LIVE = "live"
+#: Admitted handoff starts without a record yet, scored by when their place expires.
+PLACES = "places"
+#: ``<sender_id>``: the conversation's recent handoff starts, scored by time.
+STARTS = "r:"
+#: The deployment's rate of handoff starts: its theoretical arrival time (ms).
+START_RATE = "rate"
+
+# -- cap names (``take_slot``) ---------------------------------------------------
+
+#: Open streams and socket.io sockets of the deployment.
+STREAMS_CAP = "streams"
+
+
+def streams_of_sender(sender_id: str) -> str:
+    """Open streams and sockets of one conversation."""
+    return f"{STREAMS_CAP}:s:{sender_id}"
+
+
+def streams_of_client(address: str) -> str:
+    """Open streams and sockets of one client address."""
+    return f"{STREAMS_CAP}:c:{address}"
 
 # -- lease names ---------------------------------------------------------------
 

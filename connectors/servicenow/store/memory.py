@@ -25,6 +25,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+from connectors.servicenow.store.memory_counts import MemoryCounts
 from connectors.servicenow.store.base import (
     AlreadyStored,
     ChatNotLive,
@@ -39,6 +40,7 @@ from connectors.servicenow.store.base import (
     entry_id_after,
     parse_entry_id,
 )
+from connectors.servicenow.tasks import event_within
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class _Stream:
     waiting: int = 0
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryCounts, Store):
     def __init__(
         self,
         *,
@@ -106,6 +108,7 @@ class MemoryStore(Store):
         return True
 
     def _file(self, record: HandoffRecord) -> None:
+        self._filed(record.sender_id)
         self._inactive.pop(record.sender_id, None)
         self._handoffs[record.sender_id] = record
         self._by_chat[record.chat_id] = record.sender_id
@@ -317,9 +320,8 @@ class MemoryStore(Store):
         appended = kept.appended
         kept.waiting += 1
         try:
-            await asyncio.wait_for(appended.wait(), timeout=block)
-        except asyncio.TimeoutError:
-            return []
+            if not await event_within(appended, block):
+                return []
         finally:
             kept.waiting -= 1
             if not kept.waiting and not kept.entries and not kept.sinks and self._streams.get(stream) is kept:

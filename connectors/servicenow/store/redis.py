@@ -77,6 +77,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.servicenow.store import keys as key_names
+from connectors.servicenow.store.redis_counts import RedisCounts
 from connectors.servicenow.store.base import (
     AlreadyStored,
     AppendRefused,
@@ -94,6 +95,7 @@ from connectors.servicenow.store.base import (
     dump_payload,
     parse_entry_id,
 )
+from connectors.servicenow.tasks import event_within
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ _UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTER
 # counts as this call's success, never as a loss.
 # A record starts with its chat's header "<n>:<chat id>": a chat's header is
 # a prefix of the record exactly when the record is that chat's.
+# KEYS: record, chat index, live, places. The start's place among the live
+# handoffs (redis_counts.py) becomes the record's.
 _CREATE_HANDOFF = """
 local record = redis.call('GET', KEYS[1])
 if record then
@@ -118,6 +122,8 @@ if record then
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
 return 1
 """
 
@@ -128,11 +134,13 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
+# KEYS: record, chat index, live.
 _END_HANDOFF = """
 local record = redis.call('GET', KEYS[1])
 if (not record) or string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return false end
 redis.call('DEL', KEYS[1])
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+redis.call('SREM', KEYS[3], ARGV[2])
 return record
 """
 
@@ -347,7 +355,7 @@ return 1
 """
 
 
-class RedisStore(Store):
+class RedisStore(RedisCounts, Store):
     #: Another replica's timer (or one whose claimer died) fires at most this late.
     timer_rescan_s = 5.0
 
@@ -382,6 +390,7 @@ class RedisStore(Store):
         self._claim_timers = client.register_script(_CLAIM_TIMERS)
         self._finish_timer = client.register_script(_FINISH_TIMER)
         self._notices = _Notices(client, operation_timeout, self._key(key_names.NOTICES))
+        self._register_count_scripts()
 
     def describe(self) -> str:
         return f"shared through Redis (prefix {self.prefix!r})"
@@ -446,7 +455,10 @@ class RedisStore(Store):
     async def create_handoff(self, record: HandoffRecord) -> bool:
         created = await self._run(
             self._create_handoff(
-                keys=[self._key(key_names.HANDOFF, record.sender_id), self._key(key_names.CHAT_INDEX, record.chat_id)],
+                keys=[
+                    self._key(key_names.HANDOFF, record.sender_id), self._key(key_names.CHAT_INDEX, record.chat_id),
+                    self._key(key_names.LIVE), self._key(key_names.PLACES),
+                ],
                 args=[_header(record.chat_id), _stored(record), record.sender_id],
             )
         )
@@ -477,7 +489,8 @@ class RedisStore(Store):
     async def end_handoff(self, sender_id: str, chat_id: str) -> Optional[HandoffRecord]:
         stored = await self._run(
             self._end_handoff(
-                keys=[self._key(key_names.HANDOFF, sender_id), self._key(key_names.CHAT_INDEX, chat_id)], args=[_header(chat_id), sender_id]
+                keys=[self._key(key_names.HANDOFF, sender_id), self._key(key_names.CHAT_INDEX, chat_id), self._key(key_names.LIVE)],
+                args=[_header(chat_id), sender_id],
             )
         )
         return _record(sender_id, stored)
@@ -566,9 +579,7 @@ class RedisStore(Store):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
-                try:
-                    await asyncio.wait_for(notice.wait(), remaining)
-                except asyncio.TimeoutError:
+                if not await event_within(notice, remaining):
                     return []
             # A notice (or a broken notice connection): read again.
             entries = await self._read_now(key, after, limit)
@@ -802,10 +813,8 @@ class _Notices:
             async with self._lock:
                 pubsub = await self._connected()
                 await _unavailable_on_error(pubsub.subscribe(channel), self._timeout)
-            try:
-                await asyncio.wait_for(listener.subscribed.wait(), self._timeout)
-            except asyncio.TimeoutError as error:
-                raise StoreUnavailable("Redis did not confirm a subscription in time") from error
+            if not await event_within(listener.subscribed, self._timeout):
+                raise StoreUnavailable("Redis did not confirm a subscription in time")
             yield listener.notice
         finally:
             state.listeners.discard(listener)

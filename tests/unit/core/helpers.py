@@ -97,9 +97,14 @@ def make_relay(backend=None, settings=None):
     relay = Relay(backend or PullBackend(), settings, slots, recorder)
     return relay, relay.outbox, slots, recorder
 
-async def streamed(outbox, count):
+async def streamed(outbox, count, *, statuses=True):
+    """The first ``count`` items on u1's stream (without handoff status items unless ``statuses``)."""
     subscription = outbox.subscribe("u1")
-    items = [await subscription.next(heartbeat=1) for _ in range(count)]
+    items = []
+    while len(items) < count:
+        item = await subscription.next(heartbeat=1)
+        if statuses or item is None or item.kind != "handoff":
+            items.append(item)
     subscription.close()
     return items
 

@@ -38,9 +38,11 @@ async def test_pushed_events_are_delivered_in_order_and_repeats_dropped():
     await relay.dispatch(chat, [SystemNotice("s1", "Beth has entered the chat.", 900), AgentTyping(True), hello])
     await relay.dispatch(chat, [hello])  # ServiceNow repeated the callback
 
-    items = await streamed(outbox, 3)
-    assert [item.kind for item in items] == ["message", "typing", "message"]
-    assert items[2].payload == {
+    items = await streamed(outbox, 4)
+    # The agent's first message is their arrival: a status item comes first (issue 21).
+    assert [item.kind for item in items] == ["message", "typing", "handoff", "message"]
+    assert items[2].payload["handoff"] == {"active": True, "chat_id": "c1", "api": "virtual_agent", "agent_joined": True, "agent_name": "Beth"}
+    assert items[3].payload == {
         "recipient_id": "u1", "text": "hello",
         "metadata": {"source": "agent", "agent_name": "Beth", "message_id": "m1"},
     }
@@ -90,7 +92,7 @@ async def test_the_end_of_the_chat_is_reported_after_what_came_before_it():
     chat = LiveChat(sender_id="u1", chat_id="c1")
     closed = ChatClosed(CloseReason.AGENT_CLOSED, "Beth has left the support session")
     await relay.dispatch(chat, [AgentMessage("m1", "bye", "Beth", 1), closed, AgentMessage("m2", "ghost", "Beth", 2)])
-    assert [item.payload["text"] for item in await streamed(outbox, 1)] == ["bye"]
+    assert [item.payload["text"] for item in await streamed(outbox, 1, statuses=False)] == ["bye"]
     assert recorder.closed == [closed]
     await relay.stop()
 
@@ -125,7 +127,7 @@ async def test_a_pushed_end_waits_for_late_messages_then_ends():
     await relay.dispatch(chat, [AgentMessage("late", "one more thing", "Beth", 2)])  # overtaken by the close
     assert not recorder.closed
     await closing
-    assert [item.payload["text"] for item in await streamed(outbox, 1)] == ["one more thing"]
+    assert [item.payload["text"] for item in await streamed(outbox, 1, statuses=False)] == ["one more thing"]
     assert len(recorder.closed) == 1
     await relay.stop()
 
@@ -139,7 +141,8 @@ async def test_delivery_is_reported_back_when_enabled():
     await relay.dispatch(chat, [AgentMessage("m1", "hi", "Beth", 1), SystemNotice("s1", "note", 1)])
     assert backend.reports == []  # nobody has the message yet
     subscription = outbox.subscribe("u1")  # a stream takes the waiting items: delivered
-    assert [(await subscription.next(heartbeat=1)).payload["text"] for _ in range(2)] == ["hi", "note"]
+    taken = [await subscription.next(heartbeat=1) for _ in range(3)]
+    assert [item.payload.get("text") for item in taken if item.kind == "message"] == ["hi", "note"]
     await asyncio.wait_for(backend.reported.wait(), timeout=5)
     await relay.stop()
     subscription.close()
@@ -226,7 +229,7 @@ async def test_a_polled_agent_message_seen_by_two_replicas_is_delivered_once(red
         chat = LiveChat(sender_id="u1", chat_id="c1")
         message = AgentMessage("m1", "hello", "Beth", 1000)
         await relay.dispatch(chat, [message], PollResult([message], 1000, ("m1",)).cursor)
-    assert [entry.payload["text"] for entry in await store_a.read("u1")] == ["hello"]
+    assert [entry.payload["text"] for entry in await store_a.read("u1") if entry.kind == "message"] == ["hello"]
     for relay in relays:
         await relay.stop()
     await store_a.aclose()
@@ -310,6 +313,6 @@ async def test_a_poll_the_store_could_not_take_is_delivered_once_by_whoever_poll
     await a.dispatch(chat_a, result.events, result.cursor)  # and A polls again once Redis answers
     await a.stop()
     await b.stop()
-    assert [entry.payload["text"] for entry in await store_b.read("u1")] == ["hello"]
+    assert [entry.payload["text"] for entry in await store_b.read("u1") if entry.kind == "message"] == ["hello"]
     await store_a.aclose()
     await store_b.aclose()

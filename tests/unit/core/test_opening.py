@@ -224,3 +224,52 @@ async def test_a_record_filed_as_redis_went_away_is_removed_and_the_user_stays_w
     rasa_turn.assert_awaited_once()
     assert replies and replies[0]["text"].startswith("Hello!")
     assert await store.get_handoff("u1") is None
+
+
+async def test_max_live_chats_counts_the_chats_of_every_replica(agent, redis_server):
+    """Issue 22: the limit was per process; with redis_url it is the deployment's."""
+    import uuid
+
+    from fakeredis import aioredis as fake_aioredis
+
+    from connectors.servicenow import ServiceNowInput
+    from connectors.servicenow.config import ServiceNowSettings
+    from connectors.servicenow.store.redis import RedisStore
+    from tests.unit.support import OPTIONS, bound
+
+    prefix = f"t{uuid.uuid4().hex[:6]}:"
+    settings = ServiceNowSettings.from_credentials({**OPTIONS, "max_live_chats": 2, "retry_attempts": 1})
+    a, b = (
+        bound(ServiceNowInput(settings, store=RedisStore(fake_aioredis.FakeRedis(server=redis_server), prefix=prefix)), agent)
+        for _ in range(2)
+    )
+    try:
+        with aioresponses() as mock:
+            for n in range(3):
+                mock.post(SESSIONS, payload={"result": {"group": f"group-{n}"}})
+            assert await ask_for_agent(a, agent, "wide-1") == [TEXTS.connecting]
+            assert await ask_for_agent(b, agent, "wide-2") == [TEXTS.connecting]
+            assert await ask_for_agent(a, agent, "wide-3") == [TEXTS.handoff_busy]
+            assert await ask_for_agent(b, agent, "wide-4") == [TEXTS.handoff_busy]
+            assert opened(mock) == 2
+            # One ends on b: a has room again.
+            mock.post(LEAVE, payload={"result": {"state": 7}})
+            turn = AsyncMock(side_effect=agent.handle_message)
+            await b.handle(UserPayload(sender="wide-2", message="/end_chat"), turn)
+            assert await ask_for_agent(a, agent, "wide-3") == [TEXTS.connecting]
+    finally:
+        for channel in (a, b):
+            await close(channel)
+            await channel.core.store.aclose()
+
+
+async def test_the_deployment_starts_a_burst_of_chats_then_tells_the_others_agents_are_busy(agent):
+    channel = make_channel(agent, deployment_handoff_starts_per_minute=60, deployment_handoff_start_burst=3)
+    try:
+        with aioresponses() as mock:
+            mock.post(SESSIONS, payload={"result": {"group": GROUP}}, repeat=True)
+            answers = [await ask_for_agent(channel, agent, f"anonymous-{n}") for n in range(6)]
+            assert answers == [[TEXTS.connecting]] * 3 + [[TEXTS.handoff_busy]] * 3
+            assert opened(mock) == 3
+    finally:
+        await close(channel)

@@ -53,6 +53,7 @@ def test_names_follow_prometheus_conventions():
     metrics = HandoffMetrics()
     metrics.read_live_chats(lambda: 0)
     metrics.read_outbox_backlog(lambda: 0)
+    metrics.read_open_streams(lambda kind: 0, ("sse", "socketio"), lambda: 0)
     families = list(text_string_to_metric_families(metrics.render().decode()))
     assert families
     for family in families:
@@ -73,6 +74,18 @@ def test_gauges_are_read_at_scrape_time():
     live[0] = 1
     assert metrics.registry.get_sample_value(PREFIX + "live_chats") == 1
     assert metrics.registry.get_sample_value(PREFIX + "outbox_backlog") == 7
+
+
+def test_open_streams_by_kind_and_socketio_readers_are_read_at_scrape_time():
+    """Issue 22: 3,000 socket.io readers were counted nowhere."""
+    metrics = HandoffMetrics()
+    open_by_kind = {"sse": 2, "socketio": 5}
+    metrics.read_open_streams(lambda kind: open_by_kind[kind], ("sse", "socketio"), lambda: 4)
+    assert metrics.registry.get_sample_value(PREFIX + "open_streams", {"kind": "sse"}) == 2
+    assert metrics.registry.get_sample_value(PREFIX + "open_streams", {"kind": "socketio"}) == 5
+    open_by_kind["socketio"] = 1
+    assert metrics.registry.get_sample_value(PREFIX + "open_streams", {"kind": "socketio"}) == 1
+    assert metrics.registry.get_sample_value(PREFIX + "socketio_readers") == 4
 
 
 def test_names_lists_every_series_even_before_it_is_touched():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from connectors.servicenow.errors import StoreUnavailable
-from connectors.servicenow.outbox.base import HANDOFF_EVENT, IN_TOTAL, PER_SENDER, StreamLimitReached, status_item
+from connectors.servicenow.outbox.base import HANDOFF_EVENT, IN_TOTAL, PER_CLIENT, PER_SENDER, StreamLimitReached, status_item
 from connectors.servicenow.store import MemoryStore
 from tests.unit.outbox.conftest import CALLBACK, message, take
 
@@ -74,21 +74,29 @@ async def test_a_stream_for_a_quiet_conversation_leaves_nothing_behind(outboxes)
     store = MemoryStore()
     outbox = outboxes(store)
     for n in range(500):
+        slot = await outbox.capacity.open_slot("sse", client="10.0.0.1", sender=f"anonymous-{n}")
         stream = outbox.subscribe(f"anonymous-{n}", last_event_id=f"whatever-{n}")
         assert outbox.mailbox_count == 1 and outbox.open_streams == 1
         assert await stream.next(heartbeat=0.0001) is None  # a read that waited, and timed out
         stream.close()
         stream.close()  # twice is harmless
+        outbox.capacity.close(slot)
+        outbox.capacity.close(slot)
     assert outbox.mailbox_count == 0 and outbox.open_streams == 0
+    await outbox.capacity.release_all(1)
     assert not store._streams  # nothing kept in the store either
+    assert await store.count_slots(["streams", "streams:c:10.0.0.1"]) == [0, 0] and not store._counted.slots
 
 
 async def test_an_anonymous_stream_leaves_nothing_behind_in_redis(replicas):
     a = replicas()
     keys_before = set(await a.store._redis.keys("*"))
+    slot = await a.capacity.open_slot("sse", client="10.0.0.1", sender="nobody")
     subscription = a.subscribe("nobody")
     assert await subscription.next(0.05) is None
     subscription.close()
+    a.capacity.close(slot)
+    await a.capacity.release_all(1)
     assert a.mailbox_count == 0 and a.open_streams == 0
     assert set(await a.store._redis.keys("*")) == keys_before
 
@@ -111,48 +119,87 @@ async def test_a_conversations_items_stay_while_it_holds_some_and_go_when_idle(o
     assert not store._streams
 
 
-async def test_streams_are_capped_per_conversation_and_in_total_and_a_refusal_changes_nothing(outboxes):
-    outbox = outboxes(max_streams_per_sender=2, max_open_streams=3)
-    tabs = [outbox.subscribe("u1"), outbox.subscribe("u1")]
+async def test_streams_are_capped_per_conversation_per_client_and_in_total_and_a_refusal_changes_nothing(outboxes):
+    outbox = outboxes(max_streams_per_sender=2, max_streams_per_client=3, max_open_streams=4)
+    capacity = outbox.capacity
+    tabs = [await capacity.open_slot("sse", client="10.0.0.1", sender="u1") for _ in range(2)]
     with pytest.raises(StreamLimitReached) as refused:
-        outbox.subscribe("u1")
+        await capacity.open_slot("sse", client="10.0.0.2", sender="u1")
     assert refused.value.scope == PER_SENDER and outbox.open_streams == 2
-    tabs.append(outbox.subscribe("u2"))
+    tabs.append(await capacity.open_slot("socketio", client="10.0.0.1"))
     with pytest.raises(StreamLimitReached) as refused:
-        outbox.subscribe("u3")
+        await capacity.open_slot("sse", client="10.0.0.1", sender="u2")
+    assert refused.value.scope == PER_CLIENT
+    tabs.append(await capacity.open_slot("sse", client="10.0.0.2", sender="u2"))
+    with pytest.raises(StreamLimitReached) as refused:
+        await capacity.open_slot("sse", client="10.0.0.3", sender="u3")
     assert refused.value.scope == IN_TOTAL
-    assert outbox.open_streams == 3 and outbox.mailbox_count == 2  # nothing for the refused u3
-    tabs.pop().close()
-    tabs.append(outbox.subscribe("u3"))  # room again once a stream closed
+    assert outbox.open_streams == 4 and capacity.open_by_kind == {"sse": 3, "socketio": 1}
+    assert capacity.conversations == {"u1", "u2"}  # nothing for the refused u3
+    capacity.close(tabs.pop())
+    tabs.append(await capacity.open_slot("sse", client="10.0.0.3", sender="u3"))  # room again once one closed
     for tab in tabs:
-        tab.close()
+        capacity.close(tab)
     assert outbox.open_streams == 0 and outbox.mailbox_count == 0
 
 
-async def test_stream_caps_count_this_replicas_streams(replicas):
-    a = replicas(max_streams_per_sender=1, max_open_streams=2)
-    first = a.subscribe("u1")
-    with pytest.raises(StreamLimitReached):
-        a.subscribe("u1")
-    second = a.subscribe("u2")
-    with pytest.raises(StreamLimitReached):
-        a.subscribe("u3")
-    first.close()
-    second.close()
-    a.subscribe("u3").close()
+async def test_a_socket_counts_against_its_sessions_cap_once_it_joins_it(outboxes):
+    capacity = outboxes(max_streams_per_sender=1).capacity
+    first = await capacity.open_slot("socketio", client="10.0.0.1")
+    second = await capacity.open_slot("socketio", client="10.0.0.2")
+    await capacity.join(first, "s1")
+    with pytest.raises(StreamLimitReached) as refused:
+        await capacity.join(second, "s1")
+    assert refused.value.scope == PER_SENDER
+    await capacity.join(first, "s2")  # a second session_request moves the socket
+    await capacity.join(second, "s1")
+    for slot in (first, second):
+        capacity.close(slot)
 
 
-async def test_socketio_readers_count_against_the_same_caps(outboxes):
-    async def emit(item):
-        return True
-
-    outbox = outboxes(max_streams_per_sender=1, max_open_streams=5)
-    reader = outbox.reader("s1", emit)
+async def test_stream_caps_count_every_replicas_streams(replicas):
+    """Issue 22: with redis_url the caps were per replica."""
+    a, b = replicas(max_streams_per_sender=1, max_open_streams=2), replicas(max_streams_per_sender=1, max_open_streams=2)
+    first = await a.capacity.open_slot("sse", client="10.0.0.1", sender="u1")
     with pytest.raises(StreamLimitReached):
-        outbox.subscribe("s1")
-    reader.close()
-    outbox.subscribe("s1").close()
-    assert outbox.open_streams == 0
+        await b.capacity.open_slot("sse", client="10.0.0.2", sender="u1")
+    second = await b.capacity.open_slot("socketio", client="10.0.0.2")
+    with pytest.raises(StreamLimitReached) as refused:
+        await a.capacity.open_slot("sse", client="10.0.0.3", sender="u3")
+    assert refused.value.scope == IN_TOTAL
+    a.capacity.close(first)
+    await a.capacity.release_all(1)
+    third = await b.capacity.open_slot("sse", client="10.0.0.3", sender="u3")
+    for slot in (second, third):
+        b.capacity.close(slot)
+
+
+async def test_the_slots_of_a_replica_that_died_expire_and_a_live_ones_are_renewed(replicas, monkeypatch):
+    monkeypatch.setattr("connectors.servicenow.outbox.capacity.RENEW_EVERY_S", 0.05)
+    a, b = replicas(max_open_streams=2), replicas(max_open_streams=2)
+    a.capacity._ttl = b.capacity._ttl = 0.3
+    await a.capacity.open_slot("sse", client="10.0.0.1", sender="u1")  # a dies: nothing renews its slot
+    renewing = asyncio.ensure_future(b.capacity.renew_forever())
+    try:
+        kept = await b.capacity.open_slot("sse", client="10.0.0.2", sender="u2")
+        with pytest.raises(StreamLimitReached):
+            await b.capacity.open_slot("sse", client="10.0.0.3", sender="u3")
+        for _ in range(200):
+            try:
+                third = await b.capacity.open_slot("sse", client="10.0.0.3", sender="u3")
+                break
+            except StreamLimitReached:
+                await asyncio.sleep(0.02)  # wait-ok: polling for the dead slot's expiry, with a bound
+        else:
+            raise AssertionError("the dead replica's slot never expired")
+        # b's own slots outlive their ttl twice over: they are renewed.
+        await asyncio.sleep(0.6)  # wait-ok: two ttls, through which only renewals keep b's slots
+        with pytest.raises(StreamLimitReached):
+            await b.capacity.open_slot("sse", client="10.0.0.4", sender="u4")
+        for slot in (kept, third):
+            b.capacity.close(slot)
+    finally:
+        renewing.cancel()
 
 
 async def test_an_idle_stream_expires_in_the_memory_store_as_in_redis(outboxes):

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from connectors.servicenow.servicenow.base import AgentMessage, ChatClosed, CloseReason, HandoffRequest, SystemNotice
+from connectors.servicenow.servicenow.base import AgentJoined, AgentMessage, ChatClosed, CloseReason, HandoffRequest, SystemNotice
 from connectors.servicenow.servicenow.connect import ConnectBackend
 from connectors.servicenow.servicenow.http import ServiceNowHTTP
 from connectors.servicenow.config import ServiceNowSettings
@@ -73,6 +73,7 @@ async def test_first_poll_reads_the_whole_thread_and_filters_own_messages_and_wo
         result = await backend.poll(chat().ref, chat().cursor)
     assert result.requests == 1  # a short page is the whole thread
     assert result.events == [
+        AgentJoined("Beth Anglin"),  # the arrival, for the stream's status item (issue 21)
         SystemNotice("m2", "Beth Anglin has joined the support session", 2000),
         AgentMessage("m3", "Hi, I'm Beth", "Beth Anglin", 3000),
     ]
@@ -166,7 +167,7 @@ async def test_a_transfer_announced_in_one_batch_is_not_an_end(backend):
     with aioresponses() as mock:
         mock.get(MESSAGES, payload={"result": page})
         result = await backend.poll(state.ref, state.cursor)
-    assert [type(event).__name__ for event in result.events] == ["SystemNotice", "SystemNotice", "AgentMessage"]
+    assert [type(event).__name__ for event in result.events] == ["SystemNotice", "AgentJoined", "SystemNotice", "AgentMessage"]
 
 
 async def test_a_lone_left_text_during_a_transfer_is_confirmed_with_the_session_state(backend):

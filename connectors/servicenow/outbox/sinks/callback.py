@@ -17,6 +17,7 @@ import aiohttp
 from connectors.servicenow.outbox.base import CALLBACK_RETRY, RETAINED_PER_USER, OnDelivered, OnTaken, post_with_retries
 from connectors.servicenow.retry import STORE_WAIT
 from connectors.servicenow.sessions import LazySession
+from connectors.servicenow.signing import CallbackSigner
 from connectors.servicenow.store import OutboxEntry, Store, StoreUnavailable, Taken
 from connectors.servicenow.store.keys import CALLBACK_SINK, callback_lease, stream_of
 
@@ -41,9 +42,12 @@ class CallbackPoster:
         request_timeout: float,
         on_taken: Optional[OnTaken],
         on_delivered: Optional[OnDelivered],
+        secret: Optional[str] = None,
     ) -> None:
+        """``secret``: ``callback_secret``, which signs every POST (signing.py)."""
         self._store = store
         self.url = url
+        self._signer = CallbackSigner(secret)
         self.owner = owner
         self._on_taken = on_taken
         self._on_delivered = on_delivered
@@ -185,7 +189,7 @@ class CallbackPoster:
         renewing = asyncio.ensure_future(self._keep_lease(lease))
         try:
             return await post_with_retries(
-                self._session.get(), self.url, entry.payload, entry.kind, recipient_id, may_retry=still_ours
+                self._session.get(), self.url, entry, recipient_id, signer=self._signer, may_retry=still_ours
             )
         finally:
             renewing.cancel()

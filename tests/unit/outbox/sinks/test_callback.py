@@ -3,18 +3,39 @@ retries; a callback that stays down does not block later items; the replica
 that posts reports each answer and its backlog."""
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
 
 import aiohttp
 from aioresponses import CallbackResult, aioresponses
 
 from connectors.servicenow.config import RetryPolicy
 from connectors.servicenow.outbox.base import HANDOFF_EVENT, status_item
+from connectors.servicenow.signing import delivery_id
 from connectors.servicenow.store.keys import CALLBACK_SINK
 from tests.unit.outbox.conftest import CALLBACK, message
 
 
+def calls(mock):
+    return mock.requests.get(("POST", aiohttp.client.URL(CALLBACK)), [])
+
+
 def posted(mock):
-    return [call.kwargs["json"].get("text") for call in mock.requests.get(("POST", aiohttp.client.URL(CALLBACK)), [])]
+    return [json.loads(call.kwargs["data"]).get("text") for call in calls(mock)]
+
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+def verified(call) -> bool:
+    """What a frontend does (Standard Webhooks), written here without the channel's code."""
+    headers, body = call.kwargs["headers"], call.kwargs["data"]
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(b"k" * 32, signed, hashlib.sha256).digest()).decode()
+    return any(hmac.compare_digest("v1," + expected, part) for part in headers["webhook-signature"].split())
 
 
 async def posters_done(*outboxes):
@@ -32,6 +53,37 @@ async def test_callbacks_are_posted_in_order_and_retried(outboxes, monkeypatch):
         await outbox.drain(timeout=5)
         sent = posted(mock)
     assert sent == ["m0", "m0", "m1", "m2"]  # m0 twice: the 503, then its retry
+
+
+async def test_every_post_is_signed_and_a_retry_keeps_its_delivery_id(outboxes, monkeypatch):
+    monkeypatch.setattr("connectors.servicenow.outbox.base.CALLBACK_RETRY", RetryPolicy(attempts=3, backoff=0.0, max_backoff=0.0))
+    outbox = outboxes(callback_url=CALLBACK, callback_secret=SECRET)
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=503)
+        mock.post(CALLBACK, status=200, repeat=True)
+        stored = await outbox.put("u1", [message("m0"), message("m1")])
+        await outbox.put("u2", [message("other", "u2")])
+        await outbox.drain(timeout=5)
+        made = calls(mock)
+    assert all(verified(call) for call in made)
+    assert all(abs(int(call.kwargs["headers"]["webhook-timestamp"]) - time.time()) < 60 for call in made)
+    ids = [call.kwargs["headers"]["webhook-id"] for call in made]
+    # m0 twice (the 503, its retry) under one id; every delivery its own id, never with a dot.
+    assert ids[0] == ids[1] and len(set(ids)) == 3 and not any("." in webhook_id for webhook_id in ids)
+    assert stored[0].event_id in ids[0] and stored[1].event_id in ids[2]
+    # A body changed on the way no longer verifies.
+    tampered = type(made[0])(made[0].args, {**made[0].kwargs, "data": made[0].kwargs["data"].replace(b"m0", b"m9")})
+    assert not verified(tampered)
+
+
+async def test_without_a_secret_posts_carry_the_delivery_id_and_no_signature(outboxes):
+    outbox = outboxes(callback_url=CALLBACK)
+    with aioresponses() as mock:
+        mock.post(CALLBACK, status=200, repeat=True)
+        await outbox.put("u1", [message("m0")])
+        await outbox.drain(timeout=5)
+        (call,) = calls(mock)
+    assert call.kwargs["headers"]["webhook-id"].startswith("msg_") and "webhook-signature" not in call.kwargs["headers"]
 
 
 async def test_a_callback_that_stays_down_does_not_block_later_items(outboxes, monkeypatch):
@@ -64,7 +116,11 @@ async def test_the_callback_gets_each_item_once_in_order_whichever_replica_put_i
         await asyncio.wait_for(caught_up(), 5)
         await posters_done(a, b)
         sent = posted(mock)
+        ids = [call.kwargs["headers"]["webhook-id"] for call in calls(mock)]
     assert sent == ["one", "two", "three", "four"]  # the status event is for streams only
+    # The delivery id is the stored entry's, whichever replica posted it.
+    entries = [entry for entry in await a.store.read("u1") if entry.to_callback]
+    assert ids == [delivery_id("u1", entry.entry_id) for entry in entries]
     assert await a.store.free_leases() == []  # nothing left for a takeover
 
 

@@ -89,15 +89,15 @@ async def test_an_item_no_socket_took_stays_for_the_next_one(outbox):
     assert back.shown == ["one"]
 
 
-async def test_a_reader_counts_as_an_open_stream_until_it_stops(outbox):
+async def test_a_reader_counts_as_a_reader_of_its_session_until_it_stops(outbox):
     sockets = Sockets()
     reader = outbox.reader("s1", sockets.emit)
-    assert outbox.open_streams == 1
+    assert outbox.readers == 1 and outbox.mailbox_count == 1
     task = asyncio.ensure_future(reader.run())
     await asyncio.wait_for(reader.caught_up.wait(), 5)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert outbox.open_streams == 0 and outbox.mailbox_count == 0
+    assert outbox.readers == 0 and outbox.mailbox_count == 0
 
 
 async def test_a_sessions_pointer_goes_with_its_idle_stream():
