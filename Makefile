@@ -11,7 +11,7 @@ export RASA_TELEMETRY_ENABLED := false
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run run-replicas test typecheck bench install model clean
+.PHONY: run run-replicas test typecheck bench soak install model clean
 
 # In a terminal, the script gets the terminal to itself (bash -m runs it as a
 # job of its own): Ctrl-C then reaches the script, which stops everything and
@@ -63,6 +63,11 @@ typecheck: $(STAMP)
 # BENCH_ARGS="--baseline <commit>" to measure that commit side by side (set up under build/baseline/).
 bench: $(STAMP) $(MODEL)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Faults under load, checked from outside: three replicas per API, redis-server, the emulator, a few
+# hundred users; see docs/reliability.md, "Soak". SOAK_ARGS="--duration 120 --seed 7 --users 60 --faults kill9,redis".
+soak: $(STAMP) $(MODEL)
+	$(PY) -m soak $(SOAK_ARGS)
 
 install: $(STAMP)
 

@@ -99,7 +99,7 @@ tracker_store:
   dialect: sqlite
   db: $work/trackers.db
 lock_store:
-  type: redis
+  type: connectors.servicenow.rasa_glue.lock_store.AtomicRedisLockStore
   url: 127.0.0.1
   port: $REDIS_PORT
   db: 1

@@ -406,3 +406,21 @@ def test_cli_prints_the_report_and_nothing_else(tmp_path, instance):
     # The report's first line says which Rasa it found; the second is the first file it read.
     first, second = result.stdout.splitlines()[:2]
     assert first.startswith("ok       rasa ") and second.startswith("ok       credentials"), result.stdout[:300]
+
+
+async def test_replicas_on_rasas_redis_lock_store_are_warned_and_the_atomic_one_is_ok(tmp_path, instance, redis_server):
+    # Soak finding 6: with redis_url the replicas share conversations, and
+    # Rasa's RedisLockStore loses tickets when two of them race.
+    replicas = connect_options(instance, redis_url=redis_server.url("redis-pass-123"))
+    where = {"url": "127.0.0.1", "port": redis_server.port, "password": "redis-pass-123"}
+    racy = await run(tmp_path, replicas, endpoints={"lock_store": {"type": "redis", **where}}, offline=True)
+    message = one(warnings_(racy, "endpoints"), "Rasa's Redis lock store")
+    assert "replicas" in message
+    atomic = {"type": "connectors.servicenow.rasa_glue.lock_store.AtomicRedisLockStore", **where}
+    safe = await run(tmp_path, replicas, endpoints={"lock_store": atomic}, offline=True)
+    assert not [m for m in warnings_(safe, "endpoints") if "lock store" in m.lower()]
+    one(oks(safe, "endpoints"), "safe across replicas")
+    assert len([m for m in oks(safe, "endpoints") if "answers PING" in m]) == 1
+    one(warnings_(await run(tmp_path, replicas, endpoints={}, offline=True), "endpoints"), "locks conversations for itself")
+    single = await run(tmp_path, connect_options(instance), endpoints={"lock_store": {"type": "redis", **where}}, offline=True)
+    assert not [m for m in warnings_(single, "endpoints") if "lock store" in m.lower()], "one replica: Rasa's is fine"

@@ -34,7 +34,10 @@ def redis(tmp_path_factory) -> Iterator[RedisServer]:
 def replica_endpoints(workdir: Path, redis: RedisServer, name: str) -> Dict[str, Any]:
     return {
         "tracker_store": {"type": "SQL", "dialect": "sqlite", "db": str(workdir / f"{name}-trackers.db")},
-        "lock_store": {"type": "redis", "url": "127.0.0.1", "port": redis.port, "db": 1, "key_prefix": name},
+        "lock_store": {
+            "type": "connectors.servicenow.rasa_glue.lock_store.AtomicRedisLockStore",
+            "url": "127.0.0.1", "port": redis.port, "db": 1, "key_prefix": name,
+        },
     }
 
 

@@ -7,7 +7,17 @@ import time
 
 import pytest
 
-from connectors.servicenow.store import HandoffRecord, NewEntry, TimerClaim, entry_id_after, is_entry_id
+from connectors.servicenow.store import (
+    AlreadyStored,
+    ChatNotLive,
+    Guard,
+    HandoffRecord,
+    LeaseLost,
+    NewEntry,
+    TimerClaim,
+    entry_id_after,
+    is_entry_id,
+)
 from tests.store.conftest import wait_until
 
 RACERS = 20
@@ -247,6 +257,91 @@ async def test_a_repeat_callback_appends_nothing(make_stores):
     one, two = make_stores()
     assert await one.append("user-1", [message("x")], dedupe_key="callback:abc", dedupe_ttl=60)
     assert await two.append("user-1", [message("x")], dedupe_key="callback:abc", dedupe_ttl=60) is None
+    assert len(await one.read("user-1")) == 1
+
+
+# -- guarded appends: what an agent says -------------------------------------------
+
+
+async def test_a_guarded_append_stores_while_the_chat_is_live(make_stores):
+    one, _ = make_stores()
+    assert await one.create_handoff(record())
+    stored = await one.append("user-1", [message("hi")], guard=Guard("user-1", "chat-1"))
+    assert [entry.payload["text"] for entry in stored] == ["hi"]
+
+
+async def test_no_replica_appends_an_agents_words_after_the_chats_end(make_stores):
+    # Finding 1 of the soak: one replica ended the chat while another was
+    # storing what the agent said; the append must not land after the end.
+    one, two = make_stores()
+    assert await one.create_handoff(record())
+    assert await one.end_handoff("user-1", "chat-1")
+    with pytest.raises(ChatNotLive):
+        await two.append("user-1", [message("late")], guard=Guard("user-1", "chat-1"))
+    with pytest.raises(ChatNotLive):
+        await two.append_and_take(
+            "user-1", [message("late")], guard=Guard("user-1", "chat-1"),
+            lease="cb:user-1", owner="b", ttl=30, sink="callback",
+        )
+    assert await two.read("user-1") == []
+    assert await two.lease_owner("cb:user-1") is None, "refused: nothing taken either"
+
+
+async def test_a_guarded_append_for_the_senders_previous_chat_is_refused(make_stores):
+    one, two = make_stores()
+    assert await one.create_handoff(record(chat="chat-2"))
+    with pytest.raises(ChatNotLive):
+        await two.append("user-1", [message("old chat")], guard=Guard("user-1", "chat-1"))
+    assert await two.read("user-1") == []
+
+
+async def test_a_poller_that_lost_its_lease_delivers_nothing(make_stores):
+    # Finding 3: a poll that outlived its lease must not deliver what it found.
+    one, two = make_stores()
+    assert await one.create_handoff(record())
+    assert await one.acquire_lease("poll:chat-1", "b", 30)
+    guard = Guard("user-1", "chat-1", lease="poll:chat-1", owner="a", once_ttl=60)
+    with pytest.raises(LeaseLost):
+        await two.append("user-1", [message("m1", once_key="msg:chat-1:m1")], guard=guard)
+    assert await one.release_lease("poll:chat-1", "b")
+    with pytest.raises(LeaseLost):
+        await two.append("user-1", [message("m1", once_key="msg:chat-1:m1")], guard=guard)
+    assert await two.read("user-1") == []
+    # Nothing was claimed: the holder of the lease delivers it.
+    assert await one.acquire_lease("poll:chat-1", "b", 30)
+    holder = Guard("user-1", "chat-1", lease="poll:chat-1", owner="b", once_ttl=60)
+    assert await one.append("user-1", [message("m1", once_key="msg:chat-1:m1")], guard=holder)
+
+
+async def test_a_message_is_stored_once_and_claimed_only_with_its_append(make_stores):
+    # Finding 9: the claim of a message id and its append are one step; a
+    # refused append claims nothing, and a stored message is never stored again.
+    one, two = make_stores()
+    assert await one.create_handoff(record())
+    guard = Guard("user-1", "chat-1", once_ttl=60)
+    first = [message("m1", once_key="msg:chat-1:m1"), NewEntry({"typing": True}, "typing", False)]
+    assert len(await one.append("user-1", first, guard=guard)) == 2
+    batch = [message("m1", once_key="msg:chat-1:m1"), message("m2", once_key="msg:chat-1:m2")]
+    with pytest.raises(AlreadyStored) as refused:
+        await two.append("user-1", batch, guard=guard)
+    assert refused.value.keys == {"msg:chat-1:m1"}
+    assert len(await two.read("user-1")) == 2, "nothing of the batch appended"
+    assert await two.claim_once("msg:chat-1:m2", 60), "and m2 not claimed"
+
+
+async def test_racing_pollers_store_each_message_once(make_stores):
+    one, two = make_stores()
+    assert await one.create_handoff(record())
+    guard = Guard("user-1", "chat-1", once_ttl=60)
+
+    async def deliver(store):
+        try:
+            return await store.append("user-1", [message("m1", once_key="msg:chat-1:m1")], guard=guard)
+        except AlreadyStored:
+            return None
+
+    results = await race(*(deliver(store) for store in [one, two] * (RACERS // 2)))
+    assert len([result for result in results if result]) == 1
     assert len(await one.read("user-1")) == 1
 
 

@@ -215,12 +215,33 @@ async def test_a_retried_claim_is_recognised_as_the_same_call(layout_store):
 async def test_a_retried_deduped_append_returns_its_own_ids_and_stores_once(layout_store):
     store = layout_store
     keys = [store._key("o:", "user-1"), store._key("s:", "user-1"), store._key("d:", "cb:1")]
-    args = [200, 60_000, 60_000, "token-a", "message", "1", '{"text":"x"}', "message", "1", '{"text":"y"}']
+    no_guard = ["", "", "", "", 0]
+    args = [200, 60_000, 60_000, "token-a", *no_guard, "message", "1", '{"text":"x"}', "", "message", "1", '{"text":"y"}', ""]
     first = await store._append(keys=keys, args=args)
     assert len(first) == 2
     assert await store._append(keys=keys, args=args) == first
     assert await store._append(keys=keys, args=args[:3] + ["token-b"] + args[4:]) is None
     assert len(await store.read("user-1")) == 2
+
+
+async def test_a_retried_guarded_append_returns_its_own_ids_and_stores_once(layout_store):
+    # A poll's messages: no dedupe key, a once key per message; the first
+    # once key's mark carries the call's ids.
+    store = layout_store
+    assert await store.create_handoff(HandoffRecord("user-1", "chat-1", "connect"))
+    assert await store.acquire_lease("poll:chat-1", "replica-a", 30)
+    keys = [store._key("o:", "user-1"), store._key("s:", "user-1")]
+    guard = [store._key("h:", "user-1"), "6:chat-1", store._key("l:", "poll:chat-1"), "replica-a", 60_000]
+    entries = ["message", "1", '{"text":"x"}', store._key("d:", "msg:chat-1:m1"), "typing", "0", "{}", "",
+               "message", "1", '{"text":"y"}', store._key("d:", "msg:chat-1:m2")]
+    args = [200, 60_000, 0, "token-a", *guard, *entries]
+    first = await store._append(keys=keys, args=args)
+    assert len(first) == 3
+    assert await store._append(keys=keys, args=args) == first
+    assert await store._append(keys=keys, args=args[:3] + ["token-b"] + args[4:]) == [
+        2, store._key("d:", "msg:chat-1:m1").encode(), store._key("d:", "msg:chat-1:m2").encode()
+    ]
+    assert len(await store.read("user-1")) == 3
 
 
 async def test_a_retried_sink_advance_is_recognised_as_the_same_call(layout_store):

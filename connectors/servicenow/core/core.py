@@ -110,6 +110,10 @@ class Core:
             )
         self._started = False
         self._stopped = False
+        #: Set when the server starts to stop: requests are refused from then
+        #: on (``ShuttingDown``), so that none starts on clients about to close.
+        self.stopping = False
+        self._closed = False
 
     def _build_edges(self, settings: ServiceNowSettings, store: Optional[Store]) -> None:
         """ServiceNow, the stores and the outbox. Without metrics none of the
@@ -176,6 +180,7 @@ class Core:
         self.dispatcher = Dispatcher(
             settings, self.backend, self.store, self.outbox, self.pending, self.observe, self.work,
             on_closed=self.ending.closed_by_servicenow, on_progress=self.timers.progressed,
+            on_gone=self.ending.ended_elsewhere,
             order=PushOrder(reconciler.records, settings.order_wait) if reconciler is not None else None,
             keyed=reconciler is not None,
         )
@@ -287,14 +292,26 @@ class Core:
         self._tasks.spawn(self.outbox.capacity.renew_forever(), name="servicenow-stream-slots")
 
     async def stop(self) -> None:
-        """When the server stops (the first door to ask stops it): turns and
-        pushes under way finish, acknowledged callbacks are delivered, state
-        is saved, then connections close."""
+        """When the server starts to stop (the first door to ask stops it):
+        new requests are refused, turns and pushes under way finish,
+        acknowledged callbacks are delivered, state is saved. Rasa's agent
+        and event broker are still there (Rasa closes them when the server
+        has stopped)."""
         if self._stopped:
             return
         self._stopped = True
+        self.stopping = True
         self._tasks.cancel()
         await self.shutdown(SHUTDOWN_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Once the server has stopped serving (after Sanic's wait for the
+        requests still running): the clients close, none of them in use."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stopping = True
+        # After Sanic's wait: no stream or socket of this replica is left to hold its slot.
         await self.outbox.capacity.release_all(SHUTDOWN_TIMEOUT_S)
         await self.http.aclose()
         await self.outbox.aclose()

@@ -211,14 +211,14 @@ class Ending:
         over here whatever the stores say. Returns what to answer a request with."""
         async with chat.dispatch_lock:  # waits for a user's end that is saving
             if not self._registry.deactivate(chat):
-                return []
+                # Ended meanwhile here (the poller gave up too, and told the
+                # user); a message that failed still gets its own answer.
+                return await self._not_delivered(chat.sender_id) if undelivered and in_request else []
             if not await self._records.remove(chat.sender_id, chat.chat_id) and not self._records.is_removing(chat.sender_id):
                 # Another replica ended it first, and told the user.
                 self._pending.take(chat.sender_id)
                 logger.info("ServiceNow chat %s was ended by another replica first.", chat.chat_id)
-                if undelivered and in_request:
-                    return await self._speech.say(chat.sender_id, "message_not_delivered")
-                return []
+                return await self._not_delivered(chat.sender_id) if undelivered and in_request else []
         await self._timers.cancel(chat)
         # The unsaved cursor and transcript go into the same write as the
         # end, ahead of it, so that nothing of the chat is saved after it.
@@ -246,6 +246,9 @@ class Ending:
             # request the turn's replies follow it in the same answer.
             answer = answer + await self._handback.run(chat.sender_id, reason.value, in_request=in_request)
         return answer
+
+    async def _not_delivered(self, sender_id: str) -> Messages:
+        return await self._speech.say(sender_id, "message_not_delivered")
 
     async def end_by_user(self, chat: LiveChat, *, hand_back: bool = True) -> Messages:
         """End the handoff at the user's request. Saved first, left after:
@@ -312,6 +315,10 @@ class Ending:
             return await self._store.create_handoff(record)
         except StoreUnavailable:
             return False
+
+    def ended_elsewhere(self, chat: LiveChat) -> None:
+        """The chat's record is gone: another replica ended it (and told the user)."""
+        drop_ended_elsewhere(self._registry, self._pending, chat)
 
     async def closed_by_servicenow(self, chat: LiveChat, closed: ChatClosed) -> None:
         logger.info("ServiceNow chat %s ended (%s).", chat.chat_id, closed.reason.value)

@@ -7,8 +7,11 @@ to the tracker a moment later, coalesced, with a record of the delivered
 messages: rasa_glue/pending.py), and reports the end of the chat. Each agent
 message is delivered once per deployment: a pushed callback is stored with
 its dedupe key in one step before ServiceNow hears 200, and a polled message
-id is claimed in the store, so a poller that took over from a stale cursor
-does not repeat it.
+is stored with its message id's mark in one step, so a poller that took over
+from a stale cursor does not repeat it and one killed in between does not
+lose it. Every append of an agent's words is guarded (``store.Guard``): only
+while the chat is live, so no replica shows them after another ended the
+chat, and for a poll only while its poller holds the chat's lease.
 
 Pushes reach it through callbacks.py, polls through polling.py.
 ``DeliveryReports`` tells ServiceNow an agent message reached the user
@@ -19,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
@@ -42,8 +45,8 @@ from connectors.servicenow.servicenow.base import (
     Cursor,
     SystemNotice,
 )
-from connectors.servicenow.store import OutboxEntry, Store
-from connectors.servicenow.store.keys import message_dedupe
+from connectors.servicenow.store import AlreadyStored, ChatNotLive, Guard, OutboxEntry, Store
+from connectors.servicenow.store.keys import message_dedupe, poll_lease
 from connectors.servicenow.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ RASA_MESSAGE_FIELDS = ("image", "buttons", "attachment", "custom")
 OnClosed = Callable[[LiveChat, ChatClosed], Awaitable[Any]]
 #: The chat moved on while queued: an agent joined, or a new wait estimate came.
 OnProgress = Callable[[LiveChat], Awaitable[Any]]
+#: The chat ended on another replica (its record is gone): drop it here.
+OnGone = Callable[[LiveChat], None]
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Dispatcher:
         *,
         on_closed: OnClosed,
         on_progress: OnProgress,
+        on_gone: OnGone,
         order: Optional[PushOrder] = None,
         keyed: bool = False,
     ) -> None:
@@ -115,6 +121,7 @@ class Dispatcher:
         self._work = work
         self._on_closed = on_closed
         self._on_progress = on_progress
+        self._on_gone = on_gone
         self._order = order
         self._keyed = keyed
 
@@ -126,6 +133,7 @@ class Dispatcher:
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        poller: Optional[str] = None,
         records: Optional[RecordCursor] = None,
         recovered: Sequence[str] = (),
     ) -> bool:
@@ -135,8 +143,13 @@ class Dispatcher:
         With ``dedupe_key`` (a pushed callback) what the events say is stored
         in one step with the key, before this returns, and an end of the
         chat is handled in the background: False when the key was seen before
-        (a repeat, dropped); ``StoreUnavailable`` when nothing could be stored
-        (nothing changed, the push may come again).
+        (a repeat, dropped; keyed, a push whose every message was stored
+        before still ends the chat it closes); ``StoreUnavailable`` when nothing could be stored
+        (nothing changed, the push may come again). ``poller``: the owner of
+        the chat's polling lease that found ``events``; when it holds the
+        lease no more, ``LeaseLost`` and nothing delivered or moved (the new
+        holder polls from the saved cursor). A poll whose events cannot be
+        stored raises ``StoreUnavailable`` the same way: it is made again.
 
         ``records``: where a read of the chat's record got to (reconciliation),
         with the ids of the messages it ``recovered``; the chat's record
@@ -150,14 +163,18 @@ class Dispatcher:
                 arranged = await self._order.arrange(chat.chat_id, chat.records, chat.has_seen, events)
                 self._observe.push_ordered(arranged.waited, arranged.ordered)
                 events, records, from_records = arranged.events, arranged.cursor, set(arranged.recovered)
-            batch = await self._sort(chat, events, polled=cursor is not None)
-            items = await self._store_batch(chat, batch, dedupe_key, dedupe_ttl)
+            try:
+                batch, items = await self._put(chat, events, cursor is not None, poller, dedupe_key, dedupe_ttl)
+            except ChatNotLive:
+                logger.info("Dropping what ServiceNow chat %s said after it ended on another replica.", chat.chat_id)
+                self._on_gone(chat)
+                return True
             if items is None:
-                return False
-            for index in batch.queued:
-                item = items[index]
-                if item is not None:
-                    self._observe.agent_message_queued(item.event_id, arrived)
+                if batch.closed is None or not self._keyed:
+                    return False
+                # Its messages came another way (a read): the end is still news.
+                items = [None] * len(batch.outgoing)
+            self._note_queued(batch, items, arrived)
             self._count_recovered(chat, batch, items, from_records, pushed=dedupe_key is not None)
             batch.records = [record for record, index in zip(batch.records, batch.queued) if items[index] is not None]
             progressed = self._move_on(chat, batch, cursor)
@@ -165,19 +182,55 @@ class Dispatcher:
                 chat.records = records
         if progressed and not chat.ended:
             await self._on_progress(chat)
-        closed = batch.closed
-        if closed is not None:
-            if dedupe_key is not None:
-                # The push is stored: acknowledge it now, end the chat after.
-                self._work.spawn(self._close_after_grace(chat, closed))
-            else:
-                if not self._backend.pulls:
-                    await asyncio.sleep(END_GRACE_S)
-                await self._on_closed(chat, closed)
+        if batch.closed is not None:
+            await self._closed(chat, batch.closed, pushed=dedupe_key is not None)
         return True
 
-    async def _sort(self, chat: LiveChat, events: Sequence[AgentEvent], *, polled: bool) -> _Batch:
-        """Turn events into outbox items, dropping what is handled already."""
+    def _note_queued(self, batch: _Batch, items: Sequence[Optional[OutboundItem]], arrived: float) -> None:
+        for index in batch.queued:
+            item = items[index]
+            if item is not None:
+                self._observe.agent_message_queued(item.event_id, arrived)
+
+    async def _closed(self, chat: LiveChat, closed: ChatClosed, *, pushed: bool) -> None:
+        if pushed:
+            # The push is stored: acknowledge it now, end the chat after.
+            self._work.spawn(self._close_after_grace(chat, closed))
+            return
+        if not self._backend.pulls:
+            await asyncio.sleep(END_GRACE_S)
+        await self._on_closed(chat, closed)
+
+    async def _put(
+        self,
+        chat: LiveChat,
+        events: Sequence[AgentEvent],
+        polled: bool,
+        poller: Optional[str],
+        dedupe_key: Optional[str],
+        dedupe_ttl: float,
+    ) -> Tuple[_Batch, Optional[Sequence[Optional[OutboundItem]]]]:
+        """Put what the events say in the outbox under the chat's guard: the
+        batch, and per item what was stored (None in all: a repeated push)."""
+        guard = Guard(
+            chat.sender_id, chat.chat_id, lease=poll_lease(chat.chat_id) if poller else None, owner=poller,
+            once_ttl=MESSAGE_DEDUPE_TTL_S,
+        )
+        stored_before: AbstractSet[str] = frozenset()
+        while True:
+            batch = self._sort(chat, events, polled=polled, stored_before=stored_before)
+            try:
+                return batch, await self._store_batch(chat, batch, dedupe_key, dedupe_ttl, guard)
+            except AlreadyStored as stored:
+                # Another poller of this chat stored these (this one took
+                # over from a cursor saved before them): the rest go on.
+                stored_before = stored_before | stored.keys
+
+    def _sort(
+        self, chat: LiveChat, events: Sequence[AgentEvent], *, polled: bool, stored_before: AbstractSet[str]
+    ) -> _Batch:
+        """Turn events into outbox items, dropping what is handled already
+        (``stored_before``: the once keys of polled messages another poller stored)."""
         batch = _Batch(joined=chat.agent_joined, estimate=chat.wait_estimate)
         for event in events:
             if isinstance(event, ChatClosed):
@@ -200,12 +253,16 @@ class Dispatcher:
             if not polled and event.message_id in chat.seen_ids:
                 self._observe.duplicate_dropped("message")
                 continue
-            if polled and event.message_id and not await self._first_delivery(chat, event.message_id):
+            once_key = message_dedupe(chat.chat_id, event.message_id) if polled and event.message_id else None
+            if once_key is not None and once_key in stored_before:
+                self._observe.duplicate_dropped("message")
                 continue
-            self._add_message(chat, batch, event, polled=polled)
+            self._add_message(chat, batch, event, polled=polled, once_key=once_key)
         return batch
 
-    def _add_message(self, chat: LiveChat, batch: _Batch, event: AgentEvent, *, polled: bool) -> None:
+    def _add_message(
+        self, chat: LiveChat, batch: _Batch, event: AgentEvent, *, polled: bool, once_key: Optional[str]
+    ) -> None:
         assert isinstance(event, (AgentMessage, SystemNotice))
         if isinstance(event, SystemNotice) and event.kind == "wait":
             if batch.joined:
@@ -222,7 +279,7 @@ class Dispatcher:
             batch.joined = True
         message = user_message(chat.sender_id, event)
         batch.queued.append(len(batch.outgoing))
-        batch.outgoing.append(Outgoing(message))
+        batch.outgoing.append(Outgoing(message, once_key=once_key))
         batch.keys.append(self._key(chat, event.message_id))
         batch.records.append(bot_uttered(message))
         if not polled:
@@ -252,23 +309,26 @@ class Dispatcher:
         return progressed
 
     async def _store_batch(
-        self, chat: LiveChat, batch: _Batch, dedupe_key: Optional[str], dedupe_ttl: float
+        self, chat: LiveChat, batch: _Batch, dedupe_key: Optional[str], dedupe_ttl: float, guard: Guard
     ) -> Optional[Sequence[Optional[OutboundItem]]]:
         if self._keyed:
-            return await self._put_keyed(chat, batch, dedupe_key, dedupe_ttl)
-        return await self._outbox.put(chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+            return await self._put_keyed(chat, batch, dedupe_key, dedupe_ttl, guard)
+        return await self._outbox.put(
+            chat.sender_id, batch.outgoing, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard
+        )
 
     def _key(self, chat: LiveChat, message_id: Optional[str]) -> Optional[str]:
         return message_dedupe(chat.chat_id, message_id) if self._keyed and message_id else None
 
     async def _put_keyed(
-        self, chat: LiveChat, batch: _Batch, push_key: Optional[str], push_ttl: float
+        self, chat: LiveChat, batch: _Batch, push_key: Optional[str], push_ttl: float, guard: Guard
     ) -> Optional[List[Optional[OutboundItem]]]:
         """Store each message with its own dedupe key, in order; what has no
         key (typing, an agent's arrival without an id) goes with the message
         after it, or the last one, or alone under the push's key. Per item of
         ``batch.outgoing``: what was stored, None for a repeat; None in all
-        when nothing was stored and everything was a repeat."""
+        when nothing was stored and everything was a repeat. Each group is
+        stored under ``guard``: a chat that ends in between stores no more."""
         groups: List[Tuple[List[int], Optional[str], float]] = []
         waiting: List[int] = []
         for index, key in enumerate(batch.keys):
@@ -284,7 +344,7 @@ class Dispatcher:
         repeats = 0
         for indices, key, ttl in groups:
             put = await self._outbox.put(
-                chat.sender_id, [batch.outgoing[i] for i in indices], dedupe_key=key, dedupe_ttl=ttl
+                chat.sender_id, [batch.outgoing[i] for i in indices], dedupe_key=key, dedupe_ttl=ttl, guard=guard
             )
             if put is None:
                 repeats += 1
@@ -316,16 +376,6 @@ class Dispatcher:
     async def _close_after_grace(self, chat: LiveChat, closed: ChatClosed) -> None:
         await asyncio.sleep(END_GRACE_S)
         await self._on_closed(chat, closed)
-
-    async def _first_delivery(self, chat: LiveChat, message_id: str) -> bool:
-        """Whether no replica delivered this message before (a poller that
-        took over from a stale cursor). When the store cannot say, yes: a
-        repeat beats a loss."""
-        try:
-            return await self._store.claim_once(message_dedupe(chat.chat_id, message_id), MESSAGE_DEDUPE_TTL_S)
-        except StoreUnavailable as error:
-            logger.warning("Could not check message %s for a repeat (delivering it): %s", message_id, error)
-            return True
 
     def _to_save(self, records: List[TrackerEvent], chat: LiveChat) -> List[TrackerEvent]:
         """What a delivery leaves in the tracker. Only deliveries are saved: a

@@ -307,6 +307,11 @@ class Opening:
             created = await self._records.file(chat, started_at)
         except StoreUnavailable as error:
             logger.error("Not opening a chat for conversation %s: the store is unavailable: %s", chat.sender_id, error)
+            # Redis may have stored the record and lost only the reply (it
+            # stopped right then): removed again, or it would route the
+            # user's messages to a chat nobody is in. Until the removal lands
+            # the conversation's messages wait for it (503, not the chat).
+            await self._records.remove(chat.sender_id, chat.chat_id)
             return await self._notices.tell(chat.sender_id, ["start_failed"], in_request=in_request, record=False)
         if not created:
             logger.info("Conversation %s is already in a chat started by another replica.", chat.sender_id)

@@ -9,13 +9,18 @@ A chat is polled by one replica at a time, under its lease (store/keys.py
 ``poll:<chat id>``): a loop that finds the lease held elsewhere stops, and a
 replica that stops releases its leases so another takes its chats over at
 once (``Chats.take_over_free_chats``); one that dies is replaced once they
-expire.
+expire. The lease is short (two intervals) so that a dead poller is replaced
+soon, and renewed every interval while a poll is under way, which can take
+much longer (``request_timeout`` and retries); what a poll found is stored
+only if its poller still holds the lease then (the append's guard), so a
+poller that lost it to another replica delivers nothing of its late poll.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
@@ -24,7 +29,7 @@ from connectors.servicenow.core.reconciling import ReconcileLoop
 from connectors.servicenow.core.records import lease_time
 from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from connectors.servicenow.servicenow.base import Backend, PollResult
-from connectors.servicenow.store import Store
+from connectors.servicenow.store import LeaseLost, Store
 from connectors.servicenow.store.keys import poll_lease
 from connectors.servicenow.tasks import TaskSet, event_within
 
@@ -209,18 +214,19 @@ class Polling:
                 if chat.ended or not await self._hold_lease(poller):
                     return
                 before = chat.cursor
-                try:
-                    result = await self._poll_once(poller)
-                except ServiceNowError as error:
-                    if not chat.ended:
-                        logger.warning("Polling ServiceNow chat %s keeps failing: %s", chat.chat_id, error)
-                        await self._on_failed(chat, error)
-                    return
-                except Exception:
-                    logger.exception("Unexpected error while polling ServiceNow chat %s; retrying.", chat.chat_id)
-                    continue
-                if result is not None and not chat.ended:
-                    await self._take(poller, result)
+                async with self._lease_kept(poller):
+                    try:
+                        result = await self._poll_once(poller)
+                    except ServiceNowError as error:
+                        if not chat.ended:
+                            logger.warning("Polling ServiceNow chat %s keeps failing: %s", chat.chat_id, error)
+                            await self._on_failed(chat, error)
+                        return
+                    except Exception:
+                        logger.exception("Unexpected error while polling ServiceNow chat %s; retrying.", chat.chat_id)
+                        continue
+                    if result is not None and not chat.ended and not await self._took(poller, result):
+                        return
                 if not chat.ended and chat.cursor != before:
                     await self._on_cursor(chat)
         finally:
@@ -228,6 +234,40 @@ class Polling:
                 del self._pollers[chat.sender_id]
             if chat.poller is asyncio.current_task():
                 chat.poller = None
+
+    async def _took(self, poller: _Poller, result: PollResult) -> bool:
+        """Deliver a poll's result; False when the loop must stop (another
+        replica holds the chat's lease now). A store that cannot take it
+        leaves the cursor where it was: the next poll finds the same again."""
+        try:
+            await self._take(poller, result)
+        except LeaseLost:
+            logger.info("ServiceNow chat %s is polled by another replica now; it delivers what this poll found.", poller.chat.chat_id)
+            return False
+        except StoreUnavailable as error:
+            logger.warning("Could not store what ServiceNow chat %s said; polling it again: %s", poller.chat.chat_id, error)
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _lease_kept(self, poller: _Poller) -> AsyncIterator[None]:
+        """Renew the chat's lease every interval while a poll and its delivery run."""
+        renewing = asyncio.ensure_future(self._renew(poller))
+        try:
+            yield
+        finally:
+            renewing.cancel()
+
+    async def _renew(self, poller: _Poller) -> None:
+        name = poll_lease(poller.chat.chat_id)
+        while True:
+            delay = poller.schedule.delay()
+            await asyncio.sleep(delay)
+            try:
+                call = self._lease_calls.spawn(self._store.renew_lease(name, self.owner, lease_time(delay)))
+                if not await asyncio.shield(call):
+                    return  # lost: the guard of the append refuses this poll's result
+            except StoreUnavailable as error:
+                logger.debug("Could not renew the polling lease of chat %s: %s", poller.chat.chat_id, error)
 
     async def _poll_once(self, poller: _Poller) -> Optional[PollResult]:
         chat = poller.chat
@@ -247,7 +287,8 @@ class Polling:
         poller.schedule.note_activity()
         # Shielded: a shutdown that cancels the loop must not cut a delivery
         # off between queueing messages and saving the cursor.
-        await asyncio.shield(self._work.spawn(self._dispatcher.dispatch(chat, result.events, result.cursor)))
+        delivery = self._dispatcher.dispatch(chat, result.events, result.cursor, poller=self.owner)
+        await asyncio.shield(self._work.spawn(delivery))
 
     async def _hold_lease(self, poller: _Poller) -> bool:
         """Take or renew this chat's polling lease. False, and the loop ends,

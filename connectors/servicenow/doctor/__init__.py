@@ -49,12 +49,12 @@ async def diagnose(paths: Paths, *, offline: bool = False) -> List[Finding]:
     else:
         findings.append(warning("domain", "No domain given and no domain.yml here: slots and responses not checked.",
                                 "Pass --domain."))
+    redis_url = _redis_url(channel)
     if paths.endpoints is not None:
-        findings += check_endpoints(paths.endpoints)
+        findings += check_endpoints(paths.endpoints, replicas=redis_url is not None)
     else:
         findings.append(warning("endpoints", "No endpoints.yml: Rasa keeps trackers in memory, so live handoffs are "
                                              "lost when it restarts.", "Configure a persistent tracker store."))
-    redis_url = _redis_url(channel)
     if redis_url:
         findings.append(check_redis_option(redis_url))
     if channel.settings is not None:

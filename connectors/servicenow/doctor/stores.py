@@ -48,7 +48,15 @@ def check_redis_option(redis_url: str) -> Finding:
     return ping_redis("redis", "redis_url", url=redis_url)
 
 
-def check_endpoints(path: Path) -> List[Finding]:
+#: The lock store to name in endpoints.yml when several replicas share Redis (rasa_glue/lock_store.py).
+ATOMIC_LOCK_STORE = "connectors.servicenow.rasa_glue.lock_store.AtomicRedisLockStore"
+#: Rasa's Redis lock stores, whose ticket lock is read, changed and written back.
+RACY_LOCK_STORES = ("redis", "RedisLockStore", "rasa.core.lock_store.RedisLockStore", "concurrent_redis")
+
+
+def check_endpoints(path: Path, replicas: bool = False) -> List[Finding]:
+    """``replicas``: the channel has ``redis_url``, so several Rasa processes
+    share conversations and need a lock store that is safe across them."""
     from rasa.shared.exceptions import RasaException
     from rasa.utils.endpoints import EndpointConfig
 
@@ -74,11 +82,36 @@ def check_endpoints(path: Path) -> List[Finding]:
         found.append(ok(topic, f"Tracker store: {kind}."))
         if kind == "redis":
             found.append(_ping_endpoint(topic, "tracker_store", tracker_store))
-    lock_kind = (lock_store.type or "in_memory") if lock_store else "in_memory"
-    if lock_kind == "redis":
+    found += _check_lock_store(topic, lock_store, replicas)
+    return found
+
+
+def _check_lock_store(topic: str, lock_store: Any, replicas: bool) -> List[Finding]:
+    kind = (lock_store.type or "in_memory") if lock_store else "in_memory"
+    found = []
+    if kind in RACY_LOCK_STORES or kind == ATOMIC_LOCK_STORE:
         found.append(_ping_endpoint(topic, "lock_store", lock_store))
+    if not replicas:
+        if kind not in RACY_LOCK_STORES and kind != ATOMIC_LOCK_STORE:
+            found.append(ok(topic, f"Lock store: {kind} (enough for one Rasa process)."))
+        return found
+    if kind in RACY_LOCK_STORES:
+        found.append(warning(
+            topic,
+            f"Lock store '{kind}' with redis_url (several replicas): Rasa's Redis lock store reads, changes and writes "
+            "back its ticket lock, so replicas racing on one conversation lose tickets; turns then wait up to 60 s "
+            "and fail (LockError).",
+            f"Use 'type: {ATOMIC_LOCK_STORE}' with the same options (docs/deployment.md).",
+        ))
+    elif kind == ATOMIC_LOCK_STORE:
+        found.append(ok(topic, "Lock store: AtomicRedisLockStore, safe across replicas."))
     else:
-        found.append(ok(topic, f"Lock store: {lock_kind} (enough for one Rasa process)."))
+        found.append(warning(
+            topic,
+            f"Lock store '{kind}' with redis_url (several replicas): each replica locks conversations for itself, so "
+            "two replicas may run turns of one conversation at once.",
+            f"Use 'type: {ATOMIC_LOCK_STORE}' on the replicas' Redis (docs/deployment.md).",
+        ))
     return found
 
 

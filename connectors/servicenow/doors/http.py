@@ -82,6 +82,13 @@ def retry_later(error: Exception) -> HTTPResponse:
     return response.json(failure.body(), status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+def shutting_down() -> HTTPResponse:
+    """The 503 for a request that reaches a server on its way out: nothing was
+    handled, another replica (or this one, restarted) takes it."""
+    failure = PayloadError(503, "ShuttingDown", "This server is stopping; try again shortly.")
+    return response.json(failure.body(), status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def log_unanswered_turn(turn: "asyncio.Task[Any]") -> None:
     """The client hung up before its answer; say how the turn ended."""
     if turn.cancelled():

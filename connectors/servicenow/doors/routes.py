@@ -41,6 +41,7 @@ from connectors.servicenow.doors.http import (
     log_unanswered_turn,
     malformed_request_response,
     retry_later,
+    shutting_down,
     stream_limit_error,
 )
 from connectors.servicenow.doors.open_streams import OpenStreams
@@ -124,10 +125,24 @@ class HTTPRoutes:
         async def start_core(app: Sanic, _loop: Any) -> None:
             await core.start(app)
 
+        # Sanic runs before_server_stop as soon as SIGTERM comes, while it
+        # still serves, then waits (GRACEFUL_SHUTDOWN_TIMEOUT) for the
+        # requests under way, then runs after_server_stop. So: refuse new
+        # work first (503 ShuttingDown: a balancer's health check drops this
+        # replica, a client or ServiceNow sends again), end the streams (else
+        # Sanic waits 15 s for them), let the core finish and save what runs
+        # while Rasa's agent and event broker are still open (Rasa closes
+        # them in after_server_stop, before listeners registered earlier
+        # run), and close the clients last, when no request can use them.
         @blueprint.listener("before_server_stop")
         async def stop_core(_app: Sanic, _loop: Any) -> None:
+            core.stopping = True
             await self.open_streams.close(SHUTDOWN_TIMEOUT_S)
             await core.stop()
+
+        @blueprint.listener("after_server_stop")
+        async def close_core(_app: Sanic, _loop: Any) -> None:
+            await core.close()
 
     def _add_guards(self, blueprint: Blueprint) -> None:
         routes_with_body = body_routes(self.prefix)
@@ -162,7 +177,7 @@ class HTTPRoutes:
         outbox = self.core.outbox
         return response.json(
             {
-                "status": "ok",
+                "status": "stopping" if self.core.stopping else "ok",
                 "api": self.settings.api,
                 "live_chats": len(self.core.registry),
                 # Per-conversation state the channel holds: flat under anonymous traffic.
@@ -171,7 +186,8 @@ class HTTPRoutes:
                 "open_streams": outbox.open_streams,
                 "socketio_sockets": outbox.capacity.open_by_kind[SOCKETIO],
                 "socketio_readers": outbox.readers,
-            }
+            },
+            status=503 if self.core.stopping else 200,
         )
 
     async def receive(self, request: Request, on_new_message: OnNewMessage) -> HTTPResponse:
@@ -185,6 +201,8 @@ class HTTPRoutes:
             self.authorize(claims, payload.sender)
         except PayloadError as error:
             return error_response(error)
+        if self.core.stopping:
+            return shutting_down()
         agent = self.core.agent()
         if agent is None or not agent.is_ready():
             not_ready = PayloadError(503, "AgentNotReady", "The assistant is not loaded yet; try again shortly.")
@@ -214,6 +232,8 @@ class HTTPRoutes:
             self.authorize(claims, payload.sender)
         except PayloadError as error:
             return error_response(error)
+        if self.core.stopping:
+            return shutting_down()
         self.core.bind(request.app)
         try:
             # The chat may have started on another replica: the store says.
@@ -240,6 +260,8 @@ class HTTPRoutes:
             return response.json(error.body(), status=error.status)
         except CallbackError as error:
             return response.json(PayloadError(400, "InvalidCallback", str(error)).body(), status=400)
+        if self.core.stopping:
+            return shutting_down()  # not acknowledged: ServiceNow pushes it again
         self.core.bind(request.app)
         intake = self.core.callbacks
         try:
@@ -264,6 +286,8 @@ class HTTPRoutes:
             self.authorize(self.authenticate(request, query_token=request.args.get("token")), sender)
         except PayloadError as error:
             return error_response(error)
+        if self.core.stopping:
+            return shutting_down()  # the browser reconnects, to another replica
         last_event_id = request.headers.get("last-event-id") or request.args.get("last_event_id")
         capacity = self.core.outbox.capacity
         try:

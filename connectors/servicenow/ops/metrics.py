@@ -44,6 +44,7 @@ REJECTION_REASONS = frozenset(
         "NotFound",
         "PayloadTooLarge",
         "StoreUnavailable",
+        "ShuttingDown",
         "StreamCapacityReached",
         "TooManyClientStreams",
         "TooManyStreams",

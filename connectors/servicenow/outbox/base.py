@@ -62,9 +62,11 @@ class Outgoing:
     payload: Mapping[str, Any]
     kind: str = MESSAGE_EVENT
     to_callback: bool = True
+    #: Stored once per deployment (a guarded put: ``NewEntry.once_key``).
+    once_key: Optional[str] = None
 
     def entry(self) -> NewEntry:
-        return NewEntry(self.payload, self.kind, self.to_callback)
+        return NewEntry(self.payload, self.kind, self.to_callback, self.once_key)
 
 
 def item_of(entry: OutboxEntry) -> OutboundItem:

@@ -9,9 +9,10 @@
   (``sinks/sse.py``) and socket.io sessions (``sinks/socketio.py``). All of
   them read the stream the same way (``subscription.py``).
 * When the store cannot take an item it waits in this process, in order,
-  and is retried until the store is back; only a push that must be stored
-  before it is acknowledged (``dedupe_key``) fails instead (503, retried by
-  ServiceNow).
+  and is retried until the store is back; a push that must be stored before
+  it is acknowledged (``dedupe_key``) fails instead (503, retried by
+  ServiceNow), and so do an agent's words (``guard``), whose conditions only
+  hold at the moment of the append (the poll is repeated).
 * Open streams and socket.io sockets hold slots counted in the store, for
   the deployment (``capacity.py``); a subscription or a reader is made for
   one that holds its slot.
@@ -42,7 +43,7 @@ from connectors.servicenow.outbox.sinks.socketio import Emit, SessionReader
 from connectors.servicenow.outbox.sinks.sse import StreamSubscription
 from connectors.servicenow.outbox.capacity import StreamCapacity
 from connectors.servicenow.retry import STORE_WAIT
-from connectors.servicenow.store import NewEntry, OutboxEntry, Store, StoreUnavailable, Taken
+from connectors.servicenow.store import Guard, NewEntry, OutboxEntry, Store, StoreUnavailable, Taken
 from connectors.servicenow.store.keys import CALLBACK_SINK, callback_lease, stream_of
 
 logger = logging.getLogger(__name__)
@@ -123,27 +124,36 @@ class Outbox:
     # -- putting -------------------------------------------------------------
 
     async def put(
-        self, recipient_id: str, items: Sequence[Outgoing], *, dedupe_key: Optional[str] = None, dedupe_ttl: float = 0.0
+        self,
+        recipient_id: str,
+        items: Sequence[Outgoing],
+        *,
+        dedupe_key: Optional[str] = None,
+        dedupe_ttl: float = 0.0,
+        guard: Optional[Guard] = None,
     ) -> Optional[List[OutboundItem]]:
         """Store items in order and start their delivery. None when
         ``dedupe_key`` was claimed before (a repeat: nothing stored). With
-        ``dedupe_key`` a failing store raises ``StoreUnavailable``; without,
-        the items wait here and are stored once it is back."""
+        ``guard``, stored only while its conditions hold (else the store's
+        ``AppendRefused``). With either, a failing store raises
+        ``StoreUnavailable``; without, the items wait here and are stored
+        once it is back."""
         entries = [item.entry() for item in items]
         if not entries:
             return []
+        must_store_now = dedupe_key is not None or guard is not None
         try:
             async with self._order.hold(recipient_id, PUT_WAIT_S):
                 backlog = self._backlog.get(recipient_id)
                 if backlog is not None:
-                    if dedupe_key is not None:
+                    if must_store_now:
                         raise StoreUnavailable("earlier items of this conversation still wait for the store")
                     backlog.extend(entries)
                     return unstored(items)
                 try:
-                    stored, taken, took = await self._append(recipient_id, entries, dedupe_key, dedupe_ttl)
+                    stored, taken, took = await self._append(recipient_id, entries, dedupe_key, dedupe_ttl, guard)
                 except StoreUnavailable as error:
-                    if dedupe_key is not None:
+                    if must_store_now:
                         raise
                     logger.error(
                         "Keeping %d item(s) for conversation %s here until the store is back: %s",
@@ -166,7 +176,12 @@ class Outbox:
         return [item_of(entry) for entry in stored]
 
     async def _append(
-        self, recipient_id: str, entries: List[NewEntry], dedupe_key: Optional[str], dedupe_ttl: float
+        self,
+        recipient_id: str,
+        entries: List[NewEntry],
+        dedupe_key: Optional[str],
+        dedupe_ttl: float,
+        guard: Optional[Guard],
     ) -> Tuple[Optional[List[OutboxEntry]], Optional[Taken], bool]:
         """Append; with nobody posting this conversation here, the append
         takes its callback lease too, so its first POST waits for no store
@@ -175,9 +190,10 @@ class Outbox:
         stream = stream_of(recipient_id)
         poster = self.callback
         if poster is None or poster.is_posting(recipient_id) or not any(entry.to_callback for entry in entries):
-            return await self.store.append(stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl), None, False
+            appended = await self.store.append(stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard)
+            return appended, None, False
         both = await self.store.append_and_take(
-            stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl,
+            stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard,
             lease=callback_lease(recipient_id), owner=poster.owner, ttl=poster.lease_s,
             sink=CALLBACK_SINK, limit=POST_BATCH,
         )

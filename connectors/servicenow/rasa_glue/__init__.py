@@ -9,6 +9,7 @@
 ``output``     the output channels that collect a turn or send it through the outbox
 ``tuning``     process-wide tuning of Rasa (``gc.freeze``, the event class cache)
 ``workers``    several Sanic workers are replicas: refused without a shared store
+``lock_store`` ``AtomicRedisLockStore``: Rasa's Redis lock store, safe across replicas (named in endpoints.yml)
 
 One Rasa import lives elsewhere: ``errors.ConfigurationError`` is a
 ``RasaException`` (so ``rasa run`` reports it without a trace), and errors.py

@@ -13,6 +13,9 @@ Five kinds of state, each with the guarantee the core builds on:
   keep growing across replicas and restarts. Readers can block until an entry
   arrives. Each sink (the callback, SSE streams) keeps its own delivered-up-to
   pointer, which only moves forward and reports whether this caller moved it.
+  What an agent says is appended under a ``Guard``, checked in the same step:
+  only while its chat is live, only by the replica that polls it, each
+  message once.
 * **Leases**: one holder per name at a time, with expiry, so one replica polls
   a chat; registered names whose lease is free can be listed, so a live
   replica takes over the chats of a dead one.
@@ -49,6 +52,30 @@ from connectors.servicenow import errors
 
 class StoreError(Exception):
     """The store could not do what was asked."""
+
+
+class AppendRefused(Exception):
+    """A guarded append (``Guard``) found its condition false: nothing was
+    appended and nothing claimed. Not a failure of the store."""
+
+
+class ChatNotLive(AppendRefused):
+    """The guard's chat is no longer the sender's live handoff: it ended (on
+    any replica), so what its agent said is not shown after the end."""
+
+
+class LeaseLost(AppendRefused):
+    """The guard's lease is not the owner's any more: another replica polls
+    the chat now, and delivers what this poll found."""
+
+
+class AlreadyStored(AppendRefused):
+    """Some entries' ``once_key`` was stored before (a poller that took over
+    from a stale cursor): drop those and append the others again."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        super().__init__(f"{len(keys)} entry(ies) stored before")
+        self.keys = frozenset(keys)
 
 
 class StoreUnavailable(StoreError, errors.StoreUnavailable):
@@ -139,6 +166,31 @@ class NewEntry:
     kind: str = "message"
     #: Whether the callback sink receives it as well as streams.
     to_callback: bool = True
+    #: Only with a ``Guard``: the entry is stored once per deployment within
+    #: the guard's ``once_ttl`` (a ServiceNow message id).
+    once_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What an append of an agent's words checks in its own atomic step, so
+    that no replica shows them after the chat's end, none delivers a poll it
+    no longer holds the chat for, and none stores a message twice (or claims
+    one it does not store):
+
+    * the sender's handoff record is still chat ``chat_id`` (else ``ChatNotLive``);
+    * with ``lease``, ``owner`` holds it (else ``LeaseLost``);
+    * no entry's ``once_key`` was stored within ``once_ttl`` seconds (else
+      ``AlreadyStored``, naming them); the entries' keys are claimed with the
+      append.
+
+    Each refusal leaves everything as it was."""
+
+    sender_id: str
+    chat_id: str
+    lease: Optional[str] = None
+    owner: Optional[str] = None
+    once_ttl: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -323,11 +375,14 @@ class Store(abc.ABC):
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        guard: Optional[Guard] = None,
     ) -> Optional[List[OutboxEntry]]:
         """Append entries in order, in one atomic step, and wake blocked
         readers. With ``dedupe_key``, the append happens only if the key was
         not claimed within ``dedupe_ttl`` seconds (claim and append together:
-        a callback is stored exactly once); None when it was a repeat.
+        a callback is stored exactly once); None when it was a repeat. With
+        ``guard``, only if its conditions hold in the same step (else an
+        ``AppendRefused``, nothing changed); a repeat is recognised first.
 
         The stream keeps at least its latest ``retained`` entries and expires
         ``stream_ttl`` seconds after its last append or sink move."""
@@ -408,6 +463,7 @@ class Store(abc.ABC):
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        guard: Optional[Guard] = None,
         lease: str,
         owner: str,
         ttl: float,
@@ -417,8 +473,9 @@ class Store(abc.ABC):
         """``append``, then ``take_job`` of ``stream``'s sink ``sink``, in
         one step where the store can. None when the append was a repeat
         (nothing appended, nothing taken); else the stored entries and what
-        ``take_job`` returned (None: another holder has the lease)."""
-        stored = await self.append(stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl)
+        ``take_job`` returned (None: another holder has the lease). A
+        ``guard`` that refuses raises as ``append``'s does, nothing taken."""
+        stored = await self.append(stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard)
         if stored is None:
             return None
         return stored, await self.take_job(lease, owner, ttl, stream, sink, limit)

@@ -27,8 +27,12 @@ from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequenc
 
 from connectors.servicenow.store.memory_counts import MemoryCounts
 from connectors.servicenow.store.base import (
+    AlreadyStored,
+    ChatNotLive,
+    Guard,
     HandoffMirror,
     HandoffRecord,
+    LeaseLost,
     NewEntry,
     OutboxEntry,
     Store,
@@ -183,10 +187,12 @@ class MemoryStore(MemoryCounts, Store):
     async def claim_once(self, key: str, ttl: float) -> bool:
         return self._claim(key, ttl)
 
+    def _claimed(self, key: str) -> bool:
+        return self._dedupe.get(key, 0.0) > self._clock()
+
     def _claim(self, key: str, ttl: float) -> bool:
         now = self._clock()
-        expires = self._dedupe.get(key)
-        if expires is not None and expires > now:
+        if self._claimed(key):
             return False
         self._dedupe.pop(key, None)
         self._dedupe[key] = now + ttl
@@ -250,10 +256,15 @@ class MemoryStore(MemoryCounts, Store):
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        guard: Optional[Guard] = None,
     ) -> Optional[List[OutboxEntry]]:
         self._sweep()
-        if dedupe_key is not None and not self._claim(dedupe_key, dedupe_ttl):
+        if dedupe_key is not None and self._claimed(dedupe_key):
             return None
+        if guard is not None:
+            self._check(guard, entries)
+        if dedupe_key is not None:
+            self._claim(dedupe_key, dedupe_ttl)
         kept = self._live_stream(stream) or self._new_stream(stream)
         self._warn_if_undelivered_drop(stream, kept, len(entries))
         added = []
@@ -267,6 +278,19 @@ class MemoryStore(MemoryCounts, Store):
             kept.appended.set()
             kept.appended = None
         return added
+
+    def _check(self, guard: Guard, entries: Sequence[NewEntry]) -> None:
+        """Raise the guard's refusal, or claim the entries' once keys."""
+        record = self._handoffs.get(guard.sender_id)
+        if record is None or record.chat_id != guard.chat_id:
+            raise ChatNotLive(f"chat {guard.chat_id} of {guard.sender_id} is not live")
+        if guard.lease is not None and self._holder(guard.lease) != guard.owner:
+            raise LeaseLost(f"lease {guard.lease} is not {guard.owner}'s")
+        keys = [entry.once_key for entry in entries if entry.once_key is not None]
+        if any(self._claimed(key) for key in keys):
+            raise AlreadyStored([key for key in keys if self._claimed(key)])
+        for key in keys:
+            self._claim(key, guard.once_ttl)
 
     def _warn_if_undelivered_drop(self, name: str, kept: _Stream, appending: int) -> None:
         """Say so when making room drops an entry no sink has taken (nobody

@@ -44,7 +44,7 @@ A dropped connection: redis-py resends a command once on a fresh connection
 the first try may have run. Every script that answers "someone else got
 there first" recognises its own retry (same chat id, or a per-call token) and
 answers as the first try did: ``create_handoff``, ``claim_once``, ``append``
-with a ``dedupe_key``, ``advance_sink`` (and ``advance_and_next``),
+with a ``dedupe_key`` or entries' ``once_key``, ``advance_sink`` (and ``advance_and_next``),
 ``acquire_lease``, ``renew_lease``.
 The rest err on the safe side: an ``append`` without a dedupe key may store
 an entry twice (at least once, never lost); ``end_handoff`` may answer None
@@ -79,7 +79,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from connectors.servicenow.store import keys as key_names
 from connectors.servicenow.store.redis_counts import RedisCounts
 from connectors.servicenow.store.base import (
+    AlreadyStored,
+    AppendRefused,
+    ChatNotLive,
+    Guard,
     HandoffRecord,
+    LeaseLost,
     NewEntry,
     OutboxEntry,
     Store,
@@ -160,32 +165,65 @@ return 1
 """
 
 # KEYS: stream, sinks, [dedupe]; ARGV: retained, ttl ms, dedupe ttl ms,
-# token, then kind, to-callback, payload per entry. The dedupe mark holds the
-# token and the ids appended, so a retried call gets its own ids back.
+# token, then the guard (the record's key, or '' for none; the
+# chat's header, the lease's key or '', its owner, once ttl ms), then kind,
+# to-callback, payload, once key (the full key or '') per entry. The dedupe
+# mark, or else the first once key's mark, holds the token and the ids
+# appended, so a retried call gets its own ids back; the other once keys
+# hold the token. A guard that refuses answers {0} (the chat is not live),
+# {1} (the lease is another's) or {2, keys stored before...}.
 _APPEND_FUNCTION = """
+local function ids_of(mark)
+  local ids = {}
+  for id in string.gmatch(string.sub(mark, #ARGV[4] + 2), '%S+') do ids[#ids + 1] = id end
+  return ids
+end
 local function append(stream, sinks, dedupe, first)
+  local own = ARGV[4] .. ' '
   if dedupe then
     local mark = redis.call('GET', dedupe)
     if mark then
-      if string.sub(mark, 1, #ARGV[4] + 1) ~= ARGV[4] .. ' ' then return false end
-      local ids = {}
-      for id in string.gmatch(string.sub(mark, #ARGV[4] + 2), '%S+') do ids[#ids + 1] = id end
-      return ids
+      if string.sub(mark, 1, #own) ~= own then return false end
+      return ids_of(mark)
     end
   end
+  local first_once = nil
+  for i = first, #ARGV, 4 do
+    if ARGV[i + 3] ~= '' then first_once = ARGV[i + 3] break end
+  end
+  if first_once then
+    local mark = redis.call('GET', first_once)
+    if mark and string.sub(mark, 1, #own) == own then return ids_of(mark) end
+  end
+  if ARGV[5] ~= '' then
+    local record = redis.call('GET', ARGV[5])
+    if (not record) or string.sub(record, 1, #ARGV[6]) ~= ARGV[6] then return {0} end
+    if ARGV[7] ~= '' and redis.call('GET', ARGV[7]) ~= ARGV[8] then return {1} end
+    local stored = {2}
+    for i = first, #ARGV, 4 do
+      if ARGV[i + 3] ~= '' and redis.call('EXISTS', ARGV[i + 3]) == 1 then stored[#stored + 1] = ARGV[i + 3] end
+    end
+    if #stored > 1 then return stored end
+  end
   local ids = {}
-  for i = first, #ARGV, 3 do
+  for i = first, #ARGV, 4 do
     ids[#ids + 1] = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*',
                                'k', ARGV[i], 'c', ARGV[i + 1], 'p', ARGV[i + 2])
   end
   redis.call('PEXPIRE', stream, ARGV[2])
   redis.call('PEXPIRE', sinks, ARGV[2])
   redis.call('PUBLISH', stream, ids[#ids])
-  if dedupe then redis.call('SET', dedupe, ARGV[4] .. ' ' .. table.concat(ids, ' '), 'PX', ARGV[3]) end
+  local all = own .. table.concat(ids, ' ')
+  if dedupe then redis.call('SET', dedupe, all, 'PX', ARGV[3]) end
+  for i = first, #ARGV, 4 do
+    local key = ARGV[i + 3]
+    if key == first_once then redis.call('SET', key, all, 'PX', ARGV[9])
+    elseif key ~= '' then redis.call('SET', key, ARGV[4], 'PX', ARGV[9]) end
+  end
   return ids
 end
 """
-_APPEND = _APPEND_FUNCTION + "return append(KEYS[1], KEYS[2], KEYS[3], 5)"
+_APPEND = _APPEND_FUNCTION + "return append(KEYS[1], KEYS[2], KEYS[3], 10)"
 
 # KEYS: sinks, stream; ARGV: sink, entry id, ttl ms, token. A pointer is
 # stored as "<entry id> <token of the call that moved it>".
@@ -281,12 +319,13 @@ return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[
 """
 
 # KEYS: stream, sinks, lease, leases, [dedupe]; ARGV: as _APPEND's first
-# four, then as _TAKE_JOB's, then the entries: ``append_and_take``. A
+# nine, then as _TAKE_JOB's, then the entries: ``append_and_take``. A
 # retried call appends nothing again and takes again (it is its own lease).
 _APPEND_AND_TAKE = _APPEND_FUNCTION + _TAKE_FUNCTION + """
-local ids = append(KEYS[1], KEYS[2], KEYS[5], 11)
+local ids = append(KEYS[1], KEYS[2], KEYS[5], 16)
 if not ids then return false end
-return {ids, take(KEYS[3], KEYS[4], KEYS[2], KEYS[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]) or 0}
+if type(ids[1]) == 'number' then return ids end
+return {ids, take(KEYS[3], KEYS[4], KEYS[2], KEYS[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]) or 0}
 """
 
 # KEYS and ARGV as _TAKE_JOB's. ``let_go``: the check for entries after the
@@ -486,29 +525,38 @@ class RedisStore(RedisCounts, Store):
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        guard: Optional[Guard] = None,
     ) -> Optional[List[OutboxEntry]]:
-        keys = [self._key(key_names.OUTBOX, stream), self._key(key_names.SINKS, stream)]
-        if dedupe_key is not None:
-            keys.append(self._key(key_names.DEDUPE, dedupe_key))
-        args: List[Any] = [
-            self.retained,
-            _ms(self.stream_ttl),
-            _ms(dedupe_ttl) if dedupe_key is not None else 0,
-            _token(),
-        ]
-        for entry in entries:
-            args += [entry.kind, "1" if entry.to_callback else "0", dump_payload(entry.payload)]
         if not entries:
             if dedupe_key is None:
                 return []
             return [] if await self.claim_once(dedupe_key, dedupe_ttl) else None
+        keys = [self._key(key_names.OUTBOX, stream), self._key(key_names.SINKS, stream)]
+        if dedupe_key is not None:
+            keys.append(self._key(key_names.DEDUPE, dedupe_key))
+        args = self._append_args(dedupe_key, dedupe_ttl, guard) + self._entry_args(entries, guard)
         ids = await self._run(self._append(keys=keys, args=args))
         if ids is None:
             return None
-        return [
-            OutboxEntry(entry_id.decode(), entry.kind, entry.payload, entry.to_callback)
-            for entry_id, entry in zip(ids, entries)
+        return _appended(ids, entries, self._key(key_names.DEDUPE))
+
+    def _append_args(self, dedupe_key: Optional[str], dedupe_ttl: float, guard: Optional[Guard]) -> List[Any]:
+        """The arguments every append script starts with (see _APPEND_FUNCTION)."""
+        args: List[Any] = [self.retained, _ms(self.stream_ttl), _ms(dedupe_ttl) if dedupe_key is not None else 0, _token()]
+        if guard is None:
+            return args + ["", "", "", "", 0]
+        lease_key = self._key(key_names.LEASE, guard.lease) if guard.lease is not None else ""
+        return args + [
+            self._key(key_names.HANDOFF, guard.sender_id), _header(guard.chat_id), lease_key, guard.owner or "",
+            _ms(guard.once_ttl),
         ]
+
+    def _entry_args(self, entries: Sequence[NewEntry], guard: Optional[Guard]) -> List[Any]:
+        args: List[Any] = []
+        for entry in entries:
+            once = self._key(key_names.DEDUPE, entry.once_key) if guard is not None and entry.once_key else ""
+            args += [entry.kind, "1" if entry.to_callback else "0", dump_payload(entry.payload), once]
+        return args
 
     async def read(
         self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
@@ -610,6 +658,7 @@ class RedisStore(RedisCounts, Store):
         *,
         dedupe_key: Optional[str] = None,
         dedupe_ttl: float = 0.0,
+        guard: Optional[Guard] = None,
         lease: str,
         owner: str,
         ttl: float,
@@ -618,30 +667,21 @@ class RedisStore(RedisCounts, Store):
     ) -> Optional[Tuple[List[OutboxEntry], Optional[Taken]]]:
         if not entries:
             return await super().append_and_take(
-                stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl,
+                stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard,
                 lease=lease, owner=owner, ttl=ttl, sink=sink, limit=limit,
             )
         keys = [self._key(key_names.OUTBOX, stream), self._key(key_names.SINKS, stream), self._key(key_names.LEASE, lease), self._key(key_names.LEASES)]
         if dedupe_key is not None:
             keys.append(self._key(key_names.DEDUPE, dedupe_key))
-        args: List[Any] = [
-            self.retained,
-            _ms(self.stream_ttl),
-            _ms(dedupe_ttl) if dedupe_key is not None else 0,
-            _token(),
-            owner, _ms(ttl), _now_ms(), lease, sink, limit,
-        ]
-        for entry in entries:
-            args += [entry.kind, "1" if entry.to_callback else "0", dump_payload(entry.payload)]
+        args = self._append_args(dedupe_key, dedupe_ttl, guard) + [owner, _ms(ttl), _now_ms(), lease, sink, limit]
+        args += self._entry_args(entries, guard)
         reply = await self._run(self._append_and_take(keys=keys, args=args))
         if reply is None:
             return None
+        if reply and isinstance(reply[0], int):
+            raise _refusal(reply, self._key(key_names.DEDUPE))
         ids, taken = reply
-        stored = [
-            OutboxEntry(entry_id.decode(), entry.kind, entry.payload, entry.to_callback)
-            for entry_id, entry in zip(ids, entries)
-        ]
-        return stored, (_taken(taken) if taken else None)
+        return _appended(ids, entries, self._key(key_names.DEDUPE)), (_taken(taken) if taken else None)
 
     async def advance_and_next(
         self, stream: str, sink: str, entry_id: str, lease: str, owner: str, ttl: float, limit: int = 100
@@ -906,6 +946,25 @@ def _entry(entry_id: bytes, fields: Dict[bytes, bytes]) -> OutboxEntry:
         payload=json.loads(fields[b"p"]),
         to_callback=fields[b"c"] == b"1",
     )
+
+
+def _appended(ids: Sequence[Any], entries: Sequence[NewEntry], dedupe_prefix: str) -> List[OutboxEntry]:
+    """The stored entries, or the guard's refusal raised."""
+    if ids and isinstance(ids[0], int):
+        raise _refusal(ids, dedupe_prefix)
+    return [
+        OutboxEntry(entry_id.decode(), entry.kind, entry.payload, entry.to_callback)
+        for entry_id, entry in zip(ids, entries)
+    ]
+
+
+def _refusal(reply: Sequence[Any], dedupe_prefix: str) -> AppendRefused:
+    """What a guarded append script's refusal ({0}, {1} or {2, keys...}) means."""
+    if reply[0] == 0:
+        return ChatNotLive("the chat is not live")
+    if reply[0] == 1:
+        return LeaseLost("the lease is another's")
+    return AlreadyStored([key[len(dedupe_prefix.encode()) :].decode() for key in reply[1:]])
 
 
 def _taken(reply: Sequence[Any]) -> Taken:

@@ -16,7 +16,7 @@ from connectors.servicenow.ops.observe import Observer
 from connectors.servicenow.outbox.stream import Outbox
 from connectors.servicenow.rasa_glue.pending import PendingWrites
 from connectors.servicenow.servicenow.base import AgentMessage, ChatClosed, CloseReason, PollResult
-from connectors.servicenow.store import MemoryStore
+from connectors.servicenow.store import HandoffRecord, MemoryStore
 from connectors.servicenow.store.redis import RedisStore
 from connectors.servicenow.tasks import TaskSet
 from tests.unit.support import GROUP, OPTIONS, MESSAGES, SESSIONS, TEXTS, requests_to, say
@@ -70,11 +70,16 @@ class Relay:
         async def progressed(chat):
             pass
 
+        self.gone = []
         self.dispatcher = Dispatcher(
             settings, backend, self.store, self.outbox, self.pending, Observer(), self.work,
-            on_closed=recorder.on_closed, on_progress=progressed, keyed=keyed, order=order,
+            on_closed=recorder.on_closed, on_progress=progressed, on_gone=self.gone.append, keyed=keyed, order=order,
         )
-        self.dispatch = self.dispatcher.dispatch
+
+    async def dispatch(self, chat, *args, **kwargs):
+        """Dispatch for a live chat: its record is filed first (as opening it does)."""
+        await self.store.create_handoff(HandoffRecord(chat.sender_id, chat.chat_id, self.backend.api))
+        return await self.dispatcher.dispatch(chat, *args, **kwargs)
 
     async def flush(self, chat):
         await self.pending.flush(chat.sender_id)
@@ -228,13 +233,16 @@ def pollers(backend, store, owner):
         pass
 
     relay = Relay(backend, REPLICA_SETTINGS, RecordingSlots(), Recorder(), store=store)
-    return Polling(
+    polling = Polling(
         REPLICA_SETTINGS, backend, store, relay.dispatcher, TaskSet(), owner=owner, on_failed=failed, on_cursor=cursor_moved
     )
+    polling.relay = relay  # type: ignore[attr-defined]
+    return polling
 
 
 async def stop(polling):
     await polling.release(await polling.stop_polling(timeout=1), timeout=1)
+    await polling.relay.stop()
 
 
 class CountingPullBackend(PullBackend):

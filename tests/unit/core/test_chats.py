@@ -2,11 +2,13 @@
 process (read back from the tracker slots after a restart) or on replicas
 (one Redis); whether one is in handoff is never guessed when a store fails."""
 
+import asyncio
+
 import pytest
 from aioresponses import aioresponses
 from types import SimpleNamespace
 
-from connectors.servicenow.errors import StoreUnavailable
+from connectors.servicenow.errors import ServiceNowError, StoreUnavailable
 from tests.unit.core.helpers import forwarded, start_live
 from tests.unit.support import GROUP, LEAVE, MESSAGES, TEXTS, body_of, requests_to, say
 
@@ -120,3 +122,29 @@ async def test_a_replica_forgets_chats_that_ended_on_another(replicas, rasa_turn
     assert len(b.core.registry) == 1  # B was not asked since
     assert await b.core.chats.forget_ended_elsewhere() == 1
     assert len(b.core.registry) == 0
+
+
+async def test_a_message_that_failed_while_another_replica_ended_the_chat_is_reported_undelivered(replicas, rasa_turn):
+    # Soak finding 2 (the old core answered 200 []): ServiceNow failed past the
+    # retries on both replicas; A's poller stored the end first, and B, whose
+    # forward of the user's message failed, finds the chat ended already.
+    a, b = replicas(), replicas()
+    with aioresponses() as mock:
+        await start_live(a, rasa_turn, mock)
+        mock.post(MESSAGES, payload={"result": {"sys_id": "m1", "timestamp": 1}})
+        await say(b, rasa_turn, "hello agent")  # B holds the chat too
+        sending, fail = asyncio.Event(), asyncio.Event()
+
+        async def failing_send(ref, text):
+            sending.set()
+            await fail.wait()
+            raise ServiceNowError("ServiceNow answered 503 five times")
+
+        b.core.backend.send = failing_send
+        message = asyncio.ensure_future(say(b, rasa_turn, "are you there?"))
+        await sending.wait()
+        mock.post(LEAVE, payload={})
+        await a.core.ending.failed_in_background(a.core.registry.get("u1"), ServiceNowError("polling failed"))
+        fail.set()
+        replies = await message
+    assert [reply["text"] for reply in replies] == [TEXTS.message_not_delivered]

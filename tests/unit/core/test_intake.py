@@ -4,6 +4,8 @@ cursor and its coalesced tracker save, the end of the chat, delivery reports."""
 import asyncio
 import dataclasses
 
+import pytest
+
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.rasa_glue.slots import SLOT_LAST_UPDATED, SLOT_SEEN_IDS
@@ -16,6 +18,9 @@ from connectors.servicenow.servicenow.base import (
     PollResult,
     SystemNotice,
 )
+
+from connectors.servicenow.store import HandoffRecord, LeaseLost, StoreUnavailable
+from connectors.servicenow.store.keys import poll_lease
 from tests.unit.core.helpers import PullBackend, PushBackend, Recorder, RecordingSlots, Relay, make_relay, streamed, two_stores
 
 SETTINGS = ServiceNowSettings.from_credentials(
@@ -227,5 +232,87 @@ async def test_a_polled_agent_message_seen_by_two_replicas_is_delivered_once(red
     assert [entry.payload["text"] for entry in await store_a.read("u1") if entry.kind == "message"] == ["hello"]
     for relay in relays:
         await relay.stop()
+    await store_a.aclose()
+    await store_b.aclose()
+
+
+async def test_nothing_is_delivered_for_a_chat_another_replica_ended(redis_server):
+    # Soak finding 1: replica A stored the end of the chat (the user's
+    # /end_chat) while B was storing what the agent said: B's append must
+    # not land after the end, whether pushed or polled.
+    store_a, store_b = two_stores(redis_server)
+    b = Relay(PushBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store_b)
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    assert await store_a.create_handoff(HandoffRecord("u1", "c1", "virtual_agent"))
+    assert await store_a.end_handoff("u1", "c1")
+    pushed = await b.dispatcher.dispatch(chat, [AgentMessage("m1", "too late", "Beth", 10)], dedupe_key="push:c1:f", dedupe_ttl=60)
+    assert pushed, "acknowledged: the chat is over, there is nothing to retry"
+    polling = LiveChat(sender_id="u1", chat_id="c1")
+    polled = PollResult([AgentMessage("m2", "too late", "Beth", 20)], 20, ("m2",))
+    await b.dispatcher.dispatch(polling, polled.events, polled.cursor)
+    assert await store_b.read("u1") == []
+    assert b.gone == [chat, polling], "dropped here, without an end of its own"
+    await b.stop()
+    await store_a.aclose()
+    await store_b.aclose()
+
+
+async def test_a_poller_that_lost_its_lease_delivers_nothing_and_keeps_its_cursor(redis_server):
+    # Soak finding 3: a poll that outlived its lease (ServiceNow slow) while
+    # another replica took the chat over must not deliver what it found.
+    store_a, store_b = two_stores(redis_server)
+    a = Relay(PullBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store_a)
+    chat = LiveChat(sender_id="u1", chat_id="c1", last_updated=10, seen_ids=("m0",))
+    assert await store_b.acquire_lease(poll_lease("c1"), "b", 30)
+    result = PollResult([AgentMessage("m1", "hello", "Beth", 20)], 20, ("m1", "m0"))
+    with pytest.raises(LeaseLost):
+        await a.dispatch(chat, result.events, result.cursor, poller="a")
+    assert await store_a.read("u1") == []
+    assert (chat.last_updated, chat.seen_ids) == (10, ("m0",))
+    await a.stop()
+    await store_a.aclose()
+    await store_b.aclose()
+
+
+class Unanswered:
+    """A store that does not answer (Redis restarting) for the next ``calls`` calls."""
+
+    def __init__(self, store, calls):
+        self.store, self.calls = store, calls
+
+    def __getattr__(self, name):
+        method = getattr(self.store, name)
+        if name not in ("append", "append_and_take", "claim_once"):
+            return method
+
+        async def unanswered(*args, **kwargs):
+            if self.calls > 0:
+                self.calls -= 1
+                raise StoreUnavailable("Redis is unavailable: ConnectionError")
+            return await method(*args, **kwargs)
+
+        return unanswered
+
+
+async def test_a_poll_the_store_could_not_take_is_delivered_once_by_whoever_polls_next(redis_server):
+    # Soak findings 4 and 9: a poller whose store call failed delivered the
+    # message anyway ("a repeat beats a loss"), and the poller that took over
+    # delivered it again; the claim of a message and its append are one step
+    # now, so a failed step delivers nothing and the next poll delivers once.
+    store_a, store_b = two_stores(redis_server)
+    unanswered = Unanswered(store_a, calls=2)
+    a = Relay(PullBackend(), SETTINGS, RecordingSlots(), Recorder(), store=unanswered)
+    b = Relay(PullBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store_b)
+    chat_a, chat_b = LiveChat(sender_id="u1", chat_id="c1"), LiveChat(sender_id="u1", chat_id="c1")
+    result = PollResult([AgentMessage("m1", "hello", "Beth", 20)], 20, ("m1",))
+    with pytest.raises(StoreUnavailable):
+        await a.dispatch(chat_a, result.events, result.cursor)
+    assert chat_a.last_updated is None, "the cursor stays: the next poll finds it again"
+    await b.dispatch(chat_b, result.events, result.cursor)  # B took the chat over
+    unanswered.calls = 0
+    await a.dispatch(chat_a, result.events, result.cursor)  # and A polls again once Redis answers
+    await a.stop()
+    await b.stop()
+    assert [entry.payload["text"] for entry in await store_b.read("u1") if entry.kind == "message"] == ["hello"]
     await store_a.aclose()
     await store_b.aclose()

@@ -196,6 +196,36 @@ async def test_a_conversation_that_keeps_asking_is_rate_limited(agent):
         await close(channel)
 
 
+async def test_a_record_filed_as_redis_went_away_is_removed_and_the_user_stays_with_the_bot(replicas, rasa_turn, redis_server):
+    # Found by the soak: Redis stopped right as it stored the new handoff
+    # record, so the reply was lost and the start failed (start_failed), but
+    # the record stayed: the user's next messages went to a chat nobody was in.
+    a = replicas()
+    store = a.core.store
+    create = store.create_handoff
+
+    async def filed_then_lost(record):
+        await create(record)
+        redis_server.connected = False
+        raise StoreUnavailable("Redis is unavailable: ConnectionError: Connection closed by server.")
+
+    store.create_handoff = filed_then_lost
+    with aioresponses() as mock:
+        mock.post(SESSIONS, payload={"result": {"group": GROUP, "state": 1}})
+        mock.post(LEAVE, payload={}, repeat=True)
+        replies = await say(a, rasa_turn, "talk to live agent")
+        assert [reply["text"] for reply in replies] == [TEXTS.start_failed]
+        with pytest.raises(StoreUnavailable):  # Redis still down: not the bot, not the agent
+            await say(a, rasa_turn, "hello?")
+        redis_server.connected = True
+        rasa_turn.reset_mock()
+        replies = await say(a, rasa_turn, "hello?")
+        assert not requests_to(mock, "POST", MESSAGES)
+    rasa_turn.assert_awaited_once()
+    assert replies and replies[0]["text"].startswith("Hello!")
+    assert await store.get_handoff("u1") is None
+
+
 async def test_max_live_chats_counts_the_chats_of_every_replica(agent, redis_server):
     """Issue 22: the limit was per process; with redis_url it is the deployment's."""
     import uuid

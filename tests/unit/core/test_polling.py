@@ -9,6 +9,8 @@ from aioresponses import aioresponses
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.core.polling import PollSchedule, next_tick
+from connectors.servicenow.servicenow.base import AgentMessage, PollResult
+from connectors.servicenow.store import HandoffRecord
 from connectors.servicenow.store.keys import poll_lease
 from tests.unit.core.helpers import CountingPullBackend, pollers, start_live, stop, two_stores
 from tests.unit.support import GROUP, LEAVE, say
@@ -113,5 +115,88 @@ async def test_one_replica_polls_a_chat_and_another_takes_over_when_it_stops(red
     await asyncio.wait_for(backends[1].polled.wait(), 5)
     assert await store_b.lease_owner(poll_lease("c1")) == relays[1].owner
     await stop(relays[1])
+    await store_a.aclose()
+    await store_b.aclose()
+
+
+class SlowPullBackend(CountingPullBackend):
+    """A ServiceNow whose polls answer only when released (slow, or retrying)."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer = answer
+        self.release = asyncio.Event()
+
+    async def poll(self, chat, cursor):
+        self.polls += 1
+        self.polled.set()
+        await self.release.wait()
+        return self.answer
+
+
+class CountingRenewals:
+    def __init__(self, store):
+        self.store, self.renewals = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    async def renew_lease(self, *args, **kwargs):
+        self.renewals += 1
+        return await self.store.renew_lease(*args, **kwargs)
+
+
+async def test_a_poll_that_outlasts_the_lease_keeps_it_and_delivers(redis_server):
+    # Soak finding 3: the lease (two poll intervals) was shorter than one
+    # poll can take (request_timeout plus retries); another replica took the
+    # chat over while the poll ran and the two split its messages. The lease
+    # is renewed while the poll runs.
+    store_a, store_b = two_stores(redis_server)
+    counting = CountingRenewals(store_a)
+    message = AgentMessage("m1", "hello", "Beth", 20)
+    backend = SlowPullBackend(PollResult([message], 20, ("m1",)))
+    polling = pollers(backend, counting, "a")
+    assert await store_a.create_handoff(HandoffRecord("u1", "c1", "connect"))
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    polling.watch(chat)
+    await asyncio.wait_for(backend.polled.wait(), 5)
+    # Several lease lengths (0.54 s each) go by while ServiceNow has not answered.
+    deadline = asyncio.get_running_loop().time() + 10
+    while counting.renewals < 4:
+        assert asyncio.get_running_loop().time() < deadline, "the lease was not renewed while the poll ran"
+        await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+    assert not await store_b.acquire_lease(poll_lease("c1"), "b", 1), "still A's: nobody takes the chat over"
+    backend.release.set()
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await store_b.read("u1"):
+        assert asyncio.get_running_loop().time() < deadline, "the poll's message was not delivered"
+        await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+    assert [entry.payload["text"] for entry in await store_b.read("u1") if entry.kind == "message"] == ["hello"]
+    await stop(polling)
+    await store_a.aclose()
+    await store_b.aclose()
+
+
+async def test_a_poller_whose_lease_was_taken_stops_and_delivers_nothing(redis_server):
+    # Starved past its lease anyway: the replica that took the chat over
+    # delivers; the late poll's result is refused in the store.
+    store_a, store_b = two_stores(redis_server)
+    message = AgentMessage("m1", "hello", "Beth", 20)
+    backend = SlowPullBackend(PollResult([message], 20, ("m1",)))
+    polling = pollers(backend, store_a, "a")
+    assert await store_a.create_handoff(HandoffRecord("u1", "c1", "connect"))
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    polling.watch(chat)
+    await asyncio.wait_for(backend.polled.wait(), 5)
+    await store_b.unregister_lease(poll_lease("c1"))  # as if it had expired
+    assert await store_b.acquire_lease(poll_lease("c1"), "b", 30)
+    backend.release.set()
+    deadline = asyncio.get_running_loop().time() + 5
+    while polling.is_watching(chat):
+        assert asyncio.get_running_loop().time() < deadline, "A went on polling a chat B holds"
+        await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+    assert await store_b.read("u1") == []
+    assert chat.last_updated is None, "A's cursor stays where it was"
+    await stop(polling)
     await store_a.aclose()
     await store_b.aclose()

@@ -11,9 +11,16 @@ from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.core.reconcile import Reconciler, after_delivered
 from connectors.servicenow.core.reconciling import ReconcileLoop
-from connectors.servicenow.servicenow.base import AgentJoined, AgentMessage, AgentTyping, ChatClosed, CloseReason
+from connectors.servicenow.servicenow.base import (
+    AgentJoined,
+    AgentMessage,
+    AgentTyping,
+    ChatClosed,
+    CloseReason,
+    SystemNotice,
+)
 from connectors.servicenow.servicenow.va_records import Recovered, RecordCursor
-from connectors.servicenow.store import MemoryStore
+from connectors.servicenow.store import HandoffRecord, MemoryStore
 from connectors.servicenow.store.keys import poll_lease
 from connectors.servicenow.tasks import TaskSet
 from tests.unit.core.helpers import PushBackend, Recorder, RecordingSlots, Relay, two_stores
@@ -130,6 +137,49 @@ async def test_what_has_no_key_goes_with_the_next_message_and_a_repeated_push_is
     await relay.stop()
 
 
+async def test_a_read_or_a_push_for_a_chat_another_replica_ended_stores_nothing(redis_server):
+    # Soak finding 1's guard holds on the keyed path too (each message stored
+    # under its own key): what a reconciliation pass recovers, or a push
+    # brings, after another replica stored the end is not shown after it.
+    store_a, store_b = two_stores(redis_server)
+    b = Relay(PushBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store_b, keyed=True)
+    assert await store_a.create_handoff(HandoffRecord("u1", "c1", "virtual_agent"))
+    assert await store_a.end_handoff("u1", "c1")
+    read = LiveChat(sender_id="u1", chat_id="c1")
+    late = [AgentMessage("m1", "too late", "Beth", 1), AgentMessage("m2", "later still", "Beth", 2)]
+    assert await b.dispatcher.dispatch(read, late, records=RecordCursor("conv", 7), recovered=("m1", "m2"))
+    pushed = LiveChat(sender_id="u1", chat_id="c1")
+    assert await b.dispatcher.dispatch(pushed, [AgentMessage("m3", "last", "Beth", 3)], dedupe_key="push:c1:f", dedupe_ttl=60)
+    assert await store_b.read("u1") == []
+    assert b.gone == [read, pushed], "dropped here, without an end of its own"
+    assert read.records != RecordCursor("conv", 7), "the cursor does not move past what was not stored"
+    await b.stop()
+    await store_a.aclose()
+    await store_b.aclose()
+
+
+async def test_a_push_that_closes_the_chat_ends_it_even_when_its_messages_came_another_way(redis_server):
+    # Found by the soak after reconciliation was merged: the agent's closing
+    # text was stored by a read (on another replica, or a push's ordering
+    # read) before the push that carries it and the end arrived; every message
+    # of that push was then a repeat, the push was dropped as one, and its end
+    # with it: the user stayed in a handoff whose chat was over.
+    store_a, store_b = two_stores(redis_server)
+    recorder = Recorder()
+    a = Relay(PushBackend(), SETTINGS, RecordingSlots(), Recorder(), store=store_a, keyed=True)
+    b = Relay(PushBackend(), SETTINGS, RecordingSlots(), recorder, store=store_b, keyed=True)
+    closing = SystemNotice("s9", "Beth has closed the chat.", 9)
+    await a.dispatch(LiveChat(sender_id="u1", chat_id="c1"), [closing], records=RecordCursor("conv", 9), recovered=("s9",))
+    chat = LiveChat(sender_id="u1", chat_id="c1")
+    await b.dispatcher.dispatch(chat, [closing, ChatClosed(CloseReason.AGENT_CLOSED)], dedupe_key="push:c1:f9", dedupe_ttl=600)
+    await b.stop()  # the end runs after END_GRACE_S, in the background
+    assert recorder.closed == [ChatClosed(CloseReason.AGENT_CLOSED)]
+    assert [entry.payload["text"] for entry in await store_a.read("u1")] == ["Beth has closed the chat."]
+    await a.stop()
+    await store_a.aclose()
+    await store_b.aclose()
+
+
 async def test_a_cursor_never_moves_back():
     relay = Relay(PushBackend(), SETTINGS, RecordingSlots(), Recorder(), keyed=True)
     chat = LiveChat(sender_id="u1", chat_id="c1", records=RecordCursor("conv", 9))
@@ -180,6 +230,8 @@ async def test_a_chat_taken_up_is_read_at_once_under_its_lease_and_a_failing_rea
     chat_id = await instance.open_chat()
     await instance.agent("accept", chat_id)
     await instance.agent("message", chat_id, text="while nobody listened")
+    # A live chat has its record (what opening it files): the agent's words are stored only while it names the chat.
+    assert await store.create_handoff(HandoffRecord("u1", chat_id, "virtual_agent"))
     loop, relay, cursors = reading(instance, store, "replica-a")
     chat = LiveChat(sender_id="u1", chat_id=chat_id)
     loop.watch(chat)

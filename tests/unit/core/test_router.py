@@ -12,6 +12,7 @@ import aiohttp
 from aioresponses import aioresponses
 
 from connectors.servicenow.attachments import UserAttachment
+from connectors.servicenow.errors import ServiceNowError
 from connectors.servicenow.payloads import UserPayload
 from connectors.servicenow.rasa_glue.output import HANDOFF_PAYLOAD_KEY
 from tests.unit.core.helpers import start_live
@@ -220,3 +221,29 @@ async def test_during_a_handoff_a_refused_file_is_told_and_nothing_is_sent(chann
     assert [reply["text"] for reply in replies] == [TEXTS.attachment_refused.format(name="setup.exe", max_size="10 MB")]
     assert (await slots(agent))["handoff_active"] is True
     rasa_turn.assert_awaited_once()  # the opening turn only: the file never reached NLU
+
+
+async def test_a_message_that_failed_while_the_poller_ended_the_chat_is_reported_undelivered(channel, rasa_turn, agent):
+    # Soak finding 2: ServiceNow failed for longer than the retries; the
+    # chat's poller gave up and ended the chat while the user's message was
+    # still being retried. That message's answer must still say it was not
+    # delivered, not 200 [] as if it had reached the agent.
+    with aioresponses() as mock:
+        await start(channel, rasa_turn, mock)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        chat = channel.core.registry.get("u1")
+        sending, fail = asyncio.Event(), asyncio.Event()
+
+        async def failing_send(ref, text):
+            sending.set()
+            await fail.wait()
+            raise ServiceNowError("ServiceNow answered 503 five times")
+
+        channel.core.backend.send = failing_send
+        message = asyncio.ensure_future(say(channel, rasa_turn, "are you there?"))
+        await sending.wait()
+        await channel.core.ending.failed_in_background(chat, ServiceNowError("polling failed"))
+        fail.set()
+        replies = await message
+    assert [reply["text"] for reply in replies] == [TEXTS.message_not_delivered]
+    assert (await slots(agent))["handoff_active"] is False

@@ -53,8 +53,12 @@ class CallbackPoster:
         self._on_delivered = on_delivered
         # Renewed before every attempt of a post, so it only has to outlive
         # one attempt and one pause: a dead poster's conversations are free
-        # again that soon.
+        # again that soon. Renewed while an attempt is in flight too, so a
+        # slow answer on a busy replica does not let another replica post
+        # the same entry meanwhile (only a replica whose event loop stalls
+        # for longer than the lease can: at least once, docs/deployment.md).
         self.lease_s = request_timeout + CALLBACK_RETRY.max_backoff + 1.0
+        self.renew_every = self.lease_s / 3
         timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._session = LazySession(lambda: aiohttp.ClientSession(timeout=timeout))
         self._posters: Dict[str, "asyncio.Task[None]"] = {}
@@ -182,9 +186,23 @@ class CallbackPoster:
         async def still_ours() -> bool:
             return await self._store.renew_lease(lease, self.owner, self.lease_s)
 
-        return await post_with_retries(
-            self._session.get(), self.url, entry, recipient_id, signer=self._signer, may_retry=still_ours
-        )
+        renewing = asyncio.ensure_future(self._keep_lease(lease))
+        try:
+            return await post_with_retries(
+                self._session.get(), self.url, entry, recipient_id, signer=self._signer, may_retry=still_ours
+            )
+        finally:
+            renewing.cancel()
+
+    async def _keep_lease(self, lease: str) -> None:
+        """Renew the lease every third of its length while a POST is in flight."""
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                if not await self._store.renew_lease(lease, self.owner, self.lease_s):
+                    return  # another replica holds it now: the pointer move will tell the poster
+            except StoreUnavailable as error:
+                logger.debug("Could not renew the callback lease %s: %s", lease, error)
 
     def workers(self) -> List["asyncio.Task[None]"]:
         return list(self._posters.values())

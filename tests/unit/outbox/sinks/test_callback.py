@@ -10,7 +10,7 @@ import json
 import time
 
 import aiohttp
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 
 from connectors.servicenow.config import RetryPolicy
 from connectors.servicenow.outbox.base import HANDOFF_EVENT, status_item
@@ -197,3 +197,46 @@ async def test_the_backlog_counts_callback_posts_not_yet_answered(outboxes):
         answer.set()
         await asyncio.wait_for(owed(0), 5)
         await posters_done(outbox)
+
+
+class CountingRenewals:
+    def __init__(self, store):
+        self.store, self.renewals = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    async def renew_lease(self, *args, **kwargs):
+        self.renewals += 1
+        return await self.store.renew_lease(*args, **kwargs)
+
+
+async def test_a_post_that_outlasts_the_lease_keeps_it_and_is_posted_once(replicas):
+    # Soak finding 7: the poster's lease ran out while its POST was still in
+    # flight on a busy replica, and another replica posted the entry again.
+    # The lease is renewed while the POST is in flight.
+    a, b = replicas(CALLBACK), replicas(CALLBACK)
+    counting = CountingRenewals(a.store)
+    a.callback._store = counting
+    a.callback.lease_s, a.callback.renew_every = 0.3, 0.1  # a POST much longer than its lease
+    answering, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_frontend(url, **kwargs):
+        answering.set()
+        await answer.wait()
+        return CallbackResult(status=200)
+
+    with aioresponses() as mock:
+        mock.post(CALLBACK, callback=slow_frontend, repeat=True)
+        await a.put("u1", [message("only once")])
+        await asyncio.wait_for(answering.wait(), 5)
+        deadline = asyncio.get_running_loop().time() + 5
+        while counting.renewals < 5:  # well past the 0.3 s the lease was taken for
+            assert asyncio.get_running_loop().time() < deadline, "the lease was not renewed during the POST"
+            await asyncio.sleep(0.01)  # wait-ok: polling a condition with a deadline
+        b.take_over("u1")  # the takeover scan of another replica
+        await posters_done(b)
+        answer.set()
+        await posters_done(a)
+        sent = posted(mock)
+    assert sent == ["only once"]
