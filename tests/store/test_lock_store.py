@@ -13,12 +13,16 @@ import uuid
 from typing import Any, Callable, Iterable
 
 import pytest
-from rasa.core.lock_store import LockError, RedisLockStore
+from rasa.core.lock_store import LockError, LockStore, RedisLockStore
 from rasa.utils.endpoints import EndpointConfig
 
 from connectors.servicenow.rasa_glue.lock_store import AtomicRedisLockStore
 
-RASA_RACES = pytest.mark.xfail(strict=True, reason="Rasa's RedisLockStore reads, changes and writes back (finding 6)")
+# Only the race's own failures count: a store that could not be built (a TypeError) is no proof of the race.
+RASA_RACES = pytest.mark.xfail(
+    strict=True, raises=(AssertionError, LockError),
+    reason="Rasa's RedisLockStore reads, changes and writes back (finding 6)",
+)
 STORES = [pytest.param(RedisLockStore, marks=RASA_RACES, id="rasa"), pytest.param(AtomicRedisLockStore, id="atomic")]
 
 
@@ -49,8 +53,16 @@ def replicas(store_class, redis_server):
     """Two replicas' lock stores over one Redis, as endpoints.yml makes them."""
     config = EndpointConfig(url="127.0.0.1", type="redis", port=redis_server.port, db=3, key_prefix=uuid.uuid4().hex[:8])
     if store_class is RedisLockStore:
-        return RedisLockStore(host=config.url, **config.kwargs), RedisLockStore(host=config.url, **config.kwargs)
+        return rasas_redis_lock_store(config), rasas_redis_lock_store(config)
     return store_class(endpoint_config=config), store_class(endpoint_config=config)
+
+
+def rasas_redis_lock_store(config: EndpointConfig) -> RedisLockStore:
+    """Rasa's own class, made by Rasa's own factory (its constructor differs: Rasa 3.6 takes the options as
+    arguments, Rasa Pro one validated config)."""
+    store = LockStore.create(config)
+    assert type(store) is RedisLockStore
+    return store
 
 
 @pytest.mark.parametrize("store_class", STORES)
@@ -105,7 +117,7 @@ def test_turns_of_one_conversation_on_two_replicas_run_one_at_a_time(redis_serve
 def test_locks_are_kept_in_rasas_format_so_both_classes_share_them(redis_server):
     # A rolling upgrade: replicas on Rasa's class and on the atomic one at once.
     config = EndpointConfig(url="127.0.0.1", type="redis", port=redis_server.port, db=3, key_prefix="mixed")
-    rasa, atomic = RedisLockStore(host=config.url, **config.kwargs), AtomicRedisLockStore(endpoint_config=config)
+    rasa, atomic = rasas_redis_lock_store(config), AtomicRedisLockStore(endpoint_config=config)
     first = rasa.issue_ticket("user-2", 60)
     second = atomic.issue_ticket("user-2", 60)
     assert second == first + 1

@@ -38,6 +38,8 @@ from typing import Any, Optional
 from rasa.core.lock_store import LOCK_LIFETIME, LockError, RedisLockStore
 from rasa.utils.endpoints import EndpointConfig
 
+from connectors.servicenow.rasa_glue.versions import init_redis_lock_store
+
 # Rasa's value: {"conversation_id": ..., "tickets": ["{\"number\": n, \"expires\": t}", ...]},
 # each ticket a JSON string of its own. ARGV[1] is the caller's clock (Rasa
 # expires tickets by the replica's time.time()).
@@ -98,7 +100,7 @@ class AtomicRedisLockStore(RedisLockStore):
         the options of Rasa's ``RedisLockStore`` (``host``, ``port``, ...)."""
         if endpoint_config is not None:
             options = {"host": endpoint_config.url or "localhost", **endpoint_config.kwargs, **options}
-        _init_redis_lock_store(self, options)
+        init_redis_lock_store(self, options)
         self._issue = self.red.register_script(_ISSUE)
         self._remove = self.red.register_script(_REMOVE)
 
@@ -125,14 +127,3 @@ class AtomicRedisLockStore(RedisLockStore):
     def _remove_tickets(self, conversation_id: str, ticket_number: Optional[int]) -> None:
         number = "" if ticket_number is None else ticket_number
         self._remove(keys=[self.key_prefix + conversation_id], args=[time.time(), conversation_id, number], client=self.red)
-
-
-def _init_redis_lock_store(store: RedisLockStore, options: Any) -> None:
-    """Rasa 3.6's ``RedisLockStore`` takes its options as arguments; Rasa
-    Pro's takes one validated ``RedisLockStoreConfig``."""
-    try:
-        from rasa.core.lock_store import RedisLockStoreConfig
-    except ImportError:
-        RedisLockStore.__init__(store, **options)
-        return
-    RedisLockStore.__init__(store, RedisLockStoreConfig.model_validate(options))

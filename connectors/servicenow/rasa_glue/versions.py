@@ -217,5 +217,19 @@ def prepare_to_load_agent() -> None:
     Configuration.initialise_empty_endpoints()
 
 
+def init_redis_lock_store(store: Any, options: Dict[str, Any]) -> None:
+    """Run ``RedisLockStore.__init__`` on ``store`` with the options of
+    ``endpoints.yml``: Rasa 3.6 takes them as arguments, Rasa Pro as one
+    validated ``RedisLockStoreConfig``."""
+    from rasa.core.lock_store import RedisLockStore
+
+    if not IS_RASA_PRO:
+        RedisLockStore.__init__(store, **options)
+        return
+    from rasa.core.lock_store import RedisLockStoreConfig
+
+    RedisLockStore.__init__(store, RedisLockStoreConfig.model_validate(options))
+
+
 def python_version() -> str:
     return ".".join(str(part) for part in sys.version_info[:3])
