@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from tests.e2e.conftest import channel_options, point_emulator_at
-from tests.e2e.harness import QUIET_ENV, RASA, CallbackReceiver, Emulator, RasaServer
+from tests.e2e.harness import QUIET_ENV, RASA, RasaServer
 from tests.pro.licence import needs_licence
 
 pytestmark = needs_licence
@@ -41,20 +41,6 @@ def calm_model(workdir) -> Path:
     trained = rasa_cli("train", "--fixed-model-name", "calm", "--out", str(workdir))
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     return workdir / "calm.tar.gz"
-
-
-@pytest.fixture(scope="module")
-def emulator(workdir) -> Iterator[Emulator]:
-    running = Emulator(workdir / "emulator.log")
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def callback() -> Iterator[CallbackReceiver]:
-    receiver = CallbackReceiver()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(scope="module", params=("connect", "virtual_agent"))

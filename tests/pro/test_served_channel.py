@@ -32,21 +32,6 @@ RATING = "How was your chat with the agent?"
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> Iterator[Emulator]:
-    running = Emulator(tmp_path_factory.mktemp("pro") / "emulator.log")
-    running.configure(request_log_limit=100_000)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def callback() -> Iterator[CallbackReceiver]:
-    receiver = CallbackReceiver()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture(scope="module")
 def logs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("served")
 

@@ -15,7 +15,7 @@ import requests
 from connectors.servicenow.rasa_glue.versions import IS_RASA_PRO
 from connectors.servicenow.texts import UserTexts
 from tests.e2e.conftest import WEBHOOK_SECRET, channel_options
-from tests.e2e.harness import CallbackReceiver, Emulator, wait_for
+from tests.e2e.harness import wait_for
 from tests.pro.served import ServedChannel
 from tests.store.conftest import RedisServer, require_redis_server
 
@@ -31,21 +31,6 @@ def redis(tmp_path_factory) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> Iterator[Emulator]:
-    running = Emulator(tmp_path_factory.mktemp("pro-replicas") / "emulator.log")
-    running.configure(request_log_limit=100_000)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def callback() -> Iterator[CallbackReceiver]:
-    receiver = CallbackReceiver()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(scope="module")
