@@ -132,8 +132,11 @@ class RasaSetup:
 
 
 #: Channel options a build may refuse without its numbers changing meaning:
-#: they only keep a failing call from stretching a measurement.
-OPTIONAL_CHANNEL_OPTIONS = frozenset({"retry_attempts", "retry_backoff", "deployment_handoff_starts_per_minute"})
+#: the retries only keep a failing call from stretching a measurement, and the
+#: limits are turned off (0), which is all a build without them does.
+OPTIONAL_CHANNEL_OPTIONS = frozenset(
+    {"retry_attempts", "retry_backoff", "max_live_chats", "deployment_handoff_starts_per_minute"}
+)
 
 
 async def start_rasa(
