@@ -89,14 +89,9 @@ def test_agent_replies_arrive_once_each_and_in_order(handoff: Handoff):
     assert "are you there?" not in texts  # the user's own message is not echoed
 
 
-def test_agent_replies_are_streamed_to_a_browser(handoff: Handoff):
-    sender = new_sender()
-    chat = handoff.start(sender)
+def read_in_background(stream: requests.Response) -> List[dict]:
+    """The stream's events as they come (``{"event": ..., **data}``), read by a thread until the test closes it."""
     received: List[dict] = []
-    stream = requests.get(
-        f"{handoff.rasa.url}/webhooks/servicenow/stream", params={"sender": sender}, stream=True, timeout=30
-    )
-    assert stream.headers["Content-Type"].startswith("text/event-stream")
 
     def read() -> None:
         event = None
@@ -110,6 +105,17 @@ def test_agent_replies_are_streamed_to_a_browser(handoff: Handoff):
             pass  # the test closed the stream under the reader
 
     threading.Thread(target=read, daemon=True).start()
+    return received
+
+
+def test_agent_replies_are_streamed_to_a_browser(handoff: Handoff):
+    sender = new_sender()
+    chat = handoff.start(sender)
+    stream = requests.get(
+        f"{handoff.rasa.url}/webhooks/servicenow/stream", params={"sender": sender}, stream=True, timeout=30
+    )
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+    received = read_in_background(stream)
     handoff.emulator.accept(chat)
     handoff.emulator.say(chat, "streamed hello")
     wait_for(lambda: any(item.get("text") == "streamed hello" for item in received), what="the streamed reply")
@@ -123,23 +129,10 @@ def test_the_stream_hears_the_agent_join_and_the_end_says_an_agent_had_joined(ha
     ended with ``agent_joined: false`` after an agent took the chat."""
     sender = new_sender()
     chat = handoff.start(sender)
-    received: List[dict] = []
     stream = requests.get(
         f"{handoff.rasa.url}/webhooks/servicenow/stream", params={"sender": sender}, stream=True, timeout=30
     )
-
-    def read() -> None:
-        event = None
-        try:
-            for line in stream.iter_lines(decode_unicode=True):
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    received.append({"event": event, **json.loads(line[6:])})
-        except (requests.RequestException, AttributeError):
-            pass  # the test closed the stream under the reader
-
-    threading.Thread(target=read, daemon=True).start()
+    received = read_in_background(stream)
     try:
         handoff.emulator.accept(chat)
         handoff.emulator.say(chat, "joined hello")

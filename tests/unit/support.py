@@ -87,3 +87,17 @@ async def delivered_texts(channel: Any, sender: str = "u1") -> List[str]:
             texts.append(item.payload["text"])
     subscription.close()
     return texts
+
+
+class CountingRenewals:
+    """A store that counts its lease renewals (the poll and callback leases must be renewed while their work runs)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.renewals = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def renew_lease(self, *args: Any, **kwargs: Any) -> Any:
+        self.renewals += 1
+        return await self.store.renew_lease(*args, **kwargs)

@@ -13,7 +13,7 @@ from connectors.servicenow.servicenow.base import AgentMessage, PollResult
 from connectors.servicenow.store import HandoffRecord
 from connectors.servicenow.store.keys import poll_lease
 from tests.unit.core.helpers import CountingPullBackend, pollers, start_live, stop, two_stores
-from tests.unit.support import GROUP, LEAVE, say
+from tests.unit.support import GROUP, LEAVE, CountingRenewals, say
 
 SETTINGS = ServiceNowSettings.from_credentials(
     {
@@ -132,18 +132,6 @@ class SlowPullBackend(CountingPullBackend):
         self.polled.set()
         await self.release.wait()
         return self.answer
-
-
-class CountingRenewals:
-    def __init__(self, store):
-        self.store, self.renewals = store, 0
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
-    async def renew_lease(self, *args, **kwargs):
-        self.renewals += 1
-        return await self.store.renew_lease(*args, **kwargs)
 
 
 async def test_a_poll_that_outlasts_the_lease_keeps_it_and_delivers(redis_server):

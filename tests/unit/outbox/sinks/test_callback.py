@@ -17,6 +17,7 @@ from connectors.servicenow.outbox.base import HANDOFF_EVENT, status_item
 from connectors.servicenow.signing import delivery_id
 from connectors.servicenow.store.keys import CALLBACK_SINK
 from tests.unit.outbox.conftest import CALLBACK, message
+from tests.unit.support import CountingRenewals
 
 
 def calls(mock):
@@ -197,18 +198,6 @@ async def test_the_backlog_counts_callback_posts_not_yet_answered(outboxes):
         answer.set()
         await asyncio.wait_for(owed(0), 5)
         await posters_done(outbox)
-
-
-class CountingRenewals:
-    def __init__(self, store):
-        self.store, self.renewals = store, 0
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
-    async def renew_lease(self, *args, **kwargs):
-        self.renewals += 1
-        return await self.store.renew_lease(*args, **kwargs)
 
 
 async def test_a_post_that_outlasts_the_lease_keeps_it_and_is_posted_once(replicas):
