@@ -148,11 +148,26 @@ def venv_with(where: Path, requirement: str, constraints: Path, python: str = sy
             assert not outside, f"{outside} name the environment's folder: relocate() would leave them pointing there"
             (template / ".complete").touch()
             prune(template.name.rsplit("-", 1)[0], keep=template)
-        # cp -a: links, modes and times as they are.
-        run(["cp", "-a", str(template), str(where)], cwd=ROOT, timeout=600)
+        copy_tree_linked(template, where)
     (where / ".complete").unlink()
     relocate(where, template)
     return where
+
+
+def copy_tree_linked(template: Path, where: Path) -> None:
+    """A copy of ``template`` whose files are hard links to the template's.
+
+    A full copy of a Rasa environment is 1.5 to 3 GB, and a run makes several:
+    a CI machine ran out of disk on them. Links cost nothing, and nothing
+    writes into a linked file: pip unlinks a file before it writes one of the
+    same name and moves files aside to uninstall, Python writes bytecode to a
+    new file and renames it, and relocate() replaces what it rewrites. Where
+    the two folders are on different file systems, a plain copy."""
+    linked = subprocess.run(["cp", "-al", str(template), str(where)], capture_output=True, text=True)
+    if linked.returncode != 0:
+        shutil.rmtree(where, ignore_errors=True)
+        # cp -a: links, modes and times as they are.
+        run(["cp", "-a", str(template), str(where)], cwd=ROOT, timeout=600)
 
 
 def relocate(venv: Path, was: Path) -> None:
@@ -166,7 +181,11 @@ def relocate(venv: Path, was: Path) -> None:
             continue
         text = path.read_bytes()
         if old in text:
-            path.write_bytes(text.replace(old, new))
+            # A new file, not a write into this one: it may be a hard link to the template's.
+            rewritten = path.with_name(path.name + ".relocating")
+            rewritten.write_bytes(text.replace(old, new))
+            shutil.copymode(path, rewritten)
+            os.replace(rewritten, path)
 
 
 @pytest.fixture(scope="session")
