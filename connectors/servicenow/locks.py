@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Dict
 
 from connectors.servicenow.errors import ConversationBusy
+from connectors.servicenow.tasks import within
 
 
 @dataclass(eq=False)
@@ -35,7 +36,12 @@ class ConversationLocks:
         turns.users += 1
         try:
             try:
-                await asyncio.wait_for(turns.lock.acquire(), timeout)
+                if turns.users == 1:
+                    # Nobody holds it or waits for it: taken at once, no deadline to keep.
+                    await turns.lock.acquire()
+                else:
+                    async with within(timeout):
+                        await turns.lock.acquire()
             except asyncio.TimeoutError:
                 raise ConversationBusy(f"conversation {sender_id} is busy with an earlier message") from None
             try:

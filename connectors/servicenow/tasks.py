@@ -4,7 +4,13 @@ One ``TaskSet`` per owner holds them until they finish, and lets the owner
 wait for them (or cancel them) when it stops."""
 
 import asyncio
-from typing import Any, Awaitable, Iterator, Optional, Set, TypeVar
+import sys
+from typing import Any, AsyncContextManager, Awaitable, Iterator, Optional, Set, TypeVar
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # aiohttp's own dependency on Python 3.10; asyncio.timeout is its successor.
+    from async_timeout import timeout as _timeout
 
 T = TypeVar("T")
 
@@ -55,3 +61,15 @@ async def event_within(event: asyncio.Event, timeout: Optional[float]) -> bool:
     finally:
         waiter.cancel()
     return bool(done)
+
+
+def within(seconds: Optional[float]) -> AsyncContextManager[Any]:
+    """Cancel the block after ``seconds`` (None: no limit) and raise
+    ``asyncio.TimeoutError``.
+
+    Where a hot path waits with a deadline (each message takes its
+    conversation's lock and reads its body so), this rather than
+    ``asyncio.wait_for``: before Python 3.12 wait_for runs the awaited
+    coroutine as a task of its own, a cost on every message although the
+    deadline almost never passes; this schedules one timer in the current task."""
+    return _timeout(seconds)

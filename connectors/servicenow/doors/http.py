@@ -1,5 +1,5 @@
 """What every door's HTTP routes share: refusing malformed framing before
-Sanic reads a body, reading a body within its cap, the JSON error envelope,
+a body is read, reading a body within its cap, the JSON error envelope,
 503 with ``Retry-After`` for input that may be sent again, and checking
 ServiceNow's callback credentials."""
 
@@ -7,10 +7,12 @@ import asyncio
 import base64
 import hmac
 import logging
-from typing import Any, Dict, FrozenSet, Mapping, Optional
+import sys
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Set
 
 from sanic import response
-from sanic.exceptions import InvalidUsage, PayloadTooLarge, SanicException
+from sanic.exceptions import InvalidUsage as BadRequest  # sanic 25 names it BadRequest, with this alias
+from sanic.exceptions import PayloadTooLarge, SanicException
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
@@ -100,47 +102,59 @@ def log_unanswered_turn(turn: "asyncio.Task[Any]") -> None:
         logger.info("A message was handled to the end after its client hung up; its answer was not delivered.")
 
 
-class MalformedRequest(InvalidUsage):
-    """A request to this channel's routes that Sanic would mis-handle; answered with ``error``."""
-
-    def __init__(self, error: PayloadError) -> None:
-        # sanic 25 (Rasa Pro) takes no status_code argument here: set it after.
-        super().__init__(error.message)
-        self.status_code = error.status
-        self.error = error
-
-
-async def malformed_request_response(_: Request, exception: MalformedRequest) -> HTTPResponse:
-    return response.json(exception.error.body(), status=exception.error.status)
-
-
-def check_framing(request: Request, routes_with_body: FrozenSet[str]) -> None:
-    """Refuse body framing that is ambiguous or that Sanic cannot parse, and
-    bodies on routes that take none, before Sanic reads a byte of the body."""
+def framing_error(request: Request, routes_with_body: FrozenSet[str]) -> Optional[PayloadError]:
+    """Why this request's body framing is refused, if it is: ambiguous
+    framing, a Content-Length that is not a plain number, or a body on a
+    route that takes none. Checked before a byte of the body is read (every
+    route of the doors is a ``stream=True`` route, which Sanic leaves unread)."""
     headers = request.headers
     lengths = headers.getall("content-length", [])
     encodings = headers.getall("transfer-encoding", [])
     if len(lengths) > 1 or len(encodings) > 1:
-        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "Content-Length and Transfer-Encoding may be given once."))
+        return PayloadError(400, "InvalidHeaders", "Content-Length and Transfer-Encoding may be given once.")
     if lengths and encodings:
         # Two framings for one body is how requests are smuggled past proxies.
-        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "Give Content-Length or Transfer-Encoding, not both."))
+        return PayloadError(400, "InvalidHeaders", "Give Content-Length or Transfer-Encoding, not both.")
     if encodings and encodings[0] != "chunked":
-        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "The only Transfer-Encoding accepted is 'chunked'."))
+        return PayloadError(400, "InvalidHeaders", "The only Transfer-Encoding accepted is 'chunked'.")
     length = lengths[0].strip() if lengths else None
+    # Python's int() also takes "+5", "-1" and other scripts' digits, which Sanic passes on.
     if length is not None and not (length.isascii() and length.isdigit() and len(length) <= MAX_CONTENT_LENGTH_DIGITS):
-        raise MalformedRequest(PayloadError(400, "InvalidHeaders", "Content-Length must be a number of bytes."))
+        return PayloadError(400, "InvalidHeaders", "Content-Length must be a number of bytes.")
     if length is not None and int(length) > MAX_CALLBACK_BYTES:
-        raise MalformedRequest(
-            PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_CALLBACK_BYTES} bytes.")
-        )
+        return PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_CALLBACK_BYTES} bytes.")
     has_body = bool(encodings) or (length is not None and int(length) > 0)
     if has_body and not (request.method.upper() == "POST" and request.path.rstrip("/") in routes_with_body):
-        # Only the routes that read their body in capped chunks take one;
-        # elsewhere Sanic would buffer it (up to Rasa's 100 MB) before routing.
-        raise MalformedRequest(
-            PayloadError(400, "UnexpectedBody", f"{request.method.upper()} {request.path} takes no request body.")
-        )
+        # Only the routes that read their body in capped chunks take one.
+        return PayloadError(400, "UnexpectedBody", f"{request.method.upper()} {request.path} takes no request body.")
+    return None
+
+
+def refuse_framing(request: Request, error: PayloadError) -> HTTPResponse:
+    """The answer to a request whose framing ``framing_error`` refused; its
+    body is never read, and the connection closes after the answer."""
+    if request.stream is not None:
+        close_after_answer(request.stream)
+    return error_response(error)
+
+
+#: What Sanic raises when it cannot frame a request's body at all, before
+#: routing: sanic 21.12 a ValueError (a Content-Length that is no number) or
+#: a KeyError (a Transfer-Encoding other than chunked, and no length); sanic
+#: 25 a BadRequest ("Bad content-length").
+UNFRAMED_ERRORS = (ValueError, KeyError, BadRequest)
+UNFRAMED = PayloadError(
+    400, "InvalidHeaders", "The request body's framing could not be read: give a Content-Length of digits, or Transfer-Encoding: chunked."
+)
+
+
+def is_unframed(request: Request, exception: Exception) -> bool:
+    """Whether ``exception`` is Sanic failing to frame the request, before
+    any route ran (its stand-in request has no route)."""
+    if request.route is not None or not isinstance(exception, UNFRAMED_ERRORS):
+        return False
+    # sanic 25's other BadRequests before routing (a malformed request line or header) keep Sanic's answer.
+    return not isinstance(exception, BadRequest) or "content-length" in str(exception).lower()
 
 
 class BodyReads:
@@ -153,34 +167,72 @@ class BodyReads:
     as it likes; thousands of such clients hold thousands. Here a body has
     ``deadline_s`` in all (then 408 and the connection is closed), and a
     body beyond ``limit`` being read at once is not read at all (503 with
-    ``Retry-After``, the connection closed)."""
+    ``Retry-After``, the connection closed).
+
+    The deadlines are kept by one sweep a second (a quarter of the deadline
+    when that is shorter), not by a timer per body: a chat message's body is
+    read in microseconds, and a timer set and cancelled for each was a
+    measurable share of a forwarded message's CPU. A body is cut between
+    ``deadline_s`` and ``deadline_s`` plus one sweep."""
 
     def __init__(self, limit: int, deadline_s: float) -> None:
         self.limit = limit
         self.deadline_s = deadline_s
-        self.active = 0
+        self._sweep_every_s = min(1.0, deadline_s / 4)
+        #: The task reading each body now, and its deadline (loop time).
+        self._reading: Dict["asyncio.Task[Any]", float] = {}
+        #: Those of them the sweep cut.
+        self._cut: Set["asyncio.Task[Any]"] = set()
+        self._sweep: Optional[asyncio.TimerHandle] = None
+
+    @property
+    def active(self) -> int:
+        return len(self._reading)
 
     async def read(self, request: Request, limit: int) -> bytes:
         stream = request.stream
         if stream is None:
             return request.body or b""
-        if self.active >= self.limit:
-            _close_after_answer(stream)
+        if len(self._reading) >= self.limit:
+            close_after_answer(stream)
             raise PayloadError(
                 503, "ServerBusy", "Too many requests are sending their body now; try again shortly.",
                 retry_after=BUSY_RETRY_AFTER_S,
             )
-        self.active += 1
+        task = asyncio.current_task()
+        assert task is not None, "a request is handled in a task"
+        loop = asyncio.get_running_loop()
+        self._reading[task] = loop.time() + self.deadline_s
+        if self._sweep is None:
+            self._sweep = loop.call_later(self._sweep_every_s, self._cut_overdue)
         try:
-            return await asyncio.wait_for(_read_within(request, stream, limit), self.deadline_s)
-        except asyncio.TimeoutError:
+            return await _read_within(request, stream, limit)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            if sys.version_info >= (3, 11):
+                task.uncancel()  # the cancel was this deadline's, not the server's
             logger.info("Closed a connection whose request body took longer than %.0f s.", self.deadline_s)
-            _close_after_answer(stream)
+            close_after_answer(stream)
             raise PayloadError(
                 408, "RequestTimeout", f"The request body did not arrive within {self.deadline_s:g} s."
             ) from None
         finally:
-            self.active -= 1
+            # In the same step as the read's end: a task is swept only while it waits inside the read.
+            del self._reading[task]
+            self._cut.discard(task)
+
+    def _cut_overdue(self) -> None:
+        self._sweep = None
+        if not self._reading:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self._reading.items():
+            if deadline <= now and task not in self._cut:
+                self._cut.add(task)
+                task.cancel()
+        self._sweep = loop.call_later(self._sweep_every_s, self._cut_overdue)
 
     async def discard(self, request: Request, limit: int) -> None:
         """Read and drop the body of a request refused before its body
@@ -191,7 +243,7 @@ class BodyReads:
             pass
 
 
-def _close_after_answer(stream: Any) -> None:
+def close_after_answer(stream: Any) -> None:
     # Sanic would otherwise read away the rest of the body after the answer,
     # without a deadline; the connection closes once the answer is sent.
     stream.keep_alive = False
