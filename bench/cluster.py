@@ -133,9 +133,10 @@ class RasaSetup:
 
 #: Channel options a build may refuse without its numbers changing meaning:
 #: the retries only keep a failing call from stretching a measurement, and the
-#: limits are turned off (0), which is all a build without them does.
+#: limits and the wait for a push's order are turned off (0), which is all a
+#: build without them does.
 OPTIONAL_CHANNEL_OPTIONS = frozenset(
-    {"retry_attempts", "retry_backoff", "max_live_chats", "deployment_handoff_starts_per_minute"}
+    {"retry_attempts", "retry_backoff", "max_live_chats", "deployment_handoff_starts_per_minute", "order_wait"}
 )
 
 

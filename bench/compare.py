@@ -34,6 +34,8 @@ MEASURES: Sequence[Tuple[str, str, str]] = (
     ("handoff_messages/*/throughput/*/messages_per_s", "2. forward throughput, {0}, {1} chats", "/s"),
     ("agent_latency/virtual_agent/latency_ms/median", "3. agent to user, virtual_agent: median", "ms"),
     ("agent_latency/virtual_agent/latency_ms/p99", "3. agent to user, virtual_agent: p99", "ms"),
+    ("agent_latency/virtual_agent_as_pushed/latency_ms/median", "3. agent to user, virtual_agent, order_wait 0: median", "ms"),
+    ("agent_latency/virtual_agent_as_pushed/latency_ms/p99", "3. agent to user, virtual_agent, order_wait 0: p99", "ms"),
     ("agent_latency/connect/poll_model/processing_ms/median", "3. agent to user, connect: after the poll, median", "ms"),
     ("scale/*/rows/*/bytes_per_chat", "4. memory per live chat, {0} (row {1})", "bytes"),
     ("handoff_start/*/start_ms/median", "5. handoff start, {0}: median", "ms"),
@@ -215,8 +217,16 @@ def checks(found: Sequence[Measure], builds: Sequence[str], baseline: str = BASE
                     f"<= x{FORWARD_RATIO_MAX:.2f}",
                     ratio <= FORWARD_RATIO_MAX,
                 ))
-        measure = by_path.get("agent_latency/virtual_agent/latency_ms/median")
-        if measure is not None and measure.ratio(baseline) is not None:
+        # Like for like: each push shown as it came, all a build before
+        # issue 19 does. The default's wait for ServiceNow's order is shown
+        # beside it, for what it costs, not against the target.
+        for result, label, judged in (
+            ("virtual_agent_as_pushed", "order_wait 0", True),
+            ("virtual_agent", "default, with the read for ServiceNow's order", False),
+        ):
+            measure = by_path.get(f"agent_latency/{result}/latency_ms/median")
+            if measure is None or measure.ratio(baseline) is None:
+                continue
             ratio = measure.ratio(baseline)
             met: Optional[bool] = True
             note = ""
@@ -226,10 +236,10 @@ def checks(found: Sequence[Measure], builds: Sequence[str], baseline: str = BASE
                 met = None if rounds and min(rounds) <= AGENT_TO_USER_RATIO_MAX else False
                 note = "; within the runs' spread" if met is None else ""
             rows.append((
-                f"agent to user, virtual_agent: median vs {against}",
+                f"agent to user, virtual_agent ({label}): median vs {against}",
                 _versus(measure, baseline) + note,
-                "no slower (<= x1.00)",
-                met,
+                "no slower (<= x1.00)" if judged else "(shown, not a target)",
+                met if judged else None,
             ))
     for measure in found:
         matched = _match("bot_turns/*/median_ratio", measure.path)

@@ -362,7 +362,7 @@ def _agent_latency(axis: Any, data: Dict[str, Any]) -> None:
         return
     for backend, result in data.items():
         stats = result["latency_ms"]
-        axis.bar(backend, stats["median"], color="#0b6bcb" if backend == "virtual_agent" else "#9aa5b1")
+        axis.bar(backend, stats["median"], color="#0b6bcb" if backend.startswith("virtual_agent") else "#9aa5b1")
         axis.errorbar(backend, stats["median"], yerr=[[0], [stats["p99"] - stats["median"]]], color="#1d2329", capsize=6)
         axis.annotate(f"median {stats['median']:.1f} ms\np99 {stats['p99']:.1f} ms", (backend, stats["p99"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     axis.set_yscale("log")
