@@ -73,3 +73,50 @@ def within(seconds: Optional[float]) -> AsyncContextManager[Any]:
     coroutine as a task of its own, a cost on every message although the
     deadline almost never passes; this schedules one timer in the current task."""
     return _timeout(seconds)
+
+
+class Wake:
+    """A flag that one loop waits on with a deadline: what ``event_within``
+    does for an ``asyncio.Event``, without a task per wait. Each Connect chat
+    waits on one every poll interval, so a thousand chats made a thousand
+    tasks a second.
+
+    The wait is one future and one timer in the waiting task itself, so a
+    cancel is never lost: one that comes in the same turn as a ``set`` (or
+    the deadline) is still raised at the ``await``."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: "Optional[asyncio.Future[bool]]" = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, timeout: Optional[float]) -> bool:
+        """Wait up to ``timeout`` seconds (None: no limit); True when set."""
+        if self._set:
+            return True
+        if self._waiter is not None:
+            raise RuntimeError("a Wake has one waiter at a time")
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _time_out, waiter) if timeout is not None else None
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _time_out(waiter: "asyncio.Future[bool]") -> None:
+    if not waiter.done():
+        waiter.set_result(False)

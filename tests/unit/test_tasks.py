@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from connectors.servicenow.tasks import event_within
+from connectors.servicenow.tasks import Wake, event_within
 
 
 async def test_an_event_set_in_time_is_true_and_one_that_never_comes_is_false():
@@ -25,3 +25,35 @@ async def test_a_cancel_in_the_same_turn_as_the_event_is_not_lost():
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_wake_says_whether_it_was_set_within_the_deadline():
+    wake = Wake()
+    assert await wake.wait(0.01) is False
+    wake.set()
+    assert await wake.wait(0) is True  # set before the wait: no waiting at all
+    wake.clear()
+    asyncio.get_running_loop().call_soon(wake.set)
+    assert await wake.wait(None) is True
+
+
+async def test_a_cancel_that_comes_with_the_wake_is_never_lost():
+    # The case wait_for lost before Python 3.12 (CPython gh-86296): the flag
+    # set and the waiting task cancelled in the same turn of the loop.
+    wake = Wake()
+    waiting = asyncio.ensure_future(wake.wait(10))
+    await asyncio.sleep(0)  # wait-ok: lets the wait begin
+    wake.set()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_a_wake_has_one_waiter_at_a_time():
+    wake = Wake()
+    first = asyncio.ensure_future(wake.wait(10))
+    await asyncio.sleep(0)  # wait-ok: lets the first wait begin
+    with pytest.raises(RuntimeError):
+        await wake.wait(10)
+    wake.set()
+    assert await first is True
