@@ -9,7 +9,7 @@ from typing import Any, AsyncContextManager, Awaitable, Iterator, Optional, Set,
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
-else:  # aiohttp's own dependency on Python 3.10; asyncio.timeout is its successor.
+else:  # Required by aiohttp (which the connector uses) on Python 3.10; asyncio.timeout is its successor.
     from async_timeout import timeout as _timeout
 
 T = TypeVar("T")
