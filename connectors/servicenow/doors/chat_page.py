@@ -29,10 +29,10 @@ async def chat_asset(name: str) -> HTTPResponse:
 
 
 def add_chat_page(blueprint: Blueprint) -> None:
-    @blueprint.route("/chat", methods=["GET"])
+    @blueprint.route("/chat", methods=["GET"], stream=True)
     async def chat_page(_: Request) -> HTTPResponse:
         return await chat_asset("index.html")
 
-    @blueprint.route("/chat/<name>", methods=["GET"])
+    @blueprint.route("/chat/<name>", methods=["GET"], stream=True)
     async def chat_page_asset(_: Request, name: str) -> HTTPResponse:
         return await chat_asset(name)
