@@ -3,9 +3,9 @@ happen one at a time per conversation: its messages (the front doors), and
 its puts into the outbox."""
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Dict
+from types import TracebackType
+from typing import Dict, Optional, Type
 
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.tasks import within
@@ -29,26 +29,55 @@ class ConversationLocks:
     def __len__(self) -> int:
         return len(self._turns)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, sender_id: str, timeout: float) -> AsyncIterator[None]:
-        """Hold the conversation's lock; ``ConversationBusy`` after waiting ``timeout``."""
-        turns = self._turns.setdefault(sender_id, _Turns())
+    def hold(self, sender_id: str, timeout: float) -> "_Hold":
+        """``async with locks.hold(sender, timeout)``: hold the conversation's
+        lock; ``ConversationBusy`` after waiting ``timeout``."""
+        return _Hold(self._turns, sender_id, timeout)
+
+
+class _Hold:
+    """One hold of a conversation's lock. A class rather than an
+    ``asynccontextmanager``: every message takes one, and a generator-based
+    context manager costs several times as much to enter and leave."""
+
+    __slots__ = ("_all", "_sender_id", "_timeout", "_turns")
+
+    def __init__(self, turns: Dict[str, _Turns], sender_id: str, timeout: float) -> None:
+        self._all = turns
+        self._sender_id = sender_id
+        self._timeout = timeout
+        self._turns: Optional[_Turns] = None
+
+    async def __aenter__(self) -> None:
+        turns = self._all.get(self._sender_id)
+        if turns is None:
+            turns = self._all[self._sender_id] = _Turns()
         turns.users += 1
         try:
-            try:
-                if turns.users == 1:
-                    # Nobody holds it or waits for it: taken at once, no deadline to keep.
+            if turns.users == 1:
+                # Nobody holds it or waits for it: taken at once, no deadline to keep.
+                await turns.lock.acquire()
+            else:
+                async with within(self._timeout):
                     await turns.lock.acquire()
-                else:
-                    async with within(timeout):
-                        await turns.lock.acquire()
-            except asyncio.TimeoutError:
-                raise ConversationBusy(f"conversation {sender_id} is busy with an earlier message") from None
-            try:
-                yield
-            finally:
-                turns.lock.release()
-        finally:
-            turns.users -= 1
-            if not turns.users:
-                del self._turns[sender_id]
+        except asyncio.TimeoutError:
+            self._leave(turns)
+            raise ConversationBusy(f"conversation {self._sender_id} is busy with an earlier message") from None
+        except BaseException:
+            self._leave(turns)
+            raise
+        self._turns = turns
+
+    async def __aexit__(
+        self, kind: Optional[Type[BaseException]], error: Optional[BaseException], trace: Optional[TracebackType]
+    ) -> None:
+        turns = self._turns
+        assert turns is not None, "left without being entered"
+        self._turns = None
+        turns.lock.release()
+        self._leave(turns)
+
+    def _leave(self, turns: _Turns) -> None:
+        turns.users -= 1
+        if not turns.users:
+            del self._all[self._sender_id]

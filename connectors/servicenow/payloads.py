@@ -97,13 +97,14 @@ def decode_json_text(text: str, *, max_bytes: Optional[int] = None) -> Any:
     if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise PayloadError(413, "PayloadTooLarge", f"The message is larger than {max_bytes} bytes.")
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = _DECODER.decode(text)
     except RecursionError:
         raise _too_deep() from None
     except ValueError:
         # Also Python's limit on the digits of an integer.
         raise PayloadError(400, "InvalidJSON", "The request body is not valid JSON.") from None
-    _check_tree(data)
+    if not _plainly_within_limits(text):
+        _check_tree(data)
     return data
 
 
@@ -246,6 +247,22 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise ValueError(f"{text} is out of range")
     return value
+
+
+#: One decoder for every body: ``json.loads`` with options makes a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _plainly_within_limits(text: str) -> bool:
+    """Whether the text alone shows its document within the limits, so the
+    walk of the decoded tree can be skipped (it is, for nearly every message):
+    no ``\\u`` escape and no raw surrogate (so no lone surrogate can come
+    out), and fewer brackets than the depth allowed (so no deeper nesting)."""
+    return (
+        "\\u" not in text
+        and text.count("{") + text.count("[") <= MAX_JSON_DEPTH
+        and _SURROGATE.search(text) is None
+    )
 
 
 def _too_deep() -> PayloadError:

@@ -80,6 +80,8 @@ class Router:
         async with self.turns.hold(payload.sender, OPEN_WAIT_S):
             chat = await self._chats.active_chat(payload.sender)
             if chat is not None:
+                if payload.attachment is None and not self._is_command(payload.message):
+                    return await self.forward(chat, payload.message)  # the common case, one await less
                 return await self._to_agent(chat, payload, on_new_message, input_channel)
             if self._in_flight.failed_for(payload.sender, arrived):
                 # Sent for the agent while the chat was opening; the open failed.
@@ -101,6 +103,10 @@ class Router:
         if command in self._settings.end_chat_commands:
             return await self._ending.end_by_user(chat)
         return await self.forward(chat, payload.message)
+
+    def _is_command(self, message: str) -> bool:
+        command = message.lower()
+        return command == RESTART_COMMAND or command in self._settings.end_chat_commands
 
     async def _to_bot(
         self, payload: UserPayload, on_new_message: OnNewMessage, arrived: float, claims: Optional[Claims], input_channel: str

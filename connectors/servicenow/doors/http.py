@@ -199,9 +199,9 @@ class BodyReads:
                 503, "ServerBusy", "Too many requests are sending their body now; try again shortly.",
                 retry_after=BUSY_RETRY_AFTER_S,
             )
-        task = asyncio.current_task()
-        assert task is not None, "a request is handled in a task"
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None, "a request is handled in a task"
         self._reading[task] = loop.time() + self.deadline_s
         if self._sweep is None:
             self._sweep = loop.call_later(self._sweep_every_s, self._cut_overdue)

@@ -176,8 +176,9 @@ class HTTPRoutes:
         # request (its ODE optimisation keeps a namespace with any handler),
         # about 9% of a forwarded message's CPU. The routes are all
         # ``stream=True``, so nothing of the body is read before this runs.
+        # A plain function: Sanic awaits a middleware only when it returns an awaitable.
         @blueprint.middleware("request")
-        async def refuse_malformed_framing(request: Request) -> Optional[HTTPResponse]:
+        def refuse_malformed_framing(request: Request) -> Optional[HTTPResponse]:
             error = framing_error(request, routes_with_body)
             return None if error is None else refuse_framing(request, error)
 
@@ -226,7 +227,7 @@ class HTTPRoutes:
             return response.json(not_ready.body(), status=503)
         # A task of its own, so that a client hanging up (Sanic then
         # cancels this handler) cannot cut a handoff's start or end in half.
-        turn = self.core.work.spawn(self.handle(payload, on_new_message, claims))
+        turn = self.core.work.spawn(self.core.router.handle(payload, on_new_message, claims, self.door))
         try:
             replies = await asyncio.shield(turn)
         except asyncio.CancelledError:

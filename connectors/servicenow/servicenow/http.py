@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import aiohttp
 
@@ -98,36 +98,37 @@ class ServiceNowHTTP:
         raw_body: Optional[bytes] = None,
         content_type: Optional[str] = None,
     ) -> Any:
-        """Send one API call and return its decoded JSON body.
-
-        ``attempts`` overrides the retry policy's count for calls not worth
-        repeating (1: a single try, e.g. a typing indicator).
-
-        ``raw_body`` with ``content_type`` sends bytes instead of JSON (the
-        Attachment API takes the file itself as the body).
-
-        The body is serialised once, compactly, so a signature computed over
-        ``compact_json(json_body)`` by the caller matches the bytes sent.
-        """
-        call = _Call(
-            method,
-            path,
-            compact_json(json_body) if json_body is not None else raw_body,
-            params,
-            {
-                **JSON_HEADERS,
-                **({"Content-Type": content_type} if raw_body is not None and content_type else {}),
-                **(extra_headers or {}),
-            },
-        )
+        """Send one API call and return its decoded JSON body. ``attempts``
+        overrides the retry policy's count (1: a single try, e.g. a typing
+        indicator); ``raw_body`` with ``content_type`` sends bytes, not JSON
+        (the Attachment API takes the file itself). The body is serialised
+        once, compactly, so a signature over ``compact_json(json_body)``
+        computed by the caller matches the bytes sent."""
+        body = compact_json(json_body) if json_body is not None else raw_body
+        call = _Call(method, path, body, params, _headers(extra_headers, content_type if raw_body is not None else None))
         renewed_credentials = False
         attempt = 0
         max_attempts = attempts or self._retry.attempts
         while attempt < max_attempts:
             attempt += 1
-            answer = await self._attempt(call)
+            # Each try in this coroutine, not one of its own: every resume of
+            # the request inside passes through each coroutine awaiting it.
+            session = self._session.get()
+            started = time.monotonic()
+            answer: Optional[_Answer] = None
+            try:
+                headers = {**call.headers, "Authorization": await self._auth.header(session, self.base_url)}
+                started = time.monotonic()
+                url = self.base_url + call.path
+                async with session.request(call.method, url, data=call.body, params=call.params, headers=headers) as response:
+                    answer = _Answer(response.status, await response.read(), _retry_after(response.headers.get("Retry-After")))
+                    if self._on_response is not None:
+                        self._on_response(call.method, call.path, answer.status, response.headers)
+            except (aiohttp.ClientError, asyncio.TimeoutError, TransientAuthError) as error:
+                self._no_answer(call, error, time.monotonic() - started)
             delay: Optional[float] = None
             if answer is not None:
+                self._answered(call, answer.status, time.monotonic() - started)
                 if answer.status == 401 and self._auth.renewable and not renewed_credentials:
                     # A revoked or expired token: one fresh token, no backoff.
                     renewed_credentials = True
@@ -145,29 +146,16 @@ class ServiceNowHTTP:
             status=call.status,
         )
 
-    async def _attempt(self, call: "_Call") -> Optional["_Answer"]:
-        """One try; None (and ``call.problem`` says why) when no answer came."""
-        session = self._session.get()
-        started = time.monotonic()
-        try:
-            headers = {**call.headers, "Authorization": await self._auth.header(session, self.base_url)}
-            started = time.monotonic()
-            url = self.base_url + call.path
-            async with session.request(call.method, url, data=call.body, params=call.params, headers=headers) as response:
-                answer = _Answer(response.status, await response.read(), _retry_after(response.headers.get("Retry-After")))
-                if self._on_response is not None:
-                    self._on_response(call.method, call.path, answer.status, response.headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError, TransientAuthError) as error:
-            call.problem, call.status = _describe(error), None
-            if self._on_attempt is not None and not isinstance(error, TransientAuthError):
-                self._on_attempt(call.method, call.path, None, time.monotonic() - started)
-            return None
-        took = time.monotonic() - started
-        logger.debug("ServiceNow %s %s -> %s in %.1f ms", call.method, call.path, answer.status, took * 1000)
+    def _no_answer(self, call: "_Call", error: BaseException, took: float) -> None:
+        call.problem, call.status = _describe(error), None
+        if self._on_attempt is not None and not isinstance(error, TransientAuthError):
+            self._on_attempt(call.method, call.path, None, took)
+
+    def _answered(self, call: "_Call", status: int, took: float) -> None:
+        logger.debug("ServiceNow %s %s -> %s in %.1f ms", call.method, call.path, status, took * 1000)
         if self._on_attempt is not None:
-            self._on_attempt(call.method, call.path, answer.status, took)
-        call.status = answer.status
-        return answer
+            self._on_attempt(call.method, call.path, status, took)
+        call.status = status
 
     def _judge(self, call: "_Call", answer: "_Answer") -> Tuple[bool, Any, Optional[float]]:
         """``(True, body)`` for a usable answer; ``(False, _, delay)`` for one
@@ -217,11 +205,16 @@ class _Call:
     status: Optional[int] = None
 
 
-@dataclass(frozen=True)
-class _Answer:
+class _Answer(NamedTuple):
     status: int
     raw: bytes
     retry_after: Optional[float]
+
+
+def _headers(extra: Optional[Mapping[str, str]], content_type: Optional[str]) -> Dict[str, str]:
+    headers = {**JSON_HEADERS, **({"Content-Type": content_type} if content_type else {})}
+    headers.update(extra or {})
+    return headers
 
 
 def compact_json(value: Any) -> bytes:
