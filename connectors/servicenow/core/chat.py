@@ -8,7 +8,6 @@ late pollers and callbacks check, the chat's poller.
 """
 
 import asyncio
-import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
@@ -22,7 +21,7 @@ from connectors.servicenow.store import HandoffRecord
 FAILED_OPENS_KEPT = 1000
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveChat:
     sender_id: str
     chat_id: str
@@ -45,10 +44,11 @@ class LiveChat:
     #: Virtual Agent: how far ServiceNow's record of the chat was read (va_records.py).
     records: RecordCursor = field(default_factory=RecordCursor)
 
-    @functools.cached_property
-    def ref(self) -> ChatRef:
-        """The chat as ServiceNow calls name it (made once: its fields never change)."""
-        return ChatRef(self.chat_id, self.sender_id, self.user)
+    #: The chat as ServiceNow calls name it (made once: its fields never change).
+    ref: ChatRef = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ref = ChatRef(self.chat_id, self.sender_id, self.user)
 
     @property
     def cursor(self) -> Cursor:

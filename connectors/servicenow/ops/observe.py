@@ -40,7 +40,7 @@ TIMINGS_KEPT = 100_000
 ARRIVALS_KEPT = 10_000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Timing:
     started: float
     agent_joined: Optional[float] = None

@@ -90,7 +90,7 @@ class StoreUnavailable(StoreError, errors.StoreUnavailable):
 # -- records ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HandoffRecord:
     """One conversation in handoff: the routing truth.
 
@@ -193,7 +193,7 @@ class Guard:
     once_ttl: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutboxEntry:
     """One stored outbox entry. ``entry_id`` is its place in the stream and
     its SSE event id."""

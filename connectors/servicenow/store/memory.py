@@ -21,9 +21,9 @@ import heapq
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple
 
 from connectors.servicenow.store.memory_counts import MemoryCounts
 from connectors.servicenow.store.base import (
@@ -51,18 +51,26 @@ SWEEP_INTERVAL_S = 60.0
 EntryId = Tuple[int, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stream:
-    entries: Deque[OutboxEntry]
+    #: Lists trimmed to ``retained`` on append, not deques with a maxlen: an
+    #: empty deque takes 624 bytes, and every live chat has a stream.
+    entries: List[OutboxEntry]
     #: The parsed id of each entry, in step with ``entries``: reads compare
     #: tuples instead of parsing ids again.
-    ids: Deque[EntryId]
+    ids: List[EntryId]
     expires_at: float
     sinks: Dict[str, str] = field(default_factory=dict)
     #: Set on the next append; created only while someone waits.
     appended: Optional[asyncio.Event] = None
     #: Readers blocked on ``appended``.
     waiting: int = 0
+
+    def keep_newest(self, count: int) -> None:
+        overflow = len(self.entries) - count
+        if overflow > 0:
+            del self.entries[:overflow]
+            del self.ids[:overflow]
 
 
 class MemoryStore(MemoryCounts, Store):
@@ -245,7 +253,7 @@ class MemoryStore(MemoryCounts, Store):
         return self._last_id
 
     def _new_stream(self, name: str) -> _Stream:
-        stream = _Stream(deque(maxlen=self.retained), deque(maxlen=self.retained), self._clock() + self.stream_ttl)
+        stream = _Stream([], [], self._clock() + self.stream_ttl)
         self._streams[name] = stream
         return stream
 
@@ -273,6 +281,7 @@ class MemoryStore(MemoryCounts, Store):
             added.append(OutboxEntry(f"{entry_id[0]}-{entry_id[1]}", entry.kind, entry.payload, entry.to_callback))
             kept.ids.append(entry_id)
         kept.entries.extend(added)
+        kept.keep_newest(self.retained)
         kept.expires_at = self._clock() + self.stream_ttl
         if kept.appended is not None and added:
             kept.appended.set()
