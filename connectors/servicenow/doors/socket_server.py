@@ -13,7 +13,7 @@ back), then stops those tasks.
 
 import asyncio
 import json
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set, Union
 
 import engineio
 from socketio import AsyncServer, packet
@@ -36,7 +36,13 @@ class _WebhookRules:
         return json.dumps(data, **options)
 
     @staticmethod
-    def loads(text: str) -> Any:
+    def loads(text: Union[str, bytes]) -> Any:
+        if isinstance(text, (bytes, bytearray)):
+            # python-socketio's Redis manager decodes what another replica
+            # published with this module too, as bytes (and drops, without a
+            # word, what fails): the deployment's own messages, of any size,
+            # not a client's packet.
+            return json.loads(text)
         return decode_json_text(text, max_bytes=MAX_BODY_BYTES)
 
 

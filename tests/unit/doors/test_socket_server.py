@@ -30,3 +30,14 @@ def test_connect_auth_that_fails_is_handed_to_the_connect_handler():
 
 def test_a_client_cannot_make_the_refusal_say_anything_but_a_refusal():
     assert refused_input("text") is None and refused_input({"reason": 1}) is None
+
+
+def test_what_another_replica_published_is_decoded_as_redis_hands_it_over():
+    # python-socketio's Redis manager decodes pubsub messages with the packet
+    # class's JSON module, from bytes, and drops without a word what fails:
+    # an emit to a room on another replica would vanish.
+    message = {"method": "emit", "event": "bot_uttered", "data": {"text": "I'm here. " * 10_000}, "room": "s1"}
+    published = ScreenedPacket.json.dumps(message).encode()
+    assert len(published) > 64 * 1024  # larger than a client's packet may be
+    assert ScreenedPacket.json.loads(published) == message
+    assert ScreenedPacket.json.loads(bytearray(published)) == message
