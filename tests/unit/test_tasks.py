@@ -16,12 +16,25 @@ async def test_an_event_set_in_time_is_true_and_one_that_never_comes_is_false():
     assert await event_within(event, 0) is True  # already set
 
 
-async def test_a_cancel_in_the_same_turn_as_the_event_is_not_lost():
-    # asyncio.wait_for(event.wait(), ...) returns True here before Python 3.12 (CPython gh-86296).
+def _event_waiter():
     event = asyncio.Event()
-    waiting = asyncio.ensure_future(event_within(event, 10))
+    return event.set, event_within(event, 10)
+
+
+def _wake_waiter():
+    wake = Wake()
+    return wake.set, wake.wait(10)
+
+
+@pytest.mark.parametrize("make", [_event_waiter, _wake_waiter], ids=["event_within", "Wake"])
+async def test_a_cancel_in_the_same_turn_as_the_wake_is_never_lost(make):
+    # asyncio.wait_for(event.wait(), ...) returns True here before Python 3.12
+    # (CPython gh-86296): the flag set and the waiting task cancelled in the
+    # same turn of the loop.
+    wake_up, wait = make()
+    waiting = asyncio.ensure_future(wait)
     await asyncio.sleep(0)  # wait-ok: one turn of the loop, so the task waits first
-    event.set()
+    wake_up()
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -35,18 +48,6 @@ async def test_a_wake_says_whether_it_was_set_within_the_deadline():
     wake.clear()
     asyncio.get_running_loop().call_soon(wake.set)
     assert await wake.wait(None) is True
-
-
-async def test_a_cancel_that_comes_with_the_wake_is_never_lost():
-    # The case wait_for lost before Python 3.12 (CPython gh-86296): the flag
-    # set and the waiting task cancelled in the same turn of the loop.
-    wake = Wake()
-    waiting = asyncio.ensure_future(wake.wait(10))
-    await asyncio.sleep(0)  # wait-ok: lets the wait begin
-    wake.set()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
 
 
 async def test_a_wake_has_one_waiter_at_a_time():
