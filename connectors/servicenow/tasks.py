@@ -68,9 +68,37 @@ async def event_within(event: asyncio.Event, timeout: Optional[float]) -> bool:
     return bool(done)
 
 
+async def bounded(call: Awaitable[T], timeout: Optional[float]) -> T:
+    """``call``'s answer within ``timeout`` seconds (None: no limit), else
+    ``asyncio.TimeoutError``; what ``asyncio.wait_for`` does, without losing a
+    cancel.
+
+    The call runs as a task of its own, as in wait_for before Python 3.12:
+    a client library may itself wait with ``async_timeout`` (redis-py and
+    aiohttp do on Python 3.10), and a cancel of the task running it that
+    comes as that inner timeout expires is taken for the timeout and
+    swallowed. Here the caller's cancel is raised whatever the call does with
+    it, and whether or not it had an answer in the same turn (gh-86296)."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        # Like wait_for: the call has let go of what it held before the caller goes on.
+        await asyncio.wait({task})
+        if task.cancelled():
+            raise asyncio.TimeoutError()
+    # Its answer or its error (one that finished instead of stopping included).
+    return task.result()
+
+
 def within(seconds: Optional[float]) -> AsyncContextManager[Any]:
     """Cancel the block after ``seconds`` (None: no limit) and raise
-    ``asyncio.TimeoutError``.
+    ``asyncio.TimeoutError``. For waits on asyncio's own primitives: a client
+    library's code in the block may swallow the cancel (see ``bounded``).
 
     Where a hot path waits with a deadline (each message takes its
     conversation's lock and reads its body so), this rather than

@@ -352,3 +352,29 @@ async def test_many_readers_of_one_stream_all_wake(redis_server):
     finally:
         await one.aclose()
         await two.aclose()
+
+
+async def test_a_cancel_that_comes_as_a_redis_call_completes_is_not_lost():
+    # Each call ran under asyncio.wait_for, which before Python 3.12 returns the
+    # call's answer when the answer and a cancel come in the same turn of the
+    # loop (CPython gh-86296): a socket.io reader cancelled so read on for ever.
+    import fakeredis.aioredis
+
+    store = RedisStore(fakeredis.aioredis.FakeRedis(), prefix="t:")
+    answer: "asyncio.Future[list]" = asyncio.get_running_loop().create_future()
+    asked = asyncio.Event()
+
+    async def xread(*_args, **_options):
+        asked.set()
+        return await answer
+
+    store._redis.xread = xread
+    reading = asyncio.ensure_future(store.read("user-1"))
+    try:
+        await asked.wait()
+        answer.set_result([])
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+    finally:
+        await store.aclose()

@@ -63,6 +63,18 @@ def test_only_the_store_package_knows_which_store_runs():
         assert not imported & {"MemoryStore", "RedisStore"} or path.name == "__init__.py", path
 
 
+def test_no_asyncio_wait_for_outside_the_emulator():
+    # Before Python 3.12, wait_for returns the answer when the answer and a
+    # cancel come in the same turn (CPython gh-86296): a loop that runs until
+    # cancelled runs on. tasks.within and tasks.event_within do not lose it.
+    for path in modules():
+        calls = [
+            node.lineno for node in ast.walk(parsed(path))
+            if isinstance(node, ast.Attribute) and node.attr == "wait_for"
+        ]
+        assert not calls, f"{path.relative_to(PACKAGE)}: asyncio.wait_for on lines {calls}"
+
+
 def test_only_rasa_glue_imports_rasa():
     # The doctor reads a Rasa project's files with Rasa's own loaders; the
     # connector itself reaches Rasa through rasa_glue/ only, but for the

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from connectors.servicenow.tasks import Wake, event_within
+from connectors.servicenow.tasks import Wake, bounded, event_within, within
 
 
 async def test_an_event_set_in_time_is_true_and_one_that_never_comes_is_false():
@@ -26,7 +26,24 @@ def _wake_waiter():
     return wake.set, wake.wait(10)
 
 
-@pytest.mark.parametrize("make", [_event_waiter, _wake_waiter], ids=["event_within", "Wake"])
+def _within_waiter():
+    answer = asyncio.get_running_loop().create_future()
+
+    async def wait():
+        async with within(10):
+            return await answer
+
+    return lambda: answer.set_result(True), wait()
+
+
+def _bounded_waiter():
+    answer = asyncio.get_running_loop().create_future()
+    return lambda: answer.set_result(True), bounded(answer, 10)
+
+
+@pytest.mark.parametrize(
+    "make", [_event_waiter, _wake_waiter, _within_waiter, _bounded_waiter], ids=["event_within", "Wake", "within", "bounded"]
+)
 async def test_a_cancel_in_the_same_turn_as_the_wake_is_never_lost(make):
     # asyncio.wait_for(event.wait(), ...) returns True here before Python 3.12
     # (CPython gh-86296): the flag set and the waiting task cancelled in the
@@ -58,3 +75,37 @@ async def test_a_wake_has_one_waiter_at_a_time():
         await wake.wait(10)
     wake.set()
     assert await first is True
+
+
+async def test_bounded_gives_the_answer_or_the_error_in_time_and_a_timeout_otherwise():
+    async def answer():
+        return 42
+
+    async def fail():
+        raise ValueError("no")
+
+    assert await bounded(answer(), 5) == 42
+    with pytest.raises(ValueError):
+        await bounded(fail(), 5)
+    with pytest.raises(asyncio.TimeoutError):
+        await bounded(asyncio.Event().wait(), 0.01)
+
+
+async def test_a_cancel_the_call_itself_swallows_still_reaches_the_caller():
+    # redis-py 4.6 polls its connection under async_timeout(0) and takes a
+    # cancel that comes meanwhile for that timeout: run in the caller's task
+    # (``within``), the caller's cancel was gone and a reader read on for ever.
+    started = asyncio.Event()
+
+    async def swallowing():
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "swallowed"
+
+    calling = asyncio.ensure_future(bounded(swallowing(), 10))
+    await started.wait()
+    calling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calling

@@ -23,6 +23,7 @@ from connectors.servicenow.rasa_glue.pending import PendingWrites
 from connectors.servicenow.servicenow.va_records import RecordCursor
 from connectors.servicenow.store import HandoffRecord, Store
 from connectors.servicenow.store.keys import chat_of_poll_lease
+from connectors.servicenow.tasks import within
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class Chats:
         opening = self._in_flight.by_sender.get(sender_id)
         if opening is not None:
             try:
-                return await asyncio.wait_for(asyncio.shield(opening), wait_s)
+                async with within(wait_s):
+                    return await asyncio.shield(opening)
             except asyncio.TimeoutError:
                 raise ConversationBusy(f"the handoff of conversation {sender_id} is still opening") from None
         if sender_id in self._unsaved:

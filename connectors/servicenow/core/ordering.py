@@ -32,6 +32,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from connectors.servicenow.servicenow.base import AgentEvent, AgentJoined, AgentMessage, ChatClosed, SystemNotice
 from connectors.servicenow.servicenow.va_records import ConversationRecords, NoReadAccess, RecordCursor, Seen
 from connectors.servicenow.errors import ServiceNowError
+from connectors.servicenow.tasks import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,11 @@ class PushOrder:
         carried = set(pushed)
         started = self._clock()
         try:
-            catch_up = await asyncio.wait_for(
+            catch_up = await bounded(
                 self._records.catch_up(
                     chat_id, cursor, lambda message_id: message_id in carried or seen(message_id), state_on_unseen=False
                 ),
-                timeout=self._wait,
+                self._wait,
             )
         except asyncio.TimeoutError:
             waited = self._clock() - started

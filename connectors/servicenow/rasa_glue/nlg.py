@@ -29,6 +29,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from connectors.servicenow.markdown import is_inert
 from connectors.servicenow.rasa_glue.channels import Agent, AgentSource
 from connectors.servicenow.rasa_glue.versions import nlg_output_channel
+from connectors.servicenow.tasks import bounded
 from connectors.servicenow.texts import UserTexts, response_name
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Speech:
         if not self._may_render(agent, wanted):
             return [self.configured(sender_id, line) for line in wanted]
         try:
-            return await asyncio.wait_for(self._render(agent, sender_id, wanted), self._timeout_s)
+            return await bounded(self._render(agent, sender_id, wanted), self._timeout_s)
         except asyncio.TimeoutError:
             self._warn(wanted, f"the NLG took longer than {self._timeout_s:g} s")
         except Exception as error:  # any NLG failure: the configured text is said instead

@@ -95,7 +95,7 @@ from connectors.servicenow.store.base import (
     dump_payload,
     parse_entry_id,
 )
-from connectors.servicenow.tasks import event_within
+from connectors.servicenow.tasks import bounded, event_within
 
 logger = logging.getLogger(__name__)
 
@@ -440,7 +440,7 @@ class RedisStore(RedisCounts, Store):
 
     async def _run(self, call: Awaitable[T], timeout: Optional[float] = None) -> T:
         try:
-            return await asyncio.wait_for(call, timeout if timeout is not None else self.operation_timeout)
+            return await bounded(call, timeout if timeout is not None else self.operation_timeout)
         except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, OSError) as error:
             raise StoreUnavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from error
         except ResponseError as error:
@@ -822,7 +822,7 @@ class _Notices:
                 try:
                     async with self._lock:
                         if self._pubsub is not None and not state.listeners:
-                            await asyncio.wait_for(self._pubsub.unsubscribe(channel), self._timeout)
+                            await bounded(self._pubsub.unsubscribe(channel), self._timeout)
                 except (RedisError, OSError, asyncio.TimeoutError):
                     self._broken()
             self._forget_if_idle(channel, state)
@@ -897,7 +897,7 @@ class _Notices:
 
 async def _unavailable_on_error(call: Awaitable[T], timeout: float) -> T:
     try:
-        return await asyncio.wait_for(call, timeout)
+        return await bounded(call, timeout)
     except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, OSError) as error:
         raise StoreUnavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from error
 
