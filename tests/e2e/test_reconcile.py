@@ -16,7 +16,6 @@ from tests.e2e.conftest import TEXTS, Handoff, channel_options, point_emulator_a
 from tests.e2e.harness import CallbackReceiver, Emulator, RasaServer, new_sender, wait_for
 from tests.e2e.test_handback import RATING_QUESTION, hand_back_events
 from tests.e2e.test_replicas import Stream, redis, start_replicas  # noqa: F401 (redis: the module's fixture)
-from connectors.servicenow.emulator.config import TABLE_NAMES
 
 #: A steady pass this far apart cannot be what delivers within ``START_DEADLINE_S`` of a restart.
 LONG_INTERVAL_S = 30.0
@@ -230,18 +229,28 @@ def test_two_replicas_deliver_each_missed_message_once(replicas, emulator, callb
 
 
 @pytest.fixture
-def refused(e2e_dir, demo_model, emulator, callback) -> Iterator[RasaServer]:
+def refusing_emulator(e2e_dir) -> Iterator[Emulator]:
+    """A ServiceNow of this test's own: its request log then holds only this deployment's reads (the shared
+    emulator serves the other tests' Rasa servers too, whose reconciling reads tables at any time), and the
+    refusal reaches no other test."""
+    running = Emulator(e2e_dir / "emulator-refusing.log")
+    running.configure(table_read_access=["sys_user"])
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def refused(e2e_dir, demo_model, refusing_emulator, callback) -> Iterator[RasaServer]:
     """A deployment whose integration user may not read the conversation tables (its own process: the channel
     remembers a refusal for ten minutes)."""
-    options = channel_options(emulator, callback, "virtual_agent", reconcile_interval=SHORT_INTERVAL_S)
+    options = channel_options(refusing_emulator, callback, "virtual_agent", reconcile_interval=SHORT_INTERVAL_S)
     server = RasaServer(e2e_dir, demo_model, options, name="reconcile-refused").start()
-    emulator.configure(table_read_access=["sys_user"])
     yield server
-    emulator.configure(table_read_access=list(TABLE_NAMES))
     server.stop()
 
 
-def test_without_read_access_pushes_alone_are_relayed_and_the_log_says_so_once(refused, emulator, callback):
+def test_without_read_access_pushes_alone_are_relayed_and_the_log_says_so_once(refused, refusing_emulator, callback):
+    emulator = refusing_emulator
     no_retries(emulator, refused)
     asked_before = len(emulator.get("requests")["requests"])
     sender = new_sender()
