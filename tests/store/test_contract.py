@@ -397,6 +397,24 @@ async def test_only_the_holder_renews_or_releases(make_stores):
     assert await two.acquire_lease("poll:chat-1", "b", ttl=30)
 
 
+@pytest.mark.parametrize("call", ["acquire_lease", "renew_lease"])
+async def test_a_lease_call_made_takes_effect_though_its_caller_stops_and_a_release_comes_after_it(make_stores, call):
+    # A stopping poller is cancelled with its renewal on its way; its replica
+    # then releases the lease on another connection. Were the renewal dropped,
+    # or did it land after the release, the lease would stay held by a
+    # replica that polls no more until it expires.
+    one, two = make_stores()
+    assert await one.acquire_lease("poll:chat-1", "a", ttl=1.0)
+    calling = asyncio.ensure_future(getattr(one, call)("poll:chat-1", "a", ttl=60))
+    await asyncio.sleep(0)  # wait-ok: one turn of the loop, so the call is made before its caller stops
+    calling.cancel()
+    await asyncio.gather(calling, return_exceptions=True)
+    await asyncio.sleep(1.2)  # wait-ok: time itself is tested; the first lease is over by now
+    assert not await two.acquire_lease("poll:chat-1", "b", ttl=30), "the call took effect: still a's"
+    assert await one.release_lease("poll:chat-1", "a")
+    assert await two.lease_owner("poll:chat-1") is None
+
+
 async def test_an_expired_lease_is_taken_over(make_stores):
     one, two = make_stores()
     await one.register_lease("poll:chat-1")

@@ -17,10 +17,9 @@ poller that lost it to another replica delivers nothing of its late poll.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat
@@ -141,8 +140,13 @@ class Polling:
         self._on_failed = on_failed
         self._on_cursor = on_cursor
         self._pollers: Dict[str, _Poller] = {}
-        # Lease calls under way: a stop waits for them before letting go.
-        self._lease_calls = TaskSet()
+        # Polls under way, with when each one's lease was last made good: one
+        # loop renews the leases of those that outlast their interval. (A
+        # timer per poll, and a task per lease call, were most of what the
+        # bookkeeping of a poll cost.)
+        self._polls: Dict[_Poller, float] = {}
+        self._renewer: "Optional[asyncio.Task[None]]" = None
+        self._renewals = TaskSet()
 
     def watch(self, chat: LiveChat, *, catch_up: bool = True) -> None:
         """Start polling the chat (pull backends), or reading it back from
@@ -156,6 +160,8 @@ class Polling:
         poller = _Poller(PollSchedule(self._settings), chat)
         chat.poller = asyncio.create_task(self._poll_loop(poller), name=f"servicenow-poll-{chat.sender_id}")
         self._pollers[chat.sender_id] = poller
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_long_polls(), name="servicenow-poll-leases")
 
     def is_watching(self, chat: LiveChat) -> bool:
         if self._reconciling is not None and not self._backend.pulls:
@@ -187,6 +193,9 @@ class Polling:
         pollers = list(self._pollers.values())
         self._pollers.clear()
         tasks = [poller.chat.poller for poller in pollers if poller.chat.poller is not None]
+        if self._renewer is not None:
+            tasks.append(self._renewer)
+        self._renewals.cancel()  # a lease call made runs to its end all the same (Store.acquire_lease)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -197,9 +206,6 @@ class Polling:
     async def release(self, chats: List[LiveChat], timeout: float = 10.0) -> None:
         """Give up the chats' polling leases, so another replica takes them
         over at once, not after expiry."""
-        # A cancelled loop's last renewal may still reach Redis, on its own
-        # connection, after a release sent on another: let it land first.
-        await self._lease_calls.wait(timeout)
         for chat in chats:
             try:
                 await self._store.release_lease(poll_lease(chat.chat_id), self.owner)
@@ -214,7 +220,9 @@ class Polling:
                 if chat.ended or not await self._hold_lease(poller):
                     return
                 before = chat.cursor
-                async with self._lease_kept(poller):
+                # Its lease was just made good; renewed while the poll and its delivery run.
+                self._polls[poller] = time.monotonic()
+                try:
                     try:
                         result = await self._poll_once(poller)
                     except ServiceNowError as error:
@@ -227,6 +235,8 @@ class Polling:
                         continue
                     if result is not None and not chat.ended and not await self._took(poller, result):
                         return
+                finally:
+                    self._polls.pop(poller, None)
                 if not chat.ended and chat.cursor != before:
                     await self._on_cursor(chat)
         finally:
@@ -248,36 +258,25 @@ class Polling:
             logger.warning("Could not store what ServiceNow chat %s said; polling it again: %s", poller.chat.chat_id, error)
         return True
 
-    @contextlib.asynccontextmanager
-    async def _lease_kept(self, poller: _Poller) -> AsyncIterator[None]:
-        """Renew the chat's lease every interval while a poll and its delivery run.
+    async def _renew_long_polls(self) -> None:
+        """Renew, every interval, the lease of each poll (with its delivery)
+        that outlasts its interval: a poll almost always ends well within it,
+        so this loop rarely finds one, where a timer per poll cost every poll."""
+        while self._pollers:
+            await asyncio.sleep(self._settings.poll_interval / 2)
+            now = time.monotonic()
+            for poller, made_good in list(self._polls.items()):
+                delay = poller.schedule.delay()
+                if now - made_good >= delay:
+                    self._polls[poller] = now
+                    self._renewals.spawn(self._renew(poller, delay))
 
-        A poll almost always ends well within the interval, so the renewing
-        task is started by a timer only when it does not: a task per poll
-        was a measurable share of polling a thousand chats."""
-        renewing: "List[asyncio.Task[None]]" = []
-        timer = asyncio.get_running_loop().call_later(
-            poller.schedule.delay(), lambda: renewing.append(asyncio.ensure_future(self._renew(poller)))
-        )
+    async def _renew(self, poller: _Poller, delay: float) -> None:
         try:
-            yield
-        finally:
-            timer.cancel()
-            for task in renewing:
-                task.cancel()
-
-    async def _renew(self, poller: _Poller) -> None:
-        """Renew now, then every interval, until the lease is lost or the poll ends."""
-        name = poll_lease(poller.chat.chat_id)
-        while True:
-            delay = poller.schedule.delay()
-            try:
-                call = self._lease_calls.spawn(self._store.renew_lease(name, self.owner, lease_time(delay)))
-                if not await asyncio.shield(call):
-                    return  # lost: the guard of the append refuses this poll's result
-            except StoreUnavailable as error:
-                logger.debug("Could not renew the polling lease of chat %s: %s", poller.chat.chat_id, error)
-            await asyncio.sleep(delay)
+            if not await self._store.renew_lease(poll_lease(poller.chat.chat_id), self.owner, lease_time(delay)):
+                self._polls.pop(poller, None)  # lost: the guard of the append refuses this poll's result
+        except StoreUnavailable as error:
+            logger.debug("Could not renew the polling lease of chat %s: %s", poller.chat.chat_id, error)
 
     async def _poll_once(self, poller: _Poller) -> Optional[PollResult]:
         chat = poller.chat
@@ -308,8 +307,7 @@ class Polling:
         name = poll_lease(chat.chat_id)
         while True:
             try:
-                call = self._lease_calls.spawn(self._store.acquire_lease(name, self.owner, lease_time(poller.schedule.delay())))
-                if await asyncio.shield(call):
+                if await self._store.acquire_lease(name, self.owner, lease_time(poller.schedule.delay())):
                     return True
             except StoreUnavailable as error:
                 logger.warning("Not polling ServiceNow chat %s this time: %s", chat.chat_id, error)

@@ -419,7 +419,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         """Hold ``name`` for ``ttl`` seconds. True when it was free, expired
-        or already ``owner``'s (then it is renewed); False when held by another."""
+        or already ``owner``'s (then it is renewed); False when held by another.
+
+        Once made, an acquire or renew call takes effect even if its caller
+        is cancelled (a poller stopping), and a ``release_lease`` of the same
+        name made after it takes effect after it: a stopping replica's leases
+        are free when its release returns, not re-taken by a late renewal."""
 
     @abc.abstractmethod
     async def renew_lease(self, name: str, owner: str, ttl: float) -> bool:

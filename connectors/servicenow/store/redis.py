@@ -62,6 +62,7 @@ use no hash tags).
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -390,6 +391,7 @@ class RedisStore(RedisCounts, Store):
         self._claim_timers = client.register_script(_CLAIM_TIMERS)
         self._finish_timer = client.register_script(_FINISH_TIMER)
         self._notices = _Notices(client, operation_timeout, self._key(key_names.NOTICES))
+        self._lease_calls = _LeaseCalls()
         self._register_count_scripts()
 
     def describe(self) -> str:
@@ -618,13 +620,11 @@ class RedisStore(RedisCounts, Store):
         await self._run(pipe.execute())
 
     async def _hold(self, name: str, owner: str, ttl: float, renew_only: bool) -> bool:
-        held = await self._run(
-            self._acquire_lease(
-                keys=[self._key(key_names.LEASE, name), self._key(key_names.LEASES)],
-                args=[owner, _ms(ttl), _now_ms(), name, "1" if renew_only else "0"],
-            )
+        call = self._acquire_lease(
+            keys=[self._key(key_names.LEASE, name), self._key(key_names.LEASES)],
+            args=[owner, _ms(ttl), _now_ms(), name, "1" if renew_only else "0"],
         )
-        return bool(held)
+        return bool(await self._lease_calls.finish(name, self._run(call)))
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         return await self._hold(name, owner, ttl, renew_only=False)
@@ -633,6 +633,7 @@ class RedisStore(RedisCounts, Store):
         return await self._hold(name, owner, ttl, renew_only=True)
 
     async def release_lease(self, name: str, owner: str) -> bool:
+        await self._lease_calls.settled(name, self.operation_timeout)
         released = await self._run(
             self._release_lease(keys=[self._key(key_names.LEASE, name), self._key(key_names.LEASES)], args=[owner, name])
         )
@@ -775,6 +776,36 @@ class _Channel:
         self.listeners: Set[_Listener] = set()
         self.sent = 0
         self.confirmed = 0
+
+
+class _LeaseCalls:
+    """Lease calls that run to their end once made, even when their caller is
+    cancelled, and that a release of the same lease waits for: sent on
+    another connection of the pool, a release could reach Redis before a
+    renewal made earlier, and the stopped replica would hold the lease again."""
+
+    def __init__(self) -> None:
+        self._running: Dict[str, Set["asyncio.Task[Any]"]] = {}
+
+    async def finish(self, name: str, call: Awaitable[T]) -> T:
+        task: "asyncio.Task[T]" = asyncio.ensure_future(call)
+        self._running.setdefault(name, set()).add(task)
+        task.add_done_callback(functools.partial(self._done, name))
+        return await asyncio.shield(task)
+
+    def _done(self, name: str, task: "asyncio.Task[Any]") -> None:
+        running = self._running.get(name)
+        if running is not None:
+            running.discard(task)
+            if not running:
+                del self._running[name]
+        if not task.cancelled():
+            task.exception()  # its caller may be gone: nobody else would read the error
+
+    async def settled(self, name: str, timeout: float) -> None:
+        running = self._running.get(name)
+        if running:
+            await asyncio.wait(set(running), timeout=timeout)
 
 
 class _Notices:
