@@ -60,12 +60,11 @@ async def event_within(event: asyncio.Event, timeout: Optional[float]) -> bool:
     poller, the timer runner) runs on for ever."""
     if event.is_set():
         return True
-    waiter = asyncio.ensure_future(event.wait())
     try:
-        done, _ = await asyncio.wait({waiter}, timeout=timeout)
-    finally:
-        waiter.cancel()
-    return bool(done)
+        await bounded(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 async def bounded(call: Awaitable[T], timeout: Optional[float]) -> T:
