@@ -81,3 +81,48 @@ class _Hold:
         turns.users -= 1
         if not turns.users:
             del self._all[self._sender_id]
+
+
+class ChatLock:
+    """``async with lock:``, first come first served, for one live chat. It
+    holds no ``asyncio.Lock`` unless two users meet: every live chat has two
+    of these, most chats sit idle or take one message at a time, and an
+    ``asyncio.Lock`` is about 160 bytes (at 10,000 chats, 3 MB of the
+    process for locks nobody waits on)."""
+
+    __slots__ = ("_lock", "_users")
+
+    def __init__(self) -> None:
+        self._lock: Optional[asyncio.Lock] = None
+        #: The holder and those waiting.
+        self._users = 0
+
+    def locked(self) -> bool:
+        return self._users > 0
+
+    async def __aenter__(self) -> None:
+        self._users += 1
+        if self._users == 1:
+            return  # free: taken at once, nothing to queue behind
+        if self._lock is None:
+            # The first to wait makes the queue, taken on behalf of the holder
+            # (a free asyncio.Lock is taken without suspending).
+            self._lock = asyncio.Lock()
+            await self._lock.acquire()
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(
+        self, kind: Optional[Type[BaseException]], error: Optional[BaseException], trace: Optional[TracebackType]
+    ) -> None:
+        if self._lock is not None:
+            self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if not self._users:
+            self._lock = None

@@ -347,7 +347,6 @@ def test_200_anonymous_senders_asking_for_an_agent_do_not_open_200_chats(with_de
     from connectors.servicenow.config import ServiceNowSettings
 
     defaults = ServiceNowSettings(instance_url="https://x")
-    sessions_before = len(emulator.get("sessions")["sessions"])
     senders = [new_sender() for _ in range(200)]
     started = time.monotonic()
 
@@ -361,7 +360,9 @@ def test_200_anonymous_senders_asking_for_an_agent_do_not_open_200_chats(with_de
     assert all(texts in ([TEXTS.connecting], [TEXTS.handoff_busy]) for texts in answers.values()), set(map(tuple, answers.values()))
     allowed = defaults.deployment_handoff_start_burst + elapsed * defaults.deployment_handoff_starts_per_minute / 60 + 1
     assert defaults.deployment_handoff_start_burst <= len(connected) <= allowed, (len(connected), elapsed)
-    assert len(emulator.get("sessions")["sessions"]) - sessions_before == len(connected)
+    # Only this test's senders: other servers on this worker share the emulator. A VA chat's userId is its sender.
+    ours = [session["userId"] for session in emulator.get("sessions")["sessions"] if session.get("userId") in answers]
+    assert sorted(ours) == sorted(connected)  # one ServiceNow chat per connected sender, none for the others
     refused = next(sender for sender, texts in answers.items() if texts == [TEXTS.handoff_busy])
     assert with_defaults.slots(refused)["handoff_active"] is False
     for sender in connected:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
 
+from connectors.servicenow.locks import ChatLock
 from connectors.servicenow.servicenow.base import SEEN_IDS_KEPT, ChatRef, Cursor
 from connectors.servicenow.servicenow.va_records import RecordCursor
 from connectors.servicenow.store import HandoffRecord
@@ -31,9 +32,9 @@ class LiveChat:
     #: Set once the handoff has ended, so late pollers and callbacks stand down.
     ended: bool = False
     #: Keeps the user's messages in order on their way to ServiceNow.
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    send_lock: ChatLock = field(default_factory=ChatLock, repr=False)
     #: Keeps agent events in order on their way to the user.
-    dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    dispatch_lock: ChatLock = field(default_factory=ChatLock, repr=False)
     #: A live agent has accepted; queue notices that arrive later are stale.
     agent_joined: bool = False
     #: ServiceNow's latest wait estimate while queued (Virtual Agent's wait spinner).

@@ -52,7 +52,7 @@ def chat_path_segment(chat_id: Any) -> str:
 SEEN_IDS_KEPT = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChatRef:
     """Which ServiceNow chat a call is about, and on whose behalf."""
 

@@ -48,7 +48,19 @@ logger = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 60.0
 
 
-EntryId = Tuple[int, int]
+#: An entry id as one int, ordered as the ids are: ``ms << 64 | n``. An int
+#: of 105 bits is 40 bytes, the pair of ints in a tuple 120, and every live
+#: chat keeps a few entries.
+EntryKey = int
+_N_BITS = 64
+_N_MAX = (1 << _N_BITS) - 1
+
+
+def entry_key(entry_id: Tuple[int, int]) -> EntryKey:
+    """The key of a parsed id. Ours count ``n`` from below 2**40, so a larger
+    ``n`` (an id from elsewhere) orders the same as the largest there is."""
+    ms, n = entry_id
+    return ms << _N_BITS | min(n, _N_MAX)
 
 
 @dataclass(slots=True)
@@ -56,15 +68,25 @@ class _Stream:
     #: Lists trimmed to ``retained`` on append, not deques with a maxlen: an
     #: empty deque takes 624 bytes, and every live chat has a stream.
     entries: List[OutboxEntry]
-    #: The parsed id of each entry, in step with ``entries``: reads compare
-    #: tuples instead of parsing ids again.
-    ids: List[EntryId]
+    #: The key of each entry's id, in step with ``entries``: reads compare
+    #: ints instead of parsing ids again.
+    ids: List[EntryKey]
     expires_at: float
     sinks: Dict[str, str] = field(default_factory=dict)
     #: Set on the next append; created only while someone waits.
     appended: Optional[asyncio.Event] = None
     #: Readers blocked on ``appended``.
     waiting: int = 0
+
+    def drops_undelivered(self, appending: int, retained: int) -> bool:
+        """Whether making room for ``appending`` more drops an entry no sink
+        has taken (nobody streams this conversation and no callback took it)."""
+        overflow = len(self.entries) + appending - retained
+        if overflow <= 0 or not self.entries:
+            return False
+        newest_dropped = self.ids[min(overflow, len(self.ids)) - 1]
+        taken = [parse_entry_id(pointer) for pointer in self.sinks.values()]
+        return not any(pointer is not None and entry_key(pointer) >= newest_dropped for pointer in taken)
 
     def keep_newest(self, count: int) -> None:
         overflow = len(self.entries) - count
@@ -99,7 +121,8 @@ class MemoryStore(MemoryCounts, Store):
         self._dedupe: "OrderedDict[str, float]" = OrderedDict()
         self._max_dedupe_keys = max_dedupe_keys
         self._streams: Dict[str, _Stream] = {}
-        self._last_id: EntryId = (0, secrets.randbelow(1 << 40))
+        self._last_ms = 0
+        self._last_n = secrets.randbelow(1 << 40)
         self._next_sweep = clock() + SWEEP_INTERVAL_S
         self._lease_jobs: Dict[str, float] = {}
         self._leases: Dict[str, Tuple[str, float]] = {}
@@ -242,15 +265,14 @@ class MemoryStore(MemoryCounts, Store):
             if expires <= now:
                 del self._leases[name]
 
-    def _new_id(self) -> EntryId:
+    def _new_id(self) -> Tuple[str, EntryKey]:
         # ``<ms>-<n>`` as Redis gives them, with ``n`` counting on from a
         # random start for each process: an id a process gave out before a
         # restart names no entry of this one (a Last-Event-ID from before the
         # restart is foreign, even if the clock stepped back meanwhile).
-        ms = int(self._clock() * 1000)
-        last_ms, last_n = self._last_id
-        self._last_id = (max(ms, last_ms), last_n + 1)
-        return self._last_id
+        self._last_ms = ms = max(int(self._clock() * 1000), self._last_ms)
+        self._last_n = n = self._last_n + 1
+        return f"{ms}-{n}", ms << _N_BITS | n
 
     def _new_stream(self, name: str) -> _Stream:
         stream = _Stream([], [], self._clock() + self.stream_ttl)
@@ -274,12 +296,13 @@ class MemoryStore(MemoryCounts, Store):
         if dedupe_key is not None:
             self._claim(dedupe_key, dedupe_ttl)
         kept = self._live_stream(stream) or self._new_stream(stream)
-        self._warn_if_undelivered_drop(stream, kept, len(entries))
+        if kept.drops_undelivered(len(entries), self.retained):
+            logger.warning("Dropping an undelivered item for %s: nobody is streaming its messages.", stream)
         added = []
         for entry in entries:
-            entry_id = self._new_id()
-            added.append(OutboxEntry(f"{entry_id[0]}-{entry_id[1]}", entry.kind, entry.payload, entry.to_callback))
-            kept.ids.append(entry_id)
+            entry_id, key = self._new_id()
+            added.append(OutboxEntry(entry_id, entry.kind, entry.payload, entry.to_callback))
+            kept.ids.append(key)
         kept.entries.extend(added)
         kept.keep_newest(self.retained)
         kept.expires_at = self._clock() + self.stream_ttl
@@ -301,25 +324,16 @@ class MemoryStore(MemoryCounts, Store):
         for key in keys:
             self._claim(key, guard.once_ttl)
 
-    def _warn_if_undelivered_drop(self, name: str, kept: _Stream, appending: int) -> None:
-        """Say so when making room drops an entry no sink has taken (nobody
-        streams this conversation and no callback took it)."""
-        overflow = len(kept.entries) + appending - self.retained
-        if overflow <= 0 or not kept.entries:
-            return
-        newest_dropped = kept.ids[min(overflow, len(kept.ids)) - 1]
-        taken = [parse_entry_id(pointer) for pointer in kept.sinks.values()]
-        if not any(pointer is not None and pointer >= newest_dropped for pointer in taken):
-            logger.warning("Dropping an undelivered item for %s: nobody is streaming its messages.", name)
 
     async def read(
         self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
     ) -> List[OutboxEntry]:
         bound = None
         if after is not None:
-            bound = parse_entry_id(after)
-            if bound is None:
+            parsed = parse_entry_id(after)
+            if parsed is None:
                 raise ValueError(f"not a stream entry id: {after!r}")
+            bound = entry_key(parsed)
         found = self._entries_after(stream, bound, limit)
         if found or not block or block <= 0:
             return found
@@ -339,7 +353,7 @@ class MemoryStore(MemoryCounts, Store):
                 del self._streams[stream]
         return self._entries_after(stream, bound, limit)
 
-    def _entries_after(self, stream: str, bound: Optional[EntryId], limit: int) -> List[OutboxEntry]:
+    def _entries_after(self, stream: str, bound: Optional[EntryKey], limit: int) -> List[OutboxEntry]:
         kept = self._live_stream(stream)
         if kept is None or not kept.entries:
             return []
