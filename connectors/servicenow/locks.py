@@ -1,20 +1,12 @@
-"""One first-come-first-served lock per conversation, for whatever must
-happen one at a time per conversation: its messages (the front doors), and
-its puts into the outbox."""
+"""First-come-first-served locks: one per conversation, for its messages
+(the front doors), and the per-chat locks of a live chat (``ChatLock``)."""
 
 import asyncio
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Dict, Optional, Type
 
 from connectors.servicenow.errors import ConversationBusy
 from connectors.servicenow.tasks import within
-
-
-@dataclass(eq=False)
-class _Turns:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
 
 
 class ConversationLocks:
@@ -24,7 +16,7 @@ class ConversationLocks:
     chat is open, never to the bot. Entries go when nobody holds or waits."""
 
     def __init__(self) -> None:
-        self._turns: Dict[str, _Turns] = {}
+        self._turns: Dict[str, ChatLock] = {}
 
     def __len__(self) -> int:
         return len(self._turns)
@@ -40,46 +32,44 @@ class _Hold:
     ``asynccontextmanager``: every message takes one, and a generator-based
     context manager costs several times as much to enter and leave."""
 
-    __slots__ = ("_all", "_sender_id", "_timeout", "_turns")
+    __slots__ = ("_all", "_sender_id", "_timeout", "_lock")
 
-    def __init__(self, turns: Dict[str, _Turns], sender_id: str, timeout: float) -> None:
+    def __init__(self, turns: Dict[str, "ChatLock"], sender_id: str, timeout: float) -> None:
         self._all = turns
         self._sender_id = sender_id
         self._timeout = timeout
-        self._turns: Optional[_Turns] = None
+        self._lock: Optional[ChatLock] = None
 
     async def __aenter__(self) -> None:
-        turns = self._all.get(self._sender_id)
-        if turns is None:
-            turns = self._all[self._sender_id] = _Turns()
-        turns.users += 1
+        lock = self._all.get(self._sender_id)
+        if lock is None:
+            lock = self._all[self._sender_id] = ChatLock()
         try:
-            if turns.users == 1:
+            if not lock.locked():
                 # Nobody holds it or waits for it: taken at once, no deadline to keep.
-                await turns.lock.acquire()
+                await lock.__aenter__()
             else:
                 async with within(self._timeout):
-                    await turns.lock.acquire()
+                    await lock.__aenter__()
         except asyncio.TimeoutError:
-            self._leave(turns)
+            self._forget_if_free(lock)
             raise ConversationBusy(f"conversation {self._sender_id} is busy with an earlier message") from None
         except BaseException:
-            self._leave(turns)
+            self._forget_if_free(lock)
             raise
-        self._turns = turns
+        self._lock = lock
 
     async def __aexit__(
         self, kind: Optional[Type[BaseException]], error: Optional[BaseException], trace: Optional[TracebackType]
     ) -> None:
-        turns = self._turns
-        assert turns is not None, "left without being entered"
-        self._turns = None
-        turns.lock.release()
-        self._leave(turns)
+        lock = self._lock
+        assert lock is not None, "left without being entered"
+        self._lock = None
+        await lock.__aexit__(None, None, None)
+        self._forget_if_free(lock)
 
-    def _leave(self, turns: _Turns) -> None:
-        turns.users -= 1
-        if not turns.users:
+    def _forget_if_free(self, lock: "ChatLock") -> None:
+        if not lock.locked() and self._all.get(self._sender_id) is lock:
             del self._all[self._sender_id]
 
 
