@@ -18,6 +18,7 @@ once per conversation, not once per message.
 
 import asyncio
 import heapq
+import json
 import logging
 import secrets
 import time
@@ -37,6 +38,7 @@ from connectors.servicenow.store.base import (
     OutboxEntry,
     Store,
     TimerClaim,
+    dump_payload,
     entry_id_after,
     parse_entry_id,
 )
@@ -64,13 +66,27 @@ def entry_key(entry_id: Tuple[int, int]) -> EntryKey:
 
 
 @dataclass(slots=True)
+class _Kept:
+    """An entry as a stream keeps it: the payload as the compact JSON Redis
+    keeps too, and the id as its key. Every live chat keeps a few entries,
+    and the dicts of a payload take several times the bytes of its JSON; the
+    reader gets a copy of its own, as from Redis."""
+
+    key: EntryKey
+    kind: str
+    payload: str
+    to_callback: bool
+
+    def entry(self) -> OutboxEntry:
+        entry_id = f"{self.key >> _N_BITS}-{self.key & _N_MAX}"
+        return OutboxEntry(entry_id, self.kind, json.loads(self.payload), self.to_callback)
+
+
+@dataclass(slots=True)
 class _Stream:
-    #: Lists trimmed to ``retained`` on append, not deques with a maxlen: an
+    #: A list trimmed to ``retained`` on append, not a deque with a maxlen: an
     #: empty deque takes 624 bytes, and every live chat has a stream.
-    entries: List[OutboxEntry]
-    #: The key of each entry's id, in step with ``entries``: reads compare
-    #: ints instead of parsing ids again.
-    ids: List[EntryKey]
+    entries: List[_Kept]
     expires_at: float
     sinks: Dict[str, str] = field(default_factory=dict)
     #: Set on the next append; created only while someone waits.
@@ -84,7 +100,7 @@ class _Stream:
         overflow = len(self.entries) + appending - retained
         if overflow <= 0 or not self.entries:
             return False
-        newest_dropped = self.ids[min(overflow, len(self.ids)) - 1]
+        newest_dropped = self.entries[min(overflow, len(self.entries)) - 1].key
         taken = [parse_entry_id(pointer) for pointer in self.sinks.values()]
         return not any(pointer is not None and entry_key(pointer) >= newest_dropped for pointer in taken)
 
@@ -92,7 +108,6 @@ class _Stream:
         overflow = len(self.entries) - count
         if overflow > 0:
             del self.entries[:overflow]
-            del self.ids[:overflow]
 
 
 class MemoryStore(MemoryCounts, Store):
@@ -250,7 +265,6 @@ class MemoryStore(MemoryCounts, Store):
             del self._streams[name]
         else:
             stream.entries.clear()
-            stream.ids.clear()
             stream.sinks.clear()
 
     def _sweep(self) -> None:
@@ -275,7 +289,7 @@ class MemoryStore(MemoryCounts, Store):
         return f"{ms}-{n}", ms << _N_BITS | n
 
     def _new_stream(self, name: str) -> _Stream:
-        stream = _Stream([], [], self._clock() + self.stream_ttl)
+        stream = _Stream([], self._clock() + self.stream_ttl)
         self._streams[name] = stream
         return stream
 
@@ -302,8 +316,7 @@ class MemoryStore(MemoryCounts, Store):
         for entry in entries:
             entry_id, key = self._new_id()
             added.append(OutboxEntry(entry_id, entry.kind, entry.payload, entry.to_callback))
-            kept.ids.append(key)
-        kept.entries.extend(added)
+            kept.entries.append(_Kept(key, entry.kind, dump_payload(entry.payload), entry.to_callback))
         kept.keep_newest(self.retained)
         kept.expires_at = self._clock() + self.stream_ttl
         if kept.appended is not None and added:
@@ -357,16 +370,15 @@ class MemoryStore(MemoryCounts, Store):
         kept = self._live_stream(stream)
         if kept is None or not kept.entries:
             return []
-        ids = kept.ids
-        start = len(ids)
+        entries = kept.entries
+        start = len(entries)
         if bound is None:
             start = 0
         else:
             # Ids grow: walk back from the newest to the first one after ``bound``.
-            while start > 0 and ids[start - 1] > bound:
+            while start > 0 and entries[start - 1].key > bound:
                 start -= 1
-        entries = kept.entries
-        return [entries[index] for index in range(start, min(len(entries), start + limit))]
+        return [entries[index].entry() for index in range(start, min(len(entries), start + limit))]
 
     async def sink_position(self, stream: str, sink: str) -> Optional[str]:
         kept = self._live_stream(stream)
