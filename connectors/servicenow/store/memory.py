@@ -337,7 +337,6 @@ class MemoryStore(MemoryCounts, Store):
         for key in keys:
             self._claim(key, guard.once_ttl)
 
-
     async def read(
         self, stream: str, after: Optional[str] = None, *, block: Optional[float] = None, limit: int = 100
     ) -> List[OutboxEntry]:
