@@ -1,6 +1,7 @@
 """What every scenario needs: sizes, the emulator and Rasa for a backend, and
 live chats to measure with."""
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -199,6 +200,15 @@ async def start_chats(ctx: Context, rasa: str, count: int, prefix: str, concurre
     if failed:
         raise RuntimeError(f"{len(failed)} handoffs did not start, e.g. {failed[0]}: {replies[senders.index(failed[0])]}")
     return senders
+
+
+async def settled(ctx: Context, servicenow: str) -> None:
+    """Wait until the emulator has pushed everything (a Virtual Agent start
+    is followed by ServiceNow's first messages) and the connector's deferred
+    tracker writes are done, so that what is measured next is measured alone."""
+    while (await get_json(ctx.http, f"{servicenow}/__emu/callbacks?session=none"))["pending"]:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)
 
 
 async def chat_ids(ctx: Context, rasa: str, senders: List[str]) -> Dict[str, str]:

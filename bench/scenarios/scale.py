@@ -17,7 +17,7 @@ import time
 from typing import Any, Dict, List
 
 from bench.cluster import Service
-from bench.fixtures import Context, chat_ids, servicenow_and_rasa, sqlite_store, start_chats
+from bench.fixtures import Context, chat_ids, servicenow_and_rasa, settled, sqlite_store, start_chats
 from bench.load import Stats, gather_limited, get_json, post_json
 from bench.scenarios.agent_latency import measure, poll_model
 
@@ -40,7 +40,7 @@ async def _virtual_agent(ctx: Context) -> Dict[str, Any]:
             started, cpu_before = time.monotonic(), rasa.cpu_seconds()
             opened = await start_chats(ctx, rasa.url, target - len(senders), f"scale-va-{len(senders)}", CREATE_CONCURRENCY)
             senders += opened
-            await _settled(ctx, servicenow)
+            await settled(ctx, servicenow.url)
             creation_s = time.monotonic() - started
             creation_cpu = rasa.cpu_seconds() - cpu_before
             row = await _footprint(ctx, rasa, baseline, target)
@@ -104,14 +104,6 @@ async def _warmed_up_rss(ctx: Context, rasa: Service) -> int:
     for sender in await start_chats(ctx, rasa.url, 20, "warm-up"):
         await post_json(ctx.http, webhook, {"sender": sender, "message": "/end_chat"})
     return rasa.rss_bytes()
-
-
-async def _settled(ctx: Context, servicenow: Service) -> None:
-    """Wait until the emulator has pushed everything and the connector's
-    deferred tracker writes are done, so 'idle' means idle."""
-    while (await get_json(ctx.http, f"{servicenow.url}/__emu/callbacks?session=none"))["pending"]:
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(1.0)
 
 
 async def _footprint(ctx: Context, rasa: Service, baseline: int, chats: int) -> Dict[str, Any]:
