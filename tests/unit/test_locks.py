@@ -64,6 +64,22 @@ async def test_a_waiter_cancelled_or_failing_leaves_the_lock_to_the_next_and_no_
 # -- a live chat's lock --------------------------------------------------------
 
 
+async def hold_until_released(lock, done):
+    """A holder of ``lock``, once it holds it; it appends "holder" to ``done``
+    and lets go when the returned event is set."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def holder():
+        async with lock:
+            held.set()
+            await release.wait()
+            done.append("holder")
+
+    task = asyncio.ensure_future(holder())
+    await held.wait()
+    return task, release
+
+
 async def test_a_chat_lock_serves_in_arrival_order_and_keeps_no_asyncio_lock_once_free():
     lock = ChatLock()
     order = []
@@ -84,21 +100,13 @@ async def test_a_chat_lock_serves_in_arrival_order_and_keeps_no_asyncio_lock_onc
 
 async def test_a_chat_lock_holder_keeps_it_while_others_wait_and_a_cancelled_waiter_leaves_nothing():
     lock = ChatLock()
-    held, release = asyncio.Event(), asyncio.Event()
     inside = []
-
-    async def holder():
-        async with lock:
-            held.set()
-            await release.wait()
-            inside.append("holder")
 
     async def waiter(name):
         async with lock:
             inside.append(name)
 
-    first = asyncio.ensure_future(holder())
-    await held.wait()
+    first, release = await hold_until_released(lock, inside)
     cancelled = asyncio.ensure_future(waiter("cancelled"))
     second = asyncio.ensure_future(waiter("second"))
     await asyncio.sleep(0)  # wait-ok: lets both waiters queue behind the holder
@@ -122,19 +130,12 @@ async def test_a_chat_lock_holder_keeps_it_while_others_wait_and_a_cancelled_wai
 async def test_a_chat_lock_woken_waiter_keeps_its_place_against_a_late_arrival():
     lock = ChatLock()
     order = []
-    held, release = asyncio.Event(), asyncio.Event()
-
-    async def holder():
-        async with lock:
-            held.set()
-            await release.wait()
 
     async def user(name):
         async with lock:
             order.append(name)
 
-    first = asyncio.ensure_future(holder())
-    await held.wait()
+    first, release = await hold_until_released(lock, [])
     early = asyncio.ensure_future(user("early"))
     await asyncio.sleep(0)  # wait-ok: the early one queues
     release.set()
