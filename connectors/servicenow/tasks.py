@@ -5,7 +5,7 @@ wait for them (or cancel them) when it stops."""
 
 import asyncio
 import sys
-from typing import Any, AsyncContextManager, Awaitable, Iterator, Optional, Set, TypeVar
+from typing import Any, AsyncContextManager, Awaitable, Callable, Coroutine, Iterator, Optional, Set, TypeVar
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -33,6 +33,32 @@ class TaskSet:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def run_to_end(
+        self,
+        work: Coroutine[Any, Any, T],
+        on_abandoned: Optional[Callable[["asyncio.Task[Any]"], None]] = None,
+    ) -> T:
+        """``work``'s answer, from a task of its own held here: a cancel of
+        the caller (Sanic cancels a handler whose client hung up) does not
+        reach it. ``on_abandoned`` gets that task once it is done, when the
+        caller was cancelled first; its result, or the error it raised, is
+        then nobody else's.
+
+        What ``await asyncio.shield(self.spawn(work))`` does, one turn of the
+        loop sooner: the task hands its answer to the caller itself, where
+        shield passes it on from a done callback, which the loop runs a turn
+        later. A turn of the loop is an ``epoll_wait`` and a pass over the
+        ready callbacks: a measurable share of a forwarded message's CPU."""
+        answer: "asyncio.Future[T]" = asyncio.get_running_loop().create_future()
+        answering = _answer_into(work, answer)
+        task = self.spawn(answering)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if on_abandoned is not None:
+                task.add_done_callback(on_abandoned)
+            raise
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -47,6 +73,25 @@ class TaskSet:
     def cancel(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+
+async def _answer_into(work: Coroutine[Any, Any, T], answer: "asyncio.Future[T]") -> Optional[T]:
+    """Run ``work`` and settle ``answer`` with what it gives. An error that
+    reaches the caller is the caller's to handle, so the task then ends
+    without it; one nobody waits for any more stays the task's own."""
+    try:
+        result = await work
+    except Exception as error:
+        if answer.done():
+            raise
+        answer.set_exception(error)
+        return None
+    except BaseException:  # cancelled (the server is stopping), or the process is ending
+        answer.cancel()
+        raise
+    if not answer.done():
+        answer.set_result(result)
+    return result
 
 
 async def event_within(event: asyncio.Event, timeout: Optional[float]) -> bool:

@@ -1,11 +1,13 @@
 """connectors/servicenow/tasks.py: waiting on an event with a bound, and a
-cancel that comes with the event is never lost."""
+cancel that comes with the event is never lost; work that outlives a
+cancelled caller."""
 
 import asyncio
+from typing import Any, List
 
 import pytest
 
-from connectors.servicenow.tasks import Wake, bounded, event_within, within
+from connectors.servicenow.tasks import TaskSet, Wake, bounded, event_within, within
 
 
 async def test_an_event_set_in_time_is_true_and_one_that_never_comes_is_false():
@@ -109,3 +111,62 @@ async def test_a_cancel_the_call_itself_swallows_still_reaches_the_caller():
     calling.cancel()
     with pytest.raises(asyncio.CancelledError):
         await calling
+
+
+async def test_run_to_end_gives_the_answer_or_the_error_of_its_work():
+    work = TaskSet()
+
+    async def answer(value: int) -> int:
+        await asyncio.sleep(0)
+        return value
+
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("refused")
+
+    assert await work.run_to_end(answer(7)) == 7
+    with pytest.raises(ValueError, match="refused"):
+        await work.run_to_end(fail())
+
+
+async def test_run_to_end_finishes_the_work_of_a_caller_that_is_cancelled_and_says_how_it_ended():
+    work = TaskSet()
+    release = asyncio.Event()
+    finished: List[str] = []
+    abandoned: "asyncio.Queue[asyncio.Task[Any]]" = asyncio.Queue()
+
+    async def turn(outcome: str) -> str:
+        await release.wait()
+        finished.append(outcome)
+        if outcome == "error":
+            raise ValueError("after the caller left")
+        return outcome
+
+    callers = [asyncio.ensure_future(work.run_to_end(turn(outcome), on_abandoned=abandoned.put_nowait)) for outcome in ("ok", "error")]
+    await asyncio.sleep(0)
+    for caller in callers:
+        caller.cancel()
+    await asyncio.wait(callers)
+    assert all(caller.cancelled() for caller in callers)
+    assert finished == [] and len(work) == 2  # the work goes on without its callers
+
+    release.set()
+    ended = [await asyncio.wait_for(abandoned.get(), 5), await asyncio.wait_for(abandoned.get(), 5)]
+    assert sorted(finished) == ["error", "ok"]
+    results = {task.result() if task.exception() is None else repr(task.exception()) for task in ended}
+    assert results == {"ok", "ValueError('after the caller left')"}
+
+
+async def test_run_to_end_cancels_the_caller_when_its_work_is_cancelled():
+    work = TaskSet()
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    caller = asyncio.ensure_future(work.run_to_end(forever()))
+    await started.wait()
+    work.cancel()  # the server stopping
+    with pytest.raises(asyncio.CancelledError):
+        await caller

@@ -227,12 +227,9 @@ class HTTPRoutes:
             return response.json(not_ready.body(), status=503)
         # A task of its own, so that a client hanging up (Sanic then
         # cancels this handler) cannot cut a handoff's start or end in half.
-        turn = self.core.work.spawn(self.core.router.handle(payload, on_new_message, claims, self.door))
+        turn = self.core.router.handle(payload, on_new_message, claims, self.door)
         try:
-            replies = await asyncio.shield(turn)
-        except asyncio.CancelledError:
-            turn.add_done_callback(log_unanswered_turn)
-            raise
+            replies = await self.core.work.run_to_end(turn, on_abandoned=log_unanswered_turn)
         except (StoreUnavailable, ConversationBusy) as error:
             logger.warning("Answering 503 to a message of conversation %s: %s", payload.sender, error)
             return retry_later(error)
@@ -285,7 +282,7 @@ class HTTPRoutes:
         try:
             await intake.find_chat(callback)
             # Stored (and deduplicated) before the 200: acknowledged means durable.
-            await asyncio.shield(self.core.work.spawn(intake.receive(callback)))
+            await self.core.work.run_to_end(intake.receive(callback))
         except (StoreUnavailable, ConversationBusy) as error:
             # Refused, not acknowledged: ServiceNow does not send it again, the
             # chat's record is read back instead (reconciliation).

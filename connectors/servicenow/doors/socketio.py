@@ -353,7 +353,7 @@ class ServiceNowSocketIOInput(InputChannel):
             return
         try:
             # A task of its own: a disconnect must not cut a handoff's start or end in half.
-            replies = await asyncio.shield(self.core.work.spawn(self.routes.handle(payload, on_new_message, self._claims.get(sid))))
+            replies = await self.core.work.run_to_end(self.routes.handle(payload, on_new_message, self._claims.get(sid)))
         except (StoreUnavailable, ConversationBusy) as error:
             logger.warning("Could not handle a socket.io message of conversation %s: %s", sender, error)
             reason = "ConversationBusy" if isinstance(error, ConversationBusy) else "StoreUnavailable"
