@@ -43,14 +43,12 @@ class _Hold:
     async def __aenter__(self) -> None:
         lock = self._all.get(self._sender_id)
         if lock is None:
-            lock = self._all[self._sender_id] = ChatLock()
+            # Nobody holds it or waits for it: taken at once, no deadline to keep.
+            self._lock = self._all[self._sender_id] = ChatLock(held=True)
+            return
         try:
-            if not lock.locked():
-                # Nobody holds it or waits for it: taken at once, no deadline to keep.
+            async with within(self._timeout):
                 await lock.__aenter__()
-            else:
-                async with within(self._timeout):
-                    await lock.__aenter__()
         except asyncio.TimeoutError:
             self._forget_if_free(lock)
             raise ConversationBusy(f"conversation {self._sender_id} is busy with an earlier message") from None
@@ -65,8 +63,8 @@ class _Hold:
         lock = self._lock
         assert lock is not None, "left without being entered"
         self._lock = None
-        await lock.__aexit__(None, None, None)
-        self._forget_if_free(lock)
+        if lock.release() and self._all.get(self._sender_id) is lock:
+            del self._all[self._sender_id]
 
     def _forget_if_free(self, lock: "ChatLock") -> None:
         if not lock.locked() and self._all.get(self._sender_id) is lock:
@@ -82,10 +80,11 @@ class ChatLock:
 
     __slots__ = ("_lock", "_users")
 
-    def __init__(self) -> None:
+    def __init__(self, *, held: bool = False) -> None:
+        """``held``: made already taken by its first user (who then leaves it with ``release``)."""
         self._lock: Optional[asyncio.Lock] = None
         #: The holder and those waiting.
-        self._users = 0
+        self._users = 1 if held else 0
 
     def locked(self) -> bool:
         return self._users > 0
@@ -108,11 +107,17 @@ class ChatLock:
     async def __aexit__(
         self, kind: Optional[Type[BaseException]], error: Optional[BaseException], trace: Optional[TracebackType]
     ) -> None:
+        self.release()
+
+    def release(self) -> bool:
+        """Let the next user in; True when nobody holds or waits any more."""
         if self._lock is not None:
             self._lock.release()
-        self._leave()
+        return self._leave()
 
-    def _leave(self) -> None:
+    def _leave(self) -> bool:
         self._users -= 1
-        if not self._users:
-            self._lock = None
+        if self._users:
+            return False
+        self._lock = None
+        return True

@@ -29,6 +29,9 @@ class TaskSet:
             task = asyncio.ensure_future(work)
             if name is not None:
                 task.set_name(name)
+        return self._held(task)
+
+    def _held(self, task: "asyncio.Task[T]") -> "asyncio.Task[T]":
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -49,9 +52,10 @@ class TaskSet:
         shield passes it on from a done callback, which the loop runs a turn
         later. A turn of the loop is an ``epoll_wait`` and a pass over the
         ready callbacks: a measurable share of a forwarded message's CPU."""
-        answer: "asyncio.Future[T]" = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: "asyncio.Future[T]" = loop.create_future()
         answering = _answer_into(work, answer)
-        task = self.spawn(answering)
+        task = self._held(loop.create_task(answering))
         try:
             return await answer
         except asyncio.CancelledError:

@@ -8,7 +8,7 @@ import base64
 import hmac
 import logging
 import sys
-from typing import Any, Dict, FrozenSet, Mapping, Optional, Set
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Set
 
 from sanic import response
 from sanic.exceptions import InvalidUsage as BadRequest  # sanic 25 names it BadRequest, with this alias
@@ -108,26 +108,45 @@ def framing_error(request: Request, routes_with_body: FrozenSet[str]) -> Optiona
     route that takes none. Checked before a byte of the body is read (every
     route of the doors is a ``stream=True`` route, which Sanic leaves unread)."""
     headers = request.headers
-    lengths = headers.getall("content-length", [])
-    encodings = headers.getall("transfer-encoding", [])
+    lengths = headers.getall("content-length", ())
+    encodings = headers.getall("transfer-encoding", ())
+    if encodings or len(lengths) > 1:
+        return _unusual_framing_error(request, lengths, encodings, routes_with_body)
+    if not lengths:
+        return None
+    length = lengths[0].strip()
+    # Python's int() also takes "+5", "-1" and other scripts' digits, which Sanic passes on.
+    if not (length.isascii() and length.isdigit() and len(length) <= MAX_CONTENT_LENGTH_DIGITS):
+        return PayloadError(400, "InvalidHeaders", "Content-Length must be a number of bytes.")
+    size = int(length)
+    if size > MAX_CALLBACK_BYTES:
+        return PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_CALLBACK_BYTES} bytes.")
+    if size and not _takes_body(request, routes_with_body):
+        return _unexpected_body(request)
+    return None
+
+
+def _unusual_framing_error(
+    request: Request, lengths: Sequence[str], encodings: Sequence[str], routes_with_body: FrozenSet[str]
+) -> Optional[PayloadError]:
+    """``framing_error`` for a chunked body or repeated framing headers."""
     if len(lengths) > 1 or len(encodings) > 1:
         return PayloadError(400, "InvalidHeaders", "Content-Length and Transfer-Encoding may be given once.")
-    if lengths and encodings:
+    if lengths:
         # Two framings for one body is how requests are smuggled past proxies.
         return PayloadError(400, "InvalidHeaders", "Give Content-Length or Transfer-Encoding, not both.")
-    if encodings and encodings[0] != "chunked":
+    if encodings[0] != "chunked":
         return PayloadError(400, "InvalidHeaders", "The only Transfer-Encoding accepted is 'chunked'.")
-    length = lengths[0].strip() if lengths else None
-    # Python's int() also takes "+5", "-1" and other scripts' digits, which Sanic passes on.
-    if length is not None and not (length.isascii() and length.isdigit() and len(length) <= MAX_CONTENT_LENGTH_DIGITS):
-        return PayloadError(400, "InvalidHeaders", "Content-Length must be a number of bytes.")
-    if length is not None and int(length) > MAX_CALLBACK_BYTES:
-        return PayloadError(413, "PayloadTooLarge", f"The request body is larger than {MAX_CALLBACK_BYTES} bytes.")
-    has_body = bool(encodings) or (length is not None and int(length) > 0)
-    if has_body and not (request.method.upper() == "POST" and request.path.rstrip("/") in routes_with_body):
-        # Only the routes that read their body in capped chunks take one.
-        return PayloadError(400, "UnexpectedBody", f"{request.method.upper()} {request.path} takes no request body.")
-    return None
+    return None if _takes_body(request, routes_with_body) else _unexpected_body(request)
+
+
+def _takes_body(request: Request, routes_with_body: FrozenSet[str]) -> bool:
+    # Only the routes that read their body in capped chunks take one.
+    return request.method.upper() == "POST" and request.path.rstrip("/") in routes_with_body
+
+
+def _unexpected_body(request: Request) -> PayloadError:
+    return PayloadError(400, "UnexpectedBody", f"{request.method.upper()} {request.path} takes no request body.")
 
 
 def refuse_framing(request: Request, error: PayloadError) -> HTTPResponse:
@@ -254,13 +273,12 @@ async def _read_within(request: Request, stream: Any, limit: int) -> bytes:
     """The body of a ``stream=True`` route, refused as soon as it passes
     ``limit`` bytes: neither a large Content-Length nor a long chunked body
     is buffered first."""
-    too_large = PayloadError(413, "PayloadTooLarge", f"The request body is larger than {limit} bytes.")
     declared = request.headers.get("content-length")
     # Sanic reads away (without keeping) what a route leaves unread, up to
     # this, so the client can read the 413; past it, it closes the connection.
     stream.request_max_size = limit + UNREAD_BODY_DRAINED
     if declared is not None and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks = []
     size = 0
     try:
@@ -270,16 +288,20 @@ async def _read_within(request: Request, stream: Any, limit: int) -> bytes:
                 break
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
     except PayloadTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     except SanicException as error:
         # Sanic's own "Bad chunked encoding". Nothing after it can be read, and
         # Sanic would otherwise try again (and log the failure) once the route answers.
         stream.request_body = None
         raise PayloadError(400, "InvalidBody", str(error) or "The request body is malformed.") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadError:
+    return PayloadError(413, "PayloadTooLarge", f"The request body is larger than {limit} bytes.")
 
 
 def callback_authorized(settings: ServiceNowSettings, headers: Mapping[str, str]) -> bool:
