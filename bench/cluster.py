@@ -184,11 +184,17 @@ CHANNEL_HOST = Path(__file__).with_name("channel_host.py")
 
 
 async def start_channel_host(
-    workdir: Path, build: "Build", channel: Dict[str, Any], cpu: Optional[int], name: str = "channel"
+    workdir: Path,
+    build: "Build",
+    channel: Dict[str, Any],
+    cpu: Optional[int],
+    name: str = "channel",
+    script: Path = CHANNEL_HOST,
+    env: Optional[Dict[str, str]] = None,
 ) -> Service:
-    """The channel alone in a Sanic app as Rasa builds it (``channel_host.py``),
-    run with the build's Python in its checkout: the channel-level scenarios'
-    server, on any Rasa."""
+    """The channel alone in a Sanic app as Rasa builds it (``channel_host.py``,
+    or ``script`` that runs it), run with the build's Python in its checkout:
+    the channel-level scenarios' server, on any Rasa."""
     channel = build.channel_options(channel, optional=OPTIONAL_CHANNEL_OPTIONS)
     port = free_port()
     options_path = workdir / f"{name}-channel.json"
@@ -196,12 +202,12 @@ async def start_channel_host(
     domain = build.source / "domain.yml" if build.source is not None and (build.source / "domain.yml").exists() else ROOT / "domain.yml"
     log_path = workdir / f"{name}.log"
     command = [
-        str(build.python), str(CHANNEL_HOST), "--port", str(port), "--channel", str(options_path),
+        str(build.python), str(script), "--port", str(port), "--channel", str(options_path),
         "--domain", str(domain),
     ]
     process = subprocess.Popen(
         pinned(command, cpu), cwd=build.cwd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
-        env=build.env(QUIET_ENV),
+        env=build.env({**QUIET_ENV, **(env or {})}),
     )
     service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
     # The channel's health check answers once the server is up.

@@ -49,6 +49,8 @@ MEASURES: Sequence[Tuple[str, str, str]] = (
     ("channel_level/virtual_agent/agent_to_user_ms/stream/p99", "9. channel level, agent to user, stream: p99", "ms"),
     ("reconcile/order/agent_to_user_ms/p99_difference_ms", "10. pushes in ServiceNow's order: p99 added", "ms"),
     ("reconcile/steady/requests_per_chat_per_interval", "10. reconciliation: requests per chat per interval", ""),
+    ("forward_work/*/opcodes/*", "11. Python opcodes per forwarded message, {0}: {1}", ""),
+    ("forward_work/*/calls/total", "11. Python calls per forwarded message, {0}", ""),
 )
 
 #: Issue 18's targets against the first build.

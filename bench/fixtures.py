@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Optional, Set
 
 import aiohttp
 
-from bench.cluster import RasaSetup, Service, start_channel_host, start_emulator, start_rasa
+from bench.cluster import CHANNEL_HOST, RasaSetup, Service, start_channel_host, start_emulator, start_rasa
 from bench.load import Receiver, gather_limited, get_json, post_json
 
 if TYPE_CHECKING:
@@ -142,10 +142,16 @@ async def servicenow_and_rasa(
 
 @contextlib.asynccontextmanager
 async def servicenow_and_channel(
-    ctx: Context, backend: str, *, channel: Optional[Dict[str, Any]] = None, name: str = "channel"
+    ctx: Context,
+    backend: str,
+    *,
+    channel: Optional[Dict[str, Any]] = None,
+    name: str = "channel",
+    script: Path = CHANNEL_HOST,
+    env: Optional[Dict[str, str]] = None,
 ) -> AsyncIterator["tuple[Service, Service]"]:
     """The emulator and the channel of ``ctx.build`` hosted without a model
-    (``bench/channel_host.py``), on Rasa's core."""
+    (``bench/channel_host.py``, or ``script`` that runs it), on Rasa's core."""
     from bench.builds import Unsupported
 
     if ctx.build is None:
@@ -155,7 +161,7 @@ async def servicenow_and_channel(
     host: Optional[Service] = None
     try:
         options = channel_for(backend, servicenow, ctx.receiver, **(channel or {}))
-        host = await start_channel_host(workdir, ctx.build, options, RASA_CPU, name=name)
+        host = await start_channel_host(workdir, ctx.build, options, RASA_CPU, name=name, script=script, env=env)
         if backend == "virtual_agent":
             await post_json(ctx.http, f"{servicenow.url}/__emu/config", {"va_callback_url": f"{host.url}/webhooks/servicenow/callback"})
         profiler = _profile(host, ctx.profile_dir / f"{name}-{ctx.build.name}.svg") if ctx.profile_dir else None
