@@ -48,10 +48,9 @@ class TaskSet:
         then nobody else's.
 
         What ``await asyncio.shield(self.spawn(work))`` does, one turn of the
-        loop sooner: the task hands its answer to the caller itself, where
-        shield passes it on from a done callback, which the loop runs a turn
-        later. A turn of the loop is an ``epoll_wait`` and a pass over the
-        ready callbacks: a measurable share of a forwarded message's CPU."""
+        loop sooner and with less Python: the task hands its answer to the
+        caller itself, where shield passes it on from a done callback, which
+        the loop runs a turn later (docs/benchmarks.md, "Counted, not timed")."""
         loop = asyncio.get_running_loop()
         answer: "asyncio.Future[T]" = loop.create_future()
         answering = _answer_into(work, answer)
