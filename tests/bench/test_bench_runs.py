@@ -28,8 +28,8 @@ def test_a_side_by_side_run_measures_each_build_and_writes_the_comparison(tmp_pa
     # The same environment under a second name: the mechanism, not a finding.
     completed = subprocess.run(
         [
-            sys.executable, "-m", "bench", "--quick", "--only", "channel_level", "--only", "forward_work",
-            "--build", f"twin={sys.executable}", "--runs", "1", "--output", str(tmp_path),
+            sys.executable, "-m", "bench", "--quick", "--only", "channel_level", "--build", f"twin={sys.executable}",
+            "--runs", "1", "--output", str(tmp_path),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -41,11 +41,3 @@ def test_a_side_by_side_run_measures_each_build_and_writes_the_comparison(tmp_pa
     forward = next(m for m in comparison["measures"] if m["path"] == "channel_level/virtual_agent/forward_ms/median")
     assert forward["builds"]["this"]["median"] > 0 and forward["builds"]["twin"]["ratio"] > 0
     assert "this/twin" in completed.stdout and "9. channel level, agent to user, stream: median" in completed.stdout
-    # A count, unlike a time, is the same for the same code in every run: the
-    # twin's differs only by the background work that fell in its window.
-    for backend in ("virtual_agent", "connect"):
-        work = next(m for m in comparison["measures"] if m["path"] == f"forward_work/{backend}/opcodes/total")
-        connector = next(m for m in comparison["measures"] if m["path"] == f"forward_work/{backend}/opcodes/connector")
-        assert work["builds"]["this"]["median"] > connector["builds"]["this"]["median"] > 100
-        assert abs(work["builds"]["twin"]["ratio"] - 1) < 0.02, work
-    assert "11. Python opcodes per forwarded message, connect: connector" in completed.stdout

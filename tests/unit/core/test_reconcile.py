@@ -225,6 +225,10 @@ async def texts_of(store) -> List[str]:
     return [entry.payload.get("text") for entry in await store.read("u1")]
 
 
+async def has_text(store, text: str) -> bool:
+    return text in await texts_of(store)
+
+
 async def test_a_chat_taken_up_is_read_at_once_under_its_lease_and_a_failing_read_never_ends_it(instance):
     store = MemoryStore()
     chat_id = await instance.open_chat()
@@ -235,10 +239,11 @@ async def test_a_chat_taken_up_is_read_at_once_under_its_lease_and_a_failing_rea
     loop, relay, cursors = reading(instance, store, "replica-a")
     chat = LiveChat(sender_id="u1", chat_id=chat_id)
     loop.watch(chat)
-    await wait_until(lambda: chat.records.sequence > 0)
-    assert "while nobody listened" in await texts_of(store)
+    # The pass moves the cursor, then saves it: wait for the save, not just the move.
+    await wait_until(lambda: chat.records.sequence > 0 and cursors)
+    assert cursors[0] is chat  # the moved cursor is saved
+    await wait_until(lambda: has_text(store, "while nobody listened"))
     assert await store.lease_owner(poll_lease(chat_id)) == "replica-a"
-    assert cursors and cursors[0] is chat  # the moved cursor is saved
 
     # ServiceNow fails every read for a while: the chat goes on, and is read again once it answers.
     await instance.control("faults", {"match": {"api": "table"}, "respond": {"status": 503}, "times": None})
