@@ -117,11 +117,9 @@ async def test_run_to_end_gives_the_answer_or_the_error_of_its_work():
     work = TaskSet()
 
     async def answer(value: int) -> int:
-        await asyncio.sleep(0)
         return value
 
     async def fail() -> None:
-        await asyncio.sleep(0)
         raise ValueError("refused")
 
     assert await work.run_to_end(answer(7)) == 7
@@ -132,10 +130,15 @@ async def test_run_to_end_gives_the_answer_or_the_error_of_its_work():
 async def test_run_to_end_finishes_the_work_of_a_caller_that_is_cancelled_and_says_how_it_ended():
     work = TaskSet()
     release = asyncio.Event()
+    both_started = asyncio.Event()
+    started: List[str] = []
     finished: List[str] = []
     abandoned: "asyncio.Queue[asyncio.Task[Any]]" = asyncio.Queue()
 
     async def turn(outcome: str) -> str:
+        started.append(outcome)
+        if len(started) == 2:
+            both_started.set()
         await release.wait()
         finished.append(outcome)
         if outcome == "error":
@@ -143,7 +146,7 @@ async def test_run_to_end_finishes_the_work_of_a_caller_that_is_cancelled_and_sa
         return outcome
 
     callers = [asyncio.ensure_future(work.run_to_end(turn(outcome), on_abandoned=abandoned.put_nowait)) for outcome in ("ok", "error")]
-    await asyncio.sleep(0)
+    await asyncio.wait_for(both_started.wait(), 5)
     for caller in callers:
         caller.cancel()
     await asyncio.wait(callers)
