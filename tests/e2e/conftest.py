@@ -1,6 +1,7 @@
 """One ``rasa run`` per ServiceNow backend, one emulator, one callback
 receiver; the shared behaviour tests run once per backend."""
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -98,6 +99,16 @@ class Handoff:
         if self.backend == "connect":
             return bool(self.emulator.requests_for(chat, "POST", "/leave"))
         return any(event.get("action") == "END_CONVERSATION" for event in self.emulator.get(f"transcript/{chat}")["events"])
+
+    def sending(self, text: str) -> Dict[str, Any]:
+        """A fault match for the connector's send of the user's ``text`` and nothing else.
+
+        Matching on the method alone would also catch a delivery report
+        (``report_delivery``) of an earlier agent message, which may still be
+        on its way when a test sets its faults."""
+        if self.backend == "connect":
+            return {"method": "POST", "path_regex": "/messages$", "body_regex": re.escape(text)}
+        return {"method": "POST", "body_regex": re.escape(text)}
 
     def fail_inbound(self, chat: str, status: int = 503, times: int = 100, **match: Any) -> None:
         """Make the connector's calls for this chat fail (Connect: ``path_regex`` picks which)."""

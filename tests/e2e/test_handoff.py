@@ -208,8 +208,7 @@ def test_a_transfer_to_another_agent_keeps_the_chat_going(handoff: Handoff):
 def test_a_message_that_cannot_be_delivered_ends_the_handoff_with_a_summary(handoff: Handoff):
     sender = new_sender()
     chat = handoff.start_live(sender)
-    send_path = {"method": "POST", "path_regex": "/messages$"} if handoff.backend == "connect" else {"method": "POST"}
-    handoff.fail_inbound(chat, status=502, times=3, **send_path)  # exactly the send's three attempts
+    handoff.fail_inbound(chat, status=502, times=3, **handoff.sending("are you still there?"))  # the send's three attempts
 
     replies = [reply["text"] for reply in handoff.rasa.say(sender, "are you still there?")]
 
@@ -241,7 +240,7 @@ def test_when_ending_fails_too_the_user_gets_the_generic_message(handoff: Handof
 def test_transient_failures_on_the_way_to_servicenow_lose_nothing(handoff: Handoff):
     sender = new_sender()
     chat = handoff.start_live(sender)
-    send_path = {"method": "POST", "path_regex": "/messages$"} if handoff.backend == "connect" else {"method": "POST"}
+    send_path = handoff.sending("first try")
     api = "connect" if handoff.backend == "connect" else "va"
     handoff.emulator.fault(match={"api": api, "session": chat, **send_path}, respond={"drop_connection": True}, times=1)
     handoff.emulator.fault(
