@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-# Parallel runs: which tests share a worker, and in what order (tests/parallel.py).
-pytest_plugins = ["tests.parallel"]
+# Parallel runs: which tests share a worker, and in what order (tests/parallel.py);
+# what a worker killed by a timeout left running is stopped (tests/children.py).
+pytest_plugins = ["tests.parallel", "tests.children"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_INPUTS = [ROOT / "config.yml", ROOT / "domain.yml", *sorted((ROOT / "data").glob("*.yml"))]

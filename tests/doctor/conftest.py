@@ -10,6 +10,7 @@ import pytest
 import redis
 import yaml
 
+from tests import children
 from tests.e2e.harness import Emulator, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,8 @@ class RedisServer:
                    "--dir", str(workdir)]
         if password:
             command += ["--requirepass", password]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = children.register(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         client = redis.Redis(port=self.port, password=password, socket_timeout=1)
         wait_for(lambda: self._answers(client), timeout=10, what="redis-server to answer")
 

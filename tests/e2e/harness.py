@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import requests
 import yaml
 
+from tests import children
 from tests.ports import free_port  # noqa: F401 (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,11 +64,11 @@ class Emulator:
         self._log = open(log_path, "w")
         # The control plane's token (docs/emulator.md): the harness sends it, as a browser page must.
         self.token = uuid.uuid4().hex
-        self.process = subprocess.Popen(
+        self.process = children.register(subprocess.Popen(
             [PYTHON, "-m", "connectors.servicenow.emulator", "--port", "0", "--quiet"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
             env={**os.environ, "EMULATOR_CONTROL_TOKEN": self.token},
-        )
+        ))
         line = self.process.stdout.readline()
         if "listening on" not in line:
             raise RuntimeError(f"the emulator did not start: {line!r} (see {log_path})")
@@ -267,7 +268,8 @@ class RasaServer:
             command += ["--endpoints", str(self.endpoints)]
         command += list(self.extra_args)
         log = open(self.log_path, "a")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV, **self.extra_env})
+        self.process = children.register(subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV, **self.extra_env}))
         log.close()
 
         def ready() -> bool:

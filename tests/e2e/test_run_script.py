@@ -37,6 +37,7 @@ import pytest
 import requests
 
 from scripts.rasa_webchat import FetchError, fetch
+from tests import children
 from tests.e2e.conftest import TEXTS
 from tests.e2e.harness import CallbackReceiver, free_port, wait_for
 from tests.e2e.socketio_client import SocketUser
@@ -103,20 +104,20 @@ class RunScript:
     def start(self) -> "RunScript":
         if self.terminal:
             master, slave = os.openpty()
-            self.process = subprocess.Popen(
+            self.process = children.register(subprocess.Popen(
                 self.argv, cwd=ROOT, env=self.env, stdin=slave, stdout=slave, stderr=slave,
                 start_new_session=True, preexec_fn=_take_controlling_terminal,
-            )
+            ))
             os.close(slave)
             self._master = master
             self._reader = threading.Thread(target=self._read_terminal, daemon=True)
             self._reader.start()
         else:
             with open(self.log_path, "wb") as log:
-                self.process = subprocess.Popen(
+                self.process = children.register(subprocess.Popen(
                     self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True,
-                )
+                ))
         try:
             # The script prints "Ready" once Rasa (and the widget's page) answer.
             wait_for(self._ready, START_TIMEOUT_S, interval=0.25, what="make run to say it is ready")

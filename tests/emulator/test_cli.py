@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID
+from tests import children
 
 from .conftest import BASIC
 
@@ -24,7 +25,7 @@ STARTUP_DEADLINE_S = 120
 
 
 async def spawn(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    return children.register(await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "connectors.servicenow.emulator",
@@ -32,7 +33,7 @@ async def spawn(*args: str) -> asyncio.subprocess.Process:
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )
+    ))
 
 
 async def listening_url(process: asyncio.subprocess.Process) -> str:

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from connectors.servicenow.emulator import DEFAULT_PASSWORD, DEFAULT_QUEUE_SYS_ID, DEFAULT_USER
+from tests import children
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -34,11 +35,11 @@ API = {"Accept": "application/json", "Content-Type": "application/json"}
 class Emulator:
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
-        self.process = subprocess.Popen(
+        self.process = children.register(subprocess.Popen(
             [sys.executable, "-m", "connectors.servicenow.emulator", "--port", "0", "--quiet"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "EMULATOR_CONTROL_TOKEN": self.token},
-        )
+        ))
         line = self.process.stdout.readline() if self.process.stdout else ""
         assert "listening on" in line, line
         self.url = line.strip().rsplit(" ", 1)[-1]

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from connectors.servicenow.emulator import TOKEN_HEADER, EmulatorConfig, start_emulator
+from tests import children
 
 from .conftest import BASIC, EmulatorClient
 from .test_cli import REPO
@@ -174,8 +175,8 @@ async def test_the_cli_takes_a_token_and_prints_the_console_link(from_env, tmp_p
         env = {**os.environ, "EMULATOR_CONTROL_TOKEN": "from-env"}
     else:
         args += ["--control-token", "from-flag"]
-    process = await asyncio.create_subprocess_exec(*args, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.DEVNULL)
+    process = children.register(await asyncio.create_subprocess_exec(
+        *args, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL))
     try:
         assert process.stdout is not None
         first = (await asyncio.wait_for(process.stdout.readline(), 120)).decode().strip()

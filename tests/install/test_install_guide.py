@@ -36,6 +36,7 @@ import requests
 import yaml
 
 from connectors.servicenow.texts import UserTexts
+from tests import children
 from tests.e2e.harness import close_stream, free_port, wait_for
 from tests.install.conftest import (
     CONSTRAINTS, ROOT, clean_env, in_tree_build, rasa_training_cache, rasa_venv, run, wheelhouse_for,
@@ -113,8 +114,8 @@ class Background:
     def __init__(self, argv: List[str], cwd: Path, env: Dict[str, str], log: Path) -> None:
         self.log = log
         with open(log, "wb") as out:
-            self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = children.register(subprocess.Popen(argv, cwd=cwd, env=env, stdout=out,
+                                                              stderr=subprocess.STDOUT, start_new_session=True))
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from connectors.servicenow.emulator import DEFAULT_QUEUE_SYS_ID as QUEUE_ID
+from tests import children
 from tests.install.conftest import ROOT, clean_env, run, venv_with
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(2400)]
@@ -75,8 +76,9 @@ def test_in_a_rasa_pro_project_the_wheel_keeps_rasa_pro_and_the_doctor_runs(whee
     # The CALM example's files, as a team would start from them.
     for name in ("config.yml", "domain.yml", "credentials.yml"):
         (project / name).write_text((CALM / name).read_text())
-    emulator = subprocess.Popen([python, "-m", "connectors.servicenow.emulator", "--port", "0", "--quiet"], cwd=project,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    emulator = children.register(subprocess.Popen(
+        [python, "-m", "connectors.servicenow.emulator", "--port", "0", "--quiet"], cwd=project,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
     try:
         line = emulator.stdout.readline()
         assert "listening on" in line, line

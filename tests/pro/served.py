@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import requests
 
+from tests import children
 from tests.e2e.harness import QUIET_ENV, ROOT, free_port
 
 
@@ -31,10 +32,10 @@ class ServedChannel:
         if cors:
             command += ["--cors", cors]
         self._log = open(log_path, "w")
-        self.process = subprocess.Popen(
+        self.process = children.register(subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
             env={**os.environ, **QUIET_ENV, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})},
-        )
+        ))
 
     def wait_until_serving(self) -> "ServedChannel":
         # Each line is Sanic's banner or ours; the process ends the stream if it dies.

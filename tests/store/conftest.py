@@ -19,6 +19,7 @@ import pytest
 
 from connectors.servicenow.store import MemoryStore, Store
 from connectors.servicenow.store.redis import RedisStore
+from tests import children
 from tests.ports import free_port
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -49,7 +50,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(
+        self._process = children.register(subprocess.Popen(
             [
                 REDIS_SERVER,
                 "--port", str(self.port),
@@ -63,7 +64,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
+        ))
         deadline = time.monotonic() + 15
         while not self._answers():
             if self._process.poll() is not None:
