@@ -30,8 +30,8 @@ from bench.cluster import PYTHON, ROOT, demo_model, pin_this_process
 from bench.fixtures import EMULATOR_CPU, Context, Sizes
 from bench.load import Receiver, client
 from bench.scenarios import (
-    agent_latency, bot_turns, channel_level, channel_options, forward_work, handoff_messages, handoff_start, reconcile,
-    replicas, scale,
+    agent_latency, agent_work, bot_turns, channel_level, channel_options, forward_work, handoff_messages, handoff_start,
+    reconcile, replicas, scale,
 )
 
 
@@ -55,11 +55,12 @@ SCENARIOS: Dict[str, Scenario] = {
     "channel_level": Scenario(channel_level.run),
     "reconcile": Scenario(reconcile.run),
     "forward_work": Scenario(forward_work.run),
+    "agent_work": Scenario(agent_work.run),
 }
 #: What a side-by-side run measures unless --only says otherwise: issue 18's
 #: targets (forward, agent to user, bot turns), the channel alone, and the
-#: Python work of a forward counted.
-SIDE_BY_SIDE = ["handoff_messages", "agent_latency", "bot_turns", "channel_level", "forward_work"]
+#: Python work of both paths counted.
+SIDE_BY_SIDE = ["handoff_messages", "agent_latency", "bot_turns", "channel_level", "forward_work", "agent_work"]
 #: A one-minute load average above this many runnable tasks per CPU means
 #: other work shared the machine: the numbers are noisy.
 BUSY_LOAD_PER_CPU = 0.5

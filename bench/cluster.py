@@ -132,11 +132,15 @@ class RasaSetup:
 
 
 #: Channel options a build may refuse without its numbers changing meaning:
-#: the retries only keep a failing call from stretching a measurement, and the
+#: the retries only keep a failing call from stretching a measurement, the
 #: limits and the wait for a push's order are turned off (0), which is all a
-#: build without them does.
+#: build without them does, and reconciliation's pass is only moved out of a
+#: window (a build without it has none).
 OPTIONAL_CHANNEL_OPTIONS = frozenset(
-    {"retry_attempts", "retry_backoff", "max_live_chats", "deployment_handoff_starts_per_minute", "order_wait"}
+    {
+        "retry_attempts", "retry_backoff", "max_live_chats", "deployment_handoff_starts_per_minute", "order_wait",
+        "reconcile_interval",
+    }
 )
 
 

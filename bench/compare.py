@@ -51,6 +51,8 @@ MEASURES: Sequence[Tuple[str, str, str]] = (
     ("reconcile/steady/requests_per_chat_per_interval", "10. reconciliation: requests per chat per interval", ""),
     ("forward_work/*/opcodes/*", "11. Python opcodes per forwarded message, {0}: {1}", ""),
     ("forward_work/*/calls/total", "11. Python calls per forwarded message, {0}", ""),
+    ("agent_work/*/opcodes/*", "12. Python opcodes per agent message to the user, {0}: {1}", ""),
+    ("agent_work/*/calls/total", "12. Python calls per agent message to the user, {0}", ""),
 )
 
 #: Issue 18's targets against the first build.

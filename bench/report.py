@@ -72,18 +72,19 @@ def targets(results: Dict[str, Any]) -> List[Row]:
     rows += _shared_store(scenarios)
     rows += _channel_level(scenarios.get("channel_level", {}))
     rows += _reconcile(scenarios.get("reconcile", {}))
-    rows += _forward_work(scenarios.get("forward_work", {}))
+    rows += _work(scenarios.get("forward_work", {}), "11. Python work per forwarded message")
+    rows += _work(scenarios.get("agent_work", {}), "12. Python work per agent message to the user")
     return rows
 
 
-def _forward_work(data: Dict[str, Any]) -> List[Row]:
-    """The Python work of one forwarded message, counted (11)."""
+def _work(data: Dict[str, Any], what: str) -> List[Row]:
+    """The Python work of one message, counted (11: forwarded, 12: agent to user)."""
     rows: List[Row] = []
     for backend, result in data.items():
         opcodes = result["opcodes"]
         places = ", ".join(f"{place} {count:,.0f}" for place, count in opcodes.items() if place != "total")
         rows.append((
-            f"11. Python work per forwarded message, {backend}",
+            f"{what}, {backend}",
             f"{opcodes['total']:,.0f} opcodes ({places}); {result['calls']['total']:,.0f} calls; "
             f"background taken off {result['background_opcodes_per_message']:,.0f}",
             "(reported; compared between builds)",

@@ -7,6 +7,8 @@ by source file, between two signals.
 takes ``channel_host.py``'s arguments. ``SIGUSR1`` starts a count (and
 creates ``$BENCH_WORK_OUT.on`` once it is counting), ``SIGUSR2`` ends it and
 writes ``{"opcodes": {file: n}, "calls": {file: n}}`` to ``$BENCH_WORK_OUT``.
+With ``BENCH_WORK_FUNCTIONS=1`` it adds ``"functions": {"file:function": n}``,
+the opcodes by function, to find where a difference between builds is.
 
 A count, not a time: the same code counts the same whatever else the machine
 does, so two builds compare to the opcode where their timings on a shared
@@ -35,6 +37,8 @@ HOST = Path(__file__).with_name("channel_host.py")
 
 opcodes: "Counter[str]" = Counter()
 calls: "Counter[str]" = Counter()
+functions: "Counter[str]" = Counter()
+BY_FUNCTION = os.environ.get("BENCH_WORK_FUNCTIONS") == "1"
 
 Tracer = Callable[[FrameType, str, Any], Optional[Callable[..., Any]]]
 
@@ -45,17 +49,26 @@ def _in_frame(frame: FrameType, event: str, _arg: Any) -> Tracer:
     return _in_frame
 
 
+def _in_frame_by_function(frame: FrameType, event: str, _arg: Any) -> Tracer:
+    if event == "opcode":
+        code = frame.f_code
+        opcodes[code.co_filename] += 1
+        functions[f"{code.co_filename}:{code.co_name}"] += 1
+    return _in_frame_by_function
+
+
 def _on_call(frame: FrameType, event: str, _arg: Any) -> Tracer:
     # A coroutine's every resume is a "call" too: the count of frames
     # entered, as a profiler counts them.
     frame.f_trace_opcodes = True
     calls[frame.f_code.co_filename] += 1
-    return _in_frame
+    return _in_frame_by_function if BY_FUNCTION else _in_frame
 
 
 def start(*_: Any) -> None:
     opcodes.clear()
     calls.clear()
+    functions.clear()
     threading.settrace(_on_call)
     sys.settrace(_on_call)
     Path(f"{OUT}.on").touch()
@@ -65,7 +78,8 @@ def stop(*_: Any) -> None:
     sys.settrace(None)
     threading.settrace(None)  # type: ignore[arg-type]
     partial = OUT.with_name(OUT.name + ".partial")
-    partial.write_text(json.dumps({"opcodes": opcodes, "calls": calls}))
+    counts = {"opcodes": opcodes, "calls": calls, **({"functions": functions} if BY_FUNCTION else {})}
+    partial.write_text(json.dumps(counts))
     partial.replace(OUT)  # whole or absent, for the reader polling for it
 
 

@@ -21,6 +21,7 @@ background taken off.
 
 import asyncio
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ PLACES = (
     ("asyncio", "/asyncio/"),
 )
 SIGNAL_WAIT_S = 30.0
+#: With ``BENCH_WORK_FUNCTIONS=1``: the functions reported, the busiest first.
+FUNCTIONS_SHOWN = 40
 
 #: ``{"opcodes": {file: n}, "calls": {file: n}}``, as ``work_host.py`` writes them.
 Counts = Mapping[str, Mapping[str, int]]
@@ -60,15 +63,15 @@ async def run(ctx: Context) -> Dict[str, Any]:
             # Warm-up: connections opened, caches filled, before the count.
             await _forward(ctx, host.url, senders, messages // 4, "warm")
             started = time.monotonic()
-            busy = await _counted(host.process, out, _forward(ctx, host.url, senders, messages, "work"))
+            busy = await counted(host.process, out, _forward(ctx, host.url, senders, messages, "work"))
             # What runs anyway (polls, reconciliation, sweeps) in a window as
             # long, with no message, is taken off.
-            background = await _counted(host.process, out, asyncio.sleep(time.monotonic() - started))
+            background = await counted(host.process, out, asyncio.sleep(time.monotonic() - started))
             results[backend] = per_message(busy, background, messages)
     return results
 
 
-async def _counted(process: Any, out: Path, work: Awaitable[Any]) -> Counts:
+async def counted(process: Any, out: Path, work: Awaitable[Any]) -> Counts:
     """The host's counts while ``work`` runs."""
     on = Path(f"{out}.on")
     on.unlink(missing_ok=True)
@@ -103,18 +106,36 @@ def place_of(filename: str) -> str:
     return "other"
 
 
-def per_message(busy: Counts, background: Counts, messages: int) -> Dict[str, Any]:
+def per_message(busy: Counts, background: Counts, messages: int, background_scale: float = 1.0) -> Dict[str, Any]:
     """``{"opcodes": {"total", "connector", ...}, "calls": {...}}`` per
     message: what the window with the messages counted, less what the window
-    without them did."""
+    without them did (times ``background_scale``: how much more background
+    work the busy window held, e.g. its share of polls)."""
     result: Dict[str, Any] = {}
     for kind in ("opcodes", "calls"):
         by_place: Dict[str, float] = {"total": 0.0}
-        for counts, sign in ((busy[kind], 1), (background[kind], -1)):
+        for counts, sign in ((busy[kind], 1.0), (background[kind], -background_scale)):
             for filename, count in counts.items():
                 place = place_of(filename)
                 by_place[place] = by_place.get(place, 0.0) + sign * count / messages
                 by_place["total"] += sign * count / messages
         result[kind] = {place: round(value, 1) for place, value in by_place.items()}
-    result["background_opcodes_per_message"] = round(sum(background["opcodes"].values()) / messages, 1)
+    result["background_opcodes_per_message"] = round(background_scale * sum(background["opcodes"].values()) / messages, 1)
+    if "functions" in busy:  # BENCH_WORK_FUNCTIONS=1 (work_host.py): where the work goes
+        by_function: Dict[str, float] = {}
+        for counts, sign in ((busy["functions"], 1.0), (background.get("functions", {}), -background_scale)):
+            for function, count in counts.items():
+                by_function[function] = by_function.get(function, 0.0) + sign * count / messages
+        top = sorted(by_function.items(), key=lambda pair: -abs(pair[1]))[:FUNCTIONS_SHOWN]
+        result["functions"] = {_short(function): round(n, 1) for function, n in top}
     return result
+
+
+def _short(function: str) -> str:
+    """``file:function`` from where its package starts: ``connectors/...``,
+    ``sanic/...``, ``json/...``."""
+    for pattern in (r".*/site-packages/", r".*/(?=connectors/servicenow/)", r".*/lib/python3\.\d+/"):
+        shortened = re.sub(f"^{pattern}", "", function)
+        if shortened != function:
+            return shortened
+    return function
