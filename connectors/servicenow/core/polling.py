@@ -294,10 +294,9 @@ class Polling:
             chat.move_to(result.cursor)
             return
         poller.schedule.note_activity()
-        # Shielded: a shutdown that cancels the loop must not cut a delivery
-        # off between queueing messages and saving the cursor.
-        delivery = self._dispatcher.dispatch(chat, result.events, result.cursor, poller=self.owner)
-        await asyncio.shield(self._work.spawn(delivery))
+        # In a task of its own: a shutdown that cancels the loop must not cut
+        # a delivery off between queueing messages and saving the cursor.
+        await self._work.run_to_end(self._dispatcher.dispatch(chat, result.events, result.cursor, poller=self.owner))
 
     async def _hold_lease(self, poller: _Poller) -> bool:
         """Take or renew this chat's polling lease. False, and the loop ends,

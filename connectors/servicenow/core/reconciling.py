@@ -220,8 +220,8 @@ class ReconcileLoop:
         if found.events or found.cursor != before:
             delivery = self._dispatcher.dispatch(chat, found.events, records=found.cursor, recovered=found.recovered)
             try:
-                # Shielded: a shutdown must not cut a delivery off half-way.
-                await asyncio.shield(self._work.spawn(delivery))
+                # In a task of its own: a shutdown must not cut a delivery off half-way.
+                await self._work.run_to_end(delivery)
             except StoreUnavailable as error:
                 # Nothing stored, the cursor stays: the next tick delivers it.
                 logger.warning("Could not store what ServiceNow's record of chat %s holds: %s", chat.chat_id, error)

@@ -10,7 +10,7 @@ the pointer move posts that entry again: at least once, never lost.
 
 import asyncio
 import logging
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 import aiohttp
 
@@ -186,23 +186,13 @@ class CallbackPoster:
         async def still_ours() -> bool:
             return await self._store.renew_lease(lease, self.owner, self.lease_s)
 
-        renewing = asyncio.ensure_future(self._keep_lease(lease))
+        keeping = _LeaseKeeper(still_ours, lease, self.renew_every)
         try:
             return await post_with_retries(
                 self._session.get(), self.url, entry, recipient_id, signer=self._signer, may_retry=still_ours
             )
         finally:
-            renewing.cancel()
-
-    async def _keep_lease(self, lease: str) -> None:
-        """Renew the lease every third of its length while a POST is in flight."""
-        while True:
-            await asyncio.sleep(self.renew_every)
-            try:
-                if not await self._store.renew_lease(lease, self.owner, self.lease_s):
-                    return  # another replica holds it now: the pointer move will tell the poster
-            except StoreUnavailable as error:
-                logger.debug("Could not renew the callback lease %s: %s", lease, error)
+            keeping.stop()
 
     def workers(self) -> List["asyncio.Task[None]"]:
         return list(self._posters.values())
@@ -217,3 +207,40 @@ class CallbackPoster:
 
     async def aclose(self) -> None:
         await self._session.aclose()
+
+
+class _LeaseKeeper:
+    """Renews a poster's lease every ``every`` seconds while one POST is in
+    flight, until ``stop``. A timer, not a task: nearly every POST is
+    answered before the first renewal is due, and a timer costs it no task,
+    no turn of the event loop to start one and none to cancel it; a renewal
+    task is made only when the timer fires."""
+
+    def __init__(self, renew: Callable[[], Awaitable[bool]], lease: str, every: float) -> None:
+        self._renew = renew
+        self._lease = lease
+        self._every = every
+        self._loop = asyncio.get_running_loop()
+        self._timer: Optional[asyncio.TimerHandle] = self._loop.call_later(every, self._due)
+        self._renewing: "Optional[asyncio.Task[None]]" = None
+        self._stopped = False
+
+    def _due(self) -> None:
+        self._timer = None
+        self._renewing = self._loop.create_task(self._renew_then_wait())
+
+    async def _renew_then_wait(self) -> None:
+        try:
+            if not await self._renew():
+                return  # another replica holds it now: the pointer move will tell the poster
+        except StoreUnavailable as error:
+            logger.debug("Could not renew the callback lease %s: %s", self._lease, error)
+        if not self._stopped:
+            self._timer = self._loop.call_later(self._every, self._due)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._renewing is not None:
+            self._renewing.cancel()

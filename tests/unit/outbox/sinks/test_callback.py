@@ -13,7 +13,9 @@ import aiohttp
 from aioresponses import CallbackResult, aioresponses
 
 from connectors.servicenow.config import RetryPolicy
+from connectors.servicenow.store import StoreUnavailable
 from connectors.servicenow.outbox.base import HANDOFF_EVENT, status_item
+from connectors.servicenow.outbox.sinks.callback import _LeaseKeeper
 from connectors.servicenow.signing import delivery_id
 from connectors.servicenow.store.keys import CALLBACK_SINK
 from tests.unit.outbox.conftest import CALLBACK, message
@@ -234,3 +236,37 @@ async def test_a_post_that_outlasts_the_lease_keeps_it_and_is_posted_once(replic
         await posters_done(a)
         sent = posted(mock)
     assert sent == ["only once"]
+
+
+async def test_the_lease_keeper_renews_on_its_timer_through_a_failing_store_until_stopped():
+    renewals = []
+    third = asyncio.Event()
+
+    async def renew() -> bool:
+        renewals.append(asyncio.get_running_loop().time())
+        if len(renewals) == 2:
+            raise StoreUnavailable("down for a moment")  # logged, and the timer goes on
+        if len(renewals) == 3:
+            third.set()
+        return True
+
+    keeper = _LeaseKeeper(renew, "cb:u1", every=0.02)
+    await asyncio.wait_for(third.wait(), 5)
+    keeper.stop()
+    assert len(renewals) == 3
+    assert keeper._timer is None or keeper._timer.cancelled()  # nothing left to fire
+
+
+async def test_the_lease_keeper_stops_renewing_a_lease_another_replica_holds():
+    asked = asyncio.Event()
+
+    async def renew() -> bool:
+        asked.set()
+        return False
+
+    keeper = _LeaseKeeper(renew, "cb:u1", every=0.01)
+    await asyncio.wait_for(asked.wait(), 5)
+    assert keeper._renewing is not None
+    await asyncio.wait_for(keeper._renewing, 5)
+    assert keeper._timer is None  # not armed again
+    keeper.stop()
