@@ -5,8 +5,8 @@ one at a time to live chats and each waited for at the user's
 ``callback_url`` (``--quick``: fewer).
 
 * **connect**: found by a poll, in one chat. A live chat is polled once a
-  second whether or not the agent wrote, so the background window's counts
-  are scaled by how many polls each window saw (from the emulator's request
+  second whether or not the agent wrote, so the background's counts are
+  scaled by how many polls each window saw (from the emulator's request
   log): what is left is the work a found message adds to a poll, its
   delivery and the cursor's save. One chat, so that the empty polls taken
   off are few beside what is measured.
@@ -16,7 +16,10 @@ one at a time to live chats and each waited for at the user's
   message first reads the chat's record for ServiceNow's order (issue 19;
   a build without that read does as the line above).
 
-Chats stay at the fast poll rate throughout (``idle_after``), and
+The background is counted in two windows, before and after the busy one,
+each about half as long: an empty poll reads the newest page of the chat's
+history (25 messages at the emulator), which can still be filling while the
+busy window runs, and the two together saw on average what it saw. Chats stay at the fast poll rate throughout (``idle_after``), and
 reconciliation's periodic pass is pushed out of the windows
 (``reconcile_interval``); its cost is scenario 10's. The busy window ends
 ``SETTLE_S`` after the last arrival, so that the tracker writes the
@@ -26,12 +29,14 @@ Scenario 3 times this path; this counts it, the same in every run.
 
 import asyncio
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Awaitable, Dict, List, Mapping, Tuple
 
 from bench.fixtures import Context, chat_ids, servicenow_and_channel, settled, start_chats
 from bench.load import get_json, post_json
-from bench.scenarios.forward_work import WORK_CHATS, WORK_HOST, counted, per_message
+from bench.scenarios.forward_work import WORK_CHATS, WORK_HOST, Counts, counted, per_message
 
 AGENT_MESSAGES = 100
 QUICK_AGENT_MESSAGES = 25
@@ -65,18 +70,27 @@ async def run(ctx: Context) -> Dict[str, Any]:
                 await post_json(ctx.http, f"{servicenow.url}/__emu/agent/accept", {"session": chat})
             await settled(ctx, servicenow.url)
             pairs = [(sender, chats[sender]) for sender in senders]
+            warm_started = time.monotonic()
             await _deliver(ctx, servicenow.url, pairs, messages // 4, f"aw-{result_name}-warm")
-            started, since_ms = time.monotonic(), time.time() * 1000
-            busy = await counted(
-                host.process, out, _deliver(ctx, servicenow.url, pairs, messages, f"aw-{result_name}", settle=SETTLE_S)
+            # Background windows before and after, each about half as long as
+            # the busy one will be: the cost of an empty poll grows with the
+            # chat's history, and their mean is the history the busy window had.
+            half = ((time.monotonic() - warm_started) * 4 + SETTLE_S) / 2
+            before = await _window(ctx, host, out, servicenow.url, asyncio.sleep(half))
+            busy = await _window(
+                ctx, host, out, servicenow.url,
+                _deliver(ctx, servicenow.url, pairs, messages, f"aw-{result_name}", settle=SETTLE_S),
             )
-            busy_polls, since_ms = await _polls(ctx, servicenow.url, since_ms), time.time() * 1000
-            background = await counted(host.process, out, asyncio.sleep(time.monotonic() - started))
-            background_polls = await _polls(ctx, servicenow.url, since_ms)
-            scale = busy_polls / background_polls if backend == "connect" and background_polls else 1.0
-            result = per_message(busy, background, messages, background_scale=scale)
+            after = await _window(ctx, host, out, servicenow.url, asyncio.sleep(half))
+            background = _Window.sum(before, after)
+            # Connect: the background is mostly polls, so it is scaled by them; else by time.
             if backend == "connect":
-                result["polls"] = {"busy": busy_polls, "background": background_polls}
+                scale = busy.polls / background.polls if background.polls else 1.0
+            else:
+                scale = busy.seconds / background.seconds
+            result = per_message(busy.counts, background.counts, messages, background_scale=scale)
+            if backend == "connect":
+                result["polls"] = {"busy": busy.polls, "background": background.polls}
             results[result_name] = result
     return results
 
@@ -92,6 +106,28 @@ async def _deliver(
         await post_json(ctx.http, f"{servicenow}/__emu/agent/message", {"session": chat, "text": text})
         await ctx.receiver.wait_for(text, timeout=ARRIVAL_WAIT_S)
     await asyncio.sleep(settle)
+
+
+@dataclass
+class _Window:
+    counts: Counts
+    polls: int
+    seconds: float
+
+    @staticmethod
+    def sum(one: "_Window", other: "_Window") -> "_Window":
+        counts = {
+            kind: dict(Counter(one.counts.get(kind, {})) + Counter(other.counts.get(kind, {})))
+            for kind in set(one.counts) | set(other.counts)
+        }
+        return _Window(counts, one.polls + other.polls, one.seconds + other.seconds)
+
+
+async def _window(ctx: Context, host: Any, out: Path, servicenow: str, work: Awaitable[Any]) -> _Window:
+    """The host's counts while ``work`` runs, the Connect polls answered meanwhile, and how long it took."""
+    started, since_ms = time.monotonic(), time.time() * 1000
+    counts = await counted(host.process, out, work)
+    return _Window(counts, await _polls(ctx, servicenow, since_ms), time.monotonic() - started)
 
 
 async def _polls(ctx: Context, servicenow: str, since_ms: float) -> int:
