@@ -19,7 +19,8 @@ one at a time to live chats and each waited for at the user's
 The background is counted in two windows, before and after the busy one,
 each about half as long: an empty poll reads the newest page of the chat's
 history (25 messages at the emulator), which can still be filling while the
-busy window runs, and the two together saw on average what it saw. Chats stay at the fast poll rate throughout (``idle_after``), and
+busy window runs, and the two together saw on average what it saw. Chats
+stay at the fast poll rate throughout (``idle_after``), and
 reconciliation's periodic pass is pushed out of the windows
 (``reconcile_interval``); its cost is scenario 10's. The busy window ends
 ``SETTLE_S`` after the last arrival, so that the tracker writes the
@@ -72,9 +73,7 @@ async def run(ctx: Context) -> Dict[str, Any]:
             pairs = [(sender, chats[sender]) for sender in senders]
             warm_started = time.monotonic()
             await _deliver(ctx, servicenow.url, pairs, messages // 4, f"aw-{result_name}-warm")
-            # Background windows before and after, each about half as long as
-            # the busy one will be: the cost of an empty poll grows with the
-            # chat's history, and their mean is the history the busy window had.
+            # The background before and after, each about half as long as the busy window will be.
             half = ((time.monotonic() - warm_started) * 4 + SETTLE_S) / 2
             before = await _window(ctx, host, out, servicenow.url, asyncio.sleep(half))
             busy = await _window(
@@ -127,13 +126,14 @@ async def _window(ctx: Context, host: Any, out: Path, servicenow: str, work: Awa
     """The host's counts while ``work`` runs, the Connect polls answered meanwhile, and how long it took."""
     started, since_ms = time.monotonic(), time.time() * 1000
     counts = await counted(host.process, out, work)
-    return _Window(counts, await _polls(ctx, servicenow, since_ms), time.monotonic() - started)
+    seconds, until_ms = time.monotonic() - started, time.time() * 1000
+    return _Window(counts, await _polls(ctx, servicenow, since_ms, until_ms), seconds)
 
 
-async def _polls(ctx: Context, servicenow: str, since_ms: float) -> int:
-    """Connect polls (``GET .../messages``) the emulator answered since ``since_ms``."""
+async def _polls(ctx: Context, servicenow: str, since_ms: float, until_ms: float) -> int:
+    """Connect polls (``GET .../messages``) the emulator answered between the two times."""
     log = (await get_json(ctx.http, f"{servicenow}/__emu/requests"))["requests"]
     return sum(
         1 for entry in log
-        if entry["method"] == "GET" and entry["path"].endswith("/messages") and entry["at_ms"] >= since_ms
+        if entry["method"] == "GET" and entry["path"].endswith("/messages") and since_ms <= entry["at_ms"] < until_ms
     )
