@@ -132,9 +132,10 @@ async def test_a_dedupe_key_is_claimed_once_across_replicas(make_stores):
 
 async def test_a_dedupe_key_can_be_claimed_again_after_its_ttl(make_stores):
     one, two = make_stores()
-    assert await one.claim_once("sn-msg-1", ttl=0.2)
-    assert not await two.claim_once("sn-msg-1", ttl=0.2)
-    await wait_until(lambda: two.claim_once("sn-msg-1", ttl=0.2), what="the dedupe mark to expire")
+    # Long enough that a loaded machine asks again before it expires.
+    assert await one.claim_once("sn-msg-1", ttl=1.0)
+    assert not await two.claim_once("sn-msg-1", ttl=1.0)
+    await wait_until(lambda: two.claim_once("sn-msg-1", ttl=1.0), what="the dedupe mark to expire")
 
 
 # -- outbox streams ---------------------------------------------------------------

@@ -177,23 +177,26 @@ async def test_stream_caps_count_every_replicas_streams(replicas):
 async def test_the_slots_of_a_replica_that_died_expire_and_a_live_ones_are_renewed(replicas, monkeypatch):
     monkeypatch.setattr("connectors.servicenow.outbox.capacity.RENEW_EVERY_S", 0.05)
     a, b = replicas(max_open_streams=2), replicas(max_open_streams=2)
-    a.capacity._ttl = b.capacity._ttl = 0.3
+    # Real time (the slots expire in the store): a ttl a loaded CI worker's
+    # stalls stay well under, between opening a's slot and the check that it
+    # still counts (0.3 s was not: the check found it expired).
+    ttl = a.capacity._ttl = b.capacity._ttl = 1.0
     await a.capacity.open_slot("sse", client="10.0.0.1", sender="u1")  # a dies: nothing renews its slot
     renewing = asyncio.ensure_future(b.capacity.renew_forever())
     try:
         kept = await b.capacity.open_slot("sse", client="10.0.0.2", sender="u2")
         with pytest.raises(StreamLimitReached):
             await b.capacity.open_slot("sse", client="10.0.0.3", sender="u3")
-        for _ in range(200):
+        deadline = asyncio.get_running_loop().time() + 10 * ttl
+        while True:
             try:
                 third = await b.capacity.open_slot("sse", client="10.0.0.3", sender="u3")
                 break
             except StreamLimitReached:
-                await asyncio.sleep(0.02)  # wait-ok: polling for the dead slot's expiry, with a bound
-        else:
-            raise AssertionError("the dead replica's slot never expired")
+                assert asyncio.get_running_loop().time() < deadline, "the dead replica's slot never expired"
+                await asyncio.sleep(0.02)  # wait-ok: polling for the dead slot's expiry, with a deadline
         # b's own slots outlive their ttl twice over: they are renewed.
-        await asyncio.sleep(0.6)  # wait-ok: two ttls, through which only renewals keep b's slots
+        await asyncio.sleep(2 * ttl)  # wait-ok: two ttls, through which only renewals keep b's slots
         with pytest.raises(StreamLimitReached):
             await b.capacity.open_slot("sse", client="10.0.0.4", sender="u4")
         for slot in (kept, third):
