@@ -16,7 +16,7 @@ import pytest
 from tests import children
 
 ROOT = Path(__file__).resolve().parents[1]
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+LINGERER = [sys.executable, "-c", "import signal; signal.alarm(120); signal.pause()"]
 
 # Two workers, a test each (--dist load: a scope scheduler would run the
 # crashed test again on the replacement worker). "hang" starts a child and a
@@ -24,7 +24,8 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 # worker at the same time, starts a child, sees the dead worker's children go,
 # and its own still run until its fixture's teardown stops it. Each side notes
 # pids in SHARED for the other and for the test that runs this file. Children
-# sleep 120 s, not forever: a broken sweep leaks them for two minutes at most.
+# wait for a signal, and their own alarm ends them after 120 s: a broken sweep
+# leaks them for two minutes at most.
 INNER = textwrap.dedent('''
     import json, os, shlex, subprocess, sys, threading, time
     from pathlib import Path
@@ -34,7 +35,7 @@ INNER = textwrap.dedent('''
     from tests import children
 
     SHARED = Path(os.environ["CHILDREN_TEST_SHARED"])
-    SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+    LINGERER = [sys.executable, "-c", "import signal; signal.alarm(120); signal.pause()"]
 
 
     def note(name, **facts):
@@ -62,9 +63,9 @@ INNER = textwrap.dedent('''
     def started():
         # In a fixture (timeout_func_only): the 2 s are the test body's alone.
         poll(lambda: read("survivor"), "the survivor's child")
-        plain = children.register(subprocess.Popen(SLEEPER))
+        plain = children.register(subprocess.Popen(LINGERER))
         group = children.register(subprocess.Popen(
-            ["sh", "-c", f"{shlex.join(SLEEPER)} & echo $! > {SHARED / 'grandchild'}; wait"],
+            ["sh", "-c", f"{shlex.join(LINGERER)} & echo $! > {SHARED / 'grandchild'}; wait"],
             start_new_session=True))
         poll(lambda: (SHARED / "grandchild").read_text().strip() if (SHARED / "grandchild").exists() else "",
              "the group's second process")
@@ -80,7 +81,7 @@ INNER = textwrap.dedent('''
 
     @pytest.fixture
     def own_child():
-        process = children.register(subprocess.Popen(SLEEPER))
+        process = children.register(subprocess.Popen(LINGERER))
         note("survivor", worker=os.getpid(), child=identity(process.pid))
         yield process
         note("teardown", alive=process.poll() is None)
@@ -149,8 +150,8 @@ def test_a_killed_workers_children_are_stopped_and_a_live_workers_run_until_its_
 
 
 @pytest.fixture
-def sleeper() -> Iterator["subprocess.Popen[bytes]"]:
-    process = subprocess.Popen(SLEEPER)
+def lingerer() -> Iterator["subprocess.Popen[bytes]"]:
+    process = subprocess.Popen(LINGERER)
     yield process
     process.kill()
     process.wait()
@@ -172,28 +173,28 @@ def gone_parent() -> Dict[str, int]:
     return {"parent": finished.pid, "parent_start": -1}
 
 
-def test_a_child_of_a_live_worker_is_left_alone(tmp_path, sleeper):
-    path = record(tmp_path, sleeper)
+def test_a_child_of_a_live_worker_is_left_alone(tmp_path, lingerer):
+    path = record(tmp_path, lingerer)
     assert children.sweep(tmp_path, grace_s=0.5) == ([], [])
-    assert sleeper.poll() is None and path.exists()
+    assert lingerer.poll() is None and path.exists()
 
 
-def test_a_process_that_took_a_recorded_pid_is_left_alone(tmp_path, sleeper):
-    path = record(tmp_path, sleeper, start=children.stat(sleeper.pid).start - 1, **gone_parent())
+def test_a_process_that_took_a_recorded_pid_is_left_alone(tmp_path, lingerer):
+    path = record(tmp_path, lingerer, start=children.stat(lingerer.pid).start - 1, **gone_parent())
     assert children.sweep(tmp_path, grace_s=0.5) == ([], [])
-    assert sleeper.poll() is None and not path.exists()
+    assert lingerer.poll() is None and not path.exists()
 
 
-def test_a_gone_workers_child_is_terminated_and_its_record_removed(tmp_path, sleeper):
-    path = record(tmp_path, sleeper, **gone_parent())
+def test_a_gone_workers_child_is_terminated_and_its_record_removed(tmp_path, lingerer):
+    path = record(tmp_path, lingerer, **gone_parent())
     stopped, problems = children.sweep(tmp_path, grace_s=5)
-    assert (stopped, problems) == ([f"{' '.join(SLEEPER)} (pid {sleeper.pid})"], [])
-    assert sleeper.wait(timeout=5) == -signal.SIGTERM and not path.exists()
+    assert (stopped, problems) == ([f"{' '.join(LINGERER)} (pid {lingerer.pid})"], [])
+    assert lingerer.wait(timeout=5) == -signal.SIGTERM and not path.exists()
 
 
 def test_a_child_that_ignores_sigterm_gets_sigkill(tmp_path):
-    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, "
-                                 "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"], stdout=subprocess.PIPE)
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('ready', flush=True); signal.alarm(120); signal.pause()"], stdout=subprocess.PIPE)
     try:
         assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
         record(tmp_path, stubborn, **gone_parent())
