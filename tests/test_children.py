@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
 from tests import children
+from tests.e2e.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LINGERER = [sys.executable, "-c", "import signal; signal.alarm(120); signal.pause()"]
@@ -100,13 +100,6 @@ INNER = textwrap.dedent('''
 ''')
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)  # wait-ok: polling a condition with a deadline
-
-
 def noted(shared: Path) -> Dict[str, Dict[str, Any]]:
     return {path.stem: json.loads(path.read_text()) for path in shared.glob("*.json")}
 
@@ -136,7 +129,7 @@ def test_a_killed_workers_children_are_stopped_and_a_live_workers_run_until_its_
         assert "went down: stopped what a gone worker left running" in output, output
         notes = noted(shared)
         for identity in identities(notes["hang"]):
-            wait_until(lambda: not children.running(**identity), f"{identity} to be stopped")
+            wait_for(lambda: not children.running(**identity), what=f"{identity} to be stopped")
         assert notes["teardown"] == {"alive": True}
         assert not children.running(**notes["survivor"]["child"])
     finally:
