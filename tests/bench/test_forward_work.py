@@ -49,3 +49,18 @@ def test_counts_by_function_name_the_busiest_functions_per_message():
     background = {"opcodes": {"/p/connectors/servicenow/a.py": 100}, "calls": {}, "functions": {"/p/connectors/servicenow/a.py:take": 100}}
     result = per_message(busy, background, messages=10)
     assert result["functions"] == {"connectors/servicenow/a.py:put": 20.0, "sanic/http.py:read": 10.0, "connectors/servicenow/a.py:take": 0.0}
+
+
+def test_every_function_of_the_connector_is_shown_beyond_the_busiest(monkeypatch):
+    monkeypatch.setattr("bench.scenarios.forward_work.FUNCTIONS_SHOWN", 1)
+    busy = {
+        "opcodes": {},
+        "calls": {},
+        "functions": {
+            "/v/lib/python3.10/site-packages/aiohttp/client.py:_request": 500,
+            "/v/lib/python3.10/site-packages/sanic/http.py:read": 100,
+            "/p/connectors/servicenow/store/memory.py:append": 30,
+        },
+    }
+    result = per_message(busy, {"opcodes": {}, "calls": {}}, messages=10)
+    assert result["functions"] == {"aiohttp/client.py:_request": 50.0, "connectors/servicenow/store/memory.py:append": 3.0}

@@ -607,6 +607,33 @@ async def test_an_append_racing_a_let_go_is_never_stranded(make_stores):
     assert outcomes == {True, False}, "both orders happened"
 
 
+async def test_the_last_pointer_move_of_a_caught_up_holder_lets_go_in_the_same_step(make_stores):
+    one, two = make_stores()
+    job = {"lease": "cb:user-1", "owner": "a", "ttl": 30}
+    entries = await one.append("user-1", [message("0"), message("1")])
+    assert await one.take_job("cb:user-1", "a", 30, "user-1", "callback")
+    moved, after = await one.advance_and_next("user-1", "callback", entries[0].entry_id, let_go=True, **job)
+    assert (moved, after) == (True, entries[1:]), "more to post: the job stays a's"
+    assert await two.lease_owner("cb:user-1") == "a"
+    assert await one.advance_and_next("user-1", "callback", entries[1].entry_id, let_go=True, **job) == (True, [])
+    assert await two.lease_owner("cb:user-1") is None, "caught up: let go"
+    assert await two.free_leases() == [], "unregistered: nothing to take over"
+    assert await two.sink_position("user-1", "callback") == entries[1].entry_id
+    later = await two.append_and_take("user-1", [message("2")], lease="cb:user-1", owner="b", ttl=30, sink="callback")
+    assert later is not None and later[1] == (entries[1].entry_id, later[0]), "the next append takes it at once"
+
+
+async def test_a_pointer_move_lets_go_only_of_its_own_lease_and_only_after_a_read(make_stores):
+    one, two = make_stores()
+    entries = await one.append("user-1", [message("0")])
+    assert await two.take_job("cb:user-1", "b", 30, "user-1", "callback")
+    moved, after = await one.advance_and_next("user-1", "callback", entries[0].entry_id, "cb:user-1", "a", 30, let_go=True)
+    assert (moved, after) == (True, None), "b's job"
+    assert await one.lease_owner("cb:user-1") == "b"
+    with pytest.raises(ValueError):
+        await one.advance_and_next("user-1", "callback", entries[0].entry_id, "cb:user-1", "b", 30, limit=0, let_go=True)
+
+
 # -- timers -----------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from connectors.servicenow.config import RetryPolicy
 from connectors.servicenow.retry import backoff_delay
 from connectors.servicenow.signing import CallbackSigner, delivery_id
 from connectors.servicenow.store import NewEntry, OutboxEntry
+from connectors.servicenow.store.base import dump_payload
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ async def post_with_retries(
     holds the conversation)."""
     problem = ""
     kind = entry.kind
-    body = json.dumps(dict(entry.payload), separators=(",", ":")).encode()
+    body = dump_payload(dict(entry.payload)).encode()
     webhook_id = delivery_id(recipient_id, entry.entry_id)
     signer = signer or CallbackSigner(None)
     for attempt in range(1, CALLBACK_RETRY.attempts + 1):

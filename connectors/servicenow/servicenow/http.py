@@ -217,8 +217,12 @@ def _headers(extra: Optional[Mapping[str, str]], content_type: Optional[str]) ->
     return headers
 
 
+#: ``json.dumps`` with options makes an encoder per call; every request body is one.
+_COMPACT_UTF8 = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def compact_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACT_UTF8.encode(value).encode()
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:

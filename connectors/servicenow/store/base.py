@@ -47,6 +47,9 @@ from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Protocol, 
 
 from connectors.servicenow import errors
 
+#: ``json.dumps`` with options makes an encoder per call; every entry and record is one.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 # -- errors -----------------------------------------------------------------
 
 
@@ -137,7 +140,7 @@ class HandoffRecord:
             data["v"] = self.conversation
         if self.sequence:
             data["q"] = self.sequence
-        return json.dumps(data, separators=(",", ":"))
+        return _COMPACT.encode(data)
 
     @classmethod
     def from_json(cls, sender_id: str, chat_id: str, text: str) -> "HandoffRecord":
@@ -445,22 +448,22 @@ class Store(abc.ABC):
         """Registered names that nobody holds now (never held, released or
         expired), up to ``limit``. A hint: ``acquire_lease`` decides."""
 
+    # A job's steps: each is one atomic step of the store (one script in
+    # Redis, one synchronous call in the process), so nothing another
+    # replica does falls between their parts.
+
+    @abc.abstractmethod
     async def take_job(
         self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
     ) -> Optional[Taken]:
-        """Take the job ``lease`` that drains ``sink`` of ``stream``, in one
-        step where the store can: acquire the lease for ``owner`` (as
-        ``acquire_lease``), register it (as ``register_lease``) and return
-        the sink's pointer and up to ``limit`` entries after it. None when
-        another holder has the lease (it is registered all the same, so the
-        job is taken over if that holder dies)."""
-        # Registered first, so that a lease taken here shows as held, not free.
-        await self.register_lease(lease)
-        if not await self.acquire_lease(lease, owner, ttl):
-            return None
-        position = await self.sink_position(stream, sink)
-        return position, await self.read(stream, after=position, limit=limit)
+        """Take the job ``lease`` that drains ``sink`` of ``stream``: acquire
+        the lease for ``owner`` (as ``acquire_lease``), register it (as
+        ``register_lease``) and return the sink's pointer and up to ``limit``
+        entries after it. None when another holder has the lease (it is
+        registered all the same, so the job is taken over if that holder
+        dies)."""
 
+    @abc.abstractmethod
     async def append_and_take(
         self,
         stream: str,
@@ -475,48 +478,48 @@ class Store(abc.ABC):
         sink: str,
         limit: int = 100,
     ) -> Optional[Tuple[List[OutboxEntry], Optional[Taken]]]:
-        """``append``, then ``take_job`` of ``stream``'s sink ``sink``, in
-        one step where the store can. None when the append was a repeat
-        (nothing appended, nothing taken); else the stored entries and what
-        ``take_job`` returned (None: another holder has the lease). A
-        ``guard`` that refuses raises as ``append``'s does, nothing taken."""
-        stored = await self.append(stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard)
-        if stored is None:
-            return None
-        return stored, await self.take_job(lease, owner, ttl, stream, sink, limit)
+        """``append``, then ``take_job`` of ``stream``'s sink ``sink``. None
+        when the append was a repeat (nothing appended, nothing taken); else
+        the stored entries and what ``take_job`` returned (None: another
+        holder has the lease). A ``guard`` that refuses raises as
+        ``append``'s does, nothing taken."""
 
+    @abc.abstractmethod
     async def advance_and_next(
-        self, stream: str, sink: str, entry_id: str, lease: str, owner: str, ttl: float, limit: int = 100
+        self,
+        stream: str,
+        sink: str,
+        entry_id: str,
+        lease: str,
+        owner: str,
+        ttl: float,
+        limit: int = 100,
+        *,
+        let_go: bool = False,
     ) -> Tuple[bool, Optional[List[OutboxEntry]]]:
-        """What a job's holder does after taking an entry, in one step where
-        the store can: move ``sink``'s pointer to ``entry_id`` (as
-        ``advance_sink``); if this call moved it, renew ``owner``'s lease
-        (as ``renew_lease``) and read up to ``limit`` entries after
-        ``entry_id`` (none read when ``limit`` is 0). Answers whether this
-        call moved the pointer, and the entries read, or None when the
-        pointer did not move or the lease is not ``owner``'s any more (then
-        another holder goes on: stop)."""
-        if not await self.advance_sink(stream, sink, entry_id):
-            return False, None
-        if not await self.renew_lease(lease, owner, ttl):
-            return True, None
-        return True, (await self.read(stream, after=entry_id, limit=limit) if limit > 0 else [])
+        """What a job's holder does after taking an entry: move ``sink``'s
+        pointer to ``entry_id`` (as ``advance_sink``); if this call moved it,
+        renew ``owner``'s lease (as ``renew_lease``) and read up to ``limit``
+        entries after ``entry_id`` (none read when ``limit`` is 0). Answers
+        whether this call moved the pointer, and the entries read, or None
+        when the pointer did not move or the lease is not ``owner``'s any
+        more (then another holder goes on: stop).
 
+        With ``let_go`` (and ``limit`` above 0), a holder that found nothing
+        after ``entry_id`` gives the job back in the same step, as
+        ``let_go`` does: ``(True, [])`` then means caught up and let go."""
+
+    @abc.abstractmethod
     async def let_go(
         self, lease: str, owner: str, ttl: float, stream: str, sink: str, limit: int = 100
     ) -> Optional[Taken]:
-        """A caught-up holder gives the job ``lease`` back, in one step, so
-        that an entry appended meanwhile is never stranded: when ``stream``
-        holds entries after ``sink``'s pointer, the lease stays ``owner``'s
-        (as ``take_job``, which answers the pointer and up to ``limit``
-        entries after it: keep going); else the lease is released and
-        unregistered (None). None too, with nothing changed, when another
-        holder has the lease: that holder goes on."""
-        taken = await self.take_job(lease, owner, ttl, stream, sink, limit)
-        if taken is None or taken[1]:
-            return taken
-        await self.unregister_lease(lease)
-        return None
+        """A caught-up holder gives the job ``lease`` back, so that an entry
+        appended meanwhile is never stranded: when ``stream`` holds entries
+        after ``sink``'s pointer, the lease stays ``owner``'s (as
+        ``take_job``, which answers the pointer and up to ``limit`` entries
+        after it: keep going); else the lease is released and unregistered
+        (None). None too, with nothing changed, when another holder has the
+        lease: that holder goes on."""
 
     # -- timers -------------------------------------------------------------
 
@@ -598,5 +601,11 @@ class Store(abc.ABC):
         """Release connections. The store is not used after this."""
 
 
+def check_let_go(let_go: bool, limit: int) -> None:
+    """``advance_and_next`` lets go only of a job it saw caught up."""
+    if let_go and limit <= 0:
+        raise ValueError("advance_and_next lets go only when it reads what is after (limit > 0)")
+
+
 def dump_payload(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"))
+    return _COMPACT.encode(payload)

@@ -93,6 +93,7 @@ from connectors.servicenow.store.base import (
     StoreUnavailable,
     Taken,
     TimerClaim,
+    check_let_go,
     dump_payload,
     parse_entry_id,
 )
@@ -247,17 +248,23 @@ end
 _ADVANCE_SINK = _ADVANCE_FUNCTION + "return advance(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
 
 # KEYS: sinks, stream, lease, leases; ARGV: as _ADVANCE_SINK's, then owner,
-# lease ttl ms, now ms, name, limit. ``advance_and_next``: 0 when the
-# pointer did not move, 1 when it moved but the lease is not the owner's,
-# else the entries after the new pointer (the lease renewed). A retried call
-# moved the pointer with its own token: it counts as moved.
+# lease ttl ms, now ms, name, limit, let go (1/0). ``advance_and_next``: 0
+# when the pointer did not move, 1 when it moved but the lease is not the
+# owner's, else the entries after the new pointer (the lease renewed; with
+# let go and none after, released and unregistered as _LET_GO does). A
+# retried call moved the pointer with its own token: it counts as moved.
 _ADVANCE_AND_NEXT = _ADVANCE_FUNCTION + """
 if advance(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) == 0 then return 0 end
 if redis.call('GET', KEYS[3]) ~= ARGV[5] then return 1 end
 redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
 redis.call('ZADD', KEYS[4], 'XX', tonumber(ARGV[7]) + tonumber(ARGV[6]), ARGV[8])
 if tonumber(ARGV[9]) <= 0 then return {} end
-return redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+', 'COUNT', tonumber(ARGV[9]))
+local after = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2], '+', 'COUNT', tonumber(ARGV[9]))
+if #after == 0 and ARGV[10] == '1' then
+  redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[8])
+end
+return after
 """
 
 # KEYS: lease, leases; ARGV: owner, ttl ms, now ms, name, renew-only (1/0).
@@ -667,10 +674,11 @@ class RedisStore(RedisCounts, Store):
         limit: int = 100,
     ) -> Optional[Tuple[List[OutboxEntry], Optional[Taken]]]:
         if not entries:
-            return await super().append_and_take(
-                stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard,
-                lease=lease, owner=owner, ttl=ttl, sink=sink, limit=limit,
-            )
+            # The script appends at least one entry; an empty append is append's (at most a dedupe claim).
+            stored = await self.append(stream, entries, dedupe_key=dedupe_key, dedupe_ttl=dedupe_ttl, guard=guard)
+            if stored is None:
+                return None
+            return stored, await self.take_job(lease, owner, ttl, stream, sink, limit)
         keys = [self._key(key_names.OUTBOX, stream), self._key(key_names.SINKS, stream), self._key(key_names.LEASE, lease), self._key(key_names.LEASES)]
         if dedupe_key is not None:
             keys.append(self._key(key_names.DEDUPE, dedupe_key))
@@ -685,14 +693,15 @@ class RedisStore(RedisCounts, Store):
         return _appended(ids, entries, self._key(key_names.DEDUPE)), (_taken(taken) if taken else None)
 
     async def advance_and_next(
-        self, stream: str, sink: str, entry_id: str, lease: str, owner: str, ttl: float, limit: int = 100
+        self, stream: str, sink: str, entry_id: str, lease: str, owner: str, ttl: float, limit: int = 100, *, let_go: bool = False
     ) -> Tuple[bool, Optional[List[OutboxEntry]]]:
+        check_let_go(let_go, limit)
         if parse_entry_id(entry_id) is None:
             raise ValueError(f"not a stream entry id: {entry_id!r}")
         reply = await self._run(
             self._advance_and_next(
                 keys=[self._key(key_names.SINKS, stream), self._key(key_names.OUTBOX, stream), self._key(key_names.LEASE, lease), self._key(key_names.LEASES)],
-                args=[sink, entry_id, _ms(self.stream_ttl), _token(), owner, _ms(ttl), _now_ms(), lease, limit],
+                args=[sink, entry_id, _ms(self.stream_ttl), _token(), owner, _ms(ttl), _now_ms(), lease, limit, int(let_go)],
             )
         )
         if not isinstance(reply, list):

@@ -24,7 +24,7 @@ from connectors.servicenow.store.keys import CALLBACK_SINK, callback_lease, stre
 logger = logging.getLogger(__name__)
 
 # How a round of posting ended.
-MORE, CAUGHT_UP, LOST = "more", "caught up", "lost"
+MORE, CAUGHT_UP, LET_GO, LOST = "more", "caught up", "let go", "lost"
 #: Entries a poster reads at a time: all a conversation's stream keeps, so
 #: that the backlog it reports is the whole of what it owes.
 POST_BATCH = RETAINED_PER_USER
@@ -125,13 +125,15 @@ class CallbackPoster:
                         continue
                     if progress == LOST:
                         return  # the replica that holds the lease now goes on
-                    # Caught up. Letting go and looking for entries appended
-                    # meanwhile are one store step: an append on another
-                    # replica either comes before it (then it is found here)
-                    # or finds the lease free and takes it.
-                    found = await self._store.let_go(lease, self.owner, self.lease_s, stream, CALLBACK_SINK, POST_BATCH)
-                    if found is not None:
-                        continue
+                    if progress == CAUGHT_UP:
+                        # Letting go and looking for entries appended
+                        # meanwhile are one store step: an append on another
+                        # replica either comes before it (then it is found
+                        # here) or finds the lease free and takes it. (After
+                        # a post, the last pointer move took that step: LET_GO.)
+                        found = await self._store.let_go(lease, self.owner, self.lease_s, stream, CALLBACK_SINK, POST_BATCH)
+                        if found is not None:
+                            continue
                 except StoreUnavailable as error:
                     found = None
                     logger.warning("Callback delivery for %s waits for the store: %s", recipient_id, error)
@@ -149,10 +151,12 @@ class CallbackPoster:
         self, recipient_id: str, stream: str, lease: str, position: Optional[str], entries: List[OutboxEntry]
     ) -> Tuple[str, Optional[Taken]]:
         """Post ``entries``, the ones after the callback pointer at
-        ``position``: ``MORE`` when more came after them, ``CAUGHT_UP`` when
-        none did, ``LOST`` when another replica holds the lease now (this
-        one's expired during a long post); with ``MORE``, the pointer and
-        what is after it."""
+        ``position``: ``MORE`` when more came after them, ``LET_GO`` when
+        none did and the last pointer move gave the lease back with it,
+        ``CAUGHT_UP`` when there was nothing to post (the lease is still
+        held), ``LOST`` when another replica holds the lease now (this one's
+        expired during a long post); with ``MORE``, the pointer and what is
+        after it."""
         # Exact again after each read: what a put counted meanwhile is in it.
         self._unposted[recipient_id] = sum(1 for entry in entries if entry.to_callback)
         if not entries:
@@ -163,10 +167,12 @@ class CallbackPoster:
             if delivered is not None:
                 self._unposted[recipient_id] -= 1
             # One store call: move the pointer, renew the lease and, after
-            # the batch's last entry, read what came since.
+            # the batch's last entry, read what came since, letting go of
+            # the lease when nothing did.
             last = index == len(entries) - 1
             moved, after = await self._store.advance_and_next(
-                stream, CALLBACK_SINK, entry.entry_id, lease, self.owner, self.lease_s, POST_BATCH if last else 0
+                stream, CALLBACK_SINK, entry.entry_id, lease, self.owner, self.lease_s, POST_BATCH if last else 0,
+                let_go=last,
             )
             if not moved:
                 logger.warning("Another replica took over the callback of %s; stopping here.", recipient_id)
@@ -179,7 +185,7 @@ class CallbackPoster:
             if after is None:
                 return LOST, None
         if not after:
-            return CAUGHT_UP, None
+            return LET_GO, None
         return MORE, (entries[-1].entry_id, after)
 
     async def _post_one(self, recipient_id: str, entry: OutboxEntry, lease: str) -> bool:
