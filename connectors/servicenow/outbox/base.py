@@ -56,18 +56,10 @@ class OutboundItem:
         return f"id: {self.event_id}\nevent: {self.kind}\ndata: {json.dumps(self.payload)}\n\n"
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One item to put in a user's outbox."""
-
-    payload: Mapping[str, Any]
-    kind: str = MESSAGE_EVENT
-    to_callback: bool = True
-    #: Stored once per deployment (a guarded put: ``NewEntry.once_key``).
-    once_key: Optional[str] = None
-
-    def entry(self) -> NewEntry:
-        return NewEntry(self.payload, self.kind, self.to_callback, self.once_key)
+#: One item to put in a user's outbox (payload, kind, whether the callback
+#: gets it, and a guarded put's once key): what the store appends, as it is,
+#: rather than a copy made of it for every agent message.
+Outgoing = NewEntry
 
 
 def item_of(entry: OutboxEntry) -> OutboundItem:

@@ -138,7 +138,7 @@ class Outbox:
         ``AppendRefused``). With either, a failing store raises
         ``StoreUnavailable``; without, the items wait here and are stored
         once it is back."""
-        entries = [item.entry() for item in items]
+        entries = list(items)
         if not entries:
             return []
         must_store_now = dedupe_key is not None or guard is not None
