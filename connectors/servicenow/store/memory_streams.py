@@ -256,9 +256,6 @@ class MemoryStreams:
         return kept.after(bound, limit)
 
     async def sink_position(self, stream: str, sink: str) -> Optional[str]:
-        return self._position(stream, sink)
-
-    def _position(self, stream: str, sink: str) -> Optional[str]:
         kept = self._live_stream(stream)
         pointer = kept.sinks.get(sink) if kept is not None else None
         return id_of(pointer) if pointer is not None else None
