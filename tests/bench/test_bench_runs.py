@@ -7,13 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+#: A whole bench run (Rasa processes, both builds): about two minutes alone,
+#: several times that on a loaded 2-core machine beside three other workers.
+RUN_TIMEOUT_S = 600
+# Longer than the run's own timeout, so that a slow run fails here with its
+# output instead of the suite-wide timeout ending the worker (as it did once,
+# at 300 s, with no output at all).
+pytestmark = pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 
 
 def test_a_quick_benchmark_run_writes_results_and_a_plot(tmp_path, demo_model):
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "handoff_start", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "latest-quick.json").read_text())
@@ -31,7 +40,7 @@ def test_a_side_by_side_run_measures_each_build_and_writes_the_comparison(tmp_pa
             sys.executable, "-m", "bench", "--quick", "--only", "channel_level", "--build", f"twin={sys.executable}",
             "--runs", "1", "--output", str(tmp_path),
         ],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "latest-quick-side-by-side.json").read_text())
