@@ -378,3 +378,77 @@ async def test_a_cancel_that_comes_as_a_redis_call_completes_is_not_lost():
             await reading
     finally:
         await store.aclose()
+
+
+#: What uvloop, the loop ``rasa run`` runs on, raises for a write to a connection that closed.
+UVLOOP_CLOSED = "unable to perform operation on <TCPTransport closed=True reading=False 0x7f00>; the handler is closed"
+
+
+async def listening(store: RedisStore) -> bool:
+    return any(
+        listener.subscribed.is_set() for state in store._notices._channels.values() for listener in state.listeners
+    )
+
+
+async def test_a_notice_connection_that_closed_under_uvloop_is_dropped_not_raised():
+    # Under uvloop redis-py passes on a RuntimeError for a write to a connection
+    # that closed as Redis went away. Seen in the soak: an SSE stream's wait
+    # ending as Redis stopped, its unsubscribe raised that, and the stream's
+    # handler ended with an error of its own instead of the store's outage.
+    import fakeredis.aioredis
+
+    store = RedisStore(fakeredis.aioredis.FakeRedis(), prefix="t:")
+
+    async def unsubscribe(*_channels: bytes) -> None:
+        raise RuntimeError(UVLOOP_CLOSED)
+
+    try:
+        reading = asyncio.ensure_future(store.read("user-1", block=0.5))
+        await wait_until(lambda: listening(store), what="the reader to listen")
+        store._notices._pubsub.unsubscribe = unsubscribe
+        assert await asyncio.wait_for(reading, 10) == []
+        assert store._notices._pubsub is None, "the broken connection is dropped"
+        # The next reader has a connection of its own and hears an append.
+        reader = asyncio.ensure_future(store.read("user-1", block=10))
+        await wait_until(lambda: listening(store), what="the next reader to listen")
+        await store.append("user-1", [NewEntry({"n": 1})])
+        assert [entry.payload for entry in await asyncio.wait_for(reader, 10)] == [{"n": 1}]
+    finally:
+        await store.aclose()
+
+
+async def test_only_uvloops_closed_connection_is_taken_for_redis_going_away():
+    from connectors.servicenow.store.redis import _as_store_errors
+
+    async def fails(error: Exception) -> None:
+        raise error
+
+    with pytest.raises(StoreUnavailable, match="its connection closed"):
+        await _as_store_errors(fails(RuntimeError(UVLOOP_CLOSED)), 1.0)
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        await _as_store_errors(fails(RuntimeError("a bug of ours")), 1.0)
+
+
+def test_uvloop_says_the_handler_is_closed_for_a_write_to_a_closed_connection():
+    # The words _closed_under_uvloop looks for, from the installed uvloop itself.
+    uvloop = pytest.importorskip("uvloop")
+    from connectors.servicenow.store.redis import _closed_under_uvloop
+
+    async def write_after_close() -> RuntimeError:
+        server = await asyncio.start_server(lambda _reader, _writer: None, "127.0.0.1", 0)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            writer.transport.abort()
+            await writer.wait_closed()  # uvloop closes the handle as it reports the connection lost
+            with pytest.raises(RuntimeError) as raised:
+                writer.writelines([b"UNSUBSCRIBE\r\n"])
+            return raised.value
+        finally:
+            server.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        error = loop.run_until_complete(write_after_close())
+    finally:
+        loop.close()
+    assert _closed_under_uvloop(error), error

@@ -448,16 +448,7 @@ class RedisStore(RedisCounts, Store):
         return f"{self.prefix}{kind}{name}"
 
     async def _run(self, call: Awaitable[T], timeout: Optional[float] = None) -> T:
-        try:
-            return await bounded(call, timeout if timeout is not None else self.operation_timeout)
-        except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, OSError) as error:
-            raise StoreUnavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from error
-        except ResponseError as error:
-            if str(error).startswith(_UNAVAILABLE_REPLIES):
-                raise StoreUnavailable(f"Redis cannot serve now: {error}") from error
-            raise StoreError(f"Redis refused a store operation: {error}") from error
-        except RedisError as error:
-            raise StoreError(f"Redis store operation failed: {type(error).__name__}: {error}") from error
+        return await _as_store_errors(call, timeout if timeout is not None else self.operation_timeout)
 
     # -- handoff records ----------------------------------------------------
 
@@ -852,7 +843,7 @@ class _Notices:
         try:
             async with self._lock:
                 pubsub = await self._connected()
-                await _unavailable_on_error(pubsub.subscribe(channel), self._timeout)
+                await _as_store_errors(pubsub.subscribe(channel), self._timeout)
             if not await event_within(listener.subscribed, self._timeout):
                 raise StoreUnavailable("Redis did not confirm a subscription in time")
             yield listener.notice
@@ -862,8 +853,8 @@ class _Notices:
                 try:
                     async with self._lock:
                         if self._pubsub is not None and not state.listeners:
-                            await bounded(self._pubsub.unsubscribe(channel), self._timeout)
-                except (RedisError, OSError, asyncio.TimeoutError):
+                            await _as_store_errors(self._pubsub.unsubscribe(channel), self._timeout)
+                except StoreError:
                     self._broken()
             self._forget_if_idle(channel, state)
 
@@ -877,7 +868,7 @@ class _Notices:
             # Subscribed to one channel for good before the reader starts:
             # redis-py health-checks (PING and read) a pub/sub connection
             # that has no subscription, and that read would race the reader's.
-            await _unavailable_on_error(pubsub.subscribe(self._idle_channel), self._timeout)
+            await _as_store_errors(pubsub.subscribe(self._idle_channel), self._timeout)
             self._reader = asyncio.ensure_future(self._read(pubsub))
         return self._pubsub
 
@@ -910,8 +901,11 @@ class _Notices:
 
     def _broken(self) -> None:
         """Drop the connection and wake everyone: their next read tells."""
+        reader = self._reader
         self._pubsub = None
         self._reader = None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()  # found broken by a listener: the reader closes the connection as it ends
         for state in self._channels.values():
             for listener in state.listeners:
                 listener.subscribed.set()
@@ -935,11 +929,34 @@ class _Notices:
             await _close_quietly(pubsub)
 
 
-async def _unavailable_on_error(call: Awaitable[T], timeout: float) -> T:
+async def _as_store_errors(call: Awaitable[T], timeout: float) -> T:
+    """``call``'s answer within ``timeout`` seconds, Redis's failures raised
+    as the store's: ``StoreUnavailable`` for what passes (no connection, a
+    timeout, Redis loading or failing to persist), ``StoreError`` for the rest."""
     try:
         return await bounded(call, timeout)
     except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, OSError) as error:
         raise StoreUnavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from error
+    except RuntimeError as error:
+        if not _closed_under_uvloop(error):
+            raise
+        raise StoreUnavailable(f"Redis is unavailable: its connection closed ({error})") from error
+    except ResponseError as error:
+        if str(error).startswith(_UNAVAILABLE_REPLIES):
+            raise StoreUnavailable(f"Redis cannot serve now: {error}") from error
+        raise StoreError(f"Redis refused a store operation: {error}") from error
+    except RedisError as error:
+        raise StoreError(f"Redis store operation failed: {type(error).__name__}: {error}") from error
+
+
+def _closed_under_uvloop(error: RuntimeError) -> bool:
+    """A write to a connection that closed when Redis went away. uvloop, the
+    loop ``rasa run`` runs Sanic on, raises this RuntimeError for it where
+    asyncio's own loop drops the write and the read after it fails with a
+    ConnectionError. redis-py checks a pooled connection as it lends it, but
+    not the pub/sub connection of the notices: seen in the soak, an SSE
+    stream's unsubscribe as Redis stopped."""
+    return "the handler is closed" in str(error)
 
 
 async def _close_quietly(pubsub: Any) -> None:
