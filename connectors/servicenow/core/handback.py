@@ -44,7 +44,8 @@ class Handback:
         the handoff is over whatever the bot's turn does."""
         try:
             if not in_request:
-                await self._turn.run(sender_id, reason, self._out_of_band())
+                # Nobody waits for an answer: a turn that cannot take its conversation yet tries again.
+                await self._turn.run(sender_id, reason, self._out_of_band(), patient=True)
                 return []
             collector = TurnCollector()
             await self._turn.run(sender_id, reason, collector)

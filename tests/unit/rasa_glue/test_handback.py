@@ -23,6 +23,7 @@ from connectors.servicenow.rasa_glue.handback import END_REASON_ENTITY, HandBack
 from connectors.servicenow.rasa_glue.output import TurnCollector
 from connectors.servicenow.rasa_glue.slots import TrackerSlots, cleared_slot_events, ended_events, user_message_event
 from connectors.servicenow.rasa_glue.versions import IS_RASA_PRO
+from connectors.servicenow.retry import Pauses
 from tests.unit.support import BASE, GROUP, LEAVE, SESSIONS, TEXTS, close, new_channel
 
 ACTIONS = "http://actions.test/webhook"
@@ -242,3 +243,69 @@ async def test_the_agent_gets_no_hand_back_turn_as_the_users_history(channel, ag
     texts = [text for text, _from_bot, _at in await TrackerSlots(lambda: agent, "connect").history("u5", 20)]
     assert texts[0] == "hi" and "How was your chat with the agent?" in texts
     assert not [text for text in texts if "handoff_ended" in text], texts
+
+
+# -- a turn whose conversation cannot be taken yet ---------------------------------
+
+
+def failing_lock(agent, monkeypatch, failures: int) -> List[int]:
+    """The lock store refuses the first ``failures`` locks (Redis stopped)."""
+    import contextlib
+
+    from rasa.core.lock_store import LockError
+
+    real_lock = agent.lock_store.lock
+    refused: List[int] = []
+
+    @contextlib.asynccontextmanager
+    async def lock(conversation_id, *args, **kwargs):
+        if len(refused) < failures:
+            refused.append(1)
+            raise LockError("Error while acquiring lock.")
+        async with real_lock(conversation_id, *args, **kwargs) as held:
+            yield held
+
+    monkeypatch.setattr(agent.lock_store, "lock", lock)
+    return refused
+
+
+async def test_a_turn_out_of_band_that_cannot_take_its_conversation_tries_again(agent, monkeypatch):
+    refused = failing_lock(agent, monkeypatch, failures=2)
+    turn = HandBackTurn(lambda: agent, start_again=Pauses((0.0, 0.0)))
+    output = TurnCollector()
+    assert await turn.run("u5", EndReason.AGENT_CLOSED.value, output, patient=True)
+    assert len(refused) == 2
+    assert len(hand_back_turns(await agent.tracker_store.retrieve("u5"))) == 1
+    assert [reply["text"] for reply in output.messages] == ["How was your chat with the agent?"]
+
+
+async def test_a_turn_in_a_request_is_not_tried_again(agent, monkeypatch):
+    refused = failing_lock(agent, monkeypatch, failures=1)
+    turn = HandBackTurn(lambda: agent, start_again=Pauses((0.0,)))
+    assert not await turn.run("u6", EndReason.AGENT_CLOSED.value, TurnCollector())
+    assert len(refused) == 1
+    assert await agent.tracker_store.retrieve("u6") is None
+
+
+async def test_a_turn_is_given_up_after_its_pauses(agent, monkeypatch):
+    refused = failing_lock(agent, monkeypatch, failures=10)
+    turn = HandBackTurn(lambda: agent, start_again=Pauses((0.0, 0.0)))
+    assert not await turn.run("u7", EndReason.AGENT_CLOSED.value, TurnCollector(), patient=True)
+    assert len(refused) == 3  # the first try, then one after each pause
+
+
+async def test_a_turn_that_started_is_never_run_again(agent, monkeypatch):
+    real_trigger = agent.trigger_intent
+    calls: List[str] = []
+
+    async def trigger_then_fail(*args, **kwargs):
+        calls.append("turn")
+        await real_trigger(*args, **kwargs)
+        raise ConnectionError("the lock store went away as the turn ended")
+
+    monkeypatch.setattr(agent, "trigger_intent", trigger_then_fail)
+    turn = HandBackTurn(lambda: agent, start_again=Pauses((0.0,)))
+    output = TurnCollector()
+    assert not await turn.run("u8", EndReason.AGENT_CLOSED.value, output, patient=True)
+    assert calls == ["turn"]
+    assert [reply["text"] for reply in output.messages] == ["How was your chat with the agent?"]
