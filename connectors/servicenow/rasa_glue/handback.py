@@ -30,6 +30,7 @@ from rasa.shared.core.constants import ACTION_LISTEN_NAME
 from rasa.shared.core.events import ActionExecuted
 
 from connectors.servicenow.rasa_glue.channels import Agent, AgentSource, OutputChannel, UserMessage
+from connectors.servicenow.rasa_glue.output import refused_lock
 from connectors.servicenow.rasa_glue.slots import LOCK_POLL_S
 from connectors.servicenow.rasa_glue.versions import intent_payload, is_calm_assistant
 from connectors.servicenow.retry import Pauses
@@ -91,7 +92,8 @@ class HandBackTurn:
             try:
                 await self._take(agent, sender_id, reason, output, started)
             except Exception as error:
-                if started or not patient or attempt >= len(self._start_again.delays):
+                never_ran = not started or refused_lock(error) is not None
+                if not never_ran or not patient or attempt >= len(self._start_again.delays):
                     logger.exception("The hand-back turn of conversation %s (%s) failed.", sender_id, reason)
                     return False
                 logger.warning(
@@ -110,7 +112,7 @@ class HandBackTurn:
         if is_calm_assistant(agent):
             # A flow reacts through its nlu_trigger: the intent goes in as a
             # button's payload would. Rasa takes the conversation's lock
-            # inside, so where a failure came from is not known: started.
+            # inside: started, unless it says it could not (``refused_lock``).
             started.append(True)
             text = intent_payload(self.intent, {END_REASON_ENTITY: reason})
             metadata = {"handoff": {"ended": reason}}

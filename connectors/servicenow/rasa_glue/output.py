@@ -13,6 +13,9 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional
 
+from rasa.core.lock_store import LockError
+
+from connectors.servicenow.errors import ConversationBusy, StoreUnavailable
 from connectors.servicenow.logsafe import loggable
 from connectors.servicenow.rasa_glue.channels import CollectingOutputChannel, UserMessage
 
@@ -108,14 +111,42 @@ async def run_turn(
     metadata: Optional[Mapping[str, Any]],
 ) -> TurnCollector:
     """Let Rasa take the user's turn; its replies (and any handoff it asked
-    for) are in the collector. Rasa's failures are logged, never raised: the
-    user gets what was said before the failure."""
+    for) are in the collector. Rasa's failures are logged, not raised: the
+    user gets what was said before the failure. Except when Rasa could not
+    lock the conversation, so the turn never ran: ``StoreUnavailable`` (its
+    lock store failed) or ``ConversationBusy`` (another turn held the lock
+    past Rasa's wait), which the doors answer with a 503 to send it again."""
     collector = TurnCollector()
     message = UserMessage(text, collector, sender_id, input_channel=input_channel, metadata=dict(metadata) if metadata else None)
     try:
         await on_new_message(message)
     except asyncio.CancelledError:
         logger.error("Rasa did not answer conversation %s in time.", loggable(sender_id))
-    except Exception:
+    except Exception as error:
+        refused = refused_lock(error)
+        if refused is not None and not collector.messages:
+            raise turn_not_taken(refused) from error
         logger.exception("Rasa failed to handle a message of conversation %s.", loggable(sender_id))
     return collector
+
+
+def refused_lock(error: BaseException) -> Optional[LockError]:
+    """The ``LockError`` behind ``error``, if any: Rasa could not lock the
+    conversation (it raises one only while taking the lock), so its turn
+    never started. A lock store that fails again in the clean-up after it
+    raises its own error, with the ``LockError`` as its context."""
+    seen = set()
+    found: Optional[BaseException] = error
+    while found is not None and id(found) not in seen:
+        if isinstance(found, LockError):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
+
+
+def turn_not_taken(refused: LockError) -> Exception:
+    # Rasa's words for a lock another turn held past the wait, in 3.6 and Pro alike.
+    if str(refused).startswith("Could not acquire lock"):
+        return ConversationBusy(f"Rasa could not lock the conversation in time: {refused}")
+    return StoreUnavailable(f"Rasa's lock store failed: {refused}")

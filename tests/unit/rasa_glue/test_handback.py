@@ -309,3 +309,15 @@ async def test_a_turn_that_started_is_never_run_again(agent, monkeypatch):
     assert not await turn.run("u8", EndReason.AGENT_CLOSED.value, output, patient=True)
     assert calls == ["turn"]
     assert [reply["text"] for reply in output.messages] == ["How was your chat with the agent?"]
+
+
+@pytest.mark.skipif(not IS_RASA_PRO, reason="CALM assistants are Rasa Pro's")
+async def test_a_calm_turn_that_rasa_could_not_lock_is_tried_again(agent, monkeypatch):
+    # Rasa Pro takes the lock inside handle_message; its LockError says the turn never ran.
+    agent.processor.is_calm_assistant = True
+    refused = failing_lock(agent, monkeypatch, failures=1)
+    turn = HandBackTurn(lambda: agent, start_again=Pauses((0.0,)))
+    output = TurnCollector()
+    assert await turn.run("u9", EndReason.AGENT_CLOSED.value, output, patient=True)
+    assert len(refused) == 1
+    assert [reply["text"] for reply in output.messages] == ["How was your chat with the agent?"]
