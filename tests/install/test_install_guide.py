@@ -53,6 +53,8 @@ STEPS = {
 APIS = ("virtual_agent", "connect")
 #: rasa init's bot answers a greeting with this (its domain.yml).
 INIT_GREETING = "Hey! How are you?"
+#: And a bot challenge with this, by a rule (its data/rules.yml).
+INIT_BOT_CHALLENGE_ANSWER = "I am a bot, powered by Rasa."
 #: The project `rasa init --no-prompt` creates, by the function it calls (rasa/cli/scaffold.py), before it trains.
 INIT_PROJECT = "from rasa.cli.scaffold import create_initial_project; create_initial_project('.')"
 TEXTS = UserTexts()
@@ -302,6 +304,10 @@ def handoff(url: str, emulator_url: str) -> None:
         assert "my laptop is on fire" in [message.get("message") for message in transcript], transcript
         agent("close")
         stream.wait_for(TEXTS.agent_closed)
-        assert say("hello") == [INIT_GREETING]
+        # Back with the bot. A rule of rasa init's answers this whatever came
+        # before; its greeting is a story's, and after a handoff what a fresh
+        # training's TED (and UnexpecTEDIntentPolicy) predicts for it varies:
+        # a clean-clone run's model answered nothing.
+        assert say("are you a bot?") == [INIT_BOT_CHALLENGE_ANSWER]
     finally:
         stream.close()
