@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 
 import aiohttp
 import yaml
@@ -119,6 +119,16 @@ async def wait_until_up(url: str, service: "Service", timeout: float = 120.0) ->
             await asyncio.sleep(0.2)  # wait-ok: polls a server's readiness with a deadline
 
 
+async def on_a_free_port(start: Callable[[int], Awaitable[Service]]) -> Service:
+    """``start`` on a free port, again on another when a process took that one first."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            return await start(free_port())
+        except PortTaken:
+            continue
+    return await start(free_port())
+
+
 def start_emulator(workdir: Path, cpu: Optional[int], **config: Any) -> Service:
     port = free_port()
     config_path = workdir / "emulator.json"
@@ -174,13 +184,9 @@ async def start_rasa(
         model = build.model if model is None else model
         channel = build.channel_options(channel, optional=OPTIONAL_CHANNEL_OPTIONS)
     assert model is not None
-    for attempt in range(PORT_ATTEMPTS):
-        try:
-            return await _start_rasa_on(free_port(), workdir, model, setup, cpu, name, rasa, cwd, channel, build)
-        except PortTaken:
-            if attempt == PORT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    return await on_a_free_port(
+        lambda port: _start_rasa_on(port, workdir, model, setup, cpu, name, rasa, cwd, channel, build)
+    )
 
 
 async def _start_rasa_on(
@@ -230,8 +236,8 @@ async def start_channel_host(
     options_path.write_text(json.dumps(channel))
     domain = build.source / "domain.yml" if build.source is not None and (build.source / "domain.yml").exists() else ROOT / "domain.yml"
     log_path = workdir / f"{name}.log"
-    for attempt in range(PORT_ATTEMPTS):
-        port = free_port()
+
+    async def start_on(port: int) -> Service:
         command = [
             str(build.python), str(script), "--port", str(port), "--channel", str(options_path),
             "--domain", str(domain),
@@ -241,14 +247,11 @@ async def start_channel_host(
             env=build.env({**QUIET_ENV, **(env or {})}),
         )
         service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
-        try:
-            # The channel's health check answers once the server is up.
-            await wait_until_up(f"{service.url}/webhooks/servicenow/", service)
-            return service
-        except PortTaken:
-            if attempt == PORT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+        # The channel's health check answers once the server is up.
+        await wait_until_up(f"{service.url}/webhooks/servicenow/", service)
+        return service
+
+    return await on_a_free_port(start_on)
 
 
 def demo_model() -> Path:
