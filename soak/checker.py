@@ -98,6 +98,14 @@ ALLOWED: Dict[str, str] = {
         "docs/deployment.md, Limits that remain: a replica that crashes after acknowledging the push that ends the "
         "chat, before ending it here, loses that end"
     ),
+    "hand_back_store_down_past_its_retries": (
+        "docs/hand-back.md, 'When the turn cannot run': out of band, a hand-back turn that cannot take its "
+        "conversation's lock or tracker tries again after 1, 2, 5 and 10 s, then gives up (logged at ERROR)"
+    ),
+    "hand_back_lost_in_crash": (
+        "docs/deployment.md, Limits that remain: the hand-back turn runs once, on the replica that ended the "
+        "handoff; one that crashes before the turn has run loses it (the end and its notice are stored)"
+    ),
     "lb_502_at_crash": (
         "the load balancer's 502 for a request in flight on a replica killed with kill -9 (docs/deployment.md: a "
         "crash; the frontend sends the message again)"
@@ -113,6 +121,12 @@ END_NOTICES = {
 }
 CONNECTION_LOST_PREFIX = TEXTS.connection_lost.split("{", 1)[0]
 FAILURE_ENDS = ("connection_lost", "session_lost")
+#: What the demo bot says in the hand-back turn after the agent closed the chat (domain.yml,
+#: utter_ask_chat_rating, by the rule in data/rules.yml); other ends get no answer.
+HAND_BACK_QUESTION = "How was your chat with the agent?"
+#: A hand-back turn that cannot take its conversation's lock or tracker tries again for this long
+#: (rasa_glue/handback.py: after 1, 2, 5 and 10 s), plus the turn itself.
+HAND_BACK_RETRY_S = 18.0 + 10.0
 
 
 def end_notice(text: Optional[str]) -> Optional[str]:
@@ -248,12 +262,16 @@ class Checker:
         to_agent = self._user_messages()
         stuck = self._stuck()
         http = self._http()
+        bot = self._bot_turns()
+        logs = self._replica_logs()
         recovery = self._recovery()
         against = (
             sum(result["against_docs"] for result in to_user.values())
             + to_agent["against_docs"]
             + stuck["against_docs"]
             + http["against_docs"]
+            + bot["against_docs"]
+            + logs["against_docs"]
         )
         return {
             "load": self._load(),
@@ -261,9 +279,13 @@ class Checker:
             "user_to_agent": to_agent,
             "stuck": stuck,
             "http": http,
+            "bot_turns": bot,
+            "replica_logs": logs,
             "faults": recovery,
             "latency": self._latency(),
-            "allowed_by": {cause: ALLOWED[cause] for cause in sorted(self._causes_used(to_user, to_agent, stuck, http))},
+            "allowed_by": {
+                cause: ALLOWED[cause] for cause in sorted(self._causes_used(to_user, to_agent, stuck, http, bot, logs))
+            },
             "against_docs": against,
             "ok": against == 0,
         }
@@ -604,6 +626,76 @@ class Checker:
                     return
         tally.add("against_docs", route=route, user=user, status=status, reason=reason, t=t,
                   upstream=attempt.get("upstream"))
+
+    # -- the bot's own turns ---------------------------------------------------------------------------------------
+
+    def _bot_turns(self) -> Dict[str, Any]:
+        """What the bot said where it had to say something: a message meant for the bot (each session's first)
+        answered with nothing (soak finding 15: a turn Rasa could not lock, answered 200 and empty); and the
+        hand-back turn after the agent closed a chat, which asks how the chat went, once, on the user's stream
+        (soak finding 14: a hand-back lost when the lock store did not answer)."""
+        silent = Tally()
+        for send in self.h.get("sends") or []:
+            final = (send.get("attempts") or [{}])[-1]
+            if send.get("kind") == "bot" and final.get("status") == 200 and not final.get("replies"):
+                silent.add("against_docs", user=send["user"], session=send.get("session"), t=final.get("t"))
+        hand_back = Tally()
+        asked = 0
+        for user, closes in self._agent_closes_seen().items():
+            questions = [i["t"] for i in self.seen[(user, "sse")]
+                         if i.get("event") == "message" and i.get("text") == HAND_BACK_QUESTION]
+            asked += len(questions)
+            for index, (session, shown) in enumerate(closes):
+                until = closes[index + 1][1] if index + 1 < len(closes) else float("inf")
+                answers = [t for t in questions if shown <= t < until]
+                if len(answers) > 1:
+                    hand_back.add("against_docs", user=user, session=session, t=shown, what="asked twice")
+                elif not answers:
+                    cause = self._why_no_hand_back(shown, self.api_of_user.get(user, ""))
+                    hand_back.add(cause or "against_docs", user=user, session=session, t=shown, what="not asked")
+            first = closes[0][1] if closes else float("inf")
+            for t in questions:
+                if t < first:
+                    hand_back.add("against_docs", user=user, t=t, what="asked with no close before it")
+        return {
+            "bot_messages_answered_with_nothing": silent.as_dict(),
+            "hand_back_after_agent_closed": {"closes_seen": sum(len(c) for c in self._agent_closes_seen().values()),
+                                             "questions_seen": asked, **hand_back.as_dict()},
+            "against_docs": silent.counts["against_docs"] + hand_back.counts["against_docs"],
+        }
+
+    def _agent_closes_seen(self) -> Dict[str, List[Tuple[int, float]]]:
+        """Per user, ``(session, when its stream showed the notice)`` of each chat the agent closed, in order."""
+        if not hasattr(self, "_closes_seen"):
+            seen: Dict[str, List[Tuple[int, float]]] = defaultdict(list)
+            for (user, session), events in sorted(self.events.items(), key=lambda item: item[0]):
+                shown = next((e["t"] for e in events if e["what"] == "notice" and e["detail"] == "agent_closed"), None)
+                if shown is not None:
+                    seen[user].append((session, shown))
+            self._closes_seen = {user: sorted(closes, key=lambda c: c[1]) for user, closes in seen.items()}
+        return self._closes_seen
+
+    def _why_no_hand_back(self, shown: float, api: str) -> Optional[str]:
+        """A hand-back turn may be lost to a store that stayed down longer than its retries, or to a crash of a
+        replica of the user's deployment (which one ended the handoff, the history does not say)."""
+        for fault in self._faults("redis"):
+            lifted = fault.get("lifted") or fault["started"]
+            if fault["started"] - HAND_BACK_RETRY_S <= shown <= lifted + 5.0 and lifted - fault["started"] > 18.0:
+                return "hand_back_store_down_past_its_retries"
+        for fault in self._faults("kill9", api):
+            if shown - HAND_BACK_RETRY_S <= fault["started"] <= shown + 5.0:
+                return "hand_back_lost_in_crash"
+        return None
+
+    # -- what the replicas logged ----------------------------------------------------------------------------------
+
+    def _replica_logs(self) -> Dict[str, Any]:
+        """Tracebacks in the replicas' logs: each is a failure nobody handled (soak finding 13 showed only there).
+        None is explained by the docs: a fault the channel expects is logged in one line, without a traceback."""
+        tally = Tally()
+        for traceback in self.h.get("replica_tracebacks") or []:
+            tally.add("against_docs", **traceback)
+        return {**tally.as_dict(), "against_docs": tally.counts["against_docs"]}
 
     # -- recovery and latency --------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 API_NAMES = {"virtual_agent": "Virtual Agent", "connect": "Connect", None: "both"}
 
@@ -55,6 +55,7 @@ def markdown(result: Dict[str, Any], meta: Dict[str, Any]) -> str:
         f"{_slowest(http['slow_answers']['slowest'])}; "
         f"other 5xx {_counts(http['other_5xx']['counts']) or 'none'}; pushes answered 5xx "
         f"{_counts(http['push_answers_5xx']) or 'none'}.",
+        _bot_line(result.get("bot_turns"), result.get("replica_logs")),
         "",
         "| fault | API | fault lasted | messages sent during it | not delivered | worst latency | recovered after the lift |",
         "|---|---|---|---|---|---|---|",
@@ -89,8 +90,25 @@ def summary(result: Dict[str, Any]) -> str:
         lines.append(f"agent->user ({sink}): {_short(row)}")
     lines.append(f"user->agent: {_short(result['user_to_agent'])}")
     lines.append(f"stuck: {result['stuck']['against_docs']} against docs; 5xx against docs: {result['http']['against_docs']}")
+    if "bot_turns" in result:
+        lines.append(f"bot turns: {result['bot_turns']['against_docs']} against docs; "
+                     f"replica tracebacks: {result['replica_logs']['against_docs']}")
     lines.append("OK" if result["ok"] else f"FAILED: {result['against_docs']} finding(s) against the docs")
     return "\n".join(lines)
+
+
+def _bot_line(bot: Optional[Dict[str, Any]], logs: Optional[Dict[str, Any]]) -> str:
+    """The bot's own turns and the replicas' tracebacks (not in histories checked before they were checked)."""
+    if bot is None or logs is None:
+        return ""
+    hand_back = bot["hand_back_after_agent_closed"]
+    return (
+        f"The bot's turns: messages to the bot answered with nothing "
+        f"{_counts(bot['bot_messages_answered_with_nothing']['counts']) or 'none'}; chats the agent closed "
+        f"{hand_back['closes_seen']}, hand-back questions on the stream {hand_back['questions_seen']}, "
+        f"missing or doubled {_counts(hand_back['counts']) or 'none'}. Tracebacks in the replicas' logs: "
+        f"{_counts(logs['counts']) or 'none'}."
+    )
 
 
 def _message_row(name: str, row: Dict[str, Any]) -> str:

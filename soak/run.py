@@ -119,6 +119,7 @@ async def soak(args: Arguments, say: Any = print) -> "tuple[Dict[str, Any], Dict
         await _snapshot(cluster, recorder, http)
         recorder.history["callback_giveups"] = _callback_giveups(cluster)
         meta["log_errors"] = _log_errors(cluster)
+        recorder.history["replica_tracebacks"] = _tracebacks(cluster)
         meta["cpu"] = {**cluster.cpu(), "load generator": round(_own_cpu() - own_cpu_before, 1),
                        "wall": round(time.time() - load_started, 1)}
         meta["agent_control_errors"] = desk.control_errors
@@ -269,6 +270,42 @@ def _log_errors(cluster: Cluster) -> Dict[str, Dict[str, int]]:
             counts[replica.name] = {"errors": len(re.findall(r"\bERROR\b", text)),
                                     "tracebacks": text.count("Traceback (most recent call last)")}
     return counts
+
+
+def _tracebacks(cluster: Cluster) -> List[Dict[str, Any]]:
+    """Every traceback in the replicas' logs: the replica, the log line before it and the exception it ends
+    with (the checker counts each against the docs)."""
+    found: List[Dict[str, Any]] = []
+    for deployment in cluster.deployments.values():
+        for replica in deployment.replicas:
+            found += [{"replica": replica.name, **block}
+                      for block in traceback_blocks(replica.log_path.read_text(errors="replace"))]
+    return found
+
+
+#: Where a log line starts: Rasa's format (``2026-12-07 17:16:01 ERROR ...``) or Sanic's (``[2026-12-07 ...]``).
+LOG_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
+
+
+def traceback_blocks(text: str) -> List[Dict[str, str]]:
+    """Each traceback in a log, chained ones as one: the last log line before it and the exception it ends with."""
+    blocks: List[Dict[str, str]] = []
+    logged = ""
+    exception: Optional[str] = None
+    for line in text.splitlines():
+        if LOG_LINE.match(line):
+            if exception is not None:
+                blocks.append({"logged": logged[:300], "exception": exception[:300]})
+                exception = None
+            logged = line
+        elif line.startswith("Traceback (most recent call last)"):
+            exception = exception or ""
+        elif exception is not None and line.strip() and not line[0].isspace() and not line.startswith(
+                ("During handling of the above exception", "The above exception was the direct cause")):
+            exception = line
+    if exception is not None:
+        blocks.append({"logged": logged[:300], "exception": exception[:300]})
+    return blocks
 
 
 def _own_cpu() -> float:

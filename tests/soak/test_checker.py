@@ -2,11 +2,13 @@
 and a reordered message, and count what the docs allow apart from what they
 do not. Each history is one or two users talking to an agent, built by hand."""
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
+import yaml
 
-from soak.checker import TEXTS, check, end_notice, parse_tag
+from soak.checker import HAND_BACK_QUESTION, TEXTS, check, end_notice, parse_tag
 from soak.history import empty_history
 from soak.plan import agent_text, user_text
 
@@ -472,3 +474,97 @@ def test_with_reconciliation_a_lost_push_must_be_read_back_unless_the_chat_ended
     run.tick(40)
     end(run, "va-0000", "c1")
     assert check(run.h)["agent_to_user"]["sse"]["lost"]["counts"] == {"push_not_acknowledged": 1}
+
+
+def agent_closes(run: Run, user: str = "va-0000", chat: str = "c1", session: int = 0, *, asked: int = 1) -> float:
+    """The agent closes the chat: the stream shows the end and its notice, then ``asked`` hand-back questions."""
+    run.tick(5)
+    run.see(user, "sse", event="handoff", active=False, chat_id=chat)
+    run.see(user, "sse", TEXTS.agent_closed)
+    shown = run.t
+    run.event(user, "notice", session, "agent_closed")
+    run.event(user, "ended", session, "agent_closed")
+    for _ in range(asked):
+        run.see(user, "sse", HAND_BACK_QUESTION, source="bot")
+    return shown
+
+
+def test_the_hand_back_question_after_the_agent_closed_is_expected_once():
+    run = a_clean_session(ended=False)
+    agent_closes(run)
+    report = check(run.h)
+    assert report["ok"], report
+    assert report["bot_turns"]["hand_back_after_agent_closed"]["closes_seen"] == 1
+    assert report["bot_turns"]["hand_back_after_agent_closed"]["questions_seen"] == 1
+
+    missing = a_clean_session(ended=False)
+    agent_closes(missing, asked=0)
+    report = check(missing.h)
+    assert report["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {"against_docs": 1}
+    assert not report["ok"]
+
+    twice = a_clean_session(ended=False)
+    agent_closes(twice, asked=2)
+    assert check(twice.h)["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {"against_docs": 1}
+
+
+def test_a_hand_back_lost_to_a_crash_or_a_long_store_outage_is_what_the_docs_allow():
+    crashed = a_clean_session(ended=False)
+    shown = agent_closes(crashed, asked=0)
+    crashed.fault("kill9", VA, started=shown + 1.0, lifted=shown + 20.0)
+    report = check(crashed.h)
+    assert report["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {"hand_back_lost_in_crash": 1}
+    assert report["ok"], report
+
+    store_down = a_clean_session(ended=False)
+    shown = agent_closes(store_down, asked=0)
+    store_down.fault("redis", None, started=shown - 2.0, lifted=shown + 30.0)
+    assert check(store_down.h)["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {
+        "hand_back_store_down_past_its_retries": 1
+    }
+
+    short_outage = a_clean_session(ended=False)
+    shown = agent_closes(short_outage, asked=0)
+    short_outage.fault("redis", None, started=shown - 2.0, lifted=shown + 5.0)
+    assert check(short_outage.h)["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {"against_docs": 1}
+
+
+def test_each_question_belongs_to_the_close_before_it():
+    run = a_clean_session(ended=False)
+    agent_closes(run)
+    run.start("va-0000", VA, 1, "c2")
+    agent_closes(run, chat="c2", session=1)
+    assert check(run.h)["ok"]
+    # The first close's question came late, after the second close: one close unanswered, the other asked twice.
+    late = a_clean_session(ended=False)
+    agent_closes(late, asked=0)
+    late.start("va-0000", VA, 1, "c2")
+    agent_closes(late, chat="c2", session=1, asked=2)
+    counts = check(late.h)["bot_turns"]["hand_back_after_agent_closed"]["counts"]
+    assert counts == {"against_docs": 2}
+
+
+def test_a_message_to_the_bot_answered_with_nothing_is_against_the_docs():
+    run = a_clean_session()
+    run.h["sends"].append({"user": "va-0000", "api": VA, "session": 1, "kind": "bot", "text": "hello",
+                           "attempts": [run._attempt(200, replies=[{"text": "Hey! How are you?"}])]})
+    assert check(run.h)["ok"]
+    run.h["sends"].append({"user": "va-0000", "api": VA, "session": 2, "kind": "bot", "text": "hello",
+                           "attempts": [run._attempt(200, replies=[])]})
+    report = check(run.h)
+    assert report["bot_turns"]["bot_messages_answered_with_nothing"]["counts"] == {"against_docs": 1}
+    assert not report["ok"]
+
+
+def test_every_traceback_a_replica_logged_is_against_the_docs():
+    run = a_clean_session()
+    run.h["replica_tracebacks"] = [{"replica": "va-0", "logged": "2026-12-07 17:16:01 ERROR sanic.error - Exception",
+                                    "exception": "RuntimeError: the handler is closed"}]
+    report = check(run.h)
+    assert report["replica_logs"]["counts"] == {"against_docs": 1}
+    assert not report["ok"]
+
+
+def test_the_hand_back_question_is_the_demo_bots():
+    domain = yaml.safe_load((Path(__file__).resolve().parents[2] / "domain.yml").read_text())
+    assert domain["responses"]["utter_ask_chat_rating"][0]["text"] == HAND_BACK_QUESTION
