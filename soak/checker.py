@@ -125,8 +125,10 @@ FAILURE_ENDS = ("connection_lost", "session_lost")
 #: utter_ask_chat_rating, by the rule in data/rules.yml); other ends get no answer.
 HAND_BACK_QUESTION = "How was your chat with the agent?"
 #: A hand-back turn that cannot take its conversation's lock or tracker tries again for this long
-#: (rasa_glue/handback.py: after 1, 2, 5 and 10 s), plus the turn itself.
-HAND_BACK_RETRY_S = 18.0 + 10.0
+#: (rasa_glue/handback.py, START_AGAIN: after 1, 2, 5 and 10 s) ...
+HAND_BACK_RETRIES_S = 1.0 + 2.0 + 5.0 + 10.0
+#: ... and may take this long more to run.
+HAND_BACK_WINDOW_S = HAND_BACK_RETRIES_S + 10.0
 
 
 def end_notice(text: Optional[str]) -> Optional[str]:
@@ -679,11 +681,13 @@ class Checker:
         """A hand-back turn may be lost to a store that stayed down longer than its retries, or to a crash of a
         replica of the user's deployment (which one ended the handoff, the history does not say)."""
         for fault in self._faults("redis"):
+            # The turn starts as the handoff ends, before the user is shown the end, which may be well after Redis
+            # is back (the notice waits for it in the outbox, and the stream reconnects).
             lifted = fault.get("lifted") or fault["started"]
-            if fault["started"] - HAND_BACK_RETRY_S <= shown <= lifted + 5.0 and lifted - fault["started"] > 18.0:
+            if fault["started"] - 2.0 <= shown <= lifted + 30.0 and lifted - fault["started"] > HAND_BACK_RETRIES_S:
                 return "hand_back_store_down_past_its_retries"
         for fault in self._faults("kill9", api):
-            if shown - HAND_BACK_RETRY_S <= fault["started"] <= shown + 5.0:
+            if shown - HAND_BACK_WINDOW_S <= fault["started"] <= shown + 5.0:
                 return "hand_back_lost_in_crash"
         return None
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 import yaml
 
-from soak.checker import HAND_BACK_QUESTION, TEXTS, check, end_notice, parse_tag
+from soak.checker import HAND_BACK_QUESTION, HAND_BACK_RETRIES_S, TEXTS, check, end_notice, parse_tag
 from soak.history import empty_history
 from soak.plan import agent_text, user_text
 
@@ -568,3 +568,9 @@ def test_every_traceback_a_replica_logged_is_against_the_docs():
 def test_the_hand_back_question_is_the_demo_bots():
     domain = yaml.safe_load((Path(__file__).resolve().parents[2] / "domain.yml").read_text())
     assert domain["responses"]["utter_ask_chat_rating"][0]["text"] == HAND_BACK_QUESTION
+
+
+def test_the_hand_back_retries_the_checker_allows_for_are_the_channels():
+    from connectors.servicenow.rasa_glue.handback import START_AGAIN
+
+    assert sum(START_AGAIN.delays) == HAND_BACK_RETRIES_S
