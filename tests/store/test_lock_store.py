@@ -15,8 +15,11 @@ from typing import Any, Callable, Iterable
 import pytest
 from rasa.core.lock_store import LockError, LockStore, RedisLockStore
 from rasa.utils.endpoints import EndpointConfig
+from redis.exceptions import RedisError
 
 from connectors.servicenow.rasa_glue.lock_store import AtomicRedisLockStore
+from connectors.servicenow.retry import Pauses
+from tests.store.conftest import wait_until
 
 # Only the race's own failures count: a store that could not be built (a TypeError) is no proof of the race.
 RASA_RACES = pytest.mark.xfail(
@@ -141,3 +144,50 @@ def test_a_redis_that_does_not_answer_is_a_lock_error(redis_server):
     store = AtomicRedisLockStore(host="127.0.0.1", port=1, db=3, socket_timeout=1)
     with pytest.raises(LockError):
         store.issue_ticket("user-4", 60)
+
+
+def released(store: AtomicRedisLockStore, conversation_id: str) -> Callable[[], Any]:
+    async def gone() -> bool:
+        try:
+            return store.get_lock(conversation_id) is None
+        except RedisError:  # a connection of before the restart
+            return False
+
+    return gone
+
+
+async def test_a_turn_whose_lock_redis_did_not_release_ends_well_and_the_lock_goes_once_redis_is_back(own_redis_server):
+    store = AtomicRedisLockStore(host="127.0.0.1", port=own_redis_server.port, db=3, socket_timeout=1)
+    store.clean_up_again = Pauses((0.05,) * 400)
+    async with store.lock("user-5", 60):
+        assert store.get_lock("user-5") is not None
+        own_redis_server.stop()  # SIGTERM: the AOF keeps the lock for when it is back
+    # Rasa's own class raises here, after the turn has run; the ticket would hold the next turn for 60 s.
+    own_redis_server.start()
+    await wait_until(released(store, "user-5"), timeout=15, what="the lock to be released")
+    other = AtomicRedisLockStore(host="127.0.0.1", port=own_redis_server.port, db=3)
+    async with other.lock("user-5", 60, wait_time_in_seconds=0.05) as lock:
+        assert lock.now_serving == 0
+
+
+async def test_the_release_in_the_background_leaves_a_new_ticket_of_the_same_number_alone(own_redis_server):
+    """Redis lost the lock (no AOF, or it was flushed) and another replica was given ticket 0 again: the
+    finished ticket 0 of before is not that one."""
+    a, b = (AtomicRedisLockStore(host="127.0.0.1", port=own_redis_server.port, db=3) for _ in range(2))
+    finished = a.issue_ticket("user-6", 60)
+    a.red.delete(a.key_prefix + "user-6")
+    issued_again = b.issue_ticket("user-6", 120)
+    assert issued_again == finished == 0
+    a.clean_up_again = Pauses((0.0,))
+    await a._clean_up_again("user-6", finished, a._expiries[("user-6", finished)])
+    assert [ticket.number for ticket in b.get_lock("user-6").tickets] == [0]
+    await b._clean_up_again("user-6", issued_again, b._expiries[("user-6", issued_again)])
+    assert b.get_lock("user-6") is None
+
+
+def test_outside_an_event_loop_a_release_redis_refuses_raises_as_rasas_does(own_redis_server):
+    store = AtomicRedisLockStore(host="127.0.0.1", port=own_redis_server.port, db=3, socket_timeout=1)
+    ticket = store.issue_ticket("user-7", 60)
+    own_redis_server.stop()
+    with pytest.raises(RedisError):
+        store.cleanup("user-7", ticket)
