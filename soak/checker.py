@@ -102,6 +102,11 @@ ALLOWED: Dict[str, str] = {
         "docs/hand-back.md, 'When the turn cannot run': out of band, a hand-back turn that cannot take its "
         "conversation's lock or tracker tries again after 1, 2, 5 and 10 s, then gives up (logged at ERROR)"
     ),
+    "hand_back_taken_by_the_users_message": (
+        "docs/hand-back.md, 'When the turn cannot run': an end the tracker could not take is written again in the "
+        "background; a message the user sends first waits for it (503) and is then the bot's next turn, with no "
+        "hand-back turn"
+    ),
     "hand_back_lost_in_crash": (
         "docs/deployment.md, Limits that remain: the hand-back turn runs once, on the replica that ended the "
         "handoff; one that crashes before the turn has run loses it (the end and its notice are stored)"
@@ -653,7 +658,7 @@ class Checker:
                 if len(answers) > 1:
                     hand_back.add("against_docs", user=user, session=session, t=shown, what="asked twice")
                 elif not answers:
-                    cause = self._why_no_hand_back(shown, self.api_of_user.get(user, ""))
+                    cause = self._why_no_hand_back(user, shown, until)
                     hand_back.add(cause or "against_docs", user=user, session=session, t=shown, what="not asked")
             first = closes[0][1] if closes else float("inf")
             for t in questions:
@@ -677,9 +682,18 @@ class Checker:
             self._closes_seen = {user: sorted(closes, key=lambda c: c[1]) for user, closes in seen.items()}
         return self._closes_seen
 
-    def _why_no_hand_back(self, shown: float, api: str) -> Optional[str]:
+    def _why_no_hand_back(self, user: str, shown: float, until: float) -> Optional[str]:
         """A hand-back turn may be lost to a store that stayed down longer than its retries, or to a crash of a
-        replica of the user's deployment (which one ended the handoff, the history does not say)."""
+        replica of the user's deployment (which one ended the handoff, the history does not say); or the user's
+        next message, answered 503 until the end it waited for was written, took its place."""
+        for send in self.h.get("sends") or []:
+            # The message may have been sent before the user was shown the end (which waited for the store too).
+            if send["user"] == user and any(
+                a.get("status") == 503 and a.get("reason") == "StoreUnavailable" and shown - 30.0 <= a["t"] < until
+                for a in send.get("attempts") or []
+            ):
+                return "hand_back_taken_by_the_users_message"
+        api = self.api_of_user.get(user, "")
         for fault in self._faults("redis"):
             # The turn starts as the handoff ends, before the user is shown the end, which may be well after Redis
             # is back (the notice waits for it in the outbox, and the stream reconnects).

@@ -574,3 +574,13 @@ def test_the_hand_back_retries_the_checker_allows_for_are_the_channels():
     from connectors.servicenow.rasa_glue.handback import START_AGAIN
 
     assert sum(START_AGAIN.delays) == HAND_BACK_RETRIES_S
+
+
+def test_a_hand_back_whose_place_the_users_message_took_is_what_the_docs_allow():
+    run = a_clean_session(ended=False)
+    agent_closes(run, asked=0)
+    run.h["sends"].append({"user": "va-0000", "api": VA, "session": 1, "kind": "bot", "text": "hello", "attempts": [
+        run._attempt(503, reason="StoreUnavailable"), run._attempt(200, replies=[{"text": "Hey! How are you?"}])]})
+    report = check(run.h)
+    assert report["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {"hand_back_taken_by_the_users_message": 1}
+    assert report["ok"], report
