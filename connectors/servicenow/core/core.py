@@ -163,12 +163,12 @@ class Core:
             self.store, self.backend.api, pulls=watched, owner=self.replica_id,
             poll_interval=settings.poll_interval if self.backend.pulls else settings.reconcile_interval,
         )
+        self.unsaved = UnsavedEnds(self.slots)
         self.schedule = TimerSchedule(self.store)
         self.timers = Timers(settings, self.schedule, self.records, pulls=self.backend.pulls)
         self.handback = Handback(
             HandBackTurn(self.agent, settings.handback_intent), self.out_of_band_output, self._start_asked, self.work
         )
-        self.unsaved = UnsavedEnds(self.slots, hand_back=self.handback.spawn)
         self.ending = Ending(
             self.backend, self.store, self.registry, self.records, self.slots, self.pending, self.unsaved,
             self.notices, self.timers, self.handback, self.observe,

@@ -32,7 +32,7 @@ import asyncio
 import datetime
 import logging
 from enum import Enum
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from connectors.servicenow.core.chat import ChatRegistry, LiveChat
 from connectors.servicenow.core.handback import Handback
@@ -85,18 +85,11 @@ class UnsavedEnds:
     """Ends whose tracker write failed: the events still to save, by sender.
     Retried in the background, and first thing on the conversation's next
     message (``save``): the bot must not take a turn on a tracker that says
-    "in handoff", and a new handoff must not start before the old end lands.
+    "in handoff", and a new handoff must not start before the old end lands."""
 
-    The hand-back turn the end would have had runs once the background save
-    lands (``hand_back``, out of band); when the user's next message saves
-    it, that message is the bot's next turn instead."""
-
-    def __init__(self, slots: TrackerSlots, hand_back: Callable[[str, str], None]) -> None:
+    def __init__(self, slots: TrackerSlots) -> None:
         self._slots = slots
-        self._hand_back = hand_back
         self._events: Dict[str, List[TrackerEvent]] = {}
-        #: The hand-back turn each end is owed (its reason), if any.
-        self._owed: Dict[str, str] = {}
         self._savers: Dict[str, "asyncio.Task[None]"] = {}
         # Per conversation, so that one conversation's failing save does not
         # hold up another's.
@@ -109,10 +102,7 @@ class UnsavedEnds:
     def __len__(self) -> int:
         return len(self._events)
 
-    def hold(self, chat: LiveChat, events: List[TrackerEvent], error: Exception, hand_back: Optional[str]) -> None:
-        """``hand_back``: the reason of the hand-back turn owed once it is saved (None: none)."""
-        if hand_back is not None:
-            self._owed[chat.sender_id] = hand_back
+    def hold(self, chat: LiveChat, events: List[TrackerEvent], error: Exception) -> None:
         logger.error(
             "The handoff of conversation %s to ServiceNow chat %s ended, but saving that failed; "
             "retrying, and holding the conversation's next message until it is saved: %s",
@@ -122,21 +112,18 @@ class UnsavedEnds:
         if chat.sender_id not in self._savers:
             self._savers[chat.sender_id] = asyncio.ensure_future(self._save_later(chat.sender_id))
 
-    async def save(self, sender_id: str) -> bool:
-        """Save an end whose save failed before; ``StoreUnavailable`` if it
-        still fails. True when this call saved it."""
+    async def save(self, sender_id: str) -> None:
+        """Save an end whose save failed before; ``StoreUnavailable`` if it still fails."""
         async with self._locks.hold(sender_id, SAVE_WAIT_S):
             events = self._events.get(sender_id)
             if events is None:
-                return False
+                return
             await self._slots.write(sender_id, events)
             del self._events[sender_id]
             logger.info("Saved the end of the handoff of conversation %s after all.", sender_id)
         saver = self._savers.pop(sender_id, None)
         if saver is not None and saver is not asyncio.current_task():
             saver.cancel()
-            self._owed.pop(sender_id, None)  # the user's message takes the bot's turn
-        return True
 
     async def _save_later(self, sender_id: str) -> None:
         attempt = 0
@@ -144,13 +131,9 @@ class UnsavedEnds:
             await self.pauses.sleep(attempt)
             attempt += 1
             try:
-                saved = await self.save(sender_id)
+                await self.save(sender_id)
             except (StoreUnavailable, ConversationBusy) as error:
                 logger.warning("Still cannot save the end of the handoff of conversation %s: %s", sender_id, error)
-                continue
-            reason = self._owed.pop(sender_id, None)
-            if saved and reason is not None:
-                self._hand_back(sender_id, reason)
         if self._savers.get(sender_id) is asyncio.current_task():
             del self._savers[sender_id]
 
@@ -252,10 +235,9 @@ class Ending:
         except StoreUnavailable as error:
             # The chat is over either way (left, or closed by ServiceNow), so
             # it ends here too; the tracker catches up before the next turn.
-            # The hand-back turn waits for that: on a tracker still in
-            # handoff it would run as if nothing had ended.
+            # No hand-back turn: it would run on a tracker still in handoff.
             saved = False
-            self._unsaved.hold(chat, events, error, hand_back=reason.value)
+            self._unsaved.hold(chat, events, error)
         await self._notices.status(chat.sender_id, active=False, chat_id=chat.chat_id, agent_joined=chat.agent_joined)
         self._observe.handoff_ended(chat.sender_id, chat.chat_id, reason.value)
         answer = await self._notices.deliver(chat.sender_id, messages, in_request=in_request)
@@ -279,7 +261,7 @@ class Ending:
             # this saves, and none after it (the chat is ended before release).
             if chat.ended:
                 return []
-            saved = await self._save_users_end(chat, messages, hand_back)
+            saved = await self._save_users_end(chat, messages)
             if saved is None:
                 return await self._speech.say(chat.sender_id, "end_failed") if not chat.ended else []
             self._registry.deactivate(chat)
@@ -292,7 +274,7 @@ class Ending:
             messages = messages + await self._handback.run(chat.sender_id, EndReason.USER_ENDED.value, in_request=True)
         return messages
 
-    async def _save_users_end(self, chat: LiveChat, messages: Messages, hand_back: bool) -> Optional[bool]:
+    async def _save_users_end(self, chat: LiveChat, messages: Messages) -> Optional[bool]:
         """The record goes (it decides, for every replica), then the tracker
         follows. True when both are saved, False when the tracker's save is
         held (the record could not be put back), None when nothing changed
@@ -322,7 +304,7 @@ class Ending:
                     chat.sender_id, chat.chat_id, error,
                 )
                 return None
-            self._unsaved.hold(chat, events, error, hand_back=EndReason.USER_ENDED.value if hand_back else None)
+            self._unsaved.hold(chat, events, error)
             return False
 
     async def _put_back(self, record: HandoffRecord) -> bool:
