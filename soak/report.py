@@ -98,7 +98,7 @@ def summary(result: Dict[str, Any]) -> str:
 
 
 def _bot_line(bot: Optional[Dict[str, Any]], logs: Optional[Dict[str, Any]]) -> str:
-    """The bot's own turns and the replicas' tracebacks (not in histories checked before they were checked)."""
+    """The bot's own turns and the replicas' tracebacks; empty for a report made before they were checked."""
     if bot is None or logs is None:
         return ""
     hand_back = bot["hand_back_after_agent_closed"]
