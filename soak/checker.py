@@ -266,6 +266,7 @@ class Checker:
         stuck = self._stuck()
         http = self._http()
         bot = self._bot_turns()
+        bot["end_notices_shown_again"] = self._end_notices_again()
         logs = self._replica_logs()
         recovery = self._recovery()
         against = (
@@ -666,6 +667,24 @@ class Checker:
                                              "questions_seen": asked, **hand_back.as_dict()},
             "against_docs": silent.counts["against_docs"] + hand_back.counts["against_docs"],
         }
+
+    def _end_notices_again(self) -> Dict[str, Any]:
+        """End notices a user's stream showed more than once for one chat. Reported, not yet counted against the
+        docs: soak finding 17 (open) is a Virtual Agent close that arrives while Redis is stopped, taken by every
+        replica it reaches, each of which tells the user."""
+        again = Tally()
+        for (user, sink), items in self.seen.items():
+            if sink != "sse":
+                continue
+            shown = 0
+            for item in items:
+                if item.get("event") == "handoff" and item.get("active"):
+                    shown = 0
+                elif item.get("event") == "message" and end_notice(item.get("text")):
+                    shown += 1
+                    if shown > 1:
+                        again.add("finding_17_open", user=user, t=item["t"], notice=end_notice(item.get("text")))
+        return again.as_dict()
 
     def _agent_closes_seen(self) -> Dict[str, List[Tuple[int, float]]]:
         """Per user, ``(session, when its stream showed the notice)`` of each chat the agent closed, in order."""

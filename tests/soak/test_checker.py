@@ -574,3 +574,19 @@ def test_the_hand_back_retries_the_checker_allows_for_are_the_channels():
     from connectors.servicenow.rasa_glue.handback import START_AGAIN
 
     assert sum(START_AGAIN.delays) == HAND_BACK_RETRIES_S
+
+
+def test_an_end_notice_shown_twice_for_one_chat_is_reported_without_failing_the_run_while_finding_17_is_open():
+    run = a_clean_session(ended=False)
+    agent_closes(run)
+    run.see("va-0000", "sse", event="handoff", active=False, chat_id="c1")
+    run.see("va-0000", "sse", TEXTS.agent_closed)
+    report = check(run.h)
+    assert report["bot_turns"]["end_notices_shown_again"]["counts"] == {"finding_17_open": 1}
+    assert report["ok"], report
+    # A notice of the next chat is that chat's own.
+    later = a_clean_session(ended=False)
+    agent_closes(later)
+    later.start("va-0000", VA, 1, "c2")
+    agent_closes(later, chat="c2", session=1)
+    assert check(later.h)["bot_turns"]["end_notices_shown_again"]["counts"] == {}
