@@ -50,3 +50,7 @@ STORE_WAIT = Pauses((0.5, 1.0, 2.0, 5.0))
 #: Saving what a failing store refused once it is back (a record's removal,
 #: the end of a handoff, the resume scan): 1, 2, 5, 10, then every 30 s.
 STORE_RECOVERY = Pauses((1.0, 2.0, 5.0, 10.0, 30.0))
+#: The same for work that goes stale and is then given up (a hand-back turn
+#: out of band, a lock Redis did not release): one try after each pause,
+#: 18 s in all.
+BRIEF_RECOVERY = Pauses((1.0, 2.0, 5.0, 10.0))

@@ -33,7 +33,7 @@ from connectors.servicenow.rasa_glue.channels import Agent, AgentSource, OutputC
 from connectors.servicenow.rasa_glue.output import refused_lock
 from connectors.servicenow.rasa_glue.slots import LOCK_POLL_S
 from connectors.servicenow.rasa_glue.versions import intent_payload, is_calm_assistant
-from connectors.servicenow.retry import Pauses
+from connectors.servicenow.retry import BRIEF_RECOVERY, Pauses
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ END_REASON_ENTITY = "handoff_end_reason"
 #: the lock store or the tracker store did not answer (Redis restarting as
 #: the agent closed the chat). One try after each pause, 18 s in all, then
 #: the turn is given up.
-START_AGAIN = Pauses((1.0, 2.0, 5.0, 10.0))
+START_AGAIN = BRIEF_RECOVERY
 
 
 class HandBackTurn:

@@ -44,7 +44,7 @@ from rasa.utils.endpoints import EndpointConfig
 from redis.exceptions import RedisError
 
 from connectors.servicenow.rasa_glue.versions import init_redis_lock_store
-from connectors.servicenow.retry import Pauses
+from connectors.servicenow.retry import BRIEF_RECOVERY
 from connectors.servicenow.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ return #kept
 #: A finished ticket that Redis did not let go of is removed again after
 #: these pauses: left in place it holds the conversation's next turn until
 #: it expires (``lock_lifetime``, 60 s by default), then that turn fails.
-CLEAN_UP_AGAIN = Pauses((1.0, 2.0, 5.0, 10.0))
+CLEAN_UP_AGAIN = BRIEF_RECOVERY
 
 
 class AtomicRedisLockStore(RedisLockStore):
