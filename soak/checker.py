@@ -266,7 +266,6 @@ class Checker:
         stuck = self._stuck()
         http = self._http()
         bot = self._bot_turns()
-        bot["end_notices_shown_again"] = self._end_notices_again()
         logs = self._replica_logs()
         recovery = self._recovery()
         against = (
@@ -665,6 +664,7 @@ class Checker:
             "bot_messages_answered_with_nothing": silent.as_dict(),
             "hand_back_after_agent_closed": {"closes_seen": sum(len(c) for c in self._agent_closes_seen().values()),
                                              "questions_seen": asked, **hand_back.as_dict()},
+            "end_notices_shown_again": self._end_notices_again(),
             "against_docs": silent.counts["against_docs"] + hand_back.counts["against_docs"],
         }
 

@@ -117,9 +117,10 @@ async def soak(args: Arguments, say: Any = print) -> "tuple[Dict[str, Any], Dict
         shared.streams_off.set()
         await _bounded(asyncio.gather(*user_tasks, return_exceptions=True), 30, "streams to close", say)
         await _snapshot(cluster, recorder, http)
-        recorder.history["callback_giveups"] = _callback_giveups(cluster)
-        meta["log_errors"] = _log_errors(cluster)
-        recorder.history["replica_tracebacks"] = _tracebacks(cluster)
+        logs = _replica_logs(cluster)
+        recorder.history["callback_giveups"] = _callback_giveups(logs)
+        meta["log_errors"] = _log_errors(logs)
+        recorder.history["replica_tracebacks"] = _tracebacks(logs)
         meta["cpu"] = {**cluster.cpu(), "load generator": round(_own_cpu() - own_cpu_before, 1),
                        "wall": round(time.time() - load_started, 1)}
         meta["agent_control_errors"] = desk.control_errors
@@ -250,37 +251,31 @@ async def _snapshot(cluster: Cluster, recorder: Recorder, http: aiohttp.ClientSe
         )
 
 
-def _callback_giveups(cluster: Cluster) -> List[str]:
-    found: List[str] = []
-    for deployment in cluster.deployments.values():
-        for replica in deployment.replicas:
-            for line in replica.log_path.read_text(errors="replace").splitlines():
-                match = GIVE_UP.search(line)
-                if match:
-                    found.append(match.group(1))
-    return found
+def _replica_logs(cluster: Cluster) -> Dict[str, str]:
+    """Each replica's log, by replica name, read once at the end of the run."""
+    return {
+        replica.name: replica.log_path.read_text(errors="replace")
+        for deployment in cluster.deployments.values()
+        for replica in deployment.replicas
+    }
 
 
-def _log_errors(cluster: Cluster) -> Dict[str, Dict[str, int]]:
-    """Per replica: ERROR lines and tracebacks in its log (for the diagnosis; the checker does not read them)."""
-    counts: Dict[str, Dict[str, int]] = {}
-    for deployment in cluster.deployments.values():
-        for replica in deployment.replicas:
-            text = replica.log_path.read_text(errors="replace")
-            counts[replica.name] = {"errors": len(re.findall(r"\bERROR\b", text)),
-                                    "tracebacks": text.count("Traceback (most recent call last)")}
-    return counts
+def _callback_giveups(logs: Dict[str, str]) -> List[str]:
+    return [match.group(1) for text in logs.values() for match in GIVE_UP.finditer(text)]
 
 
-def _tracebacks(cluster: Cluster) -> List[Dict[str, Any]]:
+def _log_errors(logs: Dict[str, str]) -> Dict[str, Dict[str, int]]:
+    """Per replica: ERROR lines and tracebacks in its log (for the diagnosis)."""
+    return {
+        name: {"errors": len(re.findall(r"\bERROR\b", text)), "tracebacks": text.count("Traceback (most recent call last)")}
+        for name, text in logs.items()
+    }
+
+
+def _tracebacks(logs: Dict[str, str]) -> List[Dict[str, Any]]:
     """Every traceback in the replicas' logs: the replica, the log line before it and the exception it ends
     with (the checker counts each against the docs)."""
-    found: List[Dict[str, Any]] = []
-    for deployment in cluster.deployments.values():
-        for replica in deployment.replicas:
-            found += [{"replica": replica.name, **block}
-                      for block in traceback_blocks(replica.log_path.read_text(errors="replace"))]
-    return found
+    return [{"replica": name, **block} for name, text in logs.items() for block in traceback_blocks(text)]
 
 
 #: Where a log line starts: Rasa's format (``2026-12-07 17:16:01 ERROR ...``) or Sanic's (``[2026-12-07 ...]``).
