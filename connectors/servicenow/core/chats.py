@@ -14,7 +14,7 @@ import logging
 from typing import Optional
 
 from connectors.servicenow.core.chat import ChatRegistry, LiveChat, OpensInFlight
-from connectors.servicenow.core.ending import UnsavedEnds, drop_ended_elsewhere
+from connectors.servicenow.core.ending import HeldEnds, UnsavedEnds, drop_ended_elsewhere
 from connectors.servicenow.core.polling import Polling
 from connectors.servicenow.core.records import Records
 from connectors.servicenow.core.timers import Timers
@@ -40,6 +40,7 @@ class Chats:
         in_flight: OpensInFlight,
         records: Records,
         unsaved: UnsavedEnds,
+        held: HeldEnds,
         pending: PendingWrites,
         polling: Polling,
         timers: Timers,
@@ -49,6 +50,7 @@ class Chats:
         self._in_flight = in_flight
         self._records = records
         self._unsaved = unsaved
+        self._held = held
         self._pending = pending
         self._polling = polling
         self._timers = timers
@@ -56,8 +58,8 @@ class Chats:
     async def active_chat(self, sender_id: str, *, wait_s: float = OPEN_WAIT_S) -> Optional[LiveChat]:
         """The user's live chat, or None when messages should go to the bot.
 
-        Waits up to ``wait_s`` for a chat that is being opened (then
-        ``ConversationBusy``). Raises ``StoreUnavailable`` when the store
+        Waits up to ``wait_s`` for a chat that is being opened, or for the
+        end of one to be told (then ``ConversationBusy``). Raises ``StoreUnavailable`` when the store
         cannot tell, or when the end of an earlier handoff is not saved yet:
         the bot must not take a turn on a tracker that says "in handoff"."""
         opening = self._in_flight.by_sender.get(sender_id)
@@ -67,10 +69,12 @@ class Chats:
                     return await asyncio.shield(opening)
             except asyncio.TimeoutError:
                 raise ConversationBusy(f"the handoff of conversation {sender_id} is still opening") from None
-        if sender_id in self._unsaved:
-            await self._unsaved.save(sender_id)
         if self._records.is_removing(sender_id):
             await self._records.finish_removal(sender_id)
+        # An end that waited for that removal is told (or dropped) first.
+        await self._held.wait(sender_id, wait_s)
+        if sender_id in self._unsaved:
+            await self._unsaved.save(sender_id)
         # Another replica may have started or ended the chat since this one
         # last looked: only the store can say, so ask it every time.
         return self.adopt(sender_id, await self._store.find_handoff(sender_id))
@@ -85,6 +89,10 @@ class Chats:
         sender: a chat ended elsewhere is dropped here without any end of its
         own, one started elsewhere (or read back from the mirror) is taken in.
         ``fresh``: a chat this replica has just opened (nothing to catch up on)."""
+        removal = self._records.removing(sender_id)
+        if record is not None and removal is not None and removal.chat_id == record.chat_id:
+            # This replica ended that chat and is still removing its record.
+            record = None
         local = self.registry.get(sender_id)
         if local is not None:
             if record is not None and local.chat_id == record.chat_id:

@@ -21,7 +21,7 @@ from connectors.servicenow.config import CONNECT_API, VIRTUAL_AGENT_API, Service
 from connectors.servicenow.core.callbacks import CallbackIntake
 from connectors.servicenow.core.chat import ChatRegistry, OpensInFlight
 from connectors.servicenow.core.chats import Chats
-from connectors.servicenow.core.ending import Ending, UnsavedEnds
+from connectors.servicenow.core.ending import Ending, HeldEnds, UnsavedEnds
 from connectors.servicenow.core.handback import Handback
 from connectors.servicenow.core.intake import DeliveryReports, Dispatcher
 from connectors.servicenow.core.notices import Notices
@@ -164,13 +164,14 @@ class Core:
             poll_interval=settings.poll_interval if self.backend.pulls else settings.reconcile_interval,
         )
         self.unsaved = UnsavedEnds(self.slots)
+        self.held = HeldEnds()
         self.schedule = TimerSchedule(self.store)
         self.timers = Timers(settings, self.schedule, self.records, pulls=self.backend.pulls)
         self.handback = Handback(
             HandBackTurn(self.agent, settings.handback_intent), self.out_of_band_output, self._start_asked, self.work
         )
         self.ending = Ending(
-            self.backend, self.store, self.registry, self.records, self.slots, self.pending, self.unsaved,
+            self.backend, self.store, self.registry, self.records, self.slots, self.pending, self.unsaved, self.held,
             self.notices, self.timers, self.handback, self.observe,
         )
 
@@ -198,7 +199,8 @@ class Core:
             reconciling=reconciling,
         )
         self.chats = Chats(
-            self.store, self.registry, self.in_flight, self.records, self.unsaved, self.pending, self.polling, self.timers
+            self.store, self.registry, self.in_flight, self.records, self.unsaved, self.held, self.pending, self.polling,
+            self.timers,
         )
         self.callbacks = CallbackIntake(self.chats, self.in_flight, self.dispatcher, self.observe, self.polling)
         self.opening = Opening(
@@ -329,6 +331,7 @@ class Core:
         await self.pending.stop()
         await self.polling.release(pollers, timeout)
         await self.records.stop()
+        await self.held.stop(timeout)
         await self.unsaved.stop()
         await self.outbox.drain(timeout)
 

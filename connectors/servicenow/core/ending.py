@@ -25,19 +25,26 @@ The stores can fail at any step, and the end fails closed:
 * an end from ServiceNow's side whose save fails is still an end here (the
   chat is over there), and the save is retried in the background and, before
   anything else, on the conversation's next message, which waits (503) until
-  it lands (``UnsavedEnds``).
+  it lands (``UnsavedEnds``);
+* an end from ServiceNow's side can reach several replicas (a close read back
+  by each that watches the chat), and the removal of the handoff record
+  decides which one ended it. When the store cannot take that removal, the
+  chat stops here at once, and the farewell, the tracker write and the
+  hand-back wait (``HeldEnds``) until the removal lands: they run if this
+  replica's removal ended the chat, and are dropped if another replica's came
+  first. A store away for longer than ``END_HOLD_S`` ends it here anyway.
 """
 
 import asyncio
 import datetime
 import logging
 from enum import Enum
-from typing import Dict, List, Optional
+from typing import Any, Coroutine, Dict, List, Optional
 
 from connectors.servicenow.core.chat import ChatRegistry, LiveChat
 from connectors.servicenow.core.handback import Handback
 from connectors.servicenow.core.notices import Messages, Notices
-from connectors.servicenow.core.records import Records
+from connectors.servicenow.core.records import Records, Removal
 from connectors.servicenow.core.timers import Timers
 from connectors.servicenow.errors import ConversationBusy, ServiceNowError, StoreUnavailable
 from connectors.servicenow.locks import ConversationLocks
@@ -55,6 +62,7 @@ from connectors.servicenow.rasa_glue.slots import (
 )
 from connectors.servicenow.servicenow.base import Backend, ChatClosed, CloseReason
 from connectors.servicenow.store import HandoffRecord, Store
+from connectors.servicenow.tasks import TaskSet, within
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +70,10 @@ logger = logging.getLogger(__name__)
 FAULT_CAUSE = "EXTERNAL_FAILURE"
 #: How long the save of an unsaved end waits for the conversation's earlier one.
 SAVE_WAIT_S = 30.0
+#: How long an end from ServiceNow's side waits for its record's removal
+#: (which tells whether this replica or another ended the chat) before it is
+#: told here anyway: a Redis restart or failover fits inside.
+END_HOLD_S = 30.0
 
 
 class EndReason(str, Enum):
@@ -151,12 +163,57 @@ class UnsavedEnds:
                 logger.error("Stopping with the end of the handoff of conversation %s unsaved: %s", sender_id, error)
 
 
+class HeldEnds:
+    """Ends from ServiceNow's side waiting for their record's removal to say
+    whether this replica ended the chat, by sender. The conversation's next
+    message waits for its end to be told (or dropped) first."""
+
+    def __init__(self) -> None:
+        self._ends: Dict[str, "asyncio.Task[None]"] = {}
+        self._tasks = TaskSet()
+
+    def __contains__(self, sender_id: object) -> bool:
+        return sender_id in self._ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def hold(self, sender_id: str, end: Coroutine[Any, Any, None]) -> None:
+        task = self._tasks.spawn(end, name=f"servicenow-held-end-{sender_id}")
+        self._ends[sender_id] = task
+
+        def forget(done: "asyncio.Task[None]") -> None:
+            if self._ends.get(sender_id) is done:
+                del self._ends[sender_id]
+
+        task.add_done_callback(forget)
+
+    async def wait(self, sender_id: str, wait_s: float) -> None:
+        """Wait for the sender's held end, if any, to be told or dropped."""
+        task = self._ends.get(sender_id)
+        if task is None:
+            return
+        try:
+            async with within(wait_s):
+                await asyncio.shield(task)
+        except asyncio.TimeoutError:
+            raise ConversationBusy(f"the end of the handoff of conversation {sender_id} is still being told") from None
+
+    async def stop(self, timeout: float) -> None:
+        """Let the held ends finish (a graceful shutdown: the records' last
+        removals have landed, or given up, before this)."""
+        await self._tasks.wait(timeout)
+
+
 def drop_ended_elsewhere(registry: ChatRegistry, pending: PendingWrites, chat: LiveChat) -> None:
-    """Drop a chat another replica ended, without an end of its own here.
-    The replica that ended it wrote the cleared slots; this one's cursor
-    must not land after them, its transcript records may."""
-    if not registry.deactivate(chat):
-        return
+    """Drop a chat another replica ended, without an end of its own here."""
+    if registry.deactivate(chat):
+        keep_transcript(pending, chat)
+
+
+def keep_transcript(pending: PendingWrites, chat: LiveChat) -> None:
+    """The replica that ended the chat wrote the cleared slots; this one's
+    cursor must not land after them, its transcript records may."""
     records = without_slots(pending.take(chat.sender_id))
     if records:
         pending.save_later(chat.sender_id, records)
@@ -186,6 +243,7 @@ class Ending:
         slots: TrackerSlots,
         pending: PendingWrites,
         unsaved: UnsavedEnds,
+        held: HeldEnds,
         notices: Notices,
         timers: Timers,
         handback: Handback,
@@ -198,6 +256,8 @@ class Ending:
         self._slots = slots
         self._pending = pending
         self._unsaved = unsaved
+        self._held = held
+        self.hold_s = END_HOLD_S
         self._notices = notices
         self._speech = notices.speech
         self._timers = timers
@@ -214,11 +274,38 @@ class Ending:
                 # Ended meanwhile here (the poller gave up too, and told the
                 # user); a message that failed still gets its own answer.
                 return await self._not_delivered(chat.sender_id) if undelivered and in_request else []
-            if not await self._records.remove(chat.sender_id, chat.chat_id) and not self._records.is_removing(chat.sender_id):
-                # Another replica ended it first, and told the user.
-                self._pending.take(chat.sender_id)
-                logger.info("ServiceNow chat %s was ended by another replica first.", chat.chat_id)
-                return await self._not_delivered(chat.sender_id) if undelivered and in_request else []
+            removal: Optional[Removal] = None
+            if not await self._records.remove(chat.sender_id, chat.chat_id):
+                removal = self._records.removing(chat.sender_id)
+                if removal is None:
+                    # Another replica ended it first, and told the user.
+                    self._pending.take(chat.sender_id)
+                    logger.info("ServiceNow chat %s was ended by another replica first.", chat.chat_id)
+                    return await self._not_delivered(chat.sender_id) if undelivered and in_request else []
+        if removal is not None and not in_request:
+            # The store is away, so which replica ended the chat is known only
+            # once the removal lands (in a request the user is answered now).
+            self._held.hold(chat.sender_id, self._end_once_removed(chat, reason, removal, leave))
+            return []
+        return await self._finish(chat, reason, in_request=in_request, undelivered=undelivered, leave=leave)
+
+    async def _end_once_removed(self, chat: LiveChat, reason: EndReason, removal: Removal, leave: bool) -> None:
+        ended = await self._records.outcome(chat.sender_id, removal, self.hold_s)
+        if ended is False:
+            keep_transcript(self._pending, chat)
+            return
+        if ended is None:
+            logger.warning(
+                "The store is still away %.0f s after ServiceNow chat %s ended; telling conversation %s all the same.",
+                self.hold_s, chat.chat_id, chat.sender_id,
+            )
+        try:
+            await self._finish(chat, reason, in_request=False, undelivered=False, leave=leave)
+        except Exception:
+            logger.exception("Telling conversation %s that its handoff ended failed.", chat.sender_id)
+
+    async def _finish(self, chat: LiveChat, reason: EndReason, *, in_request: bool, undelivered: bool, leave: bool) -> Messages:
+        """The end, once it is this replica's: leave, tell, save, hand back."""
         await self._timers.cancel(chat)
         # The unsaved cursor and transcript go into the same write as the
         # end, ahead of it, so that nothing of the chat is saved after it.

@@ -3,19 +3,43 @@ updated as its cursor moves, removed when it ends.
 
 A record whose removal fails is removed again in the background until it
 lands; until then the conversation's next message waits (``finish_removal``)
-rather than be routed by a record of a chat that is over.
+rather than be routed by a record of a chat that is over. The removal that
+lands tells whether this replica ended the chat or another one had
+(``outcome``): an end from ServiceNow's side can reach several replicas, and
+only one may tell the user.
 """
 
 import asyncio
 import logging
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 from connectors.servicenow.core.chat import LiveChat
 from connectors.servicenow.retry import STORE_RECOVERY
 from connectors.servicenow.store import Store, StoreUnavailable
 from connectors.servicenow.store.keys import poll_lease
+from connectors.servicenow.tasks import within
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Removal:
+    """A removal that failed and is being retried. Its attempts take turns
+    (``lock``), so that the one that lands is the one that answers: a second
+    attempt would find the record gone and take the chat for ended elsewhere."""
+
+    chat_id: str
+    retry: "asyncio.Task[None]"
+    #: True once this replica's removal ended the chat, False when the record
+    #: was gone already (another replica ended it), None when the store was
+    #: still away at shutdown.
+    landed: "asyncio.Future[Optional[bool]]" = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def settle(self, ended: Optional[bool]) -> None:
+        if not self.landed.done():
+            self.landed.set_result(ended)
 
 
 def lease_time(delay: float) -> float:
@@ -35,8 +59,8 @@ class Records:
         self._pulls = pulls
         self._owner = owner
         self._poll_interval = poll_interval
-        # Removals that failed, by sender: the chat id and the task retrying.
-        self._removals: Dict[str, Tuple[str, "asyncio.Task[None]"]] = {}
+        # Removals that failed, by sender.
+        self._removals: Dict[str, Removal] = {}
         self.pauses = STORE_RECOVERY
 
     async def file(self, chat: LiveChat, started_at: float) -> bool:
@@ -76,7 +100,7 @@ class Records:
             )
             if sender_id not in self._removals:
                 retry = asyncio.ensure_future(self._remove_later(sender_id, chat_id))
-                self._removals[sender_id] = (chat_id, retry)
+                self._removals[sender_id] = Removal(chat_id, retry)
             return False
         if ended is not None:
             await self.unregister_poll(chat_id)
@@ -85,35 +109,65 @@ class Records:
     def is_removing(self, sender_id: str) -> bool:
         return sender_id in self._removals
 
-    async def finish_removal(self, sender_id: str) -> None:
+    def removing(self, sender_id: str) -> Optional[Removal]:
+        """The removal this replica is still retrying for the sender, if any:
+        a record of its chat read meanwhile is of a chat that is over."""
+        return self._removals.get(sender_id)
+
+    async def outcome(self, sender_id: str, removal: Removal, wait_s: float) -> Optional[bool]:
+        """Whether this replica's removal ended the chat (True) or found it
+        ended by another replica (False), once it lands; waits up to
+        ``wait_s``, then tries once more. None when the store is still away."""
+        try:
+            async with within(wait_s):
+                return await asyncio.shield(removal.landed)
+        except asyncio.TimeoutError:
+            pass
+        try:
+            return await self._attempt(sender_id, removal)
+        except StoreUnavailable:
+            return None
+
+    async def finish_removal(self, sender_id: str) -> Optional[bool]:
         """Remove a record whose removal failed before, ahead of anything that
         reads it (it would bring the ended chat back); ``StoreUnavailable``
-        while the store still fails."""
-        pending = self._removals.get(sender_id)
-        if pending is None:
-            return
-        chat_id, retry = pending
-        await self._store.end_handoff(sender_id, chat_id)
-        retry.cancel()
-        self._removals.pop(sender_id, None)
+        while the store still fails. True when this replica's removal ended
+        the chat, False when it was gone, None when no removal was pending."""
+        removal = self._removals.get(sender_id)
+        if removal is None:
+            return None
+        ended = await self._attempt(sender_id, removal)
+        # Not in a call: the retry makes its calls holding the lock this one took.
+        removal.retry.cancel()
+        return ended
+
+    async def _attempt(self, sender_id: str, removal: Removal) -> bool:
+        async with removal.lock:
+            if removal.landed.done():
+                return bool(removal.landed.result())
+            ended = await self._store.end_handoff(sender_id, removal.chat_id) is not None
+            if self._removals.get(sender_id) is removal:
+                del self._removals[sender_id]
+            removal.settle(ended)
+            if ended:
+                await self.unregister_poll(removal.chat_id)
+        return ended
 
     async def _remove_later(self, sender_id: str, chat_id: str) -> None:
         attempt = 0
-        try:
-            while True:
-                await self.pauses.sleep(attempt)
-                attempt += 1
-                try:
-                    await self._store.end_handoff(sender_id, chat_id)
-                except StoreUnavailable as error:
-                    logger.warning("Still cannot remove the handoff record of conversation %s: %s", sender_id, error)
-                    continue
-                logger.info("Removed the handoff record of conversation %s after all.", sender_id)
+        while True:
+            await self.pauses.sleep(attempt)
+            attempt += 1
+            removal = self._removals.get(sender_id)
+            if removal is None or removal.chat_id != chat_id:
                 return
-        finally:
-            pending = self._removals.get(sender_id)
-            if pending is not None and pending[1] is asyncio.current_task():
-                del self._removals[sender_id]
+            try:
+                await self._attempt(sender_id, removal)
+            except StoreUnavailable as error:
+                logger.warning("Still cannot remove the handoff record of conversation %s: %s", sender_id, error)
+                continue
+            logger.info("Removed the handoff record of conversation %s after all.", sender_id)
+            return
 
     async def unregister_poll(self, chat_id: str) -> None:
         if not self._pulls:
@@ -126,9 +180,10 @@ class Records:
 
     async def stop(self) -> None:
         """Try the removals still pending once more (a graceful shutdown)."""
-        for sender_id, (chat_id, retry) in list(self._removals.items()):
-            retry.cancel()
+        for sender_id, removal in list(self._removals.items()):
             try:
-                await self._store.end_handoff(sender_id, chat_id)
+                await self._attempt(sender_id, removal)
             except StoreUnavailable as error:
                 logger.error("Stopping with the handoff record of conversation %s not removed: %s", sender_id, error)
+                removal.settle(None)
+            removal.retry.cancel()

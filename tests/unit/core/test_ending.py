@@ -1,6 +1,7 @@
 """Every way a handoff ends, under failing stores and racing agent messages:
 a user's end is saved first or changes nothing, an end from ServiceNow is an
-end whatever the stores say and is saved later, and nothing of the chat is
+end whatever the stores say and is saved later, an end that reaches several
+replicas while Redis is away is told once, and nothing of the chat is
 delivered after the farewell."""
 
 import asyncio
@@ -10,7 +11,7 @@ from aioresponses import aioresponses
 
 from connectors.servicenow.errors import StoreUnavailable
 from connectors.servicenow.retry import Pauses
-from connectors.servicenow.servicenow.base import AgentMessage, PollResult
+from connectors.servicenow.servicenow.base import AgentMessage, ChatClosed, CloseReason, PollResult
 from tests.unit.core.helpers import HeldLeave, agent_push, receive_close, start_live, transcript
 from tests.unit.support import (
     GROUP,
@@ -129,3 +130,107 @@ async def test_a_connect_poll_in_flight_when_the_user_ends_delivers_nothing_afte
         assert "too late" not in await transcript(agent)
     finally:
         await close(channel)
+
+
+# -- an end that reaches several replicas while Redis is away (soak findings 16 and 17)
+
+RATING_QUESTION = "How was your chat with the agent?"
+
+
+async def live_on_two_replicas(replicas, rasa_turn, mock):
+    """A opens the chat, B holds it too (a message routed through B)."""
+    a, b = replicas(), replicas()
+    await start_live(a, rasa_turn, mock)
+    mock.post(MESSAGES, payload={"result": {"sys_id": "m1", "timestamp": 1}})
+    assert await say(b, rasa_turn, "hello agent") == []
+    for channel in (a, b):
+        channel.core.records.pauses = Pauses((0.05,))
+    return a, b
+
+
+async def agent_closes_on(channel):
+    await channel.core.ending.closed_by_servicenow(channel.core.registry.get("u1"), ChatClosed(CloseReason.AGENT_CLOSED))
+
+
+async def told_ends(agent):
+    """What the tracker has of the end: farewells and hand-back turns."""
+    tracker = await agent.tracker_store.retrieve("u1")
+    farewells = [e for e in tracker.events if e.type_name == "bot" and e.text == TEXTS.agent_closed]
+    hand_backs = [e for e in tracker.events if e.type_name == "user" and e.intent_name == "handoff_ended"]
+    return len(farewells), len(hand_backs)
+
+
+async def test_a_close_two_replicas_take_while_redis_is_away_is_told_once(replicas, rasa_turn, redis_server, agent):
+    with aioresponses() as mock:
+        a, b = await live_on_two_replicas(replicas, rasa_turn, mock)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}}, repeat=True)
+        redis_server.connected = False
+        await agent_closes_on(a)
+        await agent_closes_on(b)
+        assert "u1" in a.core.held and "u1" in b.core.held  # nobody knows yet which replica ended it
+        assert (await slots(agent))["handoff_active"] is True
+        redis_server.connected = True
+        await wait_until(lambda: not a.core.held and not b.core.held)
+        assert len(requests_to(mock, "POST", LEAVE)) == 1
+    assert await delivered_texts(a) == [TEXTS.agent_closed, RATING_QUESTION]
+    assert await told_ends(agent) == (1, 1)
+    assert (await slots(agent))["handoff_active"] is False
+
+
+async def test_a_held_end_is_dropped_when_another_replica_removed_the_record_first(replicas, rasa_turn, redis_server, agent):
+    with aioresponses() as mock:
+        a, b = await live_on_two_replicas(replicas, rasa_turn, mock)
+        a.core.records.pauses = Pauses((60.0,))  # A's removal waits for the next message
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}}, repeat=True)
+        redis_server.connected = False
+        await agent_closes_on(a)
+        redis_server.connected = True
+        assert await a.core.chats.refresh("u1") is None  # A does not take back a chat it is ending
+        await agent_closes_on(b)  # B reads the close once Redis is back, and ends the chat at once
+        await b.core.outbox.drain(timeout=5)
+        rasa_turn.reset_mock()
+        replies = await say(a, rasa_turn, "hi")  # A's removal lands: the chat was gone
+    assert replies[0]["text"].startswith("Hello!")
+    assert not a.core.held
+    assert len(requests_to(mock, "POST", LEAVE)) == 1
+    assert await delivered_texts(a) == [TEXTS.agent_closed, RATING_QUESTION]  # the answer to "hi" was in its request
+    assert await told_ends(agent) == (1, 1)
+
+
+async def test_a_message_while_an_end_is_held_waits_for_it_then_reaches_the_bot(replicas, rasa_turn, redis_server, agent):
+    with aioresponses() as mock:
+        a = replicas()
+        await start_live(a, rasa_turn, mock)
+        a.core.records.pauses = Pauses((60.0,))
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        redis_server.connected = False
+        await agent_closes_on(a)
+        rasa_turn.reset_mock()
+        with pytest.raises(StoreUnavailable):
+            await say(a, rasa_turn, "hi")
+        redis_server.connected = True
+        replies = await say(a, rasa_turn, "hi")  # lands the removal, and the end is told before the bot's turn
+    assert replies[0]["text"].startswith("Hello!")
+    rasa_turn.assert_awaited_once()
+    assert await told_ends(agent) == (1, 1)
+    tracker = await agent.tracker_store.retrieve("u1")
+    texts = [event.text for event in tracker.events if event.type_name in ("user", "bot")]
+    assert texts.index(TEXTS.agent_closed) < texts.index(RATING_QUESTION) < texts.index("hi")
+
+
+async def test_a_store_away_past_the_hold_ends_the_handoff_here_anyway(replicas, rasa_turn, redis_server, agent):
+    with aioresponses() as mock:
+        a = replicas()
+        await start_live(a, rasa_turn, mock)
+        a.core.records.pauses = Pauses((60.0,))
+        a.core.ending.hold_s = 0.1
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        redis_server.connected = False
+        await agent_closes_on(a)
+        await wait_until(lambda: not a.core.held)
+        # The tracker (another store here) took the end: the user is not left in a dead handoff.
+        assert (await slots(agent))["handoff_active"] is False
+        assert await told_ends(agent) == (1, 1)
+        redis_server.connected = True
+        await a.core.outbox.drain(timeout=5)  # what was said waited in the process for Redis
+    assert await delivered_texts(a) == [TEXTS.agent_closed, RATING_QUESTION]
