@@ -106,7 +106,7 @@ def _bot_line(bot: Optional[Dict[str, Any]], logs: Optional[Dict[str, Any]]) -> 
         f"The bot's turns: messages to the bot answered with nothing "
         f"{_counts(bot['bot_messages_answered_with_nothing']['counts']) or 'none'}; chats the agent closed "
         f"{hand_back['closes_seen']}, hand-back questions on the stream {hand_back['questions_seen']}, "
-        f"missing or doubled {_counts(hand_back['counts']) or 'none'}; end notices shown again (reported only) "
+        f"missing or doubled {_counts(hand_back['counts']) or 'none'}; end notices shown again "
         f"{_counts(bot.get('end_notices_shown_again', {}).get('counts', {})) or 'none'}. Tracebacks in the replicas' "
         f"logs: {_counts(logs['counts']) or 'none'}."
     )

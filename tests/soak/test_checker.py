@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 import yaml
 
-from soak.checker import HAND_BACK_QUESTION, HAND_BACK_RETRIES_S, TEXTS, check, end_notice, parse_tag
+from soak.checker import END_HOLD_S, HAND_BACK_QUESTION, HAND_BACK_RETRIES_S, TEXTS, check, end_notice, parse_tag
 from soak.history import empty_history
 from soak.plan import agent_text, user_text
 
@@ -576,17 +576,30 @@ def test_the_hand_back_retries_the_checker_allows_for_are_the_channels():
     assert sum(START_AGAIN.delays) == HAND_BACK_RETRIES_S
 
 
-def test_an_end_notice_shown_twice_for_one_chat_is_reported_without_failing_the_run_while_finding_17_is_open():
+def test_an_end_notice_shown_twice_for_one_chat_is_against_the_docs():
     run = a_clean_session(ended=False)
     agent_closes(run)
     run.see("va-0000", "sse", event="handoff", active=False, chat_id="c1")
     run.see("va-0000", "sse", TEXTS.agent_closed)
     report = check(run.h)
-    assert report["bot_turns"]["end_notices_shown_again"]["counts"] == {"finding_17_open": 1}
-    assert report["ok"], report
+    assert report["bot_turns"]["end_notices_shown_again"]["counts"] == {"against_docs": 1}
+    assert not report["ok"]
     # A notice of the next chat is that chat's own.
     later = a_clean_session(ended=False)
     agent_closes(later)
     later.start("va-0000", VA, 1, "c2")
     agent_closes(later, chat="c2", session=1)
     assert check(later.h)["bot_turns"]["end_notices_shown_again"]["counts"] == {}
+
+
+def test_an_end_notice_told_by_each_replica_is_allowed_only_after_redis_was_away_longer_than_the_hold():
+    from connectors.servicenow.core.ending import END_HOLD_S as CHANNELS_HOLD
+
+    assert END_HOLD_S == CHANNELS_HOLD
+    for away, allowed in ((END_HOLD_S + 5, True), (9.4, False)):
+        run = a_clean_session(ended=False)
+        agent_closes(run)
+        run.fault("redis", None, run.t - 1, run.t - 1 + away)
+        run.see("va-0000", "sse", TEXTS.agent_closed)
+        counts = check(run.h)["bot_turns"]["end_notices_shown_again"]["counts"]
+        assert counts == ({"end_told_by_each_replica_store_down": 1} if allowed else {"against_docs": 1}), away

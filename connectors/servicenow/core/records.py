@@ -162,11 +162,14 @@ class Records:
             if removal is None or removal.chat_id != chat_id:
                 return
             try:
-                await self._attempt(sender_id, removal)
+                ended = await self._attempt(sender_id, removal)
             except StoreUnavailable as error:
                 logger.warning("Still cannot remove the handoff record of conversation %s: %s", sender_id, error)
                 continue
-            logger.info("Removed the handoff record of conversation %s after all.", sender_id)
+            if ended:
+                logger.info("Removed the handoff record of conversation %s after all.", sender_id)
+            else:
+                logger.info("The handoff record of conversation %s was removed by another replica first.", sender_id)
             return
 
     async def unregister_poll(self, chat_id: str) -> None:
