@@ -234,3 +234,17 @@ async def test_a_store_away_past_the_hold_ends_the_handoff_here_anyway(replicas,
         redis_server.connected = True
         await a.core.outbox.drain(timeout=5)  # what was said waited in the process for Redis
     assert await delivered_texts(a) == [TEXTS.agent_closed, RATING_QUESTION]
+
+
+async def test_a_replica_that_stops_while_an_end_is_held_tells_the_user_before_it_goes(replicas, rasa_turn, redis_server, agent):
+    with aioresponses() as mock:
+        a = replicas()
+        await start_live(a, rasa_turn, mock)
+        a.core.records.pauses = Pauses((60.0,))
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+        redis_server.connected = False
+        await agent_closes_on(a)
+        await a.core.shutdown(timeout=2)  # the last removal fails too: the end is told all the same
+        assert not a.core.held
+    assert (await slots(agent))["handoff_active"] is False
+    assert await told_ends(agent) == (1, 1)
