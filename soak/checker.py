@@ -99,13 +99,14 @@ ALLOWED: Dict[str, str] = {
         "chat, before ending it here, loses that end"
     ),
     "hand_back_skipped_store_down": (
-        "docs/hand-back.md, 'When the turn cannot run': when the end itself could not be written to the tracker (Redis "
-        "stopped as the chat ended), no hand-back turn runs; out of band, a turn that cannot take its conversation's "
-        "lock or tracker tries again after 1, 2, 5 and 10 s, then gives up"
+        "docs/hand-back.md, 'When the turn cannot run': out of band, a turn that cannot take its conversation's "
+        "lock or tracker tries again after 1, 2, 5 and 10 s, then gives up (an end the tracker could not take runs "
+        "its turn once it is written)"
     ),
     "end_told_by_each_replica_store_down": (
         "docs/hand-back.md, point 4: an end from ServiceNow's side that several replicas take while Redis cannot "
-        "remove its record waits up to 30 s for that removal; Redis away for longer, each replica tells the user"
+        "remove its record waits up to 30 s for that removal; Redis away for longer, each replica tells the user "
+        "and runs the hand-back turn"
     ),
     "hand_back_lost_in_crash": (
         "docs/deployment.md, Limits that remain: the hand-back turn runs once, on the replica that ended the "
@@ -660,7 +661,8 @@ class Checker:
                 until = closes[index + 1][1] if index + 1 < len(closes) else float("inf")
                 answers = [t for t in questions if shown <= t < until]
                 if len(answers) > 1:
-                    hand_back.add("against_docs", user=user, session=session, t=shown, what="asked twice")
+                    cause = "end_told_by_each_replica_store_down" if self._redis_away_past_hold(shown) else None
+                    hand_back.add(cause or "against_docs", user=user, session=session, t=shown, what="asked twice")
                 elif not answers:
                     cause = self._why_no_hand_back(shown, self.api_of_user.get(user, ""))
                     hand_back.add(cause or "against_docs", user=user, session=session, t=shown, what="not asked")

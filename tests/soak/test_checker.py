@@ -506,6 +506,12 @@ def test_the_hand_back_question_after_the_agent_closed_is_expected_once():
     twice = a_clean_session(ended=False)
     agent_closes(twice, asked=2)
     assert check(twice.h)["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {"against_docs": 1}
+    # Only Redis away for longer than an end waits for its record's removal lets each replica ask.
+    for away, cause in ((END_HOLD_S + 5, "end_told_by_each_replica_store_down"), (9.5, "against_docs")):
+        twice = a_clean_session(ended=False)
+        shown = agent_closes(twice, asked=2)
+        twice.fault("redis", None, started=shown - 1.0, lifted=shown - 1.0 + away)
+        assert check(twice.h)["bot_turns"]["hand_back_after_agent_closed"]["counts"] == {cause: 1}, away
 
 
 def test_a_hand_back_lost_to_a_crash_or_a_long_store_outage_is_what_the_docs_allow():

@@ -163,13 +163,13 @@ class Core:
             self.store, self.backend.api, pulls=watched, owner=self.replica_id,
             poll_interval=settings.poll_interval if self.backend.pulls else settings.reconcile_interval,
         )
-        self.unsaved = UnsavedEnds(self.slots)
-        self.held = HeldEnds()
         self.schedule = TimerSchedule(self.store)
         self.timers = Timers(settings, self.schedule, self.records, pulls=self.backend.pulls)
         self.handback = Handback(
             HandBackTurn(self.agent, settings.handback_intent), self.out_of_band_output, self._start_asked, self.work
         )
+        self.unsaved = UnsavedEnds(self.slots, self.handback)
+        self.held = HeldEnds()
         self.ending = Ending(
             self.backend, self.store, self.registry, self.records, self.slots, self.pending, self.unsaved, self.held,
             self.notices, self.timers, self.handback, self.observe,

@@ -25,7 +25,7 @@ The stores can fail at any step, and the end fails closed:
 * an end from ServiceNow's side whose save fails is still an end here (the
   chat is over there), and the save is retried in the background and, before
   anything else, on the conversation's next message, which waits (503) until
-  it lands (``UnsavedEnds``);
+  it lands (``UnsavedEnds``); the hand-back turn runs once it has;
 * an end from ServiceNow's side can reach several replicas (a close read back
   by each that watches the chat), and the removal of the handoff record
   decides which one ended it. When the store cannot take that removal, the
@@ -97,11 +97,17 @@ class UnsavedEnds:
     """Ends whose tracker write failed: the events still to save, by sender.
     Retried in the background, and first thing on the conversation's next
     message (``save``): the bot must not take a turn on a tracker that says
-    "in handoff", and a new handoff must not start before the old end lands."""
+    "in handoff", and a new handoff must not start before the old end lands.
+    The hand-back turn the end owes runs once its write lands (it would have
+    run on a tracker still in handoff before); only the replica that ended
+    the chat holds its end, so the turn runs once."""
 
-    def __init__(self, slots: TrackerSlots) -> None:
+    def __init__(self, slots: TrackerSlots, handback: Handback) -> None:
         self._slots = slots
+        self._handback = handback
         self._events: Dict[str, List[TrackerEvent]] = {}
+        # The hand-back turn each end owes: its reason, or None (``/restart``).
+        self._owed: Dict[str, Optional[str]] = {}
         self._savers: Dict[str, "asyncio.Task[None]"] = {}
         # Per conversation, so that one conversation's failing save does not
         # hold up another's.
@@ -114,25 +120,34 @@ class UnsavedEnds:
     def __len__(self) -> int:
         return len(self._events)
 
-    def hold(self, chat: LiveChat, events: List[TrackerEvent], error: Exception) -> None:
+    def hold(self, chat: LiveChat, events: List[TrackerEvent], error: Exception, hand_back: Optional[str]) -> None:
+        """Keep the end's ``events`` to save later, and the reason of the
+        hand-back turn to run once they are saved (None: no turn)."""
         logger.error(
             "The handoff of conversation %s to ServiceNow chat %s ended, but saving that failed; "
             "retrying, and holding the conversation's next message until it is saved: %s",
             chat.sender_id, chat.chat_id, error,
         )
         self._events.setdefault(chat.sender_id, []).extend(events)
+        self._owed[chat.sender_id] = hand_back
         if chat.sender_id not in self._savers:
             self._savers[chat.sender_id] = asyncio.ensure_future(self._save_later(chat.sender_id))
 
     async def save(self, sender_id: str) -> None:
-        """Save an end whose save failed before; ``StoreUnavailable`` if it still fails."""
+        """Save an end whose save failed before, then run the hand-back turn
+        it owes (through the outbox, before the message that asked waits
+        on); ``StoreUnavailable`` if the save still fails."""
         async with self._locks.hold(sender_id, SAVE_WAIT_S):
             events = self._events.get(sender_id)
             if events is None:
                 return
             await self._slots.write(sender_id, events)
             del self._events[sender_id]
+            reason = self._owed.pop(sender_id, None)
             logger.info("Saved the end of the handoff of conversation %s after all.", sender_id)
+            if reason is not None:
+                # Under the lock: a second caller waits for the turn, then finds nothing to save.
+                await self._handback.run(sender_id, reason, in_request=False)
         saver = self._savers.pop(sender_id, None)
         if saver is not None and saver is not asyncio.current_task():
             saver.cancel()
@@ -321,10 +336,11 @@ class Ending:
             await self._slots.write(chat.sender_id, events)
         except StoreUnavailable as error:
             # The chat is over either way (left, or closed by ServiceNow), so
-            # it ends here too; the tracker catches up before the next turn.
-            # No hand-back turn: it would run on a tracker still in handoff.
+            # it ends here too; the tracker catches up before the next turn,
+            # and the hand-back turn runs then (now it would run on a tracker
+            # still in handoff).
             saved = False
-            self._unsaved.hold(chat, events, error)
+            self._unsaved.hold(chat, events, error, hand_back=reason.value)
         await self._notices.status(chat.sender_id, active=False, chat_id=chat.chat_id, agent_joined=chat.agent_joined)
         self._observe.handoff_ended(chat.sender_id, chat.chat_id, reason.value)
         answer = await self._notices.deliver(chat.sender_id, messages, in_request=in_request)
@@ -348,7 +364,7 @@ class Ending:
             # this saves, and none after it (the chat is ended before release).
             if chat.ended:
                 return []
-            saved = await self._save_users_end(chat, messages)
+            saved = await self._save_users_end(chat, messages, hand_back)
             if saved is None:
                 return await self._speech.say(chat.sender_id, "end_failed") if not chat.ended else []
             self._registry.deactivate(chat)
@@ -361,7 +377,7 @@ class Ending:
             messages = messages + await self._handback.run(chat.sender_id, EndReason.USER_ENDED.value, in_request=True)
         return messages
 
-    async def _save_users_end(self, chat: LiveChat, messages: Messages) -> Optional[bool]:
+    async def _save_users_end(self, chat: LiveChat, messages: Messages, hand_back: bool) -> Optional[bool]:
         """The record goes (it decides, for every replica), then the tracker
         follows. True when both are saved, False when the tracker's save is
         held (the record could not be put back), None when nothing changed
@@ -391,7 +407,7 @@ class Ending:
                     chat.sender_id, chat.chat_id, error,
                 )
                 return None
-            self._unsaved.hold(chat, events, error)
+            self._unsaved.hold(chat, events, error, hand_back=EndReason.USER_ENDED.value if hand_back else None)
             return False
 
     async def _put_back(self, record: HandoffRecord) -> bool:

@@ -70,7 +70,10 @@ async def test_an_end_from_servicenow_that_cannot_be_saved_holds_the_next_messag
     assert values["handoff_active"] is False and values["live_chat_id"] is None
     tracker = await agent.tracker_store.retrieve("u1")
     texts = [event.text for event in tracker.events if event.type_name in ("user", "bot")]
-    assert texts.index(TEXTS.agent_closed) < texts.index("hi")  # the end is saved before the next turn
+    # The end is saved before the next turn, and the hand-back turn it owes runs in between (soak finding 16).
+    assert texts.index(TEXTS.agent_closed) < texts.index(RATING_QUESTION) < texts.index("hi")
+    assert await told_ends(agent) == (1, 1)
+    assert await delivered_texts(channel) == [RATING_QUESTION]  # after the notice, read above
 
 async def test_an_unsaved_end_is_saved_in_the_background_once_the_store_is_back(channels, rasa_turn, store, agent, monkeypatch):
     channel = channels()
@@ -85,6 +88,8 @@ async def test_an_unsaved_end_is_saved_in_the_background_once_the_store_is_back(
     store.broken = False
     await wait_until(lambda: not channel.core.unsaved)
     assert (await slots(agent))["handoff_active"] is False
+    await channel.core.work.wait(timeout=5)
+    assert await told_ends(agent) == (1, 1)  # the hand-back turn the end owed has run
 
 async def test_an_agent_message_pushed_while_the_user_ends_is_delivered_before_the_farewell_or_not_at_all(
     channels, rasa_turn, agent
