@@ -165,6 +165,20 @@ async def told_ends(agent):
     return len(farewells), len(hand_backs)
 
 
+async def closed_while_redis_is_away(replicas, rasa_turn, redis_server, mock, hold_s=None):
+    """One replica's chat, closed by the agent while Redis is away; its
+    removal is retried only after a minute, so what lands it is the test's."""
+    a = replicas()
+    await start_live(a, rasa_turn, mock)
+    a.core.records.pauses = Pauses((60.0,))
+    if hold_s is not None:
+        a.core.ending.hold_s = hold_s
+    mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
+    redis_server.connected = False
+    await agent_closes_on(a)
+    return a
+
+
 async def test_a_close_two_replicas_take_while_redis_is_away_is_told_once(replicas, rasa_turn, redis_server, agent):
     with aioresponses() as mock:
         a, b = await live_on_two_replicas(replicas, rasa_turn, mock)
@@ -204,12 +218,7 @@ async def test_a_held_end_is_dropped_when_another_replica_removed_the_record_fir
 
 async def test_a_message_while_an_end_is_held_waits_for_it_then_reaches_the_bot(replicas, rasa_turn, redis_server, agent):
     with aioresponses() as mock:
-        a = replicas()
-        await start_live(a, rasa_turn, mock)
-        a.core.records.pauses = Pauses((60.0,))
-        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
-        redis_server.connected = False
-        await agent_closes_on(a)
+        a = await closed_while_redis_is_away(replicas, rasa_turn, redis_server, mock)
         rasa_turn.reset_mock()
         with pytest.raises(StoreUnavailable):
             await say(a, rasa_turn, "hi")
@@ -225,13 +234,7 @@ async def test_a_message_while_an_end_is_held_waits_for_it_then_reaches_the_bot(
 
 async def test_a_store_away_past_the_hold_ends_the_handoff_here_anyway(replicas, rasa_turn, redis_server, agent):
     with aioresponses() as mock:
-        a = replicas()
-        await start_live(a, rasa_turn, mock)
-        a.core.records.pauses = Pauses((60.0,))
-        a.core.ending.hold_s = 0.1
-        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
-        redis_server.connected = False
-        await agent_closes_on(a)
+        a = await closed_while_redis_is_away(replicas, rasa_turn, redis_server, mock, hold_s=0.1)
         await wait_until(lambda: not a.core.held)
         # The tracker (another store here) took the end: the user is not left in a dead handoff.
         assert (await slots(agent))["handoff_active"] is False
@@ -243,12 +246,7 @@ async def test_a_store_away_past_the_hold_ends_the_handoff_here_anyway(replicas,
 
 async def test_a_replica_that_stops_while_an_end_is_held_tells_the_user_before_it_goes(replicas, rasa_turn, redis_server, agent):
     with aioresponses() as mock:
-        a = replicas()
-        await start_live(a, rasa_turn, mock)
-        a.core.records.pauses = Pauses((60.0,))
-        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}})
-        redis_server.connected = False
-        await agent_closes_on(a)
+        a = await closed_while_redis_is_away(replicas, rasa_turn, redis_server, mock)
         await a.core.shutdown(timeout=2)  # the last removal fails too: the end is told all the same
         assert not a.core.held
     assert (await slots(agent))["handoff_active"] is False
