@@ -71,8 +71,9 @@ class Chats:
                 raise ConversationBusy(f"the handoff of conversation {sender_id} is still opening") from None
         if self._records.is_removing(sender_id):
             await self._records.finish_removal(sender_id)
-        # An end that waited for that removal is told (or dropped) first.
-        await self._held.wait(sender_id, wait_s)
+        if sender_id in self._held:
+            # An end that waited for that removal is told (or dropped) first.
+            await self._held.wait(sender_id, wait_s)
         if sender_id in self._unsaved:
             await self._unsaved.save(sender_id)
         # Another replica may have started or ended the chat since this one
@@ -89,10 +90,11 @@ class Chats:
         sender: a chat ended elsewhere is dropped here without any end of its
         own, one started elsewhere (or read back from the mirror) is taken in.
         ``fresh``: a chat this replica has just opened (nothing to catch up on)."""
-        removal = self._records.removing(sender_id)
-        if record is not None and removal is not None and removal.chat_id == record.chat_id:
-            # This replica ended that chat and is still removing its record.
-            record = None
+        if record is not None:
+            removal = self._records.removing(sender_id)
+            if removal is not None and removal.chat_id == record.chat_id:
+                # This replica ended that chat and is still removing its record.
+                record = None
         local = self.registry.get(sender_id)
         if local is not None:
             if record is not None and local.chat_id == record.chat_id:
