@@ -143,8 +143,10 @@ class Records:
 
     async def _attempt(self, sender_id: str, removal: Removal) -> bool:
         async with removal.lock:
-            if removal.landed.done():
-                return bool(removal.landed.result())
+            # Landed already (None: the shutdown's try failed, so try again).
+            landed = removal.landed.result() if removal.landed.done() else None
+            if landed is not None:
+                return landed
             ended = await self._store.end_handoff(sender_id, removal.chat_id) is not None
             if self._removals.get(sender_id) is removal:
                 del self._removals[sender_id]
