@@ -69,7 +69,7 @@ class Chats:
                     return await asyncio.shield(opening)
             except asyncio.TimeoutError:
                 raise ConversationBusy(f"the handoff of conversation {sender_id} is still opening") from None
-        if self._records.is_removing(sender_id):
+        if self._records.removing(sender_id) is not None:
             await self._records.finish_removal(sender_id)
         if sender_id in self._held:
             # An end that waited for that removal is told (or dropped) first.

@@ -91,7 +91,7 @@ class Records:
     async def remove(self, sender_id: str, chat_id: str) -> bool:
         """Remove the record. True when this call ended it; False when it
         was gone already or the store is down (then the removal is retried in
-        the background until it lands: ``is_removing``)."""
+        the background until it lands: ``removing``)."""
         try:
             ended = await self._store.end_handoff(sender_id, chat_id)
         except StoreUnavailable as error:
@@ -105,9 +105,6 @@ class Records:
         if ended is not None:
             await self.unregister_poll(chat_id)
         return ended is not None
-
-    def is_removing(self, sender_id: str) -> bool:
-        return sender_id in self._removals
 
     def removing(self, sender_id: str) -> Optional[Removal]:
         """The removal this replica is still retrying for the sender, if any:
