@@ -294,8 +294,7 @@ class Ending:
                 removal = self._records.removing(chat.sender_id)
                 if removal is None:
                     # Another replica ended it first, and told the user.
-                    self._pending.take(chat.sender_id)
-                    logger.info("ServiceNow chat %s was ended by another replica first.", chat.chat_id)
+                    keep_transcript(self._pending, chat)
                     return await self._not_delivered(chat.sender_id) if undelivered and in_request else []
         if removal is not None and not in_request:
             # The store is away, so which replica ended the chat is known only

@@ -216,6 +216,21 @@ async def test_a_held_end_is_dropped_when_another_replica_removed_the_record_fir
     assert await told_ends(agent) == (1, 1)
 
 
+async def test_an_end_another_replica_told_first_keeps_this_replicas_transcript(replicas, rasa_turn, redis_server, agent):
+    with aioresponses() as mock:
+        a, b = await live_on_two_replicas(replicas, rasa_turn, mock)
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}}, repeat=True)
+        await a.core.callbacks.receive(agent_push("Your printer is back online.", "m-a1"))
+        await a.core.work.wait(timeout=5)
+        await agent_closes_on(b)  # B removes the record and tells the user
+        await agent_closes_on(a)  # A's removal finds it gone
+        await a.core.pending.flush("u1")
+    assert not a.core.registry.get("u1")
+    # Delivered by A, so A records it (after B's end, which did not have it).
+    assert (await transcript(agent)).count("Your printer is back online.") == 1
+    assert await told_ends(agent) == (1, 1)
+
+
 async def test_a_message_while_an_end_is_held_waits_for_it_then_reaches_the_bot(replicas, rasa_turn, redis_server, agent):
     with aioresponses() as mock:
         a = await closed_while_redis_is_away(replicas, rasa_turn, redis_server, mock)
