@@ -69,6 +69,17 @@ class Chats:
                     return await asyncio.shield(opening)
             except asyncio.TimeoutError:
                 raise ConversationBusy(f"the handoff of conversation {sender_id} is still opening") from None
+        await self.settle_end(sender_id, wait_s)
+        # Another replica may have started or ended the chat since this one
+        # last looked: only the store can say, so ask it every time.
+        return self.adopt(sender_id, await self._store.find_handoff(sender_id))
+
+    async def settle_end(self, sender_id: str, wait_s: float) -> None:
+        """Land what the end of the sender's last handoff left to do here
+        (its record's removal, its notice held for that removal, its tracker
+        write), before anything reads the record or the tracker. Raises
+        ``StoreUnavailable`` while the store still fails, ``ConversationBusy``
+        when a held end is not told within ``wait_s``."""
         if self._records.removing(sender_id) is not None:
             await self._records.finish_removal(sender_id)
         if sender_id in self._held:
@@ -76,9 +87,6 @@ class Chats:
             await self._held.wait(sender_id, wait_s)
         if sender_id in self._unsaved:
             await self._unsaved.save(sender_id)
-        # Another replica may have started or ended the chat since this one
-        # last looked: only the store can say, so ask it every time.
-        return self.adopt(sender_id, await self._store.find_handoff(sender_id))
 
     async def refresh(self, sender_id: str) -> Optional[LiveChat]:
         """The sender's chat as the store has it, without reading the tracker

@@ -204,8 +204,8 @@ class Core:
         )
         self.callbacks = CallbackIntake(self.chats, self.in_flight, self.dispatcher, self.observe, self.polling)
         self.opening = Opening(
-            settings, self.backend, self.chats, self.in_flight, self.records, self.slots, self.unsaved,
-            self.notices, self.timers, self.handback, self.observe,
+            settings, self.backend, self.chats, self.in_flight, self.records, self.slots, self.notices,
+            self.timers, self.handback, self.observe,
         )
         self.timer_loop = TimerLoop(
             self.schedule,

@@ -21,8 +21,8 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 from connectors.servicenow.config import ServiceNowSettings
 from connectors.servicenow.core.chat import LiveChat, OpensInFlight
-from connectors.servicenow.core.chats import Chats
-from connectors.servicenow.core.ending import UnsavedEnds, leave_quietly
+from connectors.servicenow.core.chats import OPEN_WAIT_S, Chats
+from connectors.servicenow.core.ending import leave_quietly
 from connectors.servicenow.core.handback import Handback
 from connectors.servicenow.core.notices import Messages, Notices
 from connectors.servicenow.core.records import Records
@@ -100,7 +100,6 @@ class Opening:
         in_flight: OpensInFlight,
         records: Records,
         slots: TrackerSlots,
-        unsaved: UnsavedEnds,
         notices: Notices,
         timers: Timers,
         handback: Handback,
@@ -113,7 +112,6 @@ class Opening:
         self._in_flight = in_flight
         self._records = records
         self._slots = slots
-        self._unsaved = unsaved
         self._notices = notices
         self._speech = notices.speech
         self._timers = timers
@@ -236,14 +234,15 @@ class Opening:
 
     async def _start(self, request: HandoffRequest, in_request: bool) -> Messages:
         sender = request.sender_id
-        if sender in self._unsaved:
-            # The end of the previous handoff must land first, or it would
-            # clear the slots of this one when it does.
-            try:
-                await self._unsaved.save(sender)
-            except (StoreUnavailable, ConversationBusy) as error:
-                logger.error("Not opening a chat for conversation %s: %s", sender, error)
-                return await self._notices.tell(sender, ["start_failed"], in_request=in_request, record=False)
+        # The end of the previous handoff must land first: its record would
+        # refuse this one's, its tracker write would clear this one's slots.
+        # A user's turn did this before the bot's; a start out of band (Rasa's
+        # HTTP API) may come while an end waits for the store.
+        try:
+            await self._chats.settle_end(sender, OPEN_WAIT_S)
+        except (StoreUnavailable, ConversationBusy) as error:
+            logger.error("Not opening a chat for conversation %s: %s", sender, error)
+            return await self._notices.tell(sender, ["start_failed"], in_request=in_request, record=False)
         unavailable = await self._unavailable(request)
         if unavailable is not None:
             return await self._refuse(sender, unavailable, in_request=in_request)

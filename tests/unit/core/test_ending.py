@@ -17,6 +17,7 @@ from tests.unit.support import (
     GROUP,
     LEAVE,
     MESSAGES,
+    SESSIONS,
     TEXTS,
     close,
     delivered_texts,
@@ -245,6 +246,23 @@ async def test_a_message_while_an_end_is_held_waits_for_it_then_reaches_the_bot(
     tracker = await agent.tracker_store.retrieve("u1")
     texts = [event.text for event in tracker.events if event.type_name in ("user", "bot")]
     assert texts.index(TEXTS.agent_closed) < texts.index(RATING_QUESTION) < texts.index("hi")
+
+
+async def test_a_handoff_the_bot_asks_for_while_an_end_is_held_opens_after_that_end_is_told(
+    replicas, rasa_turn, redis_server, agent
+):
+    second = "d" * 32
+    with aioresponses() as mock:
+        a = await closed_while_redis_is_away(replicas, rasa_turn, redis_server, mock)
+        redis_server.connected = True  # A's removal is retried only in a minute: the end stays held
+        mock.post(SESSIONS, payload={"result": {"group": second, "state": 1}})
+        await a.core.out_of_band_output().send_custom_json("u1", {"handoff": {}})  # Rasa's HTTP API, say
+        await a.core.work.wait(timeout=10)
+        assert not a.core.held
+        assert a.core.registry.get("u1").chat_id == second
+    assert await delivered_texts(a) == [TEXTS.agent_closed, RATING_QUESTION, TEXTS.connecting]
+    assert await told_ends(agent) == (1, 1)
+    assert (await slots(agent))["handoff_active"] is True
 
 
 async def test_a_store_away_past_the_hold_ends_the_handoff_here_anyway(replicas, rasa_turn, redis_server, agent):
