@@ -305,7 +305,7 @@ class Ending:
 
     async def _end_once_removed(self, chat: LiveChat, reason: EndReason, removal: Removal, leave: bool) -> None:
         ended = await self._records.outcome(chat.sender_id, removal, self.hold_s)
-        if ended is False:
+        if ended is False or await self._told_elsewhere(chat):
             keep_transcript(self._pending, chat)
             return
         if ended is None:
@@ -317,6 +317,17 @@ class Ending:
             await self._finish(chat, reason, in_request=False, undelivered=False, leave=leave)
         except Exception:
             logger.exception("Telling conversation %s that its handoff ended failed.", chat.sender_id)
+
+    async def _told_elsewhere(self, chat: LiveChat) -> bool:
+        """Whether the tracker shows this chat over already: a replica that
+        ended it in a request (answered at once, its removal pending too) or
+        that held it past the store's absence told the user and wrote the end.
+        When the tracker cannot say, the end is told (twice beats never)."""
+        try:
+            mirrored = await self._slots.load_handoff(chat.sender_id)
+        except StoreUnavailable:
+            return False
+        return mirrored is None or mirrored.chat_id != chat.chat_id
 
     async def _finish(self, chat: LiveChat, reason: EndReason, *, in_request: bool, undelivered: bool, leave: bool) -> Messages:
         """The end, once it is this replica's: leave, tell, save, hand back."""

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from aioresponses import aioresponses
 
+from connectors.servicenow.core.ending import EndReason
 from connectors.servicenow.errors import StoreUnavailable
 from connectors.servicenow.retry import Pauses
 from connectors.servicenow.servicenow.base import AgentMessage, ChatClosed, CloseReason, PollResult
@@ -230,6 +231,23 @@ async def test_an_end_another_replica_told_first_keeps_this_replicas_transcript(
     # Delivered by A, so A records it (after B's end, which did not have it).
     assert (await transcript(agent)).count("Your printer is back online.") == 1
     assert await told_ends(agent) == (1, 1)
+
+
+async def test_a_held_end_is_dropped_when_the_tracker_shows_another_replica_told_it(replicas, rasa_turn, redis_server, agent):
+    with aioresponses() as mock:
+        a, b = await live_on_two_replicas(replicas, rasa_turn, mock)
+        a.core.records.pauses = Pauses((60.0,))  # A's removal stays pending: B's lands
+        mock.post(LEAVE, payload={"result": {"group": GROUP, "state": 7}}, repeat=True)
+        redis_server.connected = False
+        # A user's message on A could not be sent: A answers the end in that request.
+        answer = await a.core.ending.end(a.core.registry.get("u1"), EndReason.FAILED, in_request=True, undelivered=True)
+        assert answer and not a.core.held
+        await agent_closes_on(b)  # B reads the close while Redis is away: held
+        assert "u1" in b.core.held
+        redis_server.connected = True
+        await wait_until(lambda: not b.core.held)
+    assert TEXTS.agent_closed not in await delivered_texts(b)  # A wrote the end to the tracker: B said nothing
+    assert await told_ends(agent) == (0, 1)  # A's end, with its hand-back turn; none from B
 
 
 async def test_a_message_while_an_end_is_held_waits_for_it_then_reaches_the_bot(replicas, rasa_turn, redis_server, agent):
