@@ -106,7 +106,7 @@ ALLOWED: Dict[str, str] = {
     "end_told_by_each_replica_store_down": (
         "docs/hand-back.md, point 4: an end from ServiceNow's side that several replicas take while Redis cannot "
         "remove its record waits up to 30 s for that removal; Redis away for longer, each replica tells the user "
-        "and runs the hand-back turn"
+        "and runs the hand-back turn unless the tracker shows by then that another one did"
     ),
     "hand_back_lost_in_crash": (
         "docs/deployment.md, Limits that remain: the hand-back turn runs once, on the replica that ended the "
