@@ -10,6 +10,7 @@ lands before it or after it, never inside."""
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 import pytest
@@ -17,7 +18,7 @@ from rasa.core.lock_store import LockError, LockStore, RedisLockStore
 from rasa.utils.endpoints import EndpointConfig
 from redis.exceptions import RedisError
 
-from connectors.servicenow.rasa_glue.lock_store import AtomicRedisLockStore
+from connectors.servicenow.rasa_glue.lock_store import AtomicRedisLockStore, release_before_exit
 from connectors.servicenow.retry import Pauses
 from tests.store.conftest import wait_until
 
@@ -183,6 +184,18 @@ async def test_the_release_in_the_background_leaves_a_new_ticket_of_the_same_num
     assert [ticket.number for ticket in b.get_lock("user-6").tickets] == [0]
     await b._clean_up_again("user-6", issued_again, b._expiries[("user-6", issued_again)])
     assert b.get_lock("user-6") is None
+
+
+async def test_a_release_still_owed_at_shutdown_gets_one_last_try(own_redis_server):
+    store = AtomicRedisLockStore(host="127.0.0.1", port=own_redis_server.port, db=3, socket_timeout=1)
+    store.clean_up_again = Pauses((600.0,))  # the background's next try would come long after the exit
+    async with store.lock("user-8", 60):
+        own_redis_server.stop()
+    own_redis_server.start()
+    assert await released(store, "user-8")() is False
+    await release_before_exit(SimpleNamespace(lock_store=store), timeout=10)
+    assert await released(store, "user-8")()
+    await release_before_exit(SimpleNamespace(lock_store=store), timeout=10)  # nothing owed: nothing done
 
 
 def test_outside_an_event_loop_a_release_redis_refuses_raises_as_rasas_does(own_redis_server):

@@ -43,6 +43,7 @@ from connectors.servicenow.outbox.stream import Outbox
 from connectors.servicenow.outbox.capacity import SOCKETIO, SSE
 from connectors.servicenow.rasa_glue.channels import Agent
 from connectors.servicenow.rasa_glue.handback import HandBackTurn
+from connectors.servicenow.rasa_glue.lock_store import release_before_exit
 from connectors.servicenow.rasa_glue.nlg import Speech
 from connectors.servicenow.rasa_glue.output import OutOfBandOutput
 from connectors.servicenow.rasa_glue.pending import PendingWrites
@@ -315,6 +316,9 @@ class Core:
         self.stopping = True
         # After Sanic's wait: no stream or socket of this replica is left to hold its slot.
         await self.outbox.capacity.release_all(SHUTDOWN_TIMEOUT_S)
+        # After the last turn: a lock Redis did not let go of would hold the
+        # conversation's next turn, on another replica, until it expires.
+        await release_before_exit(self.agent(), SHUTDOWN_TIMEOUT_S)
         await self.http.aclose()
         await self.outbox.aclose()
         if self._metrics_port is not None:

@@ -125,6 +125,8 @@ class AtomicRedisLockStore(RedisLockStore):
         #: When each ticket this process issued and has not cleaned up expires.
         self._expiries: Dict[Tuple[str, int], float] = {}
         self._retries = TaskSet()
+        #: The finished tickets Redis did not let go of yet, with their expiry.
+        self._unreleased: Dict[Tuple[str, int], Optional[float]] = {}
         self.clean_up_again = CLEAN_UP_AGAIN
 
     def issue_ticket(self, conversation_id: str, lock_lifetime: float = LOCK_LIFETIME) -> int:
@@ -163,6 +165,7 @@ class AtomicRedisLockStore(RedisLockStore):
                 "Could not release the lock of conversation %s (%s: %s); trying again in the background.",
                 conversation_id, type(error).__name__, error,
             )
+            self._unreleased[(conversation_id, ticket_number)] = expires
             self._retries.spawn(self._clean_up_again(conversation_id, ticket_number, expires))
 
     def update_lock(self, conversation_id: str) -> None:
@@ -177,7 +180,39 @@ class AtomicRedisLockStore(RedisLockStore):
             client=self.red,
         )
 
+    async def stop(self, timeout: float) -> None:
+        """A graceful shutdown: each release still waiting for Redis gets one
+        last try now, within ``timeout`` in all, rather than being dropped
+        with the process (its ticket would hold the conversation's next turn,
+        on another replica, until it expires)."""
+        self._retries.cancel()
+        unreleased, self._unreleased = self._unreleased, {}
+        if not unreleased:
+            return
+
+        async def release_all() -> None:
+            for (conversation_id, ticket_number), expires in unreleased.items():
+                if expires is not None and time.time() >= expires:
+                    continue
+                try:
+                    await asyncio.to_thread(self._remove_tickets, conversation_id, ticket_number, expires)
+                except RedisError as error:
+                    logger.warning(
+                        "Stopping with the lock of conversation %s unreleased (%s); it expires.", conversation_id, error
+                    )
+
+        try:
+            await asyncio.wait_for(release_all(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("Stopping with %d lock(s) unreleased after %.0f s; they expire.", len(unreleased), timeout)
+
     async def _clean_up_again(self, conversation_id: str, ticket_number: int, expires: Optional[float]) -> None:
+        try:
+            await self._retry_clean_up(conversation_id, ticket_number, expires)
+        finally:
+            self._unreleased.pop((conversation_id, ticket_number), None)
+
+    async def _retry_clean_up(self, conversation_id: str, ticket_number: int, expires: Optional[float]) -> None:
         for attempt, pause in enumerate(self.clean_up_again.delays):
             await asyncio.sleep(pause)
             if expires is not None and time.time() >= expires:
@@ -194,3 +229,11 @@ class AtomicRedisLockStore(RedisLockStore):
                 continue
             logger.info("Released the lock of conversation %s after Redis came back.", conversation_id)
             return
+
+
+async def release_before_exit(agent: Any, timeout: float) -> None:
+    """Give the releases the agent's lock store still owes one last try (a
+    graceful shutdown); nothing for any other lock store."""
+    lock_store = getattr(agent, "lock_store", None)
+    if isinstance(lock_store, AtomicRedisLockStore):
+        await lock_store.stop(timeout)
