@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 
 from connectors.servicenow.rasa_glue.versions import init_redis_lock_store
 from connectors.servicenow.retry import BRIEF_RECOVERY
-from connectors.servicenow.tasks import TaskSet
+from connectors.servicenow.tasks import TaskSet, bounded
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class AtomicRedisLockStore(RedisLockStore):
                     )
 
         try:
-            await asyncio.wait_for(release_all(), timeout)
+            await bounded(release_all(), timeout)
         except asyncio.TimeoutError:
             logger.warning("Stopping with %d lock(s) unreleased after %.0f s; they expire.", len(unreleased), timeout)
 
