@@ -34,6 +34,10 @@ CATCH_UP_S = 60.0
 RESEND_FOR_S = 180.0
 #: ``retry: 2000`` of the stream: a browser's reconnect delay after the server closed it.
 RECONNECT_S = 2.0
+#: After "Sorry, I couldn't end the chat ... You're still connected" (the end
+#: could not be saved: the chat goes on), the user sends the end command
+#: again after these pauses.
+END_AGAIN_S = (5.0, 10.0, 20.0, 30.0)
 
 
 class Shared:
@@ -145,7 +149,7 @@ class User:
         if self.ended.is_set():
             return
         self.shared.recorder.user_event(self.uid, "end_requested", self.session)
-        replies = await self.say("/end_chat", "end")
+        replies = await self._say_end()
         texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
         if TEXTS.user_ended in texts:
             self._mark_ended("user_ended")
@@ -166,9 +170,24 @@ class User:
                                         "still routed to the chat" if routed_to_chat else "the bot answered")
         self._read_replies(replies)
         if not self.ended.is_set():
-            replies = await self.say("/end_chat", "end")
+            replies = await self._say_end()
             texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
             self._mark_ended("stuck_then_" + ("user_ended" if TEXTS.user_ended in texts else "other"))
+
+    async def _say_end(self) -> Optional[List[Dict[str, Any]]]:
+        """The end command, sent again while the answer says the chat goes on
+        (``end_failed``: the end could not be saved) and the chat has not
+        ended meanwhile."""
+        replies = await self.say("/end_chat", "end")
+        for pause in END_AGAIN_S:
+            texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
+            if TEXTS.end_failed not in texts or self.ended.is_set():
+                break
+            self.shared.recorder.user_event(self.uid, "end_failed", self.session)
+            if await self._wait(self.ended, pause):
+                break
+            replies = await self.say("/end_chat", "end")
+        return replies
 
     async def _wait_for_agent_messages(self, count: int) -> None:
         deadline = time.monotonic() + AGENT_WAIT_S
@@ -278,7 +297,8 @@ class User:
             if notice:
                 self.shared.recorder.user_event(self.uid, "notice", self.session, notice)
                 self._mark_ended(notice)
-        if replies and not any(end_notice(r.get("text")) for r in replies if isinstance(r, dict)) and self.in_handoff:
+        texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
+        if texts and not any(end_notice(t) for t in texts) and TEXTS.end_failed not in texts and self.in_handoff:
             # The bot answered a message meant for the agent: as far as the channel knows, the handoff is over.
             self._mark_ended("bot_answered")
 
