@@ -69,7 +69,9 @@ class Chats:
                     return await asyncio.shield(opening)
             except asyncio.TimeoutError:
                 raise ConversationBusy(f"the handoff of conversation {sender_id} is still opening") from None
-        await self.settle_end(sender_id, wait_s)
+        # Tested here, not in a call: every message (bot turns included) comes this way.
+        if self._records.removing(sender_id) is not None or sender_id in self._held or sender_id in self._unsaved:
+            await self.settle_end(sender_id, wait_s)
         # Another replica may have started or ended the chat since this one
         # last looked: only the store can say, so ask it every time.
         return self.adopt(sender_id, await self._store.find_handoff(sender_id))
