@@ -293,7 +293,7 @@ class HandoffMirror(Protocol):
     def live_handoffs(self, unread: Set[str]) -> AsyncIterator[HandoffRecord]:
         """Every handoff the mirror holds as live; ``StoreUnavailable`` when it
         cannot list them. The senders it lists but cannot read are added to
-        ``unread``; the scan goes on without them."""
+        ``unread`` (the others must not wait for them)."""
 
 
 # -- the interface ----------------------------------------------------------
