@@ -93,10 +93,10 @@ class MemoryStore(MemoryCounts, MemoryStreams, Store):
 
     async def find_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
         record = self._handoffs.get(sender_id)
-        if record is not None or self._mirror is None:
+        if record is not None or self._mirror is None or self.known_inactive(sender_id):
             return record
         unscanned = self._unscanned
-        if (unscanned is not None and sender_id not in unscanned) or self.known_inactive(sender_id):
+        if unscanned is not None and sender_id not in unscanned:
             return None
         # Raises StoreUnavailable when the mirror cannot say: nothing is remembered then.
         loaded = await self._mirror.load_handoff(sender_id)
