@@ -107,11 +107,9 @@ async def test_the_least_recently_seen_inactive_senders_are_forgotten_first():
 class Mirror:
     """A tracker store stand-in: u-live is in handoff, nobody else; it counts reads."""
 
-    def __init__(self, failing=False, unreadable=()):
+    def __init__(self, failing=False):
         self.reads = 0
         self.failing = failing
-        #: Senders the scan at start-up lists but cannot read.
-        self.unreadable = set(unreadable)
 
     async def load_handoff(self, sender_id):
         self.reads += 1
@@ -119,10 +117,9 @@ class Mirror:
             raise StoreUnavailable("the tracker store is down")
         return HandoffRecord(sender_id=sender_id, chat_id="live-chat", api="connect") if sender_id == "u-live" else None
 
-    async def live_handoffs(self, unread):
+    async def live_handoffs(self):
         yield HandoffRecord(sender_id="u-live", chat_id="live-chat", api="connect")
         yield HandoffRecord(sender_id="u-ended", chat_id="ended-chat", api="connect")
-        unread.update(self.unreadable)
 
 
 async def test_the_mirror_is_read_once_per_sender_and_a_failure_is_not_remembered():
@@ -151,18 +148,6 @@ async def test_the_import_at_start_up_brings_back_live_handoffs_but_not_ones_end
     assert (await store.handoff_by_chat("live-chat")).sender_id == "u-live"
     assert await store.get_handoff("u-ended") is None
     assert await MemoryStore().import_handoffs() == []  # no mirror: nothing to bring back
-
-
-async def test_after_a_full_scan_only_the_trackers_it_could_not_read_are_read_again():
-    mirror = Mirror(unreadable={"u-broken"})
-    store = MemoryStore(mirror=mirror)
-    assert await store.find_handoff("before-the-scan") is None and mirror.reads == 1
-    await store.import_handoffs()
-    assert (await store.find_handoff("u-live")).chat_id == "live-chat"
-    assert await store.find_handoff("somebody-new") is None
-    assert mirror.reads == 1  # every live handoff is filed: a sender the store does not know is not in one
-    assert await store.find_handoff("u-broken") is None and mirror.reads == 2  # the scan could not say
-    assert await store.find_handoff("u-broken") is None and mirror.reads == 2
 
 
 async def test_making_room_says_so_when_it_drops_an_entry_nobody_took(caplog):

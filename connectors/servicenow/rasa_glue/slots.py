@@ -38,7 +38,7 @@ writes go to the configured store itself, and its failures surface as
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, AsyncIterator, List, Mapping, Optional, Sequence, Tuple
 
 from rasa.shared.core.events import BotUttered, Event, SlotSet, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
@@ -291,10 +291,9 @@ class TrackerSlots:
                 tracker.update(event, agent.domain)
             await store.save(tracker)
 
-    async def live_handoffs(self, unread: Set[str]) -> AsyncIterator[HandoffRecord]:
+    async def live_handoffs(self) -> AsyncIterator[HandoffRecord]:
         """Every conversation whose tracker says it is in handoff (read after
-        a restart); ``StoreUnavailable`` when the store cannot list them. The
-        conversations whose tracker could not be read go into ``unread``."""
+        a restart); ``StoreUnavailable`` when the store cannot list them."""
         store = self._store()
         try:
             keys = list(await store.keys())
@@ -308,7 +307,6 @@ class TrackerSlots:
                     return await self.load_handoff(key)
                 except StoreUnavailable as error:  # one broken tracker must not stop the others resuming
                     logger.error("Not resuming conversation %s now: %s", key, error)
-                    unread.add(key)
                     return None
 
         for chunk_start in range(0, len(keys), 256):

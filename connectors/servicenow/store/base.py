@@ -43,7 +43,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from connectors.servicenow import errors
 
@@ -290,10 +290,8 @@ class HandoffMirror(Protocol):
     async def load_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
         """The sender's handoff as the mirror has it; ``StoreUnavailable`` when it cannot say."""
 
-    def live_handoffs(self, unread: Set[str]) -> AsyncIterator[HandoffRecord]:
-        """Every handoff the mirror holds as live; ``StoreUnavailable`` when it
-        cannot list them. The senders it lists but cannot read are added to
-        ``unread`` (the others must not wait for them)."""
+    def live_handoffs(self) -> AsyncIterator[HandoffRecord]:
+        """Every handoff the mirror holds as live; ``StoreUnavailable`` when it cannot list them."""
 
 
 # -- the interface ----------------------------------------------------------

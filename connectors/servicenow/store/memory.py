@@ -11,18 +11,15 @@ What does not survive the process is read back from the tracker slots, the
 durable mirror (``HandoffMirror``): every live handoff at start-up
 (``import_handoffs``), and before that, or for a tracker the scan could not
 read, the one handoff a message or callback asks about (``find_handoff``).
-Once the scan has read every tracker, the store knows every live handoff
-(only this process starts one), as Redis does, and a sender it does not know
-is not in handoff: no tracker is read for it. Before that, senders the mirror
-said are not in handoff are remembered (up to ``inactive_capacity``, least
-recently asked first out), so the mirror is read once per conversation, not
-once per message.
+Senders the mirror said are not in handoff are remembered (up to
+``inactive_capacity``, least recently asked first out), so the mirror is read
+once per conversation, not once per message.
 """
 
 import heapq
 import time
 from collections import OrderedDict
-from typing import AsyncIterator, Callable, Dict, List, Optional, Set, Tuple
+from typing import AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 from connectors.servicenow.store.base import HandoffMirror, HandoffRecord, Store, TimerClaim
 from connectors.servicenow.store.memory_counts import MemoryCounts
@@ -51,9 +48,6 @@ class MemoryStore(MemoryCounts, MemoryStreams, Store):
         #: handoff ended here), least recently asked first.
         self._inactive: "OrderedDict[str, None]" = OrderedDict()
         self._inactive_capacity = inactive_capacity
-        #: After a scan at start-up: the senders whose tracker it could not
-        #: read, the only ones the mirror may still know of. None before.
-        self._unscanned: Optional[Set[str]] = None
         # Key -> expiry, oldest first; callers use a few fixed ttls, so the
         # front is (nearly) always the next to expire.
         self._dedupe: "OrderedDict[str, float]" = OrderedDict()
@@ -95,13 +89,8 @@ class MemoryStore(MemoryCounts, MemoryStreams, Store):
         record = self._handoffs.get(sender_id)
         if record is not None or self._mirror is None or self.known_inactive(sender_id):
             return record
-        unscanned = self._unscanned
-        if unscanned is not None and sender_id not in unscanned:
-            return None
         # Raises StoreUnavailable when the mirror cannot say: nothing is remembered then.
         loaded = await self._mirror.load_handoff(sender_id)
-        if unscanned is not None:
-            unscanned.discard(sender_id)
         record = self._handoffs.get(sender_id)
         if record is not None or sender_id in self._inactive:
             return record  # decided here while the mirror was read: that is newer
@@ -115,15 +104,13 @@ class MemoryStore(MemoryCounts, MemoryStreams, Store):
         if self._mirror is None:
             return []
         imported: List[HandoffRecord] = []
-        unread: Set[str] = set()
-        async for loaded in self._mirror.live_handoffs(unread):
+        async for loaded in self._mirror.live_handoffs():
             current = self._handoffs.get(loaded.sender_id)
             if current is None and loaded.sender_id not in self._inactive:
                 self._file(loaded)
                 current = loaded
             if current is not None and current.chat_id == loaded.chat_id:
                 imported.append(current)
-        self._unscanned = unread
         return imported
 
     async def get_handoff(self, sender_id: str) -> Optional[HandoffRecord]:
