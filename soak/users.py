@@ -132,7 +132,7 @@ class User:
             self._stream_caught_up.clear()
             self._session_started_at = time.time()
             replies = await self.say("talk to live agent", "start")
-            texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
+            texts = reply_texts(replies)
             if TEXTS.connecting in texts:
                 self.in_handoff = True
                 self.shared.recorder.user_event(self.uid, "handoff_started", number)
@@ -150,7 +150,7 @@ class User:
             return
         self.shared.recorder.user_event(self.uid, "end_requested", self.session)
         replies = await self._say_end()
-        texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
+        texts = reply_texts(replies)
         if TEXTS.user_ended in texts:
             self._mark_ended("user_ended")
         else:
@@ -171,7 +171,7 @@ class User:
         self._read_replies(replies)
         if not self.ended.is_set():
             replies = await self._say_end()
-            texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
+            texts = reply_texts(replies)
             self._mark_ended("stuck_then_" + ("user_ended" if TEXTS.user_ended in texts else "other"))
 
     async def _say_end(self) -> Optional[List[Dict[str, Any]]]:
@@ -180,7 +180,7 @@ class User:
         ended meanwhile."""
         replies = await self.say("/end_chat", "end")
         for pause in END_AGAIN_S:
-            texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
+            texts = reply_texts(replies)
             if TEXTS.end_failed not in texts or self.ended.is_set():
                 break
             self.shared.recorder.user_event(self.uid, "end_failed", self.session)
@@ -289,15 +289,14 @@ class User:
             self.shared.recorder.user_event(self.uid, "notice", self.session, self._last_notice)
 
     def _read_replies(self, replies: Optional[List[Dict[str, Any]]]) -> None:
-        for reply in replies or []:
-            text = reply.get("text") if isinstance(reply, dict) else None
+        texts = reply_texts(replies)
+        for text in texts:
             if text and TEXTS.message_not_delivered in text:
                 self.shared.recorder.user_event(self.uid, "told_not_delivered", self.session)
             notice = end_notice(text)
             if notice:
                 self.shared.recorder.user_event(self.uid, "notice", self.session, notice)
                 self._mark_ended(notice)
-        texts = [r.get("text") for r in replies or [] if isinstance(r, dict)]
         if texts and not any(end_notice(t) for t in texts) and TEXTS.end_failed not in texts and self.in_handoff:
             # The bot answered a message meant for the agent: as far as the channel knows, the handoff is over.
             self._mark_ended("bot_answered")
@@ -430,3 +429,8 @@ def _seconds(value: Optional[str], default: float) -> float:
         return max(0.0, float(value)) if value is not None else default
     except ValueError:
         return default
+
+
+def reply_texts(replies: Optional[List[Dict[str, Any]]]) -> List[Any]:
+    """The texts of a webhook answer's replies (None for a reply without one)."""
+    return [reply.get("text") for reply in replies or [] if isinstance(reply, dict)]
